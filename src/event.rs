@@ -1,0 +1,489 @@
+//! The v1 input contract (`shared/events.md`): decoding scan and contact
+//! events from JSON and the reasons an event is rejected.
+//!
+//! This is the only place that knows the wire format. It turns bytes into a
+//! validated [`Event`] that borrows from the input (no copy of strings that
+//! need no unescaping), or into a [`Reject`] that names the offending field.
+//! The fast path is one typed serde pass; only when it fails does a slower
+//! pass look at the document again to say precisely which field is wrong.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::time::Ts;
+
+/// Largest event accepted, in bytes.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// Longest `event_id` and `parcel_id`, in characters.
+pub const MAX_ID_CHARS: usize = 64;
+
+macro_rules! closed_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<$name> {
+                match s { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+closed_enum! {
+    /// What an event says happened.
+    Kind {
+        LabelCreated = "label_created",
+        PickedUp = "picked_up",
+        Arrived = "arrived",
+        Departed = "departed",
+        OutForDelivery = "out_for_delivery",
+        DeliveryFailed = "delivery_failed",
+        Delivered = "delivered",
+        ReadyForPickup = "ready_for_pickup",
+        Collected = "collected",
+        Returned = "returned",
+        CustomsHold = "customs_hold",
+        CustomsReleased = "customs_released",
+        Damaged = "damaged",
+        Lost = "lost",
+        Exception = "exception",
+        CustomerContact = "customer_contact",
+    }
+}
+
+closed_enum! {
+    /// The customer-service activity a contact was about.
+    Topic {
+        Track = "track",
+        LostTrackingNumber = "lost_tracking_number",
+        NotReceived = "not_received",
+        Reschedule = "reschedule",
+        DeliveryTime = "delivery_time",
+        Damaged = "damaged",
+        SecondDelivery = "second_delivery",
+        LocateBranch = "locate_branch",
+        International = "international",
+        Customs = "customs",
+        Collect = "collect",
+        Complaint = "complaint",
+        Other = "other",
+    }
+}
+
+closed_enum! {
+    /// How the customer reached the carrier.
+    ContactChannel { Phone = "phone", Email = "email", Chat = "chat", Other = "other" }
+}
+
+closed_enum! {
+    /// The fields of the contract, as named in rejection reasons and metric labels.
+    Field {
+        V = "v",
+        EventId = "event_id",
+        ParcelId = "parcel_id",
+        Kind = "kind",
+        At = "at",
+        Facility = "facility",
+        Branch = "branch",
+        Country = "country",
+        PromisedBy = "promised_by",
+        Service = "service",
+        Recipient = "recipient",
+        Reason = "reason",
+        ReturnBy = "return_by",
+        Channel = "channel",
+        Topic = "topic",
+    }
+}
+
+impl Kind {
+    /// Scans are everything but customer contacts; only scans show the parcel moving.
+    pub fn is_scan(self) -> bool {
+        self != Kind::CustomerContact
+    }
+
+    /// Whether this scan moves the parcel into a new state of its life. Damage
+    /// and exceptions are incidents along the way, not states.
+    pub fn sets_state(self) -> bool {
+        !matches!(
+            self,
+            Kind::CustomerContact | Kind::Damaged | Kind::Exception
+        )
+    }
+
+    /// States after which nothing more is expected of the parcel.
+    pub fn is_done(self) -> bool {
+        matches!(
+            self,
+            Kind::Delivered | Kind::Collected | Kind::Returned | Kind::Lost
+        )
+    }
+}
+
+/// Customer channels the recipient accepts, as a small bit set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Channels(pub u8);
+
+impl Channels {
+    pub const SMS: Channels = Channels(1);
+    pub const EMAIL: Channels = Channels(2);
+
+    pub fn contains(self, c: Channels) -> bool {
+        self.0 & c.0 == c.0
+    }
+
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        [(Channels::SMS, "sms"), (Channels::EMAIL, "email")]
+            .into_iter()
+            .filter(move |(c, _)| self.contains(*c))
+            .map(|(_, n)| n)
+    }
+}
+
+/// Who to tell about a parcel. Every field may be missing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recipient<'a> {
+    pub name: Option<Cow<'a, str>>,
+    pub phone: Option<Cow<'a, str>>,
+    pub email: Option<Cow<'a, str>>,
+    pub locale: Option<Cow<'a, str>>,
+    pub tz: Option<Cow<'a, str>>,
+    /// `None`: the customer said nothing; `Some(empty)`: do not contact.
+    pub channels: Option<Channels>,
+}
+
+/// A customer contact: how and about what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Contact {
+    pub channel: Option<ContactChannel>,
+    pub topic: Topic,
+}
+
+/// A validated event. Strings borrow from the input where they can.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event<'a> {
+    pub event_id: Cow<'a, str>,
+    pub parcel_id: Cow<'a, str>,
+    pub kind: Kind,
+    pub at: Ts,
+    pub facility: Option<Cow<'a, str>>,
+    pub branch: Option<Cow<'a, str>>,
+    /// ISO 3166-1 alpha-2, upper case.
+    pub country: Option<[u8; 2]>,
+    pub promised_by: Option<Ts>,
+    pub service: Option<Cow<'a, str>>,
+    pub recipient: Option<Recipient<'a>>,
+    pub reason: Option<Cow<'a, str>>,
+    pub return_by: Option<Ts>,
+    /// Present on `customer_contact` events only.
+    pub contact: Option<Contact>,
+}
+
+/// Why an event was rejected. The display text names the field; [`Reject::code`]
+/// is the closed label used in metrics.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("event larger than 64 KiB ({bytes} bytes)")]
+    TooLarge { bytes: usize },
+    #[error("not valid JSON: {0}")]
+    BadJson(String),
+    #[error("not a JSON object")]
+    NotAnObject,
+    #[error("missing {0}")]
+    Missing(Field),
+    #[error("missing {field} (required on {kind})")]
+    MissingFor { field: Field, kind: Kind },
+    #[error("{field}: {problem}")]
+    Invalid { field: Field, problem: String },
+    #[error("unknown kind {0:?}")]
+    UnknownKind(String),
+    #[error("v: unsupported contract version {0} (this processor reads v1)")]
+    UnsupportedVersion(String),
+}
+
+impl Reject {
+    /// A label from a small closed set, for metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reject::TooLarge { .. } => "too_large",
+            Reject::BadJson(_) | Reject::NotAnObject => "invalid_json",
+            Reject::Missing(_) | Reject::MissingFor { .. } => "missing_field",
+            Reject::Invalid { .. } => "invalid_field",
+            Reject::UnknownKind(_) => "unknown_kind",
+            Reject::UnsupportedVersion(_) => "unsupported_version",
+        }
+    }
+
+    /// The field at fault, when there is one.
+    pub fn field(&self) -> Option<Field> {
+        match self {
+            Reject::Missing(f)
+            | Reject::MissingFor { field: f, .. }
+            | Reject::Invalid { field: f, .. } => Some(*f),
+            Reject::UnknownKind(_) => Some(Field::Kind),
+            Reject::UnsupportedVersion(_) => Some(Field::V),
+            _ => None,
+        }
+    }
+
+    fn invalid(field: Field, problem: impl Into<String>) -> Reject {
+        Reject::Invalid {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    v: Option<i64>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    parcel_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    at: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    facility: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    branch: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    country: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    promised_by: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    service: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    recipient: Option<RawRecipient<'a>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    reason: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    return_by: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    topic: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct RawRecipient<'a> {
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    phone: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    email: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    locale: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    tz: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    channels: Option<Vec<Borrowed<'a>>>,
+}
+
+/// A string that borrows from the input unless it had escapes to undo. serde
+/// borrows a bare `Cow<str>` field, but not one inside an `Option` or `Vec`.
+#[derive(Deserialize)]
+struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+
+fn borrowed<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
+}
+
+/// Decodes one event (a JSON Lines line or a NATS message body).
+pub fn decode(bytes: &[u8]) -> Result<Event<'_>, Reject> {
+    if bytes.len() > MAX_EVENT_BYTES {
+        return Err(Reject::TooLarge { bytes: bytes.len() });
+    }
+    match serde_json::from_slice::<RawEvent>(bytes) {
+        Ok(raw) => validate(raw),
+        Err(err) => Err(explain(bytes, err)),
+    }
+}
+
+fn validate(raw: RawEvent<'_>) -> Result<Event<'_>, Reject> {
+    match raw.v {
+        None => return Err(Reject::Missing(Field::V)),
+        Some(1) => {}
+        Some(v) => return Err(Reject::UnsupportedVersion(v.to_string())),
+    }
+    let event_id = id(raw.event_id, Field::EventId)?;
+    let parcel_id = id(raw.parcel_id, Field::ParcelId)?;
+    let kind_text = raw.kind.ok_or(Reject::Missing(Field::Kind))?;
+    let kind =
+        Kind::parse(&kind_text).ok_or_else(|| Reject::UnknownKind(kind_text.into_owned()))?;
+    let at = timestamp(raw.at.as_deref(), Field::At)?.ok_or(Reject::Missing(Field::At))?;
+    let promised_by = timestamp(raw.promised_by.as_deref(), Field::PromisedBy)?;
+    let return_by = timestamp(raw.return_by.as_deref(), Field::ReturnBy)?;
+    let country = raw.country.as_deref().map(country).transpose()?;
+    let recipient = raw.recipient.map(recipient);
+    let required_for = |present: bool, field| {
+        if present {
+            Ok(())
+        } else {
+            Err(Reject::MissingFor { field, kind })
+        }
+    };
+    match kind {
+        Kind::LabelCreated => {
+            required_for(promised_by.is_some(), Field::PromisedBy)?;
+            required_for(recipient.is_some(), Field::Recipient)?;
+        }
+        Kind::ReadyForPickup => required_for(return_by.is_some(), Field::ReturnBy)?,
+        _ => {}
+    }
+    let contact = (kind == Kind::CustomerContact).then(|| Contact {
+        channel: raw
+            .channel
+            .as_deref()
+            .map(|c| ContactChannel::parse(c).unwrap_or(ContactChannel::Other)),
+        topic: raw
+            .topic
+            .as_deref()
+            .and_then(Topic::parse)
+            .unwrap_or(Topic::Other),
+    });
+    Ok(Event {
+        event_id,
+        parcel_id,
+        kind,
+        at,
+        facility: non_empty(raw.facility),
+        branch: non_empty(raw.branch),
+        country,
+        promised_by,
+        service: non_empty(raw.service),
+        recipient,
+        reason: non_empty(raw.reason),
+        return_by,
+        contact,
+    })
+}
+
+fn id<'a>(value: Option<Cow<'a, str>>, field: Field) -> Result<Cow<'a, str>, Reject> {
+    let value = value.ok_or(Reject::Missing(field))?;
+    let chars = value.chars().count();
+    if chars == 0 || chars > MAX_ID_CHARS {
+        return Err(Reject::invalid(
+            field,
+            format!("must be 1 to {MAX_ID_CHARS} characters, got {chars}"),
+        ));
+    }
+    Ok(value)
+}
+
+fn timestamp(value: Option<&str>, field: Field) -> Result<Option<Ts>, Reject> {
+    value
+        .map(|s| {
+            Ts::parse_rfc3339(s).ok_or_else(|| Reject::invalid(field, "not an RFC 3339 timestamp"))
+        })
+        .transpose()
+}
+
+fn country(value: &str) -> Result<[u8; 2], Reject> {
+    match value.as_bytes() {
+        [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+            Ok([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
+        }
+        _ => Err(Reject::invalid(
+            Field::Country,
+            format!("{value:?} is not an ISO 3166-1 alpha-2 code"),
+        )),
+    }
+}
+
+fn non_empty(value: Option<Cow<'_, str>>) -> Option<Cow<'_, str>> {
+    value.filter(|v| !v.is_empty())
+}
+
+fn recipient(raw: RawRecipient<'_>) -> Recipient<'_> {
+    Recipient {
+        name: non_empty(raw.name),
+        phone: non_empty(raw.phone),
+        email: non_empty(raw.email),
+        locale: non_empty(raw.locale),
+        tz: non_empty(raw.tz),
+        channels: raw.channels.map(|list| {
+            list.iter()
+                .fold(Channels::default(), |acc, c| match c.0.as_ref() {
+                    "sms" => Channels(acc.0 | Channels::SMS.0),
+                    "email" => Channels(acc.0 | Channels::EMAIL.0),
+                    _ => acc,
+                })
+        }),
+    }
+}
+
+/// The slow path, taken only for input the typed pass refused: finds the
+/// field whose JSON type is wrong, so the reason names it.
+fn explain(bytes: &[u8], err: serde_json::Error) -> Reject {
+    let value: serde_json::Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => return Reject::BadJson(e.to_string()),
+    };
+    let Some(object) = value.as_object() else {
+        return Reject::NotAnObject;
+    };
+    for (name, value) in object {
+        let Some(field) = Field::parse(name) else {
+            continue;
+        };
+        let expected = match field {
+            Field::V => (!value.is_i64()).then_some("expected an integer"),
+            Field::Recipient => match value.as_object() {
+                None => Some("expected an object"),
+                Some(r) => {
+                    return recipient_problem(r)
+                        .unwrap_or_else(|| Reject::BadJson(err.to_string()));
+                }
+            },
+            _ => (!value.is_string() && !value.is_null()).then_some("expected a string"),
+        };
+        if let Some(problem) = expected {
+            return Reject::invalid(field, problem);
+        }
+    }
+    Reject::BadJson(err.to_string())
+}
+
+fn recipient_problem(r: &serde_json::Map<String, serde_json::Value>) -> Option<Reject> {
+    r.iter().find_map(|(name, value)| {
+        let problem = match name.as_str() {
+            "channels" => match value.as_array() {
+                Some(list) if list.iter().all(|c| c.is_string()) => None,
+                _ if value.is_null() => None,
+                _ => Some(format!("channels: expected a list of strings, got {value}")),
+            },
+            "name" | "phone" | "email" | "locale" | "tz"
+                if !value.is_string() && !value.is_null() =>
+            {
+                Some(format!("{name}: expected a string"))
+            }
+            _ => None,
+        };
+        problem.map(|p| Reject::invalid(Field::Recipient, p))
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,3 @@
+pub mod event;
+pub mod rules;
+pub mod time;
