@@ -1,3 +1,5 @@
+pub mod alert;
+pub mod engine;
 pub mod event;
 pub mod rules;
 pub mod time;

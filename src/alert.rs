@@ -1,0 +1,231 @@
+//! Alerts: what the engine says, and their JSON Lines form.
+//!
+//! An alert is a fact about a parcel or a branch at an event time, with a
+//! deterministic id (a hash of rule, subject and episode) so that a replay
+//! says the same thing with the same id. The JSON written here is the body of
+//! `forewarn replay` output lines and, later, of `alerts.*` messages.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::event::{Channels, Kind};
+use crate::rules::{Audience, Severity};
+use crate::time::{Span, Ts};
+
+/// A deterministic alert id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AlertId(pub u128);
+
+impl AlertId {
+    /// The id of the episode of `rule` about `subject` that began with `episode`.
+    pub fn new(rule: &str, subject: &str, episode: &str) -> AlertId {
+        let mut key = Vec::with_capacity(rule.len() + subject.len() + episode.len() + 2);
+        for (i, part) in [rule, subject, episode].into_iter().enumerate() {
+            if i > 0 {
+                key.push(0);
+            }
+            key.extend_from_slice(part.as_bytes());
+        }
+        AlertId(xxh3_128(&key))
+    }
+}
+
+impl fmt::Display for AlertId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertState {
+    Firing,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }
+    }
+}
+
+/// The recipient as the notifications need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecipientFacts {
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub locale: Option<Arc<str>>,
+    pub tz: Option<Arc<str>>,
+    pub channels: Option<Channels>,
+}
+
+/// The event that made an event rule fire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TriggerFacts {
+    pub kind: Kind,
+    pub event_id: String,
+    pub reason: Option<String>,
+}
+
+/// What an alert about one parcel knows of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParcelFacts {
+    pub parcel_id: String,
+    pub state: Kind,
+    pub facility: Option<Arc<str>>,
+    pub country: Option<[u8; 2]>,
+    pub service: Option<Arc<str>>,
+    pub promised_by: Option<Ts>,
+    pub return_by: Option<Ts>,
+    pub last_scan_at: Option<Ts>,
+    pub trigger: Option<TriggerFacts>,
+    pub recipient: Option<RecipientFacts>,
+}
+
+/// What a branch-wide alert counted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BranchFacts {
+    /// Hits in the window when the alert was decided.
+    pub count: u32,
+    pub window: Span,
+    /// The hits the branch usually has in such a window.
+    pub usual: f64,
+    /// The branch's parcels seen in the window (share thresholds).
+    pub volume: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alert {
+    pub id: AlertId,
+    pub rule: Arc<str>,
+    pub state: AlertState,
+    /// When the condition held (a timer rule's deadline) or stopped holding.
+    pub at: Ts,
+    pub severity: Severity,
+    pub audience: Audience,
+    /// The audiences to tell at any hour.
+    pub any_hour: Audience,
+    pub branch: Option<Arc<str>>,
+    pub parcel: Option<ParcelFacts>,
+    pub branch_facts: Option<BranchFacts>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    alert_id: String,
+    rule: &'a str,
+    state: &'static str,
+    at: String,
+    severity: &'static str,
+    audience: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    any_hour: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parcel_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    branch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parcel_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    facility: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    country: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    promised_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    return_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_scan_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locale: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recipient: Option<RecipientLine<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usual: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    volume: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct RecipientLine<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phone: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locale: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tz: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channels: Option<Vec<&'static str>>,
+}
+
+impl Alert {
+    /// Appends the alert as one JSON line (with its newline) to `out`.
+    pub fn write_json_line(&self, out: &mut Vec<u8>) {
+        let p = self.parcel.as_ref();
+        let trigger = p.and_then(|p| p.trigger.as_ref());
+        let recipient = p.and_then(|p| p.recipient.as_ref());
+        let country = p
+            .and_then(|p| p.country.as_ref())
+            .and_then(|c| std::str::from_utf8(c).ok());
+        let b = self.branch_facts.as_ref();
+        let line = Line {
+            alert_id: self.id.to_string(),
+            rule: &self.rule,
+            state: self.state.as_str(),
+            at: self.at.to_string(),
+            severity: self.severity.as_str(),
+            audience: self.audience.names().collect(),
+            any_hour: self.any_hour.names().collect(),
+            parcel_id: p.map(|p| p.parcel_id.as_str()),
+            branch: self.branch.as_deref(),
+            parcel_state: p.map(|p| p.state.as_str()),
+            kind: trigger.map(|t| t.kind.as_str()),
+            event_id: trigger.map(|t| t.event_id.as_str()),
+            reason: trigger.and_then(|t| t.reason.as_deref()),
+            facility: p.and_then(|p| p.facility.as_deref()),
+            country,
+            service: p.and_then(|p| p.service.as_deref()),
+            promised_by: p.and_then(|p| p.promised_by).map(|t| t.to_string()),
+            return_by: p.and_then(|p| p.return_by).map(|t| t.to_string()),
+            last_scan_at: p.and_then(|p| p.last_scan_at).map(|t| t.to_string()),
+            locale: recipient.and_then(|r| r.locale.as_deref()),
+            recipient: recipient.map(|r| RecipientLine {
+                name: r.name.as_deref(),
+                phone: r.phone.as_deref(),
+                email: r.email.as_deref(),
+                locale: r.locale.as_deref(),
+                tz: r.tz.as_deref(),
+                channels: r.channels.map(|c| c.names().collect()),
+            }),
+            count: b.map(|b| b.count),
+            window: b.map(|b| b.window.to_string()),
+            usual: b.map(|b| (b.usual * 100.0).round() / 100.0),
+            volume: b.and_then(|b| b.volume),
+        };
+        // Serialising plain strings and numbers into a Vec cannot fail.
+        serde_json::to_writer(&mut *out, &line).expect("alert serialises");
+        out.push(b'\n');
+    }
+}

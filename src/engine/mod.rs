@@ -1,0 +1,533 @@
+//! The engine: a pure, deterministic core that turns events and watermarks
+//! into alerts.
+//!
+//! No IO, no async runtime, no wall clock: event time and the watermark are
+//! arguments, so replaying a file and consuming NATS give the same alerts,
+//! byte for byte. State is the parcel [`window`], one ordered set of
+//! event-time timers (one entry per parcel at most: its next wake-up) and the
+//! [`branch`] aggregates.
+//!
+//! Timer rules are judged when the watermark passes their deadline, on what is
+//! known then: a parcel that recovered within the allowed lateness (a scan
+//! uploaded late, a delivery just after the promise) raises nothing, because
+//! telling a customer of a delay that is already over is noise.
+
+pub mod branch;
+mod plan;
+pub mod window;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::alert::{Alert, AlertId, AlertState, ParcelFacts, RecipientFacts, TriggerFacts};
+use crate::event::{Event, Kind};
+use crate::rules::{RuleSet, Trigger};
+use crate::time::{Span, Ts};
+use branch::BranchStage;
+use plan::Plan;
+use window::{
+    event_fingerprint, parcel_hash, take_recipient, Interner, Open, Parcel, Sym, Tombstones, Window,
+};
+
+/// Limits and lateness. Every bound of the engine's memory is here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// How far behind the newest event time the watermark runs.
+    pub lateness: Span,
+    /// How long a done parcel (delivered, collected, returned, lost) stays, for late events.
+    pub retention: Span,
+    /// A parcel with no event for this long leaves the window.
+    pub max_idle: Span,
+    /// The most parcels in the window; beyond it the parcel with the earliest timer leaves.
+    pub max_parcels: usize,
+    /// How many evicted parcels are remembered, so late duplicates do not revive them.
+    pub tombstones: usize,
+    /// The most distinct facility, branch, service, locale and time zone names.
+    pub max_symbols: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            lateness: Span::hours(1),
+            retention: Span::hours(48),
+            max_idle: Span::hours(24 * 30),
+            max_parcels: 4_000_000,
+            tombstones: 1 << 18,
+            max_symbols: 1 << 20,
+        }
+    }
+}
+
+/// Why a parcel left the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    Done,
+    Idle,
+    Capacity,
+}
+
+/// Counters an operator wants to see; all monotonic but `parcels` and `timers`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub events: u64,
+    pub duplicates: u64,
+    /// Events older than the watermark when they arrived.
+    pub beyond_lateness: u64,
+    /// Events for parcels that already left the window.
+    pub closed: u64,
+    /// Events older than the parcel's end, which change counts but raise nothing.
+    pub superseded: u64,
+    pub parcels_created: u64,
+    pub evicted_done: u64,
+    pub evicted_idle: u64,
+    pub evicted_capacity: u64,
+    pub peak_parcels: usize,
+    /// Names not interned because the symbol table was full.
+    pub symbol_overflow: u64,
+}
+
+/// What became of an applied event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    Duplicate,
+    /// The parcel left the window; the event is counted and ignored.
+    Closed,
+}
+
+pub struct Engine {
+    set: Arc<RuleSet>,
+    plan: Plan,
+    config: Config,
+    window: Window,
+    /// (wake-up time, slot, generation): one entry per parcel with a pending deadline.
+    timers: BTreeSet<(Ts, u32, u32)>,
+    tombstones: Tombstones,
+    syms: Interner,
+    branches: BranchStage,
+    watermark: Ts,
+    max_at: Ts,
+    stats: Stats,
+}
+
+impl Engine {
+    pub fn new(set: RuleSet, config: Config) -> Engine {
+        let mut syms = Interner::new(config.max_symbols);
+        let plan = Plan::new(&set, &mut syms);
+        Engine {
+            branches: BranchStage::new(&set),
+            set: Arc::new(set),
+            plan,
+            tombstones: Tombstones::new(config.tombstones),
+            config,
+            window: Window::default(),
+            timers: BTreeSet::new(),
+            syms,
+            watermark: Ts::MIN,
+            max_at: Ts::MIN,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.set
+    }
+
+    pub fn parcels(&self) -> usize {
+        self.window.len()
+    }
+
+    pub fn timers(&self) -> usize {
+        self.timers.len()
+    }
+
+    pub fn watermark(&self) -> Ts {
+        self.watermark
+    }
+
+    /// The watermark the input alone justifies: newest event time minus the lateness.
+    pub fn input_watermark(&self) -> Ts {
+        self.max_at.minus(self.config.lateness)
+    }
+
+    /// Applies an event, then moves the watermark as the input allows.
+    pub fn ingest(&mut self, event: &Event<'_>, out: &mut Vec<Alert>) -> Applied {
+        let applied = self.apply(event, out);
+        self.advance(self.input_watermark(), out);
+        applied
+    }
+
+    /// Hints the CPU to fetch what applying an event for this parcel will read.
+    pub fn prefetch(&self, parcel_id: &str) {
+        self.window.prefetch(parcel_hash(parcel_id));
+    }
+
+    /// Takes an event into the parcel's state and fires the rules it triggers.
+    pub fn apply(&mut self, ev: &Event<'_>, out: &mut Vec<Alert>) -> Applied {
+        self.stats.events += 1;
+        self.max_at = self.max_at.max(ev.at);
+        if ev.at < self.watermark {
+            self.stats.beyond_lateness += 1;
+        }
+        let hash = parcel_hash(&ev.parcel_id);
+        let slot = match self.window.find(&ev.parcel_id, hash) {
+            Some(slot) => slot,
+            None => {
+                if ev.kind != Kind::LabelCreated && self.tombstones.contains(hash) {
+                    self.stats.closed += 1;
+                    return Applied::Closed;
+                }
+                self.tombstones.forget(hash);
+                if self.window.len() >= self.config.max_parcels {
+                    self.evict_earliest();
+                }
+                self.stats.parcels_created += 1;
+                let slot = self.window.insert(&ev.parcel_id, hash, ev.at);
+                self.stats.peak_parcels = self.stats.peak_parcels.max(self.window.len());
+                slot
+            }
+        };
+        let p = self.window.get_mut(slot);
+        if !p.seen.insert(event_fingerprint(&ev.event_id)) {
+            self.stats.duplicates += 1;
+            return Applied::Duplicate;
+        }
+        let superseded = p.state.is_done() && ev.at < p.state_at;
+        let first_branch = absorb(p, ev, &mut self.syms, &mut self.stats);
+        if let (true, Some(b)) = (
+            first_branch && self.branches.wants_intake(),
+            self.syms.get(p.branch),
+        ) {
+            self.branches.intake(&b.clone(), ev.at);
+        }
+        if superseded {
+            self.stats.superseded += 1;
+        } else {
+            self.fire_event_rules(slot, ev, out);
+        }
+        self.resolve_ended(slot, ev.at, out);
+        self.reschedule(slot);
+        Applied::Applied
+    }
+
+    fn fire_event_rules(&mut self, slot: u32, ev: &Event<'_>, out: &mut Vec<Alert>) {
+        for i in 0..self.plan.on_kind[ev.kind as usize].len() {
+            let r = self.plan.on_kind[ev.kind as usize][i];
+            let p = self.window.get_mut(slot);
+            let bit = 1u64 << r;
+            if !self.plan.rules[r as usize]
+                .filter
+                .matches(p, ev.reason.as_deref())
+            {
+                continue;
+            }
+            let fire = match &self.set.rules[r as usize].trigger {
+                Trigger::Event { each, .. } => *each || p.fired & bit == 0,
+                Trigger::Nth { kind, n } => p.count(*kind) == *n,
+                Trigger::Contacts { count, within } => {
+                    p.fired & bit == 0 && p.contacts_within(*within) >= usize::from(*count)
+                }
+                _ => false,
+            };
+            if !fire {
+                continue;
+            }
+            p.fired |= bit;
+            let trigger = TriggerFacts {
+                kind: ev.kind,
+                event_id: ev.event_id.to_string(),
+                reason: ev.reason.as_deref().map(str::to_string),
+            };
+            self.emit(
+                slot,
+                r,
+                AlertState::Firing,
+                ev.at,
+                &ev.event_id,
+                Some(trigger),
+                out,
+            );
+        }
+    }
+
+    /// Ends the episodes of fired timer rules whose condition stopped holding.
+    fn resolve_ended(&mut self, slot: u32, at: Ts, out: &mut Vec<Alert>) {
+        let mut fired = self.window.get(slot).fired & self.plan.timer_mask;
+        while fired != 0 {
+            let r = fired.trailing_zeros() as u8;
+            fired &= fired - 1;
+            let p = self.window.get_mut(slot);
+            if self
+                .plan
+                .deadline(r, p)
+                .is_some_and(|d| d <= self.watermark)
+            {
+                continue;
+            }
+            p.fired &= !(1u64 << r);
+            if let Some(i) = p.open.iter().position(|o| o.rule == r) {
+                let open = p.open.swap_remove(i);
+                self.emit(
+                    slot,
+                    r,
+                    AlertState::Resolved,
+                    at.max(open.at),
+                    &open.at.to_string(),
+                    None,
+                    out,
+                );
+            }
+        }
+    }
+
+    /// Moves the watermark forward (never back) and fires every timer it passes.
+    pub fn advance(&mut self, watermark: Ts, out: &mut Vec<Alert>) {
+        let wm = self.watermark.max(watermark);
+        self.watermark = wm;
+        while let Some(&(due, slot, gen)) = self.timers.first() {
+            if due > wm {
+                break;
+            }
+            self.timers.pop_first();
+            let p = self.window.get_mut(slot);
+            if p.gen != gen || p.wake != due {
+                continue;
+            }
+            p.wake = Ts::MAX;
+            for i in 0..self.plan.timers.len() {
+                let r = self.plan.timers[i];
+                let p = self.window.get_mut(slot);
+                let bit = 1u64 << r;
+                let Some(deadline) = self
+                    .plan
+                    .deadline(r, p)
+                    .filter(|d| p.fired & bit == 0 && *d <= wm)
+                else {
+                    continue;
+                };
+                p.fired |= bit;
+                if self.set.rules[r as usize].voice.resolve {
+                    p.open.push(Open {
+                        rule: r,
+                        at: deadline,
+                    });
+                }
+                self.emit(
+                    slot,
+                    r,
+                    AlertState::Firing,
+                    deadline,
+                    &deadline.to_string(),
+                    None,
+                    out,
+                );
+            }
+            let p = self.window.get(slot);
+            if p.state.is_done() && p.state_at.plus(self.config.retention) <= wm {
+                self.evict(slot, Eviction::Done);
+            } else if p.last_event_at.plus(self.config.max_idle) <= wm {
+                self.evict(slot, Eviction::Idle);
+            } else {
+                self.reschedule(slot);
+            }
+        }
+        self.branches.advance(wm, out);
+    }
+
+    /// Replaces the rules without losing state: episodes of rules that keep their id stay open.
+    pub fn replace_rules(&mut self, set: RuleSet) {
+        let remap: Vec<Option<u8>> = self
+            .set
+            .rules
+            .iter()
+            .map(|r| set.find(&r.voice.id).map(|i| i as u8))
+            .collect();
+        self.plan = Plan::new(&set, &mut self.syms);
+        self.branches.replace_rules(&set);
+        self.set = Arc::new(set);
+        for p in self.window.iter_mut() {
+            let mut fired = 0u64;
+            for (old, new) in remap.iter().enumerate() {
+                if let (true, Some(new)) = (p.fired & (1 << old) != 0, new) {
+                    fired |= 1 << new;
+                }
+            }
+            p.fired = fired;
+            p.open.retain_mut(|o| match remap[o.rule as usize] {
+                Some(new) => {
+                    o.rule = new;
+                    true
+                }
+                None => false,
+            });
+        }
+        // New deadlines may fall earlier than the wake-ups already set.
+        let entries: Vec<(Ts, u32, u32)> = std::mem::take(&mut self.timers).into_iter().collect();
+        for (_, slot, gen) in entries {
+            let p = self.window.get_mut(slot);
+            if p.gen == gen {
+                p.wake = Ts::MAX;
+                self.reschedule(slot);
+            }
+        }
+    }
+
+    /// Sets the parcel's wake-up to its earliest pending deadline (or its departure from the window).
+    fn reschedule(&mut self, slot: u32) {
+        let p = self.window.get(slot);
+        let mut next = if p.state.is_done() {
+            p.state_at.plus(self.config.retention)
+        } else {
+            p.last_event_at.plus(self.config.max_idle)
+        };
+        for &r in &self.plan.timers {
+            if p.fired & (1u64 << r) == 0 {
+                if let Some(d) = self.plan.deadline(r, p) {
+                    next = next.min(d);
+                }
+            }
+        }
+        // A later deadline keeps the earlier wake-up: it will re-evaluate and come back.
+        if next < p.wake {
+            let (old, gen) = (p.wake, p.gen);
+            if old != Ts::MAX {
+                self.timers.remove(&(old, slot, gen));
+            }
+            self.timers.insert((next, slot, gen));
+            self.window.get_mut(slot).wake = next;
+        }
+    }
+
+    fn evict(&mut self, slot: u32, why: Eviction) {
+        let p = self.window.get(slot);
+        let hash = parcel_hash(p.id());
+        if p.wake != Ts::MAX {
+            self.timers.remove(&(p.wake, slot, p.gen));
+        }
+        self.tombstones.add(hash);
+        self.window.remove(slot, hash);
+        match why {
+            Eviction::Done => self.stats.evicted_done += 1,
+            Eviction::Idle => self.stats.evicted_idle += 1,
+            Eviction::Capacity => self.stats.evicted_capacity += 1,
+        }
+    }
+
+    /// Makes room: the parcel whose next timer is earliest leaves.
+    fn evict_earliest(&mut self) {
+        if let Some(&(_, slot, _)) = self.timers.first() {
+            self.evict(slot, Eviction::Capacity);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        slot: u32,
+        r: u8,
+        state: AlertState,
+        at: Ts,
+        episode: &str,
+        trigger: Option<TriggerFacts>,
+        out: &mut Vec<Alert>,
+    ) {
+        let p = self.window.get(slot);
+        let rule = &self.set.rules[r as usize];
+        let id = &self.plan.rules[r as usize].id;
+        let branch = self.syms.get(p.branch).cloned();
+        let alert = Alert {
+            id: AlertId::new(id, p.id(), episode),
+            rule: id.clone(),
+            state,
+            at,
+            severity: rule.voice.severity,
+            audience: rule.voice.audience,
+            any_hour: rule.voice.any_hour,
+            parcel: Some(facts(p, &self.syms, trigger)),
+            branch: branch.clone(),
+            branch_facts: None,
+        };
+        out.push(alert);
+        if let (AlertState::Firing, Some(branch)) = (state, branch) {
+            self.branches.hit(r as usize, &branch, at, out);
+        }
+    }
+}
+
+/// Folds an event into the parcel; true when it gave the parcel its first branch.
+fn absorb(p: &mut Parcel, ev: &Event<'_>, syms: &mut Interner, stats: &mut Stats) -> bool {
+    let mut intern = |s: &Option<std::borrow::Cow<'_, str>>, current: Sym| match s.as_deref() {
+        None => current,
+        Some(name) => syms.intern(name).unwrap_or_else(|| {
+            stats.symbol_overflow += 1;
+            current
+        }),
+    };
+    p.last_event_at = p.last_event_at.max(ev.at);
+    let k = ev.kind as usize;
+    p.counts[k] = p.counts[k].saturating_add(1);
+    if ev.kind.is_scan() && ev.at >= p.last_scan_at {
+        p.last_scan_at = ev.at;
+        p.facility = intern(&ev.facility, p.facility);
+        if let Some(c) = ev.country {
+            p.country = c;
+        }
+    }
+    if ev.kind.sets_state() && ev.at >= p.state_at {
+        if ev.kind != p.state || p.state_since == Ts::MIN {
+            p.state = ev.kind;
+            p.state_since = ev.at;
+        }
+        p.state_at = ev.at;
+    }
+    if let Some(t) = ev.promised_by {
+        if ev.at >= p.promise_at {
+            p.promised_by = t;
+            p.promise_at = ev.at;
+        }
+    }
+    if let Some(t) = ev.return_by {
+        p.return_by = t;
+    }
+    let had_branch = !p.branch.is_none();
+    p.branch = intern(&ev.branch, p.branch);
+    p.service = intern(&ev.service, p.service);
+    if ev.kind == Kind::CustomerContact {
+        p.add_contact(ev.at);
+    }
+    if ev.recipient.is_some() {
+        take_recipient(p, ev, syms);
+    }
+    !had_branch && !p.branch.is_none()
+}
+
+fn facts(p: &Parcel, syms: &Interner, trigger: Option<TriggerFacts>) -> ParcelFacts {
+    let known = |t: Ts| (t != Ts::MIN).then_some(t);
+    ParcelFacts {
+        parcel_id: p.id().to_string(),
+        state: p.state,
+        facility: syms.get(p.facility).cloned(),
+        country: (p.country != [0; 2]).then_some(p.country),
+        service: syms.get(p.service).cloned(),
+        promised_by: known(p.promised_by),
+        return_by: known(p.return_by),
+        last_scan_at: known(p.last_scan_at),
+        trigger,
+        recipient: p.has_recipient.then(|| RecipientFacts {
+            name: p.name().map(str::to_string),
+            phone: p.phone().map(str::to_string),
+            email: p.email().map(str::to_string),
+            locale: syms.get(p.locale).cloned(),
+            tz: syms.get(p.tz).cloned(),
+            channels: p.channels(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+use std::path::Path;
+
+use super::*;
+use crate::event::decode;
+use crate::rules::test::run_dir;
+
+fn pack() -> RuleSet {
+    RuleSet::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))).unwrap()
+}
+
+/// Feeds JSON lines (v, event_id defaulted) through a fresh engine and returns one line per alert.
+fn run(config: Config, lines: &[&str], until: Option<&str>) -> (Engine, Vec<String>) {
+    let mut engine = Engine::new(pack(), config);
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let json = format!(r#"{{"v":1,"event_id":"e{i}",{l}}}"#);
+        engine.ingest(&decode(json.as_bytes()).unwrap(), &mut out);
+    }
+    if let Some(t) = until {
+        engine.advance(Ts::parse_rfc3339(t).unwrap(), &mut out);
+    }
+    let lines = out
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {} {}",
+                a.rule,
+                a.state.as_str(),
+                a.at,
+                a.parcel.as_ref().map_or("-", |p| &p.parcel_id)
+            )
+        })
+        .collect();
+    (engine, lines)
+}
+
+#[test]
+fn the_default_rule_tests_pass() {
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"));
+    let results = run_dir(dir, &pack()).unwrap();
+    assert!(results.len() >= 20, "{} cases", results.len());
+    let failures: Vec<String> = results
+        .iter()
+        .filter(|r| !r.failure.is_empty())
+        .map(|r| format!("{}:\n{}", r.name, r.failure))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn done_parcels_leave_after_the_retention_and_late_duplicates_do_not_revive_them() {
+    let config = Config {
+        retention: Span::hours(2),
+        ..Config::default()
+    };
+    let (engine, alerts) = run(
+        config,
+        &[
+            r#""parcel_id":"A","kind":"departed","at":"2026-11-20T08:00:00Z""#,
+            r#""parcel_id":"A","kind":"delivered","at":"2026-11-20T09:00:00Z""#,
+            r#""parcel_id":"B","kind":"departed","at":"2026-11-20T12:00:00Z""#,
+            r#""parcel_id":"A","kind":"damaged","at":"2026-11-20T08:30:00Z""#,
+        ],
+        None,
+    );
+    assert_eq!(engine.stats().evicted_done, 1);
+    assert_eq!(
+        engine.stats().closed,
+        1,
+        "the late event for A is counted, not applied"
+    );
+    assert_eq!(engine.parcels(), 1);
+    assert!(alerts.is_empty(), "{alerts:?}");
+}
+
+#[test]
+fn a_full_window_evicts_the_earliest_timer_and_counts_it() {
+    let config = Config {
+        max_parcels: 2,
+        ..Config::default()
+    };
+    let (engine, _) = run(
+        config,
+        &[
+            r#""parcel_id":"A","kind":"departed","at":"2026-11-20T08:00:00Z""#,
+            r#""parcel_id":"B","kind":"departed","at":"2026-11-20T09:00:00Z""#,
+            r#""parcel_id":"C","kind":"departed","at":"2026-11-20T10:00:00Z""#,
+        ],
+        None,
+    );
+    assert_eq!(
+        (
+            engine.parcels(),
+            engine.stats().evicted_capacity,
+            engine.stats().peak_parcels
+        ),
+        (2, 1, 2)
+    );
+    assert_eq!(engine.timers(), 2);
+}
+
+#[test]
+fn idle_parcels_expire() {
+    let config = Config {
+        max_idle: Span::hours(48),
+        ..Config::default()
+    };
+    let (engine, alerts) = run(
+        config,
+        &[
+            r#""parcel_id":"A","kind":"label_created","at":"2026-11-20T08:00:00Z","promised_by":"2026-12-20T08:00:00Z","recipient":{}"#,
+        ],
+        Some("2026-11-23T00:00:00Z"),
+    );
+    assert_eq!((engine.parcels(), engine.stats().evicted_idle), (0, 1));
+    assert!(alerts.is_empty());
+}
+
+#[test]
+fn replacing_rules_keeps_open_episodes() {
+    let lines = [
+        r#""parcel_id":"A","kind":"departed","at":"2026-11-20T08:00:00Z""#,
+        r#""parcel_id":"B","kind":"departed","at":"2026-11-21T10:00:00Z""#,
+    ];
+    let (mut engine, alerts) = run(Config::default(), &lines, None);
+    assert_eq!(alerts, ["stalled firing 2026-11-21T08:00:00Z A"]);
+    // A pack with the rules in another order and `damaged` removed.
+    let mut set = pack();
+    set.rules.reverse();
+    set.rules.retain(|r| r.voice.id != "damaged");
+    set.branch_rules.clear();
+    engine.replace_rules(set);
+    let mut out = Vec::new();
+    let json =
+        r#"{"v":1,"event_id":"x","parcel_id":"A","kind":"arrived","at":"2026-11-21T11:00:00Z"}"#;
+    engine.ingest(&decode(json.as_bytes()).unwrap(), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (&*out[0].rule, out[0].state),
+        ("stalled", AlertState::Resolved)
+    );
+    // The resolved record carries the id the firing one had.
+    let (_, first) = run(Config::default(), &lines, None);
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        out[0].id,
+        AlertId::new("stalled", "A", "2026-11-21T08:00:00Z")
+    );
+}
+
+#[test]
+fn the_same_input_gives_the_same_alert_ids() {
+    let lines = [
+        r#""parcel_id":"A","kind":"damaged","at":"2026-11-20T08:00:00Z""#,
+        r#""parcel_id":"B","kind":"departed","at":"2026-11-20T09:00:00Z""#,
+        r#""parcel_id":"C","kind":"departed","at":"2026-11-23T09:00:00Z""#,
+    ];
+    let ids = |()| {
+        let mut engine = Engine::new(pack(), Config::default());
+        let mut out = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            let json = format!(r#"{{"v":1,"event_id":"e{i}",{l}}}"#);
+            engine.ingest(&decode(json.as_bytes()).unwrap(), &mut out);
+        }
+        out.iter().map(|a| a.id).collect::<Vec<_>>()
+    };
+    let first = ids(());
+    assert_eq!(first.len(), 2);
+    assert_eq!(first, ids(()));
+    assert_ne!(first[0], first[1]);
+}
