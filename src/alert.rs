@@ -186,9 +186,7 @@ impl Alert {
         let p = self.parcel.as_ref();
         let trigger = p.and_then(|p| p.trigger.as_ref());
         let recipient = p.and_then(|p| p.recipient.as_ref());
-        let country = p
-            .and_then(|p| p.country.as_ref())
-            .and_then(|c| std::str::from_utf8(c).ok());
+        let country = p.and_then(|p| p.country.as_ref()).and_then(|c| std::str::from_utf8(c).ok());
         let b = self.branch_facts.as_ref();
         let line = Line {
             alert_id: self.id.to_string(),

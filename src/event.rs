@@ -121,18 +121,12 @@ impl Kind {
     /// Whether this scan moves the parcel into a new state of its life. Damage
     /// and exceptions are incidents along the way, not states.
     pub fn sets_state(self) -> bool {
-        !matches!(
-            self,
-            Kind::CustomerContact | Kind::Damaged | Kind::Exception
-        )
+        !matches!(self, Kind::CustomerContact | Kind::Damaged | Kind::Exception)
     }
 
     /// States after which nothing more is expected of the parcel.
     pub fn is_done(self) -> bool {
-        matches!(
-            self,
-            Kind::Delivered | Kind::Collected | Kind::Returned | Kind::Lost
-        )
+        matches!(self, Kind::Delivered | Kind::Collected | Kind::Returned | Kind::Lost)
     }
 }
 
@@ -233,9 +227,7 @@ impl Reject {
     /// The field at fault, when there is one.
     pub fn field(&self) -> Option<Field> {
         match self {
-            Reject::Missing(f)
-            | Reject::MissingFor { field: f, .. }
-            | Reject::Invalid { field: f, .. } => Some(*f),
+            Reject::Missing(f) | Reject::MissingFor { field: f, .. } | Reject::Invalid { field: f, .. } => Some(*f),
             Reject::UnknownKind(_) => Some(Field::Kind),
             Reject::UnsupportedVersion(_) => Some(Field::V),
             _ => None,
@@ -243,10 +235,7 @@ impl Reject {
     }
 
     fn invalid(field: Field, problem: impl Into<String>) -> Reject {
-        Reject::Invalid {
-            field,
-            problem: problem.into(),
-        }
+        Reject::Invalid { field, problem: problem.into() }
     }
 }
 
@@ -304,9 +293,7 @@ struct RawRecipient<'a> {
 #[derive(Deserialize)]
 struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
 
-fn borrowed<'de: 'a, 'a, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Cow<'a, str>>, D::Error> {
+fn borrowed<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
     Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
 }
 
@@ -330,8 +317,7 @@ fn validate(raw: RawEvent<'_>) -> Result<Event<'_>, Reject> {
     let event_id = id(raw.event_id, Field::EventId)?;
     let parcel_id = id(raw.parcel_id, Field::ParcelId)?;
     let kind_text = raw.kind.ok_or(Reject::Missing(Field::Kind))?;
-    let kind =
-        Kind::parse(&kind_text).ok_or_else(|| Reject::UnknownKind(kind_text.into_owned()))?;
+    let kind = Kind::parse(&kind_text).ok_or_else(|| Reject::UnknownKind(kind_text.into_owned()))?;
     let at = timestamp(raw.at.as_deref(), Field::At)?.ok_or(Reject::Missing(Field::At))?;
     let promised_by = timestamp(raw.promised_by.as_deref(), Field::PromisedBy)?;
     let return_by = timestamp(raw.return_by.as_deref(), Field::ReturnBy)?;
@@ -353,15 +339,8 @@ fn validate(raw: RawEvent<'_>) -> Result<Event<'_>, Reject> {
         _ => {}
     }
     let contact = (kind == Kind::CustomerContact).then(|| Contact {
-        channel: raw
-            .channel
-            .as_deref()
-            .map(|c| ContactChannel::parse(c).unwrap_or(ContactChannel::Other)),
-        topic: raw
-            .topic
-            .as_deref()
-            .and_then(Topic::parse)
-            .unwrap_or(Topic::Other),
+        channel: raw.channel.as_deref().map(|c| ContactChannel::parse(c).unwrap_or(ContactChannel::Other)),
+        topic: raw.topic.as_deref().and_then(Topic::parse).unwrap_or(Topic::Other),
     });
     Ok(Event {
         event_id,
@@ -384,20 +363,13 @@ fn id<'a>(value: Option<Cow<'a, str>>, field: Field) -> Result<Cow<'a, str>, Rej
     let value = value.ok_or(Reject::Missing(field))?;
     let chars = value.chars().count();
     if chars == 0 || chars > MAX_ID_CHARS {
-        return Err(Reject::invalid(
-            field,
-            format!("must be 1 to {MAX_ID_CHARS} characters, got {chars}"),
-        ));
+        return Err(Reject::invalid(field, format!("must be 1 to {MAX_ID_CHARS} characters, got {chars}")));
     }
     Ok(value)
 }
 
 fn timestamp(value: Option<&str>, field: Field) -> Result<Option<Ts>, Reject> {
-    value
-        .map(|s| {
-            Ts::parse_rfc3339(s).ok_or_else(|| Reject::invalid(field, "not an RFC 3339 timestamp"))
-        })
-        .transpose()
+    value.map(|s| Ts::parse_rfc3339(s).ok_or_else(|| Reject::invalid(field, "not an RFC 3339 timestamp"))).transpose()
 }
 
 fn country(value: &str) -> Result<[u8; 2], Reject> {
@@ -405,10 +377,7 @@ fn country(value: &str) -> Result<[u8; 2], Reject> {
         [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
             Ok([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
         }
-        _ => Err(Reject::invalid(
-            Field::Country,
-            format!("{value:?} is not an ISO 3166-1 alpha-2 code"),
-        )),
+        _ => Err(Reject::invalid(Field::Country, format!("{value:?} is not an ISO 3166-1 alpha-2 code"))),
     }
 }
 
@@ -424,12 +393,11 @@ fn recipient(raw: RawRecipient<'_>) -> Recipient<'_> {
         locale: non_empty(raw.locale),
         tz: non_empty(raw.tz),
         channels: raw.channels.map(|list| {
-            list.iter()
-                .fold(Channels::default(), |acc, c| match c.0.as_ref() {
-                    "sms" => Channels(acc.0 | Channels::SMS.0),
-                    "email" => Channels(acc.0 | Channels::EMAIL.0),
-                    _ => acc,
-                })
+            list.iter().fold(Channels::default(), |acc, c| match c.0.as_ref() {
+                "sms" => Channels(acc.0 | Channels::SMS.0),
+                "email" => Channels(acc.0 | Channels::EMAIL.0),
+                _ => acc,
+            })
         }),
     }
 }
@@ -453,8 +421,7 @@ fn explain(bytes: &[u8], err: serde_json::Error) -> Reject {
             Field::Recipient => match value.as_object() {
                 None => Some("expected an object"),
                 Some(r) => {
-                    return recipient_problem(r)
-                        .unwrap_or_else(|| Reject::BadJson(err.to_string()));
+                    return recipient_problem(r).unwrap_or_else(|| Reject::BadJson(err.to_string()));
                 }
             },
             _ => (!value.is_string() && !value.is_null()).then_some("expected a string"),
@@ -474,9 +441,7 @@ fn recipient_problem(r: &serde_json::Map<String, serde_json::Value>) -> Option<R
                 _ if value.is_null() => None,
                 _ => Some(format!("channels: expected a list of strings, got {value}")),
             },
-            "name" | "phone" | "email" | "locale" | "tz"
-                if !value.is_string() && !value.is_null() =>
-            {
+            "name" | "phone" | "email" | "locale" | "tz" if !value.is_string() && !value.is_null() => {
                 Some(format!("{name}: expected a string"))
             }
             _ => None,

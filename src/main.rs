@@ -1,1 +1,269 @@
-fn main() {}
+//! The `forewarn` command line: parses flags, builds the pieces from the
+//! library and reports. Everything that decides anything lives in the library.
+
+use std::fs::File;
+use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use forewarn::engine::{Config, Engine};
+use forewarn::replay::{self, Sinks, Summary};
+use forewarn::rules::{test::run_dir, RuleError, RuleSet};
+use forewarn::simulate::{self, Network};
+use forewarn::time::{Span, Ts};
+
+/// Tells parcel customers and branches about problems before they call.
+#[derive(Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Backtest: run a JSON Lines file of events through the engine in event time.
+    Replay(ReplayArgs),
+    /// Check a rule pack; errors name file:line:column.
+    Check {
+        /// The rules directory.
+        #[arg(default_value = "rules")]
+        dir: PathBuf,
+    },
+    /// Run the rule unit tests in DIR/tests/*.toml.
+    Test {
+        /// The rules directory.
+        #[arg(default_value = "rules")]
+        dir: PathBuf,
+    },
+    /// Write a realistic synthetic network's events (v1 contract), deterministic per seed.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The events file, or - for standard input.
+    input: PathBuf,
+    /// The rules directory.
+    #[arg(long, default_value = "rules", env = "FOREWARN_RULES")]
+    rules: PathBuf,
+    /// Where alerts go (JSON Lines); standard output by default.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where rejected lines go, with their reasons (JSON Lines).
+    #[arg(long)]
+    rejects: Option<PathBuf>,
+    /// Print throughput, alerts by rule, rejects by reason and memory to standard error.
+    #[arg(long)]
+    stats: bool,
+    /// How far behind the newest event time the watermark runs.
+    #[arg(long, default_value = "1h", value_parser = span)]
+    lateness: Span,
+    /// The most parcels kept in the window.
+    #[arg(long, default_value_t = Config::default().max_parcels)]
+    max_parcels: usize,
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// How many parcels.
+    #[arg(long, default_value_t = 10_000)]
+    parcels: u64,
+    /// The random seed; the same seed gives the same file.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where to write the events; standard output by default.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// When the first label is created (RFC 3339).
+    #[arg(long, default_value = "2026-11-16T00:00:00Z", value_parser = instant)]
+    start: Ts,
+    /// Labels are created over this many days.
+    #[arg(long, default_value_t = 1.0)]
+    days: f64,
+}
+
+fn span(s: &str) -> Result<Span, String> {
+    Span::parse(s)
+}
+
+fn instant(s: &str) -> Result<Ts, String> {
+    Ts::parse_rfc3339(s).ok_or_else(|| format!("{s:?} is not an RFC 3339 timestamp"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Replay(args) => replay(args),
+        Command::Check { dir } => check(&dir),
+        Command::Test { dir } => test(&dir),
+        Command::Simulate(args) => simulate(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads a rule pack, printing every error.
+fn load_rules(dir: &Path) -> Result<RuleSet> {
+    RuleSet::load(dir).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        anyhow::anyhow!("{} error(s) in the rules at {}", errors.len(), dir.display())
+    })
+}
+
+/// A progress bar on a terminal; hidden when standard error is not one.
+fn progress(len: Option<u64>, what: &str) -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    let template = format!("{what} {{bar:40}} {{percent}}% {{binary_bytes_per_sec}} eta {{eta}}");
+    if let Ok(style) = ProgressStyle::with_template(if len.is_some() { &template } else { "{spinner} {msg}" }) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>> {
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(BufWriter::with_capacity(1 << 20, file))
+}
+
+fn replay(args: ReplayArgs) -> Result<ExitCode> {
+    let set = load_rules(&args.rules)?;
+    let config = Config { lateness: args.lateness, max_parcels: args.max_parcels, ..Config::default() };
+    let mut engine = Engine::new(set, config);
+    let (mut input, len): (Box<dyn Read>, Option<u64>) = if args.input == Path::new("-") {
+        (Box::new(io::stdin().lock()), None)
+    } else {
+        let file = File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
+        let len = file.metadata().ok().map(|m| m.len());
+        (Box::new(file), len)
+    };
+    let mut alerts: Box<dyn Write> = match &args.out {
+        Some(path) => Box::new(create(path)?),
+        None => Box::new(BufWriter::with_capacity(1 << 20, io::stdout().lock())),
+    };
+    let mut rejects = args.rejects.as_deref().map(create).transpose()?;
+    let bar = progress(len, "replay");
+    let mut sinks = Sinks { alerts: &mut alerts, rejects: rejects.as_mut().map(|w| w as &mut dyn Write) };
+    let summary = replay::run(&mut input, &mut engine, &mut sinks, &mut |n| bar.set_position(n))?;
+    bar.finish_and_clear();
+    alerts.flush()?;
+    if let Some(r) = rejects.as_mut() {
+        r.flush()?;
+    }
+    if args.stats {
+        print_stats(&summary, &engine);
+    } else if summary.rejected_total() > 0 {
+        let hint = if args.rejects.is_some() { "" } else { "; pass --rejects FILE to keep them" };
+        eprintln!("{} line(s) rejected{hint}", summary.rejected_total());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_stats(s: &Summary, engine: &Engine) {
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    let st = engine.stats();
+    let mut err = io::stderr().lock();
+    let _ = writeln!(err, "events        {:>12}   {:.0} events/s over {:.2} s", s.events, s.events as f64 / secs, secs);
+    let _ = writeln!(err, "duplicates    {:>12}", st.duplicates);
+    let _ = writeln!(
+        err,
+        "beyond lateness {:>10}   superseded {}   for closed parcels {}",
+        st.beyond_lateness, st.superseded, st.closed
+    );
+    let _ = writeln!(err, "rejected      {:>12}", s.rejected_total());
+    for (code, n) in &s.rejected {
+        let _ = writeln!(err, "  {code:<22}{n:>8}");
+    }
+    let _ = writeln!(err, "alerts        {:>12}   (firing, resolved)", s.alerts_total());
+    for (rule, (f, r)) in &s.alerts {
+        let _ = writeln!(err, "  {rule:<22}{f:>8} {r:>8}");
+    }
+    let _ = writeln!(
+        err,
+        "window        {:>12} parcels now, {} at peak; {} timers; evicted {} done, {} idle, {} for capacity",
+        engine.parcels(),
+        st.peak_parcels,
+        engine.timers(),
+        st.evicted_done,
+        st.evicted_idle,
+        st.evicted_capacity
+    );
+    if let Some(rss) = replay::peak_rss_bytes() {
+        let per = rss as f64 / st.peak_parcels.max(1) as f64;
+        let _ =
+            writeln!(err, "peak memory   {:>9.1} MiB   ({per:.0} bytes per parcel at peak)", rss as f64 / 1048576.0);
+    }
+}
+
+fn check(dir: &Path) -> Result<ExitCode> {
+    let set = load_rules(dir)?;
+    println!("{}: {} rules ok", dir.display(), set.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn test(dir: &Path) -> Result<ExitCode> {
+    let set = load_rules(dir)?;
+    let results = run_dir(dir, &set).map_err(|errors: Vec<RuleError>| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        anyhow::anyhow!("cannot read the rule tests")
+    })?;
+    let failed = results.iter().filter(|r| !r.failure.is_empty()).count();
+    for r in &results {
+        if r.failure.is_empty() {
+            println!("ok    {}: {}", r.file.display(), r.name);
+        } else {
+            println!("FAIL  {}: {}", r.file.display(), r.name);
+            for line in r.failure.lines() {
+                println!("        {line}");
+            }
+        }
+    }
+    println!("rules: {} passed, {failed} failed", results.len() - failed);
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn simulate(args: SimulateArgs) -> Result<ExitCode> {
+    if !(args.days > 0.0) {
+        bail!("--days must be positive");
+    }
+    let net = Network { parcels: args.parcels, seed: args.seed, start: args.start, days: args.days };
+    let bar = progress(Some(args.parcels), "simulate");
+    let events = match &args.out {
+        Some(path) => {
+            let mut w = create(path)?;
+            let n = simulate::write(&net, &mut w, |p| bar.set_position(p))?;
+            w.flush()?;
+            n
+        }
+        None => {
+            let mut w = BufWriter::with_capacity(1 << 20, io::stdout().lock());
+            let n = simulate::write(&net, &mut w, |p| bar.set_position(p))?;
+            w.flush()?;
+            n
+        }
+    };
+    bar.finish_and_clear();
+    if let Some(path) = &args.out {
+        eprintln!("{events} events for {} parcels written to {}", args.parcels, path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -91,11 +91,7 @@ impl Ts {
             }
             _ => return None,
         };
-        let (second, millis) = if second == 60 {
-            (59, 999)
-        } else {
-            (second, millis)
-        };
+        let (second, millis) = if second == 60 { (59, 999) } else { (second, millis) };
         let days = days_from_civil(year, month, day);
         let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
         Some(Ts(secs * 1000 + millis))
@@ -133,13 +129,7 @@ impl fmt::Display for Ts {
         let millis = self.0.rem_euclid(1000);
         let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         let (y, m, d) = civil_from_days(days);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-            sod / 3600,
-            sod / 60 % 60,
-            sod % 60
-        )?;
+        write!(f, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", sod / 3600, sod / 60 % 60, sod % 60)?;
         if millis != 0 {
             write!(f, ".{millis:03}")?;
         }
@@ -170,25 +160,16 @@ impl Span {
             None => (false, text),
         };
         if rest.is_empty() {
-            return Err(format!(
-                "{s:?} is not a duration; write it like \"24h\", \"90m\" or \"2d\""
-            ));
+            return Err(format!("{s:?} is not a duration; write it like \"24h\", \"90m\" or \"2d\""));
         }
         let mut total = 0i64;
         while !rest.is_empty() {
             let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            let unit_len = rest[digits..]
-                .bytes()
-                .take_while(u8::is_ascii_alphabetic)
-                .count();
+            let unit_len = rest[digits..].bytes().take_while(u8::is_ascii_alphabetic).count();
             if digits == 0 || unit_len == 0 {
-                return Err(format!(
-                    "{s:?} is not a duration; write it like \"24h\", \"90m\" or \"2d\""
-                ));
+                return Err(format!("{s:?} is not a duration; write it like \"24h\", \"90m\" or \"2d\""));
             }
-            let n: i64 = rest[..digits]
-                .parse()
-                .map_err(|_| format!("{s:?}: number too large"))?;
+            let n: i64 = rest[..digits].parse().map_err(|_| format!("{s:?}: number too large"))?;
             let unit = match &rest[digits..digits + unit_len] {
                 "ms" => 1,
                 "s" => 1000,
@@ -196,11 +177,7 @@ impl Span {
                 "h" => 3_600_000,
                 "d" => 86_400_000,
                 "w" => 7 * 86_400_000,
-                other => {
-                    return Err(format!(
-                        "{s:?}: unknown unit {other:?}; use ms, s, m, h, d or w"
-                    ))
-                }
+                other => return Err(format!("{s:?}: unknown unit {other:?}; use ms, s, m, h, d or w")),
             };
             total = n
                 .checked_mul(unit)
@@ -222,13 +199,7 @@ impl fmt::Display for Span {
             f.write_str("-")?;
         }
         let mut rest = self.0.unsigned_abs();
-        for (unit, name) in [
-            (86_400_000, "d"),
-            (3_600_000, "h"),
-            (60_000, "m"),
-            (1000, "s"),
-            (1, "ms"),
-        ] {
+        for (unit, name) in [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s"), (1, "ms")] {
             if rest >= unit {
                 write!(f, "{}{name}", rest / unit)?;
                 rest %= unit;
@@ -271,15 +242,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
+    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
 }
 
 #[cfg(test)]
@@ -287,9 +250,7 @@ mod tests {
     use super::*;
 
     fn chrono_ms(s: &str) -> i64 {
-        chrono::DateTime::parse_from_rfc3339(s)
-            .unwrap()
-            .timestamp_millis()
+        chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
     }
 
     #[test]
@@ -345,9 +306,7 @@ mod tests {
         assert_eq!(Span::parse("-24h"), Ok(Span::hours(-24)));
         assert_eq!(Span::parse("2d"), Ok(Span::hours(48)));
         assert!(Span::parse("24").unwrap_err().contains("not a duration"));
-        assert!(Span::parse("3y")
-            .unwrap_err()
-            .contains("unknown unit \"y\""));
+        assert!(Span::parse("3y").unwrap_err().contains("unknown unit \"y\""));
         assert_eq!(Span::minutes(90).to_string(), "1h30m");
         assert_eq!(Span::hours(-24).to_string(), "-1d");
     }

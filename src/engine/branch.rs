@@ -42,6 +42,9 @@ struct Aggregate {
 
 pub struct BranchStage {
     aggregates: Vec<Aggregate>,
+    /// Before this instant no open episode can end: no hit leaves a window
+    /// and no hour passes (the usual rate changes by the hour).
+    next_check: Ts,
     /// For each parcel rule, the aggregates that count its hits.
     by_member: Vec<Vec<usize>>,
 }
@@ -59,45 +62,28 @@ fn prune(q: &mut VecDeque<Ts>, after: Ts) {
 
 impl BranchStage {
     pub fn new(set: &RuleSet) -> BranchStage {
-        let mut stage = BranchStage {
-            aggregates: Vec::new(),
-            by_member: Vec::new(),
-        };
+        let mut stage = BranchStage { aggregates: Vec::new(), next_check: Ts::MIN, by_member: Vec::new() };
         stage.replace_rules(set);
         stage
     }
 
     /// Takes a new rule set, keeping the state of branch rules whose id survives.
     pub fn replace_rules(&mut self, set: &RuleSet) {
-        let mut old: BTreeMap<Arc<str>, Aggregate> = self
-            .aggregates
-            .drain(..)
-            .map(|a| (a.id.clone(), a))
-            .collect();
+        let mut old: BTreeMap<Arc<str>, Aggregate> = self.aggregates.drain(..).map(|a| (a.id.clone(), a)).collect();
         self.by_member = vec![Vec::new(); set.rules.len()];
         for (i, rule) in set.branch_rules.iter().enumerate() {
             let id: Arc<str> = Arc::from(rule.voice.id.as_str());
-            let (branches, open) = old
-                .remove(&id)
-                .map(|a| (a.branches, a.open))
-                .unwrap_or_default();
+            let (branches, open) = old.remove(&id).map(|a| (a.branches, a.open)).unwrap_or_default();
             for &m in &rule.members {
                 self.by_member[m].push(i);
             }
-            self.aggregates.push(Aggregate {
-                id,
-                rule: rule.clone(),
-                branches,
-                open,
-            });
+            self.aggregates.push(Aggregate { id, rule: rule.clone(), branches, open });
         }
     }
 
     /// Whether any branch rule needs intake counts.
     pub fn wants_intake(&self) -> bool {
-        self.aggregates
-            .iter()
-            .any(|a| matches!(a.rule.threshold, Threshold::Share { .. }))
+        self.aggregates.iter().any(|a| matches!(a.rule.threshold, Threshold::Share { .. }))
     }
 
     pub fn intake(&mut self, branch: &Arc<str>, at: Ts) {
@@ -138,6 +124,7 @@ impl BranchStage {
                 if let Some(facts) = judge(&a.rule, s, newest) {
                     s.open = Some(at);
                     a.open.push(branch.clone());
+                    self.next_check = Ts::MIN;
                     out.push(branch_alert(a, branch, AlertState::Firing, at, at, facts));
                 }
             }
@@ -146,6 +133,11 @@ impl BranchStage {
 
     /// Closes the episodes whose condition no longer holds at `watermark`.
     pub fn advance(&mut self, watermark: Ts, out: &mut Vec<Alert>) {
+        if watermark < self.next_check {
+            return;
+        }
+        let next_hour = Ts((watermark.0.div_euclid(HOUR.0) + 1) * HOUR.0);
+        let mut next_check = next_hour;
         for a in &mut self.aggregates {
             let window = a.rule.window;
             let mut i = 0;
@@ -155,14 +147,11 @@ impl BranchStage {
                     a.open.swap_remove(i);
                     continue;
                 };
-                // Hits leave the window only once the watermark has passed them.
-                if s.hits.front().is_some_and(|&t| t > watermark.minus(window)) {
-                    i += 1;
-                    continue;
-                }
                 prune(&mut s.hits, watermark.minus(window));
                 prune(&mut s.intake, watermark.minus(window));
                 if judge(&a.rule, s, watermark).is_some() {
+                    let leaves = [s.hits.front(), s.intake.front()].into_iter().flatten().map(|t| t.plus(window));
+                    next_check = leaves.fold(next_check, Ts::min);
                     i += 1;
                     continue;
                 }
@@ -174,33 +163,19 @@ impl BranchStage {
                     volume: None,
                 };
                 a.open.remove(i);
-                out.push(branch_alert(
-                    a,
-                    &branch,
-                    AlertState::Resolved,
-                    watermark,
-                    started,
-                    facts,
-                ));
+                out.push(branch_alert(a, &branch, AlertState::Resolved, watermark, started, facts));
             }
         }
+        self.next_check = next_check;
     }
 }
 
 /// The hits a branch usually has in one window, from its hourly history before the window.
 fn usual(rule: &BranchRule, s: &BranchState, now: Ts) -> f64 {
     let window_start_hour = now.minus(rule.window).0.div_euclid(HOUR.0);
-    let before: u32 = s
-        .hourly
-        .iter()
-        .filter(|(h, _)| *h < window_start_hour)
-        .map(|(_, n)| n)
-        .sum();
+    let before: u32 = s.hourly.iter().filter(|(h, _)| *h < window_start_hour).map(|(_, n)| n).sum();
     let observed = s.first_seen.map_or(0, |f| now.since(f).0 / HOUR.0);
-    let hours = observed.clamp(
-        MIN_BASELINE_HOURS,
-        (rule.baseline.0 / HOUR.0).max(MIN_BASELINE_HOURS),
-    );
+    let hours = observed.clamp(MIN_BASELINE_HOURS, (rule.baseline.0 / HOUR.0).max(MIN_BASELINE_HOURS));
     f64::from(before) / hours as f64 * (rule.window.0 as f64 / HOUR.0 as f64)
 }
 
@@ -210,31 +185,16 @@ fn judge(rule: &BranchRule, s: &BranchState, now: Ts) -> Option<BranchFacts> {
     let usual = usual(rule, s, now);
     let holds = match rule.threshold {
         Threshold::Count { min, factor } => count >= min && f64::from(count) >= factor * usual,
-        Threshold::Share {
-            min_share,
-            min_volume,
-        } => {
+        Threshold::Share { min_share, min_volume } => {
             let volume = s.intake.len() as u32;
             volume >= min_volume.max(1) && f64::from(count) / f64::from(volume) >= min_share
         }
     };
     let volume = matches!(rule.threshold, Threshold::Share { .. }).then_some(s.intake.len() as u32);
-    holds.then_some(BranchFacts {
-        count,
-        window: rule.window,
-        usual,
-        volume,
-    })
+    holds.then_some(BranchFacts { count, window: rule.window, usual, volume })
 }
 
-fn branch_alert(
-    a: &Aggregate,
-    branch: &Arc<str>,
-    state: AlertState,
-    at: Ts,
-    started: Ts,
-    facts: BranchFacts,
-) -> Alert {
+fn branch_alert(a: &Aggregate, branch: &Arc<str>, state: AlertState, at: Ts, started: Ts, facts: BranchFacts) -> Alert {
     let v = &a.rule.voice;
     Alert {
         id: AlertId::new(&a.id, branch, &started.to_string()),

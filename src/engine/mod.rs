@@ -14,9 +14,9 @@
 
 pub mod branch;
 mod plan;
+mod timers;
 pub mod window;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::alert::{Alert, AlertId, AlertState, ParcelFacts, RecipientFacts, TriggerFacts};
@@ -25,9 +25,8 @@ use crate::rules::{RuleSet, Trigger};
 use crate::time::{Span, Ts};
 use branch::BranchStage;
 use plan::Plan;
-use window::{
-    event_fingerprint, parcel_hash, take_recipient, Interner, Open, Parcel, Sym, Tombstones, Window,
-};
+use timers::{Entry, Timers};
+use window::{event_fingerprint, parcel_hash, take_recipient, Interner, Open, Parcel, Sym, Tombstones, Window};
 
 /// Limits and lateness. Every bound of the engine's memory is here.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,8 +100,10 @@ pub struct Engine {
     plan: Plan,
     config: Config,
     window: Window,
-    /// (wake-up time, slot, generation): one entry per parcel with a pending deadline.
-    timers: BTreeSet<(Ts, u32, u32)>,
+    /// Each parcel's next wake-up.
+    timers: Timers,
+    /// Scratch space for the timers a watermark step makes due.
+    due: Vec<Entry>,
     tombstones: Tombstones,
     syms: Interner,
     branches: BranchStage,
@@ -122,7 +123,8 @@ impl Engine {
             tombstones: Tombstones::new(config.tombstones),
             config,
             window: Window::default(),
-            timers: BTreeSet::new(),
+            timers: Timers::default(),
+            due: Vec::new(),
             syms,
             watermark: Ts::MIN,
             max_at: Ts::MIN,
@@ -162,9 +164,12 @@ impl Engine {
         applied
     }
 
-    /// Hints the CPU to fetch what applying an event for this parcel will read.
-    pub fn prefetch(&self, parcel_id: &str) {
-        self.window.prefetch(parcel_hash(parcel_id));
+    /// Hints the CPU to fetch what applying an event for the parcel with this
+    /// [`parcel_hash`] will read. A batch calls each stage for every event
+    /// before the next stage, then applies: stage 0 fetches the table bucket,
+    /// 1 the parcel, 2 its id bytes, each needing the previous one in cache.
+    pub fn prefetch(&self, stage: u8, hash: u64) {
+        self.window.prefetch(stage, hash);
     }
 
     /// Takes an event into the parcel's state and fires the rules it triggers.
@@ -199,10 +204,7 @@ impl Engine {
         }
         let superseded = p.state.is_done() && ev.at < p.state_at;
         let first_branch = absorb(p, ev, &mut self.syms, &mut self.stats);
-        if let (true, Some(b)) = (
-            first_branch && self.branches.wants_intake(),
-            self.syms.get(p.branch),
-        ) {
+        if let (true, Some(b)) = (first_branch && self.branches.wants_intake(), self.syms.get(p.branch)) {
             self.branches.intake(&b.clone(), ev.at);
         }
         if superseded {
@@ -220,10 +222,7 @@ impl Engine {
             let r = self.plan.on_kind[ev.kind as usize][i];
             let p = self.window.get_mut(slot);
             let bit = 1u64 << r;
-            if !self.plan.rules[r as usize]
-                .filter
-                .matches(p, ev.reason.as_deref())
-            {
+            if !self.plan.rules[r as usize].filter.matches(p, ev.reason.as_deref()) {
                 continue;
             }
             let fire = match &self.set.rules[r as usize].trigger {
@@ -243,15 +242,7 @@ impl Engine {
                 event_id: ev.event_id.to_string(),
                 reason: ev.reason.as_deref().map(str::to_string),
             };
-            self.emit(
-                slot,
-                r,
-                AlertState::Firing,
-                ev.at,
-                &ev.event_id,
-                Some(trigger),
-                out,
-            );
+            self.emit(slot, r, AlertState::Firing, ev.at, &ev.event_id, Some(trigger), out);
         }
     }
 
@@ -262,25 +253,13 @@ impl Engine {
             let r = fired.trailing_zeros() as u8;
             fired &= fired - 1;
             let p = self.window.get_mut(slot);
-            if self
-                .plan
-                .deadline(r, p)
-                .is_some_and(|d| d <= self.watermark)
-            {
+            if self.plan.deadline(r, p).is_some_and(|d| d <= self.watermark) {
                 continue;
             }
             p.fired &= !(1u64 << r);
             if let Some(i) = p.open.iter().position(|o| o.rule == r) {
                 let open = p.open.swap_remove(i);
-                self.emit(
-                    slot,
-                    r,
-                    AlertState::Resolved,
-                    at.max(open.at),
-                    &open.at.to_string(),
-                    None,
-                    out,
-                );
+                self.emit(slot, r, AlertState::Resolved, at.max(open.at), &open.at.to_string(), None, out);
             }
         }
     }
@@ -289,13 +268,11 @@ impl Engine {
     pub fn advance(&mut self, watermark: Ts, out: &mut Vec<Alert>) {
         let wm = self.watermark.max(watermark);
         self.watermark = wm;
-        while let Some(&(due, slot, gen)) = self.timers.first() {
-            if due > wm {
-                break;
-            }
-            self.timers.pop_first();
+        let mut due = std::mem::take(&mut self.due);
+        self.timers.drain_due(wm, &mut due);
+        for &Entry { at: wake, slot, gen } in &due {
             let p = self.window.get_mut(slot);
-            if p.gen != gen || p.wake != due {
+            if p.is_vacant() || p.gen != gen || p.wake != wake {
                 continue;
             }
             p.wake = Ts::MAX;
@@ -303,29 +280,14 @@ impl Engine {
                 let r = self.plan.timers[i];
                 let p = self.window.get_mut(slot);
                 let bit = 1u64 << r;
-                let Some(deadline) = self
-                    .plan
-                    .deadline(r, p)
-                    .filter(|d| p.fired & bit == 0 && *d <= wm)
-                else {
+                let Some(deadline) = self.plan.deadline(r, p).filter(|d| p.fired & bit == 0 && *d <= wm) else {
                     continue;
                 };
                 p.fired |= bit;
                 if self.set.rules[r as usize].voice.resolve {
-                    p.open.push(Open {
-                        rule: r,
-                        at: deadline,
-                    });
+                    p.open.push(Open { rule: r, at: deadline });
                 }
-                self.emit(
-                    slot,
-                    r,
-                    AlertState::Firing,
-                    deadline,
-                    &deadline.to_string(),
-                    None,
-                    out,
-                );
+                self.emit(slot, r, AlertState::Firing, deadline, &deadline.to_string(), None, out);
             }
             let p = self.window.get(slot);
             if p.state.is_done() && p.state_at.plus(self.config.retention) <= wm {
@@ -336,17 +298,14 @@ impl Engine {
                 self.reschedule(slot);
             }
         }
+        due.clear();
+        self.due = due;
         self.branches.advance(wm, out);
     }
 
     /// Replaces the rules without losing state: episodes of rules that keep their id stay open.
     pub fn replace_rules(&mut self, set: RuleSet) {
-        let remap: Vec<Option<u8>> = self
-            .set
-            .rules
-            .iter()
-            .map(|r| set.find(&r.voice.id).map(|i| i as u8))
-            .collect();
+        let remap: Vec<Option<u8>> = self.set.rules.iter().map(|r| set.find(&r.voice.id).map(|i| i as u8)).collect();
         self.plan = Plan::new(&set, &mut self.syms);
         self.branches.replace_rules(&set);
         self.set = Arc::new(set);
@@ -367,13 +326,9 @@ impl Engine {
             });
         }
         // New deadlines may fall earlier than the wake-ups already set.
-        let entries: Vec<(Ts, u32, u32)> = std::mem::take(&mut self.timers).into_iter().collect();
-        for (_, slot, gen) in entries {
-            let p = self.window.get_mut(slot);
-            if p.gen == gen {
-                p.wake = Ts::MAX;
-                self.reschedule(slot);
-            }
+        for slot in self.window.live_slots() {
+            self.window.get_mut(slot).wake = Ts::MAX;
+            self.reschedule(slot);
         }
     }
 
@@ -394,21 +349,13 @@ impl Engine {
         }
         // A later deadline keeps the earlier wake-up: it will re-evaluate and come back.
         if next < p.wake {
-            let (old, gen) = (p.wake, p.gen);
-            if old != Ts::MAX {
-                self.timers.remove(&(old, slot, gen));
-            }
-            self.timers.insert((next, slot, gen));
+            self.timers.insert(Entry { at: next, slot, gen: p.gen });
             self.window.get_mut(slot).wake = next;
         }
     }
 
     fn evict(&mut self, slot: u32, why: Eviction) {
-        let p = self.window.get(slot);
-        let hash = parcel_hash(p.id());
-        if p.wake != Ts::MAX {
-            self.timers.remove(&(p.wake, slot, p.gen));
-        }
+        let hash = parcel_hash(self.window.get(slot).id());
         self.tombstones.add(hash);
         self.window.remove(slot, hash);
         match why {
@@ -418,10 +365,15 @@ impl Engine {
         }
     }
 
-    /// Makes room: the parcel whose next timer is earliest leaves.
+    /// Makes room: the parcel whose next wake-up is earliest leaves.
     fn evict_earliest(&mut self) {
-        if let Some(&(_, slot, _)) = self.timers.first() {
-            self.evict(slot, Eviction::Capacity);
+        let window = &self.window;
+        let live = |e: &Entry| {
+            let p = window.get(e.slot);
+            !p.is_vacant() && p.gen == e.gen && p.wake == e.at
+        };
+        if let Some(e) = self.timers.earliest(live) {
+            self.evict(e.slot, Eviction::Capacity);
         }
     }
 

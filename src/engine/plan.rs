@@ -20,37 +20,20 @@ impl Durations {
     fn new(d: &ByService, syms: &mut Interner) -> Durations {
         Durations {
             default: d.default,
-            by_service: d
-                .overrides
-                .iter()
-                .filter_map(|(s, span)| Some((syms.intern(s)?, *span)))
-                .collect(),
+            by_service: d.overrides.iter().filter_map(|(s, span)| Some((syms.intern(s)?, *span))).collect(),
         }
     }
 
     fn get(&self, service: Sym) -> Span {
-        self.by_service
-            .iter()
-            .find(|(s, _)| *s == service)
-            .map_or(self.default, |(_, d)| *d)
+        self.by_service.iter().find(|(s, _)| *s == service).map_or(self.default, |(_, d)| *d)
     }
 }
 
 /// When a timer rule's deadline falls, given the parcel.
 pub enum Timer {
-    Absence {
-        after: Durations,
-        while_in: KindSet,
-    },
-    Deadline {
-        field: DeadlineField,
-        offset: Durations,
-        while_in: KindSet,
-    },
-    StateDuration {
-        state: Kind,
-        after: Durations,
-    },
+    Absence { after: Durations, while_in: KindSet },
+    Deadline { field: DeadlineField, offset: Durations, while_in: KindSet },
+    StateDuration { state: Kind, after: Durations },
 }
 
 /// A filter over parcel attributes, with strings resolved to symbols.
@@ -64,11 +47,7 @@ pub struct SymFilter {
 
 impl SymFilter {
     fn new(f: &Filter, syms: &mut Interner) -> SymFilter {
-        let mut intern = |list: &[String]| {
-            list.iter()
-                .map(|s| syms.intern(s).unwrap_or(Sym::NONE))
-                .collect()
-        };
+        let mut intern = |list: &[String]| list.iter().map(|s| syms.intern(s).unwrap_or(Sym::NONE)).collect();
         SymFilter {
             services: intern(&f.services),
             branches: intern(&f.branches),
@@ -90,8 +69,7 @@ impl SymFilter {
             || (ok(&self.services, &p.service)
                 && ok(&self.branches, &p.branch)
                 && ok(&self.countries, &p.country)
-                && (self.reasons.is_empty()
-                    || reason.is_some_and(|r| self.reasons.iter().any(|x| x == r))))
+                && (self.reasons.is_empty() || reason.is_some_and(|r| self.reasons.iter().any(|x| x == r))))
     }
 }
 
@@ -136,23 +114,15 @@ impl Plan {
                     on_kind[Kind::CustomerContact as usize].push(idx);
                     None
                 }
-                Trigger::Absence { after, while_in } => Some(Timer::Absence {
-                    after: Durations::new(after, syms),
-                    while_in: *while_in,
-                }),
-                Trigger::Deadline {
-                    field,
-                    offset,
-                    while_in,
-                } => Some(Timer::Deadline {
-                    field: *field,
-                    offset: Durations::new(offset, syms),
-                    while_in: *while_in,
-                }),
-                Trigger::StateDuration { state, after } => Some(Timer::StateDuration {
-                    state: *state,
-                    after: Durations::new(after, syms),
-                }),
+                Trigger::Absence { after, while_in } => {
+                    Some(Timer::Absence { after: Durations::new(after, syms), while_in: *while_in })
+                }
+                Trigger::Deadline { field, offset, while_in } => {
+                    Some(Timer::Deadline { field: *field, offset: Durations::new(offset, syms), while_in: *while_in })
+                }
+                Trigger::StateDuration { state, after } => {
+                    Some(Timer::StateDuration { state: *state, after: Durations::new(after, syms) })
+                }
             };
             if timer.is_some() {
                 timers.push(idx);
@@ -164,36 +134,25 @@ impl Plan {
                 timer,
             });
         }
-        Plan {
-            rules,
-            on_kind,
-            timers,
-            timer_mask,
-        }
+        Plan { rules, on_kind, timers, timer_mask }
     }
 
     /// When timer rule `r` falls due for `p`, if it can at all in the parcel's present state.
     pub fn deadline(&self, r: u8, p: &Parcel) -> Option<Ts> {
         let rule = &self.rules[r as usize];
         let due = match rule.timer.as_ref()? {
-            Timer::Absence { after, while_in } => (while_in.contains(p.state)
-                && p.last_scan_at != Ts::MIN)
+            Timer::Absence { after, while_in } => (while_in.contains(p.state) && p.last_scan_at != Ts::MIN)
                 .then(|| p.last_scan_at.plus(after.get(p.service))),
-            Timer::Deadline {
-                field,
-                offset,
-                while_in,
-            } => {
+            Timer::Deadline { field, offset, while_in } => {
                 let base = match field {
                     DeadlineField::PromisedBy => p.promised_by,
                     DeadlineField::ReturnBy => p.return_by,
                 };
-                (while_in.contains(p.state) && base != Ts::MIN)
-                    .then(|| base.plus(offset.get(p.service)))
+                (while_in.contains(p.state) && base != Ts::MIN).then(|| base.plus(offset.get(p.service)))
             }
-            Timer::StateDuration { state, after } => (p.state == *state
-                && p.state_since != Ts::MIN)
-                .then(|| p.state_since.plus(after.get(p.service))),
+            Timer::StateDuration { state, after } => {
+                (p.state == *state && p.state_since != Ts::MIN).then(|| p.state_since.plus(after.get(p.service)))
+            }
         }?;
         rule.filter.matches(p, None).then_some(due)
     }

@@ -36,11 +36,7 @@ pub struct Interner {
 
 impl Interner {
     pub fn new(limit: usize) -> Interner {
-        Interner {
-            names: Vec::new(),
-            index: hashbrown::HashMap::new(),
-            limit,
-        }
+        Interner { names: Vec::new(), index: hashbrown::HashMap::new(), limit }
     }
 
     /// The symbol of `s`, or `None` when the interner is full.
@@ -254,11 +250,21 @@ impl Parcel {
     pub fn contacts_within(&self, span: crate::time::Span) -> usize {
         self.contacts.as_ref().map_or(0, |t| {
             let newest = t[3];
-            t.iter()
-                .filter(|&&c| c != Ts::MIN && c > newest.minus(span))
-                .count()
+            t.iter().filter(|&&c| c != Ts::MIN && c > newest.minus(span)).count()
         })
     }
+}
+
+/// A hint to load the cache line holding `p`; it never faults, whatever the address.
+#[inline]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` is only a hint: it reads nothing and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Hashes a parcel id; the same function keys the table and the tombstones.
@@ -285,13 +291,7 @@ pub struct Window {
 
 impl Default for Window {
     fn default() -> Self {
-        Window {
-            slots: Vec::new(),
-            free: Vec::new(),
-            table: vec![EMPTY; 1024],
-            len: 0,
-            next_gen: 0,
-        }
+        Window { slots: Vec::new(), free: Vec::new(), table: vec![EMPTY; 1024], len: 0, next_gen: 0 }
     }
 }
 
@@ -309,21 +309,36 @@ impl Window {
         ((hash >> 32) as usize * self.table.len()) >> 32
     }
 
-    /// Hints the CPU to fetch the bucket `hash` maps to; a batch of events
-    /// calls this ahead of applying them, so the cache misses overlap.
+    /// Hints the CPU to fetch, for the parcel with this hash: the table bucket
+    /// (stage 0), the parcel (stage 1, needs the bucket), its id bytes (stage
+    /// 2, needs the parcel). A batch runs each stage for all its events before
+    /// the next, so the cache misses of different parcels overlap.
     #[inline]
-    pub fn prefetch(&self, hash: u64) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let p = self.table.as_ptr().wrapping_add(self.home(hash));
-            // SAFETY: prefetching is a hint and never faults, even on a bad address;
-            // `home` is within the table anyway.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
-            };
+    pub fn prefetch(&self, stage: u8, hash: u64) {
+        let home = self.home(hash);
+        if stage == 0 {
+            prefetch(&self.table[home]);
+            return;
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = hash;
+        // The first entry with the right tag, if it sits at home or next to it.
+        let tag = hash >> 32;
+        let Some(slot) = [home, (home + 1) & (self.table.len() - 1)]
+            .into_iter()
+            .map(|i| self.table[i])
+            .find(|&e| e != EMPTY && e >> 32 == tag)
+            .map(|e| e as u32 as usize)
+        else {
+            return;
+        };
+        let parcel = &self.slots[slot];
+        if stage == 1 {
+            let base = (parcel as *const Parcel).cast::<u8>();
+            for offset in (0..std::mem::size_of::<Parcel>()).step_by(64) {
+                prefetch(base.wrapping_add(offset));
+            }
+        } else {
+            prefetch(parcel.blob.as_ptr());
+        }
     }
 
     /// The slot of `parcel_id`, if it is in the window.
@@ -419,6 +434,11 @@ impl Window {
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Parcel> {
         self.slots.iter_mut().filter(|p| !p.is_vacant())
     }
+
+    /// The slots of every live parcel.
+    pub fn live_slots(&self) -> Vec<u32> {
+        (0..self.slots.len() as u32).filter(|&s| !self.slots[s as usize].is_vacant()).collect()
+    }
 }
 
 /// Recently evicted parcels, so a late duplicate does not bring one back as a
@@ -430,9 +450,7 @@ pub struct Tombstones {
 
 impl Tombstones {
     pub fn new(capacity: usize) -> Tombstones {
-        Tombstones {
-            hashes: vec![0; capacity.max(1).next_power_of_two()],
-        }
+        Tombstones { hashes: vec![0; capacity.max(1).next_power_of_two()] }
     }
 
     fn index(&self, hash: u64) -> usize {
@@ -460,15 +478,8 @@ impl Tombstones {
 pub fn take_recipient(p: &mut Parcel, event: &Event<'_>, syms: &mut Interner) {
     if let Some(r) = &event.recipient {
         p.set_contact(r.name.as_deref(), r.phone.as_deref(), r.email.as_deref());
-        p.locale = r
-            .locale
-            .as_deref()
-            .and_then(|l| syms.intern(l))
-            .unwrap_or(Sym::NONE);
-        p.tz =
-            r.tz.as_deref()
-                .and_then(|t| syms.intern(t))
-                .unwrap_or(Sym::NONE);
+        p.locale = r.locale.as_deref().and_then(|l| syms.intern(l)).unwrap_or(Sym::NONE);
+        p.tz = r.tz.as_deref().and_then(|t| syms.intern(t)).unwrap_or(Sym::NONE);
         p.channels = r.channels.map_or(u8::MAX, |c| c.0);
     }
 }
@@ -481,10 +492,7 @@ mod tests {
     fn table_finds_inserts_and_removes_under_collisions() {
         let mut w = Window::default();
         let ids: Vec<String> = (0..5000).map(|i| format!("P{i}")).collect();
-        let slots: Vec<u32> = ids
-            .iter()
-            .map(|id| w.insert(id, parcel_hash(id), Ts(0)))
-            .collect();
+        let slots: Vec<u32> = ids.iter().map(|id| w.insert(id, parcel_hash(id), Ts(0))).collect();
         for (id, slot) in ids.iter().zip(&slots) {
             assert_eq!(w.find(id, parcel_hash(id)), Some(*slot));
         }
@@ -508,10 +516,7 @@ mod tests {
         let p = w.get_mut(s);
         assert_eq!((p.name(), p.phone(), p.email()), (None, None, None));
         p.set_contact(Some("Léa Martin"), None, Some("lea@example.fr"));
-        assert_eq!(
-            (p.id(), p.name(), p.phone(), p.email()),
-            ("1Z9", Some("Léa Martin"), None, Some("lea@example.fr"))
-        );
+        assert_eq!((p.id(), p.name(), p.phone(), p.email()), ("1Z9", Some("Léa Martin"), None, Some("lea@example.fr")));
     }
 
     #[test]
@@ -521,14 +526,8 @@ mod tests {
             assert!(seen.insert(fp));
         }
         assert!(!seen.insert(3), "inline fingerprints are kept");
-        assert!(
-            !seen.insert(MAX_SEEN as u32),
-            "recent spilled fingerprints are kept"
-        );
-        assert!(
-            seen.insert(INLINE_SEEN as u32),
-            "the oldest spilled fingerprint was forgotten"
-        );
+        assert!(!seen.insert(MAX_SEEN as u32), "recent spilled fingerprints are kept");
+        assert!(seen.insert(INLINE_SEEN as u32), "the oldest spilled fingerprint was forgotten");
     }
 
     #[test]

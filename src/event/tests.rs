@@ -74,20 +74,12 @@ fn accepts_more_than_the_contract() {
 #[test]
 fn rejects_with_a_reason_naming_the_field() {
     let base = r#""event_id":"e1","parcel_id":"P1","kind":"departed","at":"2026-11-20T08:15:00Z""#;
-    check(
-        &format!(r#"{{{base}}}"#),
-        expect!["missing v [missing_field]"],
-    );
+    check(&format!(r#"{{{base}}}"#), expect!["missing v [missing_field]"]);
     check(
         &format!(r#"{{"v":2,{base}}}"#),
-        expect![
-            "v: unsupported contract version 2 (this processor reads v1) [unsupported_version]"
-        ],
+        expect!["v: unsupported contract version 2 (this processor reads v1) [unsupported_version]"],
     );
-    check(
-        &format!(r#"{{"v":"1",{base}}}"#),
-        expect!["v: expected an integer [invalid_field]"],
-    );
+    check(&format!(r#"{{"v":"1",{base}}}"#), expect!["v: expected an integer [invalid_field]"]);
     check(
         r#"{"v":1,"event_id":"e1","kind":"departed","at":"2026-11-20T08:15:00Z"}"#,
         expect!["missing parcel_id [missing_field]"],
@@ -100,10 +92,7 @@ fn rejects_with_a_reason_naming_the_field() {
         r#"{"v":1,"event_id":"e1","parcel_id":"P1","at":"2026-11-20T08:15:00Z"}"#,
         expect!["missing kind [missing_field]"],
     );
-    check(
-        r#"{"v":1,"event_id":"e1","parcel_id":"P1","kind":"departed"}"#,
-        expect!["missing at [missing_field]"],
-    );
+    check(r#"{"v":1,"event_id":"e1","parcel_id":"P1","kind":"departed"}"#, expect!["missing at [missing_field]"]);
     check(
         r#"{"v":1,"event_id":"e1","parcel_id":"P1","kind":"teleported","at":"2026-11-20T08:15:00Z"}"#,
         expect![[r#"unknown kind "teleported" [unknown_kind]"#]],
@@ -151,10 +140,7 @@ fn rejects_with_a_reason_naming_the_field() {
         &format!(r#"{{"v":1,{base},"recipient":{{"channels":"sms"}}}}"#),
         expect![[r#"recipient: channels: expected a list of strings, got "sms" [invalid_field]"#]],
     );
-    check(
-        &format!(r#"{{"v":1,{base},"recipient":"Léa"}}"#),
-        expect!["recipient: expected an object [invalid_field]"],
-    );
+    check(&format!(r#"{{"v":1,{base},"recipient":"Léa"}}"#), expect!["recipient: expected an object [invalid_field]"]);
     check(
         r#"{"v":1,"event_id":"e1""#,
         expect!["not valid JSON: EOF while parsing an object at line 1 column 22 [invalid_json]"],
@@ -169,10 +155,7 @@ fn rejects_with_a_reason_naming_the_field() {
 #[test]
 fn rejects_oversized_events_before_parsing() {
     let big = format!(r#"{{"v":1,"pad":"{}"}}"#, "x".repeat(MAX_EVENT_BYTES));
-    check(
-        &big,
-        expect!["event larger than 64 KiB (65552 bytes) [too_large]"],
-    );
+    check(&big, expect!["event larger than 64 KiB (65552 bytes) [too_large]"]);
 }
 
 #[test]
@@ -192,9 +175,8 @@ fn every_kind_decodes() {
             Kind::ReadyForPickup => r#","return_by":"2026-11-27T18:00:00Z""#,
             _ => "",
         };
-        let input = format!(
-            r#"{{"v":1,"event_id":"e","parcel_id":"P","kind":"{kind}","at":"2026-11-20T08:15:00Z"{extra}}}"#
-        );
+        let input =
+            format!(r#"{{"v":1,"event_id":"e","parcel_id":"P","kind":"{kind}","at":"2026-11-20T08:15:00Z"{extra}}}"#);
         assert_eq!(decode(input.as_bytes()).map(|e| e.kind), Ok(*kind));
     }
 }

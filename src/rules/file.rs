@@ -14,8 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Audience, BranchRule, ByService, DeadlineField, Filter, KindSet, Rule, RuleSet, Severity,
-    Threshold, Trigger, Voice,
+    Audience, BranchRule, ByService, DeadlineField, Filter, KindSet, Rule, RuleSet, Severity, Threshold, Trigger, Voice,
 };
 use crate::event::Kind;
 use crate::time::Span;
@@ -36,21 +35,11 @@ pub struct RuleError {
 }
 
 impl RuleError {
-    pub(crate) fn at(
-        file: &Path,
-        text: &str,
-        offset: usize,
-        message: impl Into<String>,
-    ) -> RuleError {
+    pub(crate) fn at(file: &Path, text: &str, offset: usize, message: impl Into<String>) -> RuleError {
         let before = &text[..offset.min(text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
-        RuleError {
-            file: file.to_path_buf(),
-            line,
-            column,
-            message: message.into(),
-        }
+        RuleError { file: file.to_path_buf(), line, column, message: message.into() }
     }
 
     pub(crate) fn from_toml(file: &Path, text: &str, err: &toml::de::Error) -> RuleError {
@@ -101,10 +90,7 @@ macro_rules! parsed_name {
                             Some(s) => format!("did you mean {s:?}?"),
                             None => format!("expected one of {}", all.join(", ")),
                         };
-                        Err(serde::de::Error::custom(format!(
-                            "unknown {} {text:?}; {hint}",
-                            $what
-                        )))
+                        Err(serde::de::Error::custom(format!("unknown {} {text:?}; {hint}", $what)))
                     }
                 }
             }
@@ -112,24 +98,9 @@ macro_rules! parsed_name {
     };
 }
 
-parsed_name!(
-    KindName(Kind),
-    "kind",
-    Kind::parse,
-    Kind::ALL.iter().map(|k| k.as_str()).collect()
-);
-parsed_name!(
-    AudienceName(Audience),
-    "audience",
-    Audience::parse,
-    vec!["customer", "branch", "ops"]
-);
-parsed_name!(
-    SeverityName(Severity),
-    "severity",
-    Severity::parse,
-    vec!["info", "warning", "urgent"]
-);
+parsed_name!(KindName(Kind), "kind", Kind::parse, Kind::ALL.iter().map(|k| k.as_str()).collect());
+parsed_name!(AudienceName(Audience), "audience", Audience::parse, vec!["customer", "branch", "ops"]);
+parsed_name!(SeverityName(Severity), "severity", Severity::parse, vec!["info", "warning", "urgent"]);
 parsed_name!(
     FieldName(DeadlineField),
     "deadline field",
@@ -148,9 +119,7 @@ struct Dur(Span);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Span::parse(&text)
-            .map(Dur)
-            .map_err(serde::de::Error::custom)
+        Span::parse(&text).map(Dur).map_err(serde::de::Error::custom)
     }
 }
 
@@ -285,12 +254,8 @@ struct Parsed {
 }
 
 fn parse_file(path: &Path, text: &str) -> Result<Parsed, Vec<RuleError>> {
-    let raw: RawFile =
-        toml::from_str(text).map_err(|e| vec![RuleError::from_toml(path, text, &e)])?;
-    let mut out = Parsed {
-        rules: Vec::new(),
-        branch_rules: Vec::new(),
-    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| vec![RuleError::from_toml(path, text, &e)])?;
+    let mut out = Parsed { rules: Vec::new(), branch_rules: Vec::new() };
     let mut errors = Vec::new();
     for spanned in raw.rule {
         let offset = spanned.span().start;
@@ -299,9 +264,7 @@ fn parse_file(path: &Path, text: &str) -> Result<Parsed, Vec<RuleError>> {
         let err = |offset: usize, msg: String| RuleError::at(path, text, offset, msg);
         match compile(raw) {
             Ok(Compiled::Parcel(rule)) => out.rules.push((rule, id_offset)),
-            Ok(Compiled::Branch(rule, members)) => {
-                out.branch_rules.push((rule, members, id_offset))
-            }
+            Ok(Compiled::Branch(rule, members)) => out.branch_rules.push((rule, members, id_offset)),
             Err((Some(at), msg)) => errors.push(err(at, msg)),
             Err((None, msg)) => errors.push(err(offset, msg)),
         }
@@ -324,121 +287,65 @@ type Problem = (Option<usize>, String);
 fn compile(raw: RawRule) -> Result<Compiled, Problem> {
     let id = raw.id.get_ref().clone();
     let id_at = Some(raw.id.span().start);
-    if id.is_empty()
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return Err((id_at, format!("rule id {id:?} must be lower-case letters, digits and _ (it is a metric label and a template name)")));
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        return Err((
+            id_at,
+            format!(
+                "rule id {id:?} must be lower-case letters, digits and _ (it is a metric label and a template name)"
+            ),
+        ));
     }
     if raw.audience.is_empty() {
-        return Err((
-            None,
-            format!("rule `{id}` has an empty audience; name customer, branch or ops"),
-        ));
+        return Err((None, format!("rule `{id}` has an empty audience; name customer, branch or ops")));
     }
     let voice = Voice {
         summary: raw.summary,
-        audience: raw
-            .audience
-            .iter()
-            .fold(Audience::default(), |a, n| a.with(n.0)),
+        audience: raw.audience.iter().fold(Audience::default(), |a, n| a.with(n.0)),
         severity: raw.severity.0,
-        any_hour: raw
-            .any_hour
-            .iter()
-            .fold(Audience::default(), |a, n| a.with(n.0)),
+        any_hour: raw.any_hour.iter().fold(Audience::default(), |a, n| a.with(n.0)),
         resolve: raw.resolve,
         id: id.clone(),
     };
     let by_service = |default: Span| ByService {
         default,
-        overrides: raw
-            .by_service
-            .iter()
-            .map(|(s, d)| (s.clone(), d.0))
-            .collect(),
+        overrides: raw.by_service.iter().map(|(s, d)| (s.clone(), d.0)).collect(),
     };
     let mut triggers: Vec<(&str, Trigger)> = Vec::new();
     if let Some(on) = raw.on {
-        triggers.push((
-            "on",
-            Trigger::Event {
-                kinds: kinds(&on.kind),
-                each: on.each,
-            },
-        ));
+        triggers.push(("on", Trigger::Event { kinds: kinds(&on.kind), each: on.each }));
     }
     if let Some(a) = raw.absence {
-        triggers.push((
-            "absence",
-            Trigger::Absence {
-                after: by_service(a.after.0),
-                while_in: kinds(&a.while_in),
-            },
-        ));
+        triggers.push(("absence", Trigger::Absence { after: by_service(a.after.0), while_in: kinds(&a.while_in) }));
     }
     if let Some(d) = raw.deadline {
-        let trigger = Trigger::Deadline {
-            field: d.field.0,
-            offset: by_service(d.offset.0),
-            while_in: kinds(&d.while_in),
-        };
+        let trigger =
+            Trigger::Deadline { field: d.field.0, offset: by_service(d.offset.0), while_in: kinds(&d.while_in) };
         triggers.push(("deadline", trigger));
     }
     if let Some(s) = raw.state_duration {
-        triggers.push((
-            "state_duration",
-            Trigger::StateDuration {
-                state: s.state.0,
-                after: by_service(s.after.0),
-            },
-        ));
+        triggers.push(("state_duration", Trigger::StateDuration { state: s.state.0, after: by_service(s.after.0) }));
     }
     if let Some(n) = raw.nth {
         if *n.n.get_ref() == 0 {
             return Err((Some(n.n.span().start), "nth: n counts from 1".into()));
         }
-        triggers.push((
-            "nth",
-            Trigger::Nth {
-                kind: n.kind.0,
-                n: *n.n.get_ref(),
-            },
-        ));
+        triggers.push(("nth", Trigger::Nth { kind: n.kind.0, n: *n.n.get_ref() }));
     }
     if let Some(c) = raw.contacts {
         let count = *c.count.get_ref();
         if count == 0 || count > MAX_CONTACTS {
-            return Err((
-                Some(c.count.span().start),
-                format!("contacts: count must be 1 to {MAX_CONTACTS}"),
-            ));
+            return Err((Some(c.count.span().start), format!("contacts: count must be 1 to {MAX_CONTACTS}")));
         }
-        triggers.push((
-            "contacts",
-            Trigger::Contacts {
-                count,
-                within: c.within.0,
-            },
-        ));
+        triggers.push(("contacts", Trigger::Contacts { count, within: c.within.0 }));
     }
     let is_branch = raw.branch.is_some();
     let count = triggers.len() + usize::from(is_branch);
     if count != 1 {
-        let names: Vec<&str> = triggers
-            .iter()
-            .map(|(n, _)| *n)
-            .chain(is_branch.then_some("branch"))
-            .collect();
+        let names: Vec<&str> = triggers.iter().map(|(n, _)| *n).chain(is_branch.then_some("branch")).collect();
         let msg = if count == 0 {
             format!("rule `{id}` has no trigger; give it one of {TRIGGERS}")
         } else {
-            format!(
-                "rule `{id}` has {} triggers ({}); a rule has exactly one",
-                count,
-                names.join(", ")
-            )
+            format!("rule `{id}` has {} triggers ({}); a rule has exactly one", count, names.join(", "))
         };
         return Err((None, msg));
     }
@@ -447,7 +354,10 @@ fn compile(raw: RawRule) -> Result<Compiled, Problem> {
     }
     let (_, trigger) = triggers.remove(0);
     if !raw.by_service.is_empty() && !trigger.is_timer() {
-        return Err((None, format!("rule `{id}`: by_service applies to absence, deadline and state_duration rules only")));
+        return Err((
+            None,
+            format!("rule `{id}`: by_service applies to absence, deadline and state_duration rules only"),
+        ));
     }
     let filter = Filter {
         services: raw.filter.service,
@@ -455,88 +365,45 @@ fn compile(raw: RawRule) -> Result<Compiled, Problem> {
         branches: raw.filter.branch,
         reasons: raw.filter.reason,
     };
-    Ok(Compiled::Parcel(Rule {
-        voice,
-        filter,
-        trigger,
-    }))
+    Ok(Compiled::Parcel(Rule { voice, filter, trigger }))
 }
 
 fn branch_rule(voice: Voice, b: RawBranch) -> Result<(BranchRule, Vec<String>), Problem> {
     let threshold = match (b.min_count, b.min_share) {
-        (Some(min), None) => Threshold::Count {
-            min,
-            factor: b.rate_factor,
-        },
+        (Some(min), None) => Threshold::Count { min, factor: b.rate_factor },
         (None, Some(share)) => {
             let s = *share.get_ref();
             if !(0.0..=1.0).contains(&s) {
-                return Err((
-                    Some(share.span().start),
-                    "min_share is a fraction between 0 and 1".into(),
-                ));
+                return Err((Some(share.span().start), "min_share is a fraction between 0 and 1".into()));
             }
-            Threshold::Share {
-                min_share: s,
-                min_volume: b.min_volume,
-            }
+            Threshold::Share { min_share: s, min_volume: b.min_volume }
         }
-        _ => {
-            return Err((
-                None,
-                format!(
-                    "branch rule `{}` needs exactly one of min_count or min_share",
-                    voice.id
-                ),
-            ))
-        }
+        _ => return Err((None, format!("branch rule `{}` needs exactly one of min_count or min_share", voice.id))),
     };
     if b.window.0 <= Span::ZERO {
-        return Err((
-            None,
-            format!("branch rule `{}`: window must be positive", voice.id),
-        ));
+        return Err((None, format!("branch rule `{}`: window must be positive", voice.id)));
     }
     let members = b.rules.get_ref().clone();
-    let rule = BranchRule {
-        voice,
-        members: Vec::new(),
-        window: b.window.0,
-        threshold,
-        baseline: b.baseline.0,
-    };
+    let rule = BranchRule { voice, members: Vec::new(), window: b.window.0, threshold, baseline: b.baseline.0 };
     Ok((rule, members))
 }
 
 /// Reads every `*.toml` file of `dir` (sorted by name) into one checked pack.
 pub fn load_dir(dir: &Path) -> Result<RuleSet, Vec<RuleError>> {
-    let no_pos = |msg: String| {
-        vec![RuleError {
-            file: dir.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: msg,
-        }]
-    };
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        no_pos(format!(
-            "cannot read the rules directory: {e}; pass --rules DIR"
-        ))
-    })?;
+    let no_pos = |msg: String| vec![RuleError { file: dir.to_path_buf(), line: 0, column: 0, message: msg }];
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| no_pos(format!("cannot read the rules directory: {e}; pass --rules DIR")))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(no_pos(
-            "no rule files (*.toml) in the rules directory".into(),
-        ));
+        return Err(no_pos("no rule files (*.toml) in the rules directory".into()));
     }
     let mut sources = Vec::new();
     for path in files {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| no_pos(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| no_pos(format!("{}: {e}", path.display())))?;
         sources.push((path, text));
     }
     load_sources(&sources)
@@ -548,26 +415,20 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<RuleSet, Vec<RuleEr
     let mut set = RuleSet::default();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut branch_members = Vec::new();
-    let mut place =
-        |path: &Path, text: &str, id: &str, offset: usize, errors: &mut Vec<RuleError>| {
-            let here = RuleError::at(path, text, offset, "");
-            let at = format!("{}:{}", path.display(), here.line);
-            match seen.get(id) {
-                Some(first) => {
-                    errors.push(RuleError::at(
-                        path,
-                        text,
-                        offset,
-                        format!("rule id `{id}` is already defined at {first}"),
-                    ));
-                    false
-                }
-                None => {
-                    seen.insert(id.to_string(), at);
-                    true
-                }
+    let mut place = |path: &Path, text: &str, id: &str, offset: usize, errors: &mut Vec<RuleError>| {
+        let here = RuleError::at(path, text, offset, "");
+        let at = format!("{}:{}", path.display(), here.line);
+        match seen.get(id) {
+            Some(first) => {
+                errors.push(RuleError::at(path, text, offset, format!("rule id `{id}` is already defined at {first}")));
+                false
             }
-        };
+            None => {
+                seen.insert(id.to_string(), at);
+                true
+            }
+        }
+    };
     for (path, text) in sources {
         match parse_file(path, text) {
             Ok(parsed) => {
@@ -593,10 +454,7 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<RuleSet, Vec<RuleEr
                     let hint = suggest(&name, set.rules.iter().map(|r| r.voice.id.as_str()))
                         .map(|s| format!("; did you mean `{s}`?"))
                         .unwrap_or_default();
-                    let msg = format!(
-                        "branch rule `{}` counts unknown rule `{name}`{hint}",
-                        rule.voice.id
-                    );
+                    let msg = format!("branch rule `{}` counts unknown rule `{name}`{hint}", rule.voice.id);
                     errors.push(RuleError::at(path, text, offset, msg));
                 }
             }
@@ -608,10 +466,7 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<RuleSet, Vec<RuleEr
             file: sources[0].0.clone(),
             line: 0,
             column: 0,
-            message: format!(
-                "{} parcel rules; at most {MAX_PARCEL_RULES} are supported",
-                set.rules.len()
-            ),
+            message: format!("{} parcel rules; at most {MAX_PARCEL_RULES} are supported", set.rules.len()),
         });
     }
     if errors.is_empty() {

@@ -39,17 +39,11 @@ impl Audience {
     pub const CUSTOMER: Audience = Audience(1);
     pub const BRANCH: Audience = Audience(2);
     pub const OPS: Audience = Audience(4);
-    const NAMES: [(Audience, &'static str); 3] = [
-        (Audience::CUSTOMER, "customer"),
-        (Audience::BRANCH, "branch"),
-        (Audience::OPS, "ops"),
-    ];
+    const NAMES: [(Audience, &'static str); 3] =
+        [(Audience::CUSTOMER, "customer"), (Audience::BRANCH, "branch"), (Audience::OPS, "ops")];
 
     pub fn parse(s: &str) -> Option<Audience> {
-        Audience::NAMES
-            .iter()
-            .find(|(_, n)| *n == s)
-            .map(|(a, _)| *a)
+        Audience::NAMES.iter().find(|(_, n)| *n == s).map(|(a, _)| *a)
     }
 
     pub fn with(self, other: Audience) -> Audience {
@@ -61,10 +55,7 @@ impl Audience {
     }
 
     pub fn names(self) -> impl Iterator<Item = &'static str> {
-        Audience::NAMES
-            .into_iter()
-            .filter(move |(a, _)| self.includes(*a))
-            .map(|(_, n)| n)
+        Audience::NAMES.into_iter().filter(move |(a, _)| self.includes(*a)).map(|(_, n)| n)
     }
 }
 
@@ -103,9 +94,7 @@ pub struct ByService {
 
 impl ByService {
     pub fn get(&self, service: Option<&str>) -> Span {
-        service
-            .and_then(|s| self.overrides.iter().find(|(name, _)| name == s))
-            .map_or(self.default, |(_, span)| *span)
+        service.and_then(|s| self.overrides.iter().find(|(name, _)| name == s)).map_or(self.default, |(_, span)| *span)
     }
 }
 
@@ -124,11 +113,7 @@ pub enum Trigger {
     /// No scan for `after` while the parcel is in one of `while_in`; re-armed by every scan.
     Absence { after: ByService, while_in: KindSet },
     /// Still in one of `while_in` at the parcel's `field` + `offset`.
-    Deadline {
-        field: DeadlineField,
-        offset: ByService,
-        while_in: KindSet,
-    },
+    Deadline { field: DeadlineField, offset: ByService, while_in: KindSet },
     /// In `state` for `after` without leaving it.
     StateDuration { state: Kind, after: ByService },
     /// The `n`th event of `kind` for the parcel.
@@ -140,10 +125,7 @@ pub enum Trigger {
 impl Trigger {
     /// Timer rules are judged when the watermark passes a deadline; the others on an event.
     pub fn is_timer(&self) -> bool {
-        matches!(
-            self,
-            Trigger::Absence { .. } | Trigger::Deadline { .. } | Trigger::StateDuration { .. }
-        )
+        matches!(self, Trigger::Absence { .. } | Trigger::Deadline { .. } | Trigger::StateDuration { .. })
     }
 }
 

@@ -73,14 +73,7 @@ pub struct CaseResult {
 /// Runs every `tests/*.toml` case under `dir` against the rules of `dir`.
 pub fn run_dir(dir: &Path, set: &RuleSet) -> Result<Vec<CaseResult>, Vec<RuleError>> {
     let tests_dir = dir.join("tests");
-    let no_pos = |m: String| {
-        vec![RuleError {
-            file: tests_dir.clone(),
-            line: 0,
-            column: 0,
-            message: m,
-        }]
-    };
+    let no_pos = |m: String| vec![RuleError { file: tests_dir.clone(), line: 0, column: 0, message: m }];
     let mut files: Vec<PathBuf> = std::fs::read_dir(&tests_dir)
         .map_err(|e| no_pos(format!("cannot read rule tests: {e}")))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -89,17 +82,11 @@ pub fn run_dir(dir: &Path, set: &RuleSet) -> Result<Vec<CaseResult>, Vec<RuleErr
     files.sort();
     let mut results = Vec::new();
     for path in files {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| no_pos(format!("{}: {e}", path.display())))?;
-        let file: TestFile =
-            toml::from_str(&text).map_err(|e| vec![RuleError::from_toml(&path, &text, &e)])?;
+        let text = std::fs::read_to_string(&path).map_err(|e| no_pos(format!("{}: {e}", path.display())))?;
+        let file: TestFile = toml::from_str(&text).map_err(|e| vec![RuleError::from_toml(&path, &text, &e)])?;
         for case in file.test {
             let failure = run_case(&case, set).unwrap_or_else(|problem| problem);
-            results.push(CaseResult {
-                file: path.clone(),
-                name: case.name,
-                failure,
-            });
+            results.push(CaseResult { file: path.clone(), name: case.name, failure });
         }
     }
     Ok(results)
@@ -107,12 +94,7 @@ pub fn run_dir(dir: &Path, set: &RuleSet) -> Result<Vec<CaseResult>, Vec<RuleErr
 
 /// Runs one case: the diff between expected and actual alerts, empty if equal.
 fn run_case(case: &Case, set: &RuleSet) -> Result<String, String> {
-    for id in case
-        .absent
-        .iter()
-        .chain(&case.only)
-        .chain(case.expect.iter().map(|e| &e.rule))
-    {
+    for id in case.absent.iter().chain(&case.only).chain(case.expect.iter().map(|e| &e.rule)) {
         if set.find(id).is_none() && !set.branch_rules.iter().any(|b| &b.voice.id == id) {
             return Err(format!("names unknown rule `{id}`"));
         }
@@ -131,8 +113,7 @@ fn run_case(case: &Case, set: &RuleSet) -> Result<String, String> {
         engine.ingest(&event, &mut alerts);
     }
     if let Some(until) = &case.until {
-        let t = Ts::parse_rfc3339(until)
-            .ok_or_else(|| format!("until: {until:?} is not an RFC 3339 timestamp"))?;
+        let t = Ts::parse_rfc3339(until).ok_or_else(|| format!("until: {until:?} is not an RFC 3339 timestamp"))?;
         engine.advance(t, &mut alerts);
     }
     let compared: BTreeSet<&str> = if case.only.is_empty() {
@@ -152,8 +133,8 @@ fn run_case(case: &Case, set: &RuleSet) -> Result<String, String> {
     }
     let mut expected = Vec::new();
     for e in &case.expect {
-        let at = Ts::parse_rfc3339(&e.at)
-            .ok_or_else(|| format!("expect: at {:?} is not an RFC 3339 timestamp", e.at))?;
+        let at =
+            Ts::parse_rfc3339(&e.at).ok_or_else(|| format!("expect: at {:?} is not an RFC 3339 timestamp", e.at))?;
         let subject = match (&e.branch, &e.parcel) {
             (Some(b), _) => format!("branch={b}"),
             (None, p) => format!("parcel={}", p.as_deref().unwrap_or("P1")),

@@ -34,26 +34,11 @@ fn the_default_pack_loads() {
     );
     let spike = &set.branch_rules[0];
     assert_eq!(spike.voice.id, "branch_delay_spike");
+    assert_eq!(spike.members, [set.find("stalled").unwrap(), set.find("late").unwrap()]);
+    assert_eq!(spike.threshold, Threshold::Count { min: 10, factor: 3.0 });
+    let Trigger::Absence { after, .. } = &set.rules[set.find("stalled").unwrap()].trigger else { panic!() };
     assert_eq!(
-        spike.members,
-        [set.find("stalled").unwrap(), set.find("late").unwrap()]
-    );
-    assert_eq!(
-        spike.threshold,
-        Threshold::Count {
-            min: 10,
-            factor: 3.0
-        }
-    );
-    let Trigger::Absence { after, .. } = &set.rules[set.find("stalled").unwrap()].trigger else {
-        panic!()
-    };
-    assert_eq!(
-        (
-            after.get(Some("express")),
-            after.get(Some("standard")),
-            after.get(None)
-        ),
+        (after.get(Some("express")), after.get(Some("standard")), after.get(None)),
         (Span::hours(12), Span::hours(24), Span::hours(24))
     );
 }
@@ -86,7 +71,9 @@ fn bad_values_are_pointed_at() {
     );
     check_err(
         "[[rule]]\nid = \"Bad-Id\"\naudience = [\"customer\"]\nseverity = \"info\"\non = { kind = [\"lost\"] }\n",
-        expect![[r#"rules/x.toml:2:6: rule id "Bad-Id" must be lower-case letters, digits and _ (it is a metric label and a template name)"#]],
+        expect![[
+            r#"rules/x.toml:2:6: rule id "Bad-Id" must be lower-case letters, digits and _ (it is a metric label and a template name)"#
+        ]],
     );
     check_err(
         "[[rule]]\nid = \"c\"\naudience = [\"branch\"]\nseverity = \"info\"\ncontacts = { count = 9, within = \"1h\" }\n",
@@ -122,8 +109,5 @@ fn cross_rule_checks() {
 
 #[test]
 fn broken_toml_says_where() {
-    check_err(
-        "[[rule]\nid = 1\n",
-        expect!["rules/x.toml:1:7: invalid table header\nexpected `.`, `]]`"],
-    );
+    check_err("[[rule]\nid = 1\n", expect!["rules/x.toml:1:7: invalid table header\nexpected `.`, `]]`"]);
 }

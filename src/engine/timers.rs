@@ -1,0 +1,164 @@
+//! Event-time timers: one wake-up per parcel, in a wheel of one-minute buckets.
+//!
+//! Inserting a future wake-up is a push onto its minute's bucket (no tree to
+//! rebalance, one cache line touched). The minute the watermark is in is kept
+//! sorted, and entries leave it exactly when the watermark passes them, so a
+//! timer fires on the first watermark at or past its deadline. Wake-ups
+//! further out than the wheel's horizon wait in a small ordered set and move
+//! into the wheel as it turns. Entries are not removed when a parcel's
+//! wake-up changes: the engine skips an entry whose time is no longer the
+//! parcel's wake-up, and wake-ups only move earlier between firings, so stale
+//! entries stay few.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::time::Ts;
+
+const MINUTE: i64 = 60_000;
+/// Eight days of minutes: covers every default deadline but idle expiry.
+const HORIZON: i64 = 8 * 24 * 60;
+
+/// A wake-up: when, and for which parcel slot and generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    pub at: Ts,
+    pub slot: u32,
+    pub gen: u32,
+}
+
+pub struct Timers {
+    /// The minute `current` stands for; entries of earlier minutes are in `current` too.
+    base: i64,
+    /// Entries of `base` and earlier, sorted by deadline.
+    current: VecDeque<Entry>,
+    /// Buckets for the minutes after `base`, indexed by minute modulo the horizon.
+    ring: Vec<Vec<Entry>>,
+    in_ring: usize,
+    far: BTreeSet<Entry>,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            base: i64::MIN,
+            current: VecDeque::new(),
+            ring: vec![Vec::new(); HORIZON as usize],
+            in_ring: 0,
+            far: BTreeSet::new(),
+        }
+    }
+}
+
+fn minute(t: Ts) -> i64 {
+    t.0.div_euclid(MINUTE)
+}
+
+fn bucket(m: i64) -> usize {
+    m.rem_euclid(HORIZON) as usize
+}
+
+impl Timers {
+    /// Entries held, stale ones included.
+    pub fn len(&self) -> usize {
+        self.current.len() + self.in_ring + self.far.len()
+    }
+
+    pub fn insert(&mut self, e: Entry) {
+        let m = minute(e.at);
+        if self.base == i64::MIN {
+            // The wheel starts turning at the first watermark; until then all waits aside.
+            self.far.insert(e);
+        } else if m <= self.base {
+            let i = self.current.partition_point(|x| x <= &e);
+            self.current.insert(i, e);
+        } else if m - self.base < HORIZON {
+            self.ring[bucket(m)].push(e);
+            self.in_ring += 1;
+        } else {
+            self.far.insert(e);
+        }
+    }
+
+    /// Moves every entry due at `watermark` into `due`, in deadline order.
+    pub fn drain_due(&mut self, watermark: Ts, due: &mut Vec<Entry>) {
+        loop {
+            while let Some(e) = self.current.front().filter(|e| e.at <= watermark) {
+                due.push(*e);
+                self.current.pop_front();
+            }
+            let now = minute(watermark);
+            if !self.current.is_empty() || (self.base != i64::MIN && self.base >= now) {
+                return;
+            }
+            // Turn the wheel: the next minute with entries, but not past the watermark's.
+            self.base = if self.in_ring == 0 || self.base == i64::MIN {
+                self.far.first().map_or(now, |e| minute(e.at)).min(now)
+            } else {
+                self.base + 1
+            };
+            let b = &mut self.ring[bucket(self.base)];
+            self.in_ring -= b.len();
+            let mut loaded: Vec<Entry> = std::mem::take(b);
+            loaded.sort_unstable();
+            self.current.extend(loaded);
+            let end = (self.base + HORIZON) * MINUTE;
+            while let Some(e) = self.far.first().copied().filter(|e| e.at.0 < end) {
+                self.far.pop_first();
+                self.insert(e);
+            }
+        }
+    }
+
+    /// The earliest entry that `live` accepts, for making room when the window is full.
+    pub fn earliest(&self, live: impl Fn(&Entry) -> bool) -> Option<Entry> {
+        let ring = (1..HORIZON).map(|i| &self.ring[bucket(self.base + i)]);
+        self.current
+            .iter()
+            .find(|e| live(e))
+            .copied()
+            .or_else(|| ring.into_iter().find_map(|b| b.iter().filter(|e| live(e)).min().copied()))
+            .or_else(|| self.far.iter().find(|e| live(e)).copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(min: i64, sec: i64, slot: u32) -> Entry {
+        Entry { at: Ts(min * MINUTE + sec * 1000), slot, gen: 0 }
+    }
+
+    #[test]
+    fn fires_exactly_when_the_watermark_passes_in_deadline_order() {
+        let mut t = Timers::default();
+        for x in [e(10, 30, 1), e(11, 0, 3), e(10, 5, 2), e(HORIZON * 2, 0, 4), e(9, 0, 5)] {
+            t.insert(x);
+        }
+        let mut due = Vec::new();
+        t.drain_due(Ts(10 * MINUTE + 4_999), &mut due);
+        assert_eq!(due, [e(9, 0, 5)]);
+        due.clear();
+        t.drain_due(Ts(10 * MINUTE + 30_000), &mut due);
+        assert_eq!(due, [e(10, 5, 2), e(10, 30, 1)]);
+        due.clear();
+        t.drain_due(Ts(HORIZON * 3 * MINUTE), &mut due);
+        assert_eq!(due, [e(11, 0, 3), e(HORIZON * 2, 0, 4)], "far entries come back in time");
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn an_earlier_deadline_after_the_wheel_turned_is_not_postponed() {
+        let mut t = Timers::default();
+        t.insert(e(100, 0, 1));
+        let mut due = Vec::new();
+        t.drain_due(Ts(200 * MINUTE), &mut due);
+        t.insert(e(300, 0, 2));
+        t.insert(e(50, 0, 3));
+        assert_eq!(t.earliest(|_| true), Some(e(50, 0, 3)));
+        assert_eq!(t.earliest(|x| x.slot != 3), Some(e(300, 0, 2)));
+        due.clear();
+        t.drain_due(Ts(200 * MINUTE + 1), &mut due);
+        assert_eq!(due, [e(50, 0, 3)]);
+    }
+}

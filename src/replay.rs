@@ -1,0 +1,226 @@
+//! Backtests: a JSON Lines file run through the engine in event time, as
+//! `forewarn replay` does. The same engine runs live; only the driver differs.
+//!
+//! Input is read in large chunks and decoded in batches; before a batch is
+//! applied, the window's buckets for its parcels are prefetched, so the cache
+//! misses of a million-parcel window overlap instead of queueing.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::alert::{Alert, AlertState};
+use crate::engine::window::parcel_hash;
+use crate::engine::Engine;
+use crate::event::{decode, Event, Reject, MAX_EVENT_BYTES};
+
+const CHUNK: usize = 4 << 20;
+const BATCH: usize = 32;
+
+/// What a replay did, for `--stats`.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub lines: u64,
+    pub events: u64,
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// (firing, resolved) by rule.
+    pub alerts: BTreeMap<String, (u64, u64)>,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+
+    pub fn alerts_total(&self) -> u64 {
+        self.alerts.values().map(|(f, r)| f + r).sum()
+    }
+}
+
+#[derive(Serialize)]
+struct RejectLine<'a> {
+    line: u64,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+    reason: String,
+    /// The rejected bytes, as text when they are UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<&'a str>,
+    /// The rejected bytes in hex when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_hex: Option<String>,
+}
+
+/// Where a replay's output goes.
+pub struct Sinks<'a> {
+    pub alerts: &'a mut dyn Write,
+    pub rejects: Option<&'a mut dyn Write>,
+}
+
+/// Runs `input` through `engine`. `progress` is told the bytes read so far.
+pub fn run(
+    input: &mut dyn Read,
+    engine: &mut Engine,
+    sinks: &mut Sinks<'_>,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<Summary> {
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let mut buf = vec![0u8; CHUNK];
+    let mut filled = 0;
+    let mut read_total = 0u64;
+    let mut out = Vec::new();
+    let mut text = Vec::with_capacity(1 << 16);
+    loop {
+        let n = input.read(&mut buf[filled..])?;
+        read_total += n as u64;
+        filled += n;
+        let at_end = n == 0;
+        let complete = if at_end { filled } else { memchr::memrchr(b'\n', &buf[..filled]).map_or(0, |i| i + 1) };
+        if complete == 0 && !at_end {
+            if filled == buf.len() {
+                // A line longer than a chunk: far beyond the event limit. Keep its head, skip the rest.
+                summary.lines += 1;
+                let reject = Reject::TooLarge { bytes: filled };
+                let line = summary.lines;
+                write_reject(&mut sinks.rejects, &mut summary, line, &buf[..MAX_EVENT_BYTES], &reject)?;
+                filled = skip_line(input, &mut buf, &mut read_total)?;
+            }
+            continue;
+        }
+        process(&buf[..complete], engine, sinks, &mut summary, &mut out, &mut text)?;
+        buf.copy_within(complete..filled, 0);
+        filled -= complete;
+        progress(read_total);
+        if at_end {
+            break;
+        }
+    }
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Discards input up to and including the next newline; returns the bytes kept after it.
+fn skip_line(input: &mut dyn Read, buf: &mut [u8], read_total: &mut u64) -> io::Result<usize> {
+    loop {
+        let n = input.read(buf)?;
+        *read_total += n as u64;
+        if n == 0 {
+            return Ok(0);
+        }
+        if let Some(i) = memchr::memchr(b'\n', &buf[..n]) {
+            buf.copy_within(i + 1..n, 0);
+            return Ok(n - i - 1);
+        }
+    }
+}
+
+fn process(
+    chunk: &[u8],
+    engine: &mut Engine,
+    sinks: &mut Sinks<'_>,
+    summary: &mut Summary,
+    out: &mut Vec<Alert>,
+    text: &mut Vec<u8>,
+) -> io::Result<()> {
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    let body = chunk.strip_suffix(b"\n").unwrap_or(chunk);
+    let mut lines = body.split(|&b| b == b'\n').peekable();
+    let mut batch: Vec<(u64, &[u8], Result<Event<'_>, Reject>, u64)> = Vec::with_capacity(BATCH);
+    while lines.peek().is_some() {
+        batch.clear();
+        for line in lines.by_ref() {
+            summary.lines += 1;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let decoded = decode(line);
+            let hash = decoded.as_ref().map_or(0, |e| parcel_hash(&e.parcel_id));
+            engine.prefetch(0, hash);
+            batch.push((summary.lines, line, decoded, hash));
+            if batch.len() == BATCH {
+                break;
+            }
+        }
+        for stage in 1..=2 {
+            for (.., hash) in &batch {
+                engine.prefetch(stage, *hash);
+            }
+        }
+        for (number, line, decoded, _) in &batch {
+            match decoded {
+                Ok(event) => {
+                    summary.events += 1;
+                    engine.ingest(event, out);
+                    write_alerts(out, sinks.alerts, summary, text)?;
+                }
+                Err(reject) => write_reject(&mut sinks.rejects, summary, *number, line, reject)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes and counts the alerts in `out`, leaving it empty.
+pub fn write_alerts(
+    out: &mut Vec<Alert>,
+    sink: &mut dyn Write,
+    summary: &mut Summary,
+    text: &mut Vec<u8>,
+) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    text.clear();
+    for a in out.drain(..) {
+        a.write_json_line(text);
+        let counts = summary.alerts.entry(a.rule.to_string()).or_default();
+        match a.state {
+            AlertState::Firing => counts.0 += 1,
+            AlertState::Resolved => counts.1 += 1,
+        }
+    }
+    sink.write_all(text)
+}
+
+fn write_reject(
+    sink: &mut Option<&mut dyn Write>,
+    summary: &mut Summary,
+    line: u64,
+    bytes: &[u8],
+    reject: &Reject,
+) -> io::Result<()> {
+    *summary.rejected.entry(reject.code()).or_default() += 1;
+    let Some(sink) = sink else { return Ok(()) };
+    let text = std::str::from_utf8(bytes).ok();
+    let record = RejectLine {
+        line,
+        code: reject.code(),
+        field: reject.field().map(|f| f.as_str()),
+        reason: reject.to_string(),
+        input: text,
+        input_hex: text.is_none().then(|| bytes.iter().map(|b| format!("{b:02x}")).collect()),
+    };
+    serde_json::to_writer(&mut *sink, &record).map_err(io::Error::from)?;
+    sink.write_all(b"\n")
+}
+
+/// Decodes every line and nothing more: the baseline a replay is compared with.
+pub fn decode_only(data: &[u8]) -> u64 {
+    data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).filter(|l| decode(l).is_ok()).count() as u64
+}
+
+/// The process's peak resident memory, where the OS tells it (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
