@@ -197,10 +197,11 @@ fn print_stats(s: &Summary, engine: &Engine) {
     }
     let _ = writeln!(
         err,
-        "window        {:>12} parcels now, {} at peak; {} timers; evicted {} done, {} idle, {} for capacity",
+        "window        {:>12} parcels now, {} at peak; {} timers, {} wake-ups; evicted {} done, {} idle, {} for capacity",
         engine.parcels(),
         st.peak_parcels,
         engine.timers(),
+        st.wakes,
         st.evicted_done,
         st.evicted_idle,
         st.evicted_capacity
@@ -242,7 +243,7 @@ fn test(dir: &Path) -> Result<ExitCode> {
 }
 
 fn simulate(args: SimulateArgs) -> Result<ExitCode> {
-    if !(args.days > 0.0) {
+    if !args.days.is_finite() || args.days <= 0.0 {
         bail!("--days must be positive");
     }
     let net = Network { parcels: args.parcels, seed: args.seed, start: args.start, days: args.days };

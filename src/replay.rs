@@ -18,6 +18,7 @@ use crate::event::{decode, Event, Reject, MAX_EVENT_BYTES};
 
 const CHUNK: usize = 4 << 20;
 const BATCH: usize = 32;
+const STAGE_DISTANCE: usize = 8;
 
 /// What a replay did, for `--stats`.
 #[derive(Debug, Default)]
@@ -53,6 +54,15 @@ struct RejectLine<'a> {
     /// The rejected bytes in hex when they are not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     input_hex: Option<String>,
+}
+
+/// A decoded line waiting for its batch to be applied.
+struct Pending<'a> {
+    number: u64,
+    line: &'a [u8],
+    decoded: Result<Event<'a>, Reject>,
+    /// The parcel's hash, for prefetching (0 for rejected lines).
+    hash: u64,
 }
 
 /// Where a replay's output goes.
@@ -132,7 +142,7 @@ fn process(
     }
     let body = chunk.strip_suffix(b"\n").unwrap_or(chunk);
     let mut lines = body.split(|&b| b == b'\n').peekable();
-    let mut batch: Vec<(u64, &[u8], Result<Event<'_>, Reject>, u64)> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Pending<'_>> = Vec::with_capacity(BATCH);
     while lines.peek().is_some() {
         batch.clear();
         for line in lines.by_ref() {
@@ -144,17 +154,21 @@ fn process(
             let decoded = decode(line);
             let hash = decoded.as_ref().map_or(0, |e| parcel_hash(&e.parcel_id));
             engine.prefetch(0, hash);
-            batch.push((summary.lines, line, decoded, hash));
+            batch.push(Pending { number: summary.lines, line, decoded, hash });
             if batch.len() == BATCH {
                 break;
             }
         }
-        for stage in 1..=2 {
-            for (.., hash) in &batch {
-                engine.prefetch(stage, *hash);
+        // Stage 1 runs a few events ahead of stage 2, which needs its result in cache.
+        for i in 0..batch.len() + STAGE_DISTANCE {
+            if let Some(p) = batch.get(i) {
+                engine.prefetch(1, p.hash);
+            }
+            if let Some(p) = i.checked_sub(STAGE_DISTANCE).and_then(|j| batch.get(j)) {
+                engine.prefetch(2, p.hash);
             }
         }
-        for (number, line, decoded, _) in &batch {
+        for Pending { number, line, decoded, .. } in &batch {
             match decoded {
                 Ok(event) => {
                     summary.events += 1;

@@ -28,6 +28,9 @@ use plan::Plan;
 use timers::{Entry, Timers};
 use window::{event_fingerprint, parcel_hash, take_recipient, Interner, Open, Parcel, Sym, Tombstones, Window};
 
+/// How many parcels ahead the wake-up loop asks the CPU to fetch.
+const PREFETCH_AHEAD: usize = 8;
+
 /// Limits and lateness. Every bound of the engine's memory is here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -82,6 +85,8 @@ pub struct Stats {
     pub evicted_idle: u64,
     pub evicted_capacity: u64,
     pub peak_parcels: usize,
+    /// Timer wake-ups processed (a parcel re-examined when a deadline came).
+    pub wakes: u64,
     /// Names not interned because the symbol table was full.
     pub symbol_overflow: u64,
 }
@@ -203,7 +208,7 @@ impl Engine {
             return Applied::Duplicate;
         }
         let superseded = p.state.is_done() && ev.at < p.state_at;
-        let first_branch = absorb(p, ev, &mut self.syms, &mut self.stats);
+        let first_branch = absorb(p, ev, &self.plan.counted, &mut self.syms, &mut self.stats);
         if let (true, Some(b)) = (first_branch && self.branches.wants_intake(), self.syms.get(p.branch)) {
             self.branches.intake(&b.clone(), ev.at);
         }
@@ -227,7 +232,7 @@ impl Engine {
             }
             let fire = match &self.set.rules[r as usize].trigger {
                 Trigger::Event { each, .. } => *each || p.fired & bit == 0,
-                Trigger::Nth { kind, n } => p.count(*kind) == *n,
+                Trigger::Nth { kind, n } => self.plan.count(p, *kind) == *n,
                 Trigger::Contacts { count, within } => {
                     p.fired & bit == 0 && p.contacts_within(*within) >= usize::from(*count)
                 }
@@ -257,8 +262,8 @@ impl Engine {
                 continue;
             }
             p.fired &= !(1u64 << r);
-            if let Some(i) = p.open.iter().position(|o| o.rule == r) {
-                let open = p.open.swap_remove(i);
+            let open = p.open.as_mut().and_then(|o| o.iter().position(|x| x.rule == r).map(|i| o.swap_remove(i)));
+            if let Some(open) = open {
                 self.emit(slot, r, AlertState::Resolved, at.max(open.at), &open.at.to_string(), None, out);
             }
         }
@@ -270,11 +275,19 @@ impl Engine {
         self.watermark = wm;
         let mut due = std::mem::take(&mut self.due);
         self.timers.drain_due(wm, &mut due);
-        for &Entry { at: wake, slot, gen } in &due {
+        // Wake-ups touch parcels all over the window: fetch a few ahead.
+        for e in due.iter().take(PREFETCH_AHEAD) {
+            self.window.prefetch_slot(e.slot);
+        }
+        for (i, &Entry { at: wake, slot, gen }) in due.iter().enumerate() {
+            if let Some(ahead) = due.get(i + PREFETCH_AHEAD) {
+                self.window.prefetch_slot(ahead.slot);
+            }
             let p = self.window.get_mut(slot);
             if p.is_vacant() || p.gen != gen || p.wake != wake {
                 continue;
             }
+            self.stats.wakes += 1;
             p.wake = Ts::MAX;
             for i in 0..self.plan.timers.len() {
                 let r = self.plan.timers[i];
@@ -285,7 +298,7 @@ impl Engine {
                 };
                 p.fired |= bit;
                 if self.set.rules[r as usize].voice.resolve {
-                    p.open.push(Open { rule: r, at: deadline });
+                    p.open.get_or_insert_with(Default::default).push(Open { rule: r, at: deadline });
                 }
                 self.emit(slot, r, AlertState::Firing, deadline, &deadline.to_string(), None, out);
             }
@@ -317,13 +330,15 @@ impl Engine {
                 }
             }
             p.fired = fired;
-            p.open.retain_mut(|o| match remap[o.rule as usize] {
-                Some(new) => {
-                    o.rule = new;
-                    true
-                }
-                None => false,
-            });
+            if let Some(open) = p.open.as_mut() {
+                open.retain_mut(|o| match remap[o.rule as usize] {
+                    Some(new) => {
+                        o.rule = new;
+                        true
+                    }
+                    None => false,
+                });
+            }
         }
         // New deadlines may fall earlier than the wake-ups already set.
         for slot in self.window.live_slots() {
@@ -412,17 +427,20 @@ impl Engine {
 }
 
 /// Folds an event into the parcel; true when it gave the parcel its first branch.
-fn absorb(p: &mut Parcel, ev: &Event<'_>, syms: &mut Interner, stats: &mut Stats) -> bool {
+fn absorb(p: &mut Parcel, ev: &Event<'_>, counted: &[Option<u8>], syms: &mut Interner, stats: &mut Stats) -> bool {
     let mut intern = |s: &Option<std::borrow::Cow<'_, str>>, current: Sym| match s.as_deref() {
         None => current,
+        // Most events repeat the parcel's branch and service: no hashing then.
+        Some(name) if syms.name(current) == Some(name) => current,
         Some(name) => syms.intern(name).unwrap_or_else(|| {
             stats.symbol_overflow += 1;
             current
         }),
     };
     p.last_event_at = p.last_event_at.max(ev.at);
-    let k = ev.kind as usize;
-    p.counts[k] = p.counts[k].saturating_add(1);
+    if let Some(i) = counted[ev.kind as usize] {
+        p.counts[i as usize] = p.counts[i as usize].saturating_add(1);
+    }
     if ev.kind.is_scan() && ev.at >= p.last_scan_at {
         p.last_scan_at = ev.at;
         p.facility = intern(&ev.facility, p.facility);

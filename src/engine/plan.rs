@@ -89,6 +89,8 @@ pub struct Plan {
     pub timers: Vec<u8>,
     /// One bit per timer rule.
     pub timer_mask: u64,
+    /// For each kind, its place in a parcel's counters, if an `nth` rule counts it.
+    pub counted: [Option<u8>; Kind::ALL.len()],
 }
 
 impl Plan {
@@ -96,6 +98,8 @@ impl Plan {
         let mut on_kind = vec![Vec::new(); Kind::ALL.len()];
         let mut timers = Vec::new();
         let mut timer_mask = 0u64;
+        let mut counted = [None; Kind::ALL.len()];
+        let mut places = 0u8;
         let mut rules = Vec::with_capacity(set.rules.len());
         for (i, rule) in set.rules.iter().enumerate() {
             let idx = i as u8;
@@ -108,6 +112,11 @@ impl Plan {
                 }
                 Trigger::Nth { kind, .. } => {
                     on_kind[*kind as usize].push(idx);
+                    if counted[*kind as usize].is_none() {
+                        // The rule checker allows no more counted kinds than there are places.
+                        counted[*kind as usize] = Some(places);
+                        places += 1;
+                    }
                     None
                 }
                 Trigger::Contacts { .. } => {
@@ -134,7 +143,12 @@ impl Plan {
                 timer,
             });
         }
-        Plan { rules, on_kind, timers, timer_mask }
+        Plan { rules, on_kind, timers, timer_mask, counted }
+    }
+
+    /// How many events of `kind` the parcel has had (0 for kinds no rule counts).
+    pub fn count(&self, p: &Parcel, kind: Kind) -> u8 {
+        self.counted[kind as usize].map_or(0, |i| p.counts[i as usize])
     }
 
     /// When timer rule `r` falls due for `p`, if it can at all in the parcel's present state.

@@ -16,6 +16,7 @@ use toml::Spanned;
 use super::{
     Audience, BranchRule, ByService, DeadlineField, Filter, KindSet, Rule, RuleSet, Severity, Threshold, Trigger, Voice,
 };
+use crate::engine::window::COUNTED_KINDS;
 use crate::event::Kind;
 use crate::time::Span;
 
@@ -460,6 +461,24 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<RuleSet, Vec<RuleEr
             }
         }
         set.branch_rules.push(rule);
+    }
+    let mut counted: Vec<Kind> = set
+        .rules
+        .iter()
+        .filter_map(|r| match r.trigger {
+            Trigger::Nth { kind, .. } => Some(kind),
+            _ => None,
+        })
+        .collect();
+    counted.sort();
+    counted.dedup();
+    if counted.len() > COUNTED_KINDS {
+        errors.push(RuleError {
+            file: sources[0].0.clone(),
+            line: 0,
+            column: 0,
+            message: format!("nth rules count {} kinds of event; at most {COUNTED_KINDS} are supported", counted.len()),
+        });
     }
     if set.rules.len() > MAX_PARCEL_RULES {
         errors.push(RuleError {
