@@ -1,3 +1,39 @@
+//! forewarn: a stream processor that tells parcel customers and branches
+//! about problems before they call.
+//!
+//! # Code map
+//!
+//! Events flow `event` → `engine` → `alert`; everything else drives or
+//! describes that flow.
+//!
+//! - [`event`]: the v1 input contract (`shared/events.md`). Bytes in, a
+//!   validated [`event::Event`] or a [`event::Reject`] naming the field out.
+//!   The only module that knows the wire format of events.
+//! - [`rules`]: the rule model, read from `rules/*.toml` with
+//!   `file:line:column` errors ([`rules::file`]), and the rule unit tests
+//!   ([`rules::test`]).
+//! - [`engine`]: the pure core. `apply(event)` and `advance(watermark)`
+//!   return alerts. Holds the parcel [`engine::window`], the event-time
+//!   timers and the [`engine::branch`] aggregates.
+//! - [`alert`]: what the engine says, with deterministic ids, and its JSON
+//!   Lines form.
+//! - [`replay`]: a file through the engine (`forewarn replay`).
+//! - [`simulate`]: a synthetic carrier network in the v1 contract
+//!   (`forewarn simulate`).
+//! - [`time`]: event-time instants and durations.
+//!
+//! # Invariants
+//!
+//! - The engine does no IO, knows nothing of NATS, files or tokio, and never
+//!   reads the wall clock: event time and the watermark are arguments. The
+//!   same input gives the same alerts, byte for byte.
+//! - No engine type derives serde: wire formats live at the edges
+//!   (`event`, `alert`, rule files).
+//! - Every store of the engine is bounded by [`engine::Config`], and what
+//!   leaves it is counted in [`engine::Stats`].
+//! - Contact data (names, phones, emails) lives once per parcel, in the
+//!   parcel, and leaves with it.
+
 pub mod alert;
 pub mod engine;
 pub mod event;

@@ -238,3 +238,27 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::engine::Config;
+    use crate::rules::RuleSet;
+
+    #[test]
+    fn a_line_longer_than_a_chunk_is_rejected_and_the_next_lines_flow() {
+        let rules = RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap();
+        let mut engine = Engine::new(rules, Config::default());
+        let good = r#"{"v":1,"event_id":"e1","parcel_id":"P1","kind":"damaged","at":"2026-11-20T08:00:00Z"}"#;
+        let input = format!("{good}\n{}\n{}\n", "x".repeat(CHUNK + 10), good.replace("P1", "P2").replace("e1", "e2"));
+        let (mut alerts, mut rejects) = (Vec::new(), Vec::new());
+        let mut sinks = Sinks { alerts: &mut alerts, rejects: Some(&mut rejects) };
+        let summary = run(&mut input.as_bytes(), &mut engine, &mut sinks, &mut |_| {}).unwrap();
+        assert_eq!((summary.lines, summary.events, summary.rejected_total()), (3, 2, 1));
+        assert_eq!(String::from_utf8(alerts).unwrap().lines().count(), 2);
+        let reject: serde_json::Value = serde_json::from_slice(&rejects).unwrap();
+        assert_eq!((reject["line"].as_u64(), reject["code"].as_str()), (Some(2), Some("too_large")));
+    }
+}

@@ -360,6 +360,11 @@ fn compile(raw: RawRule) -> Result<Compiled, Problem> {
             format!("rule `{id}`: by_service applies to absence, deadline and state_duration rules only"),
         ));
     }
+    if !raw.filter.reason.is_empty() && trigger.is_timer() {
+        let msg =
+            format!("rule `{id}`: where.reason filters events; a timer rule has no event to filter (use on or nth)");
+        return Err((None, msg));
+    }
     let filter = Filter {
         services: raw.filter.service,
         countries: raw.filter.country,

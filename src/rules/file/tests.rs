@@ -111,3 +111,13 @@ fn cross_rule_checks() {
 fn broken_toml_says_where() {
     check_err("[[rule]\nid = 1\n", expect!["rules/x.toml:1:7: invalid table header\nexpected `.`, `]]`"]);
 }
+
+#[test]
+fn a_reason_filter_needs_an_event() {
+    check_err(
+        "[[rule]]\nid = \"a\"\naudience = [\"customer\"]\nseverity = \"info\"\nwhere = { reason = [\"inspection\"] }\nstate_duration = { state = \"customs_hold\", after = \"1h\" }\n",
+        expect!["rules/x.toml:1:1: rule `a`: where.reason filters events; a timer rule has no event to filter (use on or nth)"],
+    );
+    let set = load("[[rule]]\nid = \"b\"\naudience = [\"customer\"]\nseverity = \"info\"\nwhere = { reason = [\"major\"] }\non = { kind = [\"damaged\"] }\n").unwrap();
+    assert_eq!(set.rules[0].filter.reasons, ["major"]);
+}

@@ -1,0 +1,71 @@
+//! `check`, `test` and `--help`: what a rule author sees.
+
+use std::fs;
+
+use super::{forewarn, repo, text};
+
+#[test]
+fn the_default_rules_check_and_their_tests_pass() {
+    let out = forewarn(&["check", "rules"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "rules: 11 rules ok\n");
+    let out = forewarn(&["test", "rules"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.lines().last().unwrap().starts_with("rules: "), "{stdout}");
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    assert!(!stdout.contains("FAIL"));
+}
+
+#[test]
+fn a_broken_rule_names_file_line_column_and_suggests() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("delay.toml"),
+        "[[rule]]\nid = \"stalled\"\naudience = [\"customer\"]\nseverity = \"warning\"\nabsence = { after = \"24h\", whle_in = [\"departed\"] }\n",
+    )
+    .unwrap();
+    let out = forewarn(&["check", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("delay.toml:5:28: unknown field `whle_in`"), "{stderr}");
+    assert!(stderr.contains("did you mean `while_in`?"), "{stderr}");
+}
+
+#[test]
+fn a_failing_rule_test_prints_a_diff_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in fs::read_dir(repo("rules")).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|x| x == "toml") {
+            fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    fs::create_dir(dir.path().join("tests")).unwrap();
+    fs::write(
+        dir.path().join("tests/wrong.toml"),
+        r#"[[test]]
+name = "expects the stall an hour too early"
+until = "2026-11-22T00:00:00Z"
+events = [{ kind = "departed", at = "2026-11-20T12:00:00Z" }]
+expect = [{ rule = "stalled", at = "2026-11-21T11:00:00Z" }]
+"#,
+    )
+    .unwrap();
+    let out = forewarn(&["test", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("FAIL"), "{stdout}");
+    assert!(stdout.contains("- stalled firing at=2026-11-21T11:00:00Z parcel=P1"), "{stdout}");
+    assert!(stdout.contains("+ stalled firing at=2026-11-21T12:00:00Z parcel=P1"), "{stdout}");
+    assert!(stdout.contains("rules: 0 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in ["replay", "check", "test", "simulate"] {
+        let out = forewarn(&[cmd, "--help"]);
+        assert!(out.status.success());
+        assert!(text(&out.stdout).contains("Usage: forewarn"), "{cmd}");
+    }
+}

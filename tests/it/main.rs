@@ -1,0 +1,32 @@
+//! End-to-end tests of the `forewarn` command, run as a user runs it.
+
+mod cli;
+mod replay;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs `forewarn` with `args` from the repository root.
+pub fn forewarn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_forewarn"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("forewarn runs")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Simulates `parcels` parcels into `dir/name` and returns its path as text.
+pub fn simulate(dir: &Path, name: &str, parcels: u64, seed: u64) -> String {
+    let path = dir.join(name).to_string_lossy().into_owned();
+    let out = forewarn(&["simulate", "--parcels", &parcels.to_string(), "--seed", &seed.to_string(), "--out", &path]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    path
+}

@@ -1,0 +1,123 @@
+//! `simulate` and `replay`: determinism, duplicates, rejects.
+
+use std::collections::BTreeSet;
+use std::fs;
+
+use super::{forewarn, simulate, text};
+
+fn alert_ids(alerts: &str) -> BTreeSet<(String, String)> {
+    alerts
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["alert_id"].as_str().unwrap().to_string(), v["state"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn simulate_is_deterministic_per_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fs::read(simulate(dir.path(), "a.jsonl", 2000, 7)).unwrap();
+    let b = fs::read(simulate(dir.path(), "b.jsonl", 2000, 7)).unwrap();
+    let c = fs::read(simulate(dir.path(), "c.jsonl", 2000, 8)).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(a.len() > 2000 * 5 * 150, "about eight events a parcel");
+}
+
+#[test]
+fn replaying_the_same_file_gives_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = simulate(dir.path(), "net.jsonl", 5000, 3);
+    let run = |name: &str| {
+        let out_path = dir.path().join(name);
+        let out = forewarn(&["replay", &input, "--out", out_path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        fs::read(out_path).unwrap()
+    };
+    let first = run("a1.jsonl");
+    assert_eq!(first, run("a2.jsonl"));
+    let alerts = text(&first);
+    let rules: BTreeSet<String> = alerts
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rule"].as_str().unwrap().to_string())
+        .collect();
+    for rule in ["stalled", "late", "delivery_failed", "repeated_failure", "customs_hold", "repeat_contact", "damaged"]
+    {
+        assert!(rules.contains(rule), "no {rule} alert in a 5000-parcel network: {rules:?}");
+    }
+}
+
+#[test]
+fn re_uploaded_events_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = simulate(dir.path(), "net.jsonl", 3000, 5);
+    let lines: Vec<String> = fs::read_to_string(&input).unwrap().lines().map(str::to_string).collect();
+    // Every tenth event is uploaded again, a few lines later.
+    let mut doubled = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        doubled.push(l.clone());
+        if i % 10 == 0 && i >= 3 {
+            doubled.push(lines[i - 3].clone());
+        }
+    }
+    let dup_path = dir.path().join("dup.jsonl");
+    fs::write(&dup_path, doubled.join("\n") + "\n").unwrap();
+    let replay = |path: &str| {
+        let out = forewarn(&["replay", path, "--stats"]);
+        assert!(out.status.success());
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let (plain, _) = replay(&input);
+    let (with_dups, stats) = replay(dup_path.to_str().unwrap());
+    assert_eq!(alert_ids(&plain), alert_ids(&with_dups));
+    assert!(!plain.is_empty());
+    let dups: u64 = stats
+        .lines()
+        .find(|l| l.starts_with("duplicates"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(dups as usize >= lines.len() / 10 - 1, "{stats}");
+}
+
+#[test]
+fn bad_lines_are_kept_with_their_reason_and_the_rest_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("mixed.jsonl");
+    let big = format!(r#"{{"v":1,"pad":"{}"}}"#, "x".repeat(70_000));
+    let lines = [
+        r#"{"v":1,"event_id":"e1","parcel_id":"P1","kind":"damaged","at":"2026-11-20T08:00:00Z","branch":"FR-PAR-12"}"#,
+        r#"{"v":1,"event_id":"e2","kind":"departed","at":"2026-11-20T09:00:00Z"}"#,
+        r#"{"v":1,"event_id":"e3","parcel_id":"P3","kind":"teleported","at":"2026-11-20T09:00:00Z"}"#,
+        r#"{"v":1,"event_id":"e4","parcel_id":"P4","kind":"departed","at":"last tuesday"}"#,
+        r#"{"v":2,"event_id":"e5","parcel_id":"P5","kind":"departed","at":"2026-11-20T09:00:00Z"}"#,
+        r#"not json at all"#,
+        &big,
+        r#"{"v":1,"event_id":"e6","parcel_id":"P6","kind":"lost","at":"2026-11-20T10:00:00Z"}"#,
+    ];
+    fs::write(&input, lines.join("\n")).unwrap();
+    let rejects = dir.path().join("rejects.jsonl");
+    let out = forewarn(&["replay", input.to_str().unwrap(), "--rejects", rejects.to_str().unwrap()]);
+    assert!(out.status.success(), "rejects do not fail the run");
+    let alerts = alert_ids(&text(&out.stdout));
+    assert_eq!(alerts.len(), 2, "damaged P1 and lost P6 still alert");
+    let rejected: Vec<serde_json::Value> =
+        fs::read_to_string(&rejects).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let reasons: Vec<(u64, &str)> =
+        rejected.iter().map(|r| (r["line"].as_u64().unwrap(), r["reason"].as_str().unwrap())).collect();
+    assert_eq!(reasons[0], (2, "missing parcel_id"));
+    assert_eq!(reasons[1], (3, "unknown kind \"teleported\""));
+    assert_eq!(reasons[2], (4, "at: not an RFC 3339 timestamp"));
+    assert_eq!(reasons[3], (5, "v: unsupported contract version 2 (this processor reads v1)"));
+    assert!(reasons[4].1.starts_with("not valid JSON"));
+    assert!(reasons[5].1.starts_with("event larger than 64 KiB"));
+    assert_eq!(reasons.len(), 6);
+    // The original bytes are kept, so an operator can fix and replay them.
+    assert_eq!(rejected[0]["input"].as_str().unwrap(), lines[1]);
+    assert_eq!(rejected[0]["field"].as_str().unwrap(), "parcel_id");
+}
