@@ -140,8 +140,7 @@ fn process(
     if chunk.is_empty() {
         return Ok(());
     }
-    let body = chunk.strip_suffix(b"\n").unwrap_or(chunk);
-    let mut lines = body.split(|&b| b == b'\n').peekable();
+    let mut lines = lines(chunk).peekable();
     let mut batch: Vec<Pending<'_>> = Vec::with_capacity(BATCH);
     while lines.peek().is_some() {
         batch.clear();
@@ -226,9 +225,22 @@ fn write_reject(
     sink.write_all(b"\n")
 }
 
-/// Decodes every line and nothing more: the baseline a replay is compared with.
+/// The lines of `data` (a final newline ends the last line, it does not start another).
+fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    ends.map(move |end| {
+        let line = &body[start..end];
+        start = end + 1;
+        line
+    })
+}
+
+/// Decodes every line and nothing more: the baseline a replay is compared
+/// with, splitting lines the same way.
 pub fn decode_only(data: &[u8]) -> u64 {
-    data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).filter(|l| decode(l).is_ok()).count() as u64
+    lines(data).filter(|l| !l.is_empty()).filter(|l| decode(l).is_ok()).count() as u64
 }
 
 /// The process's peak resident memory, where the OS tells it (Linux).
