@@ -138,3 +138,43 @@ fn the_same_input_gives_the_same_alert_ids() {
     assert_eq!(first, ids(()));
     assert_ne!(first[0], first[1]);
 }
+
+#[test]
+fn a_share_threshold_counts_the_branch_parcels_seen_in_the_window() {
+    let pack = r#"
+[[rule]]
+id = "failed"
+audience = ["customer"]
+severity = "info"
+on = { kind = ["delivery_failed"], each = true }
+
+[[rule]]
+id = "failing_branch"
+audience = ["branch"]
+severity = "warning"
+branch = { rules = ["failed"], window = "2h", min_share = 0.5, min_volume = 4 }
+"#;
+    let set = crate::rules::file::load_sources(&[("x.toml".into(), pack.to_string())]).unwrap();
+    let mut engine = Engine::new(set, Config::default());
+    let mut out = Vec::new();
+    let feed = |engine: &mut Engine, out: &mut Vec<Alert>, i: usize, parcel: &str, kind: &str, at: &str| {
+        let json = format!(r#"{{"v":1,"event_id":"e{i}","parcel_id":"{parcel}","kind":"{kind}","at":"{at}","branch":"B1"}}"#);
+        engine.ingest(&decode(json.as_bytes()).unwrap(), out);
+    };
+    // Four parcels reach the branch; the first failure is one in four, the second two in four.
+    for (i, p) in ["A", "B", "C", "D"].iter().enumerate() {
+        feed(&mut engine, &mut out, i, p, "out_for_delivery", "2026-11-20T08:00:00Z");
+    }
+    feed(&mut engine, &mut out, 10, "A", "delivery_failed", "2026-11-20T09:00:00Z");
+    assert!(out.iter().all(|a| &*a.rule == "failed"), "1/4 is under the share");
+    feed(&mut engine, &mut out, 11, "B", "delivery_failed", "2026-11-20T09:10:00Z");
+    let spike: Vec<_> = out.iter().filter(|a| &*a.rule == "failing_branch").collect();
+    assert_eq!(spike.len(), 1);
+    let facts = spike[0].branch_facts.as_ref().unwrap();
+    assert_eq!((facts.count, facts.volume, spike[0].at), (2, Some(4), Ts::parse_rfc3339("2026-11-20T09:10:00Z").unwrap()));
+    // Once the intake leaves the window the share is unknown (volume 0 < 4): the episode ends.
+    out.clear();
+    engine.advance(Ts::parse_rfc3339("2026-11-20T10:30:00Z").unwrap(), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!((&*out[0].rule, out[0].state), ("failing_branch", AlertState::Resolved));
+}
