@@ -13,7 +13,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::event::{Channels, Kind};
 use crate::rules::{Audience, Severity};
-use crate::time::{Span, Ts};
+use crate::time::{Span, Ts, TsText};
 
 /// A deterministic alert id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,9 +33,21 @@ impl AlertId {
     }
 }
 
+impl AlertId {
+    /// The id as 32 lower-case hex digits.
+    pub fn hex(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = b"0123456789abcdef"[(self.0 >> (124 - 4 * i) & 0xf) as usize];
+        }
+        out
+    }
+}
+
 impl fmt::Display for AlertId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&self.hex()).unwrap_or(""))
     }
 }
 
@@ -118,10 +130,10 @@ pub struct Alert {
 
 #[derive(Serialize)]
 struct Line<'a> {
-    alert_id: String,
+    alert_id: &'a str,
     rule: &'a str,
     state: &'static str,
-    at: String,
+    at: TsText,
     severity: &'static str,
     audience: Vec<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -145,11 +157,11 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     service: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    promised_by: Option<String>,
+    promised_by: Option<TsText>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    return_by: Option<String>,
+    return_by: Option<TsText>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    last_scan_at: Option<String>,
+    last_scan_at: Option<TsText>,
     #[serde(skip_serializing_if = "Option::is_none")]
     locale: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -188,11 +200,12 @@ impl Alert {
         let recipient = p.and_then(|p| p.recipient.as_ref());
         let country = p.and_then(|p| p.country.as_ref()).and_then(|c| std::str::from_utf8(c).ok());
         let b = self.branch_facts.as_ref();
+        let hex = self.id.hex();
         let line = Line {
-            alert_id: self.id.to_string(),
+            alert_id: std::str::from_utf8(&hex).unwrap_or(""),
             rule: &self.rule,
             state: self.state.as_str(),
-            at: self.at.to_string(),
+            at: self.at.text(),
             severity: self.severity.as_str(),
             audience: self.audience.names().collect(),
             any_hour: self.any_hour.names().collect(),
@@ -205,9 +218,9 @@ impl Alert {
             facility: p.and_then(|p| p.facility.as_deref()),
             country,
             service: p.and_then(|p| p.service.as_deref()),
-            promised_by: p.and_then(|p| p.promised_by).map(|t| t.to_string()),
-            return_by: p.and_then(|p| p.return_by).map(|t| t.to_string()),
-            last_scan_at: p.and_then(|p| p.last_scan_at).map(|t| t.to_string()),
+            promised_by: p.and_then(|p| p.promised_by).map(Ts::text),
+            return_by: p.and_then(|p| p.return_by).map(Ts::text),
+            last_scan_at: p.and_then(|p| p.last_scan_at).map(Ts::text),
             locale: recipient.and_then(|r| r.locale.as_deref()),
             recipient: recipient.map(|r| RecipientLine {
                 name: r.name.as_deref(),

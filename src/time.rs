@@ -125,15 +125,66 @@ impl Ts {
 /// the instant has milliseconds), so one instant always has one spelling.
 impl fmt::Display for Ts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text())
+    }
+}
+
+/// An instant's RFC 3339 text, on the stack: alerts write several per line.
+#[derive(Clone, Copy)]
+pub struct TsText {
+    buf: [u8; 24],
+    len: u8,
+}
+
+impl std::ops::Deref for TsText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Only ASCII digits and punctuation are written below.
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl serde::Serialize for TsText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self)
+    }
+}
+
+impl Ts {
+    /// The RFC 3339 text in UTC, without the formatting machinery.
+    pub fn text(self) -> TsText {
         let secs = self.seconds();
         let millis = self.0.rem_euclid(1000);
         let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         let (y, m, d) = civil_from_days(days);
-        write!(f, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", sod / 3600, sod / 60 % 60, sod % 60)?;
-        if millis != 0 {
-            write!(f, ".{millis:03}")?;
+        let mut buf = [0u8; 24];
+        let mut put = |at: usize, value: i64, width: usize| {
+            let mut v = value.rem_euclid(10i64.pow(width as u32));
+            for i in (0..width).rev() {
+                buf[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, y, 4);
+        put(5, m, 2);
+        put(8, d, 2);
+        put(11, sod / 3600, 2);
+        put(14, sod / 60 % 60, 2);
+        put(17, sod % 60, 2);
+        let len = if millis != 0 {
+            put(20, millis, 3);
+            buf[19] = b'.';
+            buf[23] = b'Z';
+            24
+        } else {
+            buf[19] = b'Z';
+            20
+        };
+        for (i, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
+            buf[i] = c;
         }
-        f.write_str("Z")
+        TsText { buf, len }
     }
 }
 

@@ -197,7 +197,7 @@ fn judge(rule: &BranchRule, s: &BranchState, now: Ts) -> Option<BranchFacts> {
 fn branch_alert(a: &Aggregate, branch: &Arc<str>, state: AlertState, at: Ts, started: Ts, facts: BranchFacts) -> Alert {
     let v = &a.rule.voice;
     Alert {
-        id: AlertId::new(&a.id, branch, &started.to_string()),
+        id: AlertId::new(&a.id, branch, &started.text()),
         rule: a.id.clone(),
         state,
         at,

@@ -208,7 +208,10 @@ impl Engine {
             return Applied::Duplicate;
         }
         let superseded = p.state.is_done() && ev.at < p.state_at;
+        let inputs = p.deadline_inputs();
         let first_branch = absorb(p, ev, &self.plan.counted, &mut self.syms, &mut self.stats);
+        // A scan only pushes the stall deadline later; an unchanged wake-up stays right.
+        let moved = p.wake == Ts::MAX || p.deadline_inputs() != inputs;
         if let (true, Some(b)) = (first_branch && self.branches.wants_intake(), self.syms.get(p.branch)) {
             self.branches.intake(&b.clone(), ev.at);
         }
@@ -217,8 +220,9 @@ impl Engine {
         } else {
             self.fire_event_rules(slot, ev, out);
         }
-        self.resolve_ended(slot, ev.at, out);
-        self.reschedule(slot);
+        if self.resolve_ended(slot, ev.at, out) || moved {
+            self.reschedule(slot);
+        }
         Applied::Applied
     }
 
@@ -252,8 +256,10 @@ impl Engine {
     }
 
     /// Ends the episodes of fired timer rules whose condition stopped holding.
-    fn resolve_ended(&mut self, slot: u32, at: Ts, out: &mut Vec<Alert>) {
+    /// True when any episode ended (its rule may now have an earlier deadline).
+    fn resolve_ended(&mut self, slot: u32, at: Ts, out: &mut Vec<Alert>) -> bool {
         let mut fired = self.window.get(slot).fired & self.plan.timer_mask;
+        let mut ended = false;
         while fired != 0 {
             let r = fired.trailing_zeros() as u8;
             fired &= fired - 1;
@@ -262,11 +268,13 @@ impl Engine {
                 continue;
             }
             p.fired &= !(1u64 << r);
+            ended = true;
             let open = p.open.as_mut().and_then(|o| o.iter().position(|x| x.rule == r).map(|i| o.swap_remove(i)));
             if let Some(open) = open {
-                self.emit(slot, r, AlertState::Resolved, at.max(open.at), &open.at.to_string(), None, out);
+                self.emit(slot, r, AlertState::Resolved, at.max(open.at), &open.at.text(), None, out);
             }
         }
+        ended
     }
 
     /// Moves the watermark forward (never back) and fires every timer it passes.
@@ -300,7 +308,7 @@ impl Engine {
                 if self.set.rules[r as usize].voice.resolve {
                     p.open.get_or_insert_with(Default::default).push(Open { rule: r, at: deadline });
                 }
-                self.emit(slot, r, AlertState::Firing, deadline, &deadline.to_string(), None, out);
+                self.emit(slot, r, AlertState::Firing, deadline, &deadline.text(), None, out);
             }
             let p = self.window.get(slot);
             if p.state.is_done() && p.state_at.plus(self.config.retention) <= wm {
@@ -488,7 +496,7 @@ fn facts(p: &Parcel, syms: &Interner, trigger: Option<TriggerFacts>) -> ParcelFa
         return_by: known(p.return_by),
         last_scan_at: known(p.last_scan_at),
         trigger,
-        recipient: p.has_recipient.then(|| RecipientFacts {
+        recipient: p.has_recipient().then(|| RecipientFacts {
             name: p.name().map(str::to_string),
             phone: p.phone().map(str::to_string),
             email: p.email().map(str::to_string),

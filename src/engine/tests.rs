@@ -158,7 +158,8 @@ branch = { rules = ["failed"], window = "2h", min_share = 0.5, min_volume = 4 }
     let mut engine = Engine::new(set, Config::default());
     let mut out = Vec::new();
     let feed = |engine: &mut Engine, out: &mut Vec<Alert>, i: usize, parcel: &str, kind: &str, at: &str| {
-        let json = format!(r#"{{"v":1,"event_id":"e{i}","parcel_id":"{parcel}","kind":"{kind}","at":"{at}","branch":"B1"}}"#);
+        let json =
+            format!(r#"{{"v":1,"event_id":"e{i}","parcel_id":"{parcel}","kind":"{kind}","at":"{at}","branch":"B1"}}"#);
         engine.ingest(&decode(json.as_bytes()).unwrap(), out);
     };
     // Four parcels reach the branch; the first failure is one in four, the second two in four.
@@ -171,7 +172,10 @@ branch = { rules = ["failed"], window = "2h", min_share = 0.5, min_volume = 4 }
     let spike: Vec<_> = out.iter().filter(|a| &*a.rule == "failing_branch").collect();
     assert_eq!(spike.len(), 1);
     let facts = spike[0].branch_facts.as_ref().unwrap();
-    assert_eq!((facts.count, facts.volume, spike[0].at), (2, Some(4), Ts::parse_rfc3339("2026-11-20T09:10:00Z").unwrap()));
+    assert_eq!(
+        (facts.count, facts.volume, spike[0].at),
+        (2, Some(4), Ts::parse_rfc3339("2026-11-20T09:10:00Z").unwrap())
+    );
     // Once the intake leaves the window the share is unknown (volume 0 < 4): the episode ends.
     out.clear();
     engine.advance(Ts::parse_rfc3339("2026-11-20T10:30:00Z").unwrap(), &mut out);
