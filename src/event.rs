@@ -189,6 +189,44 @@ pub struct Event<'a> {
     pub contact: Option<Contact>,
 }
 
+fn owned(s: Option<Cow<'_, str>>) -> Option<Cow<'static, str>> {
+    s.map(|s| Cow::Owned(s.into_owned()))
+}
+
+impl Recipient<'_> {
+    pub fn into_owned(self) -> Recipient<'static> {
+        Recipient {
+            name: owned(self.name),
+            phone: owned(self.phone),
+            email: owned(self.email),
+            locale: owned(self.locale),
+            tz: owned(self.tz),
+            channels: self.channels,
+        }
+    }
+}
+
+impl Event<'_> {
+    /// A copy that no longer borrows from the input, for events held aside.
+    pub fn into_owned(self) -> Event<'static> {
+        Event {
+            event_id: Cow::Owned(self.event_id.into_owned()),
+            parcel_id: Cow::Owned(self.parcel_id.into_owned()),
+            kind: self.kind,
+            at: self.at,
+            facility: owned(self.facility),
+            branch: owned(self.branch),
+            country: self.country,
+            promised_by: self.promised_by,
+            service: owned(self.service),
+            recipient: self.recipient.map(Recipient::into_owned),
+            reason: owned(self.reason),
+            return_by: self.return_by,
+            contact: self.contact,
+        }
+    }
+}
+
 /// Why an event was rejected. The display text names the field; [`Reject::code`]
 /// is the closed label used in metrics.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

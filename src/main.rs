@@ -182,6 +182,7 @@ fn print_stats(s: &Summary, engine: &Engine) {
     let mut err = io::stderr().lock();
     let _ = writeln!(err, "events        {:>12}   {:.0} events/s over {:.2} s", s.events, s.events as f64 / secs, secs);
     let _ = writeln!(err, "duplicates    {:>12}", st.duplicates);
+    let _ = writeln!(err, "parked        {:>12}   (newer than a deadline not judged yet)", st.parked);
     let _ = writeln!(
         err,
         "beyond lateness {:>10}   superseded {}   for closed parcels {}",

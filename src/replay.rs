@@ -110,6 +110,10 @@ pub fn run(
             break;
         }
     }
+    // The input is complete: nothing late can come, so every deadline up to
+    // the newest event is judged and every event held aside is applied.
+    engine.advance(engine.newest(), &mut out);
+    write_alerts(&mut out, sinks.alerts, &mut summary, &mut text)?;
     summary.elapsed = started.elapsed();
     Ok(summary)
 }

@@ -28,6 +28,9 @@ use plan::Plan;
 use timers::{Entry, Timers};
 use window::{event_fingerprint, parcel_hash, take_recipient, Interner, Open, Parcel, Sym, Tombstones, Window};
 
+/// The most events a parcel holds aside; beyond, events apply on arrival.
+const MAX_PARKED: usize = 64;
+
 /// How many parcels ahead the wake-up loop asks the CPU to fetch.
 const PREFETCH_AHEAD: usize = 8;
 
@@ -87,6 +90,8 @@ pub struct Stats {
     pub peak_parcels: usize,
     /// Timer wake-ups processed (a parcel re-examined when a deadline came).
     pub wakes: u64,
+    /// Events held until a deadline before them was judged.
+    pub parked: u64,
     /// Names not interned because the symbol table was full.
     pub symbol_overflow: u64,
 }
@@ -98,6 +103,8 @@ pub enum Applied {
     Duplicate,
     /// The parcel left the window; the event is counted and ignored.
     Closed,
+    /// Newer than a deadline not judged yet: applied once it is.
+    Parked,
 }
 
 pub struct Engine {
@@ -157,6 +164,11 @@ impl Engine {
         self.watermark
     }
 
+    /// The newest event time seen.
+    pub fn newest(&self) -> Ts {
+        self.max_at
+    }
+
     /// The watermark the input alone justifies: newest event time minus the lateness.
     pub fn input_watermark(&self) -> Ts {
         self.max_at.minus(self.config.lateness)
@@ -207,6 +219,21 @@ impl Engine {
             self.stats.duplicates += 1;
             return Applied::Duplicate;
         }
+        // After a pending deadline: held until the watermark judges that deadline,
+        // so the judgment sees exactly the events up to it, whatever their arrival order.
+        if ev.at > p.wake && p.parked() < MAX_PARKED && self.plan.next_deadline(p) < ev.at {
+            p.aside().parked.push(ev.clone().into_owned());
+            self.stats.parked += 1;
+            return Applied::Parked;
+        }
+        self.apply_to(slot, ev, out);
+        Applied::Applied
+    }
+
+    /// Folds an event into the parcel in `slot`, fires the rules it triggers
+    /// and ends the episodes it ends.
+    fn apply_to(&mut self, slot: u32, ev: &Event<'_>, out: &mut Vec<Alert>) {
+        let p = self.window.get_mut(slot);
         let superseded = p.state.is_done() && ev.at < p.state_at;
         let inputs = p.deadline_inputs();
         let first_branch = absorb(p, ev, &self.plan.counted, &mut self.syms, &mut self.stats);
@@ -223,7 +250,6 @@ impl Engine {
         if self.resolve_ended(slot, ev.at, out) || moved {
             self.reschedule(slot);
         }
-        Applied::Applied
     }
 
     fn fire_event_rules(&mut self, slot: u32, ev: &Event<'_>, out: &mut Vec<Alert>) {
@@ -269,8 +295,7 @@ impl Engine {
             }
             p.fired &= !(1u64 << r);
             ended = true;
-            let open = p.open.as_mut().and_then(|o| o.iter().position(|x| x.rule == r).map(|i| o.swap_remove(i)));
-            if let Some(open) = open {
+            if let Some(open) = p.take_open(r) {
                 self.emit(slot, r, AlertState::Resolved, at.max(open.at), &open.at.text(), None, out);
             }
         }
@@ -306,9 +331,13 @@ impl Engine {
                 };
                 p.fired |= bit;
                 if self.set.rules[r as usize].voice.resolve {
-                    p.open.get_or_insert_with(Default::default).push(Open { rule: r, at: deadline });
+                    p.aside().open.push(Open { rule: r, at: deadline });
                 }
                 self.emit(slot, r, AlertState::Firing, deadline, &deadline.text(), None, out);
+            }
+            // The deadline is judged: what happened after it can now count.
+            for ev in self.window.get_mut(slot).take_parked() {
+                self.apply_to(slot, &ev, out);
             }
             let p = self.window.get(slot);
             if p.state.is_done() && p.state_at.plus(self.config.retention) <= wm {
@@ -338,8 +367,8 @@ impl Engine {
                 }
             }
             p.fired = fired;
-            if let Some(open) = p.open.as_mut() {
-                open.retain_mut(|o| match remap[o.rule as usize] {
+            if let Some(aside) = p.aside.as_mut() {
+                aside.open.retain_mut(|o| match remap[o.rule as usize] {
                     Some(new) => {
                         o.rule = new;
                         true
@@ -358,18 +387,12 @@ impl Engine {
     /// Sets the parcel's wake-up to its earliest pending deadline (or its departure from the window).
     fn reschedule(&mut self, slot: u32) {
         let p = self.window.get(slot);
-        let mut next = if p.state.is_done() {
+        let leaves = if p.state.is_done() {
             p.state_at.plus(self.config.retention)
         } else {
             p.last_event_at.plus(self.config.max_idle)
         };
-        for &r in &self.plan.timers {
-            if p.fired & (1u64 << r) == 0 {
-                if let Some(d) = self.plan.deadline(r, p) {
-                    next = next.min(d);
-                }
-            }
-        }
+        let next = leaves.min(self.plan.next_deadline(p));
         // A later deadline keeps the earlier wake-up: it will re-evaluate and come back.
         if next < p.wake {
             self.timers.insert(Entry { at: next, slot, gen: p.gen });

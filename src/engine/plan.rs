@@ -151,6 +151,16 @@ impl Plan {
         self.counted[kind as usize].map_or(0, |i| p.counts[i as usize])
     }
 
+    /// The earliest deadline of a timer rule not yet fired for `p` (`Ts::MAX` if none).
+    pub fn next_deadline(&self, p: &Parcel) -> Ts {
+        self.timers
+            .iter()
+            .filter(|&&r| p.fired & (1u64 << r) == 0)
+            .filter_map(|&r| self.deadline(r, p))
+            .min()
+            .unwrap_or(Ts::MAX)
+    }
+
     /// When timer rule `r` falls due for `p`, if it can at all in the parcel's present state.
     pub fn deadline(&self, r: u8, p: &Parcel) -> Option<Ts> {
         let rule = &self.rules[r as usize];

@@ -100,6 +100,48 @@ impl Seen {
     }
 }
 
+/// What a few parcels need and most do not.
+#[derive(Default)]
+pub struct Aside {
+    /// Episodes of resolving rules that are open.
+    pub open: Vec<Open>,
+    /// Events newer than the parcel's pending wake-up, held until it is judged.
+    pub parked: Vec<Event<'static>>,
+}
+
+impl Parcel {
+    pub fn aside(&mut self) -> &mut Aside {
+        self.aside.get_or_insert_with(Default::default)
+    }
+
+    /// Takes the open episode of rule `r`, if any.
+    pub fn take_open(&mut self, r: u8) -> Option<Open> {
+        let open = &mut self.aside.as_mut()?.open;
+        let i = open.iter().position(|o| o.rule == r)?;
+        let taken = open.swap_remove(i);
+        self.drop_empty_aside();
+        Some(taken)
+    }
+
+    /// Takes the parked events, oldest first.
+    pub fn take_parked(&mut self) -> Vec<Event<'static>> {
+        let mut parked = self.aside.as_mut().map(|a| std::mem::take(&mut a.parked)).unwrap_or_default();
+        self.drop_empty_aside();
+        parked.sort_by_key(|e| e.at);
+        parked
+    }
+
+    fn drop_empty_aside(&mut self) {
+        if self.aside.as_ref().is_some_and(|a| a.open.is_empty() && a.parked.is_empty()) {
+            self.aside = None;
+        }
+    }
+
+    pub fn parked(&self) -> usize {
+        self.aside.as_ref().map_or(0, |a| a.parked.len())
+    }
+}
+
 /// An episode of a resolving rule that is open, with the instant it fired at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Open {
@@ -146,9 +188,8 @@ pub struct Parcel {
     pub seen: Seen,
     /// The most recent customer contact times, newest last.
     pub contacts: Option<Box<[Ts; 4]>>,
-    /// Open episodes of resolving rules; few parcels have any, so it costs a pointer.
-    #[allow(clippy::box_collection)]
-    pub open: Option<Box<Vec<Open>>>,
+    /// Open episodes and parked events; few parcels have any, so it costs a pointer.
+    pub aside: Option<Box<Aside>>,
 }
 
 impl Parcel {
@@ -178,7 +219,7 @@ impl Parcel {
             counts: [0; COUNTED_KINDS],
             seen: Seen::default(),
             contacts: None,
-            open: None,
+            aside: None,
         }
     }
 

@@ -121,3 +121,46 @@ fn bad_lines_are_kept_with_their_reason_and_the_rest_flows() {
     assert_eq!(rejected[0]["input"].as_str().unwrap(), lines[1]);
     assert_eq!(rejected[0]["field"].as_str().unwrap(), "parcel_id");
 }
+
+/// The simulated network's lines with their event times.
+fn timed_lines(path: &str) -> Vec<(i64, String)> {
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let at = forewarn::time::Ts::parse_rfc3339(v["at"].as_str().unwrap()).unwrap();
+            (at.0, l.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn arrival_order_within_the_lateness_does_not_change_the_alerts() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = timed_lines(&simulate(dir.path(), "net.jsonl", 4000, 11));
+    lines.sort_by_key(|(at, _)| *at);
+    let write = |name: &str, lines: &[(i64, String)]| {
+        let path = dir.path().join(name);
+        fs::write(&path, lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")).unwrap();
+        let out = forewarn(&["replay", path.to_str().unwrap()]);
+        assert!(out.status.success());
+        text(&out.stdout)
+    };
+    let on_time = write("on_time.jsonl", &lines);
+    // Three events in ten are uploaded up to 40 minutes late: within the 1 h lateness.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut late: Vec<(i64, String)> = lines
+        .iter()
+        .map(|(at, l)| (at + if rng.gen_bool(0.3) { rng.gen_range(0..40 * 60_000) } else { 0 }, l.clone()))
+        .collect();
+    late.sort_by_key(|(arrival, _)| *arrival);
+    assert_ne!(late, lines, "the order really changed");
+    let uploaded_late = write("late.jsonl", &late);
+    let (a, b) = (alert_ids(&on_time), alert_ids(&uploaded_late));
+    assert!(a.len() > 500, "{} alerts", a.len());
+    let missing: Vec<_> = a.difference(&b).collect();
+    let extra: Vec<_> = b.difference(&a).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}\nextra {extra:?}");
+}
