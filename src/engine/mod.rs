@@ -7,10 +7,10 @@
 //! event-time timers (one entry per parcel at most: its next wake-up) and the
 //! [`branch`] aggregates.
 //!
-//! Timer rules are judged when the watermark passes their deadline, on what is
-//! known then: a parcel that recovered within the allowed lateness (a scan
-//! uploaded late, a delivery just after the promise) raises nothing, because
-//! telling a customer of a delay that is already over is noise.
+//! Timer rules are judged in event time: when the watermark passes a deadline,
+//! on the events up to it. An event newer than a parcel's unjudged deadline is
+//! parked until that judgment, then applied in event-time order, so the
+//! arrival order of events within the lateness does not change the alerts.
 
 pub mod branch;
 mod plan;
