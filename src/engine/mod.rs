@@ -322,13 +322,20 @@ impl Engine {
             }
             self.stats.wakes += 1;
             p.wake = Ts::MAX;
+            // Each rule's deadline is computed once: fired if due, else the next wake-up.
+            let mut pending = Ts::MAX;
             for i in 0..self.plan.timers.len() {
                 let r = self.plan.timers[i];
                 let p = self.window.get_mut(slot);
                 let bit = 1u64 << r;
-                let Some(deadline) = self.plan.deadline(r, p).filter(|d| p.fired & bit == 0 && *d <= wm) else {
+                if p.fired & bit != 0 {
                     continue;
-                };
+                }
+                let Some(deadline) = self.plan.deadline(r, p) else { continue };
+                if deadline > wm {
+                    pending = pending.min(deadline);
+                    continue;
+                }
                 p.fired |= bit;
                 if self.set.rules[r as usize].voice.resolve {
                     p.aside().open.push(Open { rule: r, at: deadline });
@@ -336,14 +343,19 @@ impl Engine {
                 self.emit(slot, r, AlertState::Firing, deadline, &deadline.text(), None, out);
             }
             // The deadline is judged: what happened after it can now count.
-            for ev in self.window.get_mut(slot).take_parked() {
-                self.apply_to(slot, &ev, out);
+            let parked = self.window.get_mut(slot).take_parked();
+            for ev in &parked {
+                self.apply_to(slot, ev, out);
             }
             let p = self.window.get(slot);
             if p.state.is_done() && p.state_at.plus(self.config.retention) <= wm {
                 self.evict(slot, Eviction::Done);
             } else if p.last_event_at.plus(self.config.max_idle) <= wm {
                 self.evict(slot, Eviction::Idle);
+            } else if parked.is_empty() {
+                // Nothing changed since the deadlines were computed above.
+                let leaves = self.leaves_at(slot);
+                self.arm(slot, leaves.min(pending));
             } else {
                 self.reschedule(slot);
             }
@@ -386,17 +398,27 @@ impl Engine {
 
     /// Sets the parcel's wake-up to its earliest pending deadline (or its departure from the window).
     fn reschedule(&mut self, slot: u32) {
+        let next = self.leaves_at(slot).min(self.plan.next_deadline(self.window.get(slot)));
+        self.arm(slot, next);
+    }
+
+    /// When the parcel leaves the window if nothing more happens.
+    fn leaves_at(&self, slot: u32) -> Ts {
         let p = self.window.get(slot);
-        let leaves = if p.state.is_done() {
+        if p.state.is_done() {
             p.state_at.plus(self.config.retention)
         } else {
             p.last_event_at.plus(self.config.max_idle)
-        };
-        let next = leaves.min(self.plan.next_deadline(p));
+        }
+    }
+
+    /// Wakes the parcel at `next` unless it already wakes earlier.
+    fn arm(&mut self, slot: u32, next: Ts) {
+        let p = self.window.get_mut(slot);
         // A later deadline keeps the earlier wake-up: it will re-evaluate and come back.
         if next < p.wake {
+            p.wake = next;
             self.timers.insert(Entry { at: next, slot, gen: p.gen });
-            self.window.get_mut(slot).wake = next;
         }
     }
 
