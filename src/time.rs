@@ -114,11 +114,6 @@ impl Ts {
     pub fn seconds(self) -> i64 {
         self.0.div_euclid(1000)
     }
-
-    /// Builds an instant from a civil UTC date and time (used by the simulator).
-    pub fn from_civil(year: i64, month: i64, day: i64, hour: i64, minute: i64) -> Ts {
-        Ts((days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60) * 1000)
-    }
 }
 
 /// Formats as RFC 3339 in UTC (`2026-11-20T07:15:00Z`, with `.mmm` only when
@@ -197,10 +192,6 @@ impl Span {
 
     pub const fn minutes(m: i64) -> Span {
         Span(m * 60_000)
-    }
-
-    pub fn as_hours_f64(self) -> f64 {
-        self.0 as f64 / 3_600_000.0
     }
 
     /// Parses a duration such as `24h`, `90m`, `2d`, `1h30m`, `45s` or `-24h`.

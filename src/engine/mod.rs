@@ -148,10 +148,6 @@ impl Engine {
         &self.stats
     }
 
-    pub fn rules(&self) -> &RuleSet {
-        &self.set
-    }
-
     pub fn parcels(&self) -> usize {
         self.window.len()
     }

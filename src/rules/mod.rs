@@ -138,24 +138,6 @@ pub struct Filter {
     pub reasons: Vec<String>,
 }
 
-impl Filter {
-    pub fn matches(
-        &self,
-        service: Option<&str>,
-        country: Option<&str>,
-        branch: Option<&str>,
-        reason: Option<&str>,
-    ) -> bool {
-        fn ok(list: &[String], value: Option<&str>) -> bool {
-            list.is_empty() || value.is_some_and(|v| list.iter().any(|x| x == v))
-        }
-        ok(&self.services, service)
-            && ok(&self.countries, country)
-            && ok(&self.branches, branch)
-            && ok(&self.reasons, reason)
-    }
-}
-
 /// How a rule speaks: to whom, how urgently, and whether it says when it is over.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Voice {
