@@ -340,6 +340,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, Reject> {
     if bytes.len() > MAX_EVENT_BYTES {
         return Err(Reject::TooLarge { bytes: bytes.len() });
     }
+    // sonic-rs is the fast path; whatever it refuses, serde_json decides and explains.
+    if let Ok(raw) = sonic_rs::from_slice::<RawEvent>(bytes) {
+        return validate(raw);
+    }
     match serde_json::from_slice::<RawEvent>(bytes) {
         Ok(raw) => validate(raw),
         Err(err) => Err(explain(bytes, err)),

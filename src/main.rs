@@ -147,13 +147,7 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let set = load_rules(&args.rules)?;
     let config = Config { lateness: args.lateness, max_parcels: args.max_parcels, ..Config::default() };
     let mut engine = Engine::new(set, config);
-    let (mut input, len): (Box<dyn Read>, Option<u64>) = if args.input == Path::new("-") {
-        (Box::new(io::stdin().lock()), None)
-    } else {
-        let file = File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
-        let len = file.metadata().ok().map(|m| m.len());
-        (Box::new(file), len)
-    };
+    let (mut input, len) = open_input(&args.input)?;
     let mut alerts: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(create(path)?),
         None => Box::new(BufWriter::with_capacity(1 << 20, io::stdout().lock())),
@@ -161,7 +155,11 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let mut rejects = args.rejects.as_deref().map(create).transpose()?;
     let bar = progress(len, "replay");
     let mut sinks = Sinks { alerts: &mut alerts, rejects: rejects.as_mut().map(|w| w as &mut dyn Write) };
-    let summary = replay::run(&mut input, &mut engine, &mut sinks, &mut |n| bar.set_position(n))?;
+    let mut progress = |n| bar.set_position(n);
+    let summary = match &mut input {
+        Input::Mapped(map) => replay::run_bytes(map, &mut engine, &mut sinks, &mut progress)?,
+        Input::Stream(read) => replay::run(read, &mut engine, &mut sinks, &mut progress)?,
+    };
     bar.finish_and_clear();
     alerts.flush()?;
     if let Some(r) = rejects.as_mut() {
@@ -174,6 +172,28 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         eprintln!("{} line(s) rejected{hint}", summary.rejected_total());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where events come from: a regular file is mapped and read in place,
+/// anything else (standard input, a pipe) is streamed.
+enum Input {
+    Mapped(memmap2::Mmap),
+    Stream(Box<dyn Read>),
+}
+
+fn open_input(path: &Path) -> Result<(Input, Option<u64>)> {
+    if path == Path::new("-") {
+        return Ok((Input::Stream(Box::new(io::stdin().lock())), None));
+    }
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() || meta.len() == 0 {
+        return Ok((Input::Stream(Box::new(file)), None));
+    }
+    // SAFETY: the map is only read; a file rewritten by another process during a
+    // replay is unsupported (as for any tool that maps its input).
+    let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+    Ok((Input::Mapped(map), Some(meta.len())))
 }
 
 fn print_stats(s: &Summary, engine: &Engine) {

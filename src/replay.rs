@@ -110,8 +110,35 @@ pub fn run(
             break;
         }
     }
-    // The input is complete: nothing late can come, so every deadline up to
-    // the newest event is judged and every event held aside is applied.
+    finish(engine, sinks, summary, started)
+}
+
+/// Runs input that is already in memory (a mapped file) through `engine`,
+/// without copying it. `progress` is told the bytes done so far.
+pub fn run_bytes(
+    data: &[u8],
+    engine: &mut Engine,
+    sinks: &mut Sinks<'_>,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<Summary> {
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let (mut out, mut text) = (Vec::new(), Vec::new());
+    let mut start = 0;
+    while start < data.len() {
+        let cut = (start + CHUNK).min(data.len());
+        let end = memchr::memchr(b'\n', &data[cut..]).map_or(data.len(), |i| cut + i + 1);
+        process(&data[start..end], engine, sinks, &mut summary, &mut out, &mut text)?;
+        progress(end as u64);
+        start = end;
+    }
+    finish(engine, sinks, summary, started)
+}
+
+/// The input is complete: nothing late can come, so every deadline up to the
+/// newest event is judged and every event held aside is applied.
+fn finish(engine: &mut Engine, sinks: &mut Sinks<'_>, mut summary: Summary, started: Instant) -> io::Result<Summary> {
+    let (mut out, mut text) = (Vec::new(), Vec::new());
     engine.advance(engine.newest(), &mut out);
     write_alerts(&mut out, sinks.alerts, &mut summary, &mut text)?;
     summary.elapsed = started.elapsed();

@@ -164,3 +164,27 @@ fn arrival_order_within_the_lateness_does_not_change_the_alerts() {
     let extra: Vec<_> = b.difference(&a).collect();
     assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}\nextra {extra:?}");
 }
+
+#[test]
+fn standard_input_and_a_file_give_the_same_alerts() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let input = simulate(dir.path(), "net.jsonl", 2000, 9);
+    let from_file = forewarn(&["replay", &input]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_forewarn"))
+        .args(["replay", "-"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = fs::read(&input).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&bytes));
+    let from_stdin = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(from_stdin.status.success());
+    assert!(!from_file.stdout.is_empty());
+    assert_eq!(from_file.stdout, from_stdin.stdout);
+}
