@@ -155,10 +155,16 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let mut rejects = args.rejects.as_deref().map(create).transpose()?;
     let bar = progress(len, "replay");
     let mut sinks = Sinks { alerts: &mut alerts, rejects: rejects.as_mut().map(|w| w as &mut dyn Write) };
-    let mut progress = |n| bar.set_position(n);
     let summary = match &mut input {
-        Input::Mapped(map) => replay::run_bytes(map, &mut engine, &mut sinks, &mut progress)?,
-        Input::Stream(read) => replay::run(read, &mut engine, &mut sinks, &mut progress)?,
+        Input::Mapped(map) => {
+            let mut released = 0;
+            let mut progress = |n: u64| {
+                bar.set_position(n);
+                released = release(map, released, n as usize);
+            };
+            replay::run_bytes(map, &mut engine, &mut sinks, &mut progress)?
+        }
+        Input::Stream(read) => replay::run(read, &mut engine, &mut sinks, &mut |n| bar.set_position(n))?,
     };
     bar.finish_and_clear();
     alerts.flush()?;
@@ -193,7 +199,22 @@ fn open_input(path: &Path) -> Result<(Input, Option<u64>)> {
     // SAFETY: the map is only read; a file rewritten by another process during a
     // replay is unsupported (as for any tool that maps its input).
     let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+    // Only read-ahead depends on it; a refusal changes nothing else.
+    let _ = map.advise(memmap2::Advice::Sequential);
     Ok((Input::Mapped(map), Some(meta.len())))
+}
+
+/// Gives back the pages of the input already replayed, 8 MiB at a time, so a
+/// long replay does not keep its whole input resident. Returns the new mark.
+fn release(map: &memmap2::Mmap, released: usize, done: usize) -> usize {
+    const STEP: usize = 8 << 20;
+    if done - released < STEP {
+        return released;
+    }
+    // SAFETY: the map is read-only and file-backed: dropped pages read back the same
+    // bytes from the page cache if touched again, and nothing borrows them any more.
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, released, done - released) };
+    done
 }
 
 fn print_stats(s: &Summary, engine: &Engine) {
