@@ -71,6 +71,36 @@ pub struct Sinks<'a> {
     pub rejects: Option<&'a mut dyn Write>,
 }
 
+/// One replay in progress: the engine, where output goes, and the tallies.
+struct Run<'r, 's> {
+    engine: &'r mut Engine,
+    sinks: &'r mut Sinks<'s>,
+    summary: Summary,
+    out: Vec<Alert>,
+    text: Vec<u8>,
+    started: Instant,
+}
+
+impl<'r, 's> Run<'r, 's> {
+    fn new(engine: &'r mut Engine, sinks: &'r mut Sinks<'s>) -> Self {
+        Run { engine, sinks, summary: Summary::default(), out: Vec::new(), text: Vec::new(), started: Instant::now() }
+    }
+
+    /// Replays whole lines.
+    fn chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
+        process(chunk, self.engine, self.sinks, &mut self.summary, &mut self.out, &mut self.text)
+    }
+
+    /// The input is complete: nothing late can come, so every deadline up to
+    /// the newest event is judged and every event held aside is applied.
+    fn finish(mut self) -> io::Result<Summary> {
+        self.engine.advance(self.engine.newest(), &mut self.out);
+        write_alerts(&mut self.out, self.sinks.alerts, &mut self.summary, &mut self.text)?;
+        self.summary.elapsed = self.started.elapsed();
+        Ok(self.summary)
+    }
+}
+
 /// Runs `input` through `engine`. `progress` is told the bytes read so far.
 pub fn run(
     input: &mut dyn Read,
@@ -78,13 +108,10 @@ pub fn run(
     sinks: &mut Sinks<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<Summary> {
-    let started = Instant::now();
-    let mut summary = Summary::default();
+    let mut run = Run::new(engine, sinks);
     let mut buf = vec![0u8; CHUNK];
     let mut filled = 0;
     let mut read_total = 0u64;
-    let mut out = Vec::new();
-    let mut text = Vec::with_capacity(1 << 16);
     loop {
         let n = input.read(&mut buf[filled..])?;
         read_total += n as u64;
@@ -94,15 +121,14 @@ pub fn run(
         if complete == 0 && !at_end {
             if filled == buf.len() {
                 // A line longer than a chunk: far beyond the event limit. Keep its head, skip the rest.
-                summary.lines += 1;
-                let reject = Reject::TooLarge { bytes: filled };
-                let line = summary.lines;
-                write_reject(&mut sinks.rejects, &mut summary, line, &buf[..MAX_EVENT_BYTES], &reject)?;
+                run.summary.lines += 1;
+                let (line, reject) = (run.summary.lines, Reject::TooLarge { bytes: filled });
+                write_reject(&mut run.sinks.rejects, &mut run.summary, line, &buf[..MAX_EVENT_BYTES], &reject)?;
                 filled = skip_line(input, &mut buf, &mut read_total)?;
             }
             continue;
         }
-        process(&buf[..complete], engine, sinks, &mut summary, &mut out, &mut text)?;
+        run.chunk(&buf[..complete])?;
         buf.copy_within(complete..filled, 0);
         filled -= complete;
         progress(read_total);
@@ -110,7 +136,7 @@ pub fn run(
             break;
         }
     }
-    finish(engine, sinks, summary, started)
+    run.finish()
 }
 
 /// Runs input that is already in memory (a mapped file) through `engine`,
@@ -121,28 +147,16 @@ pub fn run_bytes(
     sinks: &mut Sinks<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<Summary> {
-    let started = Instant::now();
-    let mut summary = Summary::default();
-    let (mut out, mut text) = (Vec::new(), Vec::new());
+    let mut run = Run::new(engine, sinks);
     let mut start = 0;
     while start < data.len() {
         let cut = (start + CHUNK).min(data.len());
         let end = memchr::memchr(b'\n', &data[cut..]).map_or(data.len(), |i| cut + i + 1);
-        process(&data[start..end], engine, sinks, &mut summary, &mut out, &mut text)?;
+        run.chunk(&data[start..end])?;
         progress(end as u64);
         start = end;
     }
-    finish(engine, sinks, summary, started)
-}
-
-/// The input is complete: nothing late can come, so every deadline up to the
-/// newest event is judged and every event held aside is applied.
-fn finish(engine: &mut Engine, sinks: &mut Sinks<'_>, mut summary: Summary, started: Instant) -> io::Result<Summary> {
-    let (mut out, mut text) = (Vec::new(), Vec::new());
-    engine.advance(engine.newest(), &mut out);
-    write_alerts(&mut out, sinks.alerts, &mut summary, &mut text)?;
-    summary.elapsed = started.elapsed();
-    Ok(summary)
+    run.finish()
 }
 
 /// Discards input up to and including the next newline; returns the bytes kept after it.

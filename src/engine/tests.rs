@@ -5,7 +5,15 @@ use crate::event::decode;
 use crate::rules::test::run_dir;
 
 fn pack() -> RuleSet {
-    RuleSet::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))).unwrap()
+    RuleSet::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))).expect("the default pack loads")
+}
+
+fn event(json: &str) -> Event<'_> {
+    decode(json.as_bytes()).expect("a valid test event")
+}
+
+fn ts(text: &str) -> Ts {
+    Ts::parse_rfc3339(text).expect("an RFC 3339 test time")
 }
 
 /// Feeds JSON lines (v, event_id defaulted) through a fresh engine and returns one line per alert.
@@ -14,10 +22,10 @@ fn run(config: Config, lines: &[&str], until: Option<&str>) -> (Engine, Vec<Stri
     let mut out = Vec::new();
     for (i, l) in lines.iter().enumerate() {
         let json = format!(r#"{{"v":1,"event_id":"e{i}",{l}}}"#);
-        engine.ingest(&decode(json.as_bytes()).unwrap(), &mut out);
+        engine.ingest(&event(&json), &mut out);
     }
     if let Some(t) = until {
-        engine.advance(Ts::parse_rfc3339(t).unwrap(), &mut out);
+        engine.advance(ts(t), &mut out);
     }
     let lines = out
         .iter()
@@ -31,7 +39,7 @@ fn run(config: Config, lines: &[&str], until: Option<&str>) -> (Engine, Vec<Stri
 #[test]
 fn the_default_rule_tests_pass() {
     let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"));
-    let results = run_dir(dir, &pack()).unwrap();
+    let results = run_dir(dir, &pack()).expect("the rule tests load");
     assert!(results.len() >= 20, "{} cases", results.len());
     let failures: Vec<String> =
         results.iter().filter(|r| !r.failure.is_empty()).map(|r| format!("{}:\n{}", r.name, r.failure)).collect();
@@ -73,7 +81,7 @@ fn a_full_window_evicts_the_earliest_timer_and_counts_it() {
     // A, the earliest to stall, left; B and C stall later, A never does.
     let mut engine = engine;
     let mut out = Vec::new();
-    engine.advance(Ts::parse_rfc3339("2026-11-22T00:00:00Z").unwrap(), &mut out);
+    engine.advance(ts("2026-11-22T00:00:00Z"), &mut out);
     let stalled: Vec<&str> = out.iter().filter_map(|a| a.parcel.as_ref()).map(|p| p.parcel_id.as_str()).collect();
     assert_eq!(stalled, ["B", "C"]);
 }
@@ -108,7 +116,7 @@ fn replacing_rules_keeps_open_episodes() {
     engine.replace_rules(set);
     let mut out = Vec::new();
     let json = r#"{"v":1,"event_id":"x","parcel_id":"A","kind":"arrived","at":"2026-11-21T11:00:00Z"}"#;
-    engine.ingest(&decode(json.as_bytes()).unwrap(), &mut out);
+    engine.ingest(&event(json), &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!((&*out[0].rule, out[0].state), ("stalled", AlertState::Resolved));
     // The resolved record carries the id the firing one had.
@@ -129,7 +137,7 @@ fn the_same_input_gives_the_same_alert_ids() {
         let mut out = Vec::new();
         for (i, l) in lines.iter().enumerate() {
             let json = format!(r#"{{"v":1,"event_id":"e{i}",{l}}}"#);
-            engine.ingest(&decode(json.as_bytes()).unwrap(), &mut out);
+            engine.ingest(&event(&json), &mut out);
         }
         out.iter().map(|a| a.id).collect::<Vec<_>>()
     };
@@ -154,13 +162,13 @@ audience = ["branch"]
 severity = "warning"
 branch = { rules = ["failed"], window = "2h", min_share = 0.5, min_volume = 4 }
 "#;
-    let set = crate::rules::file::load_sources(&[("x.toml".into(), pack.to_string())]).unwrap();
+    let set = crate::rules::file::load_sources(&[("x.toml".into(), pack.to_string())]).expect("the pack loads");
     let mut engine = Engine::new(set, Config::default());
     let mut out = Vec::new();
     let feed = |engine: &mut Engine, out: &mut Vec<Alert>, i: usize, parcel: &str, kind: &str, at: &str| {
         let json =
             format!(r#"{{"v":1,"event_id":"e{i}","parcel_id":"{parcel}","kind":"{kind}","at":"{at}","branch":"B1"}}"#);
-        engine.ingest(&decode(json.as_bytes()).unwrap(), out);
+        engine.ingest(&event(&json), out);
     };
     // Four parcels reach the branch; the first failure is one in four, the second two in four.
     for (i, p) in ["A", "B", "C", "D"].iter().enumerate() {
@@ -171,14 +179,11 @@ branch = { rules = ["failed"], window = "2h", min_share = 0.5, min_volume = 4 }
     feed(&mut engine, &mut out, 11, "B", "delivery_failed", "2026-11-20T09:10:00Z");
     let spike: Vec<_> = out.iter().filter(|a| &*a.rule == "failing_branch").collect();
     assert_eq!(spike.len(), 1);
-    let facts = spike[0].branch_facts.as_ref().unwrap();
-    assert_eq!(
-        (facts.count, facts.volume, spike[0].at),
-        (2, Some(4), Ts::parse_rfc3339("2026-11-20T09:10:00Z").unwrap())
-    );
+    let facts = spike[0].branch_facts.as_ref().expect("branch facts");
+    assert_eq!((facts.count, facts.volume, spike[0].at), (2, Some(4), ts("2026-11-20T09:10:00Z")));
     // Once the intake leaves the window the share is unknown (volume 0 < 4): the episode ends.
     out.clear();
-    engine.advance(Ts::parse_rfc3339("2026-11-20T10:30:00Z").unwrap(), &mut out);
+    engine.advance(ts("2026-11-20T10:30:00Z"), &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!((&*out[0].rule, out[0].state), ("failing_branch", AlertState::Resolved));
 }
