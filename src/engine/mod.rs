@@ -320,8 +320,9 @@ impl Engine {
             p.wake = Ts::MAX;
             // Each rule's deadline is computed once: fired if due, else the next wake-up.
             let mut pending = Ts::MAX;
-            for i in 0..self.plan.timers.len() {
-                let r = self.plan.timers[i];
+            let state = self.window.get(slot).state as usize;
+            for i in 0..self.plan.timers_in[state].len() {
+                let r = self.plan.timers_in[state][i];
                 let p = self.window.get_mut(slot);
                 let bit = 1u64 << r;
                 if p.fired & bit != 0 {

@@ -36,6 +36,16 @@ pub enum Timer {
     StateDuration { state: Kind, after: Durations },
 }
 
+impl Timer {
+    /// Whether a parcel in `state` can have a deadline for this timer.
+    fn can_fire_in(&self, state: Kind) -> bool {
+        match self {
+            Timer::Absence { while_in, .. } | Timer::Deadline { while_in, .. } => while_in.contains(state),
+            Timer::StateDuration { state: s, .. } => *s == state,
+        }
+    }
+}
+
 /// A filter over parcel attributes, with strings resolved to symbols.
 pub struct SymFilter {
     services: Vec<Sym>,
@@ -85,8 +95,8 @@ pub struct Plan {
     pub rules: Vec<Compiled>,
     /// Event-driven rules (on, nth, contacts) by the kind that can trigger them.
     pub on_kind: Vec<Vec<u8>>,
-    /// Timer rules, in rule order.
-    pub timers: Vec<u8>,
+    /// For each state, the timer rules that can have a deadline in it, in rule order.
+    pub timers_in: Vec<Vec<u8>>,
     /// One bit per timer rule.
     pub timer_mask: u64,
     /// For each kind, its place in a parcel's counters, if an `nth` rule counts it.
@@ -96,7 +106,7 @@ pub struct Plan {
 impl Plan {
     pub fn new(set: &RuleSet, syms: &mut Interner) -> Plan {
         let mut on_kind = vec![Vec::new(); Kind::ALL.len()];
-        let mut timers = Vec::new();
+        let mut timers_in = vec![Vec::new(); Kind::ALL.len()];
         let mut timer_mask = 0u64;
         let mut counted = [None; Kind::ALL.len()];
         let mut places = 0u8;
@@ -133,8 +143,10 @@ impl Plan {
                     Some(Timer::StateDuration { state: *state, after: Durations::new(after, syms) })
                 }
             };
-            if timer.is_some() {
-                timers.push(idx);
+            if let Some(t) = &timer {
+                for k in Kind::ALL.iter().filter(|k| t.can_fire_in(**k)) {
+                    timers_in[*k as usize].push(idx);
+                }
                 timer_mask |= 1 << i;
             }
             rules.push(Compiled {
@@ -143,7 +155,7 @@ impl Plan {
                 timer,
             });
         }
-        Plan { rules, on_kind, timers, timer_mask, counted }
+        Plan { rules, on_kind, timers_in, timer_mask, counted }
     }
 
     /// How many events of `kind` the parcel has had (0 for kinds no rule counts).
@@ -153,7 +165,7 @@ impl Plan {
 
     /// The earliest deadline of a timer rule not yet fired for `p` (`Ts::MAX` if none).
     pub fn next_deadline(&self, p: &Parcel) -> Ts {
-        self.timers
+        self.timers_in[p.state as usize]
             .iter()
             .filter(|&&r| p.fired & (1u64 << r) == 0)
             .filter_map(|&r| self.deadline(r, p))
