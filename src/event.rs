@@ -182,7 +182,8 @@ pub struct Event<'a> {
     pub country: Option<[u8; 2]>,
     pub promised_by: Option<Ts>,
     pub service: Option<Cow<'a, str>>,
-    pub recipient: Option<Recipient<'a>>,
+    /// Boxed: one event in eight has one, and every event is moved a few times.
+    pub recipient: Option<Box<Recipient<'a>>>,
     pub reason: Option<Cow<'a, str>>,
     pub return_by: Option<Ts>,
     /// Present on `customer_contact` events only.
@@ -219,7 +220,7 @@ impl Event<'_> {
             country: self.country,
             promised_by: self.promised_by,
             service: owned(self.service),
-            recipient: self.recipient.map(Recipient::into_owned),
+            recipient: self.recipient.map(|r| Box::new(r.into_owned())),
             reason: owned(self.reason),
             return_by: self.return_by,
             contact: self.contact,
@@ -299,7 +300,7 @@ struct RawEvent<'a> {
     #[serde(borrow, default, deserialize_with = "borrowed")]
     service: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    recipient: Option<RawRecipient<'a>>,
+    recipient: Option<Box<RawRecipient<'a>>>,
     #[serde(borrow, default, deserialize_with = "borrowed")]
     reason: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "borrowed")]
@@ -364,7 +365,7 @@ fn validate(raw: RawEvent<'_>) -> Result<Event<'_>, Reject> {
     let promised_by = timestamp(raw.promised_by.as_deref(), Field::PromisedBy)?;
     let return_by = timestamp(raw.return_by.as_deref(), Field::ReturnBy)?;
     let country = raw.country.as_deref().map(country).transpose()?;
-    let recipient = raw.recipient.map(recipient);
+    let recipient = raw.recipient.map(|r| Box::new(recipient(*r)));
     let required_for = |present: bool, field| {
         if present {
             Ok(())
