@@ -229,6 +229,9 @@ fn print_stats(s: &Summary, engine: &Engine) {
         "beyond lateness {:>10}   superseded {}   for closed parcels {}",
         st.beyond_lateness, st.superseded, st.closed
     );
+    if st.symbol_overflow > 0 {
+        let _ = writeln!(err, "names not interned (symbol table full) {}", st.symbol_overflow);
+    }
     let _ = writeln!(err, "rejected      {:>12}", s.rejected_total());
     for (code, n) in &s.rejected {
         let _ = writeln!(err, "  {code:<22}{n:>8}");

@@ -187,3 +187,37 @@ branch = { rules = ["failed"], window = "2h", min_share = 0.5, min_volume = 4 }
     assert_eq!(out.len(), 1);
     assert_eq!((&*out[0].rule, out[0].state), ("failing_branch", AlertState::Resolved));
 }
+
+#[test]
+fn a_full_symbol_table_is_counted_and_the_event_still_applies() {
+    // The pack itself takes one name ("express", from the stall rule's by_service).
+    let config = Config { max_symbols: 2, ..Config::default() };
+    let (engine, alerts) = run(
+        config,
+        &[
+            r#""parcel_id":"A","kind":"damaged","at":"2026-11-20T08:00:00Z","branch":"B1""#,
+            r#""parcel_id":"B","kind":"damaged","at":"2026-11-20T09:00:00Z","branch":"B2""#,
+        ],
+        None,
+    );
+    assert_eq!(alerts.len(), 2, "both damages are told: {alerts:?}");
+    assert_eq!(engine.stats().symbol_overflow, 1);
+}
+
+#[test]
+fn a_recycled_tracking_number_starts_a_new_parcel() {
+    let config = Config { retention: Span::hours(1), ..Config::default() };
+    let (engine, alerts) = run(
+        config,
+        &[
+            r#""parcel_id":"A","kind":"delivered","at":"2026-11-20T08:00:00Z""#,
+            r#""parcel_id":"Z","kind":"departed","at":"2026-11-20T12:00:00Z""#,
+            r#""parcel_id":"A","kind":"damaged","at":"2026-11-20T12:30:00Z""#,
+            r#""parcel_id":"A","kind":"label_created","at":"2026-11-20T13:00:00Z","promised_by":"2026-11-23T18:00:00Z","recipient":{}"#,
+            r#""parcel_id":"A","kind":"damaged","at":"2026-11-20T14:00:00Z""#,
+        ],
+        None,
+    );
+    assert_eq!(engine.stats().closed, 1, "the damage for the delivered-and-gone A is ignored");
+    assert_eq!(alerts, ["damaged firing 2026-11-20T14:00:00Z A"]);
+}
