@@ -25,14 +25,22 @@ pub const MAX_PARCEL_RULES: usize = 64;
 /// The most contacts a `contacts` rule may count (the engine keeps that many contact times per parcel).
 pub const MAX_CONTACTS: u8 = 4;
 
-/// A rule pack problem, with its position.
+/// A rule pack problem, with its position (line 0: the file or directory as a whole).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{line}:{column}: {message}", file.display())]
+#[error("{}{}: {message}", file.display(), position(*line, *column))]
 pub struct RuleError {
     pub file: PathBuf,
     pub line: usize,
     pub column: usize,
     pub message: String,
+}
+
+fn position(line: usize, column: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(":{line}:{column}")
+    }
 }
 
 impl RuleError {

@@ -121,3 +121,12 @@ fn a_reason_filter_needs_an_event() {
     let set = load("[[rule]]\nid = \"b\"\naudience = [\"customer\"]\nseverity = \"info\"\nwhere = { reason = [\"major\"] }\non = { kind = [\"damaged\"] }\n").unwrap();
     assert_eq!(set.rules[0].filter.reasons, ["major"]);
 }
+
+#[test]
+fn a_missing_directory_says_so_without_a_position() {
+    let errors = load_dir(Path::new("/nonexistent/rules")).unwrap_err();
+    assert_eq!(
+        errors[0].to_string(),
+        "/nonexistent/rules: cannot read the rules directory: No such file or directory (os error 2); pass --rules DIR"
+    );
+}
