@@ -404,8 +404,10 @@ fn validate(raw: RawEvent<'_>) -> Result<Event<'_>, Reject> {
 
 fn id<'a>(value: Option<Cow<'a, str>>, field: Field) -> Result<Cow<'a, str>, Reject> {
     let value = value.ok_or(Reject::Missing(field))?;
-    let chars = value.chars().count();
-    if chars == 0 || chars > MAX_ID_CHARS {
+    // A character is at least a byte, so only a long id needs its characters counted.
+    let too_long = value.len() > MAX_ID_CHARS && value.chars().count() > MAX_ID_CHARS;
+    if value.is_empty() || too_long {
+        let chars = value.chars().count();
         return Err(Reject::invalid(field, format!("must be 1 to {MAX_ID_CHARS} characters, got {chars}")));
     }
     Ok(value)

@@ -12,7 +12,7 @@
 //! - [`rules`]: the rule model, read from `rules/*.toml` with
 //!   `file:line:column` errors ([`rules::file`]), and the rule unit tests
 //!   ([`rules::test`]).
-//! - [`engine`]: the pure core. `apply(event)` and `advance(watermark)`
+//! - [`engine`]: the pure core. `ingest(event)` and `advance(watermark)`
 //!   return alerts. Holds the parcel [`engine::window`], the event-time
 //!   timers and the [`engine::branch`] aggregates.
 //! - [`alert`]: what the engine says, with deterministic ids, and its JSON

@@ -212,11 +212,11 @@ fn process(
                 engine.prefetch(2, p.hash);
             }
         }
-        for Pending { number, line, decoded, .. } in &batch {
+        for Pending { number, line, decoded, hash } in &batch {
             match decoded {
                 Ok(event) => {
                     summary.events += 1;
-                    engine.ingest(event, out);
+                    engine.ingest_hashed(event, *hash, out);
                     write_alerts(out, sinks.alerts, summary, text)?;
                 }
                 Err(reject) => write_reject(&mut sinks.rejects, summary, *number, line, reject)?,

@@ -172,7 +172,12 @@ impl Engine {
 
     /// Applies an event, then moves the watermark as the input allows.
     pub fn ingest(&mut self, event: &Event<'_>, out: &mut Vec<Alert>) -> Applied {
-        let applied = self.apply(event, out);
+        self.ingest_hashed(event, parcel_hash(&event.parcel_id), out)
+    }
+
+    /// [`Engine::ingest`] for a caller that already has the [`parcel_hash`].
+    pub fn ingest_hashed(&mut self, event: &Event<'_>, hash: u64, out: &mut Vec<Alert>) -> Applied {
+        let applied = self.apply_hashed(event, hash, out);
         self.advance(self.input_watermark(), out);
         applied
     }
@@ -186,13 +191,12 @@ impl Engine {
     }
 
     /// Takes an event into the parcel's state and fires the rules it triggers.
-    pub fn apply(&mut self, ev: &Event<'_>, out: &mut Vec<Alert>) -> Applied {
+    fn apply_hashed(&mut self, ev: &Event<'_>, hash: u64, out: &mut Vec<Alert>) -> Applied {
         self.stats.events += 1;
         self.max_at = self.max_at.max(ev.at);
         if ev.at < self.watermark {
             self.stats.beyond_lateness += 1;
         }
-        let hash = parcel_hash(&ev.parcel_id);
         let slot = match self.window.find(&ev.parcel_id, hash) {
             Some(slot) => slot,
             None => {
