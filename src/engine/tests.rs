@@ -221,3 +221,35 @@ fn a_recycled_tracking_number_starts_a_new_parcel() {
     assert_eq!(engine.stats().closed, 1, "the damage for the delivered-and-gone A is ignored");
     assert_eq!(alerts, ["damaged firing 2026-11-20T14:00:00Z A"]);
 }
+
+#[test]
+fn a_branch_that_always_stalls_this_much_is_not_a_spike_until_it_triples() {
+    let mut engine = Engine::new(pack(), Config::default());
+    let mut out = Vec::new();
+    let start = ts("2026-11-20T00:00:00Z");
+    let mut n = 0;
+    let mut depart = |engine: &mut Engine, out: &mut Vec<Alert>, at: Ts| {
+        n += 1;
+        let json =
+            format!(r#"{{"v":1,"event_id":"e{n}","parcel_id":"P{n}","kind":"departed","at":"{at}","branch":"B1"}}"#);
+        engine.ingest(&event(&json), out);
+    };
+    // Twelve parcels an hour for 36 hours, none scanned again: twelve stalls an hour, a day later.
+    for minute in (0..36 * 60).step_by(5) {
+        depart(&mut engine, &mut out, start.plus(Span::minutes(minute)));
+    }
+    // Then a burst: 45 parcels within ten minutes.
+    for second in 0..45 {
+        depart(&mut engine, &mut out, start.plus(Span::hours(36)).plus(Span(second * 13_000)));
+    }
+    engine.advance(start.plus(Span::hours(61)), &mut out);
+    let spikes: Vec<(AlertState, Ts)> =
+        out.iter().filter(|a| &*a.rule == "branch_delay_spike").map(|a| (a.state, a.at)).collect();
+    let firing: Vec<Ts> = spikes.iter().filter(|(s, _)| *s == AlertState::Firing).map(|(_, t)| *t).collect();
+    // The first day has no history: twelve an hour is a spike until the usual rate is learnt.
+    assert_eq!(firing.len(), 2, "{spikes:?}");
+    assert!(firing[0] < start.plus(Span::hours(26)), "{firing:?}");
+    // The steady rate never fires again; the burst a day later (its stalls at 60 h) does.
+    assert!(firing[1] >= start.plus(Span::hours(60)), "{firing:?}");
+    assert_eq!(spikes.iter().filter(|(s, _)| *s == AlertState::Resolved).count(), 1, "the burst is still open");
+}
