@@ -13,11 +13,14 @@
 //! arrival order of events within the lateness does not change the alerts.
 
 pub mod branch;
+mod checkpoint;
 mod plan;
 mod timers;
 pub mod window;
 
 use std::sync::Arc;
+
+pub use checkpoint::CheckpointError;
 
 use crate::alert::{Alert, AlertId, AlertState, ParcelFacts, RecipientFacts, TriggerFacts};
 use crate::event::{Event, Kind};

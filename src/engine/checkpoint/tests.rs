@@ -1,0 +1,111 @@
+use std::path::Path;
+
+use super::*;
+use crate::event::decode;
+use crate::simulate::{self, Network};
+
+fn pack() -> RuleSet {
+    RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).expect("the default pack loads")
+}
+
+fn network(parcels: u64) -> Vec<u8> {
+    let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").expect("a start time");
+    let mut data = Vec::new();
+    simulate::write(&Network { parcels, seed: 5, start, days: 1.0 }, &mut data, |_| {}).expect("simulates");
+    data
+}
+
+/// Ingests `lines`, returning the alerts as JSON lines.
+fn feed(engine: &mut Engine, lines: &[&[u8]]) -> Vec<u8> {
+    let (mut out, mut text) = (Vec::new(), Vec::new());
+    for line in lines {
+        engine.ingest(&decode(line).expect("simulated events decode"), &mut out);
+    }
+    engine.advance(engine.input_watermark(), &mut out);
+    out.drain(..).for_each(|a| a.write_json_line(&mut text));
+    text
+}
+
+#[test]
+fn resuming_from_a_checkpoint_gives_the_alerts_of_an_uninterrupted_run() {
+    let data = network(3000);
+    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let half = lines.len() / 2;
+    let mut whole = Engine::new(pack(), Config::default());
+    let expected = feed(&mut whole, &lines);
+
+    let mut first = Engine::new(pack(), Config::default());
+    let mut got = feed(&mut first, &lines[..half]);
+    let saved = first.checkpoint();
+    drop(first);
+    let mut resumed = Engine::restore(&saved, pack(), Config::default()).expect("restores");
+    got.extend(feed(&mut resumed, &lines[half..]));
+
+    assert!(expected.len() > 10_000);
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&expected));
+    assert_eq!(resumed.stats(), whole.stats());
+    assert_eq!(resumed.parcels(), whole.parcels());
+}
+
+#[test]
+fn a_checkpoint_restores_under_a_reordered_pack() {
+    let data = network(1500);
+    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let half = lines.len() / 2;
+    let ids = |json: &[u8]| -> Vec<String> {
+        let mut ids: Vec<String> = String::from_utf8_lossy(json).lines().map(|l| l[..60].to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let mut whole = Engine::new(pack(), Config::default());
+    let expected = feed(&mut whole, &lines);
+    let mut first = Engine::new(pack(), Config::default());
+    let mut got = feed(&mut first, &lines[..half]);
+    let mut reordered = pack();
+    reordered.rules.reverse();
+    let saved = first.checkpoint();
+    let mut resumed = Engine::restore(&saved, reordered, Config::default()).expect("restores");
+    got.extend(feed(&mut resumed, &lines[half..]));
+    assert_eq!(ids(&got), ids(&expected), "same alert ids and rules, whatever the rule order");
+}
+
+#[test]
+fn a_damaged_checkpoint_is_refused_with_the_way_out() {
+    let mut engine = Engine::new(pack(), Config::default());
+    let data = network(200);
+    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    feed(&mut engine, &lines);
+    let saved = engine.checkpoint();
+    let refusal = |bytes: &[u8]| match Engine::restore(bytes, pack(), Config::default()) {
+        Ok(_) => panic!("a damaged checkpoint was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(refusal(b"{\"v\":1}").starts_with("not a forewarn checkpoint"));
+    let mut future = saved.clone();
+    future[4] = 9;
+    assert!(refusal(&future).starts_with("checkpoint format v9, this forewarn reads v1"));
+    assert!(refusal(&saved[..saved.len() / 2]).starts_with("corrupt checkpoint"));
+    for message in [refusal(b"{\"v\":1}"), refusal(&future), refusal(&saved[..saved.len() / 2])] {
+        assert!(message.ends_with("start without it to rebuild the state from the stream"), "{message}");
+    }
+}
+
+#[test]
+fn varints_and_instants_round_trip() {
+    let mut w = W::default();
+    let values = [0u64, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX];
+    let times = [Ts(0), Ts(-1), Ts::MIN, Ts::MAX, Ts(1_795_000_000_123)];
+    values.iter().for_each(|v| w.u(*v));
+    times.iter().for_each(|t| w.ts(*t));
+    w.opt_s(Some("Léa"));
+    w.opt_s(None);
+    let mut r = R { buf: &w.0, pos: 0 };
+    for v in values {
+        assert_eq!(r.u().unwrap(), v);
+    }
+    for t in times {
+        assert_eq!(r.ts().unwrap(), t);
+    }
+    assert_eq!((r.opt_s().unwrap(), r.opt_s().unwrap()), (Some("Léa"), None));
+    assert!(r.u().is_err(), "reading past the end is an error");
+}
