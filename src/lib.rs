@@ -14,7 +14,8 @@
 //!   ([`rules::test`]).
 //! - [`engine`]: the pure core. `ingest(event)` and `advance(watermark)`
 //!   return alerts. Holds the parcel [`engine::window`], the event-time
-//!   timers and the [`engine::branch`] aggregates.
+//!   timers and the [`engine::branch`] aggregates, and saves and restores all
+//!   of it as a checkpoint.
 //! - [`alert`]: what the engine says, with deterministic ids, and its JSON
 //!   Lines form.
 //! - [`replay`]: a file through the engine (`forewarn replay`).
