@@ -1,8 +1,8 @@
 //! The rule model: what a rule pack says, validated and compiled into a form
 //! the engine can evaluate without looking anything up by name.
 //!
-//! Rules are data (`rules/*.toml`); [`file`] reads and checks them with
-//! positions for every error, [`test`] runs the rule unit tests. The engine
+//! Rules are data (`rules/*.toml`); [`mod@file`] reads and checks them with
+//! positions for every error, [`mod@test`] runs the rule unit tests. The engine
 //! sees only [`RuleSet`]: kinds as bit sets, durations as [`Span`]s, services
 //! as strings compared once per parcel.
 
