@@ -1,0 +1,66 @@
+//! Saving and restoring the branch aggregates for the engine's checkpoints.
+
+use super::*;
+use crate::engine::checkpoint::{CheckpointError, R, W};
+
+fn put_times(w: &mut W, times: &VecDeque<Ts>) {
+    w.u(times.len() as u64);
+    times.iter().for_each(|t| w.ts(*t));
+}
+
+fn times(r: &mut R<'_>) -> Result<VecDeque<Ts>, CheckpointError> {
+    (0..r.u()?).map(|_| r.ts()).collect()
+}
+
+impl BranchStage {
+    pub(in crate::engine) fn save(&self, w: &mut W) {
+        w.ts(self.next_check);
+        w.u(self.aggregates.len() as u64);
+        for a in &self.aggregates {
+            w.s(&a.id);
+            w.u(a.branches.len() as u64);
+            for (name, s) in &a.branches {
+                w.s(name);
+                put_times(w, &s.hits);
+                put_times(w, &s.intake);
+                w.u(s.hourly.len() as u64);
+                for (hour, n) in &s.hourly {
+                    w.ts(Ts(*hour));
+                    w.u(u64::from(*n));
+                }
+                w.opt_ts(s.first_seen);
+                w.opt_ts(s.open);
+            }
+            w.u(a.open.len() as u64);
+            a.open.iter().for_each(|b| w.s(b));
+        }
+    }
+
+    /// Fills the state of the branch rules that still exist; the others' is read and dropped.
+    pub(in crate::engine) fn load(&mut self, r: &mut R<'_>) -> Result<(), CheckpointError> {
+        self.next_check = r.ts()?;
+        for _ in 0..r.u()? {
+            let id = r.s()?;
+            let mut branches = BTreeMap::new();
+            for _ in 0..r.u()? {
+                let name: Arc<str> = Arc::from(r.s()?);
+                let (hits, intake) = (times(r)?, times(r)?);
+                let mut hourly = VecDeque::new();
+                for _ in 0..r.u()? {
+                    hourly.push_back((r.ts()?.0, r.u32()?));
+                }
+                let (first_seen, open) = (r.opt_ts()?, r.opt_ts()?);
+                branches.insert(name, BranchState { hits, intake, hourly, first_seen, open });
+            }
+            let mut open = Vec::new();
+            for _ in 0..r.u()? {
+                open.push(Arc::from(r.s()?));
+            }
+            if let Some(a) = self.aggregates.iter_mut().find(|a| &*a.id == id) {
+                a.branches = branches;
+                a.open = open;
+            }
+        }
+        Ok(())
+    }
+}
