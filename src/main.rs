@@ -105,6 +105,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader closed the pipe (`forewarn replay … | head`): it has what it wanted.
+        Err(e)
+            if e.chain()
+                .any(|c| c.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -143,15 +150,20 @@ fn create(path: &Path) -> Result<BufWriter<File>> {
     Ok(BufWriter::with_capacity(1 << 20, file))
 }
 
+/// A buffered file at `path`, or standard output when there is none.
+fn output(path: Option<&Path>) -> Result<Box<dyn Write>> {
+    Ok(match path {
+        Some(path) => Box::new(create(path)?),
+        None => Box::new(BufWriter::with_capacity(1 << 20, io::stdout().lock())),
+    })
+}
+
 fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let set = load_rules(&args.rules)?;
     let config = Config { lateness: args.lateness, max_parcels: args.max_parcels, ..Config::default() };
     let mut engine = Engine::new(set, config);
     let (mut input, len) = open_input(&args.input)?;
-    let mut alerts: Box<dyn Write> = match &args.out {
-        Some(path) => Box::new(create(path)?),
-        None => Box::new(BufWriter::with_capacity(1 << 20, io::stdout().lock())),
-    };
+    let mut alerts = output(args.out.as_deref())?;
     let mut rejects = args.rejects.as_deref().map(create).transpose()?;
     let bar = progress(len, "replay");
     let mut sinks = Sinks { alerts: &mut alerts, rejects: rejects.as_mut().map(|w| w as &mut dyn Write) };
@@ -293,20 +305,9 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     }
     let net = Network { parcels: args.parcels, seed: args.seed, start: args.start, days: args.days };
     let bar = progress(Some(args.parcels), "simulate");
-    let events = match &args.out {
-        Some(path) => {
-            let mut w = create(path)?;
-            let n = simulate::write(&net, &mut w, |p| bar.set_position(p))?;
-            w.flush()?;
-            n
-        }
-        None => {
-            let mut w = BufWriter::with_capacity(1 << 20, io::stdout().lock());
-            let n = simulate::write(&net, &mut w, |p| bar.set_position(p))?;
-            w.flush()?;
-            n
-        }
-    };
+    let mut out = output(args.out.as_deref())?;
+    let events = simulate::write(&net, &mut out, |p| bar.set_position(p))?;
+    out.flush()?;
     bar.finish_and_clear();
     if let Some(path) = &args.out {
         eprintln!("{events} events for {} parcels written to {}", args.parcels, path.display());

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -27,7 +28,7 @@ pub struct Summary {
     pub events: u64,
     pub rejected: BTreeMap<&'static str, u64>,
     /// (firing, resolved) by rule.
-    pub alerts: BTreeMap<String, (u64, u64)>,
+    pub alerts: BTreeMap<Arc<str>, (u64, u64)>,
     pub elapsed: Duration,
 }
 
@@ -239,7 +240,7 @@ pub fn write_alerts(
     text.clear();
     for a in out.drain(..) {
         a.write_json_line(text);
-        let counts = summary.alerts.entry(a.rule.to_string()).or_default();
+        let counts = summary.alerts.entry(Arc::clone(&a.rule)).or_default();
         match a.state {
             AlertState::Firing => counts.0 += 1,
             AlertState::Resolved => counts.1 += 1,

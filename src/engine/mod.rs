@@ -159,10 +159,6 @@ impl Engine {
         self.timers.len()
     }
 
-    pub fn watermark(&self) -> Ts {
-        self.watermark
-    }
-
     /// The newest event time seen.
     pub fn newest(&self) -> Ts {
         self.max_at

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use super::file::RuleError;
 use super::RuleSet;
-use crate::alert::{Alert, AlertState};
+use crate::alert::Alert;
 use crate::engine::{Config, Engine};
 use crate::event::decode;
 use crate::time::Ts;
@@ -157,10 +157,7 @@ fn run_case(case: &Case, set: &RuleSet) -> Result<String, String> {
 }
 
 fn line(a: &Alert) -> String {
-    let state = match a.state {
-        AlertState::Firing => "firing",
-        AlertState::Resolved => "resolved",
-    };
+    let state = a.state.as_str();
     let subject = match (&a.parcel, &a.branch) {
         (Some(p), _) => format!("parcel={}", p.parcel_id),
         (None, b) => format!("branch={}", b.as_deref().unwrap_or("")),
