@@ -1,13 +1,20 @@
 //! Branch-wide aggregates: how many of a branch's parcels hit some rules in a
 //! sliding event-time window, against the branch's own usual rate.
 //!
-//! This stage is fed hits (a member rule fired for a parcel of the branch) and
-//! intakes (a parcel was first seen for the branch), and the watermark. It
-//! knows nothing of parcels, so it can run beside the engine (replay, one
-//! process) or behind a branch-keyed subject when partitions are split across
+//! This stage is fed [`Fact`]s (a member rule fired for a parcel of the
+//! branch, or a parcel joined the branch) and a watermark. It knows nothing
+//! of parcels, so it can run inside the engine (replay, one process) or
+//! behind a branch-keyed JetStream subject when partitions are split across
 //! processes: its input is a few small facts per alert, not the event stream.
+//!
+//! Facts wait until the watermark passes them, then count in event-time
+//! order, and episodes close at the exact instant their condition stops
+//! holding. So the alerts depend on the set of facts only: not on the order
+//! they arrived in, nor on how the watermark stepped, nor on how many
+//! engines sent them. A fact seen twice (a re-sent fact after a restart)
+//! counts once.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::alert::{Alert, AlertId, AlertState, BranchFacts};
@@ -17,6 +24,18 @@ use crate::time::{Span, Ts};
 const HOUR: Span = Span::hours(1);
 /// The usual rate is learnt over at least this long, so a branch's first hour is not its norm.
 const MIN_BASELINE_HOURS: i64 = 24;
+
+/// What the stage counts. Ordered by event time; intakes (no rule) before hits at one instant.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Fact {
+    pub at: Ts,
+    /// The member rule that fired, or `None` when a parcel joined the branch.
+    pub rule: Option<Arc<str>>,
+    pub branch: Arc<str>,
+    /// Tells apart facts of different parcels at one instant: the hit's alert
+    /// id, or the parcel's hash for an intake.
+    pub key: u128,
+}
 
 #[derive(Default)]
 struct BranchState {
@@ -29,6 +48,9 @@ struct BranchState {
     first_seen: Option<Ts>,
     /// The instant the open episode fired at.
     open: Option<Ts>,
+    /// Since when the open episode's condition has not held: it ends after a
+    /// whole window of that, so a branch at the edge does not flap.
+    failing_since: Option<Ts>,
 }
 
 /// One branch rule with its per-branch state.
@@ -36,17 +58,25 @@ struct Aggregate {
     id: Arc<str>,
     rule: BranchRule,
     branches: BTreeMap<Arc<str>, BranchState>,
-    /// Branches with an open episode: the only ones the watermark alone can change.
+    /// Branches with an open episode: the only ones time alone can change.
     open: Vec<Arc<str>>,
 }
 
 pub struct BranchStage {
     aggregates: Vec<Aggregate>,
-    /// Before this instant no open episode can end: no hit leaves a window
-    /// and no hour passes (the usual rate changes by the hour).
+    /// The next instant an open episode may end: a hit leaves a window or an
+    /// hour passes (the usual rate changes by the hour).
     next_check: Ts,
-    /// For each parcel rule, the aggregates that count its hits.
-    by_member: Vec<Vec<usize>>,
+    /// For each member rule id, the aggregates that count its hits.
+    by_member: BTreeMap<Arc<str>, Vec<usize>>,
+    /// For each parcel rule of the pack, whether a branch rule counts it.
+    member: Vec<bool>,
+    /// Facts the watermark has not passed yet.
+    pending: BTreeSet<Fact>,
+    /// Every fact at or before this instant is counted.
+    done: Ts,
+    /// Facts that came after the watermark passed them, counted late.
+    late: u64,
 }
 
 fn insert_sorted(q: &mut VecDeque<Ts>, at: Ts) {
@@ -62,7 +92,15 @@ fn prune(q: &mut VecDeque<Ts>, after: Ts) {
 
 impl BranchStage {
     pub fn new(set: &RuleSet) -> BranchStage {
-        let mut stage = BranchStage { aggregates: Vec::new(), next_check: Ts::MIN, by_member: Vec::new() };
+        let mut stage = BranchStage {
+            aggregates: Vec::new(),
+            next_check: Ts::MAX,
+            by_member: BTreeMap::new(),
+            member: Vec::new(),
+            pending: BTreeSet::new(),
+            done: Ts::MIN,
+            late: 0,
+        };
         stage.replace_rules(set);
         stage
     }
@@ -70,23 +108,79 @@ impl BranchStage {
     /// Takes a new rule set, keeping the state of branch rules whose id survives.
     pub fn replace_rules(&mut self, set: &RuleSet) {
         let mut old: BTreeMap<Arc<str>, Aggregate> = self.aggregates.drain(..).map(|a| (a.id.clone(), a)).collect();
-        self.by_member = vec![Vec::new(); set.rules.len()];
+        self.by_member.clear();
+        self.member = vec![false; set.rules.len()];
         for (i, rule) in set.branch_rules.iter().enumerate() {
             let id: Arc<str> = Arc::from(rule.voice.id.as_str());
             let (branches, open) = old.remove(&id).map(|a| (a.branches, a.open)).unwrap_or_default();
             for &m in &rule.members {
-                self.by_member[m].push(i);
+                self.member[m] = true;
+                self.by_member.entry(Arc::from(set.rules[m].voice.id.as_str())).or_default().push(i);
             }
             self.aggregates.push(Aggregate { id, rule: rule.clone(), branches, open });
         }
+        // The new rules may end open episodes sooner: check right after what is counted.
+        self.next_check = self.next_check.min(Ts(self.done.0 + 1));
     }
 
-    /// Whether any branch rule needs intake counts.
+    /// Whether any branch rule needs intake facts.
     pub fn wants_intake(&self) -> bool {
         self.aggregates.iter().any(|a| matches!(a.rule.threshold, Threshold::Share { .. }))
     }
 
-    pub fn intake(&mut self, branch: &Arc<str>, at: Ts) {
+    /// Whether a branch rule counts the hits of the pack's parcel rule `rule`.
+    pub fn counts(&self, rule: usize) -> bool {
+        self.member.get(rule).copied().unwrap_or(false)
+    }
+
+    /// Facts waiting for the watermark.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Facts that arrived after the watermark had passed their instant.
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
+    /// Takes a fact; it counts once the watermark passes it. A fact already
+    /// passed counts at the next step, as if it happened just after.
+    pub fn add(&mut self, mut fact: Fact) {
+        let wanted = match &fact.rule {
+            None => self.wants_intake(),
+            Some(rule) => self.by_member.contains_key(rule),
+        };
+        if !wanted {
+            return;
+        }
+        if fact.at <= self.done {
+            self.late += 1;
+            fact.at = Ts(self.done.0 + 1);
+        }
+        self.pending.insert(fact);
+    }
+
+    /// Counts the facts up to `watermark` in event-time order and closes the
+    /// episodes whose condition stopped holding a window ago, at that instant.
+    pub fn advance(&mut self, watermark: Ts, out: &mut Vec<Alert>) {
+        if watermark <= self.done {
+            return;
+        }
+        while self.pending.first().is_some_and(|f| f.at <= watermark) {
+            let Some(fact) = self.pending.pop_first() else { break };
+            // Checks at this instant come after all its facts: a hit leaving the
+            // window as another arrives is no drop.
+            self.close_until(Ts(fact.at.0 - 1), out);
+            match &fact.rule {
+                None => self.intake(&fact.branch, fact.at),
+                Some(rule) => self.hit(&rule.clone(), &fact.branch, fact.at, out),
+            }
+        }
+        self.close_until(watermark, out);
+        self.done = watermark;
+    }
+
+    fn intake(&mut self, branch: &Arc<str>, at: Ts) {
         for a in &mut self.aggregates {
             if matches!(a.rule.threshold, Threshold::Share { .. }) {
                 let s = a.branches.entry(branch.clone()).or_default();
@@ -95,8 +189,7 @@ impl BranchStage {
         }
     }
 
-    /// A parcel rule fired for a parcel of `branch` at `at`.
-    pub fn hit(&mut self, rule: usize, branch: &Arc<str>, at: Ts, out: &mut Vec<Alert>) {
+    fn hit(&mut self, rule: &str, branch: &Arc<str>, at: Ts, out: &mut Vec<Alert>) {
         let Some(aggregates) = self.by_member.get(rule) else {
             return;
         };
@@ -113,31 +206,38 @@ impl BranchStage {
                     s.hourly.insert(i, (hour, 1));
                 }
             }
-            let newest = *s.hits.back().unwrap_or(&at);
-            prune(&mut s.hits, newest.minus(a.rule.window));
-            prune(&mut s.intake, newest.minus(a.rule.window));
-            let baseline_start = newest.minus(a.rule.baseline).0.div_euclid(HOUR.0);
+            prune(&mut s.hits, at.minus(a.rule.window));
+            prune(&mut s.intake, at.minus(a.rule.window));
+            let baseline_start = at.minus(a.rule.baseline).0.div_euclid(HOUR.0);
             while s.hourly.front().is_some_and(|(h, _)| *h < baseline_start) {
                 s.hourly.pop_front();
             }
-            if s.open.is_none() {
-                if let Some(facts) = judge(&a.rule, s, newest) {
-                    s.open = Some(at);
-                    a.open.push(branch.clone());
-                    self.next_check = Ts::MIN;
-                    out.push(branch_alert(a, branch, AlertState::Firing, at, at, facts));
+            if s.open.is_some() {
+                if judge(&a.rule, s, at).is_some() {
+                    s.failing_since = None;
                 }
+            } else if let Some(facts) = judge(&a.rule, s, at) {
+                s.open = Some(at);
+                a.open.push(branch.clone());
+                // The next check finds the instant this episode may end.
+                self.next_check = self.next_check.min(Ts(at.0 + 1));
+                out.push(branch_alert(a, branch, AlertState::Firing, at, at, facts));
             }
         }
     }
 
-    /// Closes the episodes whose condition no longer holds at `watermark`.
-    pub fn advance(&mut self, watermark: Ts, out: &mut Vec<Alert>) {
-        if watermark < self.next_check {
-            return;
+    /// Runs every episode check due at or before `limit`, in time order.
+    fn close_until(&mut self, limit: Ts, out: &mut Vec<Alert>) {
+        while self.next_check <= limit {
+            let at = self.next_check;
+            self.next_check = self.check(at, out);
         }
-        let next_hour = Ts((watermark.0.div_euclid(HOUR.0) + 1) * HOUR.0);
-        let mut next_check = next_hour;
+    }
+
+    /// Closes the episodes whose condition has not held for a window at `now`; returns
+    /// the next instant one may end.
+    fn check(&mut self, now: Ts, out: &mut Vec<Alert>) -> Ts {
+        let mut next = Ts::MAX;
         for a in &mut self.aggregates {
             let window = a.rule.window;
             let mut i = 0;
@@ -147,26 +247,31 @@ impl BranchStage {
                     a.open.swap_remove(i);
                     continue;
                 };
-                prune(&mut s.hits, watermark.minus(window));
-                prune(&mut s.intake, watermark.minus(window));
-                if judge(&a.rule, s, watermark).is_some() {
+                prune(&mut s.hits, now.minus(window));
+                prune(&mut s.intake, now.minus(window));
+                let ends = match judge(&a.rule, s, now) {
+                    Some(_) => {
+                        s.failing_since = None;
+                        Ts::MAX
+                    }
+                    None => s.failing_since.get_or_insert(now).plus(window),
+                };
+                if ends > now {
                     let leaves = [s.hits.front(), s.intake.front()].into_iter().flatten().map(|t| t.plus(window));
-                    next_check = leaves.fold(next_check, Ts::min);
+                    let next_hour = Ts((now.0.div_euclid(HOUR.0) + 1) * HOUR.0);
+                    next = leaves.fold(next.min(next_hour).min(ends), Ts::min);
                     i += 1;
                     continue;
                 }
-                let started = s.open.take().unwrap_or(watermark);
-                let facts = BranchFacts {
-                    count: s.hits.len() as u32,
-                    window,
-                    usual: usual(&a.rule, s, watermark),
-                    volume: None,
-                };
+                s.failing_since = None;
+                let started = s.open.take().unwrap_or(now);
+                let facts =
+                    BranchFacts { count: s.hits.len() as u32, window, usual: usual(&a.rule, s, now), volume: None };
                 a.open.remove(i);
-                out.push(branch_alert(a, &branch, AlertState::Resolved, watermark, started, facts));
+                out.push(branch_alert(a, &branch, AlertState::Resolved, now, started, facts));
             }
         }
-        self.next_check = next_check;
+        next
     }
 }
 

@@ -20,7 +20,7 @@ use crate::rules::RuleSet;
 use crate::time::Ts;
 
 const MAGIC: &[u8; 4] = b"FWCK";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// Why a checkpoint cannot be restored. Every variant has the same way out:
 /// start without it and rebuild the state by replaying the stream.
@@ -78,12 +78,43 @@ impl W {
             self.ts(t);
         }
     }
+
+    /// The written state behind the magic and version, compressed.
+    pub fn finish(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() / 3 + 16);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&lz4_flex::compress_prepend_size(&self.0));
+        out
+    }
 }
 
 /// Reads what [`W`] wrote, refusing anything out of bounds.
 pub(super) struct R<'a> {
-    buf: &'a [u8],
-    pos: usize,
+    pub buf: &'a [u8],
+    pub pos: usize,
+}
+
+impl R<'_> {
+    /// Checks the magic and version of what [`W::finish`] wrote and decompresses it.
+    pub fn open(bytes: &[u8]) -> Result<Vec<u8>, CheckpointError> {
+        if bytes.len() < 8 || &bytes[..4] != MAGIC {
+            return Err(CheckpointError::NotACheckpoint);
+        }
+        let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        if version != VERSION {
+            return Err(CheckpointError::Version(version));
+        }
+        lz4_flex::decompress_size_prepended(&bytes[8..]).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Fails unless everything was read.
+    pub fn end(&self) -> Result<(), CheckpointError> {
+        if self.pos != self.buf.len() {
+            return Err(corrupt("trailing bytes"));
+        }
+        Ok(())
+    }
 }
 
 impl<'a> R<'a> {
@@ -304,23 +335,12 @@ impl Engine {
         self.window.save(&mut w);
         self.tombstones.save(&mut w);
         self.branches.save(&mut w);
-        let mut out = Vec::with_capacity(w.0.len() / 3 + 16);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&lz4_flex::compress_prepend_size(&w.0));
-        out
+        w.finish()
     }
 
     /// An engine in the state a [`Engine::checkpoint`] saved, under `set` and `config`.
     pub fn restore(bytes: &[u8], set: RuleSet, config: Config) -> Result<Engine, CheckpointError> {
-        if bytes.len() < 8 || &bytes[..4] != MAGIC {
-            return Err(CheckpointError::NotACheckpoint);
-        }
-        let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-        if version != VERSION {
-            return Err(CheckpointError::Version(version));
-        }
-        let body = lz4_flex::decompress_size_prepended(&bytes[8..]).map_err(|e| corrupt(e.to_string()))?;
+        let body = R::open(bytes)?;
         let mut r = R { buf: &body, pos: 0 };
         let saved_rules = r.n(body.len(), "rule count")?;
         let mut rules = Vec::with_capacity(saved_rules);
@@ -346,9 +366,7 @@ impl Engine {
         let tombstones = Tombstones::load(&mut r, config.tombstones)?;
         let mut branches = BranchStage::new(&set);
         branches.load(&mut r)?;
-        if r.pos != body.len() {
-            return Err(corrupt("trailing bytes"));
-        }
+        r.end()?;
         let mut timers = Timers::default();
         for slot in window.live_slots() {
             let p = window.get(slot);
@@ -366,6 +384,8 @@ impl Engine {
             tombstones,
             syms,
             branches,
+            facts: Vec::new(),
+            branch_stage_inside: true,
             watermark,
             max_at,
             stats,

@@ -20,13 +20,13 @@ pub mod window;
 
 use std::sync::Arc;
 
+pub use branch::{BranchStage, Fact};
 pub use checkpoint::CheckpointError;
 
 use crate::alert::{Alert, AlertId, AlertState, ParcelFacts, RecipientFacts, TriggerFacts};
 use crate::event::{Event, Kind};
 use crate::rules::{RuleSet, Trigger};
 use crate::time::{Span, Ts};
-use branch::BranchStage;
 use plan::Plan;
 use timers::{Entry, Timers};
 use window::{event_fingerprint, parcel_hash, take_recipient, Interner, Open, Parcel, Sym, Tombstones, Window};
@@ -121,7 +121,13 @@ pub struct Engine {
     due: Vec<Entry>,
     tombstones: Tombstones,
     syms: Interner,
+    /// Counts the facts below when the engine runs its own branch stage, and
+    /// says which rules make facts either way.
     branches: BranchStage,
+    /// Branch facts made since the last [`Engine::advance`] (or
+    /// [`Engine::take_facts`] when the branch stage runs apart).
+    facts: Vec<Fact>,
+    branch_stage_inside: bool,
     watermark: Ts,
     max_at: Ts,
     stats: Stats,
@@ -133,6 +139,8 @@ impl Engine {
         let plan = Plan::new(&set, &mut syms);
         Engine {
             branches: BranchStage::new(&set),
+            facts: Vec::new(),
+            branch_stage_inside: true,
             set: Arc::new(set),
             plan,
             tombstones: Tombstones::new(config.tombstones),
@@ -157,6 +165,24 @@ impl Engine {
 
     pub fn timers(&self) -> usize {
         self.timers.len()
+    }
+
+    /// Hands branch facts to the caller ([`Engine::take_facts`]) instead of
+    /// counting them here: for engines of several partitions whose facts meet
+    /// in one [`BranchStage`].
+    pub fn without_branch_stage(mut self) -> Engine {
+        self.branch_stage_inside = false;
+        self
+    }
+
+    /// The branch facts made since the last call, when the stage runs apart.
+    pub fn take_facts(&mut self, into: &mut Vec<Fact>) {
+        into.append(&mut self.facts);
+    }
+
+    /// Every timer at or before this instant has fired.
+    pub fn watermark(&self) -> Ts {
+        self.watermark
     }
 
     /// The newest event time seen.
@@ -239,7 +265,8 @@ impl Engine {
         // A scan only pushes the stall deadline later; an unchanged wake-up stays right.
         let moved = p.wake == Ts::MAX || p.deadline_inputs() != inputs;
         if let (true, Some(b)) = (first_branch && self.branches.wants_intake(), self.syms.get(p.branch)) {
-            self.branches.intake(&b.clone(), ev.at);
+            let key = u128::from(parcel_hash(p.id()));
+            self.facts.push(Fact { at: ev.at, rule: None, branch: b.clone(), key });
         }
         if superseded {
             self.stats.superseded += 1;
@@ -362,7 +389,12 @@ impl Engine {
         }
         due.clear();
         self.due = due;
-        self.branches.advance(wm, out);
+        if self.branch_stage_inside {
+            for fact in self.facts.drain(..) {
+                self.branches.add(fact);
+            }
+            self.branches.advance(wm, out);
+        }
     }
 
     /// Replaces the rules without losing state: episodes of rules that keep their id stay open.
@@ -472,10 +504,10 @@ impl Engine {
             branch: branch.clone(),
             branch_facts: None,
         };
-        out.push(alert);
-        if let (AlertState::Firing, Some(branch)) = (state, branch) {
-            self.branches.hit(r as usize, &branch, at, out);
+        if let (AlertState::Firing, Some(branch), true) = (state, branch, self.branches.counts(r as usize)) {
+            self.facts.push(Fact { at, rule: Some(id.clone()), branch, key: alert.id.0 });
         }
+        out.push(alert);
     }
 }
 

@@ -177,15 +177,23 @@ branch = { rules = ["failed"], window = "2h", min_share = 0.5, min_volume = 4 }
     feed(&mut engine, &mut out, 10, "A", "delivery_failed", "2026-11-20T09:00:00Z");
     assert!(out.iter().all(|a| &*a.rule == "failed"), "1/4 is under the share");
     feed(&mut engine, &mut out, 11, "B", "delivery_failed", "2026-11-20T09:10:00Z");
+    // Branch facts count once the watermark passes them.
+    engine.advance(ts("2026-11-20T09:10:00Z"), &mut out);
     let spike: Vec<_> = out.iter().filter(|a| &*a.rule == "failing_branch").collect();
     assert_eq!(spike.len(), 1);
     let facts = spike[0].branch_facts.as_ref().expect("branch facts");
     assert_eq!((facts.count, facts.volume, spike[0].at), (2, Some(4), ts("2026-11-20T09:10:00Z")));
-    // Once the intake leaves the window the share is unknown (volume 0 < 4): the episode ends.
+    // Once the intake leaves the window (10:00) the share is unknown (volume 0 < 4);
+    // a whole window of that (two hours) ends the episode.
     out.clear();
-    engine.advance(ts("2026-11-20T10:30:00Z"), &mut out);
+    engine.advance(ts("2026-11-20T11:59:00Z"), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    engine.advance(ts("2026-11-20T13:00:00Z"), &mut out);
     assert_eq!(out.len(), 1);
-    assert_eq!((&*out[0].rule, out[0].state), ("failing_branch", AlertState::Resolved));
+    assert_eq!(
+        (&*out[0].rule, out[0].state, out[0].at),
+        ("failing_branch", AlertState::Resolved, ts("2026-11-20T12:00:00Z"))
+    );
 }
 
 #[test]

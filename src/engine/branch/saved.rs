@@ -13,8 +13,35 @@ fn times(r: &mut R<'_>) -> Result<VecDeque<Ts>, CheckpointError> {
 }
 
 impl BranchStage {
+    /// The whole stage, compressed, for a stage that runs apart from an engine.
+    pub fn checkpoint(&self) -> Vec<u8> {
+        let mut w = W::default();
+        self.save(&mut w);
+        w.finish()
+    }
+
+    /// A stage in the state [`BranchStage::checkpoint`] saved, under `set`.
+    pub fn restore(bytes: &[u8], set: &RuleSet) -> Result<BranchStage, CheckpointError> {
+        let body = R::open(bytes)?;
+        let mut r = R { buf: &body, pos: 0 };
+        let mut stage = BranchStage::new(set);
+        stage.load(&mut r)?;
+        r.end()?;
+        Ok(stage)
+    }
+
     pub(in crate::engine) fn save(&self, w: &mut W) {
         w.ts(self.next_check);
+        w.ts(self.done);
+        w.u(self.late);
+        w.u(self.pending.len() as u64);
+        for f in &self.pending {
+            w.ts(f.at);
+            w.opt_s(f.rule.as_deref());
+            w.s(&f.branch);
+            w.u(f.key as u64);
+            w.u((f.key >> 64) as u64);
+        }
         w.u(self.aggregates.len() as u64);
         for a in &self.aggregates {
             w.s(&a.id);
@@ -30,6 +57,7 @@ impl BranchStage {
                 }
                 w.opt_ts(s.first_seen);
                 w.opt_ts(s.open);
+                w.opt_ts(s.failing_since);
             }
             w.u(a.open.len() as u64);
             a.open.iter().for_each(|b| w.s(b));
@@ -39,6 +67,15 @@ impl BranchStage {
     /// Fills the state of the branch rules that still exist; the others' is read and dropped.
     pub(in crate::engine) fn load(&mut self, r: &mut R<'_>) -> Result<(), CheckpointError> {
         self.next_check = r.ts()?;
+        self.done = r.ts()?;
+        self.late = r.u()?;
+        for _ in 0..r.u()? {
+            let at = r.ts()?;
+            let rule = r.opt_s()?.map(Arc::from);
+            let branch = Arc::from(r.s()?);
+            let key = u128::from(r.u()?) | u128::from(r.u()?) << 64;
+            self.pending.insert(Fact { at, rule, branch, key });
+        }
         for _ in 0..r.u()? {
             let id = r.s()?;
             let mut branches = BTreeMap::new();
@@ -49,8 +86,8 @@ impl BranchStage {
                 for _ in 0..r.u()? {
                     hourly.push_back((r.ts()?.0, r.u32()?));
                 }
-                let (first_seen, open) = (r.opt_ts()?, r.opt_ts()?);
-                branches.insert(name, BranchState { hits, intake, hourly, first_seen, open });
+                let (first_seen, open, failing_since) = (r.opt_ts()?, r.opt_ts()?, r.opt_ts()?);
+                branches.insert(name, BranchState { hits, intake, hourly, first_seen, open, failing_since });
             }
             let mut open = Vec::new();
             for _ in 0..r.u()? {
