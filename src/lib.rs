@@ -36,8 +36,11 @@
 //!   parcel, and leaves with it.
 
 pub mod alert;
+pub mod config;
 pub mod engine;
 pub mod event;
+pub mod live;
+pub mod partition;
 pub mod replay;
 pub mod rules;
 pub mod simulate;

@@ -16,6 +16,10 @@ use forewarn::rules::{test::run_dir, RuleError, RuleSet};
 use forewarn::simulate::{self, Network};
 use forewarn::time::{Span, Ts};
 
+mod cli {
+    pub mod live;
+}
+
 /// Tells parcel customers and branches about problems before they call.
 #[derive(Parser)]
 #[command(version, about, long_about = None, propagate_version = true)]
@@ -40,8 +44,16 @@ enum Command {
         #[arg(default_value = "rules")]
         dir: PathBuf,
     },
-    /// Write a realistic synthetic network's events (v1 contract), deterministic per seed.
+    /// Write a realistic synthetic network's events (v1 contract), deterministic per seed;
+    /// with --nats, publish them live.
     Simulate(SimulateArgs),
+    /// Run the processor on NATS JetStream until SIGTERM or SIGINT (SIGHUP reloads the rules).
+    Run(cli::live::RunArgs),
+    /// Dead letters: list them, or send them back once the cause is fixed.
+    Dlq {
+        #[command(subcommand)]
+        command: cli::live::DlqCommand,
+    },
 }
 
 #[derive(Args)]
@@ -85,6 +97,8 @@ struct SimulateArgs {
     /// Labels are created over this many days.
     #[arg(long, default_value_t = 1.0)]
     days: f64,
+    #[command(flatten)]
+    publish: cli::live::PublishArgs,
 }
 
 fn span(s: &str) -> Result<Span, String> {
@@ -102,6 +116,8 @@ fn main() -> ExitCode {
         Command::Check { dir } => check(&dir),
         Command::Test { dir } => test(&dir),
         Command::Simulate(args) => simulate(args),
+        Command::Run(args) => cli::live::run(args),
+        Command::Dlq { command } => cli::live::dlq(command),
     };
     match result {
         Ok(code) => code,
@@ -305,6 +321,19 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     }
     let net = Network { parcels: args.parcels, seed: args.seed, start: args.start, days: args.days };
     let bar = progress(Some(args.parcels), "simulate");
+    if let Some(url) = args.publish.nats.clone() {
+        if args.out.is_some() {
+            bail!("--out and --nats: choose one");
+        }
+        let mut data = Vec::new();
+        simulate::write(&net, &mut data, |p| bar.set_position(p))?;
+        let total = data.iter().filter(|&&b| b == b'\n').count() as u64;
+        bar.set_length(total);
+        let sent = cli::live::publish(data, url.clone(), &args.publish, |n| bar.set_position(n))?;
+        bar.finish_and_clear();
+        eprintln!("{sent} events for {} parcels published to {url}", args.parcels);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut out = output(args.out.as_deref())?;
     let events = simulate::write(&net, &mut out, |p| bar.set_position(p))?;
     out.flush()?;

@@ -290,6 +290,7 @@ fn put_stats(w: &mut W, s: &Stats) {
         s.wakes,
         s.parked,
         s.symbol_overflow,
+        s.held,
     ] {
         w.u(v);
     }
@@ -310,6 +311,7 @@ fn get_stats(r: &mut R<'_>) -> Result<Stats, CheckpointError> {
         wakes: r.u()?,
         parked: r.u()?,
         symbol_overflow: r.u()?,
+        held: r.u()?,
     })
 }
 
@@ -331,6 +333,7 @@ impl Engine {
         self.syms.save(&mut w);
         w.ts(self.watermark);
         w.ts(self.max_at);
+        w.ts(self.max_contact_at);
         put_stats(&mut w, &self.stats);
         self.window.save(&mut w);
         self.tombstones.save(&mut w);
@@ -361,6 +364,7 @@ impl Engine {
         let remap = Remap { rules, counts };
         let watermark = r.ts()?;
         let max_at = r.ts()?;
+        let max_contact_at = r.ts()?;
         let stats = get_stats(&mut r)?;
         let window = Window::load(&mut r, &remap)?;
         let tombstones = Tombstones::load(&mut r, config.tombstones)?;
@@ -388,6 +392,7 @@ impl Engine {
             branch_stage_inside: true,
             watermark,
             max_at,
+            max_contact_at,
             stats,
         })
     }

@@ -97,6 +97,8 @@ pub struct Stats {
     pub parked: u64,
     /// Names not interned because the symbol table was full.
     pub symbol_overflow: u64,
+    /// Contacts held until the watermark passed them (counted in `parked` too).
+    pub held: u64,
 }
 
 /// What became of an applied event.
@@ -129,7 +131,9 @@ pub struct Engine {
     facts: Vec<Fact>,
     branch_stage_inside: bool,
     watermark: Ts,
+    /// The newest scan time: what the watermark follows.
     max_at: Ts,
+    max_contact_at: Ts,
     stats: Stats,
 }
 
@@ -151,6 +155,7 @@ impl Engine {
             syms,
             watermark: Ts::MIN,
             max_at: Ts::MIN,
+            max_contact_at: Ts::MIN,
             stats: Stats::default(),
         }
     }
@@ -185,12 +190,13 @@ impl Engine {
         self.watermark
     }
 
-    /// The newest event time seen.
+    /// The newest time seen, of scans and contacts: at the end of an input,
+    /// advancing to it judges everything.
     pub fn newest(&self) -> Ts {
-        self.max_at
+        self.max_at.max(self.max_contact_at)
     }
 
-    /// The watermark the input alone justifies: newest event time minus the lateness.
+    /// The watermark the input alone justifies: newest scan time minus the lateness.
     pub fn input_watermark(&self) -> Ts {
         self.max_at.minus(self.config.lateness)
     }
@@ -218,7 +224,13 @@ impl Engine {
     /// Takes an event into the parcel's state and fires the rules it triggers.
     fn apply_hashed(&mut self, ev: &Event<'_>, hash: u64, out: &mut Vec<Alert>) -> Applied {
         self.stats.events += 1;
-        self.max_at = self.max_at.max(ev.at);
+        // Scans drive event time; contacts come from another system (the call
+        // centre) on another stream, so they neither hold it back nor push it.
+        if ev.kind.is_scan() {
+            self.max_at = self.max_at.max(ev.at);
+        } else {
+            self.max_contact_at = self.max_contact_at.max(ev.at);
+        }
         if ev.at < self.watermark {
             self.stats.beyond_lateness += 1;
         }
@@ -245,10 +257,20 @@ impl Engine {
             return Applied::Duplicate;
         }
         // After a pending deadline: held until the watermark judges that deadline,
-        // so the judgment sees exactly the events up to it, whatever their arrival order.
-        if ev.at > p.wake && p.parked() < MAX_PARKED && self.plan.next_deadline(p) < ev.at {
-            p.aside().parked.push(ev.clone().into_owned());
+        // so the judgment sees exactly the events up to it, whatever their arrival
+        // order. After an event already held: held too, to keep time order. A
+        // contact (its own stream, which may run ahead of the scans) waits for
+        // the watermark, so it meets the parcel as the scans up to it left it.
+        let contact_ahead = !ev.kind.is_scan() && ev.at > self.watermark;
+        if p.parked() < MAX_PARKED
+            && ((ev.at > p.wake && self.plan.next_deadline(p) < ev.at) || ev.at > p.first_parked_at() || contact_ahead)
+        {
+            p.park(ev.clone().into_owned());
             self.stats.parked += 1;
+            if contact_ahead {
+                self.stats.held += 1;
+                self.arm(slot, ev.at);
+            }
             return Applied::Parked;
         }
         self.apply_to(slot, ev, out);
@@ -333,21 +355,48 @@ impl Engine {
         let wm = self.watermark.max(watermark);
         self.watermark = wm;
         let mut due = std::mem::take(&mut self.due);
-        self.timers.drain_due(wm, &mut due);
-        // Wake-ups touch parcels all over the window: fetch a few ahead.
-        for e in due.iter().take(PREFETCH_AHEAD) {
-            self.window.prefetch_slot(e.slot);
+        // A judgment may arm a wake-up that is already due (an event it let in
+        // made a new deadline): keep draining until none is.
+        loop {
+            self.timers.drain_due(wm, &mut due);
+            if due.is_empty() {
+                break;
+            }
+            // Wake-ups touch parcels all over the window: fetch a few ahead.
+            for e in due.iter().take(PREFETCH_AHEAD) {
+                self.window.prefetch_slot(e.slot);
+            }
+            for (i, &Entry { at: wake, slot, gen }) in due.iter().enumerate() {
+                if let Some(ahead) = due.get(i + PREFETCH_AHEAD) {
+                    self.window.prefetch_slot(ahead.slot);
+                }
+                let p = self.window.get_mut(slot);
+                if p.is_vacant() || p.gen != gen || p.wake != wake {
+                    continue;
+                }
+                self.stats.wakes += 1;
+                p.wake = Ts::MAX;
+                self.wake(slot, wm, out);
+            }
+            due.clear();
         }
-        for (i, &Entry { at: wake, slot, gen }) in due.iter().enumerate() {
-            if let Some(ahead) = due.get(i + PREFETCH_AHEAD) {
-                self.window.prefetch_slot(ahead.slot);
+        self.due = due;
+        if self.branch_stage_inside {
+            for fact in self.facts.drain(..) {
+                self.branches.add(fact);
             }
-            let p = self.window.get_mut(slot);
-            if p.is_vacant() || p.gen != gen || p.wake != wake {
-                continue;
-            }
-            self.stats.wakes += 1;
-            p.wake = Ts::MAX;
+            self.branches.advance(wm, out);
+        }
+    }
+
+    /// A parcel's wake-up at watermark `wm`: judges its due deadlines and lets
+    /// in its parked events, in time order: a deadline is judged on the events
+    /// before it, an event applies once every deadline before it is judged
+    /// (and, for a contact, once the watermark passed it).
+    fn wake(&mut self, slot: u32, wm: Ts, out: &mut Vec<Alert>) {
+        let mut released = false;
+        let pending = loop {
+            let before = self.window.get(slot).first_parked_at();
             // Each rule's deadline is computed once: fired if due, else the next wake-up.
             let mut pending = Ts::MAX;
             let state = self.window.get(slot).state as usize;
@@ -359,7 +408,7 @@ impl Engine {
                     continue;
                 }
                 let Some(deadline) = self.plan.deadline(r, p) else { continue };
-                if deadline > wm {
+                if deadline > wm || deadline >= before {
                     pending = pending.min(deadline);
                     continue;
                 }
@@ -369,31 +418,42 @@ impl Engine {
                 }
                 self.emit(slot, r, AlertState::Firing, deadline, &deadline.text(), None, out);
             }
-            // The deadline is judged: what happened after it can now count.
-            let parked = self.window.get_mut(slot).take_parked();
-            for ev in &parked {
-                self.apply_to(slot, ev, out);
-            }
-            let p = self.window.get(slot);
-            if p.state.is_done() && p.state_at.plus(self.config.retention) <= wm {
-                self.evict(slot, Eviction::Done);
-            } else if p.last_event_at.plus(self.config.max_idle) <= wm {
-                self.evict(slot, Eviction::Idle);
-            } else if parked.is_empty() {
-                // Nothing changed since the deadlines were computed above.
+            let mut progressed = false;
+            loop {
+                let p = self.window.get(slot);
+                let at = p.first_parked_at();
+                let contact_waits = at > wm && !p.first_parked_is_scan();
+                // Past the parcel's departure, it is gone by then: the event dies with it.
                 let leaves = self.leaves_at(slot);
-                self.arm(slot, leaves.min(pending));
-            } else {
-                self.reschedule(slot);
+                let gone = leaves <= wm && leaves < at;
+                if at == Ts::MAX || contact_waits || gone || self.plan.next_deadline(p) < at {
+                    break;
+                }
+                let Some(ev) = self.window.get_mut(slot).pop_parked() else { break };
+                self.apply_to(slot, &ev, out);
+                progressed = true;
             }
+            if !progressed {
+                break pending;
+            }
+            released = true;
+        };
+        let p = self.window.get(slot);
+        let leaving = (p.state.is_done() && p.state_at.plus(self.config.retention) <= wm)
+            || p.last_event_at.plus(self.config.max_idle) <= wm;
+        if leaving {
+            self.stats.closed += p.parked() as u64;
         }
-        due.clear();
-        self.due = due;
-        if self.branch_stage_inside {
-            for fact in self.facts.drain(..) {
-                self.branches.add(fact);
-            }
-            self.branches.advance(wm, out);
+        if p.state.is_done() && p.state_at.plus(self.config.retention) <= wm {
+            self.evict(slot, Eviction::Done);
+        } else if p.last_event_at.plus(self.config.max_idle) <= wm {
+            self.evict(slot, Eviction::Idle);
+        } else if !released && p.parked() == 0 {
+            // Nothing changed since the deadlines were computed above.
+            let leaves = self.leaves_at(slot);
+            self.arm(slot, leaves.min(pending));
+        } else {
+            self.reschedule(slot);
         }
     }
 
@@ -430,7 +490,8 @@ impl Engine {
 
     /// Sets the parcel's wake-up to its earliest pending deadline (or its departure from the window).
     fn reschedule(&mut self, slot: u32) {
-        let next = self.leaves_at(slot).min(self.plan.next_deadline(self.window.get(slot)));
+        let p = self.window.get(slot);
+        let next = self.leaves_at(slot).min(self.plan.next_deadline(p)).min(p.first_parked_at());
         self.arm(slot, next);
     }
 

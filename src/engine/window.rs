@@ -123,12 +123,28 @@ impl Parcel {
         Some(taken)
     }
 
-    /// Takes the parked events, oldest first.
-    pub fn take_parked(&mut self) -> Vec<Event<'static>> {
-        let mut parked = self.aside.as_mut().map(|a| std::mem::take(&mut a.parked)).unwrap_or_default();
+    /// Holds an event back; held events stay in time order (ties in arrival order).
+    pub fn park(&mut self, ev: Event<'static>) {
+        let parked = &mut self.aside().parked;
+        let i = parked.partition_point(|e| e.at <= ev.at);
+        parked.insert(i, ev);
+    }
+
+    /// The time of the earliest held event (`Ts::MAX` if none).
+    pub fn first_parked_at(&self) -> Ts {
+        self.aside.as_ref().and_then(|a| a.parked.first()).map_or(Ts::MAX, |e| e.at)
+    }
+
+    pub fn first_parked_is_scan(&self) -> bool {
+        self.aside.as_ref().and_then(|a| a.parked.first()).is_some_and(|e| e.kind.is_scan())
+    }
+
+    /// Takes the earliest held event.
+    pub fn pop_parked(&mut self) -> Option<Event<'static>> {
+        let parked = &mut self.aside.as_mut()?.parked;
+        let ev = (!parked.is_empty()).then(|| parked.remove(0));
         self.drop_empty_aside();
-        parked.sort_by_key(|e| e.at);
-        parked
+        ev
     }
 
     fn drop_empty_aside(&mut self) {

@@ -5,7 +5,7 @@
 //! ```toml
 //! [[test]]
 //! name = "stalled fires 24 h after the last scan"
-//! until = "2026-11-22T12:00:00Z"     # advance the watermark to here at the end
+//! until = "2026-11-22T12:00:00Z"     # advance the watermark to here at the end (default: the newest event)
 //! events = [
 //!   { kind = "departed", at = "2026-11-20T09:00:00Z" },   # parcel_id "P1", v 1 and event_id by default
 //! ]
@@ -112,10 +112,14 @@ fn run_case(case: &Case, set: &RuleSet) -> Result<String, String> {
         let event = decode(&bytes).map_err(|r| format!("event {} was rejected: {r}", i + 1))?;
         engine.ingest(&event, &mut alerts);
     }
-    if let Some(until) = &case.until {
-        let t = Ts::parse_rfc3339(until).ok_or_else(|| format!("until: {until:?} is not an RFC 3339 timestamp"))?;
-        engine.advance(t, &mut alerts);
-    }
+    // Without `until`, everything is judged up to the newest event, as at the end of a replay.
+    let until = match &case.until {
+        Some(until) => {
+            Ts::parse_rfc3339(until).ok_or_else(|| format!("until: {until:?} is not an RFC 3339 timestamp"))?
+        }
+        None => engine.newest(),
+    };
+    engine.advance(until, &mut alerts);
     let compared: BTreeSet<&str> = if case.only.is_empty() {
         case.expect.iter().map(|e| e.rule.as_str()).collect()
     } else {

@@ -1,0 +1,218 @@
+//! The commands that talk to NATS: `run`, `dlq` and `simulate --nats`.
+//! Flags and environment variables override the configuration file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use tokio::sync::{mpsc, watch};
+
+use forewarn::config::{std_duration, Config};
+use forewarn::live::{self, connect, dlq, feed, Controls};
+
+/// Settings every NATS command shares.
+#[derive(Args)]
+pub struct Common {
+    /// The configuration file (every field is documented in forewarn.toml).
+    #[arg(long, env = "FOREWARN_CONFIG")]
+    config: Option<PathBuf>,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "FOREWARN_NATS_URL")]
+    nats: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The rules directory.
+    #[arg(long, env = "FOREWARN_RULES")]
+    rules: Option<PathBuf>,
+    /// Where health is served (host:port).
+    #[arg(long, env = "FOREWARN_HTTP")]
+    http: Option<String>,
+    /// The partitions this instance owns: all, or a list such as 0-7 or 0,2,9-11.
+    #[arg(long, env = "FOREWARN_PARTITIONS")]
+    partitions: Option<String>,
+    /// This instance's name: its consumers and checkpoints are its own.
+    #[arg(long, env = "FOREWARN_INSTANCE")]
+    instance: Option<String>,
+    /// Ignore (and replace) the stored checkpoints: rebuild the state from the streams.
+    #[arg(long)]
+    rebuild: bool,
+}
+
+#[derive(Subcommand)]
+pub enum DlqCommand {
+    /// List the dead letters: sequence, original subject, reason.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Send dead letters back to their original subjects and remove them.
+    Replay {
+        #[command(flatten)]
+        common: Common,
+        /// Only these dead-letter sequences.
+        #[arg(long = "seq")]
+        sequences: Vec<u64>,
+        /// Only letters with this reason code (e.g. invalid_json, misrouted).
+        #[arg(long)]
+        code: Option<String>,
+        /// All of them.
+        #[arg(long, conflicts_with_all = ["sequences", "code"])]
+        all: bool,
+    },
+}
+
+/// Publishing the simulated network live.
+#[derive(Args)]
+pub struct PublishArgs {
+    /// Publish to this NATS server instead of writing a file.
+    #[arg(long, env = "FOREWARN_NATS_URL")]
+    pub nats: Option<String>,
+    /// Target events per second (default: as fast as the server takes them).
+    #[arg(long, requires = "nats", conflicts_with = "speed")]
+    pub rate: Option<f64>,
+    /// Play event time this many times faster than real time (288: a day in 5 minutes).
+    #[arg(long, requires = "nats")]
+    pub speed: Option<f64>,
+    /// The deployment's partition count.
+    #[arg(long, default_value_t = 16)]
+    pub partitions: u16,
+}
+
+fn config(common: &Common) -> Result<Config> {
+    let mut config = match &common.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(url) = &common.nats {
+        config.nats.url = url.clone();
+    }
+    Ok(config)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    init_logs();
+    let mut config = config(&args.common)?;
+    if let Some(rules) = args.rules {
+        config.rules = rules;
+    }
+    if let Some(http) = args.http {
+        config.http = http;
+    }
+    if let Some(partitions) = args.partitions {
+        config.partitions.owned = partitions;
+    }
+    if let Some(instance) = args.instance {
+        config.instance = instance;
+    }
+    config.validate().map_err(anyhow::Error::msg)?;
+    let deadline = std_duration(config.shutdown.deadline);
+    runtime()?.block_on(async move {
+        let (stop_tx, stop) = watch::channel(false);
+        let (reload_tx, reload) = mpsc::channel(1);
+        tokio::spawn(signals(stop_tx, reload_tx, deadline));
+        let summary = live::run(config, args.rebuild, Controls { stop, reload }).await?;
+        eprintln!(
+            "forewarn stopped: {} events, {} alerts, {} dead letters, {} checkpoints",
+            summary.events, summary.alerts, summary.dead_letters, summary.checkpoints
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// SIGTERM or SIGINT: stop, within the deadline or exit with an error. SIGHUP: reload the rules.
+async fn signals(stop: watch::Sender<bool>, reload: mpsc::Sender<()>, deadline: Duration) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => { let _ = reload.try_send(()); }
+        }
+    }
+    let _ = stop.send(true);
+    tokio::select! {
+        _ = tokio::time::sleep(deadline) => {}
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("error: {}", live::LiveError::ShutdownDeadline(format!("{deadline:?}")));
+    std::process::exit(1);
+}
+
+pub fn dlq(command: DlqCommand) -> Result<ExitCode> {
+    init_logs();
+    let common = match &command {
+        DlqCommand::List { common } | DlqCommand::Replay { common, .. } => common,
+    };
+    let config = config(common)?;
+    runtime()?.block_on(async move {
+        let client = connect::connect(&config.nats, "forewarn dlq").await?;
+        let js = connect::jetstream(client);
+        let stream = &config.streams.dead_letters.name;
+        let letters = dlq::list(&js, stream).await?;
+        match command {
+            DlqCommand::List { .. } => {
+                for l in &letters {
+                    println!("{}\t{}\t{}\t{}", l.sequence, l.subject, l.code, l.reason);
+                }
+                eprintln!("{} dead letter(s) in {stream}", letters.len());
+            }
+            DlqCommand::Replay { sequences, code, all, .. } => {
+                if !all && sequences.is_empty() && code.is_none() {
+                    bail!("say which letters: --seq N (repeatable), --code CODE, or --all");
+                }
+                let chosen: Vec<_> = letters
+                    .into_iter()
+                    .filter(|l| all || sequences.contains(&l.sequence) || code.as_deref() == Some(l.code.as_str()))
+                    .collect();
+                let done = dlq::replay(&js, stream, &chosen).await?;
+                eprintln!("{done} dead letter(s) sent back to their subjects");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Publishes a simulated network's events to NATS.
+pub fn publish(data: Vec<u8>, url: String, args: &PublishArgs, mut progress: impl FnMut(u64)) -> Result<u64> {
+    let pace = match (args.rate, args.speed) {
+        (Some(r), _) if r > 0.0 => feed::Pace::Rate(r),
+        (_, Some(s)) if s > 0.0 => feed::Pace::Speed(s),
+        (None, None) => feed::Pace::AsFastAsPossible,
+        _ => bail!("--rate and --speed must be positive"),
+    };
+    let nats = forewarn::config::Nats { url, ..Config::default().nats };
+    let partitions = args.partitions;
+    runtime()?.block_on(async move {
+        let client = connect::connect(&nats, "forewarn simulate").await?;
+        let js = connect::jetstream(client);
+        connect::ensure_streams(&js, &Config::default().streams).await?;
+        Ok(feed::publish(js, &data, partitions, pace, &mut progress).await)
+    })
+}

@@ -1,0 +1,121 @@
+//! Publishing into JetStream without losing anything: messages go out at
+//! once, their acknowledgements are collected later, and [`Outbox::settle`]
+//! does not return until the server stored every message sent so far,
+//! re-sending (same message id: no duplicates) through outages. A
+//! checkpoint is taken only after a settle, so nothing a checkpoint covers
+//! can be missing from the streams.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::Context;
+
+use super::wire::Outgoing;
+
+/// Acknowledgements outstanding before the oldest are awaited.
+const MAX_PENDING: usize = 8192;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OutboxStats {
+    pub stored: u64,
+    /// Dropped by the server as copies of an earlier message (re-sent after a restart).
+    pub duplicates: u64,
+    pub retries: u64,
+}
+
+pub struct Outbox {
+    js: Context,
+    pending: VecDeque<(PublishAckFuture, Outgoing)>,
+    pub stats: OutboxStats,
+}
+
+impl Outbox {
+    pub fn new(js: Context) -> Outbox {
+        Outbox { js, pending: VecDeque::new(), stats: OutboxStats::default() }
+    }
+
+    /// Sends a message; its storage is confirmed by a later [`Outbox::settle`].
+    pub async fn send(&mut self, out: Outgoing) {
+        if self.pending.len() >= MAX_PENDING {
+            self.settle_oldest(MAX_PENDING / 2).await;
+        }
+        let ack = self.publish_until_sent(&out).await;
+        self.pending.push_back((ack, out));
+    }
+
+    /// Returns when every message sent so far is stored.
+    pub async fn settle(&mut self) {
+        self.settle_oldest(self.pending.len()).await;
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    async fn settle_oldest(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some((ack, out)) = self.pending.pop_front() else { return };
+            let mut result = ack.await;
+            let mut backoff = Backoff::default();
+            loop {
+                match result {
+                    Ok(ack) => {
+                        self.stats.stored += 1;
+                        self.stats.duplicates += u64::from(ack.duplicate);
+                        break;
+                    }
+                    Err(e) => {
+                        self.stats.retries += 1;
+                        backoff.wait(&out.subject, &e).await;
+                        result = self.publish_until_sent(&out).await.await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn publish_until_sent(&mut self, out: &Outgoing) -> PublishAckFuture {
+        let mut backoff = Backoff::default();
+        loop {
+            let mut message = PublishMessage::build().payload(out.body.clone());
+            if let Some(headers) = out.header_map() {
+                message = message.headers(headers);
+            }
+            if let Some(id) = &out.id {
+                message = message.message_id(id);
+            }
+            match self.js.send_publish(out.subject.clone(), message).await {
+                Ok(ack) => return ack,
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    // Cannot succeed by waiting; our messages are far below any server's limit.
+                    tracing::error!(subject = %out.subject, error = %e, "message larger than the server accepts");
+                    backoff.wait(&out.subject, &e).await;
+                }
+                Err(e) => {
+                    self.stats.retries += 1;
+                    backoff.wait(&out.subject, &e).await;
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter, 50 ms to 5 s, logging as it goes.
+#[derive(Default)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    async fn wait(&mut self, subject: &str, error: &dyn std::fmt::Display) {
+        let base = 50u64.saturating_mul(1 << self.attempt.min(7)).min(5_000);
+        let jitter = rand::random::<u64>() % (base / 2 + 1);
+        if self.attempt.is_multiple_of(10) {
+            tracing::warn!(subject, attempt = self.attempt + 1, %error, "publish not stored yet; retrying");
+        }
+        self.attempt += 1;
+        tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
+    }
+}

@@ -1,0 +1,731 @@
+//! `forewarn run`: one loop that owns the engines, the branch stages and the
+//! consumers, so no lock is needed and the order of work is plain.
+//!
+//! Per message: skip what a checkpoint already covers (its stream sequence
+//! is at or below the partition's position), refuse what breaks the contract
+//! or came on the wrong partition (dead letter), otherwise ingest and
+//! publish what the engine says. On a timer or after enough events: settle
+//! the outbox, snapshot every changed engine and stage, store the snapshot
+//! in the background, and when it is stored acknowledge (AckAll) up to the
+//! last message it covers and publish each partition's watermark mark.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::{self, object_store::ObjectStore};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::outbox::{Outbox, OutboxStats};
+use super::store::{self, Kind, Saved};
+use super::wire::{self, Refusal};
+use super::{connect, LiveError};
+use crate::alert::Alert;
+use crate::config::{std_duration, Config};
+use crate::engine::{BranchStage, Engine, Fact};
+use crate::event::decode;
+use crate::partition::{self, Owned};
+use crate::rules::RuleSet;
+use crate::time::Ts;
+
+/// Messages taken from one consumer before looking at the others and the timers.
+const DRAIN: usize = 512;
+
+/// What stops the processor and what makes it reload its rules.
+pub struct Controls {
+    pub stop: watch::Receiver<bool>,
+    pub reload: mpsc::Receiver<()>,
+}
+
+/// What a run did, for the closing log line and the tests.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    pub events: u64,
+    pub skipped: u64,
+    pub dead_letters: u64,
+    pub alerts: u64,
+    pub checkpoints: u64,
+    pub checkpoint_failures: u64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub outbox: OutboxStats,
+}
+
+/// One owned partition.
+struct Part {
+    engine: Engine,
+    /// The last stream sequence applied, per input (scans, contacts).
+    pos: [u64; 2],
+    last_input: Instant,
+    dirty: bool,
+}
+
+/// One owned branch partition.
+struct Stage {
+    stage: BranchStage,
+    /// The last facts-stream sequence applied.
+    pos: u64,
+    /// Each source partition's last watermark mark.
+    marks: Vec<Ts>,
+    dirty: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Scans,
+    Contacts,
+    Facts,
+}
+
+/// A consumer we pull from, recreated at our own position when it fails.
+struct Input {
+    which: Which,
+    stream: String,
+    durable: String,
+    filters: Vec<String>,
+    /// The highest stream sequence handled.
+    last_seq: u64,
+    /// The newest message's acknowledgement handle (AckAll acknowledges every earlier one).
+    acker: Option<Acker>,
+    consumer: Option<jetstream::consumer::PullConsumer>,
+    messages: Option<pull::Stream>,
+    last_message: Instant,
+    /// The server had nothing more for us when we last asked.
+    caught_up: bool,
+}
+
+/// A stored snapshot, waiting to be acknowledged.
+struct Commit {
+    ackers: Vec<Acker>,
+    marks: Vec<(u16, Ts)>,
+}
+
+struct Processor {
+    config: Config,
+    owned: Owned,
+    js: jetstream::Context,
+    store: ObjectStore,
+    outbox: Outbox,
+    parts: BTreeMap<u16, Part>,
+    stages: BTreeMap<u16, Stage>,
+    inputs: [Input; 3],
+    rules_seen: Option<Fingerprint>,
+    pinned_clock: Option<Ts>,
+    alerts: Vec<Alert>,
+    facts: Vec<Fact>,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    summary: RunSummary,
+}
+
+/// The rules directory's file names, sizes and modification times.
+type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+fn fingerprint(dir: &std::path::Path) -> Option<Fingerprint> {
+    let mut files: Fingerprint = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+        .filter_map(|e| e.metadata().ok().map(|m| (e.path(), m.len(), m.modified().ok())))
+        .collect();
+    files.sort();
+    Some(files)
+}
+
+fn load_rules(dir: &std::path::Path) -> Result<RuleSet, String> {
+    RuleSet::load(dir).map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+}
+
+/// Runs until `controls.stop` says so; then checkpoints, acknowledges and returns.
+pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Result<RunSummary, LiveError> {
+    config.validate().map_err(LiveError::Config)?;
+    let owned = config.owned().map_err(LiveError::Config)?;
+    let set = load_rules(&config.rules).map_err(LiveError::Rules)?;
+    let pinned_clock = match config.watermark.clock.trim() {
+        "" => None,
+        text => Some(
+            Ts::parse_rfc3339(text)
+                .ok_or_else(|| LiveError::Config(format!("watermark.clock {text:?} is not an RFC 3339 timestamp")))?,
+        ),
+    };
+    let client = connect::connect(&config.nats, &format!("forewarn {}", config.instance)).await?;
+    let js = connect::jetstream(client);
+    connect::ensure_streams(&js, &config.streams).await?;
+    let store = connect::bucket(&js, &config.checkpoint.bucket, config.streams.replicas).await?;
+
+    let count = owned.count;
+    let engine_config = config.engine(owned.list.len());
+    let mut parts = BTreeMap::new();
+    let mut stages = BTreeMap::new();
+    for &p in &owned.list {
+        let saved = if rebuild { None } else { store::load(&store, Kind::Engine, p, count).await? };
+        let part = match saved {
+            Some(saved) => {
+                let engine = Engine::restore(&saved.state, set.clone(), engine_config.clone())
+                    .map_err(|e| LiveError::Checkpoint {
+                        name: store::object_name(Kind::Engine, p),
+                        reason: e.to_string(),
+                    })?
+                    .without_branch_stage();
+                let pos = [saved.positions.first().copied().unwrap_or(0), saved.positions.get(1).copied().unwrap_or(0)];
+                Part { engine, pos, last_input: Instant::now(), dirty: false }
+            }
+            None => Part {
+                engine: Engine::new(set.clone(), engine_config.clone()).without_branch_stage(),
+                pos: [0, 0],
+                last_input: Instant::now(),
+                dirty: true,
+            },
+        };
+        parts.insert(p, part);
+        let saved = if rebuild { None } else { store::load(&store, Kind::Stage, p, count).await? };
+        let stage = match saved {
+            Some(saved) => Stage {
+                stage: BranchStage::restore(&saved.state, &set).map_err(|e| LiveError::Checkpoint {
+                    name: store::object_name(Kind::Stage, p),
+                    reason: e.to_string(),
+                })?,
+                pos: saved.positions.first().copied().unwrap_or(0),
+                marks: if saved.marks.len() == usize::from(count) { saved.marks } else { vec![Ts::MIN; count.into()] },
+                dirty: false,
+            },
+            None => Stage { stage: BranchStage::new(&set), pos: 0, marks: vec![Ts::MIN; count.into()], dirty: true },
+        };
+        stages.insert(p, stage);
+    }
+    let all = owned.list.len() == usize::from(count);
+    let per_partition = |prefix: &str| -> Vec<String> {
+        if all {
+            vec![format!("{prefix}.*")]
+        } else {
+            owned.list.iter().map(|p| format!("{prefix}.{p}")).collect()
+        }
+    };
+    let mut fact_filters = per_partition("forewarn.facts");
+    fact_filters.push("forewarn.marks.*".into());
+    let streams = &config.streams;
+    let input = |which, stream: &str, name: &str, filters| Input {
+        which,
+        stream: stream.to_string(),
+        durable: format!("forewarn-{}-{name}", config.instance),
+        filters,
+        last_seq: 0,
+        acker: None,
+        consumer: None,
+        messages: None,
+        last_message: Instant::now(),
+        caught_up: false,
+    };
+    let inputs = [
+        input(Which::Scans, &streams.scans.name, "scans", per_partition("scans")),
+        input(Which::Contacts, &streams.contacts.name, "contacts", per_partition("contacts")),
+        input(Which::Facts, &streams.facts.name, "facts", fact_filters),
+    ];
+    tracing::info!(
+        instance = %config.instance,
+        partitions = %owned,
+        of = count,
+        restored = parts.values().filter(|p| !p.dirty).count(),
+        rules = set.len(),
+        "forewarn running"
+    );
+    let mut processor = Processor {
+        outbox: Outbox::new(js.clone()),
+        rules_seen: fingerprint(&config.rules),
+        config,
+        owned,
+        js,
+        store,
+        parts,
+        stages,
+        inputs,
+        pinned_clock,
+        alerts: Vec::new(),
+        facts: Vec::new(),
+        since_checkpoint: 0,
+        last_checkpoint: Instant::now(),
+        summary: RunSummary::default(),
+    };
+    for i in 0..3 {
+        processor.open(i, &mut controls.stop).await?;
+    }
+    processor.serve(&mut controls).await?;
+    Ok(processor.summary)
+}
+
+enum Step {
+    Stop,
+    Tick,
+    Reload,
+    Committed(Result<Commit, LiveError>),
+    Message(usize, Option<Result<Box<jetstream::Message>, pull::MessagesError>>),
+}
+
+async fn next_message(input: &mut Input) -> Option<Result<jetstream::Message, pull::MessagesError>> {
+    match input.messages.as_mut() {
+        Some(messages) => messages.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn committed(task: &mut Option<JoinHandle<Result<Commit, LiveError>>>) -> Result<Commit, LiveError> {
+    match task.as_mut() {
+        Some(handle) => {
+            let result = handle.await.unwrap_or_else(|e| Err(LiveError::nats("checkpoint task", e)));
+            *task = None;
+            result
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Processor {
+    async fn serve(&mut self, controls: &mut Controls) -> Result<(), LiveError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut storing: Option<JoinHandle<Result<Commit, LiveError>>> = None;
+        let mut last_rules_look = Instant::now();
+        loop {
+            let step = {
+                let [scans, contacts, facts] = &mut self.inputs;
+                tokio::select! {
+                    _ = controls.stop.changed() => Step::Stop,
+                    Some(()) = controls.reload.recv() => Step::Reload,
+                    result = committed(&mut storing) => Step::Committed(result),
+                    _ = tick.tick() => Step::Tick,
+                    m = next_message(scans) => Step::Message(0, m.map(|r| r.map(Box::new))),
+                    m = next_message(contacts) => Step::Message(1, m.map(|r| r.map(Box::new))),
+                    m = next_message(facts) => Step::Message(2, m.map(|r| r.map(Box::new))),
+                }
+            };
+            match step {
+                Step::Stop => break,
+                Step::Reload => self.reload(),
+                Step::Committed(result) => self.commit(result).await,
+                Step::Tick => {
+                    if last_rules_look.elapsed() >= Duration::from_secs(2) {
+                        last_rules_look = Instant::now();
+                        let now = fingerprint(&self.config.rules);
+                        if now != self.rules_seen {
+                            self.reload();
+                        }
+                    }
+                    self.follow_clock().await;
+                }
+                Step::Message(i, None) => {
+                    tracing::warn!(stream = %self.inputs[i].stream, "consumer ended; recreating it");
+                    self.open(i, &mut controls.stop).await?;
+                }
+                Step::Message(i, Some(Err(e))) => {
+                    tracing::warn!(stream = %self.inputs[i].stream, error = %e, "consumer error; recreating it at our position");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    self.open(i, &mut controls.stop).await?;
+                }
+                Step::Message(i, Some(Ok(message))) => {
+                    self.handle(i, *message).await;
+                    for _ in 0..DRAIN {
+                        let next = match self.inputs[i].messages.as_mut() {
+                            Some(messages) => messages.next().now_or_never(),
+                            None => None,
+                        };
+                        match next {
+                            Some(Some(Ok(message))) => self.handle(i, message).await,
+                            Some(Some(Err(e))) => {
+                                tracing::warn!(stream = %self.inputs[i].stream, error = %e, "consumer error; recreating it at our position");
+                                self.open(i, &mut controls.stop).await?;
+                                break;
+                            }
+                            _ => break,
+                        }
+                    }
+                }
+            }
+            let due = self.since_checkpoint >= self.config.checkpoint.events
+                || (self.last_checkpoint.elapsed() >= std_duration(self.config.checkpoint.interval) && self.changed());
+            if due && storing.is_none() {
+                storing = Some(self.snapshot().await);
+            }
+        }
+        // Stop pulling, store what was done, acknowledge it.
+        tracing::info!("stopping: checkpointing and acknowledging");
+        for input in &mut self.inputs {
+            input.messages = None;
+        }
+        if let Some(task) = storing.take() {
+            let result = task.await.unwrap_or_else(|e| Err(LiveError::nats("checkpoint task", e)));
+            self.commit(result).await;
+        }
+        let task = self.snapshot().await;
+        let result = task.await.unwrap_or_else(|e| Err(LiveError::nats("checkpoint task", e)));
+        let failed = result.is_err();
+        self.commit(result).await;
+        self.outbox.settle().await;
+        self.summary.outbox = self.outbox.stats;
+        if failed {
+            return Err(LiveError::nats(
+                "final checkpoint",
+                "not stored; the next start resumes from the previous one",
+            ));
+        }
+        tracing::info!(
+            events = self.summary.events,
+            alerts = self.summary.alerts,
+            dead_letters = self.summary.dead_letters,
+            checkpoints = self.summary.checkpoints,
+            "stopped"
+        );
+        Ok(())
+    }
+
+    fn changed(&self) -> bool {
+        self.since_checkpoint > 0 || self.parts.values().any(|p| p.dirty) || self.stages.values().any(|s| s.dirty)
+    }
+
+    /// (Re)creates input `i`'s durable consumer right after what we hold.
+    async fn open(&mut self, i: usize, stop: &mut watch::Receiver<bool>) -> Result<(), LiveError> {
+        let held = match self.inputs[i].which {
+            Which::Scans => self.parts.values().map(|p| p.pos[0]).min(),
+            Which::Contacts => self.parts.values().map(|p| p.pos[1]).min(),
+            Which::Facts => self.stages.values().map(|s| s.pos).min(),
+        }
+        .unwrap_or(0);
+        let input = &mut self.inputs[i];
+        let start = held.max(input.last_seq) + 1;
+        input.messages = None;
+        input.acker = None;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match open_consumer(&self.js, input, start, &self.config).await {
+                Ok((consumer, messages)) => {
+                    input.consumer = Some(consumer);
+                    input.messages = Some(messages);
+                    input.caught_up = false;
+                    tracing::debug!(stream = %input.stream, start, "consuming");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %input.stream, error = %e, "cannot open the consumer yet; retrying");
+                    if *stop.borrow() {
+                        return Err(e);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => return Err(e),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, i: usize, message: jetstream::Message) {
+        let seq = match message.info() {
+            Ok(info) => info.stream_sequence,
+            Err(e) => {
+                tracing::warn!(error = %e, "message without JetStream metadata; ignored");
+                return;
+            }
+        };
+        let (message, acker) = message.split();
+        let input = &mut self.inputs[i];
+        if seq <= input.last_seq {
+            // A redelivery of what this consumer already gave us.
+            self.summary.skipped += 1;
+            return;
+        }
+        input.last_seq = seq;
+        input.acker = Some(acker);
+        input.last_message = Instant::now();
+        input.caught_up = false;
+        match input.which {
+            Which::Scans => self.event(0, seq, message).await,
+            Which::Contacts => self.event(1, seq, message).await,
+            Which::Facts => self.fact(seq, message).await,
+        }
+    }
+
+    /// A scan or contact: to its partition's engine, or to the dead letters.
+    async fn event(&mut self, which: usize, seq: u64, message: async_nats::Message) {
+        let subject = message.subject.as_str();
+        let partition = subject.split_once('.').and_then(|(_, p)| p.parse::<u16>().ok());
+        let Some(p) = partition.filter(|p| self.owned.contains(*p)) else {
+            let why = Refusal::Subject(subject.to_string());
+            return self.dead_letter(which, seq, &message, why).await;
+        };
+        let Some(part) = self.parts.get_mut(&p) else { return };
+        if seq <= part.pos[which] {
+            self.summary.skipped += 1;
+            return;
+        }
+        part.pos[which] = seq;
+        part.last_input = Instant::now();
+        part.dirty = true;
+        self.since_checkpoint += 1;
+        let refusal = match decode(&message.payload) {
+            Err(reject) => Some(Refusal::Contract(reject)),
+            Ok(event) => {
+                let expected = partition::of(&event.parcel_id, self.owned.count);
+                if expected == p {
+                    self.summary.events += 1;
+                    part.engine.ingest(&event, &mut self.alerts);
+                    part.engine.take_facts(&mut self.facts);
+                    None
+                } else {
+                    Some(Refusal::Misrouted { subject: subject.to_string(), expected })
+                }
+            }
+        };
+        if let Some(why) = refusal {
+            self.dead_letter(which, seq, &message, why).await;
+        }
+        self.publish().await;
+    }
+
+    async fn dead_letter(&mut self, which: usize, seq: u64, message: &async_nats::Message, why: Refusal) {
+        self.summary.dead_letters += 1;
+        tracing::warn!(subject = %message.subject, seq, code = why.code(), reason = %why.reason(), "dead letter");
+        let stream = &self.inputs[which].stream;
+        self.outbox.send(wire::dead_letter(&message.subject, stream, seq, message.payload.clone(), &why)).await;
+    }
+
+    /// A branch fact or a watermark mark, for the owned branch stages.
+    async fn fact(&mut self, seq: u64, message: async_nats::Message) {
+        let subject = message.subject.as_str();
+        let count = self.owned.count;
+        let result = if let Some(bp) = subject.strip_prefix("forewarn.facts.") {
+            match (bp.parse::<u16>().ok().and_then(|bp| self.stages.get_mut(&bp)), wire::parse_fact(&message.payload)) {
+                (Some(stage), Ok(fact)) if seq > stage.pos => {
+                    stage.stage.add(fact);
+                    stage.pos = seq;
+                    stage.dirty = true;
+                    Ok(())
+                }
+                (Some(_), Ok(_)) => Ok(()),
+                (None, _) => Err(format!("{subject}: not a branch partition of this instance")),
+                (_, Err(e)) => Err(e),
+            }
+        } else if let Some(p) = subject.strip_prefix("forewarn.marks.") {
+            match (p.parse::<u16>().ok().filter(|&p| p < count), wire::parse_mark(&message.payload, count)) {
+                (Some(p), Ok(watermark)) => {
+                    for stage in self.stages.values_mut().filter(|s| seq > s.pos) {
+                        let mark = &mut stage.marks[usize::from(p)];
+                        *mark = (*mark).max(watermark);
+                        stage.pos = seq;
+                        stage.dirty = true;
+                    }
+                    Ok(())
+                }
+                (None, _) => Err(format!("{subject}: not a partition of this deployment")),
+                (_, Err(e)) => Err(e),
+            }
+        } else {
+            Err(format!("{subject}: not a facts subject"))
+        };
+        if let Err(reason) = result {
+            tracing::error!(subject, seq, %reason, "branch stage input refused");
+            self.summary.dead_letters += 1;
+            let why = Refusal::Subject(reason);
+            self.outbox
+                .send(wire::dead_letter(subject, &self.inputs[2].stream, seq, message.payload.clone(), &why))
+                .await;
+        }
+        for stage in self.stages.values_mut() {
+            let watermark = stage.marks.iter().copied().min().unwrap_or(Ts::MIN);
+            if watermark > Ts::MIN {
+                stage.stage.advance(watermark, &mut self.alerts);
+            }
+        }
+        self.publish().await;
+    }
+
+    /// Sends what the engines and stages said.
+    async fn publish(&mut self) {
+        for alert in self.alerts.drain(..) {
+            self.summary.alerts += 1;
+            self.outbox.send(wire::alert(&alert)).await;
+        }
+        for fact in self.facts.drain(..) {
+            self.outbox.send(wire::fact(&fact, self.owned.count)).await;
+        }
+    }
+
+    /// Idle partitions' watermarks follow the clock, so absence rules fire on
+    /// a quiet night. Idle means caught up: no input for `idle_after` and
+    /// nothing left on the server, so a restart's backlog is never skipped.
+    async fn follow_clock(&mut self) {
+        let idle = std_duration(self.config.watermark.idle_after);
+        for input in self.inputs.iter_mut().filter(|i| i.which != Which::Facts) {
+            if !input.caught_up && input.last_message.elapsed() >= idle {
+                if let Some(consumer) = input.consumer.as_mut() {
+                    let info = tokio::time::timeout(Duration::from_secs(2), consumer.info()).await;
+                    // Nothing left on the server, and nothing delivered that we have not handled.
+                    input.caught_up = matches!(info, Ok(Ok(info))
+                        if info.num_pending == 0 && info.delivered.stream_sequence <= input.last_seq);
+                }
+            }
+        }
+        if !self.inputs.iter().filter(|i| i.which != Which::Facts).all(|i| i.caught_up) {
+            return;
+        }
+        let now = match self.pinned_clock {
+            Some(t) => t,
+            None => Ts(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)),
+        };
+        let target = now.minus(self.config.watermark.max_skew);
+        for part in self.parts.values_mut() {
+            if part.last_input.elapsed() >= idle && part.engine.watermark() < target {
+                tracing::debug!(from = ?part.engine.watermark(), to = ?target, "idle: the watermark follows the clock");
+                part.engine.advance(target, &mut self.alerts);
+                part.engine.take_facts(&mut self.facts);
+                part.dirty = true;
+            }
+        }
+        self.publish().await;
+    }
+
+    fn reload(&mut self) {
+        self.rules_seen = fingerprint(&self.config.rules);
+        match load_rules(&self.config.rules) {
+            Ok(set) => {
+                for part in self.parts.values_mut() {
+                    part.engine.replace_rules(set.clone());
+                    part.dirty = true;
+                }
+                for stage in self.stages.values_mut() {
+                    stage.stage.replace_rules(&set);
+                    stage.dirty = true;
+                }
+                self.summary.reloads += 1;
+                tracing::info!(rules = set.len(), dir = %self.config.rules.display(), "rules reloaded");
+            }
+            Err(errors) => {
+                self.summary.reload_failures += 1;
+                tracing::error!(dir = %self.config.rules.display(), %errors, "rules not reloaded; the previous pack keeps running");
+            }
+        }
+    }
+
+    /// Settles the outbox, snapshots what changed, and stores it in the background.
+    async fn snapshot(&mut self) -> JoinHandle<Result<Commit, LiveError>> {
+        self.outbox.settle().await;
+        let count = self.owned.count;
+        let mut objects = Vec::new();
+        let mut marks = Vec::new();
+        for (&p, part) in &mut self.parts {
+            marks.push((p, part.engine.watermark()));
+            if std::mem::take(&mut part.dirty) {
+                let state = part.engine.checkpoint();
+                objects.push(Saved {
+                    kind: Kind::Engine,
+                    partitions: count,
+                    partition: p,
+                    positions: part.pos.to_vec(),
+                    marks: Vec::new(),
+                    state,
+                });
+            }
+        }
+        for (&p, stage) in &mut self.stages {
+            if std::mem::take(&mut stage.dirty) {
+                let state = stage.stage.checkpoint();
+                let marks = stage.marks.clone();
+                objects.push(Saved {
+                    kind: Kind::Stage,
+                    partitions: count,
+                    partition: p,
+                    positions: vec![stage.pos],
+                    marks,
+                    state,
+                });
+            }
+        }
+        let ackers: Vec<Acker> = self.inputs.iter_mut().filter_map(|i| i.acker.take()).collect();
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let bytes: usize = objects.iter().map(|o| o.state.len()).sum();
+            for object in &objects {
+                store::save(&store, object).await?;
+            }
+            tracing::debug!(
+                objects = objects.len(),
+                bytes,
+                took_ms = started.elapsed().as_millis() as u64,
+                "checkpoint stored"
+            );
+            Ok(Commit { ackers, marks })
+        })
+    }
+
+    /// After a checkpoint is stored: acknowledge what it covers, announce the watermarks.
+    async fn commit(&mut self, result: Result<Commit, LiveError>) {
+        match result {
+            Ok(commit) => {
+                self.summary.checkpoints += 1;
+                for acker in commit.ackers {
+                    if let Err(e) = acker.ack().await {
+                        tracing::warn!(error = %e, "acknowledgement not sent; the next checkpoint's covers it");
+                    }
+                }
+                for (p, watermark) in commit.marks {
+                    if watermark > Ts::MIN {
+                        self.outbox.send(wire::mark(p, self.owned.count, watermark)).await;
+                    }
+                }
+            }
+            Err(e) => {
+                self.summary.checkpoint_failures += 1;
+                // Nothing was acknowledged: what it covered is redelivered or re-read after a restart.
+                for part in self.parts.values_mut() {
+                    part.dirty = true;
+                }
+                for stage in self.stages.values_mut() {
+                    stage.dirty = true;
+                }
+                tracing::error!(error = %e, "checkpoint not stored; retrying at the next one");
+            }
+        }
+    }
+}
+
+async fn open_consumer(
+    js: &jetstream::Context,
+    input: &Input,
+    start: u64,
+    config: &Config,
+) -> Result<(jetstream::consumer::PullConsumer, pull::Stream), LiveError> {
+    let stream = js.get_stream(&input.stream).await.map_err(|e| LiveError::nats("stream lookup", e))?;
+    // Our position, not the server's acknowledgement floor, says where to resume.
+    let _ = stream.delete_consumer(&input.durable).await;
+    let ack_wait = std_duration(config.checkpoint.interval).max(Duration::from_secs(10)) * 6;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(input.durable.clone()),
+            filter_subjects: input.filters.clone(),
+            ack_policy: AckPolicy::All,
+            ack_wait,
+            deliver_policy: if start <= 1 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence { start_sequence: start }
+            },
+            max_ack_pending: config.consumer.max_ack_pending,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| LiveError::nats("consumer create", e))?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(config.consumer.batch)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await
+        .map_err(|e| LiveError::nats("consume", e))?;
+    Ok((consumer, messages))
+}

@@ -1,0 +1,164 @@
+//! Checkpoint objects in the JetStream object store: one per owned
+//! partition (its engine and its stream positions) and one per owned branch
+//! partition (its branch stage, position and the marks it has seen). One
+//! object a partition is what lets partitions move between instances: the
+//! new owner reads the partition's object and resumes after its positions.
+//!
+//! Layout: `FWLV`, version (u32 LE), kind (u8), partition count (u16 LE),
+//! partition (u16 LE), positions (u64 LE each), marks (count u32 LE, then i64
+//! LE each), then the engine's or stage's own checkpoint bytes.
+
+use async_nats::jetstream::object_store::{self, ObjectStore};
+use tokio::io::AsyncReadExt;
+
+use super::LiveError;
+use crate::time::Ts;
+
+const MAGIC: &[u8; 4] = b"FWLV";
+const VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A partition's engine; positions are (scans, contacts).
+    Engine,
+    /// A branch partition's stage; the position is the facts stream's.
+    Stage,
+}
+
+/// A checkpoint object, decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Saved {
+    pub kind: Kind,
+    pub partitions: u16,
+    pub partition: u16,
+    pub positions: Vec<u64>,
+    pub marks: Vec<Ts>,
+    pub state: Vec<u8>,
+}
+
+pub fn object_name(kind: Kind, partition: u16) -> String {
+    match kind {
+        Kind::Engine => format!("engine-{partition:03}"),
+        Kind::Stage => format!("branch-{partition:03}"),
+    }
+}
+
+impl Saved {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.state.len() + 64);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.push(match self.kind {
+            Kind::Engine => 0,
+            Kind::Stage => 1,
+        });
+        out.extend_from_slice(&self.partitions.to_le_bytes());
+        out.extend_from_slice(&self.partition.to_le_bytes());
+        out.push(self.positions.len() as u8);
+        self.positions.iter().for_each(|p| out.extend_from_slice(&p.to_le_bytes()));
+        out.extend_from_slice(&(self.marks.len() as u32).to_le_bytes());
+        self.marks.iter().for_each(|m| out.extend_from_slice(&m.0.to_le_bytes()));
+        out.extend_from_slice(&self.state);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Saved, String> {
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Result<&[u8], String> {
+            let part = bytes.get(at..at + n).ok_or("truncated")?;
+            at += n;
+            Ok(part)
+        };
+        if take(4)? != MAGIC {
+            return Err("not a forewarn checkpoint object".into());
+        }
+        let version = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "truncated")?);
+        if version != VERSION {
+            return Err(format!("checkpoint object format v{version}, this forewarn reads v{VERSION}"));
+        }
+        let kind = match take(1)?[0] {
+            0 => Kind::Engine,
+            1 => Kind::Stage,
+            other => return Err(format!("unknown checkpoint kind {other}")),
+        };
+        let u16_at = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
+        let partitions = u16_at(take(2)?);
+        let partition = u16_at(take(2)?);
+        let count = take(1)?[0] as usize;
+        let mut positions = Vec::with_capacity(count);
+        for _ in 0..count {
+            positions.push(u64::from_le_bytes(take(8)?.try_into().map_err(|_| "truncated")?));
+        }
+        let marks_len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "truncated")?) as usize;
+        if marks_len > usize::from(u16::MAX) {
+            return Err("too many marks".into());
+        }
+        let mut marks = Vec::with_capacity(marks_len);
+        for _ in 0..marks_len {
+            marks.push(Ts(i64::from_le_bytes(take(8)?.try_into().map_err(|_| "truncated")?)));
+        }
+        Ok(Saved { kind, partitions, partition, positions, marks, state: bytes[at..].to_vec() })
+    }
+}
+
+/// Reads a checkpoint object; `None` when there is none yet.
+pub async fn load(
+    store: &ObjectStore,
+    kind: Kind,
+    partition: u16,
+    partitions: u16,
+) -> Result<Option<Saved>, LiveError> {
+    let name = object_name(kind, partition);
+    let mut object = match store.get(&name).await {
+        Ok(object) => object,
+        Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LiveError::nats("checkpoint read", e)),
+    };
+    let mut bytes = Vec::new();
+    object.read_to_end(&mut bytes).await.map_err(|e| LiveError::nats("checkpoint read", e))?;
+    let saved = Saved::decode(&bytes).map_err(|reason| LiveError::Checkpoint { name: name.clone(), reason })?;
+    if saved.kind != kind || saved.partition != partition {
+        return Err(LiveError::Checkpoint { name, reason: "it holds another partition's state".into() });
+    }
+    if saved.partitions != partitions {
+        return Err(LiveError::Checkpoint {
+            name,
+            reason: format!(
+                "made with {} partitions, the configuration says {partitions}: partitions cannot be re-cut in place",
+                saved.partitions
+            ),
+        });
+    }
+    Ok(Some(saved))
+}
+
+/// Stores a checkpoint object; the previous one stays readable until this one is whole.
+pub async fn save(store: &ObjectStore, saved: &Saved) -> Result<(), LiveError> {
+    let bytes = saved.encode();
+    let name = object_name(saved.kind, saved.partition);
+    store.put(name.as_str(), &mut bytes.as_slice()).await.map_err(|e| LiveError::nats("checkpoint write", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_object_reads_back_and_a_damaged_one_is_refused() {
+        let saved = Saved {
+            kind: Kind::Stage,
+            partitions: 16,
+            partition: 3,
+            positions: vec![42],
+            marks: vec![Ts(1), Ts(-5)],
+            state: b"engine bytes".to_vec(),
+        };
+        let bytes = saved.encode();
+        assert_eq!(Saved::decode(&bytes), Ok(saved));
+        assert_eq!(Saved::decode(&bytes[..10]).unwrap_err(), "truncated");
+        let mut future = bytes.clone();
+        future[4] = 9;
+        assert!(Saved::decode(&future).unwrap_err().contains("format v9"));
+    }
+}

@@ -1,0 +1,189 @@
+//! What forewarn writes on NATS besides checkpoints: alerts, branch facts and
+//! watermark marks, dead letters. Subjects, message ids and headers live
+//! here, so readers (`forewarn dlq`, the branch stage, tests) and writers
+//! agree.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::alert::{Alert, AlertId, AlertState};
+use crate::engine::Fact;
+use crate::event::Reject;
+use crate::partition;
+use crate::time::Ts;
+
+/// Dead-letter headers: why, and where the message came from.
+pub const REASON: &str = "Forewarn-Reason";
+pub const REASON_CODE: &str = "Forewarn-Reason-Code";
+pub const ORIGINAL_SUBJECT: &str = "Forewarn-Subject";
+pub const ORIGINAL_STREAM: &str = "Forewarn-Stream";
+pub const ORIGINAL_SEQUENCE: &str = "Forewarn-Sequence";
+
+/// A message to publish into JetStream, kept until the server stored it.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub subject: String,
+    /// Sent as `Nats-Msg-Id`: JetStream drops a copy within the duplicate window.
+    pub id: Option<String>,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+impl Outgoing {
+    pub fn header_map(&self) -> Option<HeaderMap> {
+        if self.headers.is_empty() {
+            return None;
+        }
+        let mut map = HeaderMap::new();
+        for (name, value) in &self.headers {
+            map.insert(*name, value.as_str());
+        }
+        Some(map)
+    }
+}
+
+/// `alerts.parcel.<rule>` or `alerts.branch.<rule>`; the id of the message
+/// is the alert id with its state, so a firing and its resolution are two
+/// messages and a re-emitted one is dropped by JetStream.
+pub fn alert(a: &Alert) -> Outgoing {
+    let mut line = Vec::with_capacity(512);
+    a.write_json_line(&mut line);
+    line.pop();
+    let about = if a.parcel.is_some() { "parcel" } else { "branch" };
+    Outgoing {
+        subject: format!("alerts.{about}.{}", a.rule),
+        id: Some(alert_message_id(a.id, a.state)),
+        headers: Vec::new(),
+        body: Bytes::from(line),
+    }
+}
+
+pub fn alert_message_id(id: AlertId, state: AlertState) -> String {
+    format!("{id}.{}", state.as_str())
+}
+
+#[derive(Serialize, Deserialize)]
+struct FactLine<'a> {
+    at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
+    branch: &'a str,
+    key: String,
+}
+
+/// `forewarn.facts.<branch partition>`.
+pub fn fact(f: &Fact, partitions: u16) -> Outgoing {
+    let at = f.at.text();
+    let line = FactLine { at: &at, rule: f.rule.as_deref(), branch: &f.branch, key: format!("{:032x}", f.key) };
+    Outgoing {
+        subject: format!("forewarn.facts.{}", partition::of(&f.branch, partitions)),
+        id: Some(format!("{}.{}", line.key, f.rule.as_deref().unwrap_or("intake"))),
+        headers: Vec::new(),
+        body: Bytes::from(serde_json::to_vec(&line).unwrap_or_default()),
+    }
+}
+
+pub fn parse_fact(body: &[u8]) -> Result<Fact, String> {
+    let line: FactLine<'_> = serde_json::from_slice(body).map_err(|e| format!("branch fact: {e}"))?;
+    Ok(Fact {
+        at: Ts::parse_rfc3339(line.at).ok_or("branch fact: at is not an RFC 3339 timestamp")?,
+        rule: line.rule.map(Into::into),
+        branch: line.branch.into(),
+        key: u128::from_str_radix(&line.key, 16).map_err(|_| "branch fact: key is not hex")?,
+    })
+}
+
+#[derive(Serialize, Deserialize)]
+struct MarkLine<'a> {
+    watermark: &'a str,
+    partitions: u16,
+}
+
+/// `forewarn.marks.<partition>`: every fact of the partition at or before
+/// the watermark is stored.
+pub fn mark(partition: u16, partitions: u16, watermark: Ts) -> Outgoing {
+    let at = watermark.text();
+    Outgoing {
+        subject: format!("forewarn.marks.{partition}"),
+        id: None,
+        headers: Vec::new(),
+        body: Bytes::from(serde_json::to_vec(&MarkLine { watermark: &at, partitions }).unwrap_or_default()),
+    }
+}
+
+/// The watermark a mark carries, checked against this deployment's partition count.
+pub fn parse_mark(body: &[u8], partitions: u16) -> Result<Ts, String> {
+    let line: MarkLine<'_> = serde_json::from_slice(body).map_err(|e| format!("watermark mark: {e}"))?;
+    if line.partitions != partitions {
+        return Err(format!(
+            "a processor runs with {} partitions, this one with {partitions}: every instance must agree",
+            line.partitions
+        ));
+    }
+    Ts::parse_rfc3339(line.watermark).ok_or_else(|| "watermark mark: not an RFC 3339 timestamp".into())
+}
+
+/// Why an input message is refused.
+#[derive(Debug)]
+pub enum Refusal {
+    /// It breaks the contract.
+    Contract(Reject),
+    /// Its subject is not `scans.<partition>` / `contacts.<partition>` of this deployment.
+    Subject(String),
+    /// Its parcel hashes to another partition than its subject's.
+    Misrouted { subject: String, expected: u16 },
+}
+
+impl Refusal {
+    /// A closed set, for metrics and the reason-code header.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Contract(r) => r.code(),
+            Refusal::Subject(_) => "bad_subject",
+            Refusal::Misrouted { .. } => "misrouted",
+        }
+    }
+
+    pub fn reason(&self) -> String {
+        match self {
+            Refusal::Contract(r) => r.to_string(),
+            Refusal::Subject(s) => format!("subject {s:?} is not <stream>.<partition> of this deployment"),
+            Refusal::Misrouted { subject, expected } => {
+                format!("misrouted: parcel_id hashes to partition {expected}, the message came on {subject}")
+            }
+        }
+    }
+}
+
+/// `deadletter.<original subject>`, with the original bytes and the reason.
+pub fn dead_letter(subject: &str, stream: &str, sequence: u64, body: Bytes, why: &Refusal) -> Outgoing {
+    Outgoing {
+        subject: format!("deadletter.{subject}"),
+        id: Some(format!("{stream}.{sequence}")),
+        headers: vec![
+            (REASON, why.reason().replace(['\r', '\n'], " ")),
+            (REASON_CODE, why.code().to_string()),
+            (ORIGINAL_SUBJECT, subject.to_string()),
+            (ORIGINAL_STREAM, stream.to_string()),
+            (ORIGINAL_SEQUENCE, sequence.to_string()),
+        ],
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_and_marks_read_back_what_was_written() {
+        let f = Fact { at: Ts(1_795_132_800_123), rule: Some("late".into()), branch: "FR-PAR-12".into(), key: 7 << 70 };
+        let out = fact(&f, 16);
+        assert_eq!(parse_fact(&out.body).expect("reads"), f);
+        assert_eq!(out.subject, format!("forewarn.facts.{}", partition::of("FR-PAR-12", 16)));
+        let m = mark(3, 16, Ts(1_795_132_800_000));
+        assert_eq!(parse_mark(&m.body, 16), Ok(Ts(1_795_132_800_000)));
+        assert!(parse_mark(&m.body, 8).unwrap_err().contains("every instance must agree"));
+    }
+}
