@@ -242,8 +242,9 @@ pub struct Watermark {
     /// …to the clock minus this skew (how far scanners' clocks and uploads may lag).
     #[serde(deserialize_with = "span")]
     pub max_skew: Span,
-    /// Pins the clock the idle watermark follows (RFC 3339), for backtests
-    /// and tests; empty: the wall clock.
+    /// The clock the idle watermark follows: empty for the wall clock; an
+    /// RFC 3339 instant to pin it (backtests); `@FILE` for the instant written
+    /// in FILE, re-read as it goes (a driver moves time: tests, demos).
     pub clock: String,
 }
 

@@ -114,12 +114,52 @@ struct Processor {
     stages: BTreeMap<u16, Stage>,
     inputs: [Input; 3],
     rules_seen: Option<Fingerprint>,
-    pinned_clock: Option<Ts>,
+    clock: Clock,
     alerts: Vec<Alert>,
     facts: Vec<Fact>,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     summary: RunSummary,
+}
+
+/// What the idle watermark follows.
+enum Clock {
+    Wall,
+    /// A fixed instant (backtests).
+    Fixed(Ts),
+    /// The instant written in a file, read at each look: a driver moves it.
+    File(PathBuf),
+}
+
+impl Clock {
+    fn parse(text: &str) -> Result<Clock, String> {
+        let text = text.trim();
+        Ok(match text.strip_prefix('@') {
+            _ if text.is_empty() => Clock::Wall,
+            Some(path) => Clock::File(PathBuf::from(path)),
+            None => Clock::Fixed(
+                Ts::parse_rfc3339(text)
+                    .ok_or_else(|| format!("watermark.clock: {text:?} is not an RFC 3339 timestamp"))?,
+            ),
+        })
+    }
+
+    fn now(&self) -> Option<Ts> {
+        match self {
+            Clock::Wall => {
+                Some(Ts(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)))
+            }
+            Clock::Fixed(t) => Some(*t),
+            Clock::File(path) => {
+                let text = std::fs::read_to_string(path).ok()?;
+                let t = Ts::parse_rfc3339(text.trim());
+                if t.is_none() {
+                    tracing::warn!(path = %path.display(), "the clock file holds no RFC 3339 timestamp");
+                }
+                t
+            }
+        }
+    }
 }
 
 /// The rules directory's file names, sizes and modification times.
@@ -145,13 +185,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
     config.validate().map_err(LiveError::Config)?;
     let owned = config.owned().map_err(LiveError::Config)?;
     let set = load_rules(&config.rules).map_err(LiveError::Rules)?;
-    let pinned_clock = match config.watermark.clock.trim() {
-        "" => None,
-        text => Some(
-            Ts::parse_rfc3339(text)
-                .ok_or_else(|| LiveError::Config(format!("watermark.clock {text:?} is not an RFC 3339 timestamp")))?,
-        ),
-    };
+    let clock = Clock::parse(&config.watermark.clock).map_err(LiveError::Config)?;
     let client = connect::connect(&config.nats, &format!("forewarn {}", config.instance)).await?;
     let js = connect::jetstream(client);
     connect::ensure_streams(&js, &config.streams).await?;
@@ -243,7 +277,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         parts,
         stages,
         inputs,
-        pinned_clock,
+        clock,
         alerts: Vec::new(),
         facts: Vec::new(),
         since_checkpoint: 0,
@@ -571,10 +605,7 @@ impl Processor {
         if !self.inputs.iter().filter(|i| i.which != Which::Facts).all(|i| i.caught_up) {
             return;
         }
-        let now = match self.pinned_clock {
-            Some(t) => t,
-            None => Ts(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)),
-        };
+        let Some(now) = self.clock.now() else { return };
         let target = now.minus(self.config.watermark.max_skew);
         for part in self.parts.values_mut() {
             if part.last_input.elapsed() >= idle && part.engine.watermark() < target {

