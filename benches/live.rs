@@ -39,11 +39,7 @@ async fn raw_consume(js: &jetstream::Context, stream: &str, total: u64) -> Durat
         .get_stream(stream)
         .await
         .expect("stream")
-        .create_consumer(pull::Config {
-            ack_policy: AckPolicy::All,
-            max_ack_pending: 1_000_000,
-            ..Default::default()
-        })
+        .create_consumer(pull::Config { ack_policy: AckPolicy::All, max_ack_pending: 1_000_000, ..Default::default() })
         .await
         .expect("consumer");
     let start = Instant::now();
@@ -52,7 +48,7 @@ async fn raw_consume(js: &jetstream::Context, stream: &str, total: u64) -> Durat
     while let Some(m) = messages.next().await {
         let m = m.expect("message");
         n += 1;
-        if n % 1000 == 0 || n == total {
+        if n.is_multiple_of(1000) || n == total {
             m.ack().await.expect("ack");
         }
         if n == total {
@@ -100,8 +96,7 @@ fn main() {
         let raw_rate = scans as f64 / raw.as_secs_f64();
         println!("broker consume {scans} scans in {:.2} s: {:.0} scans/s (pull, no processing, AckAll)", raw.as_secs_f64(), raw_rate);
 
-        let mut config = Config::default();
-        config.nats = nats.clone();
+        let config = Config { nats: nats.clone(), ..Config::default() };
         let (stop_tx, stop) = watch::channel(false);
         let (_reload_tx, reload) = mpsc::channel(1);
         let t = Instant::now();
@@ -113,7 +108,7 @@ fn main() {
                 let js = js.clone();
                 async move {
                     let mut s = js.get_stream(stream).await.ok()?;
-                    let mut c: pull::Consumer<pull::Config> = s.get_consumer(name).await.ok()?;
+                    let mut c: jetstream::consumer::PullConsumer = s.get_consumer(name).await.ok()?;
                     let _ = s.info().await;
                     Some(c.info().await.ok()?.ack_floor.stream_sequence)
                 }

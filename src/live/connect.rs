@@ -18,7 +18,17 @@ fn secret(path: &std::path::Path, what: &str) -> Result<String, LiveError> {
 /// Connects with the configured identity. The client reconnects by itself
 /// after an outage, for ever; a first connection that fails is an error.
 pub async fn connect(nats: &Nats, name: &str) -> Result<async_nats::Client, LiveError> {
-    let mut options = ConnectOptions::new().name(name).max_reconnects(None).subscription_capacity(1 << 16);
+    let mut options = ConnectOptions::new()
+        .name(name)
+        .max_reconnects(None)
+        .subscription_capacity(1 << 16)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                other => tracing::warn!(event = %other, "NATS connection"),
+            }
+        });
     if let Some(path) = &nats.credentials {
         options = options
             .credentials_file(path)
@@ -57,9 +67,14 @@ pub async fn connect(nats: &Nats, name: &str) -> Result<async_nats::Client, Live
 }
 
 /// A JetStream context whose publishes wait (backpressure) instead of failing
-/// when many acknowledgements are outstanding.
+/// when many acknowledgements are outstanding, and give up waiting for one
+/// after 5 s (the outbox then sends again, under the same message id).
 pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
-    jetstream::ContextBuilder::new().max_ack_inflight(16_384).backpressure_on_inflight(true).build(client)
+    jetstream::ContextBuilder::new()
+        .max_ack_inflight(16_384)
+        .backpressure_on_inflight(true)
+        .ack_timeout(std::time::Duration::from_secs(5))
+        .build(client)
 }
 
 fn wanted(config: &StreamConfig, subjects: &[&str], replicas: usize) -> stream::Config {

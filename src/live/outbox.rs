@@ -109,7 +109,7 @@ struct Backoff {
 }
 
 impl Backoff {
-    async fn wait(&mut self, subject: &str, error: &dyn std::fmt::Display) {
+    async fn wait(&mut self, subject: &str, error: &(dyn std::fmt::Display + Sync)) {
         let base = 50u64.saturating_mul(1 << self.attempt.min(7)).min(5_000);
         let jitter = rand::random::<u64>() % (base / 2 + 1);
         if self.attempt.is_multiple_of(10) {
