@@ -43,7 +43,7 @@ pub struct Config {
     pub instance: String,
     /// The rules directory.
     pub rules: PathBuf,
-    /// Where `/healthz` is served (`host:port`); empty: not served.
+    /// Where `/healthz` and `/readyz` are served (`host:port`); empty: not served.
     pub http: String,
     pub nats: Nats,
     pub partitions: Partitions,

@@ -11,6 +11,7 @@
 pub mod connect;
 pub mod dlq;
 pub mod feed;
+pub mod health;
 pub mod outbox;
 pub mod processor;
 pub mod store;

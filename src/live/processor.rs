@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use super::outbox::{Outbox, OutboxStats};
 use super::store::{self, Kind, Saved};
 use super::wire::{self, Refusal};
-use super::{connect, LiveError};
+use super::{connect, health, LiveError};
 use crate::alert::Alert;
 use crate::config::{std_duration, Config};
 use crate::engine::{BranchStage, Engine, Fact};
@@ -186,6 +186,10 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
     let owned = config.owned().map_err(LiveError::Config)?;
     let set = load_rules(&config.rules).map_err(LiveError::Rules)?;
     let clock = Clock::parse(&config.watermark.clock).map_err(LiveError::Config)?;
+    let readiness = health::Readiness::new("starting");
+    if !config.http.is_empty() {
+        health::serve(&config.http, readiness.clone()).await?;
+    }
     let client = connect::connect(&config.nats, &format!("forewarn {}", config.instance)).await?;
     let js = connect::jetstream(client);
     connect::ensure_streams(&js, &config.streams).await?;
@@ -287,7 +291,9 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
     for i in 0..3 {
         processor.open(i, &mut controls.stop).await?;
     }
+    readiness.set(None);
     processor.serve(&mut controls).await?;
+    readiness.set(Some("stopped"));
     Ok(processor.summary)
 }
 

@@ -87,3 +87,13 @@ fn a_reader_that_stops_early_is_not_an_error() {
     assert_eq!(text(&out.stderr), "");
     assert!(text(&head).starts_with("{\"v\":1,"));
 }
+
+#[test]
+fn the_deployed_nats_configuration_is_valid_and_syncs_every_write() {
+    let conf = repo("deploy/nats/nats-server.conf");
+    let out =
+        std::process::Command::new("nats-server").arg("-c").arg(&conf).arg("-t").output().expect("nats-server runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let text = std::fs::read_to_string(conf).expect("the config");
+    assert!(text.contains("sync_interval: always"));
+}

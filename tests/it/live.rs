@@ -229,9 +229,12 @@ fn an_invalid_rule_pack_is_refused_on_sighup_and_the_old_one_keeps_running() {
     }
     let server = NatsServer::start();
     let config = nats::config(c.dir.path(), "forewarn.toml", &c.clock, "");
-    let p =
-        Processor::start(c.dir.path(), &config, &["--nats", &server.url(), "--rules", rules.to_str().expect("utf-8")]);
-    wait_until("the processor to run", || p.log().contains("forewarn running"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+    let http = format!("127.0.0.1:{port}");
+    let args = ["--nats", &server.url(), "--rules", rules.to_str().expect("utf-8"), "--http", &http];
+    let p = Processor::start(c.dir.path(), &config, &args);
+    wait_until("the processor to be ready", || get(&http, "/readyz").starts_with("HTTP/1.1 200"));
+    assert!(get(&http, "/healthz").ends_with("ok\n"));
     std::fs::write(rules.join("broken.toml"), "[[rule]]\nid = \"x\"\naudiense = [\"customer\"]\n").expect("written");
     p.signal("HUP");
     wait_until("the refusal", || p.log().contains("rules not reloaded"));
@@ -241,4 +244,16 @@ fn an_invalid_rule_pack_is_refused_on_sighup_and_the_old_one_keeps_running() {
     wait_until("the reload", || p.log().contains("rules reloaded"));
     let (status, log) = p.stop();
     assert!(status.success(), "{log}");
+}
+
+/// A plain HTTP/1.1 GET; the whole response as text ("" when nothing listens yet).
+fn get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return String::new() };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut response = String::new();
+    if stream.write_all(request.as_bytes()).is_ok() {
+        let _ = stream.read_to_string(&mut response);
+    }
+    response
 }

@@ -1,0 +1,54 @@
+//! `/healthz` and `/readyz` on the processor's HTTP address, so an
+//! orchestrator can tell a live process from a ready one. (Metrics and the
+//! lookup API join them on the same address.)
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+
+use super::LiveError;
+
+/// Why the processor is not ready, or `None` when it is.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<Mutex<Option<String>>>);
+
+impl Readiness {
+    pub fn new(reason: &str) -> Readiness {
+        Readiness(Arc::new(Mutex::new(Some(reason.to_string()))))
+    }
+
+    pub fn set(&self, reason: Option<&str>) {
+        if let Ok(mut r) = self.0.lock() {
+            *r = reason.map(str::to_string);
+        }
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.lock().map(|r| r.clone()).unwrap_or_else(|_| Some("state unavailable".into()))
+    }
+}
+
+async fn ready(State(readiness): State<Readiness>) -> (StatusCode, String) {
+    match readiness.get() {
+        None => (StatusCode::OK, "ready\n".into()),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+    }
+}
+
+/// Serves health on `addr` in the background.
+pub async fn serve(addr: &str, readiness: Readiness) -> Result<(), LiveError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| LiveError::Config(format!("cannot listen on {addr} for health: {e}")))?;
+    let app =
+        Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(ready)).with_state(readiness);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "health server stopped");
+        }
+    });
+    Ok(())
+}
