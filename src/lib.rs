@@ -19,6 +19,11 @@
 //! - [`alert`]: what the engine says, with deterministic ids, and its JSON
 //!   Lines form.
 //! - [`replay`]: a file through the engine (`forewarn replay`).
+//! - [`live`]: the processor on NATS JetStream (`forewarn run`): consumers,
+//!   one engine per owned [`partition`], the branch stage over JetStream,
+//!   checkpoints in the object store, alerts and dead letters; and
+//!   `forewarn dlq`, and the simulator's live publisher.
+//! - [`config`]: `forewarn.toml`, strict, every field defaulted.
 //! - [`simulate`]: a synthetic carrier network in the v1 contract
 //!   (`forewarn simulate`).
 //! - [`time`]: event-time instants and durations.
@@ -34,6 +39,10 @@
 //!   leaves it is counted in [`engine::Stats`].
 //! - Contact data (names, phones, emails) lives once per parcel, in the
 //!   parcel, and leaves with it.
+//! - Live, nothing is acknowledged before a stored checkpoint covers it,
+//!   and nothing a checkpoint covers is missing from the streams (publishes
+//!   are settled before the snapshot). Only [`live`] imports tokio or
+//!   async-nats.
 
 pub mod alert;
 pub mod config;
