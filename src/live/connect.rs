@@ -119,7 +119,8 @@ pub async fn ensure_streams(js: &jetstream::Context, streams: &Streams) -> Resul
     Ok(())
 }
 
-fn is_not_found(kind: &jetstream::context::GetStreamErrorKind) -> bool {
+/// Whether a stream lookup failed because the stream does not exist.
+pub fn is_not_found(kind: &jetstream::context::GetStreamErrorKind) -> bool {
     matches!(kind, jetstream::context::GetStreamErrorKind::JetStream(e) if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 

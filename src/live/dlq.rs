@@ -17,9 +17,13 @@ pub struct Letter {
     pub body: bytes::Bytes,
 }
 
-/// Every dead letter in the stream, oldest first.
+/// Every dead letter in the stream, oldest first; none before the stream exists.
 pub async fn list(js: &jetstream::Context, stream: &str) -> Result<Vec<Letter>, LiveError> {
-    let mut handle = js.get_stream(stream).await.map_err(|e| LiveError::nats("dead-letter stream", e))?;
+    let mut handle = match js.get_stream(stream).await {
+        Ok(handle) => handle,
+        Err(e) if super::connect::is_not_found(&e.kind()) => return Ok(Vec::new()),
+        Err(e) => return Err(LiveError::nats("dead-letter stream", e)),
+    };
     let state = handle.info().await.map_err(|e| LiveError::nats("dead-letter stream", e))?.state.clone();
     let total = state.messages;
     if total == 0 {

@@ -246,6 +246,28 @@ fn an_invalid_rule_pack_is_refused_on_sighup_and_the_old_one_keeps_running() {
     assert!(status.success(), "{log}");
 }
 
+#[test]
+fn a_token_comes_from_the_environment_and_is_never_printed() {
+    let token = "s3cr3t-token-for-the-test";
+    let server = NatsServer::start_with(&["--auth", token]);
+    let dlq = |token: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_forewarn"));
+        cmd.args(["dlq", "list", "--nats", &server.url()]).env_remove("FOREWARN_NATS_TOKEN");
+        if let Some(t) = token {
+            cmd.env("FOREWARN_NATS_TOKEN", t);
+        }
+        cmd.output().expect("forewarn runs")
+    };
+    let refused = dlq(Some("wrong-token"));
+    assert!(!refused.status.success());
+    let message = text(&refused.stderr);
+    assert!(message.contains("cannot connect to NATS") && message.contains("authorization"), "{message}");
+    assert!(!message.contains("wrong-token"), "the token is not printed: {message}");
+    let allowed = dlq(Some(token));
+    assert!(allowed.status.success(), "{}", text(&allowed.stderr));
+    assert!(!text(&allowed.stderr).contains(token));
+}
+
 /// A plain HTTP/1.1 GET; the whole response as text ("" when nothing listens yet).
 fn get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};

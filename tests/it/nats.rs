@@ -22,6 +22,7 @@ pub struct NatsServer {
     pub port: u16,
     dir: TempDir,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -39,7 +40,17 @@ pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
-        let mut server = NatsServer { port: free_port(), dir: tempfile::tempdir().expect("a temp dir"), child: None };
+        NatsServer::start_with(&[])
+    }
+
+    /// With more `nats-server` flags (`--auth TOKEN`, …).
+    pub fn start_with(extra: &[&str]) -> NatsServer {
+        let mut server = NatsServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("a temp dir"),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         server.restart();
         server
     }
@@ -54,6 +65,7 @@ impl NatsServer {
         let log = fs::File::create(self.dir.path().join("server.log")).expect("a log file");
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd", store.to_str().expect("utf-8")])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
