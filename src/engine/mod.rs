@@ -16,6 +16,7 @@ pub mod branch;
 mod checkpoint;
 mod plan;
 mod timers;
+mod wake;
 pub mod window;
 
 use std::sync::Arc;
@@ -350,113 +351,6 @@ impl Engine {
         ended
     }
 
-    /// Moves the watermark forward (never back) and fires every timer it passes.
-    pub fn advance(&mut self, watermark: Ts, out: &mut Vec<Alert>) {
-        let wm = self.watermark.max(watermark);
-        self.watermark = wm;
-        let mut due = std::mem::take(&mut self.due);
-        // A judgment may arm a wake-up that is already due (an event it let in
-        // made a new deadline): keep draining until none is.
-        loop {
-            self.timers.drain_due(wm, &mut due);
-            if due.is_empty() {
-                break;
-            }
-            // Wake-ups touch parcels all over the window: fetch a few ahead.
-            for e in due.iter().take(PREFETCH_AHEAD) {
-                self.window.prefetch_slot(e.slot);
-            }
-            for (i, &Entry { at: wake, slot, gen }) in due.iter().enumerate() {
-                if let Some(ahead) = due.get(i + PREFETCH_AHEAD) {
-                    self.window.prefetch_slot(ahead.slot);
-                }
-                let p = self.window.get_mut(slot);
-                if p.is_vacant() || p.gen != gen || p.wake != wake {
-                    continue;
-                }
-                self.stats.wakes += 1;
-                p.wake = Ts::MAX;
-                self.wake(slot, wm, out);
-            }
-            due.clear();
-        }
-        self.due = due;
-        if self.branch_stage_inside {
-            for fact in self.facts.drain(..) {
-                self.branches.add(fact);
-            }
-            self.branches.advance(wm, out);
-        }
-    }
-
-    /// A parcel's wake-up at watermark `wm`: judges its due deadlines and lets
-    /// in its parked events, in time order: a deadline is judged on the events
-    /// before it, an event applies once every deadline before it is judged
-    /// (and, for a contact, once the watermark passed it).
-    fn wake(&mut self, slot: u32, wm: Ts, out: &mut Vec<Alert>) {
-        let mut released = false;
-        let pending = loop {
-            let before = self.window.get(slot).first_parked_at();
-            // Each rule's deadline is computed once: fired if due, else the next wake-up.
-            let mut pending = Ts::MAX;
-            let state = self.window.get(slot).state as usize;
-            for i in 0..self.plan.timers_in[state].len() {
-                let r = self.plan.timers_in[state][i];
-                let p = self.window.get_mut(slot);
-                let bit = 1u64 << r;
-                if p.fired & bit != 0 {
-                    continue;
-                }
-                let Some(deadline) = self.plan.deadline(r, p) else { continue };
-                if deadline > wm || deadline >= before {
-                    pending = pending.min(deadline);
-                    continue;
-                }
-                p.fired |= bit;
-                if self.set.rules[r as usize].voice.resolve {
-                    p.aside().open.push(Open { rule: r, at: deadline });
-                }
-                self.emit(slot, r, AlertState::Firing, deadline, &deadline.text(), None, out);
-            }
-            let mut progressed = false;
-            loop {
-                let p = self.window.get(slot);
-                let at = p.first_parked_at();
-                let contact_waits = at > wm && !p.first_parked_is_scan();
-                // Past the parcel's departure, it is gone by then: the event dies with it.
-                let leaves = self.leaves_at(slot);
-                let gone = leaves <= wm && leaves < at;
-                if at == Ts::MAX || contact_waits || gone || self.plan.next_deadline(p) < at {
-                    break;
-                }
-                let Some(ev) = self.window.get_mut(slot).pop_parked() else { break };
-                self.apply_to(slot, &ev, out);
-                progressed = true;
-            }
-            if !progressed {
-                break pending;
-            }
-            released = true;
-        };
-        let p = self.window.get(slot);
-        let leaving = (p.state.is_done() && p.state_at.plus(self.config.retention) <= wm)
-            || p.last_event_at.plus(self.config.max_idle) <= wm;
-        if leaving {
-            self.stats.closed += p.parked() as u64;
-        }
-        if p.state.is_done() && p.state_at.plus(self.config.retention) <= wm {
-            self.evict(slot, Eviction::Done);
-        } else if p.last_event_at.plus(self.config.max_idle) <= wm {
-            self.evict(slot, Eviction::Idle);
-        } else if !released && p.parked() == 0 {
-            // Nothing changed since the deadlines were computed above.
-            let leaves = self.leaves_at(slot);
-            self.arm(slot, leaves.min(pending));
-        } else {
-            self.reschedule(slot);
-        }
-    }
-
     /// Replaces the rules without losing state: episodes of rules that keep their id stay open.
     pub fn replace_rules(&mut self, set: RuleSet) {
         let remap: Vec<Option<u8>> = self.set.rules.iter().map(|r| set.find(&r.voice.id).map(|i| i as u8)).collect();
@@ -485,56 +379,6 @@ impl Engine {
         for slot in self.window.live_slots() {
             self.window.get_mut(slot).wake = Ts::MAX;
             self.reschedule(slot);
-        }
-    }
-
-    /// Sets the parcel's wake-up to its earliest pending deadline (or its departure from the window).
-    fn reschedule(&mut self, slot: u32) {
-        let p = self.window.get(slot);
-        let next = self.leaves_at(slot).min(self.plan.next_deadline(p)).min(p.first_parked_at());
-        self.arm(slot, next);
-    }
-
-    /// When the parcel leaves the window if nothing more happens.
-    fn leaves_at(&self, slot: u32) -> Ts {
-        let p = self.window.get(slot);
-        if p.state.is_done() {
-            p.state_at.plus(self.config.retention)
-        } else {
-            p.last_event_at.plus(self.config.max_idle)
-        }
-    }
-
-    /// Wakes the parcel at `next` unless it already wakes earlier.
-    fn arm(&mut self, slot: u32, next: Ts) {
-        let p = self.window.get_mut(slot);
-        // A later deadline keeps the earlier wake-up: it will re-evaluate and come back.
-        if next < p.wake {
-            p.wake = next;
-            self.timers.insert(Entry { at: next, slot, gen: p.gen });
-        }
-    }
-
-    fn evict(&mut self, slot: u32, why: Eviction) {
-        let hash = parcel_hash(self.window.get(slot).id());
-        self.tombstones.add(hash);
-        self.window.remove(slot, hash);
-        match why {
-            Eviction::Done => self.stats.evicted_done += 1,
-            Eviction::Idle => self.stats.evicted_idle += 1,
-            Eviction::Capacity => self.stats.evicted_capacity += 1,
-        }
-    }
-
-    /// Makes room: the parcel whose next wake-up is earliest leaves.
-    fn evict_earliest(&mut self) {
-        let window = &self.window;
-        let live = |e: &Entry| {
-            let p = window.get(e.slot);
-            !p.is_vacant() && p.gen == e.gen && p.wake == e.at
-        };
-        if let Some(e) = self.timers.earliest(live) {
-            self.evict(e.slot, Eviction::Capacity);
         }
     }
 

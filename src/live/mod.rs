@@ -8,12 +8,15 @@
 //! that covers it is stored, and nothing a checkpoint covers is missing from
 //! the streams ([`outbox`]).
 
+mod clock;
 pub mod connect;
 pub mod dlq;
 pub mod feed;
 pub mod health;
+mod input;
 pub mod outbox;
 pub mod processor;
+mod rules_dir;
 pub mod store;
 pub mod wire;
 

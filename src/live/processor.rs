@@ -10,18 +10,21 @@
 //! last message it covers and publish each partition's watermark mark.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{self, object_store::ObjectStore};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use checkpoint::{committed, Commit};
+
+use super::clock::Clock;
+use super::input::{next_message, open_consumer, Input, Which};
 use super::outbox::{Outbox, OutboxStats};
-use super::store::{self, Kind, Saved};
+use super::rules_dir::RulesDir;
+use super::store::{self, Kind};
 use super::wire::{self, Refusal};
 use super::{connect, health, LiveError};
 use crate::alert::Alert;
@@ -29,7 +32,6 @@ use crate::config::{std_duration, Config};
 use crate::engine::{BranchStage, Engine, Fact};
 use crate::event::decode;
 use crate::partition::{self, Owned};
-use crate::rules::RuleSet;
 use crate::time::Ts;
 
 /// Messages taken from one consumer before looking at the others and the timers.
@@ -74,36 +76,6 @@ struct Stage {
     dirty: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Which {
-    Scans,
-    Contacts,
-    Facts,
-}
-
-/// A consumer we pull from, recreated at our own position when it fails.
-struct Input {
-    which: Which,
-    stream: String,
-    durable: String,
-    filters: Vec<String>,
-    /// The highest stream sequence handled.
-    last_seq: u64,
-    /// The newest message's acknowledgement handle (AckAll acknowledges every earlier one).
-    acker: Option<Acker>,
-    consumer: Option<jetstream::consumer::PullConsumer>,
-    messages: Option<pull::Stream>,
-    last_message: Instant,
-    /// The server had nothing more for us when we last asked.
-    caught_up: bool,
-}
-
-/// A stored snapshot, waiting to be acknowledged.
-struct Commit {
-    ackers: Vec<Acker>,
-    marks: Vec<(u16, Ts)>,
-}
-
 struct Processor {
     config: Config,
     owned: Owned,
@@ -113,7 +85,7 @@ struct Processor {
     parts: BTreeMap<u16, Part>,
     stages: BTreeMap<u16, Stage>,
     inputs: [Input; 3],
-    rules_seen: Option<Fingerprint>,
+    rules: RulesDir,
     clock: Clock,
     alerts: Vec<Alert>,
     facts: Vec<Fact>,
@@ -122,69 +94,12 @@ struct Processor {
     summary: RunSummary,
 }
 
-/// What the idle watermark follows.
-enum Clock {
-    Wall,
-    /// A fixed instant (backtests).
-    Fixed(Ts),
-    /// The instant written in a file, read at each look: a driver moves it.
-    File(PathBuf),
-}
-
-impl Clock {
-    fn parse(text: &str) -> Result<Clock, String> {
-        let text = text.trim();
-        Ok(match text.strip_prefix('@') {
-            _ if text.is_empty() => Clock::Wall,
-            Some(path) => Clock::File(PathBuf::from(path)),
-            None => Clock::Fixed(
-                Ts::parse_rfc3339(text)
-                    .ok_or_else(|| format!("watermark.clock: {text:?} is not an RFC 3339 timestamp"))?,
-            ),
-        })
-    }
-
-    fn now(&self) -> Option<Ts> {
-        match self {
-            Clock::Wall => {
-                Some(Ts(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)))
-            }
-            Clock::Fixed(t) => Some(*t),
-            Clock::File(path) => {
-                let text = std::fs::read_to_string(path).ok()?;
-                let t = Ts::parse_rfc3339(text.trim());
-                if t.is_none() {
-                    tracing::warn!(path = %path.display(), "the clock file holds no RFC 3339 timestamp");
-                }
-                t
-            }
-        }
-    }
-}
-
-/// The rules directory's file names, sizes and modification times.
-type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
-
-fn fingerprint(dir: &std::path::Path) -> Option<Fingerprint> {
-    let mut files: Fingerprint = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
-        .filter_map(|e| e.metadata().ok().map(|m| (e.path(), m.len(), m.modified().ok())))
-        .collect();
-    files.sort();
-    Some(files)
-}
-
-fn load_rules(dir: &std::path::Path) -> Result<RuleSet, String> {
-    RuleSet::load(dir).map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
-}
-
 /// Runs until `controls.stop` says so; then checkpoints, acknowledges and returns.
 pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Result<RunSummary, LiveError> {
     config.validate().map_err(LiveError::Config)?;
     let owned = config.owned().map_err(LiveError::Config)?;
-    let set = load_rules(&config.rules).map_err(LiveError::Rules)?;
+    let mut rules = RulesDir::new(&config.rules);
+    let set = rules.load().map_err(LiveError::Rules)?;
     let clock = Clock::parse(&config.watermark.clock).map_err(LiveError::Config)?;
     let readiness = health::Readiness::new("starting");
     if !config.http.is_empty() {
@@ -246,17 +161,8 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
     let mut fact_filters = per_partition("forewarn.facts");
     fact_filters.push("forewarn.marks.*".into());
     let streams = &config.streams;
-    let input = |which, stream: &str, name: &str, filters| Input {
-        which,
-        stream: stream.to_string(),
-        durable: format!("forewarn-{}-{name}", config.instance),
-        filters,
-        last_seq: 0,
-        acker: None,
-        consumer: None,
-        messages: None,
-        last_message: Instant::now(),
-        caught_up: false,
+    let input = |which, stream: &str, name: &str, filters| {
+        Input::new(which, stream, format!("forewarn-{}-{name}", config.instance), filters)
     };
     let inputs = [
         input(Which::Scans, &streams.scans.name, "scans", per_partition("scans")),
@@ -273,7 +179,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
     );
     let mut processor = Processor {
         outbox: Outbox::new(js.clone()),
-        rules_seen: fingerprint(&config.rules),
+        rules,
         config,
         owned,
         js,
@@ -305,24 +211,6 @@ enum Step {
     Message(usize, Option<Result<Box<jetstream::Message>, pull::MessagesError>>),
 }
 
-async fn next_message(input: &mut Input) -> Option<Result<jetstream::Message, pull::MessagesError>> {
-    match input.messages.as_mut() {
-        Some(messages) => messages.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn committed(task: &mut Option<JoinHandle<Result<Commit, LiveError>>>) -> Result<Commit, LiveError> {
-    match task.as_mut() {
-        Some(handle) => {
-            let result = handle.await.unwrap_or_else(|e| Err(LiveError::nats("checkpoint task", e)));
-            *task = None;
-            result
-        }
-        None => std::future::pending().await,
-    }
-}
-
 impl Processor {
     async fn serve(&mut self, controls: &mut Controls) -> Result<(), LiveError> {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -349,8 +237,7 @@ impl Processor {
                 Step::Tick => {
                     if last_rules_look.elapsed() >= Duration::from_secs(2) {
                         last_rules_look = Instant::now();
-                        let now = fingerprint(&self.config.rules);
-                        if now != self.rules_seen {
+                        if self.rules.changed() {
                             self.reload();
                         }
                     }
@@ -625,8 +512,7 @@ impl Processor {
     }
 
     fn reload(&mut self) {
-        self.rules_seen = fingerprint(&self.config.rules);
-        match load_rules(&self.config.rules) {
+        match self.rules.load() {
             Ok(set) => {
                 for part in self.parts.values_mut() {
                     part.engine.replace_rules(set.clone());
@@ -637,132 +523,14 @@ impl Processor {
                     stage.dirty = true;
                 }
                 self.summary.reloads += 1;
-                tracing::info!(rules = set.len(), dir = %self.config.rules.display(), "rules reloaded");
+                tracing::info!(rules = set.len(), dir = %self.rules.path().display(), "rules reloaded");
             }
             Err(errors) => {
                 self.summary.reload_failures += 1;
-                tracing::error!(dir = %self.config.rules.display(), %errors, "rules not reloaded; the previous pack keeps running");
-            }
-        }
-    }
-
-    /// Settles the outbox, snapshots what changed, and stores it in the background.
-    async fn snapshot(&mut self) -> JoinHandle<Result<Commit, LiveError>> {
-        self.outbox.settle().await;
-        let count = self.owned.count;
-        let mut objects = Vec::new();
-        let mut marks = Vec::new();
-        for (&p, part) in &mut self.parts {
-            marks.push((p, part.engine.watermark()));
-            if std::mem::take(&mut part.dirty) {
-                let state = part.engine.checkpoint();
-                objects.push(Saved {
-                    kind: Kind::Engine,
-                    partitions: count,
-                    partition: p,
-                    positions: part.pos.to_vec(),
-                    marks: Vec::new(),
-                    state,
-                });
-            }
-        }
-        for (&p, stage) in &mut self.stages {
-            if std::mem::take(&mut stage.dirty) {
-                let state = stage.stage.checkpoint();
-                let marks = stage.marks.clone();
-                objects.push(Saved {
-                    kind: Kind::Stage,
-                    partitions: count,
-                    partition: p,
-                    positions: vec![stage.pos],
-                    marks,
-                    state,
-                });
-            }
-        }
-        let ackers: Vec<Acker> = self.inputs.iter_mut().filter_map(|i| i.acker.take()).collect();
-        self.since_checkpoint = 0;
-        self.last_checkpoint = Instant::now();
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let bytes: usize = objects.iter().map(|o| o.state.len()).sum();
-            for object in &objects {
-                store::save(&store, object).await?;
-            }
-            tracing::debug!(
-                objects = objects.len(),
-                bytes,
-                took_ms = started.elapsed().as_millis() as u64,
-                "checkpoint stored"
-            );
-            Ok(Commit { ackers, marks })
-        })
-    }
-
-    /// After a checkpoint is stored: acknowledge what it covers, announce the watermarks.
-    async fn commit(&mut self, result: Result<Commit, LiveError>) {
-        match result {
-            Ok(commit) => {
-                self.summary.checkpoints += 1;
-                for acker in commit.ackers {
-                    if let Err(e) = acker.ack().await {
-                        tracing::warn!(error = %e, "acknowledgement not sent; the next checkpoint's covers it");
-                    }
-                }
-                for (p, watermark) in commit.marks {
-                    if watermark > Ts::MIN {
-                        self.outbox.send(wire::mark(p, self.owned.count, watermark)).await;
-                    }
-                }
-            }
-            Err(e) => {
-                self.summary.checkpoint_failures += 1;
-                // Nothing was acknowledged: what it covered is redelivered or re-read after a restart.
-                for part in self.parts.values_mut() {
-                    part.dirty = true;
-                }
-                for stage in self.stages.values_mut() {
-                    stage.dirty = true;
-                }
-                tracing::error!(error = %e, "checkpoint not stored; retrying at the next one");
+                tracing::error!(dir = %self.rules.path().display(), %errors, "rules not reloaded; the previous pack keeps running");
             }
         }
     }
 }
 
-async fn open_consumer(
-    js: &jetstream::Context,
-    input: &Input,
-    start: u64,
-    config: &Config,
-) -> Result<(jetstream::consumer::PullConsumer, pull::Stream), LiveError> {
-    let stream = js.get_stream(&input.stream).await.map_err(|e| LiveError::nats("stream lookup", e))?;
-    // Our position, not the server's acknowledgement floor, says where to resume.
-    let _ = stream.delete_consumer(&input.durable).await;
-    let ack_wait = std_duration(config.checkpoint.interval).max(Duration::from_secs(10)) * 6;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(input.durable.clone()),
-            filter_subjects: input.filters.clone(),
-            ack_policy: AckPolicy::All,
-            ack_wait,
-            deliver_policy: if start <= 1 {
-                DeliverPolicy::All
-            } else {
-                DeliverPolicy::ByStartSequence { start_sequence: start }
-            },
-            max_ack_pending: config.consumer.max_ack_pending,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| LiveError::nats("consumer create", e))?;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(config.consumer.batch)
-        .heartbeat(Duration::from_secs(5))
-        .messages()
-        .await
-        .map_err(|e| LiveError::nats("consume", e))?;
-    Ok((consumer, messages))
-}
+mod checkpoint;

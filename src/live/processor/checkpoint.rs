@@ -1,0 +1,117 @@
+//! The processor's checkpoints: settle the outbox, snapshot what changed
+//! (on the processing task, so the snapshot is consistent), store it in the
+//! background, and only then acknowledge the messages it covers and announce
+//! each partition's watermark to the branch stages.
+
+use std::time::Instant;
+
+use async_nats::jetstream::message::Acker;
+use tokio::task::JoinHandle;
+
+use super::super::store::{self, Kind, Saved};
+use super::super::{wire, LiveError};
+use super::Processor;
+use crate::time::Ts;
+
+/// A stored snapshot, waiting to be acknowledged.
+pub(super) struct Commit {
+    ackers: Vec<Acker>,
+    marks: Vec<(u16, Ts)>,
+}
+
+pub(super) async fn committed(task: &mut Option<JoinHandle<Result<Commit, LiveError>>>) -> Result<Commit, LiveError> {
+    match task.as_mut() {
+        Some(handle) => {
+            let result = handle.await.unwrap_or_else(|e| Err(LiveError::nats("checkpoint task", e)));
+            *task = None;
+            result
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Processor {
+    /// Settles the outbox, snapshots what changed, and stores it in the background.
+    pub(super) async fn snapshot(&mut self) -> JoinHandle<Result<Commit, LiveError>> {
+        self.outbox.settle().await;
+        let count = self.owned.count;
+        let mut objects = Vec::new();
+        let mut marks = Vec::new();
+        for (&p, part) in &mut self.parts {
+            marks.push((p, part.engine.watermark()));
+            if std::mem::take(&mut part.dirty) {
+                let state = part.engine.checkpoint();
+                objects.push(Saved {
+                    kind: Kind::Engine,
+                    partitions: count,
+                    partition: p,
+                    positions: part.pos.to_vec(),
+                    marks: Vec::new(),
+                    state,
+                });
+            }
+        }
+        for (&p, stage) in &mut self.stages {
+            if std::mem::take(&mut stage.dirty) {
+                let state = stage.stage.checkpoint();
+                let marks = stage.marks.clone();
+                objects.push(Saved {
+                    kind: Kind::Stage,
+                    partitions: count,
+                    partition: p,
+                    positions: vec![stage.pos],
+                    marks,
+                    state,
+                });
+            }
+        }
+        let ackers: Vec<Acker> = self.inputs.iter_mut().filter_map(|i| i.acker.take()).collect();
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let bytes: usize = objects.iter().map(|o| o.state.len()).sum();
+            for object in &objects {
+                store::save(&store, object).await?;
+            }
+            tracing::debug!(
+                objects = objects.len(),
+                bytes,
+                took_ms = started.elapsed().as_millis() as u64,
+                "checkpoint stored"
+            );
+            Ok(Commit { ackers, marks })
+        })
+    }
+
+    /// After a checkpoint is stored: acknowledge what it covers, announce the watermarks.
+    pub(super) async fn commit(&mut self, result: Result<Commit, LiveError>) {
+        match result {
+            Ok(commit) => {
+                self.summary.checkpoints += 1;
+                for acker in commit.ackers {
+                    if let Err(e) = acker.ack().await {
+                        tracing::warn!(error = %e, "acknowledgement not sent; the next checkpoint's covers it");
+                    }
+                }
+                for (p, watermark) in commit.marks {
+                    if watermark > Ts::MIN {
+                        self.outbox.send(wire::mark(p, self.owned.count, watermark)).await;
+                    }
+                }
+            }
+            Err(e) => {
+                self.summary.checkpoint_failures += 1;
+                // Nothing was acknowledged: what it covered is redelivered or re-read after a restart.
+                for part in self.parts.values_mut() {
+                    part.dirty = true;
+                }
+                for stage in self.stages.values_mut() {
+                    stage.dirty = true;
+                }
+                tracing::error!(error = %e, "checkpoint not stored; retrying at the next one");
+            }
+        }
+    }
+}
