@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context;
 
@@ -88,11 +88,6 @@ impl Outbox {
             }
             match self.js.send_publish(out.subject.clone(), message).await {
                 Ok(ack) => return ack,
-                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                    // Cannot succeed by waiting; our messages are far below any server's limit.
-                    tracing::error!(subject = %out.subject, error = %e, "message larger than the server accepts");
-                    backoff.wait(&out.subject, &e).await;
-                }
                 Err(e) => {
                     self.stats.retries += 1;
                     backoff.wait(&out.subject, &e).await;

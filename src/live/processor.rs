@@ -453,12 +453,7 @@ impl Processor {
             Err(format!("{subject}: not a facts subject"))
         };
         if let Err(reason) = result {
-            tracing::error!(subject, seq, %reason, "branch stage input refused");
-            self.summary.dead_letters += 1;
-            let why = Refusal::Subject(reason);
-            self.outbox
-                .send(wire::dead_letter(subject, &self.inputs[2].stream, seq, message.payload.clone(), &why))
-                .await;
+            self.dead_letter(2, seq, &message, Refusal::BranchInput(reason)).await;
         }
         for stage in self.stages.values_mut() {
             let watermark = stage.marks.iter().copied().min().unwrap_or(Ts::MIN);

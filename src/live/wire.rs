@@ -133,6 +133,8 @@ pub enum Refusal {
     Subject(String),
     /// Its parcel hashes to another partition than its subject's.
     Misrouted { subject: String, expected: u16 },
+    /// A branch fact or watermark mark the branch stage cannot use.
+    BranchInput(String),
 }
 
 impl Refusal {
@@ -142,6 +144,7 @@ impl Refusal {
             Refusal::Contract(r) => r.code(),
             Refusal::Subject(_) => "bad_subject",
             Refusal::Misrouted { .. } => "misrouted",
+            Refusal::BranchInput(_) => "bad_branch_input",
         }
     }
 
@@ -152,6 +155,7 @@ impl Refusal {
             Refusal::Misrouted { subject, expected } => {
                 format!("misrouted: parcel_id hashes to partition {expected}, the message came on {subject}")
             }
+            Refusal::BranchInput(reason) => reason.clone(),
         }
     }
 }
