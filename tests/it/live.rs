@@ -8,14 +8,21 @@ use rand::{Rng, SeedableRng};
 use super::nats::{self, wait_until, NatsServer, Processor};
 use super::{forewarn, simulate, text};
 
-/// A simulated network as a file, the alerts its replay gives, and the
-/// processors' idle clock: unset until the test has published everything,
-/// then the newest event time, where the replay's last watermark ends.
+/// A simulated network as a file and the alerts its replay gives; a
+/// nats-server of its own; the processors' configuration, whose idle clock
+/// stays unset until the test has published everything, then reads the
+/// newest event time, where the replay's last watermark ends.
 struct Case {
     dir: tempfile::TempDir,
+    parcels: u64,
+    seed: u64,
     expected: Vec<serde_json::Value>,
     clock: std::path::PathBuf,
     end: String,
+    server: NatsServer,
+    rt: tokio::runtime::Runtime,
+    js: async_nats::jetstream::Context,
+    config: std::path::PathBuf,
 }
 
 fn case(parcels: u64, seed: u64) -> Case {
@@ -23,44 +30,65 @@ fn case(parcels: u64, seed: u64) -> Case {
     let events = simulate(dir.path(), "net.jsonl", parcels, seed);
     let expected = nats::replayed(&events, dir.path());
     let end = nats::newest(&events);
-    Case { clock: dir.path().join("clock"), dir, expected, end }
+    let clock = dir.path().join("clock");
+    let config = nats::config(dir.path(), &clock);
+    let server = NatsServer::start();
+    let rt = nats::runtime();
+    let js = rt.block_on(nats::jetstream(&server.url()));
+    Case { dir, parcels, seed, expected, clock, end, server, rt, js, config }
 }
 
 impl Case {
-    /// Everything is published: idle partitions may now judge up to the end.
-    fn published(&self) {
+    /// Publishes the network with `forewarn simulate --nats` (`extra`: its pace).
+    fn publisher(&self, extra: &[&str]) -> std::process::Child {
+        nats::publish(&self.server.url(), self.parcels, self.seed, extra)
+    }
+
+    /// Waits for the publisher; then idle partitions may judge up to the end.
+    fn published(&self, publisher: std::process::Child) {
+        nats::finish(publisher);
         nats::set_clock(&self.clock, &self.end);
     }
-}
 
-/// Waits until the alerts stream holds `n` messages.
-fn wait_for_alerts(rt: &tokio::runtime::Runtime, js: &async_nats::jetstream::Context, n: usize) {
-    wait_until(&format!("{n} alerts"), || rt.block_on(nats::stream_count(js, "ALERTS")) >= n as u64);
-}
+    fn publish_all(&self) {
+        self.published(self.publisher(&[]));
+    }
 
-/// Stops the processor, checks it exited 0, and returns the published alerts.
-fn stop_and_read(
-    rt: &tokio::runtime::Runtime,
-    js: &async_nats::jetstream::Context,
-    p: Processor,
-) -> Vec<serde_json::Value> {
-    let (status, log) = p.stop();
-    assert!(status.success(), "forewarn run exited with {status}:\n{log}");
-    rt.block_on(nats::alerts(js))
+    /// `forewarn run` on this case's server, with more flags.
+    fn start(&self, args: &[&str]) -> Processor {
+        let url = self.server.url();
+        let all: Vec<&str> = ["--nats", url.as_str()].into_iter().chain(args.iter().copied()).collect();
+        Processor::start(self.dir.path(), &self.config, &all)
+    }
+
+    fn count(&self, stream: &str) -> u64 {
+        self.rt.block_on(nats::stream_count(&self.js, stream))
+    }
+
+    /// Waits until the alerts stream holds `n` messages.
+    fn wait_for_alerts(&self, n: usize) {
+        wait_until(&format!("{n} alerts"), || self.count("ALERTS") >= n as u64);
+    }
+
+    fn alerts(&self) -> Vec<serde_json::Value> {
+        self.rt.block_on(nats::alerts(&self.js))
+    }
+
+    /// Waits for every expected alert, stops the processor, checks it
+    /// exited 0; returns the published alerts and its log.
+    fn finish(&self, p: Processor) -> (Vec<serde_json::Value>, String) {
+        self.wait_for_alerts(self.expected.len());
+        let (status, log) = p.stop();
+        assert!(status.success(), "forewarn run exited with {status}:\n{log}");
+        (self.alerts(), log)
+    }
 }
 
 #[test]
 fn live_alerts_equal_a_replay_of_the_same_events() {
     let c = case(8000, 1);
-    let server = NatsServer::start();
-    let rt = nats::runtime();
-    let js = rt.block_on(nats::jetstream(&server.url()));
-    nats::finish(nats::publish(&server.url(), 8000, 1, &[]));
-    c.published();
-    let config = nats::config(c.dir.path(), "forewarn.toml", &c.clock, "");
-    let p = Processor::start(c.dir.path(), &config, &["--nats", &server.url()]);
-    wait_for_alerts(&rt, &js, c.expected.len());
-    let got = stop_and_read(&rt, &js, p);
+    c.publish_all();
+    let (got, _) = c.finish(c.start(&[]));
     assert!(c.expected.iter().any(|a| a["rule"] == "branch_delay_spike"), "the case has branch alerts");
     nats::assert_same(&got, &c.expected);
 }
@@ -70,34 +98,25 @@ fn live_alerts_equal_a_replay_of_the_same_events() {
 #[test]
 fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
     let c = case(6000, 12);
-    let server = NatsServer::start();
-    let rt = nats::runtime();
-    let js = rt.block_on(nats::jetstream(&server.url()));
-    let config = nats::config(c.dir.path(), "forewarn.toml", &c.clock, "");
-    let url = server.url();
-    let args = ["--nats", url.as_str()];
-    let publisher = nats::publish(&server.url(), 6000, 12, &["--rate", "8000"]);
+    let publisher = c.publisher(&["--rate", "8000"]);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     for kill in 0..5 {
-        let p = Processor::start(c.dir.path(), &config, &args);
+        let p = c.start(&[]);
         // A random point: after some more of the stream has been handled.
         let target = rng.gen_range(1..=c.expected.len() as u64 / 8) + (kill as u64) * c.expected.len() as u64 / 8;
-        wait_until("progress before the kill", || rt.block_on(nats::stream_count(&js, "ALERTS")) >= target);
+        wait_until("progress before the kill", || c.count("ALERTS") >= target);
         p.kill();
     }
-    nats::finish(publisher);
-    c.published();
-    let p = Processor::start(c.dir.path(), &config, &args);
-    wait_for_alerts(&rt, &js, c.expected.len());
-    let got = stop_and_read(&rt, &js, p);
+    c.published(publisher);
+    let (got, _) = c.finish(c.start(&[]));
     let ids = |alerts: &[serde_json::Value]| -> BTreeSet<(String, String)> {
         alerts.iter().map(|a| (a["alert_id"].to_string(), a["state"].to_string())).collect()
     };
     assert_eq!(got.len(), ids(&got).len(), "no alert published twice");
     assert_eq!(ids(&got), ids(&c.expected));
     // Every scan is covered by a stored checkpoint and acknowledged.
-    rt.block_on(async {
-        let mut scans = js.get_stream("SCANS").await.expect("scans");
+    c.rt.block_on(async {
+        let mut scans = c.js.get_stream("SCANS").await.expect("scans");
         let last = scans.info().await.expect("info").state.last_sequence;
         let mut consumer: async_nats::jetstream::consumer::PullConsumer =
             scans.get_consumer("forewarn-forewarn-scans").await.expect("the durable consumer");
@@ -113,42 +132,29 @@ fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
 /// the publisher, not the processor.)
 #[test]
 fn a_nats_server_restart_mid_stream_loses_nothing() {
-    let c = case(6000, 13);
-    let mut server = NatsServer::start();
-    let rt = nats::runtime();
-    nats::finish(nats::publish(&server.url(), 6000, 13, &[]));
-    c.published();
-    let config = nats::config(c.dir.path(), "forewarn.toml", &c.clock, "");
-    let p = Processor::start(c.dir.path(), &config, &["--nats", &server.url()]);
-    let js = rt.block_on(nats::jetstream(&server.url()));
-    wait_until("a few alerts", || rt.block_on(nats::stream_count(&js, "ALERTS")) >= c.expected.len() as u64 / 10);
-    server.stop();
-    server.restart();
-    let js = rt.block_on(nats::jetstream(&server.url()));
-    wait_for_alerts(&rt, &js, c.expected.len());
-    let (status, log) = p.stop();
-    assert!(status.success(), "forewarn run exited with {status}:\n{log}");
+    let mut c = case(6000, 13);
+    c.publish_all();
+    let p = c.start(&[]);
+    wait_until("a few alerts", || c.count("ALERTS") >= c.expected.len() as u64 / 10);
+    c.server.stop();
+    c.server.restart();
+    // The test's own client reconnects too.
+    let (got, log) = c.finish(p);
     assert!(log.contains("disconnected from NATS; reconnecting"), "the outage was seen mid-stream:\n{log}");
-    nats::assert_same(&rt.block_on(nats::alerts(&js)), &c.expected);
+    nats::assert_same(&got, &c.expected);
 }
 
 #[test]
 fn two_instances_with_half_the_partitions_each_equal_one() {
     let c = case(8000, 1);
-    let server = NatsServer::start();
-    let rt = nats::runtime();
-    let js = rt.block_on(nats::jetstream(&server.url()));
-    nats::finish(nats::publish(&server.url(), 8000, 1, &[]));
-    c.published();
-    let config = nats::config(c.dir.path(), "forewarn.toml", &c.clock, "");
-    let url = server.url();
-    let a = Processor::start(c.dir.path(), &config, &["--nats", &url, "--partitions", "0-7", "--instance", "a"]);
-    let b = Processor::start(c.dir.path(), &config, &["--nats", &url, "--partitions", "8-15", "--instance", "b"]);
-    wait_for_alerts(&rt, &js, c.expected.len());
+    c.publish_all();
+    let a = c.start(&["--partitions", "0-7", "--instance", "a"]);
+    let b = c.start(&["--partitions", "8-15", "--instance", "b"]);
+    c.wait_for_alerts(c.expected.len());
     let (sa, la) = a.stop();
     let (sb, lb) = b.stop();
     assert!(sa.success() && sb.success(), "{la}\n{lb}");
-    let got = rt.block_on(nats::alerts(&js));
+    let got = c.alerts();
     assert!(c.expected.iter().any(|a| a["rule"] == "branch_delay_spike"), "the case has branch alerts");
     nats::assert_same(&got, &c.expected);
 }
@@ -156,15 +162,11 @@ fn two_instances_with_half_the_partitions_each_equal_one() {
 #[test]
 fn bad_and_misrouted_messages_are_dead_lettered_with_reasons_while_the_rest_flows() {
     let c = case(2000, 15);
-    let server = NatsServer::start();
-    let rt = nats::runtime();
-    let js = rt.block_on(nats::jetstream(&server.url()));
-    nats::finish(nats::publish(&server.url(), 2000, 15, &[]));
-    c.published();
+    c.publish_all();
     let misrouted_id = "1Z999AA10123456784";
     let right = forewarn::partition::of(misrouted_id, 16);
     let wrong = (right + 1) % 16;
-    rt.block_on(async {
+    c.rt.block_on(async {
         let bad: [(String, &[u8]); 3] = [
             ("scans.3".into(), b"{not json"),
             ("scans.4".into(), br#"{"v":1,"event_id":"x1","kind":"departed","at":"2026-11-16T10:00:00Z"}"#),
@@ -174,17 +176,15 @@ fn bad_and_misrouted_messages_are_dead_lettered_with_reasons_while_the_rest_flow
             ),
         ];
         for (subject, body) in bad {
-            js.publish(subject, bytes::Bytes::from_static(body)).await.expect("sent").await.expect("stored");
+            c.js.publish(subject, bytes::Bytes::from_static(body)).await.expect("sent").await.expect("stored");
         }
     });
-    let config = nats::config(c.dir.path(), "forewarn.toml", &c.clock, "");
-    let p = Processor::start(c.dir.path(), &config, &["--nats", &server.url()]);
-    wait_for_alerts(&rt, &js, c.expected.len());
-    wait_until("three dead letters", || rt.block_on(nats::stream_count(&js, "DEADLETTERS")) >= 3);
-    let got = stop_and_read(&rt, &js, p);
+    let p = c.start(&[]);
+    wait_until("three dead letters", || c.count("DEADLETTERS") >= 3);
+    let (got, _) = c.finish(p);
     nats::assert_same(&got, &c.expected);
 
-    let letters = rt.block_on(nats::read_stream(&js, "DEADLETTERS"));
+    let letters = c.rt.block_on(nats::read_stream(&c.js, "DEADLETTERS"));
     let header = |i: usize, name: &str| {
         letters[i].1.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_string()).unwrap_or_default()
     };
@@ -204,22 +204,22 @@ fn bad_and_misrouted_messages_are_dead_lettered_with_reasons_while_the_rest_flow
     assert!(letters.iter().any(|(_, _, body)| &body[..] == b"{not json"), "the original bytes are kept");
 
     // An operator lists them, and sends one back once its cause is fixed.
-    let list = forewarn(&["dlq", "list", "--nats", &server.url()]);
+    let list = forewarn(&["dlq", "list", "--nats", &c.server.url()]);
     assert!(list.status.success(), "{}", text(&list.stderr));
     let listed = text(&list.stdout);
     assert!(listed.contains("scans.4\tmissing_field\tmissing parcel_id"), "{listed}");
     let seq = listed.lines().find(|l| l.contains("misrouted")).and_then(|l| l.split('\t').next()).expect("a sequence");
-    let before = rt.block_on(nats::stream_count(&js, "SCANS"));
-    let replay = forewarn(&["dlq", "replay", "--seq", seq, "--nats", &server.url()]);
+    let before = c.count("SCANS");
+    let replay = forewarn(&["dlq", "replay", "--seq", seq, "--nats", &c.server.url()]);
     assert!(replay.status.success(), "{}", text(&replay.stderr));
-    assert_eq!(rt.block_on(nats::stream_count(&js, "SCANS")), before + 1, "back on its subject");
-    assert_eq!(rt.block_on(nats::stream_count(&js, "DEADLETTERS")), 2, "and out of the dead letters");
+    assert_eq!(c.count("SCANS"), before + 1, "back on its subject");
+    assert_eq!(c.count("DEADLETTERS"), 2, "and out of the dead letters");
 }
 
 #[test]
 fn an_invalid_rule_pack_is_refused_on_sighup_and_the_old_one_keeps_running() {
-    let c = case(500, 16);
-    let rules = c.dir.path().join("rules");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let rules = dir.path().join("rules");
     std::fs::create_dir(&rules).expect("a rules dir");
     for entry in std::fs::read_dir(super::repo("rules")).expect("rules") {
         let path = entry.expect("an entry").path();
@@ -228,11 +228,11 @@ fn an_invalid_rule_pack_is_refused_on_sighup_and_the_old_one_keeps_running() {
         }
     }
     let server = NatsServer::start();
-    let config = nats::config(c.dir.path(), "forewarn.toml", &c.clock, "");
+    let config = nats::config(dir.path(), &dir.path().join("clock"));
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
     let http = format!("127.0.0.1:{port}");
     let args = ["--nats", &server.url(), "--rules", rules.to_str().expect("utf-8"), "--http", &http];
-    let p = Processor::start(c.dir.path(), &config, &args);
+    let p = Processor::start(dir.path(), &config, &args);
     wait_until("the processor to be ready", || get(&http, "/readyz").starts_with("HTTP/1.1 200"));
     assert!(get(&http, "/healthz").ends_with("ok\n"));
     std::fs::write(rules.join("broken.toml"), "[[rule]]\nid = \"x\"\naudiense = [\"customer\"]\n").expect("written");

@@ -151,12 +151,12 @@ fn rand_suffix() -> u64 {
 
 /// Writes a configuration for the tests: fast checkpoints, and the
 /// watermark's idle clock read from the file `clock` (see [`set_clock`]).
-pub fn config(dir: &Path, name: &str, clock: &Path, extra: &str) -> PathBuf {
-    let path = dir.join(name);
+pub fn config(dir: &Path, clock: &Path) -> PathBuf {
+    let path = dir.join("forewarn.toml");
     let clock = format!("@{}", clock.display());
     let text = format!(
         "[watermark]\nlateness = \"6h\"\nidle_after = \"1s\"\nmax_skew = \"0s\"\nclock = \"{clock}\"\n\n\
-         [checkpoint]\ninterval = \"500ms\"\n\n[shutdown]\ndeadline = \"60s\"\n{extra}"
+         [checkpoint]\ninterval = \"500ms\"\n\n[shutdown]\ndeadline = \"60s\"\n"
     );
     fs::write(&path, text).expect("config written");
     path
