@@ -7,10 +7,11 @@
 //! event-time timers (one entry per parcel at most: its next wake-up) and the
 //! [`branch`] aggregates.
 //!
-//! Timer rules are judged in event time: when the watermark passes a deadline,
-//! on the events up to it. An event newer than a parcel's unjudged deadline is
-//! parked until that judgment, then applied in event-time order, so the
-//! arrival order of events within the lateness does not change the alerts.
+//! Timer rules are judged in event time (`wake.rs`): when the watermark
+//! passes a deadline, on the events up to it. An event newer than a parcel's
+//! unjudged deadline is parked until that judgment, and a contact until the
+//! watermark passes it; both then apply in event-time order, so the arrival
+//! order of events within the lateness does not change the alerts.
 
 pub mod branch;
 mod checkpoint;
