@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub use crate::dispatch::config::Dispatch;
 use crate::engine;
 use crate::partition::Owned;
 use crate::time::Span;
@@ -45,6 +46,8 @@ pub struct Config {
     pub rules: PathBuf,
     /// Where `/healthz` and `/readyz` are served (`host:port`); empty: not served.
     pub http: String,
+    /// What this process runs: `all` (detection and dispatch), `detect` or `dispatch`.
+    pub role: String,
     pub nats: Nats,
     pub partitions: Partitions,
     pub streams: Streams,
@@ -53,6 +56,7 @@ pub struct Config {
     pub watermark: Watermark,
     pub engine: EngineLimits,
     pub shutdown: Shutdown,
+    pub dispatch: Dispatch,
 }
 
 impl Default for Config {
@@ -61,6 +65,7 @@ impl Default for Config {
             instance: "forewarn".into(),
             rules: "rules".into(),
             http: String::new(),
+            role: "all".into(),
             nats: Nats::default(),
             partitions: Partitions::default(),
             streams: Streams::default(),
@@ -69,6 +74,7 @@ impl Default for Config {
             watermark: Watermark::default(),
             engine: EngineLimits::default(),
             shutdown: Shutdown::default(),
+            dispatch: Dispatch::default(),
         }
     }
 }
@@ -314,6 +320,9 @@ impl Config {
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), String> {
         self.owned()?;
+        if !["all", "detect", "dispatch"].contains(&self.role.as_str()) {
+            return Err(format!("role {:?}: use all, detect or dispatch", self.role));
+        }
         if self.instance.is_empty() || !self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err(format!("instance {:?}: use letters, digits, '-' and '_' only", self.instance));

@@ -46,6 +46,7 @@
 
 pub mod alert;
 pub mod config;
+pub mod dispatch;
 pub mod engine;
 pub mod event;
 pub mod live;

@@ -42,6 +42,52 @@ pub struct RunArgs {
     /// Ignore (and replace) the stored checkpoints: rebuild the state from the streams.
     #[arg(long)]
     rebuild: bool,
+    /// What to run: all (detection and dispatch), detect, or dispatch.
+    #[arg(long, env = "FOREWARN_ROLE")]
+    role: Option<String>,
+    #[command(flatten)]
+    channels: ChannelArgs,
+}
+
+/// Where notifications go; without them, the outbox directory.
+#[derive(Args)]
+pub struct ChannelArgs {
+    /// SMTP server: smtp://host:port, smtp://host:port?tls=required (STARTTLS), smtps://host:port;
+    /// credentials from FOREWARN_SMTP_USER and FOREWARN_SMTP_PASSWORD.
+    #[arg(long, env = "FOREWARN_SMTP")]
+    smtp: Option<String>,
+    /// SMS gateway base URL.
+    #[arg(long, env = "FOREWARN_SMS_URL")]
+    sms_url: Option<String>,
+    /// twilio (token in FOREWARN_SMS_TOKEN) or webhook (signed with FOREWARN_SMS_SECRET).
+    #[arg(long, env = "FOREWARN_SMS_PROVIDER")]
+    sms_provider: Option<String>,
+    /// The branch directory (default: RULES/directory/branches.toml).
+    #[arg(long, env = "FOREWARN_BRANCHES")]
+    branches: Option<PathBuf>,
+    /// Where messages go when no SMTP server or SMS gateway is set.
+    #[arg(long, env = "FOREWARN_OUTBOX")]
+    outbox: Option<PathBuf>,
+}
+
+impl ChannelArgs {
+    fn apply(self, d: &mut forewarn::config::Dispatch) {
+        if let Some(smtp) = self.smtp {
+            d.email.smtp = smtp;
+        }
+        if let Some(url) = self.sms_url {
+            d.sms.url = url;
+        }
+        if let Some(provider) = self.sms_provider {
+            d.sms.provider = provider;
+        }
+        if let Some(branches) = self.branches {
+            d.branches = branches;
+        }
+        if let Some(outbox) = self.outbox {
+            d.outbox = outbox;
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -124,17 +170,36 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(instance) = args.instance {
         config.instance = instance;
     }
+    if let Some(role) = args.role {
+        config.role = role;
+    }
+    args.channels.apply(&mut config.dispatch);
     config.validate().map_err(anyhow::Error::msg)?;
     let deadline = std_duration(config.shutdown.deadline);
+    let (detect, dispatch) = (config.role != "dispatch", config.role != "detect");
     runtime()?.block_on(async move {
         let (stop_tx, stop) = watch::channel(false);
         let (reload_tx, reload) = mpsc::channel(1);
         tokio::spawn(signals(stop_tx, reload_tx, deadline));
-        let summary = live::run(config, args.rebuild, Controls { stop, reload }).await?;
-        eprintln!(
-            "forewarn stopped: {} events, {} alerts, {} dead letters, {} checkpoints",
-            summary.events, summary.alerts, summary.dead_letters, summary.checkpoints
-        );
+        let dispatcher = dispatch.then(|| tokio::spawn(forewarn::dispatch::run::run(config.clone(), stop.clone())));
+        if detect {
+            let summary = live::run(config, args.rebuild, Controls { stop, reload }).await?;
+            eprintln!(
+                "forewarn stopped: {} events, {} alerts, {} dead letters, {} checkpoints",
+                summary.events, summary.alerts, summary.dead_letters, summary.checkpoints
+            );
+        }
+        if let Some(dispatcher) = dispatcher {
+            let stats = dispatcher.await.context("the dispatcher panicked")??;
+            eprintln!(
+                "dispatcher stopped: {} alerts, {} sent, {} failed, {} skipped, {} still held",
+                stats.alerts,
+                stats.total("sent"),
+                stats.total("failed"),
+                stats.total("skipped"),
+                stats.holding
+            );
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

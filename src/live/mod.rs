@@ -8,7 +8,7 @@
 //! that covers it is stored, and nothing a checkpoint covers is missing from
 //! the streams ([`outbox`]).
 
-mod clock;
+pub mod clock;
 pub mod connect;
 pub mod dlq;
 pub mod feed;

@@ -1,0 +1,261 @@
+//! The last stages: render a message in the recipient's language, send it
+//! on its channel, and retry transient failures with exponential backoff
+//! and full jitter (never sooner than a server's `Retry-After`) until it
+//! goes, fails for good, or `give_up_after` passes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use rand::Rng;
+use serde_json::json;
+use tokio::sync::{watch, Semaphore};
+
+use super::branches::Directory;
+use super::channel::email::{Mail, Mailer};
+use super::channel::sms::{Gateway, Text};
+use super::channel::webhook::Webhooks;
+use super::channel::Failure;
+use super::config::{Links, Retry};
+use super::ledger::token;
+use super::notice::Notice;
+use super::route::{Draft, Target};
+use super::segments;
+use super::template::{BranchView, Context, Templates};
+use crate::config::std_duration;
+
+/// How one message ended.
+#[derive(Debug)]
+pub enum Ending {
+    Sent {
+        attempts: u32,
+    },
+    Failed {
+        reason: String,
+        attempts: u32,
+    },
+    /// Over a rate limit: final, nothing sent.
+    RateLimited,
+    /// Stopping: not final; the alert stays unacknowledged and comes back.
+    Interrupted,
+}
+
+/// Everything needed to turn a draft into a sent message.
+pub struct Senders {
+    pub templates: Arc<Templates>,
+    pub directory: Arc<Directory>,
+    pub links: Links,
+    pub mailer: Mailer,
+    pub sms: Gateway,
+    pub max_segments: u32,
+    pub webhooks: Webhooks,
+    pub crm: String,
+    pub nats: Option<async_nats::Client>,
+    pub retry: Retry,
+    pub permits: Arc<Semaphore>,
+}
+
+fn local(t: DateTime<Utc>, tz: Tz) -> String {
+    t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string()
+}
+
+/// A link with `{parcel}` and `{alert}` filled in.
+pub fn link(template: &str, parcel: &str, alert: &str) -> Option<String> {
+    if template.is_empty() {
+        return None;
+    }
+    let encoded: String = parcel
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    Some(template.replace("{parcel}", &encoded).replace("{alert}", alert))
+}
+
+impl Senders {
+    /// The template variables for one draft.
+    pub fn context(&self, n: &Notice, tz: Tz, customer: bool) -> Context {
+        let parcel = n.parcel_id.clone();
+        let url = |t: &str| parcel.as_deref().and_then(|p| link(t, p, &n.alert_id));
+        let branch = n.branch.as_deref().and_then(|b| self.directory.get(b));
+        Context {
+            rule: n.rule.clone(),
+            state: n.state().into(),
+            severity: n.severity.as_str().into(),
+            name: if customer {
+                n.recipient.as_ref().and_then(|r| r.name.clone())
+            } else {
+                branch.map(|b| b.name.clone())
+            },
+            parcel_state: n.parcel_state.clone(),
+            reason: n.reason.clone(),
+            facility: n.facility.clone(),
+            country: n.country.clone(),
+            at: local(n.at, tz),
+            promised_by: n.promised_by.map(|t| local(t, tz)),
+            return_by: n.return_by.map(|t| local(t, tz)),
+            last_scan_at: n.last_scan_at.map(|t| local(t, tz)),
+            tracking_url: url(&self.links.tracking),
+            reschedule_url: url(&self.links.reschedule),
+            claim_url: url(&self.links.claim),
+            unsubscribe_url: if customer { url(&self.links.unsubscribe) } else { None },
+            branch: branch.map(|b| BranchView {
+                name: b.name.clone(),
+                address: b.address.clone(),
+                hours: b.hours.clone(),
+            }),
+            branch_code: n.branch.clone(),
+            branch_name: branch.map(|b| b.name.clone()),
+            count: n.count,
+            window: n.window.clone(),
+            usual: n.usual,
+            volume: n.volume,
+            date: None,
+            parcel,
+        }
+    }
+
+    /// The JSON machines get (webhooks, NATS, the CRM). Recipient contact
+    /// details only for the CRM, which opens the claim in their name.
+    pub fn machine_body(&self, n: &Notice, with_recipient: bool) -> Vec<u8> {
+        let mut body = json!({
+            "alert_id": n.alert_id, "rule": n.rule, "state": n.state(), "severity": n.severity.as_str(),
+            "at": n.at.to_rfc3339(), "parcel_id": n.parcel_id, "branch": n.branch,
+            "parcel_state": n.parcel_state, "reason": n.reason, "facility": n.facility,
+            "last_scan_at": n.last_scan_at.map(|t| t.to_rfc3339()),
+            "count": n.count, "window": n.window, "usual": n.usual, "volume": n.volume,
+        });
+        if with_recipient {
+            body["recipient"] = json!(n.recipient.as_ref().map(|r| json!({
+                "name": r.name, "phone": r.phone, "email": r.email, "locale": r.locale,
+            })));
+            body["claim_url"] = json!(n.parcel_id.as_deref().and_then(|p| link(&self.links.claim, p, &n.alert_id)));
+        }
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    fn template_name(draft: &Draft) -> String {
+        let n = &draft.notice;
+        match draft.target {
+            Target::CustomerSms { .. } | Target::CustomerEmail { .. } if n.resolved => "customer/resolved".into(),
+            Target::CustomerSms { .. } | Target::CustomerEmail { .. } => format!("customer/{}", n.rule),
+            _ => "branch/warning".into(),
+        }
+    }
+
+    /// One attempt.
+    async fn send_once(&self, draft: &Draft) -> Result<(), Failure> {
+        let n = &draft.notice;
+        let locale = self.templates.locale(draft.locale.as_deref()).to_string();
+        let customer = draft.target.audience() == "customer";
+        let name = Self::template_name(draft);
+        match &draft.target {
+            Target::CustomerSms { phone } | Target::BranchSms { phone } => {
+                let ctx = self.context(n, draft.tz, customer);
+                let body = self.templates.sms(&locale, &name, &ctx).map_err(Failure::permanent)?;
+                let body = segments::cap(&body, self.max_segments);
+                self.sms.send(&Text { to: phone.clone(), body, key: draft.key.clone() }).await
+            }
+            Target::CustomerEmail { email } | Target::BranchEmail { email } | Target::OpsEmail { email } => {
+                let ctx = self.context(n, draft.tz, customer);
+                let content = self.templates.email(&locale, &name, &ctx).map_err(Failure::permanent)?;
+                let mail = Mail {
+                    to_name: ctx.name.clone(),
+                    to: email.clone(),
+                    unsubscribe: ctx.unsubscribe_url.clone(),
+                    content,
+                    attachment: None,
+                    key: draft.key.clone(),
+                };
+                self.mailer.send(&mail).await
+            }
+            Target::BranchWebhook { url } | Target::OpsWebhook { url } => {
+                self.webhooks.post(url, &draft.key, self.machine_body(n, false)).await
+            }
+            Target::Claim => self.webhooks.post(&self.crm, &draft.key, self.machine_body(n, true)).await,
+            Target::BranchNats => {
+                let Some(client) = &self.nats else {
+                    return Err(Failure::permanent("no NATS connection for branch warnings"));
+                };
+                let subject = format!("branch.warnings.{}", token(n.branch.as_deref().unwrap_or("unknown")));
+                client
+                    .publish(subject, self.machine_body(n, false).into())
+                    .await
+                    .map_err(|e| Failure::transient(format!("NATS publish: {e}")))?;
+                client.flush().await.map_err(|e| Failure::transient(format!("NATS flush: {e}")))
+            }
+        }
+    }
+
+    /// Sends with retries until a final outcome, or until `stop`.
+    pub async fn deliver(&self, draft: &Draft, stop: &mut watch::Receiver<bool>) -> Ending {
+        let started = Instant::now();
+        let give_up = std_duration(self.retry.give_up_after);
+        let mut attempts = 0u32;
+        loop {
+            if *stop.borrow() {
+                return Ending::Interrupted;
+            }
+            attempts += 1;
+            let result = {
+                let Ok(_permit) = self.permits.acquire().await else { return Ending::Interrupted };
+                self.send_once(draft).await
+            };
+            let wait = match result {
+                Ok(()) => return Ending::Sent { attempts },
+                Err(Failure::Permanent { reason }) => return Ending::Failed { reason, attempts },
+                Err(Failure::Transient { reason, retry_after }) => {
+                    if started.elapsed() >= give_up {
+                        return Ending::Failed {
+                            reason: format!("gave up after {attempts} attempts: {reason}"),
+                            attempts,
+                        };
+                    }
+                    tracing::debug!(key = %draft.key, attempts, %reason, "transient failure; retrying");
+                    backoff(&self.retry, attempts, retry_after)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return Ending::Interrupted,
+            }
+        }
+    }
+}
+
+/// Full jitter: uniform in `[0, min(max, initial · 2^(attempt-1))]`, and
+/// never less than `Retry-After`.
+pub fn backoff(retry: &Retry, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let initial = std_duration(retry.initial).max(Duration::from_millis(1));
+    let ceiling = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(std_duration(retry.max));
+    let jittered = ceiling.mul_f64(rand::thread_rng().gen_range(0.0..=1.0));
+    jittered.max(retry_after.unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Span;
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        let retry = Retry { initial: Span(100), max: Span(1_000), give_up_after: Span(60_000) };
+        for attempt in 1..30 {
+            let cap = Duration::from_millis((100u64 << (attempt - 1).min(20)).min(1_000));
+            assert!(backoff(&retry, attempt, None) <= cap);
+        }
+        assert!(backoff(&retry, 1, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+    }
+
+    #[test]
+    fn links_encode_the_tracking_number() {
+        assert_eq!(link("https://t.example/{parcel}", "A B/1", "x").unwrap(), "https://t.example/A%20B%2F1");
+        assert_eq!(link("", "P", "x"), None);
+    }
+}

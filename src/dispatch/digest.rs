@@ -1,0 +1,198 @@
+//! The daily list of each branch's at-risk parcels: open parcel alerts are
+//! kept by branch in a key-value bucket (put on firing, removed on
+//! resolution, expiring after `digest.max_age`), and once a day at the
+//! configured local time each branch gets them as a CSV attachment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use chrono::{DateTime, NaiveTime, Utc};
+use chrono_tz::Tz;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::channel::email::Mail;
+use super::deliver::Senders;
+use super::ledger::{token, Ledger, Recorded};
+use super::notice::Notice;
+use super::template::Context;
+use crate::live::clock::Clock;
+
+/// One at-risk parcel as the digest lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Row {
+    pub parcel_id: String,
+    pub rule: String,
+    pub since: DateTime<Utc>,
+    pub last_scan_at: Option<DateTime<Utc>>,
+    pub facility: Option<String>,
+}
+
+/// Keeps the at-risk bucket in step with one alert.
+pub async fn track(store: &kv::Store, n: &Notice) -> Result<(), String> {
+    let (Some(branch), Some(parcel)) = (&n.branch, &n.parcel_id) else { return Ok(()) };
+    let key = format!("{}.{}", token(branch), n.alert_id);
+    if n.resolved {
+        return store.purge(&key).await.map_err(|e| e.to_string());
+    }
+    let row = Row {
+        parcel_id: parcel.clone(),
+        rule: n.rule.clone(),
+        since: n.at,
+        last_scan_at: n.last_scan_at,
+        facility: n.facility.clone(),
+    };
+    let bytes = serde_json::to_vec(&row).map_err(|e| e.to_string())?;
+    store.put(&key, bytes.into()).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// The branch's rows, oldest first.
+pub async fn rows(store: &kv::Store, branch: &str) -> Result<Vec<Row>, String> {
+    let prefix = format!("{}.", token(branch));
+    let mut keys = store.keys().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| e.to_string())?;
+        if !key.starts_with(&prefix) {
+            continue;
+        }
+        if let Some(bytes) = store.get(&key).await.map_err(|e| e.to_string())? {
+            if let Ok(row) = serde_json::from_slice::<Row>(&bytes) {
+                out.push(row);
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.since, &a.parcel_id).cmp(&(b.since, &b.parcel_id)));
+    Ok(out)
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+/// The CSV attachment: one header line, one line per parcel, times in the branch's zone.
+pub fn csv(rows: &[Row], tz: Tz) -> String {
+    let time = |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string();
+    let mut out = String::from("tracking_number,rule,since,last_scan,facility\r\n");
+    for r in rows {
+        let fields = [
+            csv_field(&r.parcel_id),
+            csv_field(&r.rule),
+            time(r.since),
+            r.last_scan_at.map(time).unwrap_or_default(),
+            csv_field(r.facility.as_deref().unwrap_or("")),
+        ];
+        out.push_str(&fields.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// Every `check` interval: each branch past its digest time today that has
+/// not had today's digest gets it.
+pub async fn run(
+    senders: Arc<Senders>,
+    store: kv::Store,
+    ledger: Ledger,
+    at: NaiveTime,
+    clock: Arc<Clock>,
+    check: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if let Some(now) = clock.now() {
+            let now = DateTime::<Utc>::from_timestamp_millis(now.0).unwrap_or_default();
+            for (code, branch) in senders.directory.iter() {
+                let Some(email) = &branch.email else { continue };
+                let tz: Tz = branch.tz.parse().unwrap_or(Tz::UTC);
+                let local = now.with_timezone(&tz);
+                if local.time() < at {
+                    continue;
+                }
+                let date = local.format("%Y-%m-%d").to_string();
+                let key = format!("digest.{}.{date}", token(code));
+                if matches!(ledger.get(&key).await, Ok(Some(_))) {
+                    continue;
+                }
+                match send(&senders, &store, code, email, tz, &date, &key).await {
+                    Ok(count) => {
+                        tracing::info!(branch = %code, parcels = count, "daily digest sent");
+                        if let Err(e) = ledger.record(&key, Recorded::Sent).await {
+                            tracing::warn!(branch = %code, error = %e, "digest sent but not recorded");
+                        }
+                    }
+                    Err(e) => tracing::warn!(branch = %code, error = %e, "daily digest not sent; will try again"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(check) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn send(
+    senders: &Senders,
+    store: &kv::Store,
+    code: &str,
+    email: &str,
+    tz: Tz,
+    date: &str,
+    key: &str,
+) -> Result<usize, String> {
+    let rows = rows(store, code).await?;
+    let branch = senders.directory.get(code);
+    let ctx = Context {
+        rule: "digest".into(),
+        state: "firing".into(),
+        severity: "info".into(),
+        name: branch.map(|b| b.name.clone()),
+        branch_code: Some(code.to_string()),
+        branch_name: branch.map(|b| b.name.clone()),
+        count: Some(rows.len() as u32),
+        date: Some(date.to_string()),
+        ..Context::default()
+    };
+    let locale = senders.templates.locale(branch.map(|b| b.locale.as_str())).to_string();
+    let content = senders.templates.email(&locale, "branch/digest", &ctx)?;
+    let mail = Mail {
+        to_name: ctx.name.clone(),
+        to: email.to_string(),
+        content,
+        unsubscribe: None,
+        attachment: Some((format!("at-risk-{code}-{date}.csv"), csv(&rows, tz).into_bytes())),
+        key: key.to_string(),
+    };
+    senders.mailer.send(&mail).await.map_err(|f| f.reason().to_string())?;
+    Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_csv_quotes_what_needs_it_and_shows_local_times() {
+        let t = DateTime::parse_from_rfc3339("2026-11-20T07:30:00Z").unwrap().with_timezone(&Utc);
+        let rows = [Row {
+            parcel_id: "P1".into(),
+            rule: "late".into(),
+            since: t,
+            last_scan_at: Some(t),
+            facility: Some("Hub, \"north\"".into()),
+        }];
+        let paris: Tz = "Europe/Paris".parse().unwrap();
+        expect_test::expect![[r#"
+            tracking_number,rule,since,last_scan,facility
+            P1,late,2026-11-20 08:30,2026-11-20 08:30,"Hub, ""north"""
+        "#]]
+        .assert_eq(&csv(&rows, paris).replace("\r\n", "\n"));
+    }
+}

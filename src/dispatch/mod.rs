@@ -1,0 +1,140 @@
+//! Notifications: alerts in, messages out, each once, in the recipient's
+//! language, at a decent hour.
+//!
+//! A pipeline of small named stages, in order:
+//! [`notice`] (decode the alert) → [`route`] (who, on which channel;
+//! preferences) → [`ledger`] (dedup: sent once, across restarts) →
+//! [`hold`] (quiet hours, grouping, rate limits) → [`deliver`] (render with
+//! [`template`], send on a [`channel`], retry) → [`outcome`] (record,
+//! publish, count). [`run`] drives them on NATS; [`digest`] sends each
+//! branch its daily at-risk list.
+//!
+//! The stages up to `hold` are pure (the clock is an argument); only
+//! `deliver`, `ledger`, `digest` and `run` do IO.
+
+pub mod address;
+pub mod branches;
+pub mod channel;
+pub mod config;
+pub mod deliver;
+pub mod digest;
+pub mod hold;
+pub mod ledger;
+pub mod notice;
+pub mod outcome;
+pub mod route;
+pub mod run;
+pub mod segments;
+pub mod template;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::NaiveTime;
+use chrono_tz::Tz;
+use tokio::sync::Semaphore;
+
+use crate::config::{std_duration, Config};
+use crate::live::LiveError;
+use branches::Directory;
+use channel::email::Mailer;
+use channel::sms::Gateway;
+use channel::webhook::Webhooks;
+use deliver::Senders;
+use hold::Quiet;
+use route::Routing;
+use template::Templates;
+
+/// Customer rules whose resolution is worth a follow-up ("it's delivered").
+pub const FOLLOW_UP_RULES: &[&str] = &["stalled", "late", "customs_hold"];
+
+/// The dispatcher's checked configuration and loaded data.
+pub struct Dispatcher {
+    pub config: config::Dispatch,
+    pub templates: Arc<Templates>,
+    pub directory: Arc<Directory>,
+    pub quiet: Quiet,
+    pub default_tz: Tz,
+    pub digest_at: Option<NaiveTime>,
+}
+
+impl Dispatcher {
+    /// Loads templates and the branch directory and checks the settings;
+    /// every error says which file or field.
+    pub fn new(config: &Config) -> Result<Dispatcher, LiveError> {
+        let d = config.dispatch.clone();
+        let templates = Templates::load(&d.templates_dir(&config.rules), &d.default_locale)
+            .map_err(|e| LiveError::Config(e.join("\n")))?;
+        let directory = Directory::load(&d.branches_file(&config.rules)).map_err(LiveError::Config)?;
+        let quiet = Quiet::parse(&d.quiet_hours.start, &d.quiet_hours.end).map_err(LiveError::Config)?;
+        let default_tz: Tz = d.default_tz.parse().map_err(|_| {
+            LiveError::Config(format!("dispatch.default_tz {:?} is not an IANA time zone", d.default_tz))
+        })?;
+        let digest_at = match d.digest.at.as_str() {
+            "" => None,
+            at => Some(NaiveTime::parse_from_str(at, "%H:%M").map_err(|_| {
+                LiveError::Config(format!("dispatch.digest.at {at:?} is not a local time HH:MM (or empty: no digest)"))
+            })?),
+        };
+        Ok(Dispatcher {
+            config: d,
+            templates: Arc::new(templates),
+            directory: Arc::new(directory),
+            quiet,
+            default_tz,
+            digest_at,
+        })
+    }
+
+    pub fn routing(&self) -> Routing<'_> {
+        Routing {
+            directory: &self.directory,
+            claim_rules: &self.config.webhooks.claim_rules,
+            ops_emails: &self.config.ops.emails,
+            ops_webhook: &self.config.ops.webhook,
+            default_tz: self.default_tz,
+            follow_up_rules: FOLLOW_UP_RULES,
+        }
+    }
+
+    /// The channels, from configuration and the environment.
+    pub fn senders(&self, nats: Option<async_nats::Client>) -> Result<Senders, LiveError> {
+        let c = &self.config;
+        let outbox = c.outbox.clone();
+        Ok(Senders {
+            templates: self.templates.clone(),
+            directory: self.directory.clone(),
+            links: c.links.clone(),
+            mailer: Mailer::new(&c.email, outbox.clone()).map_err(LiveError::Config)?,
+            sms: Gateway::new(&c.sms, outbox.clone()).map_err(LiveError::Config)?,
+            max_segments: c.sms.max_segments,
+            webhooks: Webhooks {
+                client: channel::http_client(std_duration(c.webhooks.timeout)).map_err(LiveError::Config)?,
+                secret: channel::secret("FOREWARN_WEBHOOK_SECRET").map_err(LiveError::Config)?,
+                outbox,
+            },
+            crm: c.webhooks.crm.clone(),
+            nats,
+            retry: c.retry.clone(),
+            permits: Arc::new(Semaphore::new(c.concurrency.max(1))),
+        })
+    }
+}
+
+impl config::Dispatch {
+    pub fn templates_dir(&self, rules: &std::path::Path) -> PathBuf {
+        if self.templates.as_os_str().is_empty() {
+            rules.join("templates")
+        } else {
+            self.templates.clone()
+        }
+    }
+
+    pub fn branches_file(&self, rules: &std::path::Path) -> PathBuf {
+        if self.branches.as_os_str().is_empty() {
+            rules.join("directory/branches.toml")
+        } else {
+            self.branches.clone()
+        }
+    }
+}

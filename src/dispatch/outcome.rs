@@ -1,0 +1,121 @@
+//! Outcomes: how each message ended (sent, failed with a reason, skipped
+//! with a reason), as the ledger records it, as `notify.outcomes.<channel>`
+//! publishes it, and as the counters count it. No phone or address in any
+//! of them: the recipient appears masked, and only in the published JSON.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::address::Masked;
+use super::deliver::Ending;
+use super::ledger::Recorded;
+use super::notice::Notice;
+use super::route::{Draft, Skip};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Sent { audience: &'static str, channel: &'static str, attempts: u32, to: Option<String> },
+    Failed { audience: &'static str, channel: &'static str, reason: String, attempts: u32, to: Option<String> },
+    Skipped { audience: &'static str, channel: &'static str, reason: &'static str },
+}
+
+impl Outcome {
+    /// The outcome of a send; `None` when it is not final (interrupted).
+    pub fn of(draft: &Draft, ending: &Ending) -> Option<Outcome> {
+        let (audience, channel) = (draft.target.audience(), draft.target.channel());
+        let to = draft.target.contact().map(|c| Masked(c).to_string());
+        Some(match ending {
+            Ending::Sent { attempts } => Outcome::Sent { audience, channel, attempts: *attempts, to },
+            Ending::Failed { reason, attempts } => {
+                Outcome::Failed { audience, channel, reason: reason.clone(), attempts: *attempts, to }
+            }
+            Ending::RateLimited => Outcome::Skipped { audience, channel, reason: "rate_limited" },
+            Ending::Interrupted => return None,
+        })
+    }
+
+    pub fn from_skip(s: &Skip) -> Outcome {
+        Outcome::Skipped { audience: s.audience, channel: s.channel, reason: s.reason }
+    }
+
+    pub fn channel(&self) -> &'static str {
+        match self {
+            Outcome::Sent { channel, .. } | Outcome::Failed { channel, .. } | Outcome::Skipped { channel, .. } => {
+                channel
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Outcome::Sent { .. } => "sent",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Skipped { .. } => "skipped",
+        }
+    }
+
+    /// What the ledger keeps.
+    pub fn recorded(&self) -> Recorded {
+        match self {
+            Outcome::Sent { .. } => Recorded::Sent,
+            Outcome::Failed { .. } => Recorded::Final("failed".into()),
+            Outcome::Skipped { reason, .. } => Recorded::Final((*reason).into()),
+        }
+    }
+
+    /// The `notify.outcomes.<channel>` message.
+    pub fn json(&self, n: &Notice, at: DateTime<Utc>) -> Vec<u8> {
+        let mut body = json!({
+            "alert_id": n.alert_id, "rule": n.rule, "state": n.state(), "parcel_id": n.parcel_id,
+            "branch": n.branch, "outcome": self.name(), "channel": self.channel(), "at": at.to_rfc3339(),
+        });
+        match self {
+            Outcome::Sent { audience, attempts, to, .. } => {
+                body["audience"] = json!(audience);
+                body["attempts"] = json!(attempts);
+                body["to"] = json!(to);
+            }
+            Outcome::Failed { audience, reason, attempts, to, .. } => {
+                body["audience"] = json!(audience);
+                body["reason"] = json!(reason);
+                body["attempts"] = json!(attempts);
+                body["to"] = json!(to);
+            }
+            Outcome::Skipped { audience, reason, .. } => {
+                body["audience"] = json!(audience);
+                body["reason"] = json!(reason);
+            }
+        }
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+/// What the dispatcher did, by closed labels only.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub alerts: u64,
+    /// Messages that had to wait (quiet hours, grouping).
+    pub held: u64,
+    /// Messages waiting now.
+    pub holding: u64,
+    /// (outcome, channel, reason) → count; reason is empty for sent.
+    pub outcomes: BTreeMap<(&'static str, &'static str, &'static str), u64>,
+}
+
+impl Stats {
+    pub fn count(&mut self, outcome: &Outcome) {
+        let reason = match outcome {
+            Outcome::Skipped { reason, .. } => reason,
+            Outcome::Failed { .. } => "failed",
+            Outcome::Sent { .. } => "",
+        };
+        *self.outcomes.entry((outcome.name(), outcome.channel(), reason)).or_default() += 1;
+    }
+
+    /// Messages with this outcome name, all channels.
+    pub fn total(&self, outcome: &str) -> u64 {
+        self.outcomes.iter().filter(|((o, _, _), _)| *o == outcome).map(|(_, n)| n).sum()
+    }
+}

@@ -1,0 +1,298 @@
+//! The first stage: who hears of an alert, on which channel. Customers on
+//! the channels they chose (an empty list or no way to reach them is an
+//! outcome, not an error), branches on what the directory lists, the CRM for
+//! claims, ops on the configured receivers. Pure: no IO, no clock.
+
+use std::sync::Arc;
+
+use chrono_tz::Tz;
+
+use super::branches::Directory;
+use super::notice::Notice;
+use crate::rules::{Audience, Severity};
+
+/// Where one message goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    CustomerSms {
+        phone: String,
+    },
+    CustomerEmail {
+        email: String,
+    },
+    BranchEmail {
+        email: String,
+    },
+    BranchSms {
+        phone: String,
+    },
+    BranchWebhook {
+        url: String,
+    },
+    /// `branch.warnings.<branch>` on NATS.
+    BranchNats,
+    /// A claim in the CRM.
+    Claim,
+    OpsEmail {
+        email: String,
+    },
+    OpsWebhook {
+        url: String,
+    },
+}
+
+impl Target {
+    /// The channel label of metrics and `notify.outcomes.<channel>`.
+    pub fn channel(&self) -> &'static str {
+        match self {
+            Target::CustomerSms { .. } | Target::BranchSms { .. } => "sms",
+            Target::CustomerEmail { .. } | Target::BranchEmail { .. } | Target::OpsEmail { .. } => "email",
+            Target::BranchWebhook { .. } | Target::OpsWebhook { .. } => "webhook",
+            Target::BranchNats => "nats",
+            Target::Claim => "crm",
+        }
+    }
+
+    /// The audience label.
+    pub fn audience(&self) -> &'static str {
+        match self {
+            Target::CustomerSms { .. } | Target::CustomerEmail { .. } => "customer",
+            Target::BranchEmail { .. }
+            | Target::BranchSms { .. }
+            | Target::BranchWebhook { .. }
+            | Target::BranchNats => "branch",
+            Target::Claim => "crm",
+            Target::OpsEmail { .. } | Target::OpsWebhook { .. } => "ops",
+        }
+    }
+
+    /// Its part of the idempotency key: one per audience and channel.
+    fn slug(&self, index: usize) -> String {
+        match self {
+            Target::OpsEmail { .. } | Target::OpsWebhook { .. } => format!("ops.{}.{index}", self.channel()),
+            _ => format!("{}.{}", self.audience(), self.channel()),
+        }
+    }
+
+    /// A person, not a machine: quiet hours and grouping apply.
+    fn human(&self) -> bool {
+        matches!(
+            self,
+            Target::CustomerSms { .. }
+                | Target::CustomerEmail { .. }
+                | Target::BranchEmail { .. }
+                | Target::BranchSms { .. }
+        )
+    }
+
+    /// The phone or address the rate limit counts, if any.
+    pub fn contact(&self) -> Option<&str> {
+        match self {
+            Target::CustomerSms { phone } | Target::BranchSms { phone } => Some(phone),
+            Target::CustomerEmail { email } | Target::BranchEmail { email } | Target::OpsEmail { email } => Some(email),
+            _ => None,
+        }
+    }
+}
+
+/// One message to send for one alert.
+#[derive(Clone, Debug)]
+pub struct Draft {
+    /// `<alert id>.<state>.<audience>.<channel>`: sent once, ever.
+    pub key: String,
+    pub notice: Arc<Notice>,
+    pub target: Target,
+    /// A resolution: sent only if the firing (this key) was sent.
+    pub told: Option<String>,
+    /// Waits out the recipient's quiet hours.
+    pub quiet: bool,
+    /// Alerts of one parcel to one recipient within the group window become one message.
+    pub group: Option<String>,
+    pub tz: Tz,
+    pub locale: Option<String>,
+    /// The alert's stream sequence, set by whoever acknowledges it.
+    pub seq: u64,
+}
+
+/// A message not sent, and why: an outcome, counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skip {
+    pub audience: &'static str,
+    pub channel: &'static str,
+    pub reason: &'static str,
+}
+
+/// What routing needs besides the alert.
+pub struct Routing<'a> {
+    pub directory: &'a Directory,
+    pub claim_rules: &'a [String],
+    pub ops_emails: &'a [String],
+    pub ops_webhook: &'a str,
+    pub default_tz: Tz,
+    /// Customer rules that resolve: their resolution is a follow-up.
+    pub follow_up_rules: &'a [&'a str],
+}
+
+fn zone(name: Option<&str>, default: Tz) -> Tz {
+    name.and_then(|n| n.parse().ok()).unwrap_or(default)
+}
+
+/// Every message an alert asks for, and every one it cannot have.
+pub fn route(notice: &Arc<Notice>, r: &Routing) -> (Vec<Draft>, Vec<Skip>) {
+    let mut drafts = Vec::new();
+    let mut skips = Vec::new();
+    let n = notice.as_ref();
+    let mut add = |target: Target, tz: Tz, locale: Option<String>, any_hour: bool, index: usize| {
+        let slug = target.slug(index);
+        let told = n.resolved.then(|| format!("{}.firing.{slug}", n.alert_id));
+        let human = target.human();
+        let group = (human && n.severity != Severity::Urgent)
+            .then(|| n.parcel_id.as_ref().map(|p| format!("{p}\u{0}{slug}")))
+            .flatten();
+        drafts.push(Draft {
+            key: format!("{}.{}.{slug}", n.alert_id, n.state()),
+            notice: notice.clone(),
+            quiet: human && !any_hour,
+            group,
+            target,
+            told,
+            tz,
+            locale,
+            seq: 0,
+        });
+    };
+    if n.audience.includes(Audience::CUSTOMER) && (!n.resolved || r.follow_up_rules.contains(&n.rule.as_str())) {
+        let any_hour = n.any_hour.includes(Audience::CUSTOMER);
+        match &n.recipient {
+            None => skips.push(Skip { audience: "customer", channel: "any", reason: "no_recipient" }),
+            Some(rc) => {
+                let chosen = |c: &str| rc.channels.as_ref().is_none_or(|list| list.iter().any(|x| x == c));
+                if rc.channels.as_ref().is_some_and(|l| l.is_empty()) {
+                    skips.push(Skip { audience: "customer", channel: "any", reason: "opted_out" });
+                }
+                let tz = zone(rc.tz.as_deref(), r.default_tz);
+                for (channel, contact) in [("sms", &rc.phone), ("email", &rc.email)] {
+                    if !chosen(channel) {
+                        continue;
+                    }
+                    match contact {
+                        Some(c) => {
+                            let target = if channel == "sms" {
+                                Target::CustomerSms { phone: c.clone() }
+                            } else {
+                                Target::CustomerEmail { email: c.clone() }
+                            };
+                            add(target, tz, rc.locale.clone(), any_hour, 0);
+                        }
+                        None if rc.channels.is_some() => {
+                            skips.push(Skip { audience: "customer", channel, reason: "no_contact" })
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+    if n.audience.includes(Audience::BRANCH) && !n.resolved {
+        let any_hour = n.any_hour.includes(Audience::BRANCH);
+        match n.branch.as_deref().and_then(|b| r.directory.get(b)) {
+            None => skips.push(Skip { audience: "branch", channel: "any", reason: "unknown_branch" }),
+            Some(b) => {
+                let tz = zone(Some(&b.tz), r.default_tz);
+                let locale = Some(b.locale.clone());
+                if let Some(email) = &b.email {
+                    add(Target::BranchEmail { email: email.clone() }, tz, locale.clone(), any_hour, 0);
+                }
+                if let (Some(phone), Severity::Urgent) = (&b.on_call, n.severity) {
+                    add(Target::BranchSms { phone: phone.clone() }, tz, locale.clone(), any_hour, 0);
+                }
+                if let Some(url) = &b.webhook {
+                    add(Target::BranchWebhook { url: url.clone() }, tz, locale.clone(), true, 0);
+                }
+                add(Target::BranchNats, tz, locale, true, 0);
+            }
+        }
+    }
+    if !n.resolved && n.parcel_id.is_some() && r.claim_rules.contains(&n.rule) {
+        add(Target::Claim, r.default_tz, None, true, 0);
+    }
+    if n.audience.includes(Audience::OPS) {
+        for (i, email) in r.ops_emails.iter().enumerate() {
+            add(Target::OpsEmail { email: email.clone() }, r.default_tz, None, true, i);
+        }
+        if !r.ops_webhook.is_empty() {
+            add(Target::OpsWebhook { url: r.ops_webhook.to_string() }, r.default_tz, None, true, 0);
+        }
+    }
+    (drafts, skips)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::notice::Recipient;
+
+    fn notice(rule: &str, audience: &str, channels: Option<Vec<&str>>) -> Arc<Notice> {
+        let line = serde_json::json!({
+            "alert_id": "0123456789abcdef0123456789abcdef", "rule": rule, "state": "firing",
+            "at": "2026-11-20T01:00:00Z", "severity": if rule == "damaged" { "urgent" } else { "warning" },
+            "audience": audience.split(',').collect::<Vec<_>>(), "any_hour": if rule == "damaged" { vec!["branch"] } else { vec![] },
+            "parcel_id": "P1", "branch": "FR-PAR-12",
+        });
+        let mut n = Notice::decode(line.to_string().as_bytes()).unwrap();
+        n.recipient = Some(Recipient {
+            name: Some("Léa".into()),
+            phone: Some("+33612345678".into()),
+            email: Some("lea@example.fr".into()),
+            locale: Some("fr-FR".into()),
+            tz: Some("Europe/Paris".into()),
+            channels: channels.map(|c| c.into_iter().map(String::from).collect()),
+        });
+        Arc::new(n)
+    }
+
+    fn check(n: &Arc<Notice>) -> (Vec<String>, Vec<&'static str>) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/directory/branches.toml");
+        let directory = Directory::load(&path).unwrap();
+        let claims = vec!["damaged".to_string()];
+        let r = Routing {
+            directory: &directory,
+            claim_rules: &claims,
+            ops_emails: &[],
+            ops_webhook: "",
+            default_tz: Tz::UTC,
+            follow_up_rules: &["late"],
+        };
+        let (drafts, skips) = route(n, &r);
+        (
+            drafts.iter().map(|d| format!("{} quiet={}", d.key.split_once('.').unwrap().1, d.quiet)).collect(),
+            skips.iter().map(|s| s.reason).collect(),
+        )
+    }
+
+    #[test]
+    fn customers_get_the_channels_they_chose() {
+        assert_eq!(check(&notice("late", "customer", Some(vec!["sms"]))).0, ["firing.customer.sms quiet=true"]);
+        assert_eq!(check(&notice("late", "customer", None)).0.len(), 2);
+    }
+
+    #[test]
+    fn an_empty_choice_sends_nothing_and_says_so() {
+        assert_eq!(check(&notice("late", "customer", Some(vec![]))), (vec![], vec!["opted_out"]));
+    }
+
+    #[test]
+    fn urgent_branch_warnings_go_at_any_hour_and_open_a_claim() {
+        let (drafts, _) = check(&notice("damaged", "customer,branch", Some(vec!["email"])));
+        assert_eq!(
+            drafts,
+            [
+                "firing.customer.email quiet=true",
+                "firing.branch.email quiet=false",
+                "firing.branch.sms quiet=false",
+                "firing.branch.nats quiet=false",
+                "firing.crm.crm quiet=false",
+            ]
+        );
+    }
+}
