@@ -148,6 +148,9 @@ async fn send(
     key: &str,
 ) -> Result<usize, String> {
     let rows = rows(store, code).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
     let branch = senders.directory.get(code);
     let ctx = Context {
         rule: "digest".into(),

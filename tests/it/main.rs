@@ -1,9 +1,11 @@
 //! End-to-end tests of the `forewarn` command, run as a user runs it.
 
 mod cli;
+mod dispatch;
 mod live;
 mod nats;
 mod replay;
+mod services;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

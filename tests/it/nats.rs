@@ -106,12 +106,18 @@ pub struct Processor {
 
 impl Processor {
     pub fn start(dir: &Path, config: &Path, args: &[&str]) -> Processor {
+        Processor::start_env(dir, config, args, &[])
+    }
+
+    /// With environment variables (secrets).
+    pub fn start_env(dir: &Path, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Processor {
         let log = dir.join(format!("run-{}.log", rand_suffix()));
         let child = Command::new(env!("CARGO_BIN_EXE_forewarn"))
             .arg("run")
             .arg("--config")
             .arg(config)
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("RUST_LOG", "info,async_nats=warn")
             .stdout(Stdio::null())

@@ -1,0 +1,373 @@
+//! The dispatcher against real services: nats-server, an SMTP server and an
+//! HTTP gateway, all started here. Alerts are published on the alerts
+//! stream as the processor publishes them; `forewarn run --role dispatch`
+//! turns them into messages.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use mail_parser::MimeHeaders;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use super::nats::{jetstream, runtime, set_clock, wait_until, NatsServer, Processor};
+use super::services::{Answer, Gateway, Smtp};
+
+const SECRET: &str = "test-webhook-secret";
+
+/// One test's world: NATS, the gateway, maybe SMTP, and a configuration.
+struct World {
+    dir: TempDir,
+    server: NatsServer,
+    gateway: Gateway,
+    smtp: Option<Smtp>,
+    clock: PathBuf,
+    config: PathBuf,
+}
+
+impl World {
+    /// `digest`: the local time of the branches' daily digest ("" for none).
+    fn new(with_smtp: bool, digest: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let server = NatsServer::start();
+        let gateway = Gateway::start();
+        let smtp = with_smtp.then(|| Smtp::start(dir.path()));
+        let clock = dir.path().join("clock");
+        set_clock(&clock, "2026-11-20T10:00:00Z");
+        let config = dir.path().join("forewarn.toml");
+        let smtp_url = smtp.as_ref().map(Smtp::url).unwrap_or_default();
+        let text = format!(
+            "[watermark]\nclock = \"@{clock}\"\n\n[shutdown]\ndeadline = \"60s\"\n\n\
+             [dispatch]\noutbox = \"{outbox}\"\nack_wait = \"3s\"\n\n\
+             [dispatch.email]\nsmtp = \"{smtp_url}\"\ntimeout = \"2s\"\n\n\
+             [dispatch.sms]\nurl = \"{gw}\"\nprovider = \"webhook\"\ntimeout = \"1s\"\n\n\
+             [dispatch.webhooks]\ncrm = \"{gw}/crm\"\n\n\
+             [dispatch.limits]\ngroup_window = \"0s\"\n\n\
+             [dispatch.retry]\ninitial = \"100ms\"\nmax = \"1s\"\n\n[dispatch.digest]\nat = \"{digest}\"\n",
+            clock = clock.display(),
+            outbox = dir.path().join("outbox").display(),
+            gw = gateway.url,
+        );
+        std::fs::write(&config, text).unwrap();
+        World { dir, server, gateway, smtp, clock, config }
+    }
+
+    fn start(&self) -> Processor {
+        let p = Processor::start_env(
+            self.dir.path(),
+            &self.config,
+            &["--role", "dispatch", "--nats", &self.server.url()],
+            &[("FOREWARN_SMS_SECRET", SECRET), ("FOREWARN_WEBHOOK_SECRET", SECRET)],
+        );
+        let url = self.server.url();
+        runtime().block_on(async {
+            let js = jetstream(&url).await;
+            let start = std::time::Instant::now();
+            while js.get_key_value("forewarn_sent").await.is_err() {
+                assert!(start.elapsed() < super::nats::PATIENCE, "the dispatcher did not start:\n{}", p.log());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        p
+    }
+
+    fn publish(&self, alerts: &[Value]) {
+        let url = self.server.url();
+        runtime().block_on(async {
+            let js = jetstream(&url).await;
+            for a in alerts {
+                let subject = format!("alerts.parcel.{}", a["rule"].as_str().unwrap());
+                js.publish(subject, a.to_string().into()).await.unwrap().await.unwrap();
+            }
+        });
+    }
+}
+
+/// Like [`wait_until`], showing the dispatcher's log when it times out.
+fn wait_for(p: &Processor, what: &str, mut ready: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < super::nats::PATIENCE, "timed out waiting for {what}; log:\n{}", p.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn recipient(phone: &str, email: &str, locale: &str, tz: &str, channels: &[&str]) -> Value {
+    json!({ "name": "Léa Martin", "phone": phone, "email": email, "locale": locale, "tz": tz, "channels": channels })
+}
+
+fn alert(n: u32, rule: &str, severity: &str, audience: &[&str], recipient: Value) -> Value {
+    json!({
+        "alert_id": format!("{n:032x}"), "rule": rule, "state": "firing", "at": "2026-11-20T09:00:00Z",
+        "severity": severity, "audience": audience, "parcel_id": format!("FW{n:010}"), "branch": "FR-PAR-12",
+        "parcel_state": "out_for_delivery", "reason": "documents_missing", "facility": "FR-LYS-HUB",
+        "promised_by": "2026-11-19T18:00:00Z", "last_scan_at": "2026-11-19T22:00:00Z", "recipient": recipient,
+    })
+}
+
+#[test]
+fn sms_is_sent_once_after_a_503_retried_after_429_and_never_after_a_400() {
+    let w = World::new(false, "");
+    w.gateway.script("+33611111111", &[Answer::Status(503)]);
+    w.gateway.script("+33622222222", &[Answer::RetryAfter(429, 1)]);
+    w.gateway.script("+33633333333", &[Answer::Status(400)]);
+    let p = w.start();
+    let sms = |n, phone: &str| {
+        alert(n, "late", "warning", &["customer"], recipient(phone, "", "fr-FR", "Europe/Paris", &["sms"]))
+    };
+    w.publish(&[sms(1, "+33611111111"), sms(2, "+33622222222"), sms(3, "+33633333333"), sms(4, "06 12")]);
+    wait_until("the retried SMS", || {
+        w.gateway.sms_to("+33611111111").len() == 2 && w.gateway.sms_to("+33622222222").len() == 2
+    });
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(w.gateway.sms_to("+33611111111").len(), 2, "503 then 200: one retry, one SMS");
+    assert_eq!(w.gateway.sms_to("+33633333333").len(), 1, "400: failed, never retried");
+    let limited = w.gateway.sms_to("+33622222222");
+    assert!(limited[1].at - limited[0].at >= Duration::from_secs(1), "Retry-After honoured");
+    assert_eq!(
+        w.gateway.requests().iter().filter(|r| r.json()["to"].is_string()).count(),
+        5,
+        "the invalid number never left"
+    );
+    // Signed, idempotent, French, with the tracking number and link.
+    let sent = &w.gateway.sms_to("+33611111111")[1];
+    let expected = forewarn::dispatch::channel::signature(SECRET.as_bytes(), &sent.body);
+    assert_eq!(sent.headers["x-forewarn-signature"], expected);
+    assert_eq!(sent.headers["idempotency-key"], format!("{:032x}.firing.customer.sms", 1));
+    let text = sent.json()["text"].as_str().unwrap().to_string();
+    assert!(
+        text.contains("est en retard")
+            && text.contains("FW0000000001")
+            && text.contains("https://track.example.com/FW0000000001"),
+        "{text}"
+    );
+    assert!(log.contains("HTTP 400") && !log.contains("+33633333333"), "failure logged, number masked:\n{log}");
+}
+
+#[test]
+fn a_restart_mid_batch_loses_nothing_and_sends_nothing_twice() {
+    let w = World::new(false, "");
+    w.gateway.delay(Duration::from_millis(20));
+    let p = w.start();
+    let alerts: Vec<Value> = (0..300)
+        .map(|n| {
+            alert(
+                n,
+                "late",
+                "warning",
+                &["customer"],
+                recipient(&format!("+336{:08}", 10_000_000 + n), "", "en", "UTC", &["sms"]),
+            )
+        })
+        .collect();
+    w.publish(&alerts);
+    wait_until("a part of the batch", || w.gateway.requests().len() >= 60);
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    let before = w.gateway.requests().len();
+    assert!(before < 300, "the restart came mid-batch ({before} sent)");
+    let p = w.start();
+    wait_until("the whole batch", || w.gateway.requests().len() >= 300);
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    let keys: Vec<String> = w.gateway.requests().iter().map(|r| r.headers["idempotency-key"].clone()).collect();
+    let distinct: HashSet<&String> = keys.iter().collect();
+    assert_eq!((keys.len(), distinct.len()), (300, 300), "each SMS exactly once across the restart");
+}
+
+#[test]
+fn quiet_hours_defer_customer_messages_to_local_morning_and_opt_outs_get_nothing() {
+    let w = World::new(false, "");
+    // 02:00 in Paris.
+    set_clock(&w.clock, "2026-11-20T01:00:00Z");
+    let url = w.server.url();
+    let rt = runtime();
+    let outcomes = rt.block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        let sub = client.subscribe("notify.outcomes.>").await.unwrap();
+        client.flush().await.unwrap();
+        (client, sub)
+    });
+    let p = w.start();
+    let customer = recipient("+33611111111", "", "fr-FR", "Europe/Paris", &["sms"]);
+    let opted_out = recipient("+33622222222", "lea@example.fr", "fr-FR", "Europe/Paris", &[]);
+    let mut damaged = alert(1, "damaged", "urgent", &["customer", "branch"], customer);
+    damaged["any_hour"] = json!(["branch"]);
+    w.publish(&[damaged, alert(2, "late", "warning", &["customer"], opted_out)]);
+    // The branch's on-call phone hears of the damage at once, at any hour…
+    wait_for(&p, "the urgent branch SMS", || !w.gateway.sms_to("+33140001000").is_empty());
+    wait_until("the claim", || w.gateway.requests().iter().any(|r| r.path == "/crm"));
+    // …the customer not yet: it is 02:00 for them.
+    assert!(w.gateway.sms_to("+33611111111").is_empty());
+    let mut sub = outcomes.1;
+    let reasons: Vec<Value> = rt.block_on(async {
+        let mut seen = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            let done = v["reason"] == "opted_out";
+            seen.push(v);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    assert!(
+        reasons.iter().any(|v| v["reason"] == "opted_out" && v["alert_id"] == format!("{:032x}", 2)),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().all(|v| !v.to_string().contains("+3362222")), "no contact details in outcomes");
+    // 08:00 in Paris: the deferred SMS goes.
+    set_clock(&w.clock, "2026-11-20T07:00:00Z");
+    wait_until("the deferred customer SMS", || w.gateway.sms_to("+33611111111").len() == 1);
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    assert!(w.gateway.sms_to("+33622222222").is_empty(), "opted out: nothing");
+    let claim = w.gateway.requests().into_iter().find(|r| r.path == "/crm").unwrap();
+    assert_eq!(claim.json()["recipient"]["phone"], "+33611111111");
+    assert_eq!(
+        claim.headers["x-forewarn-signature"],
+        forewarn::dispatch::channel::signature(SECRET.as_bytes(), &claim.body)
+    );
+    drop(outcomes.0);
+}
+
+fn parse(raw: &[u8]) -> mail_parser::Message<'_> {
+    mail_parser::MessageParser::default().parse(raw).expect("a mail")
+}
+
+#[test]
+fn email_speaks_the_recipients_language_and_the_digest_carries_a_csv() {
+    let w = World::new(true, "10:30");
+    // 10:00 in Paris: before the digest time.
+    set_clock(&w.clock, "2026-11-20T09:00:00Z");
+    let p = w.start();
+    let smtp = w.smtp.as_ref().unwrap();
+    w.publish(&[
+        alert(
+            1,
+            "customs_hold",
+            "warning",
+            &["customer"],
+            recipient("", "lea@example.fr", "fr-CA", "Europe/Paris", &["email"]),
+        ),
+        alert(
+            2,
+            "customs_hold",
+            "warning",
+            &["customer"],
+            recipient("", "li@example.cn", "zh-CN", "Asia/Shanghai", &["email"]),
+        ),
+        alert(
+            3,
+            "customs_hold",
+            "warning",
+            &["customer"],
+            recipient("", "sam@example.com", "en-GB", "Europe/London", &["email"]),
+        ),
+    ]);
+    wait_for(&p, "three mails", || smtp.messages().len() >= 3);
+    let raw = smtp.messages();
+    let mails: Vec<_> = raw.iter().map(|m| parse(m)).collect();
+    let by_to = |addr: &str| {
+        mails.iter().find(|m| m.to().and_then(|t| t.first()).and_then(|a| a.address()) == Some(addr)).unwrap()
+    };
+    let fr = by_to("lea@example.fr");
+    assert_eq!(fr.subject(), Some("Votre colis FW0000000001 est retenu en douane"));
+    assert!(fr.body_text(0).unwrap().contains("Ce qui manque : les documents douaniers"));
+    assert!(fr.body_html(0).unwrap().contains("<p>Bonjour Léa Martin,</p>"));
+    assert_eq!(fr.to().unwrap().first().unwrap().name(), Some("Léa Martin"));
+    assert_eq!(
+        fr.header_raw("List-Unsubscribe").map(str::trim),
+        Some("<https://track.example.com/unsubscribe/FW0000000001>")
+    );
+    let zh = by_to("li@example.cn");
+    assert_eq!(zh.subject(), Some("您的包裹FW0000000002被海关扣留"));
+    assert!(zh.body_text(0).unwrap().contains("缺少的材料：报关资料"));
+    let en = by_to("sam@example.com");
+    assert!(en.body_text(0).unwrap().contains("What is missing: the customs documents"));
+    // 10:30 in Paris: FR-PAR-12's digest lists its three at-risk parcels.
+    set_clock(&w.clock, "2026-11-20T09:31:00Z");
+    wait_for(&p, "the digest", || smtp.messages().len() >= 4);
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    let raw = smtp.messages();
+    let digest = raw.iter().map(|m| parse(m)).find(|m| m.subject().is_some_and(|s| s.contains("FR-PAR-12"))).unwrap();
+    assert_eq!(digest.subject(), Some("Colis à risque du jour pour FR-PAR-12 : 3"));
+    let csv = digest.attachment(0).expect("a CSV attachment");
+    assert_eq!(csv.attachment_name(), Some("at-risk-FR-PAR-12-2026-11-20.csv"));
+    let csv = String::from_utf8_lossy(csv.contents()).replace("\r\n", "\n");
+    assert_eq!(csv.lines().next(), Some("tracking_number,rule,since,last_scan,facility"));
+    assert!(csv.contains("FW0000000002,customs_hold,2026-11-20 10:00,2026-11-19 23:00,FR-LYS-HUB"), "{csv}");
+    assert_eq!(csv.lines().count(), 4);
+}
+
+#[test]
+fn with_the_smtp_server_down_for_30_s_every_mail_arrives_once() {
+    let mut w = World::new(true, "");
+    w.smtp.as_mut().unwrap().stop();
+    let p = w.start();
+    let alerts: Vec<Value> = (0..20)
+        .map(|n| {
+            alert(
+                n,
+                "late",
+                "warning",
+                &["customer"],
+                recipient("", &format!("c{n}@example.com"), "en", "UTC", &["email"]),
+            )
+        })
+        .collect();
+    w.publish(&alerts);
+    // The outage itself is the scenario: 30 s without a server.
+    std::thread::sleep(Duration::from_secs(30));
+    let smtp = w.smtp.as_mut().unwrap();
+    assert!(smtp.messages().is_empty());
+    smtp.restart();
+    let smtp = w.smtp.as_ref().unwrap();
+    wait_until("every mail", || smtp.messages().len() >= 20);
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    let raw = smtp.messages();
+    let ids: HashSet<String> = raw.iter().map(|m| parse(m).message_id().unwrap().to_string()).collect();
+    assert_eq!((raw.len(), ids.len()), (20, 20), "every mail once");
+    assert!(!(0..20).any(|n| log.contains(&format!("c{n}@example.com"))), "addresses never in logs:\n{log}");
+}
+
+#[test]
+fn without_servers_the_outbox_holds_real_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start();
+    let config = dir.path().join("forewarn.toml");
+    std::fs::write(&config, format!("[dispatch]\noutbox = \"{}\"\n[dispatch.limits]\ngroup_window = \"0s\"\n[dispatch.quiet_hours]\nstart = \"00:00\"\nend = \"00:00\"\n", dir.path().join("outbox").display())).unwrap();
+    let p = Processor::start(dir.path(), &config, &["--role", "dispatch", "--nats", &server.url()]);
+    let outbox: &Path = &dir.path().join("outbox");
+    runtime().block_on(async {
+        let js = jetstream(&server.url()).await;
+        while js.get_key_value("forewarn_sent").await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let a = alert(
+            9,
+            "late",
+            "warning",
+            &["customer"],
+            recipient("+33611111111", "lea@example.fr", "fr", "Europe/Paris", &["sms", "email"]),
+        );
+        js.publish("alerts.parcel.late", a.to_string().into()).await.unwrap().await.unwrap();
+    });
+    wait_until("the outbox", || {
+        outbox.join("sms.jsonl").exists() && outbox.join("email").read_dir().is_ok_and(|mut d| d.next().is_some())
+    });
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    let sms: Value =
+        serde_json::from_str(std::fs::read_to_string(outbox.join("sms.jsonl")).unwrap().lines().next().unwrap())
+            .unwrap();
+    assert_eq!(sms["to"], "+33611111111");
+    let eml = std::fs::read(outbox.join("email").read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
+    assert_eq!(parse(&eml).subject(), Some("Votre colis FW0000000009 arrivera en retard"));
+}
