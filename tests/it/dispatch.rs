@@ -113,11 +113,18 @@ fn sms_is_sent_once_after_a_503_retried_after_429_and_never_after_a_400() {
     w.gateway.script("+33611111111", &[Answer::Status(503)]);
     w.gateway.script("+33622222222", &[Answer::RetryAfter(429, 1)]);
     w.gateway.script("+33633333333", &[Answer::Status(400)]);
+    w.gateway.script("+33644444444", &[Answer::Hang]);
     let p = w.start();
     let sms = |n, phone: &str| {
         alert(n, "late", "warning", &["customer"], recipient(phone, "", "fr-FR", "Europe/Paris", &["sms"]))
     };
-    w.publish(&[sms(1, "+33611111111"), sms(2, "+33622222222"), sms(3, "+33633333333"), sms(4, "06 12")]);
+    w.publish(&[
+        sms(1, "+33611111111"),
+        sms(2, "+33622222222"),
+        sms(3, "+33633333333"),
+        sms(4, "06 12"),
+        sms(5, "+33644444444"),
+    ]);
     wait_until("the retried SMS", || {
         w.gateway.sms_to("+33611111111").len() == 2 && w.gateway.sms_to("+33622222222").len() == 2
     });
@@ -129,8 +136,8 @@ fn sms_is_sent_once_after_a_503_retried_after_429_and_never_after_a_400() {
     assert!(limited[1].at - limited[0].at >= Duration::from_secs(1), "Retry-After honoured");
     assert_eq!(
         w.gateway.requests().iter().filter(|r| r.json()["to"].is_string()).count(),
-        5,
-        "the invalid number never left"
+        7,
+        "the invalid number never left; the hung request was retried"
     );
     // Signed, idempotent, French, with the tracking number and link.
     let sent = &w.gateway.sms_to("+33611111111")[1];
