@@ -23,6 +23,10 @@
 //!   one engine per owned [`partition`], the branch stage over JetStream,
 //!   checkpoints in the object store, alerts and dead letters; and
 //!   `forewarn dlq`, and the simulator's live publisher.
+//! - [`dispatch`]: alerts into messages (`forewarn run`, `--role
+//!   dispatch`): route, dedup ledger, quiet hours, grouping, rate limits,
+//!   templates, email / SMS / webhooks with retries, outcomes, the daily
+//!   branch digest.
 //! - [`config`]: `forewarn.toml`, strict, every field defaulted.
 //! - [`simulate`]: a synthetic carrier network in the v1 contract
 //!   (`forewarn simulate`).
@@ -42,7 +46,10 @@
 //! - Live, nothing is acknowledged before a stored checkpoint covers it,
 //!   and nothing a checkpoint covers is missing from the streams (publishes
 //!   are settled before the snapshot). Only [`live`] imports tokio or
-//!   async-nats.
+//!   async-nats (and [`dispatch`], which runs on it).
+//! - An alert is acknowledged only when every one of its messages has a
+//!   final outcome recorded in the ledger; phones and addresses reach logs
+//!   and outcomes only masked, and metric labels never.
 
 pub mod alert;
 pub mod config;
