@@ -65,10 +65,26 @@ impl Gateway {
         }
     }
 
+    /// The JSON of the webhook gateway and of the outbox: recipient, text, its encoding and segments.
+    fn body(&self, to: &str, text: &Text) -> Result<Vec<u8>, Failure> {
+        let from = match self {
+            Gateway::Twilio { from, .. } | Gateway::Webhook { from, .. } | Gateway::Outbox { from, .. } => from,
+        };
+        let (encoding, segments) = segments::count(&text.body);
+        let body = WebhookBody {
+            to,
+            from,
+            text: &text.body,
+            encoding: encoding.as_str(),
+            segments,
+            idempotency_key: &text.key,
+        };
+        serde_json::to_vec(&body).map_err(|e| Failure::permanent(e.to_string()))
+    }
+
     /// Sends `text` (already capped); an invalid number is a permanent failure.
     pub async fn send(&self, text: &Text) -> Result<(), Failure> {
         let to = e164(&text.to).map_err(Failure::permanent)?;
-        let (encoding, parts) = segments::count(&text.body);
         match self {
             Gateway::Twilio { client, url, account, token, from } => {
                 let endpoint = format!("{url}/2010-04-01/Accounts/{account}/Messages.json");
@@ -81,30 +97,10 @@ impl Gateway {
                     .map_err(|e| request_failure(&e))?;
                 classify(response.status(), response.headers())
             }
-            Gateway::Webhook { client, url, secret, from } => {
-                let body = WebhookBody {
-                    to: &to,
-                    from,
-                    text: &text.body,
-                    encoding: encoding.as_str(),
-                    segments: parts,
-                    idempotency_key: &text.key,
-                };
-                let bytes = serde_json::to_vec(&body).map_err(|e| Failure::permanent(e.to_string()))?;
-                post_signed(client, url, secret.as_deref(), &text.key, bytes).await
+            Gateway::Webhook { client, url, secret, .. } => {
+                post_signed(client, url, secret.as_deref(), &text.key, self.body(&to, text)?).await
             }
-            Gateway::Outbox { path, from } => {
-                let body = WebhookBody {
-                    to: &to,
-                    from,
-                    text: &text.body,
-                    encoding: encoding.as_str(),
-                    segments: parts,
-                    idempotency_key: &text.key,
-                };
-                let bytes = serde_json::to_vec(&body).map_err(|e| Failure::permanent(e.to_string()))?;
-                append_line(path, &bytes)
-            }
+            Gateway::Outbox { path, .. } => append_line(path, &self.body(&to, text)?),
         }
         .map_err(|f| match f {
             Failure::Transient { reason, retry_after } => {
