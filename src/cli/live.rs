@@ -177,11 +177,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     config.validate().map_err(anyhow::Error::msg)?;
     let deadline = std_duration(config.shutdown.deadline);
     let (detect, dispatch) = (config.role != "dispatch", config.role != "detect");
+    // Templates, directory and channel settings are checked before anything
+    // starts, so a mistake there stops the process at once, not later.
+    let dispatcher = dispatch.then(|| forewarn::dispatch::Dispatcher::new(&config)).transpose()?;
     runtime()?.block_on(async move {
         let (stop_tx, stop) = watch::channel(false);
         let (reload_tx, reload) = mpsc::channel(1);
         tokio::spawn(signals(stop_tx, reload_tx, deadline));
-        let dispatcher = dispatch.then(|| tokio::spawn(forewarn::dispatch::run::run(config.clone(), stop.clone())));
+        let dispatcher =
+            dispatcher.map(|d| tokio::spawn(forewarn::dispatch::run::run(config.clone(), d, stop.clone())));
         if detect {
             let summary = live::run(config, args.rebuild, Controls { stop, reload }).await?;
             eprintln!(

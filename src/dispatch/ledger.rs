@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
+use super::route::{Draft, Skip};
 use crate::live::LiveError;
 
 /// A final outcome as remembered.
@@ -83,6 +84,30 @@ impl Ledger {
             self.cache.insert(key.to_string(), r.clone()).await;
         }
         Ok(found)
+    }
+
+    /// The drafts still to send: drops those already final, and
+    /// resolutions whose firing was not sent (`not_told`).
+    pub async fn admit(&self, drafts: &[Draft]) -> Result<(Vec<Draft>, Vec<Skip>), LiveError> {
+        let mut wanted = Vec::new();
+        let mut skips = Vec::new();
+        for draft in drafts {
+            if self.get(&draft.key).await?.is_some() {
+                continue;
+            }
+            if let Some(told) = &draft.told {
+                if self.get(told).await? != Some(Recorded::Sent) {
+                    skips.push(Skip {
+                        audience: draft.target.audience(),
+                        channel: draft.target.channel(),
+                        reason: "not_told",
+                    });
+                    continue;
+                }
+            }
+            wanted.push(draft.clone());
+        }
+        Ok((wanted, skips))
     }
 
     pub async fn record(&self, key: &str, outcome: Recorded) -> Result<(), LiveError> {

@@ -25,6 +25,7 @@ pub mod outcome;
 pub mod route;
 pub mod run;
 pub mod segments;
+pub mod sending;
 pub mod template;
 
 use std::path::PathBuf;

@@ -8,25 +8,30 @@
 //! where the ledger drops what was already sent.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::{self, kv, AckKind};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use super::deliver::{Ending, Senders};
-use super::hold::{Batch, Hold, Limiter};
-use super::ledger::{Ledger, Recorded};
+use super::hold::Hold;
+use super::ledger::Ledger;
 use super::notice::Notice;
 use super::outcome::{Outcome, Stats};
-use super::route::{route, Skip};
+use super::route::{route, Draft, Skip};
+use super::sending::{retrying, Sending};
 use super::{digest, Dispatcher};
 use crate::config::{std_duration, Config};
 use crate::live::clock::Clock;
 use crate::live::{connect, LiveError};
+
+/// Admission lanes: an alert's lane is chosen by its id, so a firing and
+/// its resolution update the at-risk list in order; lanes run side by side.
+const LANES: usize = 64;
 
 /// An alert whose messages are not all final yet.
 struct Pending {
@@ -35,14 +40,25 @@ struct Pending {
     alive: Instant,
 }
 
+/// An alert through routing and the ledger: the drafts still to send.
+struct Admitted {
+    seq: u64,
+    message: jetstream::Message,
+    notice: Arc<Notice>,
+    drafts: Vec<Draft>,
+    skips: Vec<Skip>,
+}
+
 fn now(clock: &Clock) -> DateTime<Utc> {
     let ms = clock.now().map_or_else(|| Utc::now().timestamp_millis(), |t| t.0);
     DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-/// Runs the dispatcher until `stop`.
-pub async fn run(config: Config, mut stop: watch::Receiver<bool>) -> Result<Stats, LiveError> {
-    let d = Dispatcher::new(&config)?;
+/// Runs the dispatcher until `stop`. Only a failure to set up (connect,
+/// create the buckets) ends it early; a server restart later on is waited
+/// out, and whatever was not final comes back from the stream.
+pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>) -> Result<Stats, LiveError> {
+    let d = Arc::new(d);
     let client = connect::connect(&config.nats, &format!("forewarn dispatch {}", config.instance)).await?;
     let js = connect::jetstream(client.clone());
     connect::ensure_streams(&js, &config.streams).await?;
@@ -64,36 +80,52 @@ pub async fn run(config: Config, mut stop: watch::Receiver<bool>) -> Result<Stat
             stop.clone(),
         ));
     }
-    let mut messages = open(&js, &config, &d).await?;
+    let (admitted_tx, mut admitted) = mpsc::channel::<Admitted>(LANES * 4);
+    let lanes: Vec<_> = (0..LANES)
+        .map(|_| {
+            let (tx, rx) = mpsc::channel(16);
+            tokio::spawn(lane(rx, d.clone(), ledger.clone(), at_risk.clone(), admitted_tx.clone(), stop.clone()));
+            tx
+        })
+        .collect();
+    drop(admitted_tx);
+    let hasher = RandomState::new();
+    let Some(mut messages) = retrying(&stop, "opening the alerts consumer", || open(&js, &config, &d)).await else {
+        return Ok(Stats::default());
+    };
     let mut hold = Hold::new(d.quiet, chrono::Duration::milliseconds(d.config.limits.group_window.0));
-    let per_parcel = Limiter::new(d.config.limits.per_parcel, 1_000_000);
-    let per_recipient = Limiter::new(d.config.limits.per_recipient, 1_000_000);
-    let mut pending: HashMap<u64, Pending> = HashMap::new();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Batch, Ending)>();
-    let mut in_flight = 0usize;
+    let mut sending = Sending::new(senders, ledger, &d.config.limits, stop.clone());
+    // Alerts being admitted or sent, by stream sequence: a redelivery of one
+    // (an acknowledgement wait that ran out meanwhile) is not taken twice.
+    let mut pending: HashMap<u64, Option<Pending>> = HashMap::new();
     let mut stats = Stats::default();
     let keep_alive = std_duration(d.config.ack_wait) / 3;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut stopping = *stop.borrow();
-    let routing = d.routing();
     loop {
-        if stopping && in_flight == 0 {
+        if stopping && sending.in_flight() == 0 {
             break;
         }
         tokio::select! {
             message = messages.next(), if !stopping => {
                 let message = match message {
                     Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "alerts consumer; reopening");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        messages = open(&js, &config, &d).await?;
+                    failed => {
+                        if let Some(Err(e)) = failed {
+                            tracing::warn!(error = %e, "alerts consumer; reopening");
+                        }
+                        match retrying(&stop, "reopening the alerts consumer", || open(&js, &config, &d)).await {
+                            Some(reopened) => messages = reopened,
+                            None => stopping = true,
+                        }
                         continue;
                     }
-                    None => { messages = open(&js, &config, &d).await?; continue; }
                 };
                 let Ok(info) = message.info() else { continue };
                 let seq = info.stream_sequence;
+                if pending.contains_key(&seq) {
+                    continue;
+                }
                 stats.alerts += 1;
                 let notice = match Notice::decode(&message.payload) {
                     Ok(n) => Arc::new(n),
@@ -105,48 +137,33 @@ pub async fn run(config: Config, mut stop: watch::Receiver<bool>) -> Result<Stat
                         continue;
                     }
                 };
-                if let Err(e) = digest::track(&at_risk, &notice).await {
-                    tracing::warn!(seq, error = %e, "at-risk list not updated");
+                pending.insert(seq, None);
+                let lane = hasher.hash_one(&notice.alert_id) as usize % LANES;
+                if lanes[lane].send((seq, message, notice)).await.is_err() {
+                    stopping = true;
                 }
-                let (drafts, skips) = route(&notice, &routing);
-                for s in &skips {
-                    publish(&client, &notice, Outcome::from_skip(s), &mut stats, now(&clock)).await;
+            }
+            Some(a) = admitted.recv(), if !stopping => {
+                for s in &a.skips {
+                    publish(&client, &a.notice, Outcome::from_skip(s), &mut stats, now(&clock)).await;
                 }
-                let mut wanted = Vec::new();
-                for mut draft in drafts {
-                    if ledger.get(&draft.key).await?.is_some() {
-                        continue;
-                    }
-                    if let Some(told) = &draft.told {
-                        if ledger.get(told).await? != Some(Recorded::Sent) {
-                            let skip = Skip { audience: draft.target.audience(), channel: draft.target.channel(), reason: "not_told" };
-                            publish(&client, &notice, Outcome::from_skip(&skip), &mut stats, now(&clock)).await;
-                            continue;
-                        }
-                    }
-                    draft.seq = seq;
-                    wanted.push(draft);
-                }
-                if wanted.is_empty() {
-                    let _ = message.double_ack().await;
+                if a.drafts.is_empty() {
+                    pending.remove(&a.seq);
+                    acknowledge(a.message);
                     continue;
                 }
-                pending.insert(seq, Pending { message, remaining: wanted.len(), alive: Instant::now() });
+                pending.insert(a.seq, Some(Pending { message: a.message, remaining: a.drafts.len(), alive: Instant::now() }));
                 let t = now(&clock);
-                for draft in wanted {
-                    if let Some(batch) = hold.offer(draft, t) {
-                        in_flight += start(batch, &senders, &per_parcel, &per_recipient, t, &done_tx, &stop);
-                    } else {
-                        stats.held += 1;
+                for draft in a.drafts {
+                    match hold.offer(draft, t) {
+                        Some(batch) => sending.start(batch, t),
+                        None => stats.held += 1,
                     }
                 }
             }
-            Some((batch, ending)) = done_rx.recv() => {
-                in_flight -= 1;
+            Some((batch, ending)) = sending.next() => {
                 let Some(outcome) = Outcome::of(&batch.primary, &ending) else { continue };
-                ledger.record(&batch.primary.key, outcome.recorded()).await?;
                 for absorbed in &batch.absorbed {
-                    ledger.record(&absorbed.key, Recorded::Final("grouped".into())).await?;
                     let skip = Skip { audience: absorbed.target.audience(), channel: absorbed.target.channel(), reason: "grouped" };
                     publish(&client, &absorbed.notice, Outcome::from_skip(&skip), &mut stats, now(&clock)).await;
                 }
@@ -155,15 +172,15 @@ pub async fn run(config: Config, mut stop: watch::Receiver<bool>) -> Result<Stat
                 }
                 publish(&client, &batch.primary.notice, outcome, &mut stats, now(&clock)).await;
                 for draft in batch.drafts() {
-                    finish(&mut pending, draft.seq).await;
+                    finish(&mut pending, draft.seq);
                 }
             }
             _ = tick.tick() => {
                 let t = now(&clock);
                 for batch in hold.due(t) {
-                    in_flight += start(batch, &senders, &per_parcel, &per_recipient, t, &done_tx, &stop);
+                    sending.start(batch, t);
                 }
-                for p in pending.values_mut() {
+                for p in pending.values_mut().flatten() {
                     if p.alive.elapsed() >= keep_alive {
                         let _ = p.message.ack_with(AckKind::Progress).await;
                         p.alive = Instant::now();
@@ -175,53 +192,55 @@ pub async fn run(config: Config, mut stop: watch::Receiver<bool>) -> Result<Stat
                 stopping = true;
             }
         }
-        if in_flight == 0 && stopping {
-            break;
-        }
     }
     Ok(stats)
 }
 
-/// Rate limits, then a task that sends with retries. Returns the tasks started.
-fn start(
-    batch: Batch,
-    senders: &Arc<Senders>,
-    per_parcel: &Limiter,
-    per_recipient: &Limiter,
-    now: DateTime<Utc>,
-    done: &mpsc::UnboundedSender<(Batch, Ending)>,
-    stop: &watch::Receiver<bool>,
-) -> usize {
-    let draft = &batch.primary;
-    let human = draft.quiet || draft.group.is_some();
-    let allowed = !human || {
-        let parcel =
-            vec![format!("{}\u{0}{}", draft.notice.parcel_id.as_deref().unwrap_or(""), draft.target.channel())];
-        let contact = draft.target.contact().map(|c| vec![c.to_string()]).unwrap_or_default();
-        per_parcel.allow(&parcel, now) && per_recipient.allow(&contact, now)
-    };
-    let done = done.clone();
-    if !allowed {
-        let _ = done.send((batch, Ending::RateLimited));
-        return 1;
+/// One admission lane: keeps the at-risk list in step, routes, and asks the
+/// ledger what is still to send; waits out a NATS outage rather than drop
+/// an alert. Alerts left when stopping stay unacknowledged and come back.
+async fn lane(
+    mut alerts: mpsc::Receiver<(u64, jetstream::Message, Arc<Notice>)>,
+    d: Arc<Dispatcher>,
+    ledger: Ledger,
+    at_risk: kv::Store,
+    admitted: mpsc::Sender<Admitted>,
+    stop: watch::Receiver<bool>,
+) {
+    let routing = d.routing();
+    while let Some((seq, message, notice)) = alerts.recv().await {
+        if retrying(&stop, "at-risk list update", || digest::track(&at_risk, &notice)).await.is_none() {
+            return;
+        }
+        let (drafts, mut skips) = route(&notice, &routing);
+        let Some((mut drafts, not_told)) = retrying(&stop, "idempotency lookup", || ledger.admit(&drafts)).await else {
+            return;
+        };
+        skips.extend(not_told);
+        for draft in &mut drafts {
+            draft.seq = seq;
+        }
+        if admitted.send(Admitted { seq, message, notice, drafts, skips }).await.is_err() {
+            return;
+        }
     }
-    let senders = senders.clone();
-    let mut stop = stop.clone();
-    tokio::spawn(async move {
-        let ending = senders.deliver(&batch.primary, &mut stop).await;
-        let _ = done.send((batch, ending));
-    });
-    1
 }
 
-async fn finish(pending: &mut HashMap<u64, Pending>, seq: u64) {
-    let Some(p) = pending.get_mut(&seq) else { return };
+/// Acknowledges in the background, so the loop never waits for the reply.
+fn acknowledge(message: jetstream::Message) {
+    tokio::spawn(async move {
+        if let Err(e) = message.double_ack().await {
+            tracing::warn!(error = %e, "alert acknowledgement not confirmed; it may come back and be dropped as sent");
+        }
+    });
+}
+
+fn finish(pending: &mut HashMap<u64, Option<Pending>>, seq: u64) {
+    let Some(Some(p)) = pending.get_mut(&seq) else { return };
     p.remaining = p.remaining.saturating_sub(1);
     if p.remaining == 0 {
-        if let Some(p) = pending.remove(&seq) {
-            if let Err(e) = p.message.double_ack().await {
-                tracing::warn!(seq, error = %e, "alert acknowledgement not confirmed; it may come back and be dropped as sent");
-            }
+        if let Some(Some(p)) = pending.remove(&seq) {
+            acknowledge(p.message);
         }
     }
 }

@@ -137,7 +137,12 @@ impl Templates {
         env.add_filter("paragraphs", paragraphs);
         let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut errors = Vec::new();
-        let locales = std::fs::read_dir(dir).map_err(|e| vec![format!("{}: {e}", dir.display())])?;
+        let locales = std::fs::read_dir(dir).map_err(|e| {
+            vec![format!(
+                "templates {}: {e} (set dispatch.templates, or run with --role detect for no notifications)",
+                dir.display()
+            )]
+        })?;
         for locale in locales.flatten().filter(|e| e.path().is_dir()) {
             let locale_name = locale.file_name().to_string_lossy().into_owned();
             let mut stack = vec![locale.path()];

@@ -8,7 +8,10 @@ use super::{forewarn, repo, text};
 fn the_default_rules_check_and_their_tests_pass() {
     let out = forewarn(&["check", "rules"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "rules: 11 rules ok\n");
+    assert_eq!(
+        text(&out.stdout),
+        "rules: 11 rules ok\nrules/templates: templates ok in en, fr, zh\nrules/directory/branches.toml: 32 branches ok\n"
+    );
     let out = forewarn(&["test", "rules"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}");
@@ -96,4 +99,18 @@ fn the_deployed_nats_configuration_is_valid_and_syncs_every_write() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let text = std::fs::read_to_string(conf).expect("the config");
     assert!(text.contains("sync_interval: always"));
+}
+
+#[test]
+fn run_without_templates_stops_at_once_and_says_how_to_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(repo("rules/delay.toml"), dir.path().join("delay.toml")).unwrap();
+    let rules = dir.path().to_str().unwrap();
+    // Nothing listens on port 1: the error must come before any connection.
+    let out = forewarn(&["run", "--rules", rules, "--nats", "nats://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("templates {rules}/templates")), "{stderr}");
+    assert!(stderr.contains("--role detect"), "{stderr}");
+    assert!(!stderr.contains("connect"), "it failed before connecting:\n{stderr}");
 }

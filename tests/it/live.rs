@@ -231,7 +231,9 @@ fn an_invalid_rule_pack_is_refused_on_sighup_and_the_old_one_keeps_running() {
     let config = nats::config(dir.path(), &dir.path().join("clock"));
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
     let http = format!("127.0.0.1:{port}");
-    let args = ["--nats", &server.url(), "--rules", rules.to_str().expect("utf-8"), "--http", &http];
+    // Rules only, no templates: detection alone.
+    let args =
+        ["--nats", &server.url(), "--rules", rules.to_str().expect("utf-8"), "--http", &http, "--role", "detect"];
     let p = Processor::start(dir.path(), &config, &args);
     wait_until("the processor to be ready", || get(&http, "/readyz").starts_with("HTTP/1.1 200"));
     assert!(get(&http, "/healthz").ends_with("ok\n"));

@@ -1,0 +1,123 @@
+//! Sending in bounded concurrency, shared by the live dispatcher and the
+//! backtest: the rate limits, then one task a message that delivers it with
+//! retries and records its final outcome in the ledger before handing it
+//! back, so the driver's loop never waits on a server.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+
+use super::config::Limits;
+use super::deliver::{Ending, Senders};
+use super::hold::{Batch, Limiter};
+use super::ledger::{Ledger, Recorded};
+use super::outcome::Outcome;
+
+/// Messages on their way out.
+pub struct Sending {
+    senders: Arc<Senders>,
+    ledger: Ledger,
+    per_parcel: Limiter,
+    per_recipient: Limiter,
+    done_tx: mpsc::UnboundedSender<(Batch, Ending)>,
+    done_rx: mpsc::UnboundedReceiver<(Batch, Ending)>,
+    stop: watch::Receiver<bool>,
+    in_flight: usize,
+}
+
+impl Sending {
+    pub fn new(senders: Arc<Senders>, ledger: Ledger, limits: &Limits, stop: watch::Receiver<bool>) -> Sending {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Sending {
+            senders,
+            ledger,
+            per_parcel: Limiter::new(limits.per_parcel, 1_000_000),
+            per_recipient: Limiter::new(limits.per_recipient, 1_000_000),
+            done_tx,
+            done_rx,
+            stop,
+            in_flight: 0,
+        }
+    }
+
+    /// Messages started and not handed back yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Checks the rate limits (messages to people only; machines take
+    /// everything), then sends in a task of its own.
+    pub fn start(&mut self, batch: Batch, now: DateTime<Utc>) {
+        let draft = &batch.primary;
+        let human = draft.quiet || draft.group.is_some();
+        let allowed = !human || {
+            let parcel =
+                vec![format!("{}\u{0}{}", draft.notice.parcel_id.as_deref().unwrap_or(""), draft.target.channel())];
+            let contact = draft.target.contact().map(|c| vec![c.to_string()]).unwrap_or_default();
+            self.per_parcel.allow(&parcel, now) && self.per_recipient.allow(&contact, now)
+        };
+        let (senders, ledger, done) = (self.senders.clone(), self.ledger.clone(), self.done_tx.clone());
+        let mut stop = self.stop.clone();
+        self.in_flight += 1;
+        tokio::spawn(async move {
+            let ending = if allowed { senders.deliver(&batch.primary, &mut stop).await } else { Ending::RateLimited };
+            record(&ledger, &batch, &ending, &stop).await;
+            let _ = done.send((batch, ending));
+        });
+    }
+
+    /// The next message whose sending ended, its outcome recorded.
+    pub async fn next(&mut self) -> Option<(Batch, Ending)> {
+        if self.in_flight == 0 {
+            return None;
+        }
+        let done = self.done_rx.recv().await;
+        self.in_flight -= 1;
+        done
+    }
+}
+
+/// Records a final outcome for the message and every draft it absorbed.
+/// A record that cannot be stored before stopping is logged: the alert is
+/// still acknowledged, so it is not sent again unless that fails too.
+async fn record(ledger: &Ledger, batch: &Batch, ending: &Ending, stop: &watch::Receiver<bool>) {
+    let Some(outcome) = Outcome::of(&batch.primary, ending) else { return };
+    let grouped = Recorded::Final("grouped".into());
+    let records = std::iter::once((&batch.primary.key, outcome.recorded()))
+        .chain(batch.absorbed.iter().map(|a| (&a.key, grouped.clone())));
+    for (key, recorded) in records {
+        if retrying(stop, "idempotency record", || ledger.record(key, recorded.clone())).await.is_none() {
+            tracing::warn!(%key, "stopped before the outcome was recorded");
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds, waiting 100 ms doubling to 5 s between
+/// tries and logging each failure; `None` when `stop` comes first. For the
+/// dispatcher's own bookkeeping on NATS, which must outlast a server restart.
+pub async fn retrying<T, E, F>(stop: &watch::Receiver<bool>, what: &str, mut attempt: impl FnMut() -> F) -> Option<T>
+where
+    E: Display,
+    F: Future<Output = Result<T, E>>,
+{
+    let mut wait = Duration::from_millis(100);
+    let mut stop = stop.clone();
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(value),
+            Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "{what} failed; retrying"),
+        }
+        if *stop.borrow_and_update() {
+            return None;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return None,
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
