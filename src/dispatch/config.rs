@@ -201,11 +201,14 @@ pub struct Limits {
     /// Alerts for one parcel within this become one message (urgent ones go at once).
     #[serde(deserialize_with = "span")]
     pub group_window: Span,
+    /// Parcels and recipients whose last 24 h are remembered for the limits;
+    /// beyond, the least recently seen are forgotten (memory stays bounded).
+    pub tracked: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { per_parcel: 4, per_recipient: 10, group_window: Span::minutes(2) }
+        Limits { per_parcel: 4, per_recipient: 10, group_window: Span::minutes(2), tracked: 1_000_000 }
     }
 }
 

@@ -80,7 +80,9 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
             stop.clone(),
         ));
     }
-    let (admitted_tx, mut admitted) = mpsc::channel::<Admitted>(LANES * 4);
+    // Unbounded: the loop blocks on a full lane, never on this, so the lanes
+    // always drain; what it holds is bounded by the consumer's ack_pending.
+    let (admitted_tx, mut admitted) = mpsc::unbounded_channel::<Admitted>();
     let lanes: Vec<_> = (0..LANES)
         .map(|_| {
             let (tx, rx) = mpsc::channel(16);
@@ -204,7 +206,7 @@ async fn lane(
     d: Arc<Dispatcher>,
     ledger: Ledger,
     at_risk: kv::Store,
-    admitted: mpsc::Sender<Admitted>,
+    admitted: mpsc::UnboundedSender<Admitted>,
     stop: watch::Receiver<bool>,
 ) {
     let routing = d.routing();
@@ -220,7 +222,7 @@ async fn lane(
         for draft in &mut drafts {
             draft.seq = seq;
         }
-        if admitted.send(Admitted { seq, message, notice, drafts, skips }).await.is_err() {
+        if admitted.send(Admitted { seq, message, notice, drafts, skips }).is_err() {
             return;
         }
     }

@@ -23,7 +23,31 @@ impl Encoding {
     }
 }
 
+/// Septets of each ASCII character (0: not in GSM-7), built once from the tables.
+const ASCII: [u8; 128] = {
+    let mut table = [0u8; 128];
+    let (basic, extended) = (BASIC.as_bytes(), EXTENDED.as_bytes());
+    let mut i = 0;
+    while i < basic.len() {
+        if basic[i] < 128 {
+            table[basic[i] as usize] = 1;
+        }
+        i += 1;
+    }
+    let mut i = 0;
+    while i < extended.len() {
+        if extended[i] < 128 {
+            table[extended[i] as usize] = 2;
+        }
+        i += 1;
+    }
+    table
+};
+
 fn septets(c: char) -> Option<usize> {
+    if c.is_ascii() {
+        return Some(ASCII[c as usize] as usize).filter(|&n| n > 0);
+    }
     if BASIC.contains(c) {
         Some(1)
     } else if EXTENDED.contains(c) {
@@ -62,8 +86,8 @@ pub fn count(text: &str) -> (Encoding, u32) {
 
 /// `text` cut (with an ellipsis) to at most `max` segments.
 pub fn cap(text: &str, max: u32) -> String {
-    let (encoding, _) = count(text);
-    if count(text).1 <= max.max(1) {
+    let (encoding, segments) = count(text);
+    if segments <= max.max(1) {
         return text.to_string();
     }
     let ellipsis = if encoding == Encoding::Gsm7 { "..." } else { "…" };
@@ -94,6 +118,22 @@ mod tests {
         assert_eq!(count(&"包".repeat(70)), (Encoding::Ucs2, 1));
         assert_eq!(count(&"包".repeat(71)), (Encoding::Ucs2, 2));
         assert_eq!(count(&"包".repeat(135)), (Encoding::Ucs2, 3));
+    }
+
+    #[test]
+    fn the_ascii_table_agrees_with_the_gsm_tables() {
+        for c in (0u8..128).map(char::from) {
+            let slow = if BASIC.contains(c) {
+                Some(1)
+            } else if EXTENDED.contains(c) {
+                Some(2)
+            } else {
+                None
+            };
+            assert_eq!(septets(c), slow, "{c:?}");
+        }
+        assert_eq!(septets('`'), None);
+        assert_eq!(septets('{'), Some(2));
     }
 
     #[test]

@@ -35,8 +35,8 @@ impl Sending {
         Sending {
             senders,
             ledger,
-            per_parcel: Limiter::new(limits.per_parcel, 1_000_000),
-            per_recipient: Limiter::new(limits.per_recipient, 1_000_000),
+            per_parcel: Limiter::new(limits.per_parcel, limits.tracked),
+            per_recipient: Limiter::new(limits.per_recipient, limits.tracked),
             done_tx,
             done_rx,
             stop,
