@@ -85,6 +85,15 @@ struct ReplayArgs {
     /// The most parcels kept in the window.
     #[arg(long, default_value_t = Config::default().max_parcels)]
     max_parcels: usize,
+    /// Also send the alerts' notifications, as live but with the alerts' own times
+    /// as the clock (SMTP, SMS gateway and webhooks as configured; else the outbox).
+    #[arg(long)]
+    dispatch: bool,
+    /// The configuration file for --dispatch (every field is documented in forewarn.toml).
+    #[arg(long, env = "FOREWARN_CONFIG", requires = "dispatch")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    channels: cli::live::ChannelArgs,
 }
 
 #[derive(Args)]
@@ -173,6 +182,27 @@ fn create(path: &Path) -> Result<BufWriter<File>> {
     Ok(BufWriter::with_capacity(1 << 20, file))
 }
 
+/// Writes to `out`, keeping a copy when there is one (`replay --dispatch`
+/// sends from it once the replay is done).
+struct Tee {
+    out: Box<dyn Write>,
+    copy: Option<Vec<u8>>,
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        if let Some(copy) = &mut self.copy {
+            copy.extend_from_slice(&buf[..n]);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// A buffered file at `path`, or standard output when there is none.
 fn output(path: Option<&Path>) -> Result<Box<dyn Write>> {
     Ok(match path {
@@ -186,7 +216,11 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let config = Config { lateness: args.lateness, max_parcels: args.max_parcels, ..Config::default() };
     let mut engine = Engine::new(set, config);
     let (mut input, len) = open_input(&args.input)?;
-    let mut alerts = output(args.out.as_deref())?;
+    let dispatcher = args
+        .dispatch
+        .then(|| cli::live::backtest_dispatcher(args.config.as_deref(), &args.rules, args.channels))
+        .transpose()?;
+    let mut alerts = Tee { out: output(args.out.as_deref())?, copy: dispatcher.as_ref().map(|_| Vec::new()) };
     let mut rejects = args.rejects.as_deref().map(create).transpose()?;
     let bar = progress(len, "replay");
     let mut sinks = Sinks { alerts: &mut alerts, rejects: rejects.as_mut().map(|w| w as &mut dyn Write) };
@@ -205,6 +239,9 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     alerts.flush()?;
     if let Some(r) = rejects.as_mut() {
         r.flush()?;
+    }
+    if let (Some(d), Some(copy)) = (dispatcher, alerts.copy.take()) {
+        cli::live::backtest(d, &copy)?;
     }
     if args.stats {
         print_stats(&summary, &engine);

@@ -41,13 +41,20 @@ struct Country {
     branches: &'static [&'static str],
 }
 
+impl Country {
+    /// A phone number from 8 random digits.
+    fn number(&self, digits: u32) -> String {
+        format!("{}{}", self.phone, &digits.to_string()[..self.digits])
+    }
+}
+
 const COUNTRIES: [Country; 4] = [
     Country {
         code: "FR",
         locale: "fr-FR",
         tz: "Europe/Paris",
-        phone: "+336",
-        digits: 8,
+        phone: "+3361",
+        digits: 7,
         names: &["Léa Martin", "Hugo Bernard", "Chloé Dubois", "Théo Laurent", "Zoé Lefèvre", "Raphaël Moreau"],
         mail: "exemple.fr",
         hubs: &["FR-LYS-HUB", "FR-PAR-HUB", "FR-MRS-HUB"],
@@ -107,7 +114,7 @@ const COUNTRIES: [Country; 4] = [
         locale: "de-DE",
         tz: "Europe/Berlin",
         phone: "+49151",
-        digits: 7,
+        digits: 8,
         names: &["Lena Müller", "Jonas Schmidt", "Mia Schneider", "Felix Weber", "Hannah Becker", "Lukas Fischer"],
         mail: "beispiel.de",
         hubs: &["DE-FRA-HUB", "DE-LEJ-HUB", "DE-HAM-HUB"],
@@ -402,8 +409,7 @@ fn format_event(net: &Network, e: &Ev, line: &mut Vec<u8>) {
     match (e.kind, e.stamp) {
         (Kind::LabelCreated, Some(s)) => {
             let name = pick(&mut rng, dest.names);
-            let number: u32 = rng.gen_range(10_000_000..99_999_999);
-            let number = &number.to_string()[..dest.digits];
+            let number = dest.number(rng.gen_range(10_000_000..99_999_999));
             let channels = match rng.gen_range(0..20) {
                 0 => "",
                 1..=4 => r#""email""#,
@@ -412,10 +418,9 @@ fn format_event(net: &Network, e: &Ev, line: &mut Vec<u8>) {
             };
             let _ = write!(
                 line,
-                r#","promised_by":"{}","recipient":{{"name":{},"phone":"{}{}","email":"client{}@{}","locale":"{}","tz":"{}","channels":[{}]}}"#,
+                r#","promised_by":"{}","recipient":{{"name":{},"phone":"{}","email":"client{}@{}","locale":"{}","tz":"{}","channels":[{}]}}"#,
                 Ts(s),
                 serde_json::Value::from(name),
-                dest.phone,
                 number,
                 e.parcel,
                 dest.mail,
@@ -433,4 +438,20 @@ fn format_event(net: &Network, e: &Ev, line: &mut Vec<u8>) {
         let _ = write!(line, r#","channel":"phone","topic":"{topic}""#);
     }
     line.extend_from_slice(b"}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_country_gets_valid_phone_numbers() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for c in &COUNTRIES {
+            for _ in 0..2000 {
+                let phone = c.number(rng.gen_range(10_000_000..99_999_999));
+                assert!(crate::dispatch::address::e164(&phone).is_ok(), "{} {phone}", c.code);
+            }
+        }
+    }
 }

@@ -90,6 +90,52 @@ impl ChannelArgs {
     }
 }
 
+/// What the dispatcher did, in one line: totals, then each channel and reason.
+fn summary(stats: &forewarn::dispatch::outcome::Stats) -> String {
+    let detail: Vec<String> = stats
+        .outcomes
+        .iter()
+        .map(|((outcome, channel, reason), n)| match *reason {
+            "" => format!("{outcome} {channel} {n}"),
+            reason => format!("{outcome} {channel} {reason} {n}"),
+        })
+        .collect();
+    format!(
+        "{} alerts, {} sent, {} failed, {} skipped ({})",
+        stats.alerts,
+        stats.total("sent"),
+        stats.total("failed"),
+        stats.total("skipped"),
+        detail.join(", ")
+    )
+}
+
+/// `replay --dispatch`, first step: the dispatcher, checked before the
+/// replay starts so that a mistake in its settings costs no replay.
+pub fn backtest_dispatcher(
+    config: Option<&std::path::Path>,
+    rules: &std::path::Path,
+    channels: ChannelArgs,
+) -> Result<forewarn::dispatch::Dispatcher> {
+    init_logs();
+    let mut config = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    config.rules = rules.to_path_buf();
+    channels.apply(&mut config.dispatch);
+    Ok(forewarn::dispatch::Dispatcher::new(&config)?)
+}
+
+/// `replay --dispatch`, second step: sends the notifications of the
+/// replay's alerts, with the alerts' own times as the clock.
+pub fn backtest(d: forewarn::dispatch::Dispatcher, alerts: &[u8]) -> Result<()> {
+    let outbox = d.config.outbox.clone();
+    let stats = runtime()?.block_on(forewarn::dispatch::backtest::run(d, alerts))?;
+    eprintln!("dispatched: {}; outbox {}", summary(&stats), outbox.display());
+    Ok(())
+}
+
 #[derive(Subcommand)]
 pub enum DlqCommand {
     /// List the dead letters: sequence, original subject, reason.
@@ -195,14 +241,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         }
         if let Some(dispatcher) = dispatcher {
             let stats = dispatcher.await.context("the dispatcher panicked")??;
-            eprintln!(
-                "dispatcher stopped: {} alerts, {} sent, {} failed, {} skipped, {} still held",
-                stats.alerts,
-                stats.total("sent"),
-                stats.total("failed"),
-                stats.total("skipped"),
-                stats.holding
-            );
+            eprintln!("dispatcher stopped: {}, {} still held", summary(&stats), stats.holding);
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -16,7 +16,7 @@ use super::branches::Directory;
 use super::channel::email::{Mail, Mailer};
 use super::channel::sms::{Gateway, Text};
 use super::channel::webhook::Webhooks;
-use super::channel::Failure;
+use super::channel::{append_line, Failure};
 use super::config::{Links, Retry};
 use super::ledger::token;
 use super::notice::Notice;
@@ -51,7 +51,9 @@ pub struct Senders {
     pub max_segments: u32,
     pub webhooks: Webhooks,
     pub crm: String,
+    /// Branch warnings on NATS; without a connection (backtests), `nats.jsonl` in the outbox.
     pub nats: Option<async_nats::Client>,
+    pub outbox: std::path::PathBuf,
     pub retry: Retry,
     pub permits: Arc<Semaphore>,
 }
@@ -180,10 +182,13 @@ impl Senders {
             }
             Target::Claim => self.webhooks.post(&self.crm, &draft.key, self.machine_body(n, true)).await,
             Target::BranchNats => {
-                let Some(client) = &self.nats else {
-                    return Err(Failure::permanent("no NATS connection for branch warnings"));
-                };
                 let subject = format!("branch.warnings.{}", token(n.branch.as_deref().unwrap_or("unknown")));
+                let Some(client) = &self.nats else {
+                    // A backtest: the outbox shows what would have been published.
+                    let body = String::from_utf8_lossy(&self.machine_body(n, false)).into_owned();
+                    let line = format!("{{\"subject\":{},\"body\":{body}}}", json!(subject));
+                    return append_line(&self.outbox.join("nats.jsonl"), line.as_bytes());
+                };
                 client
                     .publish(subject, self.machine_body(n, false).into())
                     .await

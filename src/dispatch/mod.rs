@@ -6,13 +6,15 @@
 //! preferences) → [`ledger`] (dedup: sent once, across restarts) →
 //! [`hold`] (quiet hours, grouping, rate limits) → [`deliver`] (render with
 //! [`template`], send on a [`channel`], retry) → [`outcome`] (record,
-//! publish, count). [`run`] drives them on NATS; [`digest`] sends each
-//! branch its daily at-risk list.
+//! publish, count). [`sending`] runs the last stages in bounded concurrency
+//! for both drivers: [`run`] on NATS, [`backtest`] on a replay's alerts
+//! (`replay --dispatch`). [`digest`] sends each branch its daily at-risk list.
 //!
 //! The stages up to `hold` are pure (the clock is an argument); only
-//! `deliver`, `ledger`, `digest` and `run` do IO.
+//! `deliver`, `ledger`, `sending`, `digest` and the drivers do IO.
 
 pub mod address;
+pub mod backtest;
 pub mod branches;
 pub mod channel;
 pub mod config;
@@ -112,10 +114,11 @@ impl Dispatcher {
             webhooks: Webhooks {
                 client: channel::http_client(std_duration(c.webhooks.timeout)).map_err(LiveError::Config)?,
                 secret: channel::secret("FOREWARN_WEBHOOK_SECRET").map_err(LiveError::Config)?,
-                outbox,
+                outbox: outbox.clone(),
             },
             crm: c.webhooks.crm.clone(),
             nats,
+            outbox: c.outbox.clone(),
             retry: c.retry.clone(),
             permits: Arc::new(Semaphore::new(c.concurrency.max(1))),
         })

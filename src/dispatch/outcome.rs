@@ -4,12 +4,14 @@
 //! of them: the recipient appears masked, and only in the published JSON.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::address::Masked;
 use super::deliver::Ending;
+use super::hold::Batch;
 use super::ledger::Recorded;
 use super::notice::Notice;
 use super::route::{Draft, Skip};
@@ -34,6 +36,18 @@ impl Outcome {
             Ending::RateLimited => Outcome::Skipped { audience, channel, reason: "rate_limited" },
             Ending::Interrupted => return None,
         })
+    }
+
+    /// Every outcome of a finished message, each with its alert: the
+    /// message's own, and `grouped` for each draft it spoke for. None when
+    /// it was interrupted.
+    pub fn of_batch(batch: &Batch, ending: &Ending) -> Vec<(Arc<Notice>, Outcome)> {
+        let Some(own) = Outcome::of(&batch.primary, ending) else { return Vec::new() };
+        let grouped = batch.absorbed.iter().map(|a| {
+            let skip = Skip { audience: a.target.audience(), channel: a.target.channel(), reason: "grouped" };
+            (a.notice.clone(), Outcome::from_skip(&skip))
+        });
+        grouped.chain(std::iter::once((batch.primary.notice.clone(), own))).collect()
     }
 
     pub fn from_skip(s: &Skip) -> Outcome {

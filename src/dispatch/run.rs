@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
+use super::deliver::Ending;
 use super::hold::Hold;
 use super::ledger::Ledger;
 use super::notice::Notice;
@@ -164,17 +165,16 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
                 }
             }
             Some((batch, ending)) = sending.next() => {
-                let Some(outcome) = Outcome::of(&batch.primary, &ending) else { continue };
-                for absorbed in &batch.absorbed {
-                    let skip = Skip { audience: absorbed.target.audience(), channel: absorbed.target.channel(), reason: "grouped" };
-                    publish(&client, &absorbed.notice, Outcome::from_skip(&skip), &mut stats, now(&clock)).await;
+                for (notice, outcome) in Outcome::of_batch(&batch, &ending) {
+                    if let Outcome::Failed { reason, .. } = &outcome {
+                        tracing::warn!(key = %batch.primary.key, %reason, "message failed");
+                    }
+                    publish(&client, &notice, outcome, &mut stats, now(&clock)).await;
                 }
-                if let Outcome::Failed { reason, .. } = &outcome {
-                    tracing::warn!(key = %batch.primary.key, %reason, "message failed");
-                }
-                publish(&client, &batch.primary.notice, outcome, &mut stats, now(&clock)).await;
-                for draft in batch.drafts() {
-                    finish(&mut pending, draft.seq);
+                if !matches!(ending, Ending::Interrupted) {
+                    for draft in batch.drafts() {
+                        finish(&mut pending, draft.seq);
+                    }
                 }
             }
             _ = tick.tick() => {

@@ -378,3 +378,45 @@ fn without_servers_the_outbox_holds_real_messages() {
     let eml = std::fs::read(outbox.join("email").read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
     assert_eq!(parse(&eml).subject(), Some("Votre colis FW0000000009 arrivera en retard"));
 }
+
+/// The count after `label` in the dispatcher's summary ("sent sms 12"), 0 when absent.
+fn summary_count(summary: &str, label: &str) -> u64 {
+    let Some(at) = summary.find(&format!(" {label} ")) else { return 0 };
+    let rest = &summary[at + label.len() + 2..];
+    rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// `replay --dispatch`: a backtest that really sends, through the same
+/// stages as live, each message once; what the summary counts arrived.
+#[test]
+fn a_replay_with_dispatch_really_sends_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = super::simulate(dir.path(), "net.jsonl", 1500, 5);
+    let gateway = Gateway::start();
+    let smtp = Smtp::start(dir.path());
+    let outbox = dir.path().join("outbox");
+    let alerts = dir.path().join("alerts.jsonl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_forewarn"))
+        .args(["replay", &events, "--out", alerts.to_str().unwrap(), "--dispatch"])
+        .args(["--sms-url", &gateway.url, "--sms-provider", "webhook", "--smtp", &smtp.url()])
+        .args(["--outbox", outbox.to_str().unwrap()])
+        .env("FOREWARN_SMS_SECRET", SECRET)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stderr = super::text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary = stderr.lines().find(|l| l.starts_with("dispatched: ")).expect("a summary").to_string();
+    let sent_sms = summary_count(&summary, "sent sms");
+    assert!(sent_sms > 10 && summary_count(&summary, "sent email") > 10, "{summary}");
+    assert_eq!(summary_count(&summary, "failed sms failed"), 0, "every simulated number is valid: {summary}");
+    let requests = gateway.requests();
+    assert_eq!(requests.len() as u64, sent_sms, "{summary}");
+    let keys: HashSet<_> = requests.iter().map(|r| r.headers["idempotency-key"].clone()).collect();
+    assert_eq!(keys.len(), requests.len(), "no SMS twice");
+    assert_eq!(smtp.messages().len() as u64, summary_count(&summary, "sent email"), "{summary}");
+    let lines = |name: &str| std::fs::read_to_string(outbox.join(name)).unwrap_or_default().lines().count() as u64;
+    assert_eq!(lines("nats.jsonl"), summary_count(&summary, "sent nats"), "branch warnings in the outbox");
+    assert!(lines("nats.jsonl") > 0, "{summary}");
+    assert_eq!(lines("sms.jsonl"), 0, "with a gateway, no SMS in the outbox");
+}
