@@ -57,6 +57,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod event;
 pub mod live;
+pub mod metrics;
 pub mod partition;
 pub mod replay;
 pub mod rules;

@@ -30,7 +30,7 @@ pub struct RunArgs {
     /// The rules directory.
     #[arg(long, env = "FOREWARN_RULES")]
     rules: Option<PathBuf>,
-    /// Where health is served (host:port).
+    /// Where health (/healthz, /readyz) and metrics (/metrics) are served (host:port).
     #[arg(long, env = "FOREWARN_HTTP")]
     http: Option<String>,
     /// The partitions this instance owns: all, or a list such as 0-7 or 0,2,9-11.
@@ -195,10 +195,16 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the runtime")
 }
 
+/// Logs on standard error, levels by `RUST_LOG`, as text or as one JSON
+/// object a line (`FOREWARN_LOG_FORMAT=json`) for log collectors.
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match std::env::var("FOREWARN_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().flatten_event(true).with_current_span(false).try_init(),
+        _ => logs.try_init(),
+    };
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
@@ -230,6 +236,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         let (stop_tx, stop) = watch::channel(false);
         let (reload_tx, reload) = mpsc::channel(1);
         tokio::spawn(signals(stop_tx, reload_tx, deadline));
+        if !detect && !config.http.is_empty() {
+            // Alone, the dispatcher serves health and metrics itself.
+            live::health::serve(&config.http, live::health::Readiness::default()).await?;
+        }
         let dispatcher =
             dispatcher.map(|d| tokio::spawn(forewarn::dispatch::run::run(config.clone(), d, stop.clone())));
         if detect {

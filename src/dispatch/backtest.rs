@@ -11,13 +11,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use super::deliver::Ending;
-use super::hold::{Batch, Hold};
+use super::hold::Hold;
 use super::ledger::Ledger;
 use super::notice::Notice;
 use super::outcome::{Outcome, Stats};
 use super::route::route;
-use super::sending::Sending;
+use super::sending::{Done, Sending};
 use super::Dispatcher;
 use crate::live::LiveError;
 
@@ -85,7 +84,7 @@ fn release(hold: &mut Hold, sending: &mut Sending, now: DateTime<Utc>) {
     }
 }
 
-fn count(stats: &mut Stats, (batch, ending): (Batch, Ending)) {
+fn count(stats: &mut Stats, Done { batch, ending, .. }: Done) {
     for (_, outcome) in Outcome::of_batch(&batch, &ending) {
         if let Outcome::Failed { reason, .. } = &outcome {
             tracing::warn!(key = %batch.primary.key, %reason, "message failed");

@@ -47,6 +47,7 @@ pub struct Dispatch {
     pub dedup: Dedup,
     pub digest: Digest,
     pub ops: Ops,
+    pub service_level: ServiceLevel,
 }
 
 impl Default for Dispatch {
@@ -70,7 +71,27 @@ impl Default for Dispatch {
             dedup: Dedup::default(),
             digest: Digest::default(),
             ops: Ops::default(),
+            service_level: ServiceLevel::default(),
         }
+    }
+}
+
+/// The service level as call centres measure it: the share of alerts whose
+/// first message was accepted within `threshold` of becoming sendable
+/// (waits for quiet hours or grouping are by design and not counted).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceLevel {
+    #[serde(deserialize_with = "span")]
+    pub threshold: Span,
+    /// The interval the `forewarn_service_level_ratio` gauge covers.
+    #[serde(deserialize_with = "span")]
+    pub interval: Span,
+}
+
+impl Default for ServiceLevel {
+    fn default() -> Self {
+        ServiceLevel { threshold: Span(60_000), interval: Span::minutes(5) }
     }
 }
 

@@ -126,6 +126,7 @@ impl Stats {
             Outcome::Sent { .. } => "",
         };
         *self.outcomes.entry((outcome.name(), outcome.channel(), reason)).or_default() += 1;
+        crate::metrics::METRICS.notifications.with_label_values(&[outcome.channel(), outcome.name(), reason]).inc();
     }
 
     /// Messages with this outcome name, all channels.

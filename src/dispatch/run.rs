@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, kv, AckKind};
@@ -24,11 +24,12 @@ use super::ledger::Ledger;
 use super::notice::Notice;
 use super::outcome::{Outcome, Stats};
 use super::route::{route, Draft, Skip};
-use super::sending::{retrying, Sending};
+use super::sending::{retrying, Done, Sending};
 use super::{digest, Dispatcher};
 use crate::config::{std_duration, Config};
 use crate::live::clock::Clock;
 use crate::live::{connect, LiveError};
+use crate::metrics::METRICS;
 
 /// Admission lanes: an alert's lane is chosen by its id, so a firing and
 /// its resolution update the at-risk list in order; lanes run side by side.
@@ -39,11 +40,50 @@ struct Pending {
     message: jetstream::Message,
     remaining: usize,
     alive: Instant,
+    /// When the dispatcher took the alert.
+    received: Instant,
+    /// When the alert was stored on the alerts stream.
+    published: SystemTime,
+    /// A message of it waited for quiet hours or grouping.
+    held: bool,
+    /// Its first message was accepted (the service level counts it once).
+    told: bool,
+}
+
+/// The service level over the current interval.
+struct ServiceLevel {
+    threshold: Duration,
+    interval: Duration,
+    since: Instant,
+    within: u64,
+    total: u64,
+}
+
+impl ServiceLevel {
+    /// An alert's first message accepted `after` it became sendable.
+    fn told(&mut self, after: Duration) {
+        let within = after <= self.threshold;
+        METRICS.first_messages.with_label_values(&[if within { "true" } else { "false" }]).inc();
+        self.total += 1;
+        self.within += u64::from(within);
+    }
+
+    /// At the end of each interval, the share within the threshold (none when nothing was told).
+    fn tick(&mut self) {
+        if self.since.elapsed() < self.interval {
+            return;
+        }
+        if self.total > 0 {
+            METRICS.service_level.set(self.within as f64 / self.total as f64);
+        }
+        (self.since, self.within, self.total) = (Instant::now(), 0, 0);
+    }
 }
 
 /// An alert through routing and the ledger: the drafts still to send.
 struct Admitted {
     seq: u64,
+    received: Instant,
     message: jetstream::Message,
     notice: Arc<Notice>,
     drafts: Vec<Draft>,
@@ -102,6 +142,14 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
     // (an acknowledgement wait that ran out meanwhile) is not taken twice.
     let mut pending: HashMap<u64, Option<Pending>> = HashMap::new();
     let mut stats = Stats::default();
+    let sl = &d.config.service_level;
+    let mut level = ServiceLevel {
+        threshold: std_duration(sl.threshold),
+        interval: std_duration(sl.interval),
+        since: Instant::now(),
+        within: 0,
+        total: 0,
+    };
     let keep_alive = std_duration(d.config.ack_wait) / 3;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut stopping = *stop.borrow();
@@ -142,7 +190,7 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
                 };
                 pending.insert(seq, None);
                 let lane = hasher.hash_one(&notice.alert_id) as usize % LANES;
-                if lanes[lane].send((seq, message, notice)).await.is_err() {
+                if lanes[lane].send((seq, Instant::now(), message, notice)).await.is_err() {
                     stopping = true;
                 }
             }
@@ -155,16 +203,32 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
                     acknowledge(a.message);
                     continue;
                 }
-                pending.insert(a.seq, Some(Pending { message: a.message, remaining: a.drafts.len(), alive: Instant::now() }));
-                let t = now(&clock);
+                let published = a.message.info().map_or(SystemTime::now(), |i| i.published.into());
+                let (remaining, t) = (a.drafts.len(), now(&clock));
+                let mut held = false;
                 for draft in a.drafts {
                     match hold.offer(draft, t) {
                         Some(batch) => sending.start(batch, t),
-                        None => stats.held += 1,
+                        None => {
+                            stats.held += 1;
+                            held = true;
+                        }
                     }
                 }
+                let received = a.received;
+                let p = Pending { message: a.message, remaining, alive: Instant::now(), received, published, held, told: false };
+                pending.insert(a.seq, Some(p));
             }
-            Some((batch, ending)) = sending.next() => {
+            Some(Done { batch, ending, took }) = sending.next() => {
+                if matches!(ending, Ending::Sent { .. }) {
+                    if let Some(Some(p)) = pending.get_mut(&batch.primary.seq) {
+                        let since = SystemTime::now().duration_since(p.published).unwrap_or_default();
+                        METRICS.alert_to_accepted.with_label_values(&[batch.primary.target.channel()]).observe(since.as_secs_f64());
+                        if !std::mem::replace(&mut p.told, true) {
+                            level.told(if p.held { took } else { p.received.elapsed() });
+                        }
+                    }
+                }
                 for (notice, outcome) in Outcome::of_batch(&batch, &ending) {
                     if let Outcome::Failed { reason, .. } = &outcome {
                         tracing::warn!(key = %batch.primary.key, %reason, "message failed");
@@ -189,6 +253,8 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
                     }
                 }
                 stats.holding = hold.len() as u64;
+                METRICS.held.set(hold.len() as i64);
+                level.tick();
             }
             _ = stop.changed(), if !stopping => {
                 stopping = true;
@@ -202,7 +268,7 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
 /// ledger what is still to send; waits out a NATS outage rather than drop
 /// an alert. Alerts left when stopping stay unacknowledged and come back.
 async fn lane(
-    mut alerts: mpsc::Receiver<(u64, jetstream::Message, Arc<Notice>)>,
+    mut alerts: mpsc::Receiver<(u64, Instant, jetstream::Message, Arc<Notice>)>,
     d: Arc<Dispatcher>,
     ledger: Ledger,
     at_risk: kv::Store,
@@ -210,7 +276,7 @@ async fn lane(
     stop: watch::Receiver<bool>,
 ) {
     let routing = d.routing();
-    while let Some((seq, message, notice)) = alerts.recv().await {
+    while let Some((seq, received, message, notice)) = alerts.recv().await {
         if retrying(&stop, "at-risk list update", || digest::track(&at_risk, &notice)).await.is_none() {
             return;
         }
@@ -222,7 +288,7 @@ async fn lane(
         for draft in &mut drafts {
             draft.seq = seq;
         }
-        if admitted.send(Admitted { seq, message, notice, drafts, skips }).is_err() {
+        if admitted.send(Admitted { seq, received, message, notice, drafts, skips }).is_err() {
             return;
         }
     }

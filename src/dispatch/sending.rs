@@ -6,7 +6,7 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
@@ -16,6 +16,15 @@ use super::deliver::{Ending, Senders};
 use super::hold::{Batch, Limiter};
 use super::ledger::{Ledger, Recorded};
 use super::outcome::Outcome;
+use crate::metrics::METRICS;
+
+/// A message whose sending ended, its outcome recorded.
+pub struct Done {
+    pub batch: Batch,
+    pub ending: Ending,
+    /// From the start of sending (after any hold) to the ending.
+    pub took: Duration,
+}
 
 /// Messages on their way out.
 pub struct Sending {
@@ -23,8 +32,8 @@ pub struct Sending {
     ledger: Ledger,
     per_parcel: Limiter,
     per_recipient: Limiter,
-    done_tx: mpsc::UnboundedSender<(Batch, Ending)>,
-    done_rx: mpsc::UnboundedReceiver<(Batch, Ending)>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
     stop: watch::Receiver<bool>,
     in_flight: usize,
 }
@@ -64,14 +73,19 @@ impl Sending {
         let mut stop = self.stop.clone();
         self.in_flight += 1;
         tokio::spawn(async move {
+            let started = Instant::now();
             let ending = if allowed { senders.deliver(&batch.primary, &mut stop).await } else { Ending::RateLimited };
+            let took = started.elapsed();
+            if matches!(ending, Ending::Sent { .. } | Ending::Failed { .. }) {
+                METRICS.send_seconds.with_label_values(&[batch.primary.target.channel()]).observe(took.as_secs_f64());
+            }
             record(&ledger, &batch, &ending, &stop).await;
-            let _ = done.send((batch, ending));
+            let _ = done.send(Done { batch, ending, took });
         });
     }
 
     /// The next message whose sending ended, its outcome recorded.
-    pub async fn next(&mut self) -> Option<(Batch, Ending)> {
+    pub async fn next(&mut self) -> Option<Done> {
         if self.in_flight == 0 {
             return None;
         }

@@ -1,6 +1,6 @@
 //! `/healthz` and `/readyz` on the processor's HTTP address, so an
-//! orchestrator can tell a live process from a ready one. (Metrics and the
-//! lookup API join them on the same address.)
+//! orchestrator can tell a live process from a ready one, and `/metrics`
+//! for Prometheus.
 
 use std::sync::{Arc, Mutex};
 
@@ -38,13 +38,20 @@ async fn ready(State(readiness): State<Readiness>) -> (StatusCode, String) {
     }
 }
 
-/// Serves health on `addr` in the background.
+async fn metrics() -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::METRICS.render())
+}
+
+/// Serves health and metrics on `addr` in the background.
 pub async fn serve(addr: &str, readiness: Readiness) -> Result<(), LiveError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| LiveError::Config(format!("cannot listen on {addr} for health: {e}")))?;
-    let app =
-        Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(ready)).with_state(readiness);
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(readiness);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "health server stopped");

@@ -31,6 +31,7 @@ use crate::alert::Alert;
 use crate::config::{std_duration, Config};
 use crate::engine::{BranchStage, Engine, Fact};
 use crate::event::decode;
+use crate::metrics::METRICS;
 use crate::partition::{self, Owned};
 use crate::time::Ts;
 
@@ -217,6 +218,7 @@ impl Processor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut storing: Option<JoinHandle<Result<Commit, LiveError>>> = None;
         let mut last_rules_look = Instant::now();
+        let mut last_gauges = Instant::now() - GAUGES_EVERY;
         loop {
             let step = {
                 let [scans, contacts, facts] = &mut self.inputs;
@@ -242,6 +244,10 @@ impl Processor {
                         }
                     }
                     self.follow_clock().await;
+                    if last_gauges.elapsed() >= GAUGES_EVERY {
+                        last_gauges = Instant::now();
+                        self.gauges().await;
+                    }
                 }
                 Step::Message(i, None) => {
                     tracing::warn!(stream = %self.inputs[i].stream, "consumer ended; recreating it");
@@ -362,6 +368,7 @@ impl Processor {
         if seq <= input.last_seq {
             // A redelivery of what this consumer already gave us.
             self.summary.skipped += 1;
+            METRICS.redeliveries.inc();
             return;
         }
         input.last_seq = seq;
@@ -386,6 +393,7 @@ impl Processor {
         let Some(part) = self.parts.get_mut(&p) else { return };
         if seq <= part.pos[which] {
             self.summary.skipped += 1;
+            METRICS.redeliveries.inc();
             return;
         }
         part.pos[which] = seq;
@@ -398,6 +406,7 @@ impl Processor {
                 let expected = partition::of(&event.parcel_id, self.owned.count);
                 if expected == p {
                     self.summary.events += 1;
+                    METRICS.events.with_label_values(&[event.kind.as_str()]).inc();
                     part.engine.ingest(&event, &mut self.alerts);
                     part.engine.take_facts(&mut self.facts);
                     None
@@ -414,6 +423,8 @@ impl Processor {
 
     async fn dead_letter(&mut self, which: usize, seq: u64, message: &async_nats::Message, why: Refusal) {
         self.summary.dead_letters += 1;
+        METRICS.rejected.with_label_values(&[why.code()]).inc();
+        METRICS.dead_letters.with_label_values(&[&self.inputs[which].stream]).inc();
         tracing::warn!(subject = %message.subject, seq, code = why.code(), reason = %why.reason(), "dead letter");
         let stream = &self.inputs[which].stream;
         self.outbox.send(wire::dead_letter(&message.subject, stream, seq, message.payload.clone(), &why)).await;
@@ -468,6 +479,9 @@ impl Processor {
     async fn publish(&mut self) {
         for alert in self.alerts.drain(..) {
             self.summary.alerts += 1;
+            for audience in alert.audience.names() {
+                METRICS.alerts.with_label_values(&[&alert.rule, alert.state.as_str(), audience]).inc();
+            }
             self.outbox.send(wire::alert(&alert)).await;
         }
         for fact in self.facts.drain(..) {
@@ -506,6 +520,30 @@ impl Processor {
         self.publish().await;
     }
 
+    /// The window's and the consumers' gauges (a server round trip per input).
+    async fn gauges(&mut self) {
+        let m = &*METRICS;
+        m.parcels.set(self.parts.values().map(|p| p.engine.parcels() as i64).sum());
+        m.timers.set(self.parts.values().map(|p| p.engine.timers() as i64).sum());
+        if let Some(rss) = crate::replay::resident_bytes() {
+            m.resident_bytes.set(rss as i64);
+        }
+        let now = Clock::Wall.now().unwrap_or(Ts::MIN);
+        for (p, part) in &self.parts {
+            let watermark = part.engine.watermark();
+            if watermark > Ts::MIN {
+                let behind = (now.0 - watermark.0).max(0) / 1000;
+                m.watermark_delay.with_label_values(&[&p.to_string()]).set(behind);
+            }
+        }
+        for input in self.inputs.iter_mut() {
+            let Some(consumer) = input.consumer.as_mut() else { continue };
+            if let Ok(Ok(info)) = tokio::time::timeout(Duration::from_secs(2), consumer.info()).await {
+                m.consumer_pending.with_label_values(&[&input.stream]).set(info.num_pending as i64);
+            }
+        }
+    }
+
     fn reload(&mut self) {
         match self.rules.load() {
             Ok(set) => {
@@ -518,10 +556,12 @@ impl Processor {
                     stage.dirty = true;
                 }
                 self.summary.reloads += 1;
+                METRICS.reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(rules = set.len(), dir = %self.rules.path().display(), "rules reloaded");
             }
             Err(errors) => {
                 self.summary.reload_failures += 1;
+                METRICS.reloads.with_label_values(&["failed"]).inc();
                 tracing::error!(dir = %self.rules.path().display(), %errors, "rules not reloaded; the previous pack keeps running");
             }
         }
@@ -529,3 +569,6 @@ impl Processor {
 }
 
 mod checkpoint;
+
+/// How often the gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);

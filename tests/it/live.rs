@@ -235,8 +235,8 @@ fn an_invalid_rule_pack_is_refused_on_sighup_and_the_old_one_keeps_running() {
     let args =
         ["--nats", &server.url(), "--rules", rules.to_str().expect("utf-8"), "--http", &http, "--role", "detect"];
     let p = Processor::start(dir.path(), &config, &args);
-    wait_until("the processor to be ready", || get(&http, "/readyz").starts_with("HTTP/1.1 200"));
-    assert!(get(&http, "/healthz").ends_with("ok\n"));
+    wait_until("the processor to be ready", || super::http_get(&http, "/readyz").starts_with("HTTP/1.1 200"));
+    assert!(super::http_get(&http, "/healthz").ends_with("ok\n"));
     std::fs::write(rules.join("broken.toml"), "[[rule]]\nid = \"x\"\naudiense = [\"customer\"]\n").expect("written");
     p.signal("HUP");
     wait_until("the refusal", || p.log().contains("rules not reloaded"));
@@ -268,16 +268,4 @@ fn a_token_comes_from_the_environment_and_is_never_printed() {
     let allowed = dlq(Some(token));
     assert!(allowed.status.success(), "{}", text(&allowed.stderr));
     assert!(!text(&allowed.stderr).contains(token));
-}
-
-/// A plain HTTP/1.1 GET; the whole response as text ("" when nothing listens yet).
-fn get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return String::new() };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut response = String::new();
-    if stream.write_all(request.as_bytes()).is_ok() {
-        let _ = stream.read_to_string(&mut response);
-    }
-    response
 }

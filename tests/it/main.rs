@@ -4,6 +4,7 @@ mod cli;
 mod dispatch;
 mod live;
 mod nats;
+mod ops;
 mod replay;
 mod services;
 
@@ -33,4 +34,16 @@ pub fn simulate(dir: &Path, name: &str, parcels: u64, seed: u64) -> String {
     let out = forewarn(&["simulate", "--parcels", &parcels.to_string(), "--seed", &seed.to_string(), "--out", &path]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     path
+}
+
+/// A plain HTTP GET on loopback: the whole response, head and body (empty when nothing listens).
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return String::new() };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut response = String::new();
+    if stream.write_all(request.as_bytes()).is_ok() {
+        let _ = stream.read_to_string(&mut response);
+    }
+    response
 }

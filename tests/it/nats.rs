@@ -155,14 +155,17 @@ fn rand_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Writes a configuration for the tests: fast checkpoints, and the
-/// watermark's idle clock read from the file `clock` (see [`set_clock`]).
+/// Writes a configuration for the tests: fast checkpoints, the watermark's
+/// idle clock read from the file `clock` (see [`set_clock`]), and the
+/// dispatcher's outbox in `dir`.
 pub fn config(dir: &Path, clock: &Path) -> PathBuf {
     let path = dir.join("forewarn.toml");
     let clock = format!("@{}", clock.display());
     let text = format!(
         "[watermark]\nlateness = \"6h\"\nidle_after = \"1s\"\nmax_skew = \"0s\"\nclock = \"{clock}\"\n\n\
-         [checkpoint]\ninterval = \"500ms\"\n\n[shutdown]\ndeadline = \"60s\"\n"
+         [checkpoint]\ninterval = \"500ms\"\n\n[shutdown]\ndeadline = \"60s\"\n\n\
+         [dispatch]\noutbox = \"{outbox}\"\n",
+        outbox = dir.join("outbox").display()
     );
     fs::write(&path, text).expect("config written");
     path

@@ -192,3 +192,60 @@ impl Gateway {
         self.requests().into_iter().filter(|r| r.json()["to"] == to).collect()
     }
 }
+
+/// A real Prometheus on a free loopback port, scraping `target` every second.
+pub struct Prometheus {
+    pub addr: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    pub fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: forewarn\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("config written");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus on the PATH (apt-get install prometheus)");
+        Prometheus { addr, child, _dir: dir }
+    }
+
+    /// The value of an instant query's first sample, if any.
+    pub fn value(&self, query: &str) -> Option<f64> {
+        let encoded: String = query
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let response = super::http_get(&self.addr, &format!("/api/v1/query?query={encoded}"));
+        let body = response.split_once("\r\n\r\n")?.1;
+        // Tolerates a chunked body: the JSON object is between the first { and the last }.
+        let json: serde_json::Value = serde_json::from_str(body.get(body.find('{')?..=body.rfind('}')?)?).ok()?;
+        json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}

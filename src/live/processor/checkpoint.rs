@@ -11,12 +11,15 @@ use tokio::task::JoinHandle;
 use super::super::store::{self, Kind, Saved};
 use super::super::{wire, LiveError};
 use super::Processor;
+use crate::metrics::METRICS;
 use crate::time::Ts;
 
 /// A stored snapshot, waiting to be acknowledged.
 pub(super) struct Commit {
     ackers: Vec<Acker>,
     marks: Vec<(u16, Ts)>,
+    took: std::time::Duration,
+    bytes: usize,
 }
 
 pub(super) async fn committed(task: &mut Option<JoinHandle<Result<Commit, LiveError>>>) -> Result<Commit, LiveError> {
@@ -81,7 +84,7 @@ impl Processor {
                 took_ms = started.elapsed().as_millis() as u64,
                 "checkpoint stored"
             );
-            Ok(Commit { ackers, marks })
+            Ok(Commit { ackers, marks, took: started.elapsed(), bytes })
         })
     }
 
@@ -90,6 +93,10 @@ impl Processor {
         match result {
             Ok(commit) => {
                 self.summary.checkpoints += 1;
+                METRICS.checkpoint_seconds.observe(commit.took.as_secs_f64());
+                METRICS.checkpoint_bytes.set(commit.bytes as i64);
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                METRICS.checkpoint_last.set(now.as_secs() as i64);
                 for acker in commit.ackers {
                     if let Err(e) = acker.ack().await {
                         tracing::warn!(error = %e, "acknowledgement not sent; the next checkpoint's covers it");
@@ -103,6 +110,7 @@ impl Processor {
             }
             Err(e) => {
                 self.summary.checkpoint_failures += 1;
+                METRICS.checkpoint_failures.inc();
                 // Nothing was acknowledged: what it covered is redelivered or re-read after a restart.
                 for part in self.parts.values_mut() {
                     part.dirty = true;

@@ -1,0 +1,226 @@
+//! The Prometheus metrics, by one naming spec: `forewarn_<what>_<unit>`,
+//! counters ending in `_total`, units in the name (`_seconds`, `_bytes`),
+//! and small closed label sets only — rule ids, event kinds, reason codes,
+//! channels, outcomes, partitions; never a parcel id, a phone or an email.
+//! One registry for the process, served as text on `/metrics`.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets from 10 ms to 6 h: a message may wait out quiet hours.
+const LATENCY: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0];
+
+/// Every metric forewarn exports.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Every metric family's name, whether or not it has samples yet.
+    pub names: Vec<String>,
+    // Input.
+    pub events: IntCounterVec,
+    pub rejected: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub redeliveries: IntCounter,
+    pub consumer_pending: IntGaugeVec,
+    pub watermark_delay: IntGaugeVec,
+    // The window.
+    pub parcels: IntGauge,
+    pub resident_bytes: IntGauge,
+    pub timers: IntGauge,
+    // Checkpoints.
+    pub checkpoint_seconds: Histogram,
+    pub checkpoint_bytes: IntGauge,
+    pub checkpoint_failures: IntCounter,
+    pub checkpoint_last: IntGauge,
+    // Rules and alerts.
+    pub alerts: IntCounterVec,
+    pub reloads: IntCounterVec,
+    // Notifications.
+    pub notifications: IntCounterVec,
+    pub send_seconds: HistogramVec,
+    pub alert_to_accepted: HistogramVec,
+    pub first_messages: IntCounterVec,
+    pub service_level: prometheus::Gauge,
+    pub held: IntGauge,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric definition")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric definition")
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
+        .expect("a valid metric definition")
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::new(),
+            names: Vec::new(),
+            events: counter("forewarn_events_total", "Events applied to the window, by kind.", &["kind"]),
+            rejected: counter(
+                "forewarn_events_rejected_total",
+                "Messages refused (and dead-lettered), by reason code.",
+                &["reason"],
+            ),
+            dead_letters: counter(
+                "forewarn_dead_letters_total",
+                "Messages sent to the dead letters, by input stream.",
+                &["stream"],
+            ),
+            redeliveries: IntCounter::new(
+                "forewarn_redeliveries_skipped_total",
+                "Redelivered messages already applied (skipped).",
+            )
+            .expect("a valid metric definition"),
+            consumer_pending: gauge(
+                "forewarn_consumer_pending_messages",
+                "Messages on the server not yet delivered to this instance, by input stream.",
+                &["stream"],
+            ),
+            watermark_delay: gauge(
+                "forewarn_watermark_delay_seconds",
+                "How far each owned partition's watermark is behind the wall clock.",
+                &["partition"],
+            ),
+            parcels: IntGauge::new("forewarn_parcels_in_flight", "Parcels in the window.").expect("valid"),
+            resident_bytes: IntGauge::new(
+                "forewarn_resident_memory_bytes",
+                "Resident memory of the process (the window is most of it).",
+            )
+            .expect("valid"),
+            timers: IntGauge::new("forewarn_timers_pending", "Deadlines waiting in the window's timer wheels.")
+                .expect("valid"),
+            checkpoint_seconds: Histogram::with_opts(
+                HistogramOpts::new("forewarn_checkpoint_duration_seconds", "Time to store a checkpoint.")
+                    .buckets(LATENCY.to_vec()),
+            )
+            .expect("valid"),
+            checkpoint_bytes: IntGauge::new("forewarn_checkpoint_size_bytes", "Bytes written by the last checkpoint.")
+                .expect("valid"),
+            checkpoint_failures: IntCounter::new(
+                "forewarn_checkpoint_failures_total",
+                "Checkpoints not stored (retried at the next).",
+            )
+            .expect("valid"),
+            checkpoint_last: IntGauge::new(
+                "forewarn_checkpoint_last_success_timestamp_seconds",
+                "When the last checkpoint was stored (Unix time).",
+            )
+            .expect("valid"),
+            alerts: counter(
+                "forewarn_alerts_total",
+                "Alerts published, by rule, state (firing, resolved) and audience.",
+                &["rule", "state", "audience"],
+            ),
+            reloads: counter("forewarn_rules_reloads_total", "Rule pack reloads, by result (ok, failed).", &["result"]),
+            notifications: counter(
+                "forewarn_notifications_total",
+                "Messages by channel, final outcome (sent, failed, skipped) and reason.",
+                &["channel", "outcome", "reason"],
+            ),
+            send_seconds: histogram(
+                "forewarn_send_duration_seconds",
+                "From the first attempt to the final outcome of a message (retries included), by channel.",
+                &["channel"],
+                LATENCY,
+            ),
+            alert_to_accepted: histogram(
+                "forewarn_alert_to_accepted_seconds",
+                "From the alert's arrival on the alerts stream to its message accepted by the gateway or \
+                 server, quiet hours and grouping included, by channel.",
+                &["channel"],
+                LATENCY,
+            ),
+            first_messages: counter(
+                "forewarn_first_messages_total",
+                "Alerts whose first message was accepted, by whether it was within the service-level \
+                 threshold of the alert becoming sendable (within: true, false).",
+                &["within"],
+            ),
+            service_level: prometheus::Gauge::new(
+                "forewarn_service_level_ratio",
+                "Share of alerts whose first message was accepted within the threshold, over the last interval.",
+            )
+            .expect("valid"),
+            held: IntGauge::new("forewarn_notifications_held", "Messages waiting for quiet hours or grouping.")
+                .expect("valid"),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.events.clone()),
+            Box::new(m.rejected.clone()),
+            Box::new(m.dead_letters.clone()),
+            Box::new(m.redeliveries.clone()),
+            Box::new(m.consumer_pending.clone()),
+            Box::new(m.watermark_delay.clone()),
+            Box::new(m.parcels.clone()),
+            Box::new(m.resident_bytes.clone()),
+            Box::new(m.timers.clone()),
+            Box::new(m.checkpoint_seconds.clone()),
+            Box::new(m.checkpoint_bytes.clone()),
+            Box::new(m.checkpoint_failures.clone()),
+            Box::new(m.checkpoint_last.clone()),
+            Box::new(m.alerts.clone()),
+            Box::new(m.reloads.clone()),
+            Box::new(m.notifications.clone()),
+            Box::new(m.send_seconds.clone()),
+            Box::new(m.alert_to_accepted.clone()),
+            Box::new(m.first_messages.clone()),
+            Box::new(m.service_level.clone()),
+            Box::new(m.held.clone()),
+        ];
+        for c in collectors {
+            m.names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
+            m.registry.register(c).expect("each metric registered once");
+        }
+        m
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "metrics not encoded");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_follows_the_spec() {
+        METRICS.events.with_label_values(&["delivered"]).inc();
+        METRICS.notifications.with_label_values(&["sms", "sent", ""]).inc();
+        METRICS.first_messages.with_label_values(&["true"]).inc();
+        let text = METRICS.render();
+        let mut names = 0;
+        for family in METRICS.registry.gather() {
+            let name = family.name();
+            names += 1;
+            assert!(name.starts_with("forewarn_"), "{name}");
+            let counter = family.get_field_type() == prometheus::proto::MetricType::COUNTER;
+            assert_eq!(counter, name.ends_with("_total"), "{name}: counters, and only they, end in _total");
+            for m in family.get_metric() {
+                for label in m.get_label() {
+                    assert!(!["parcel", "parcel_id", "phone", "email", "to"].contains(&label.name()), "{name}");
+                }
+            }
+        }
+        assert!(names >= 3);
+        assert!(text.contains("forewarn_events_total{kind=\"delivered\"} 1"), "{text}");
+    }
+}

@@ -1,0 +1,91 @@
+//! The ops plane against a real Prometheus: it scrapes a running forewarn
+//! fed by the simulator over a real nats-server, and its HTTP API shows the
+//! event, alert and notification counters moving and the service level.
+
+use super::nats::{self, wait_until, NatsServer, Processor};
+use super::services::Prometheus;
+
+#[test]
+fn prometheus_scrapes_events_alerts_notifications_and_the_service_level() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let events = super::simulate(dir.path(), "net.jsonl", 3000, 21);
+    let clock = dir.path().join("clock");
+    let config = nats::config(dir.path(), &clock);
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str("\n[dispatch.limits]\ngroup_window = \"0s\"\n\n[dispatch.service_level]\ninterval = \"1s\"\n");
+    std::fs::write(&config, text).expect("config written");
+    let server = NatsServer::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+    let http = format!("127.0.0.1:{port}");
+    let p = Processor::start(dir.path(), &config, &["--nats", &server.url(), "--http", &http]);
+    let prometheus = Prometheus::start(&http);
+    wait_until("Prometheus scraping forewarn", || prometheus.value("up{job=\"forewarn\"}") == Some(1.0));
+    assert_eq!(prometheus.value("sum(forewarn_events_total)"), None, "nothing consumed yet");
+
+    nats::finish(nats::publish(&server.url(), 3000, 21, &[]));
+    nats::set_clock(&clock, &nats::newest(&events));
+    let published = std::fs::read_to_string(&events).expect("events").lines().count() as f64;
+    let value = |q: &str| prometheus.value(q).unwrap_or(0.0);
+    wait_until("every event counted", || value("sum(forewarn_events_total)") >= published);
+    wait_until("alerts counted", || value("sum(forewarn_alerts_total{state=\"firing\"})") > 10.0);
+    wait_until("notifications sent", || value("sum(forewarn_notifications_total{outcome=\"sent\"})") > 10.0);
+    wait_until("the service level", || prometheus.value("forewarn_service_level_ratio").is_some());
+
+    let delivered = value("forewarn_events_total{kind=\"delivered\"}");
+    assert!(delivered > 100.0, "events by kind: {delivered}");
+    let level = value("forewarn_service_level_ratio");
+    assert!((0.0..=1.0).contains(&level), "a ratio: {level}");
+    assert!(value("sum(forewarn_first_messages_total)") > 0.0);
+    assert!(value("forewarn_parcels_in_flight") > 0.0);
+    assert!(value("forewarn_checkpoint_last_success_timestamp_seconds") > 1.7e9);
+    assert!(value("histogram_quantile(0.5, sum by (le) (rate(forewarn_send_duration_seconds_bucket[1m])))") >= 0.0);
+    let metrics = super::http_get(&http, "/metrics");
+    for private in ["+33", "@exemple", "FW0"] {
+        assert!(!metrics.contains(private), "no contact detail or parcel id in the metrics ({private})");
+    }
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn the_deployed_prometheus_configuration_and_alerting_rules_pass_promtool() {
+    let dir = super::repo("deploy/prometheus");
+    for args in [
+        &["check", "config", "prometheus.yml"][..],
+        &["check", "rules", "forewarn-rules.yml"],
+        &["test", "rules", "forewarn-rules.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool").args(args).current_dir(&dir).output().expect("promtool runs");
+        assert!(out.status.success(), "promtool {args:?}:\n{}{}", super::text(&out.stdout), super::text(&out.stderr));
+    }
+}
+
+/// Every `forewarn_…` name in the Prometheus rules and Grafana dashboards of `deploy/`, its histogram
+/// suffixes aside, is one the processor exports.
+#[test]
+fn every_metric_the_deploy_files_use_is_exported() {
+    let exported = &forewarn::metrics::METRICS.names;
+    let mut used = std::collections::BTreeSet::new();
+    let mut stack: Vec<_> =
+        ["deploy/prometheus", "deploy/grafana"].map(super::repo).into_iter().filter(|p| p.exists()).collect();
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).expect("a dir").map(|e| e.expect("an entry").path()));
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for (at, _) in text.match_indices("forewarn_") {
+            let name: String = text[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            used.insert((name, path.clone()));
+        }
+    }
+    assert!(used.len() > 8, "the deploy files use forewarn metrics: {used:?}");
+    for (name, path) in used {
+        let base = ["_bucket", "_sum", "_count"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(
+            exported.iter().any(|e| e == &name || e == base),
+            "{} uses {name}, which forewarn does not export",
+            path.display()
+        );
+    }
+}
