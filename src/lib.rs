@@ -26,7 +26,9 @@
 //! - [`dispatch`]: alerts into messages (`forewarn run`, `--role
 //!   dispatch`): route, dedup ledger, quiet hours, grouping, rate limits,
 //!   templates, email / SMS / webhooks with retries, outcomes, the daily
-//!   branch digest.
+//!   branch digest; `replay --dispatch`, the backtest that really sends.
+//! - [`metrics`]: the Prometheus metrics of both, by one naming spec,
+//!   served on `/metrics`.
 //! - [`config`]: `forewarn.toml`, strict, every field defaulted.
 //! - [`simulate`]: a synthetic carrier network in the v1 contract
 //!   (`forewarn simulate`).
