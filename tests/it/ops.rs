@@ -36,9 +36,24 @@ fn prometheus_scrapes_events_alerts_notifications_and_the_service_level() {
     let level = value("forewarn_service_level_ratio");
     assert!((0.0..=1.0).contains(&level), "a ratio: {level}");
     assert!(value("sum(forewarn_first_messages_total)") > 0.0);
-    assert!(value("forewarn_parcels_in_flight") > 0.0);
+    // The window's gauges, refreshed every 5 s.
+    wait_until("the window's gauges", || value("forewarn_resident_memory_bytes") > 1e6);
+    assert!(prometheus.value("forewarn_parcels_in_flight").is_some());
     assert!(value("forewarn_checkpoint_last_success_timestamp_seconds") > 1.7e9);
     assert!(value("histogram_quantile(0.5, sum by (le) (rate(forewarn_send_duration_seconds_bucket[1m])))") >= 0.0);
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(super::repo("deploy/grafana/forewarn.json")).expect("dashboard"))
+            .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    for expr in panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().expect("targets"))
+        .map(|t| t["expr"].as_str().expect("an expr"))
+    {
+        let answer = prometheus.query(&expr.replace("$__rate_interval", "1m"));
+        assert_eq!(answer["status"], "success", "the dashboard's {expr}: {answer}");
+    }
     let metrics = super::http_get(&http, "/metrics");
     for private in ["+33", "@exemple", "FW0"] {
         assert!(!metrics.contains(private), "no contact detail or parcel id in the metrics ({private})");

@@ -230,8 +230,8 @@ impl Prometheus {
         Prometheus { addr, child, _dir: dir }
     }
 
-    /// The value of an instant query's first sample, if any.
-    pub fn value(&self, query: &str) -> Option<f64> {
+    /// An instant query's JSON answer (`status`, `data` or `error`).
+    pub fn query(&self, query: &str) -> serde_json::Value {
         let encoded: String = query
             .bytes()
             .map(|b| {
@@ -243,9 +243,14 @@ impl Prometheus {
             })
             .collect();
         let response = super::http_get(&self.addr, &format!("/api/v1/query?query={encoded}"));
-        let body = response.split_once("\r\n\r\n")?.1;
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         // Tolerates a chunked body: the JSON object is between the first { and the last }.
-        let json: serde_json::Value = serde_json::from_str(body.get(body.find('{')?..=body.rfind('}')?)?).ok()?;
-        json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+        let json = body.find('{').zip(body.rfind('}')).and_then(|(a, b)| body.get(a..=b));
+        json.and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default()
+    }
+
+    /// The value of an instant query's first sample, if any.
+    pub fn value(&self, query: &str) -> Option<f64> {
+        self.query(query)["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     }
 }
