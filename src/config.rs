@@ -44,8 +44,10 @@ pub struct Config {
     pub instance: String,
     /// The rules directory.
     pub rules: PathBuf,
-    /// Where `/healthz` and `/readyz` are served (`host:port`); empty: not served.
+    /// Where `/healthz`, `/readyz` and `/metrics` are served (`host:port`); empty: not served.
     pub http: String,
+    /// `/readyz` says not ready while more input messages than this wait on the server.
+    pub ready_max_pending: u64,
     /// What this process runs: `all` (detection and dispatch), `detect` or `dispatch`.
     pub role: String,
     pub nats: Nats,
@@ -65,6 +67,7 @@ impl Default for Config {
             instance: "forewarn".into(),
             rules: "rules".into(),
             http: String::new(),
+            ready_max_pending: 1_000_000,
             role: "all".into(),
             nats: Nats::default(),
             partitions: Partitions::default(),

@@ -31,6 +31,11 @@ impl Readiness {
     }
 }
 
+/// Why an instance with `waiting` input messages on the server is not ready, if it is not.
+pub fn lagging(waiting: u64, max: u64) -> Option<String> {
+    (waiting > max).then(|| format!("catching up: {waiting} messages waiting on the server (ready_max_pending {max})"))
+}
+
 async fn ready(State(readiness): State<Readiness>) -> (StatusCode, String) {
     match readiness.get() {
         None => (StatusCode::OK, "ready\n".into()),
@@ -58,4 +63,16 @@ pub async fn serve(addr: &str, readiness: Readiness) -> Result<(), LiveError> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_far_behind_is_not_ready_and_says_why() {
+        assert_eq!(lagging(1_000, 1_000), None);
+        let reason = lagging(1_001, 1_000).expect("not ready");
+        assert!(reason.contains("1001 messages waiting") && reason.contains("ready_max_pending 1000"), "{reason}");
+    }
 }

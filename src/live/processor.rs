@@ -93,6 +93,7 @@ struct Processor {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     summary: RunSummary,
+    readiness: health::Readiness,
 }
 
 /// Runs until `controls.stop` says so; then checkpoints, acknowledges and returns.
@@ -194,6 +195,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         since_checkpoint: 0,
         last_checkpoint: Instant::now(),
         summary: RunSummary::default(),
+        readiness: readiness.clone(),
     };
     for i in 0..3 {
         processor.open(i, &mut controls.stop).await?;
@@ -536,12 +538,15 @@ impl Processor {
                 m.watermark_delay.with_label_values(&[&p.to_string()]).set(behind);
             }
         }
+        let mut waiting = 0;
         for input in self.inputs.iter_mut() {
             let Some(consumer) = input.consumer.as_mut() else { continue };
             if let Ok(Ok(info)) = tokio::time::timeout(Duration::from_secs(2), consumer.info()).await {
                 m.consumer_pending.with_label_values(&[&input.stream]).set(info.num_pending as i64);
+                waiting += info.num_pending;
             }
         }
+        self.readiness.set(health::lagging(waiting, self.config.ready_max_pending).as_deref());
     }
 
     fn reload(&mut self) {

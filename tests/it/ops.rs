@@ -54,6 +54,7 @@ fn prometheus_scrapes_events_alerts_notifications_and_the_service_level() {
         let answer = prometheus.query(&expr.replace("$__rate_interval", "1m"));
         assert_eq!(answer["status"], "success", "the dashboard's {expr}: {answer}");
     }
+    wait_until("ready once caught up", || super::http_get(&http, "/readyz").starts_with("HTTP/1.1 200"));
     let metrics = super::http_get(&http, "/metrics");
     for private in ["+33", "@exemple", "FW0"] {
         assert!(!metrics.contains(private), "no contact detail or parcel id in the metrics ({private})");
