@@ -114,3 +114,24 @@ fn run_without_templates_stops_at_once_and_says_how_to_go_on() {
     assert!(stderr.contains("--role detect"), "{stderr}");
     assert!(!stderr.contains("connect"), "it failed before connecting:\n{stderr}");
 }
+
+/// `deploy/systemd/forewarn.service`: systemd finds nothing to ignore in it,
+/// and forewarn accepts its command line (a flag it does not know would stop
+/// it with a usage error before it reads any file).
+#[test]
+fn the_systemd_unit_verifies_and_its_command_line_parses() {
+    let unit = fs::read_to_string(repo("deploy/systemd/forewarn.service")).unwrap();
+    let binary = env!("CARGO_BIN_EXE_forewarn");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("forewarn.service");
+    fs::write(&path, unit.replace("/usr/local/bin/forewarn", binary)).unwrap();
+    let out = std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success() && !said.contains(path.to_str().unwrap()), "systemd-analyze verify:\n{said}");
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("an ExecStart");
+    let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
+    let out = forewarn(&args);
+    let stderr = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(2), "usage error:\n{stderr}");
+    assert!(stderr.contains("/etc/forewarn/forewarn.toml"), "it went on to read its configuration:\n{stderr}");
+}
