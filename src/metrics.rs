@@ -4,8 +4,9 @@
 //! channels, outcomes, partitions; never a parcel id, a phone or an email.
 //! One registry for the process, served as text on `/metrics`.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
+use crate::event::Kind;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -21,6 +22,9 @@ pub struct Metrics {
     pub names: Vec<String>,
     // Input.
     pub events: IntCounterVec,
+    /// `events` for each kind, looked up once (it is counted per event); a
+    /// kind's series appears with its first event.
+    events_by_kind: Vec<OnceLock<IntCounter>>,
     pub rejected: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub redeliveries: IntCounter,
@@ -65,6 +69,7 @@ impl Metrics {
         let mut m = Metrics {
             registry: Registry::new(),
             names: Vec::new(),
+            events_by_kind: Vec::new(),
             events: counter("forewarn_events_total", "Events applied to the window, by kind.", &["kind"]),
             rejected: counter(
                 "forewarn_events_rejected_total",
@@ -177,11 +182,17 @@ impl Metrics {
             Box::new(m.service_level.clone()),
             Box::new(m.held.clone()),
         ];
+        m.events_by_kind = Kind::ALL.iter().map(|_| OnceLock::new()).collect();
         for c in collectors {
             m.names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             m.registry.register(c).expect("each metric registered once");
         }
         m
+    }
+
+    /// The counter of events of `kind`.
+    pub fn event(&self, kind: Kind) -> &IntCounter {
+        self.events_by_kind[kind as usize].get_or_init(|| self.events.with_label_values(&[kind.as_str()]))
     }
 
     /// The text exposition format.

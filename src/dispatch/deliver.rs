@@ -67,8 +67,12 @@ pub fn link(template: &str, parcel: &str, alert: &str) -> Option<String> {
     if template.is_empty() {
         return None;
     }
-    let encoded: String = parcel
-        .bytes()
+    Some(template.replace("{parcel}", &url_encode(parcel)).replace("{alert}", alert))
+}
+
+/// `text` percent-encoded for a URL: unreserved characters kept, every other byte `%XX`.
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
                 (b as char).to_string()
@@ -76,8 +80,7 @@ pub fn link(template: &str, parcel: &str, alert: &str) -> Option<String> {
                 format!("%{b:02X}")
             }
         })
-        .collect();
-    Some(template.replace("{parcel}", &encoded).replace("{alert}", alert))
+        .collect()
 }
 
 impl Senders {

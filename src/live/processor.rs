@@ -408,7 +408,7 @@ impl Processor {
                 let expected = partition::of(&event.parcel_id, self.owned.count);
                 if expected == p {
                     self.summary.events += 1;
-                    METRICS.events.with_label_values(&[event.kind.as_str()]).inc();
+                    METRICS.event(event.kind).inc();
                     part.engine.ingest(&event, &mut self.alerts);
                     part.engine.take_facts(&mut self.facts);
                     None

@@ -232,16 +232,7 @@ impl Prometheus {
 
     /// An instant query's JSON answer (`status`, `data` or `error`).
     pub fn query(&self, query: &str) -> serde_json::Value {
-        let encoded: String = query
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
+        let encoded = forewarn::dispatch::deliver::url_encode(query);
         let response = super::http_get(&self.addr, &format!("/api/v1/query?query={encoded}"));
         let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         // Tolerates a chunked body: the JSON object is between the first { and the last }.
