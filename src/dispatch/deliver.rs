@@ -212,7 +212,16 @@ impl Senders {
             }
             attempts += 1;
             let result = {
-                let Ok(_permit) = self.permits.acquire().await else { return Ending::Interrupted };
+                // A message queued for a permit when the dispatcher stops is
+                // not sent: its alert stays unacknowledged and comes back.
+                let permit = tokio::select! {
+                    permit = self.permits.acquire() => permit,
+                    _ = stop.changed() => return Ending::Interrupted,
+                };
+                let Ok(_permit) = permit else { return Ending::Interrupted };
+                if *stop.borrow() {
+                    return Ending::Interrupted;
+                }
                 self.send_once(draft).await
             };
             let wait = match result {

@@ -54,8 +54,16 @@ impl World {
         World { dir, server, gateway, smtp, clock, config }
     }
 
+    /// At most `n` messages in flight, so that a batch takes a while.
+    fn concurrency(&self, n: usize) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let limited = text.replace("ack_wait = \"3s\"\n", &format!("ack_wait = \"3s\"\nconcurrency = {n}\n"));
+        assert_ne!(text, limited);
+        std::fs::write(&self.config, limited).unwrap();
+    }
+
     fn start(&self) -> Processor {
-        let p = Processor::start_env(
+        let mut p = Processor::start_env(
             self.dir.path(),
             &self.config,
             &["--role", "dispatch", "--nats", &self.server.url()],
@@ -66,7 +74,8 @@ impl World {
             let js = jetstream(&url).await;
             let start = std::time::Instant::now();
             while js.get_key_value("forewarn_sent").await.is_err() {
-                assert!(start.elapsed() < super::nats::PATIENCE, "the dispatcher did not start:\n{}", p.log());
+                let failed = p.exited() || start.elapsed() > super::nats::PATIENCE;
+                assert!(!failed, "the dispatcher did not start:\n{}", p.log());
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
@@ -157,7 +166,9 @@ fn sms_is_sent_once_after_a_503_retried_after_429_and_never_after_a_400() {
 #[test]
 fn a_restart_mid_batch_loses_nothing_and_sends_nothing_twice() {
     let w = World::new(false, "");
-    w.gateway.delay(Duration::from_millis(20));
+    // 4 at a time, 50 ms each: 80 a second, the batch takes about 4 s.
+    w.concurrency(4);
+    w.gateway.delay(Duration::from_millis(50));
     let p = w.start();
     let alerts: Vec<Value> = (0..300)
         .map(|n| {

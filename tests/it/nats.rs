@@ -133,6 +133,11 @@ impl Processor {
         s
     }
 
+    /// Whether it has already exited (a bad configuration, a crash).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().is_ok_and(|s| s.is_some())
+    }
+
     pub fn signal(&self, name: &str) {
         signal(&self.child, name);
     }
