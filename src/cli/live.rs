@@ -238,7 +238,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         tokio::spawn(signals(stop_tx, reload_tx, deadline));
         if !detect && !config.http.is_empty() {
             // Alone, the dispatcher serves health and metrics itself.
-            live::health::serve(&config.http, live::health::Readiness::default()).await?;
+            live::health::serve(&config, live::health::Readiness::default()).await?;
         }
         let dispatcher =
             dispatcher.map(|d| tokio::spawn(forewarn::dispatch::run::run(config.clone(), d, stop.clone())));

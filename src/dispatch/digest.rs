@@ -9,13 +9,12 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use chrono::{DateTime, NaiveTime, Utc};
 use chrono_tz::Tz;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::channel::email::Mail;
 use super::deliver::Senders;
-use super::ledger::{token, Ledger, Recorded};
+use super::ledger::{entries, slot, token, Ledger, Recorded};
 use super::notice::Notice;
 use super::template::Context;
 use crate::live::clock::Clock;
@@ -48,24 +47,22 @@ pub async fn track(store: &kv::Store, n: &Notice) -> Result<(), String> {
     store.put(&key, bytes.into()).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// The branch's rows, oldest first.
-pub async fn rows(store: &kv::Store, branch: &str) -> Result<Vec<Row>, String> {
-    let prefix = format!("{}.", token(branch));
-    let mut keys = store.keys().await.map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    while let Some(key) = keys.next().await {
-        let key = key.map_err(|e| e.to_string())?;
-        if !key.starts_with(&prefix) {
-            continue;
-        }
-        if let Some(bytes) = store.get(&key).await.map_err(|e| e.to_string())? {
-            if let Ok(row) = serde_json::from_slice::<Row>(&bytes) {
-                out.push(row);
-            }
-        }
-    }
-    out.sort_by(|a, b| (a.since, &a.parcel_id).cmp(&(b.since, &b.parcel_id)));
-    Ok(out)
+/// At most this many rows a branch: beyond, the digest says it is cut short.
+pub const MAX_ROWS: u64 = 100_000;
+
+/// The branch's rows with their alert ids, oldest first (then by alert id), and whether there
+/// were more than [`MAX_ROWS`].
+pub async fn rows(store: &kv::Store, branch: &str) -> Result<(Vec<(String, Row)>, bool), String> {
+    let (found, more) = entries(store, &format!("{}.*", token(branch)), MAX_ROWS).await?;
+    let mut out: Vec<(String, Row)> = found
+        .into_iter()
+        .filter_map(|(key, bytes)| {
+            let alert = key.rsplit_once('.').map(|(_, a)| a.to_string())?;
+            serde_json::from_slice::<Row>(&bytes).ok().map(|row| (alert, row))
+        })
+        .collect();
+    out.sort_by(|(a, x), (b, y)| (x.since, a).cmp(&(y.since, b)));
+    Ok((out, more))
 }
 
 fn csv_field(text: &str) -> String {
@@ -117,13 +114,18 @@ pub async fn run(
                 }
                 let date = local.format("%Y-%m-%d").to_string();
                 let key = format!("digest.{}.{date}", token(code));
-                if matches!(ledger.get(&key).await, Ok(Some(_))) {
+                let record = slot(None, &key);
+                if matches!(ledger.get(&record).await, Ok(Some(_))) {
                     continue;
                 }
                 match send(&senders, &store, code, email, tz, &date, &key).await {
                     Ok(count) => {
                         tracing::info!(branch = %code, parcels = count, "daily digest sent");
-                        if let Err(e) = ledger.record(&key, Recorded::Sent).await {
+                        let body = serde_json::json!({
+                            "outcome": "sent", "channel": "email", "audience": "branch", "branch": code,
+                            "digest": date, "parcels": count, "at": now.to_rfc3339(),
+                        });
+                        if let Err(e) = ledger.record(&record, Recorded::Sent, body.to_string().into()).await {
                             tracing::warn!(branch = %code, error = %e, "digest sent but not recorded");
                         }
                     }
@@ -147,10 +149,14 @@ async fn send(
     date: &str,
     key: &str,
 ) -> Result<usize, String> {
-    let rows = rows(store, code).await?;
+    let (rows, more) = rows(store, code).await?;
     if rows.is_empty() {
         return Ok(0);
     }
+    if more {
+        tracing::warn!(branch = %code, listed = rows.len(), "digest cut short: more at-risk parcels than it lists");
+    }
+    let rows: Vec<Row> = rows.into_iter().map(|(_, row)| row).collect();
     let branch = senders.directory.get(code);
     let ctx = Context {
         rule: "digest".into(),

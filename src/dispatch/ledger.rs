@@ -1,7 +1,10 @@
 //! What was sent: the idempotency record that makes "once" hold across
-//! restarts. One key per alert, state, audience and channel in a JetStream
-//! key-value bucket, with a moka cache in front so the common "not seen"
-//! and "already sent" answers cost no round trip after the first.
+//! restarts. One key per parcel, alert, state, audience and channel in a
+//! JetStream key-value bucket (the parcel first, so the agent's lookup
+//! lists a parcel's messages with one subject filter), holding the
+//! outcome as `notify.outcomes` publishes it, with a moka cache in front so
+//! the common "not seen" and "already sent" answers cost no round trip
+//! after the first.
 //!
 //! A message is recorded only after its final outcome (alertmanager's
 //! order: send, then record), and its alert is acknowledged only after the
@@ -24,19 +27,75 @@ pub enum Recorded {
 }
 
 impl Recorded {
-    fn encode(&self) -> Bytes {
-        match self {
-            Recorded::Sent => Bytes::from_static(b"sent"),
-            Recorded::Final(outcome) => Bytes::from(outcome.clone()),
-        }
-    }
-
+    /// From an outcome's JSON (`{"outcome": "sent" | "failed" | "skipped",
+    /// "reason": …}`), or a bare word.
     fn decode(bytes: &[u8]) -> Recorded {
-        match bytes {
-            b"sent" => Recorded::Sent,
-            other => Recorded::Final(String::from_utf8_lossy(other).into_owned()),
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            outcome: String,
+            reason: Option<String>,
+        }
+        match serde_json::from_slice::<Stored>(bytes) {
+            Ok(s) if s.outcome == "sent" => Recorded::Sent,
+            Ok(s) if s.outcome == "skipped" => Recorded::Final(s.reason.unwrap_or(s.outcome)),
+            Ok(s) => Recorded::Final(s.outcome),
+            Err(_) if bytes == b"sent" => Recorded::Sent,
+            Err(_) => Recorded::Final(String::from_utf8_lossy(bytes).into_owned()),
         }
     }
+}
+
+/// The ledger key of message `key` about `parcel`: `<parcel token>.<key>`
+/// (`-` for messages about no parcel, such as digests).
+pub fn slot(parcel: Option<&str>, key: &str) -> String {
+    match parcel {
+        Some(p) if !p.is_empty() => format!("{}.{key}", token(p)),
+        _ => format!("-.{key}"),
+    }
+}
+
+/// The newest value of each key matching the KV pattern `filter`, at most
+/// `max` of them, and whether more matched: one short-lived consumer on the
+/// bucket's stream filtered by subject, so listing a branch or a parcel
+/// costs its own keys, not the whole bucket. Deleted keys are left out.
+pub async fn entries(store: &kv::Store, filter: &str, max: u64) -> Result<(Vec<(String, Bytes)>, bool), String> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    use futures::StreamExt;
+    let consumer = store
+        .stream
+        .create_consumer(pull::Config {
+            filter_subject: format!("{}{filter}", store.prefix),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ack_policy: AckPolicy::None,
+            memory_storage: true,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let pending = consumer.cached_info().num_pending;
+    let want = pending.min(max) as usize;
+    let mut out = Vec::with_capacity(want);
+    if want > 0 {
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?.take(want);
+        let read = async {
+            while let Some(m) = messages.next().await {
+                let m = m.map_err(|e| e.to_string())?;
+                let deleted =
+                    m.headers.as_ref().and_then(|h| h.get("KV-Operation")).is_some_and(|op| op.as_str() != "PUT");
+                if let (false, Some(key)) = (deleted, m.subject.strip_prefix(store.prefix.as_str())) {
+                    out.push((key.to_string(), m.payload.clone()));
+                }
+            }
+            Ok::<_, String>(())
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .map_err(|_| "timed out reading the bucket".to_string())??;
+    }
+    let name = consumer.cached_info().name.clone();
+    let _ = store.stream.delete_consumer(&name).await;
+    Ok((out, pending > max))
 }
 
 #[derive(Clone)]
@@ -92,11 +151,11 @@ impl Ledger {
         let mut wanted = Vec::new();
         let mut skips = Vec::new();
         for draft in drafts {
-            if self.get(&draft.key).await?.is_some() {
+            if self.get(&draft.slot()).await?.is_some() {
                 continue;
             }
             if let Some(told) = &draft.told {
-                if self.get(told).await? != Some(Recorded::Sent) {
+                if self.get(&slot(draft.notice.parcel_id.as_deref(), told)).await? != Some(Recorded::Sent) {
                     skips.push(Skip {
                         audience: draft.target.audience(),
                         channel: draft.target.channel(),
@@ -110,9 +169,10 @@ impl Ledger {
         Ok((wanted, skips))
     }
 
-    pub async fn record(&self, key: &str, outcome: Recorded) -> Result<(), LiveError> {
+    /// Records the final outcome of the message at `key` (a [`slot`]), as `body` says it.
+    pub async fn record(&self, key: &str, outcome: Recorded, body: Bytes) -> Result<(), LiveError> {
         if let Some(store) = &self.store {
-            store.put(key, outcome.encode()).await.map_err(|e| LiveError::nats("idempotency record", e))?;
+            store.put(key, body).await.map_err(|e| LiveError::nats("idempotency record", e))?;
         }
         self.cache.insert(key.to_string(), outcome).await;
         Ok(())
@@ -135,6 +195,16 @@ pub fn token(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_read_back_from_outcomes_and_bare_words() {
+        assert_eq!(Recorded::decode(br#"{"outcome":"sent","channel":"sms"}"#), Recorded::Sent);
+        assert_eq!(Recorded::decode(br#"{"outcome":"failed","reason":"HTTP 400"}"#), Recorded::Final("failed".into()));
+        assert_eq!(Recorded::decode(br#"{"outcome":"skipped","reason":"grouped"}"#), Recorded::Final("grouped".into()));
+        assert_eq!(Recorded::decode(b"sent"), Recorded::Sent);
+        assert_eq!(slot(Some("1Z.9"), "ab.firing"), "1Z=2E9.ab.firing");
+        assert_eq!(slot(None, "digest"), "-.digest");
+    }
 
     #[test]
     fn tokens_keep_keys_valid_and_distinct() {

@@ -4,7 +4,6 @@
 //! of them: the recipient appears masked, and only in the published JSON.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -38,16 +37,16 @@ impl Outcome {
         })
     }
 
-    /// Every outcome of a finished message, each with its alert: the
+    /// Every outcome of a finished message, each with its draft: the
     /// message's own, and `grouped` for each draft it spoke for. None when
     /// it was interrupted.
-    pub fn of_batch(batch: &Batch, ending: &Ending) -> Vec<(Arc<Notice>, Outcome)> {
+    pub fn of_batch<'a>(batch: &'a Batch, ending: &Ending) -> Vec<(&'a Draft, Outcome)> {
         let Some(own) = Outcome::of(&batch.primary, ending) else { return Vec::new() };
         let grouped = batch.absorbed.iter().map(|a| {
             let skip = Skip { audience: a.target.audience(), channel: a.target.channel(), reason: "grouped" };
-            (a.notice.clone(), Outcome::from_skip(&skip))
+            (a, Outcome::from_skip(&skip))
         });
-        grouped.chain(std::iter::once((batch.primary.notice.clone(), own))).collect()
+        grouped.chain(std::iter::once((&batch.primary, own))).collect()
     }
 
     pub fn from_skip(s: &Skip) -> Outcome {

@@ -114,6 +114,13 @@ pub struct Draft {
     pub seq: u64,
 }
 
+impl Draft {
+    /// Where the ledger keeps this message's outcome.
+    pub fn slot(&self) -> String {
+        super::ledger::slot(self.notice.parcel_id.as_deref(), &self.key)
+    }
+}
+
 /// A message not sent, and why: an outcome, counted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skip {

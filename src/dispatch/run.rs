@@ -229,11 +229,11 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
                         }
                     }
                 }
-                for (notice, outcome) in Outcome::of_batch(&batch, &ending) {
+                for (draft, outcome) in Outcome::of_batch(&batch, &ending) {
                     if let Outcome::Failed { reason, .. } = &outcome {
                         tracing::warn!(key = %batch.primary.key, %reason, "message failed");
                     }
-                    publish(&client, &notice, outcome, &mut stats, now(&clock)).await;
+                    publish(&client, &draft.notice, outcome, &mut stats, now(&clock)).await;
                 }
                 if !matches!(ending, Ending::Interrupted) {
                     for draft in batch.drafts() {

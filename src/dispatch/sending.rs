@@ -8,13 +8,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 
 use super::config::Limits;
 use super::deliver::{Ending, Senders};
 use super::hold::{Batch, Limiter};
-use super::ledger::{Ledger, Recorded};
+use super::ledger::Ledger;
 use super::outcome::Outcome;
 use crate::metrics::METRICS;
 
@@ -79,7 +80,8 @@ impl Sending {
             if matches!(ending, Ending::Sent { .. } | Ending::Failed { .. }) {
                 METRICS.send_seconds.with_label_values(&[batch.primary.target.channel()]).observe(took.as_secs_f64());
             }
-            record(&ledger, &batch, &ending, &stop).await;
+            let at = now + chrono::Duration::from_std(took).unwrap_or_default();
+            record(&ledger, &batch, &ending, at, &stop).await;
             let _ = done.send(Done { batch, ending, took });
         });
     }
@@ -95,17 +97,16 @@ impl Sending {
     }
 }
 
-/// Records a final outcome for the message and every draft it absorbed.
-/// A record that cannot be stored before stopping is logged: the alert is
-/// still acknowledged, so it is not sent again unless that fails too.
-async fn record(ledger: &Ledger, batch: &Batch, ending: &Ending, stop: &watch::Receiver<bool>) {
-    let Some(outcome) = Outcome::of(&batch.primary, ending) else { return };
-    let grouped = Recorded::Final("grouped".into());
-    let records = std::iter::once((&batch.primary.key, outcome.recorded()))
-        .chain(batch.absorbed.iter().map(|a| (&a.key, grouped.clone())));
-    for (key, recorded) in records {
-        if retrying(stop, "idempotency record", || ledger.record(key, recorded.clone())).await.is_none() {
-            tracing::warn!(%key, "stopped before the outcome was recorded");
+/// Records the final outcome of the message and of every draft it absorbed,
+/// as `notify.outcomes` says them. A record that cannot be stored before
+/// stopping is logged: the alert is still acknowledged, so it is not sent
+/// again unless that fails too.
+async fn record(ledger: &Ledger, batch: &Batch, ending: &Ending, at: DateTime<Utc>, stop: &watch::Receiver<bool>) {
+    for (draft, outcome) in Outcome::of_batch(batch, ending) {
+        let (key, recorded, body) = (draft.slot(), outcome.recorded(), Bytes::from(outcome.json(&draft.notice, at)));
+        if retrying(stop, "idempotency record", || ledger.record(&key, recorded.clone(), body.clone())).await.is_none()
+        {
+            tracing::warn!(key = %draft.key, "stopped before the outcome was recorded");
         }
     }
 }

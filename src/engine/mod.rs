@@ -17,6 +17,7 @@ pub mod branch;
 mod checkpoint;
 mod plan;
 mod timers;
+mod view;
 mod wake;
 pub mod window;
 
@@ -24,6 +25,7 @@ use std::sync::Arc;
 
 pub use branch::{BranchStage, Fact};
 pub use checkpoint::CheckpointError;
+pub use view::{Lookup, OpenAlert, ParcelView};
 
 use crate::alert::{Alert, AlertId, AlertState, ParcelFacts, RecipientFacts, TriggerFacts};
 use crate::event::{Event, Kind};

@@ -261,3 +261,30 @@ fn a_branch_that_always_stalls_this_much_is_not_a_spike_until_it_triples() {
     assert!(firing[1] >= start.plus(Span::hours(60)), "{firing:?}");
     assert_eq!(spikes.iter().filter(|(s, _)| *s == AlertState::Resolved).count(), 1, "the burst is still open");
 }
+
+#[test]
+fn a_lookup_shows_state_open_alerts_recipient_and_contacts_without_changing_anything() {
+    let (engine, alerts) = run(
+        Config { retention: Span::hours(1), ..Config::default() },
+        &[
+            r#""parcel_id":"A","kind":"label_created","at":"2026-11-20T08:00:00Z","promised_by":"2026-11-22T18:00:00Z","recipient":{"phone":"+33612345678","channels":["sms"]}"#,
+            r#""parcel_id":"A","kind":"customs_hold","at":"2026-11-20T09:00:00Z","facility":"FR-CDG-CUSTOMS","reason":"documents_missing""#,
+            r#""parcel_id":"A","kind":"customer_contact","at":"2026-11-20T09:30:00Z","topic":"customs","channel":"phone""#,
+            r#""parcel_id":"B","kind":"departed","at":"2026-11-20T07:00:00Z""#,
+            r#""parcel_id":"B","kind":"delivered","at":"2026-11-20T07:30:00Z""#,
+        ],
+        Some("2026-11-21T10:00:00Z"),
+    );
+    assert!(alerts.iter().any(|a| a.starts_with("customs_hold firing")), "{alerts:?}");
+    let Lookup::InFlight(view) = engine.lookup("A") else { panic!("A is in flight") };
+    assert_eq!(view.facts.state, Kind::CustomsHold);
+    assert_eq!(view.state_since, Some(ts("2026-11-20T09:00:00Z")));
+    assert_eq!(view.facts.facility.as_deref(), Some("FR-CDG-CUSTOMS"));
+    assert_eq!(view.facts.promised_by, Some(ts("2026-11-22T18:00:00Z")));
+    assert_eq!(view.facts.recipient.as_ref().and_then(|r| r.phone.as_deref()), Some("+33612345678"));
+    let open: Vec<(&str, Option<Ts>)> = view.open.iter().map(|o| (&*o.rule, o.since)).collect();
+    assert_eq!(open, [("customs_hold", Some(ts("2026-11-21T09:00:00Z")))]);
+    assert_eq!(view.contacts, [ts("2026-11-20T09:30:00Z")]);
+    assert_eq!(engine.lookup("B"), Lookup::Closed, "delivered, then gone after the retention");
+    assert_eq!(engine.lookup("C"), Lookup::Unknown);
+}

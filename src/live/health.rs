@@ -1,6 +1,6 @@
 //! `/healthz` and `/readyz` on the processor's HTTP address, so an
-//! orchestrator can tell a live process from a ready one, and `/metrics`
-//! for Prometheus.
+//! orchestrator can tell a live process from a ready one, `/metrics` for
+//! Prometheus, and the agent's lookup API (`/v1`, see [`super::lookup`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -10,6 +10,7 @@ use axum::routing::get;
 use axum::Router;
 
 use super::LiveError;
+use crate::config::Config;
 
 /// Why the processor is not ready, or `None` when it is.
 #[derive(Clone, Default)]
@@ -47,8 +48,9 @@ async fn metrics() -> ([(axum::http::header::HeaderName, &'static str); 1], Stri
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::METRICS.render())
 }
 
-/// Serves health and metrics on `addr` in the background.
-pub async fn serve(addr: &str, readiness: Readiness) -> Result<(), LiveError> {
+/// Serves health, metrics and the lookup API on `config.http` in the background.
+pub async fn serve(config: &Config, readiness: Readiness) -> Result<(), LiveError> {
+    let addr = &config.http;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| LiveError::Config(format!("cannot listen on {addr} for health: {e}")))?;
@@ -56,7 +58,8 @@ pub async fn serve(addr: &str, readiness: Readiness) -> Result<(), LiveError> {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(readiness);
+        .with_state(readiness)
+        .merge(super::lookup::routes(config)?);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "health server stopped");

@@ -14,6 +14,7 @@ pub mod dlq;
 pub mod feed;
 pub mod health;
 mod input;
+pub mod lookup;
 pub mod outbox;
 pub mod processor;
 mod rules_dir;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{self, object_store::ObjectStore};
+use futures::stream::SelectAll;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -26,7 +27,7 @@ use super::outbox::{Outbox, OutboxStats};
 use super::rules_dir::RulesDir;
 use super::store::{self, Kind};
 use super::wire::{self, Refusal};
-use super::{connect, health, LiveError};
+use super::{connect, health, lookup, LiveError};
 use crate::alert::Alert;
 use crate::config::{std_duration, Config};
 use crate::engine::{BranchStage, Engine, Fact};
@@ -86,6 +87,8 @@ struct Processor {
     parts: BTreeMap<u16, Part>,
     stages: BTreeMap<u16, Stage>,
     inputs: [Input; 3],
+    /// The agent's lookups of parcels in the owned partitions.
+    lookups: SelectAll<async_nats::Subscriber>,
     rules: RulesDir,
     clock: Clock,
     alerts: Vec<Alert>,
@@ -105,9 +108,10 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
     let clock = Clock::parse(&config.watermark.clock).map_err(LiveError::Config)?;
     let readiness = health::Readiness::new("starting");
     if !config.http.is_empty() {
-        health::serve(&config.http, readiness.clone()).await?;
+        health::serve(&config, readiness.clone()).await?;
     }
     let client = connect::connect(&config.nats, &format!("forewarn {}", config.instance)).await?;
+    let lookups = lookup::subscribe(&client, &owned).await?;
     let js = connect::jetstream(client);
     connect::ensure_streams(&js, &config.streams).await?;
     let store = connect::bucket(&js, &config.checkpoint.bucket, config.streams.replicas).await?;
@@ -189,6 +193,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         parts,
         stages,
         inputs,
+        lookups,
         clock,
         alerts: Vec::new(),
         facts: Vec::new(),
@@ -211,6 +216,7 @@ enum Step {
     Tick,
     Reload,
     Committed(Result<Commit, LiveError>),
+    Lookup(async_nats::Message),
     Message(usize, Option<Result<Box<jetstream::Message>, pull::MessagesError>>),
 }
 
@@ -229,6 +235,7 @@ impl Processor {
                     Some(()) = controls.reload.recv() => Step::Reload,
                     result = committed(&mut storing) => Step::Committed(result),
                     _ = tick.tick() => Step::Tick,
+                    Some(request) = self.lookups.next() => Step::Lookup(request),
                     m = next_message(scans) => Step::Message(0, m.map(|r| r.map(Box::new))),
                     m = next_message(contacts) => Step::Message(1, m.map(|r| r.map(Box::new))),
                     m = next_message(facts) => Step::Message(2, m.map(|r| r.map(Box::new))),
@@ -238,6 +245,7 @@ impl Processor {
                 Step::Stop => break,
                 Step::Reload => self.reload(),
                 Step::Committed(result) => self.commit(result).await,
+                Step::Lookup(request) => self.lookup(request).await,
                 Step::Tick => {
                     if last_rules_look.elapsed() >= Duration::from_secs(2) {
                         last_rules_look = Instant::now();
@@ -314,6 +322,17 @@ impl Processor {
             "stopped"
         );
         Ok(())
+    }
+
+    /// Answers an agent's lookup from the engine of the parcel's partition.
+    async fn lookup(&self, request: async_nats::Message) {
+        let Some(reply) = request.reply else { return };
+        let id = String::from_utf8_lossy(&request.payload);
+        let engine = self.parts.get(&partition::of(&id, self.owned.count)).map(|p| &p.engine);
+        let answer = lookup::answer(engine, &request.payload);
+        if let Err(e) = self.js.client().publish(reply, answer.into()).await {
+            tracing::debug!(error = %e, "lookup answer not sent");
+        }
     }
 
     fn changed(&self) -> bool {

@@ -38,9 +38,15 @@ pub fn simulate(dir: &Path, name: &str, parcels: u64, seed: u64) -> String {
 
 /// A plain HTTP GET on loopback: the whole response, head and body (empty when nothing listens).
 pub fn http_get(addr: &str, path: &str) -> String {
+    http_get_with(addr, path, &[])
+}
+
+/// [`http_get`] with extra header lines (`"Accept: text/csv"`).
+pub fn http_get_with(addr: &str, path: &str, headers: &[&str]) -> String {
     use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return String::new() };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
     let mut response = String::new();
     if stream.write_all(request.as_bytes()).is_ok() {
         let _ = stream.read_to_string(&mut response);

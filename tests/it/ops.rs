@@ -105,3 +105,136 @@ fn every_metric_the_deploy_files_use_is_exported() {
         );
     }
 }
+
+/// The status line and body of a response.
+fn split(response: &str) -> (&str, &str) {
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
+    (head.lines().next().unwrap_or(""), body)
+}
+
+#[test]
+fn the_agent_sees_what_the_customer_was_told_and_the_branch_sees_its_at_risk_parcels() {
+    const TOKEN: &str = "agent-s3cret";
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let events = super::simulate(dir.path(), "net.jsonl", 1500, 33);
+    let clock = dir.path().join("clock");
+    let config = nats::config(dir.path(), &clock);
+    let server = NatsServer::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+    let http = format!("127.0.0.1:{port}");
+    let rt = nats::runtime();
+    let (_client, mut outcomes) = rt.block_on(async {
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let sub = client.subscribe("notify.outcomes.>").await.expect("subscribe");
+        client.flush().await.expect("flush");
+        (client, sub)
+    });
+    let p = Processor::start_env(
+        dir.path(),
+        &config,
+        &["--nats", &server.url(), "--http", &http],
+        &[("FOREWARN_API_TOKEN", TOKEN)],
+    );
+    nats::finish(nats::publish(&server.url(), 1500, 33, &[]));
+    nats::set_clock(&clock, &nats::newest(&events));
+    // The first customer message that went out.
+    let sent: serde_json::Value = rt.block_on(async {
+        use futures::StreamExt;
+        loop {
+            let m = tokio::time::timeout(nats::PATIENCE, outcomes.next()).await.expect("an outcome").expect("open");
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON");
+            if v["outcome"] == "sent" && v["audience"] == "customer" && v["branch"].is_string() {
+                break v;
+            }
+        }
+    });
+    let parcel = sent["parcel_id"].as_str().expect("a parcel id");
+    let auth = format!("Authorization: Bearer {TOKEN}");
+
+    let anonymous = super::http_get(&http, &format!("/v1/parcels/{parcel}"));
+    assert!(split(&anonymous).0.contains(" 401 ") && anonymous.contains("Bearer"), "no token, no answer: {anonymous}");
+    let wrong = super::http_get_with(&http, &format!("/v1/parcels/{parcel}"), &["Authorization: Bearer agent-s3creT"]);
+    assert!(split(&wrong).0.contains(" 401 "), "{wrong}");
+
+    let response = super::http_get_with(&http, &format!("/v1/parcels/{parcel}"), &[&auth]);
+    let (status, body) = split(&response);
+    assert!(status.contains(" 200 "), "{response}");
+    let view: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(view["parcel_id"], parcel);
+    assert!(["in_flight", "closed"].contains(&view["window"]["status"].as_str().unwrap_or("")), "{view}");
+    if view["window"]["status"] == "in_flight" {
+        assert!(view["window"]["state"].is_string() && view["window"]["last_scan"]["at"].is_string(), "{view}");
+    }
+    let told = view["messages"].as_array().expect("messages");
+    assert!(
+        told.iter().any(|m| m["alert_id"] == sent["alert_id"]
+            && m["outcome"] == "sent"
+            && m["channel"] == sent["channel"]
+            && m["at"].is_string()),
+        "the message the customer got is in the agent's view: {sent} in {view}"
+    );
+    assert!(
+        told.iter().filter_map(|m| m["to"].as_str()).all(|to| to.contains("***")),
+        "contact details masked: {body}"
+    );
+
+    let unknown = super::http_get_with(&http, "/v1/parcels/NO-SUCH-PARCEL", &[&auth]);
+    assert!(split(&unknown).0.contains(" 404 "), "{unknown}");
+
+    // The branch with the most at-risk parcels: its list, page by page,
+    // adds up to its total; as CSV too.
+    let data = std::fs::read_to_string(&events).expect("events");
+    let branches: std::collections::BTreeSet<String> = data
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["branch"].as_str().map(str::to_string))
+        .collect();
+    let total_of = |b: &str| {
+        let response = super::http_get_with(&http, &format!("/v1/branches/{b}/at-risk?limit=1"), &[&auth]);
+        serde_json::from_str::<serde_json::Value>(split(&response).1)
+            .ok()
+            .and_then(|v| v["total"].as_u64())
+            .unwrap_or(0)
+    };
+    let mut branch = String::new();
+    wait_until("a branch with several at-risk parcels", || {
+        branch = branches.iter().max_by_key(|b| total_of(b)).cloned().unwrap_or_default();
+        total_of(&branch) >= 7
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    let mut path = format!("/v1/branches/{branch}/at-risk?limit=3");
+    let mut total = None;
+    loop {
+        let response = super::http_get_with(&http, &path, &[&auth]);
+        let (status, body) = split(&response);
+        assert!(status.contains(" 200 "), "{response}");
+        let page: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        total = total.or(page["total"].as_u64());
+        let items = page["items"].as_array().expect("items");
+        assert!(items.len() <= 3);
+        for item in items {
+            assert!(item["parcel_id"].is_string() && item["rule"].is_string() && item["since"].is_string(), "{item}");
+            assert!(seen.insert(item["alert_id"].as_str().expect("an alert id").to_string()), "no row twice: {item}");
+        }
+        match page["next"].as_str() {
+            Some(next) => {
+                assert!(response.contains("rel=\"next\""), "a Link header: {response}");
+                path = format!("/v1/branches/{branch}/at-risk?limit=3&after={next}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(Some(seen.len() as u64), total);
+    let csv =
+        super::http_get_with(&http, &format!("/v1/branches/{branch}/at-risk?limit=1000"), &[&auth, "Accept: text/csv"]);
+    let (status, body) = split(&csv);
+    assert!(status.contains(" 200 ") && csv.contains("text/csv"), "{csv}");
+    let mut lines = body.lines();
+    assert_eq!(lines.next(), Some("tracking_number,rule,since,last_scan,facility"));
+    assert_eq!(lines.count() as u64, total.unwrap_or(0));
+    let bad = super::http_get_with(&http, &format!("/v1/branches/{branch}/at-risk?after=zzz"), &[&auth]);
+    assert!(split(&bad).0.contains(" 400 ") && bad.contains("cursor"), "{bad}");
+
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains(TOKEN), "the token is never logged");
+}

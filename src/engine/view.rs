@@ -1,0 +1,74 @@
+//! One parcel as the window holds it, for the agent's lookup: read-only,
+//! so answering a call centre never changes what the engine decides.
+
+use std::sync::Arc;
+
+use super::window::parcel_hash;
+use super::{facts, Engine};
+use crate::alert::ParcelFacts;
+use crate::rules::Severity;
+use crate::time::Ts;
+
+/// What the window knows of a parcel.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lookup {
+    /// In flight.
+    InFlight(Box<ParcelView>),
+    /// It left the window (done, or gone quiet for too long).
+    Closed,
+    /// Never seen by this engine, or forgotten.
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParcelView {
+    pub facts: ParcelFacts,
+    pub branch: Option<Arc<str>>,
+    /// When it entered its current state.
+    pub state_since: Option<Ts>,
+    pub last_event_at: Ts,
+    pub open: Vec<OpenAlert>,
+    /// The most recent customer contacts, oldest first.
+    pub contacts: Vec<Ts>,
+}
+
+/// A rule whose condition holds for the parcel now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenAlert {
+    pub rule: Arc<str>,
+    pub severity: Severity,
+    /// When it fired, for rules that resolve (others fire once and stay).
+    pub since: Option<Ts>,
+}
+
+impl Engine {
+    pub fn lookup(&self, parcel_id: &str) -> Lookup {
+        let hash = parcel_hash(parcel_id);
+        let Some(slot) = self.window.find(parcel_id, hash) else {
+            return if self.tombstones.contains(hash) { Lookup::Closed } else { Lookup::Unknown };
+        };
+        let p = self.window.get(slot);
+        let opened = p.aside.as_ref().map(|a| a.open.as_slice()).unwrap_or_default();
+        let open = (0..self.set.rules.len())
+            .filter(|&r| p.fired & (1u64 << r) != 0)
+            .map(|r| OpenAlert {
+                rule: self.plan.rules[r].id.clone(),
+                severity: self.set.rules[r].voice.severity,
+                since: opened.iter().find(|o| usize::from(o.rule) == r).map(|o| o.at),
+            })
+            .collect();
+        let known = |t: Ts| (t != Ts::MIN).then_some(t);
+        Lookup::InFlight(Box::new(ParcelView {
+            facts: facts(p, &self.syms, None),
+            branch: self.syms.get(p.branch).cloned(),
+            state_since: known(p.state_since),
+            last_event_at: p.last_event_at,
+            open,
+            contacts: p
+                .contacts
+                .as_ref()
+                .map(|t| t.iter().copied().filter(|&c| c != Ts::MIN).collect())
+                .unwrap_or_default(),
+        }))
+    }
+}
