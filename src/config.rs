@@ -141,7 +141,7 @@ impl fmt::Debug for Nats {
 pub struct Partitions {
     /// The deployment's partition count: every publisher and processor must agree.
     pub count: u16,
-    /// The partitions this instance owns: `all`, or a list such as `0-7` or `0,2,9-11`.
+    /// The partitions this instance owns: `all`, a list such as `0-7` or `0,2,9-11`, or `K/N` (slice K of N).
     pub owned: String,
 }
 

@@ -26,7 +26,10 @@ pub struct Owned {
 }
 
 impl Owned {
-    /// Parses `all`, or a list of numbers and ranges such as `0-7` or `0,2,9-11`.
+    /// Parses `all`; a list of numbers and ranges such as `0-7` or
+    /// `0,2,9-11`; or `K/N`, the K-th (from 0) of N near-equal contiguous
+    /// slices, so that instance K of N (a StatefulSet's pod index) needs no
+    /// list of its own.
     pub fn parse(text: &str, count: u16) -> Result<Owned, String> {
         if count == 0 {
             return Err("the partition count must be at least 1".into());
@@ -34,6 +37,14 @@ impl Owned {
         let text = text.trim();
         if text == "all" || text.is_empty() {
             return Ok(Owned { count, list: (0..count).collect() });
+        }
+        if let Some((k, n)) = text.split_once('/') {
+            let (k, n) = match (k.trim().parse::<u32>(), n.trim().parse::<u32>()) {
+                (Ok(k), Ok(n)) if k < n && n <= u32::from(count) => (k, n),
+                _ => return Err(format!("partitions {text:?}: K/N needs 0 <= K < N <= the count {count}")),
+            };
+            let edge = |i: u32| (i * u32::from(count)).div_ceil(n) as u16;
+            return Ok(Owned { count, list: (edge(k)..edge(k + 1)).collect() });
         }
         let mut list = BTreeSet::new();
         for part in text.split(',').map(str::trim) {
@@ -102,5 +113,21 @@ mod tests {
         assert_eq!(Owned::parse("all", 4).expect("parses").to_string(), "0-3");
         assert!(Owned::parse("3-1", 16).unwrap_err().contains("backwards"));
         assert!(Owned::parse("16", 16).unwrap_err().contains("below the count 16"));
+    }
+
+    #[test]
+    fn slices_of_n_instances_cover_every_partition_once() {
+        for n in 1..=16u16 {
+            let mut all = Vec::new();
+            for k in 0..n {
+                let owned = Owned::parse(&format!("{k}/{n}"), 16).expect("parses");
+                assert!(!owned.list.is_empty() && owned.list.len() <= 16usize.div_ceil(n.into()));
+                all.extend(owned.list);
+            }
+            assert_eq!(all, (0..16).collect::<Vec<u16>>(), "{n} instances");
+        }
+        assert_eq!(Owned::parse("1/3", 16).expect("parses").to_string(), "6-10");
+        assert!(Owned::parse("3/3", 16).unwrap_err().contains("K/N"));
+        assert!(Owned::parse("0/17", 16).is_err());
     }
 }

@@ -33,7 +33,7 @@ pub struct RunArgs {
     /// Where health (/healthz, /readyz) and metrics (/metrics) are served (host:port).
     #[arg(long, env = "FOREWARN_HTTP")]
     http: Option<String>,
-    /// The partitions this instance owns: all, or a list such as 0-7 or 0,2,9-11.
+    /// The partitions this instance owns: all, a list such as 0-7 or 0,2,9-11, or K/N (slice K of N).
     #[arg(long, env = "FOREWARN_PARTITIONS")]
     partitions: Option<String>,
     /// This instance's name: its consumers and checkpoints are its own.

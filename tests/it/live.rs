@@ -229,7 +229,7 @@ fn an_invalid_rule_pack_is_refused_on_sighup_and_the_old_one_keeps_running() {
     }
     let server = NatsServer::start();
     let config = nats::config(dir.path(), &dir.path().join("clock"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+    let port = super::free_port();
     let http = format!("127.0.0.1:{port}");
     // Rules only, no templates: detection alone.
     let args =

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `forewarn` command, run as a user runs it.
 
 mod cli;
+mod deploy;
 mod dispatch;
 mod live;
 mod nats;
@@ -34,6 +35,11 @@ pub fn simulate(dir: &Path, name: &str, parcels: u64, seed: u64) -> String {
     let out = forewarn(&["simulate", "--parcels", &parcels.to_string(), "--seed", &seed.to_string(), "--out", &path]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     path
+}
+
+/// A port nothing listens on, on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 /// A plain HTTP GET on loopback: the whole response, head and body (empty when nothing listens).

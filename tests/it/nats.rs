@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -25,10 +25,6 @@ pub struct NatsServer {
     extra: Vec<String>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
 /// Polls `ready` until it holds; panics with `what` after [`PATIENCE`].
 pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -46,7 +42,7 @@ impl NatsServer {
     /// With more `nats-server` flags (`--auth TOKEN`, …).
     pub fn start_with(extra: &[&str]) -> NatsServer {
         let mut server = NatsServer {
-            port: free_port(),
+            port: super::free_port(),
             dir: tempfile::tempdir().expect("a temp dir"),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),

@@ -15,7 +15,7 @@ fn prometheus_scrapes_events_alerts_notifications_and_the_service_level() {
     text.push_str("\n[dispatch.limits]\ngroup_window = \"0s\"\n\n[dispatch.service_level]\ninterval = \"1s\"\n");
     std::fs::write(&config, text).expect("config written");
     let server = NatsServer::start();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+    let port = super::free_port();
     let http = format!("127.0.0.1:{port}");
     let p = Processor::start(dir.path(), &config, &["--nats", &server.url(), "--http", &http]);
     let prometheus = Prometheus::start(&http);
@@ -120,7 +120,7 @@ fn the_agent_sees_what_the_customer_was_told_and_the_branch_sees_its_at_risk_par
     let clock = dir.path().join("clock");
     let config = nats::config(dir.path(), &clock);
     let server = NatsServer::start();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+    let port = super::free_port();
     let http = format!("127.0.0.1:{port}");
     let rt = nats::runtime();
     let (_client, mut outcomes) = rt.block_on(async {

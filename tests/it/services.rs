@@ -5,7 +5,7 @@
 //! 400, or hanging).
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -18,10 +18,6 @@ use axum::response::{IntoResponse, Response};
 
 use super::nats::wait_until;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
 /// aiosmtpd on a free loopback port, delivering into a maildir.
 pub struct Smtp {
     pub port: u16,
@@ -31,7 +27,7 @@ pub struct Smtp {
 
 impl Smtp {
     pub fn start(dir: &Path) -> Smtp {
-        let mut smtp = Smtp { port: free_port(), maildir: dir.join("maildir"), child: None };
+        let mut smtp = Smtp { port: super::free_port(), maildir: dir.join("maildir"), child: None };
         smtp.restart();
         smtp
     }
@@ -218,7 +214,7 @@ impl Prometheus {
             ),
         )
         .expect("config written");
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = format!("127.0.0.1:{}", super::free_port());
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
