@@ -312,6 +312,13 @@ fn print_stats(s: &Summary, engine: &Engine) {
     for (rule, (f, r)) in &s.alerts {
         let _ = writeln!(err, "  {rule:<22}{f:>8} {r:>8}");
     }
+    let (first, judged, median) = s.spoke_first();
+    let _ = writeln!(
+        err,
+        "contacts      {judged:>12}   on parcels forewarn spoke about: {first} after it spoke ({:.1} %), median lead {}",
+        100.0 * first as f64 / judged.max(1) as f64,
+        median.map_or("-".to_string(), |m| format!("{:.1} h", m.0 as f64 / 3_600_000.0))
+    );
     let _ = writeln!(
         err,
         "window        {:>12} parcels now, {} at peak; {} timers, {} wake-ups; evicted {} done, {} idle, {} for capacity",

@@ -15,6 +15,9 @@ use prometheus::{
 /// Latency buckets from 10 ms to 6 h: a message may wait out quiet hours.
 const LATENCY: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0];
 
+/// Lead-time buckets from 15 min to 4 days.
+const LEAD: &[f64] = &[900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0, 172800.0, 345600.0];
+
 /// Every metric forewarn exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -49,6 +52,9 @@ pub struct Metrics {
     pub first_messages: IntCounterVec,
     pub service_level: prometheus::Gauge,
     pub held: IntGauge,
+    // Proactivity.
+    pub contacts_judged: IntCounterVec,
+    pub contact_lead: Histogram,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -158,6 +164,20 @@ impl Metrics {
             .expect("valid"),
             held: IntGauge::new("forewarn_notifications_held", "Messages waiting for quiet hours or grouping.")
                 .expect("valid"),
+            contacts_judged: counter(
+                "forewarn_contacts_judged_total",
+                "Customer contacts on parcels a customer-facing alert spoke about, before or after the \
+                 contact, by topic and by whether forewarn spoke first (spoke_first: true, false).",
+                &["topic", "spoke_first"],
+            ),
+            contact_lead: Histogram::with_opts(
+                HistogramOpts::new(
+                    "forewarn_contact_lead_seconds",
+                    "For contacts forewarn spoke before: how long before (event time).",
+                )
+                .buckets(LEAD.to_vec()),
+            )
+            .expect("valid"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.events.clone()),
@@ -181,6 +201,8 @@ impl Metrics {
             Box::new(m.first_messages.clone()),
             Box::new(m.service_level.clone()),
             Box::new(m.held.clone()),
+            Box::new(m.contacts_judged.clone()),
+            Box::new(m.contact_lead.clone()),
         ];
         m.events_by_kind = Kind::ALL.iter().map(|_| OnceLock::new()).collect();
         for c in collectors {
@@ -193,6 +215,17 @@ impl Metrics {
     /// The counter of events of `kind`.
     pub fn event(&self, kind: Kind) -> &IntCounter {
         self.events_by_kind[kind as usize].get_or_init(|| self.events.with_label_values(&[kind.as_str()]))
+    }
+
+    /// Counts contacts judged by the engine: did forewarn speak first?
+    pub fn judged(&self, judged: &[crate::engine::Judged]) {
+        for j in judged {
+            let first = if j.told_first { "true" } else { "false" };
+            self.contacts_judged.with_label_values(&[j.topic.as_str(), first]).inc();
+            if j.told_first {
+                self.contact_lead.observe(j.gap.0 as f64 / 1000.0);
+            }
+        }
     }
 
     /// The text exposition format.

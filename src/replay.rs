@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::alert::{Alert, AlertState};
 use crate::engine::window::parcel_hash;
-use crate::engine::Engine;
+use crate::engine::{Engine, Judged};
 use crate::event::{decode, Event, Reject, MAX_EVENT_BYTES};
 
 const CHUNK: usize = 4 << 20;
@@ -29,6 +29,8 @@ pub struct Summary {
     pub rejected: BTreeMap<&'static str, u64>,
     /// (firing, resolved) by rule.
     pub alerts: BTreeMap<Arc<str>, (u64, u64)>,
+    /// The contacts judged: did forewarn speak first?
+    pub judged: Vec<Judged>,
     pub elapsed: Duration,
 }
 
@@ -39,6 +41,14 @@ impl Summary {
 
     pub fn alerts_total(&self) -> u64 {
         self.alerts.values().map(|(f, r)| f + r).sum()
+    }
+
+    /// Contacts forewarn spoke before, of those judged, and the median lead time.
+    pub fn spoke_first(&self) -> (usize, usize, Option<crate::time::Span>) {
+        let mut leads: Vec<i64> = self.judged.iter().filter(|j| j.told_first).map(|j| j.gap.0).collect();
+        leads.sort_unstable();
+        let median = (!leads.is_empty()).then(|| crate::time::Span(leads[leads.len() / 2]));
+        (leads.len(), self.judged.len(), median)
     }
 }
 
@@ -89,13 +99,16 @@ impl<'r, 's> Run<'r, 's> {
 
     /// Replays whole lines.
     fn chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
-        process(chunk, self.engine, self.sinks, &mut self.summary, &mut self.out, &mut self.text)
+        process(chunk, self.engine, self.sinks, &mut self.summary, &mut self.out, &mut self.text)?;
+        self.engine.take_judged(&mut self.summary.judged);
+        Ok(())
     }
 
     /// The input is complete: nothing late can come, so every deadline up to
     /// the newest event is judged and every event held aside is applied.
     fn finish(mut self) -> io::Result<Summary> {
         self.engine.advance(self.engine.newest(), &mut self.out);
+        self.engine.take_judged(&mut self.summary.judged);
         write_alerts(&mut self.out, self.sinks.alerts, &mut self.summary, &mut self.text)?;
         self.summary.elapsed = self.started.elapsed();
         Ok(self.summary)

@@ -389,6 +389,7 @@ impl Engine {
             syms,
             branches,
             facts: Vec::new(),
+            judged: Vec::new(),
             branch_stage_inside: true,
             watermark,
             max_at,

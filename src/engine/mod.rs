@@ -28,8 +28,8 @@ pub use checkpoint::CheckpointError;
 pub use view::{Lookup, OpenAlert, ParcelView};
 
 use crate::alert::{Alert, AlertId, AlertState, ParcelFacts, RecipientFacts, TriggerFacts};
-use crate::event::{Event, Kind};
-use crate::rules::{RuleSet, Trigger};
+use crate::event::{Event, Kind, Topic};
+use crate::rules::{Audience, RuleSet, Trigger};
 use crate::time::{Span, Ts};
 use plan::Plan;
 use timers::{Entry, Timers};
@@ -105,6 +105,22 @@ pub struct Stats {
     pub held: u64,
 }
 
+/// A customer contact judged against what forewarn had told the customer:
+/// the proof, or not, that it spoke first. Contacts on parcels no
+/// customer-facing alert has spoken about (yet) are judged when one does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judged {
+    pub topic: Topic,
+    /// When the customer got in touch.
+    pub at: Ts,
+    /// The rule whose customer-facing alert spoke first.
+    pub rule: Arc<str>,
+    /// Whether it spoke before the contact…
+    pub told_first: bool,
+    /// …and by how long (the lead time), or how long after the contact it spoke.
+    pub gap: Span,
+}
+
 /// What became of an applied event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -133,6 +149,8 @@ pub struct Engine {
     /// Branch facts made since the last [`Engine::advance`] (or
     /// [`Engine::take_facts`] when the branch stage runs apart).
     facts: Vec<Fact>,
+    /// Contacts judged since the last [`Engine::take_judged`].
+    judged: Vec<Judged>,
     branch_stage_inside: bool,
     watermark: Ts,
     /// The newest scan time: what the watermark follows.
@@ -148,6 +166,7 @@ impl Engine {
         Engine {
             branches: BranchStage::new(&set),
             facts: Vec::new(),
+            judged: Vec::new(),
             branch_stage_inside: true,
             set: Arc::new(set),
             plan,
@@ -187,6 +206,11 @@ impl Engine {
     /// The branch facts made since the last call, when the stage runs apart.
     pub fn take_facts(&mut self, into: &mut Vec<Fact>) {
         into.append(&mut self.facts);
+    }
+
+    /// The contacts judged since the last call.
+    pub fn take_judged(&mut self, into: &mut Vec<Judged>) {
+        into.append(&mut self.judged);
     }
 
     /// Every timer at or before this instant has fired.
@@ -288,6 +312,14 @@ impl Engine {
         let superseded = p.state.is_done() && ev.at < p.state_at;
         let inputs = p.deadline_inputs();
         let first_branch = absorb(p, ev, &self.plan.counted, &mut self.syms, &mut self.stats);
+        if let (Kind::CustomerContact, true) = (ev.kind, p.told_at() <= ev.at) {
+            let by = p.talk.as_ref().map_or(u8::MAX, |t| t.told_by);
+            if let Some(rule) = self.plan.rules.get(usize::from(by)) {
+                let topic = ev.contact.map_or(Topic::Other, |c| c.topic);
+                let gap = ev.at.since(p.told_at());
+                self.judged.push(Judged { topic, at: ev.at, rule: rule.id.clone(), told_first: true, gap });
+            }
+        }
         // A scan only pushes the stall deadline later; an unchanged wake-up stays right.
         let moved = p.wake == Ts::MAX || p.deadline_inputs() != inputs;
         if let (true, Some(b)) = (first_branch && self.branches.wants_intake(), self.syms.get(p.branch)) {
@@ -368,6 +400,9 @@ impl Engine {
                 }
             }
             p.fired = fired;
+            if let Some(talk) = p.talk.as_mut().filter(|t| t.told_by != u8::MAX) {
+                talk.told_by = remap.get(usize::from(talk.told_by)).copied().flatten().unwrap_or(u8::MAX);
+            }
             if let Some(aside) = p.aside.as_mut() {
                 aside.open.retain_mut(|o| match remap[o.rule as usize] {
                     Some(new) => {
@@ -412,6 +447,16 @@ impl Engine {
             branch: branch.clone(),
             branch_facts: None,
         };
+        if state == AlertState::Firing && alert.audience.includes(Audience::CUSTOMER) {
+            let p = self.window.get_mut(slot);
+            if p.tell(at, r) {
+                // The contacts that came before it spoke (or that it meets on its way).
+                for (c, topic) in p.contacts() {
+                    let (told_first, gap) = (c >= at, if c >= at { c.since(at) } else { at.since(c) });
+                    self.judged.push(Judged { topic, at: c, rule: id.clone(), told_first, gap });
+                }
+            }
+        }
         if let (AlertState::Firing, Some(branch), true) = (state, branch, self.branches.counts(r as usize)) {
             self.facts.push(Fact { at, rule: Some(id.clone()), branch, key: alert.id.0 });
         }
@@ -461,7 +506,7 @@ fn absorb(p: &mut Parcel, ev: &Event<'_>, counted: &[Option<u8>], syms: &mut Int
     p.branch = intern(&ev.branch, p.branch);
     p.service = intern(&ev.service, p.service);
     if ev.kind == Kind::CustomerContact {
-        p.add_contact(ev.at);
+        p.add_contact(ev.at, ev.contact.map_or(Topic::Other, |c| c.topic));
     }
     if ev.recipient.is_some() {
         take_recipient(p, ev, syms);

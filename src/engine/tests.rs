@@ -288,3 +288,42 @@ fn a_lookup_shows_state_open_alerts_recipient_and_contacts_without_changing_anyt
     assert_eq!(engine.lookup("B"), Lookup::Closed, "delivered, then gone after the retention");
     assert_eq!(engine.lookup("C"), Lookup::Unknown);
 }
+
+#[test]
+fn contacts_are_judged_against_the_first_customer_alert_whichever_comes_first() {
+    let label = |p: &str| {
+        format!(
+            r#""parcel_id":"{p}","kind":"label_created","at":"2026-11-20T08:00:00Z","promised_by":"2026-11-25T18:00:00Z","recipient":{{"channels":["sms"]}}"#
+        )
+    };
+    let hold = |p: &str| format!(r#""parcel_id":"{p}","kind":"customs_hold","at":"2026-11-20T09:00:00Z""#);
+    let contact = |p: &str, at: &str, topic: &str| {
+        format!(r#""parcel_id":"{p}","kind":"customer_contact","at":"{at}","topic":"{topic}","channel":"phone""#)
+    };
+    let (label_a, hold_a, label_b, hold_b, label_c) = (label("A"), hold("A"), label("B"), hold("B"), label("C"));
+    // A: held at 09:00, told at 09:00 the next day (24 h rule), calls 6 h later.
+    // B: held at 09:00, calls at 11:00, told at 09:00 the next day: 22 h too late.
+    // C: calls, nothing wrong: not judged.
+    let (call_a, call_b, call_c) = (
+        contact("A", "2026-11-21T15:00:00Z", "customs"),
+        contact("B", "2026-11-20T11:00:00Z", "international"),
+        contact("C", "2026-11-20T12:00:00Z", "track"),
+    );
+    let lines = [&label_a, &hold_a, &label_b, &hold_b, &label_c, &call_a, &call_b, &call_c].map(String::as_str);
+    let (mut engine, alerts) = run(Config::default(), &lines, Some("2026-11-22T00:00:00Z"));
+    assert_eq!(alerts.iter().filter(|a| a.starts_with("customs_hold firing")).count(), 2, "{alerts:?}");
+    let mut judged = Vec::new();
+    engine.take_judged(&mut judged);
+    judged.sort_by_key(|j| j.topic);
+    let seen: Vec<(Topic, bool, Span, &str)> =
+        judged.iter().map(|j| (j.topic, j.told_first, j.gap, &*j.rule)).collect();
+    assert_eq!(
+        seen,
+        [
+            (Topic::International, false, Span::hours(22), "customs_hold"),
+            (Topic::Customs, true, Span::hours(6), "customs_hold"),
+        ]
+    );
+    engine.take_judged(&mut judged);
+    assert_eq!(judged.len(), 2, "taken once");
+}

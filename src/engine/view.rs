@@ -64,11 +64,7 @@ impl Engine {
             state_since: known(p.state_since),
             last_event_at: p.last_event_at,
             open,
-            contacts: p
-                .contacts
-                .as_ref()
-                .map(|t| t.iter().copied().filter(|&c| c != Ts::MIN).collect())
-                .unwrap_or_default(),
+            contacts: p.contacts().map(|(t, _)| t).collect(),
         }))
     }
 }

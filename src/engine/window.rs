@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::event::{Channels, Event, Kind};
+use crate::event::{Channels, Event, Kind, Topic};
 use crate::time::Ts;
 
 /// An interned string: an index into an [`Interner`].
@@ -202,8 +202,9 @@ pub struct Parcel {
     /// Events seen of the kinds `nth` rules count (saturating), by [`COUNTED_KINDS`] place.
     pub counts: [u8; COUNTED_KINDS],
     pub seen: Seen,
-    /// The most recent customer contact times, newest last.
-    pub contacts: Option<Box<[Ts; 4]>>,
+    /// The customer's contacts and when forewarn first spoke to them; few
+    /// parcels have either, so it costs a pointer.
+    pub talk: Option<Box<Talk>>,
     /// Open episodes and parked events; few parcels have any, so it costs a pointer.
     pub aside: Option<Box<Aside>>,
 }
@@ -234,7 +235,7 @@ impl Parcel {
             wake: Ts::MAX,
             counts: [0; COUNTED_KINDS],
             seen: Seen::default(),
-            contacts: None,
+            talk: None,
             aside: None,
         }
     }
@@ -309,21 +310,64 @@ impl Parcel {
         self.blob.is_empty()
     }
 
-    /// Records a contact time, keeping the four most recent in time order.
-    pub fn add_contact(&mut self, at: Ts) {
-        let times = self.contacts.get_or_insert_with(|| Box::new([Ts::MIN; 4]));
-        if at > times[0] {
-            times[0] = at;
-            times.sort_unstable();
+    /// Records a contact, keeping the four most recent in time order.
+    pub fn add_contact(&mut self, at: Ts, topic: Topic) {
+        let contacts = &mut self.talk().contacts;
+        if at > contacts[0].0 {
+            contacts[0] = (at, topic);
+            contacts.sort_unstable_by_key(|c| c.0);
         }
     }
 
     /// Contacts within `span` before the most recent one.
     pub fn contacts_within(&self, span: crate::time::Span) -> usize {
-        self.contacts.as_ref().map_or(0, |t| {
-            let newest = t[3];
-            t.iter().filter(|&&c| c != Ts::MIN && c > newest.minus(span)).count()
+        self.talk.as_ref().map_or(0, |t| {
+            let newest = t.contacts[3].0;
+            t.contacts.iter().filter(|&&(c, _)| c != Ts::MIN && c > newest.minus(span)).count()
         })
+    }
+
+    /// The recorded contacts, oldest first.
+    pub fn contacts(&self) -> impl Iterator<Item = (Ts, Topic)> + '_ {
+        self.talk.iter().flat_map(|t| t.contacts.iter().copied().filter(|&(c, _)| c != Ts::MIN))
+    }
+
+    /// When a customer-facing alert first fired, `Ts::MAX` if none has.
+    pub fn told_at(&self) -> Ts {
+        self.talk.as_ref().map_or(Ts::MAX, |t| t.told_at)
+    }
+
+    /// Notes that rule `rule`'s customer-facing alert fired at `at`; true
+    /// when it is the first to speak (only the first is noted).
+    pub fn tell(&mut self, at: Ts, rule: u8) -> bool {
+        let talk = self.talk();
+        let first = talk.told_at == Ts::MAX;
+        if first {
+            (talk.told_at, talk.told_by) = (at, rule);
+        }
+        first
+    }
+
+    fn talk(&mut self) -> &mut Talk {
+        self.talk.get_or_insert_with(|| Box::new(Talk::default()))
+    }
+}
+
+/// A parcel's conversation with its customer, for the rules that count
+/// contacts and for the proof that forewarn spoke first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Talk {
+    /// The four most recent contacts, oldest first (`Ts::MIN`: none), with their topics.
+    pub contacts: [(Ts, Topic); 4],
+    /// When a customer-facing alert about the parcel first fired (`Ts::MAX`: none yet)…
+    pub told_at: Ts,
+    /// …and the index of its rule.
+    pub told_by: u8,
+}
+
+impl Default for Talk {
+    fn default() -> Self {
+        Talk { contacts: [(Ts::MIN, Topic::Other); 4], told_at: Ts::MAX, told_by: u8::MAX }
     }
 }
 

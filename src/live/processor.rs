@@ -30,7 +30,7 @@ use super::wire::{self, Refusal};
 use super::{connect, health, lookup, LiveError};
 use crate::alert::Alert;
 use crate::config::{std_duration, Config};
-use crate::engine::{BranchStage, Engine, Fact};
+use crate::engine::{BranchStage, Engine, Fact, Judged};
 use crate::event::decode;
 use crate::metrics::METRICS;
 use crate::partition::{self, Owned};
@@ -93,6 +93,8 @@ struct Processor {
     clock: Clock,
     alerts: Vec<Alert>,
     facts: Vec<Fact>,
+    /// Contacts judged since the last publish, for the proactivity metrics.
+    judged: Vec<Judged>,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     summary: RunSummary,
@@ -197,6 +199,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         clock,
         alerts: Vec::new(),
         facts: Vec::new(),
+        judged: Vec::new(),
         since_checkpoint: 0,
         last_checkpoint: Instant::now(),
         summary: RunSummary::default(),
@@ -430,6 +433,7 @@ impl Processor {
                     METRICS.event(event.kind).inc();
                     part.engine.ingest(&event, &mut self.alerts);
                     part.engine.take_facts(&mut self.facts);
+                    part.engine.take_judged(&mut self.judged);
                     None
                 } else {
                     Some(Refusal::Misrouted { subject: subject.to_string(), expected })
@@ -508,6 +512,8 @@ impl Processor {
         for fact in self.facts.drain(..) {
             self.outbox.send(wire::fact(&fact, self.owned.count)).await;
         }
+        METRICS.judged(&self.judged);
+        self.judged.clear();
     }
 
     /// Idle partitions' watermarks follow the clock, so absence rules fire on
@@ -535,6 +541,7 @@ impl Processor {
                 tracing::debug!(from = ?part.engine.watermark(), to = ?target, "idle: the watermark follows the clock");
                 part.engine.advance(target, &mut self.alerts);
                 part.engine.take_facts(&mut self.facts);
+                part.engine.take_judged(&mut self.judged);
                 part.dirty = true;
             }
         }

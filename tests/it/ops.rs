@@ -30,6 +30,8 @@ fn prometheus_scrapes_events_alerts_notifications_and_the_service_level() {
     wait_until("alerts counted", || value("sum(forewarn_alerts_total{state=\"firing\"})") > 10.0);
     wait_until("notifications sent", || value("sum(forewarn_notifications_total{outcome=\"sent\"})") > 10.0);
     wait_until("the service level", || prometheus.value("forewarn_service_level_ratio").is_some());
+    wait_until("contacts judged", || value("sum(forewarn_contacts_judged_total{spoke_first=\"true\"})") > 0.0);
+    assert!(value("sum(forewarn_contact_lead_seconds_count)") > 0.0, "lead times observed");
 
     let delivered = value("forewarn_events_total{kind=\"delivered\"}");
     assert!(delivered > 100.0, "events by kind: {delivered}");

@@ -37,9 +37,16 @@ fn resuming_from_a_checkpoint_gives_the_alerts_of_an_uninterrupted_run() {
     let mut first = Engine::new(pack(), Config::default());
     let mut got = feed(&mut first, &lines[..half]);
     let saved = first.checkpoint();
+    let mut judged = Vec::new();
+    first.take_judged(&mut judged);
     drop(first);
     let mut resumed = Engine::restore(&saved, pack(), Config::default()).expect("restores");
     got.extend(feed(&mut resumed, &lines[half..]));
+    resumed.take_judged(&mut judged);
+    let mut judged_whole = Vec::new();
+    whole.take_judged(&mut judged_whole);
+    assert!(judged_whole.len() > 20, "contacts judged: {}", judged_whole.len());
+    assert_eq!(judged, judged_whole, "who spoke first survives a checkpoint");
 
     assert!(expected.len() > 10_000);
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&expected));
@@ -67,6 +74,17 @@ fn a_checkpoint_restores_under_a_reordered_pack() {
     let mut resumed = Engine::restore(&saved, reordered, Config::default()).expect("restores");
     got.extend(feed(&mut resumed, &lines[half..]));
     assert_eq!(ids(&got), ids(&expected), "same alert ids and rules, whatever the rule order");
+    let rules = |e: &mut Engine| {
+        let mut judged = Vec::new();
+        e.take_judged(&mut judged);
+        let mut rules: Vec<String> = judged.iter().map(|j| format!("{} {}", j.at, j.rule)).collect();
+        rules.sort();
+        rules
+    };
+    let mut both = rules(&mut first);
+    both.extend(rules(&mut resumed));
+    both.sort();
+    assert_eq!(both, rules(&mut whole), "the rule that spoke first, whatever the rule order");
 }
 
 #[test]

@@ -93,11 +93,17 @@ impl Parcel {
             w.u(u64::from(*fp));
         }
         w.u(0);
-        match &self.contacts {
+        match &self.talk {
             None => w.u(0),
-            Some(times) => {
-                w.u(1);
-                times.iter().for_each(|t| w.ts(*t));
+            Some(talk) => {
+                // 1 was the contact times alone.
+                w.u(2);
+                for (t, topic) in talk.contacts {
+                    w.ts(t);
+                    w.u(topic as u64);
+                }
+                w.ts(talk.told_at);
+                w.u(u64::from(talk.told_by));
             }
         }
         let (open, parked) = self.aside.as_ref().map_or((&[][..], &[][..]), |a| (&a.open[..], &a.parked[..]));
@@ -152,12 +158,21 @@ impl Parcel {
                 }
             }
         }
-        if r.u()? != 0 {
-            let mut times = [Ts::MIN; 4];
-            for t in &mut times {
-                *t = r.ts()?;
+        let talk = r.u()?;
+        if talk != 0 {
+            let mut t = Talk::default();
+            for (at, topic) in &mut t.contacts {
+                *at = r.ts()?;
+                if talk >= 2 {
+                    *topic = Topic::ALL[r.n(Topic::ALL.len() - 1, "topic")?];
+                }
             }
-            p.contacts = Some(Box::new(times));
+            if talk >= 2 {
+                t.told_at = r.ts()?;
+                let by = r.n(255, "rule")?;
+                t.told_by = remap.rules.get(by).copied().flatten().unwrap_or(u8::MAX);
+            }
+            p.talk = Some(Box::new(t));
         }
         for _ in 0..r.n(64, "open episodes")? {
             let (rule, at) = (r.n(255, "rule")?, r.ts()?);

@@ -68,7 +68,11 @@ fn contacts_keep_the_newest_four() {
     let s = w.insert("P", parcel_hash("P"), Ts(0));
     let p = w.get_mut(s);
     for h in [5, 1, 9, 3, 7] {
-        p.add_contact(Ts(h * 3_600_000));
+        p.add_contact(Ts(h * 3_600_000), crate::event::Topic::Track);
     }
     assert_eq!(p.contacts_within(crate::time::Span::hours(5)), 3);
+    assert_eq!(p.contacts().map(|(t, _)| t.0 / 3_600_000).collect::<Vec<_>>(), [3, 5, 7, 9]);
+    assert_eq!(p.told_at(), Ts::MAX);
+    assert!(p.tell(Ts(4), 1) && !p.tell(Ts(5), 2), "the first telling is the one noted");
+    assert_eq!((p.told_at(), p.talk.as_ref().map(|t| t.told_by)), (Ts(4), Some(1)));
 }
