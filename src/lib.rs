@@ -62,6 +62,7 @@ pub mod live;
 pub mod metrics;
 pub mod partition;
 pub mod replay;
+pub mod report;
 pub mod rules;
 pub mod simulate;
 pub mod time;

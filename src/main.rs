@@ -39,6 +39,9 @@ struct Cli {
 enum Command {
     /// Backtest: run a JSON Lines file of events through the engine in event time.
     Replay(ReplayArgs),
+    /// Proof that forewarn speaks first: replay the events and judge every
+    /// customer contact against what forewarn had already said.
+    Report(ReportArgs),
     /// Check a rule pack; errors name file:line:column.
     Check {
         /// The rules directory.
@@ -61,6 +64,18 @@ enum Command {
         #[command(subcommand)]
         command: cli::live::DlqCommand,
     },
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The events file (JSON Lines; read twice).
+    events: PathBuf,
+    /// The rules directory.
+    #[arg(long, default_value = "rules", env = "FOREWARN_RULES")]
+    rules: PathBuf,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -129,6 +144,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay(args) => replay(args),
+        Command::Report(args) => report(args),
         Command::Check { dir } => check(&dir),
         Command::Test { dir } => test(&dir),
         Command::Simulate(args) => simulate(args),
@@ -248,6 +264,21 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     } else if summary.rejected_total() > 0 {
         let hint = if args.rejects.is_some() { "" } else { "; pass --rejects FILE to keep them" };
         eprintln!("{} line(s) rejected{hint}", summary.rejected_total());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(args: ReportArgs) -> Result<ExitCode> {
+    let set = load_rules(&args.rules)?;
+    let mut engine = Engine::new(set.clone(), Config::default());
+    let path = args.events.clone();
+    let open = || -> io::Result<Box<dyn Read>> { Ok(Box::new(File::open(&path)?)) };
+    let report = forewarn::report::run(&mut engine, &set, open)
+        .with_context(|| format!("cannot report on {}", args.events.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
     }
     Ok(ExitCode::SUCCESS)
 }

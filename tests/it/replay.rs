@@ -188,3 +188,33 @@ fn standard_input_and_a_file_give_the_same_alerts() {
     assert!(!from_file.stdout.is_empty());
     assert_eq!(from_file.stdout, from_stdin.stdout);
 }
+
+/// `forewarn report` on a simulated network: its JSON holds the figures the
+/// issue names, they agree with each other, and the text says the same.
+#[test]
+fn the_report_judges_every_contact_about_a_problem_parcel() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = simulate(dir.path(), "net.jsonl", 4000, 9);
+    let out = forewarn(&["report", &events, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+    assert_eq!(n("parcels"), 4000);
+    assert!(n("problem_parcels") > 200 && n("problem_parcels_told") <= n("problem_parcels"), "{r}");
+    let misses: u64 = r["misses_by_topic"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(n("contacts_preempted") + misses, n("contacts"), "every contact preempted or missed");
+    let share = r["contacts_preempted_share"].as_f64().unwrap();
+    assert!((share - n("contacts_preempted") as f64 / n("contacts") as f64).abs() < 1e-3);
+    let (median, p10) = (r["median_lead_hours"].as_f64().unwrap(), r["p10_lead_hours"].as_f64().unwrap());
+    assert!(0.0 < p10 && p10 <= median, "{r}");
+    let by_rule: u64 =
+        r["rules"].as_object().unwrap().values().map(|f| f["contacts_preempted"].as_u64().unwrap()).sum();
+    assert_eq!(by_rule, n("contacts_preempted"), "each preempted contact counted for the one rule that spoke first");
+    for key in ["precision", "recall", "median_lead_hours"] {
+        assert!(r["predicted_late"].get(key).is_some(), "predicted_late.{key}");
+    }
+    let plain = forewarn(&["report", &events]);
+    let said = text(&plain.stdout);
+    let headline = format!("contacts after forewarn spoke: {} of {}", n("contacts_preempted"), n("contacts"));
+    assert!(said.contains(&headline), "{said}");
+}
