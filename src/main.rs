@@ -76,6 +76,9 @@ struct ReportArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also write a self-contained HTML page with the charts.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -275,6 +278,10 @@ fn report(args: ReportArgs) -> Result<ExitCode> {
     let open = || -> io::Result<Box<dyn Read>> { Ok(Box::new(File::open(&path)?)) };
     let report = forewarn::report::run(&mut engine, &set, open)
         .with_context(|| format!("cannot report on {}", args.events.display()))?;
+    if let Some(path) = &args.html {
+        std::fs::write(path, forewarn::report::html::page(&report))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -27,6 +27,8 @@ use crate::replay::{self, Sinks};
 use crate::rules::{Audience, RuleSet};
 use crate::time::Ts;
 
+pub mod html;
+
 /// The rule whose precision and recall the report measures.
 pub const PREDICTED_LATE: &str = "predicted_late";
 
@@ -176,6 +178,14 @@ pub struct RuleFigures {
     pub noise_parcels: u64,
 }
 
+/// Contacts about problem parcels on one topic.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct TopicFigures {
+    pub contacts: u64,
+    /// Those after forewarn had spoken.
+    pub preempted: u64,
+}
+
 /// How well `predicted_late` foresaw the parcels that really were late.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Prediction {
@@ -204,6 +214,8 @@ pub struct Report {
     pub p10_lead_hours: Option<f64>,
     /// Contacts about problem parcels that no customer alert had preceded, by topic.
     pub misses_by_topic: BTreeMap<&'static str, u64>,
+    /// Contacts about problem parcels, by topic.
+    pub topics: BTreeMap<&'static str, TopicFigures>,
     /// Contacts about parcels without a problem (not judged).
     pub contacts_without_problem: u64,
     /// Parcels told of a problem that never had one.
@@ -289,6 +301,9 @@ fn judge(set: &RuleSet, parcels: &HashMap<Box<str>, Parcel>) -> Report {
         contacts.dedup();
         for (at, topic) in contacts {
             r.contacts += 1;
+            let by_topic = r.topics.entry(topic.as_str()).or_default();
+            by_topic.contacts += 1;
+            by_topic.preempted += u64::from(told && p.told_at <= at);
             let figures = r.rules.entry(rule.clone()).or_default();
             if told && p.told_at <= at {
                 r.contacts_preempted += 1;

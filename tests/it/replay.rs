@@ -213,8 +213,13 @@ fn the_report_judges_every_contact_about_a_problem_parcel() {
     for key in ["precision", "recall", "median_lead_hours"] {
         assert!(r["predicted_late"].get(key).is_some(), "predicted_late.{key}");
     }
-    let plain = forewarn(&["report", &events]);
+    let page = dir.path().join("report.html");
+    let plain = forewarn(&["report", &events, "--html", page.to_str().unwrap()]);
     let said = text(&plain.stdout);
     let headline = format!("contacts after forewarn spoke: {} of {}", n("contacts_preempted"), n("contacts"));
     assert!(said.contains(&headline), "{said}");
+    let html = fs::read_to_string(&page).expect("the page");
+    assert!(html.starts_with("<!DOCTYPE html>") && html.matches("<svg").count() >= 3, "three charts");
+    assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("href="), "self-contained");
+    assert!(html.contains(&format!("({} of {})", n("contacts_preempted"), n("contacts"))), "the figures too");
 }
