@@ -22,6 +22,7 @@ use crate::rules::{BranchRule, RuleSet, Threshold};
 use crate::time::{Span, Ts};
 
 const HOUR: Span = Span::hours(1);
+const DAY: Span = Span::hours(24);
 /// The usual rate is learnt over at least this long, so a branch's first hour is not its norm.
 const MIN_BASELINE_HOURS: i64 = 24;
 
@@ -275,11 +276,32 @@ impl BranchStage {
     }
 }
 
-/// The hits a branch usually has in one window, from its hourly history before the window.
+/// The hits a branch usually has in one window, from its hourly history
+/// before the window: over all its hours, or (`by_hour`, once a whole day is
+/// known) in the same window of each previous day, on average.
 fn usual(rule: &BranchRule, s: &BranchState, now: Ts) -> f64 {
+    let observed = s.first_seen.map_or(0, |f| now.since(f).0 / HOUR.0);
+    if rule.by_hour && rule.window < DAY {
+        // The same window on each previous day the branch was watched all through, from
+        // the hourly counts: each clock hour weighs by how much of it the
+        // window covers.
+        let (start, end, first) = (now.minus(rule.window).0, now.0, s.first_seen.unwrap_or(Ts::MAX).0);
+        let days: Vec<i64> = (1..=(rule.baseline.0 / DAY.0).max(1)).filter(|d| start - d * DAY.0 >= first).collect();
+        if !days.is_empty() {
+            let mut same_window = 0.0;
+            for d in &days {
+                let (from, to) = (start - d * DAY.0, end - d * DAY.0);
+                let hours = from.div_euclid(HOUR.0)..=to.div_euclid(HOUR.0);
+                for &(h, n) in s.hourly.iter().filter(|(h, _)| hours.contains(h)) {
+                    let overlap = (to.min((h + 1) * HOUR.0) - from.max(h * HOUR.0)).max(0);
+                    same_window += f64::from(n) * overlap as f64 / HOUR.0 as f64;
+                }
+            }
+            return same_window / days.len() as f64;
+        }
+    }
     let window_start_hour = now.minus(rule.window).0.div_euclid(HOUR.0);
     let before: u32 = s.hourly.iter().filter(|(h, _)| *h < window_start_hour).map(|(_, n)| n).sum();
-    let observed = s.first_seen.map_or(0, |f| now.since(f).0 / HOUR.0);
     let hours = observed.clamp(MIN_BASELINE_HOURS, (rule.baseline.0 / HOUR.0).max(MIN_BASELINE_HOURS));
     f64::from(before) / hours as f64 * (rule.window.0 as f64 / HOUR.0 as f64)
 }

@@ -327,3 +327,57 @@ fn contacts_are_judged_against_the_first_customer_alert_whichever_comes_first() 
     engine.take_judged(&mut judged);
     assert_eq!(judged.len(), 2, "taken once");
 }
+
+#[test]
+fn an_hour_of_day_baseline_knows_the_branch_mornings_and_still_sees_an_odd_afternoon() {
+    let pack = r#"
+[[rule]]
+id = "broken"
+audience = ["customer"]
+severity = "warning"
+on = { kind = ["damaged"], each = true }
+
+[[rule]]
+id = "by_hour"
+audience = ["branch"]
+severity = "warning"
+branch = { rules = ["broken"], window = "1h", min_count = 5, rate_factor = 2.0, by_hour = true }
+
+[[rule]]
+id = "flat"
+audience = ["branch"]
+severity = "warning"
+branch = { rules = ["broken"], window = "1h", min_count = 5, rate_factor = 2.0 }
+"#;
+    let set = crate::rules::file::load_sources(&[("x.toml".into(), pack.to_string())]).expect("the pack loads");
+    let mut engine = Engine::new(set, Config::default());
+    let mut out = Vec::new();
+    let mut n = 0;
+    // Six broken parcels every morning at 09:10–09:35 for four days, then six one afternoon.
+    let mut burst = |engine: &mut Engine, out: &mut Vec<Alert>, day: u32, hour: u32| {
+        for m in 0..6 {
+            n += 1;
+            let at = format!("2026-11-{:02}T{hour:02}:{:02}:00Z", 16 + day, 10 + 5 * m);
+            let json =
+                format!(r#"{{"v":1,"event_id":"e{n}","parcel_id":"P{n}","kind":"damaged","at":"{at}","branch":"B1"}}"#);
+            engine.ingest(&event(&json), out);
+        }
+        engine.advance(ts(&format!("2026-11-{:02}T{hour:02}:59:00Z", 16 + day)), out);
+    };
+    // The branch is watched from midnight (a parcel broken then), its first morning on.
+    let first =
+        r#"{"v":1,"event_id":"e0","parcel_id":"P0","kind":"damaged","at":"2026-11-16T00:00:00Z","branch":"B1"}"#;
+    engine.ingest(&event(first), &mut out);
+    for day in 0..4 {
+        burst(&mut engine, &mut out, day, 9);
+    }
+    burst(&mut engine, &mut out, 3, 15);
+    let fired = |rule: &str| -> Vec<String> {
+        out.iter()
+            .filter(|a| &*a.rule == rule && a.state == AlertState::Firing)
+            .map(|a| a.at.to_string()[5..13].to_string())
+            .collect()
+    };
+    assert_eq!(fired("by_hour"), ["11-16T09", "11-19T15"], "the first morning (no history yet) and the afternoon");
+    assert!(fired("flat").contains(&"11-19T09".to_string()), "a flat rate calls every morning a spike");
+}

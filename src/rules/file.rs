@@ -243,6 +243,8 @@ struct RawBranch {
     min_share: Option<Spanned<f64>>,
     #[serde(default)]
     min_volume: u32,
+    #[serde(default)]
+    by_hour: bool,
 }
 
 fn week() -> Dur {
@@ -398,7 +400,14 @@ fn branch_rule(voice: Voice, b: RawBranch) -> Result<(BranchRule, Vec<String>), 
         return Err((None, format!("branch rule `{}`: window must be positive", voice.id)));
     }
     let members = b.rules.get_ref().clone();
-    let rule = BranchRule { voice, members: Vec::new(), window: b.window.0, threshold, baseline: b.baseline.0 };
+    let rule = BranchRule {
+        voice,
+        members: Vec::new(),
+        window: b.window.0,
+        threshold,
+        baseline: b.baseline.0,
+        by_hour: b.by_hour,
+    };
     Ok((rule, members))
 }
 

@@ -169,6 +169,9 @@ pub struct BranchRule {
     pub threshold: Threshold,
     /// How far back the usual rate is learnt.
     pub baseline: Span,
+    /// The usual rate is that of the same hours of the previous days (a
+    /// branch's mornings against its mornings), once a day is known.
+    pub by_hour: bool,
 }
 
 /// When a branch's hits are too many.
