@@ -8,6 +8,12 @@ fn pack() -> RuleSet {
     RuleSet::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))).expect("the default pack loads")
 }
 
+/// An engine on the rule pack written in `pack` (TOML).
+fn engine_for(pack: &str) -> Engine {
+    let set = crate::rules::file::load_sources(&[("x.toml".into(), pack.to_string())]).expect("the pack loads");
+    Engine::new(set, Config::default())
+}
+
 fn event(json: &str) -> Event<'_> {
     decode(json.as_bytes()).expect("a valid test event")
 }
@@ -162,8 +168,7 @@ audience = ["branch"]
 severity = "warning"
 branch = { rules = ["failed"], window = "2h", min_share = 0.5, min_volume = 4 }
 "#;
-    let set = crate::rules::file::load_sources(&[("x.toml".into(), pack.to_string())]).expect("the pack loads");
-    let mut engine = Engine::new(set, Config::default());
+    let mut engine = engine_for(pack);
     let mut out = Vec::new();
     let feed = |engine: &mut Engine, out: &mut Vec<Alert>, i: usize, parcel: &str, kind: &str, at: &str| {
         let json =
@@ -349,8 +354,7 @@ audience = ["branch"]
 severity = "warning"
 branch = { rules = ["broken"], window = "1h", min_count = 5, rate_factor = 2.0 }
 "#;
-    let set = crate::rules::file::load_sources(&[("x.toml".into(), pack.to_string())]).expect("the pack loads");
-    let mut engine = Engine::new(set, Config::default());
+    let mut engine = engine_for(pack);
     let mut out = Vec::new();
     let mut n = 0;
     // Six broken parcels every morning at 09:10–09:35 for four days, then six one afternoon.
