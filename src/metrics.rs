@@ -48,7 +48,7 @@ pub struct Metrics {
     // Notifications.
     pub notifications: IntCounterVec,
     pub send_seconds: HistogramVec,
-    pub alert_to_accepted: HistogramVec,
+    pub event_to_accepted: HistogramVec,
     pub first_messages: IntCounterVec,
     pub service_level: prometheus::Gauge,
     pub held: IntGauge,
@@ -144,10 +144,11 @@ impl Metrics {
                 &["channel"],
                 LATENCY,
             ),
-            alert_to_accepted: histogram(
-                "forewarn_alert_to_accepted_seconds",
-                "From the alert's arrival on the alerts stream to its message accepted by the gateway or \
-                 server, quiet hours and grouping included, by channel.",
+            event_to_accepted: histogram(
+                "forewarn_event_to_accepted_seconds",
+                "End to end: from the arrival of the event that made the alert (or of the clock tick that \
+                 moved the watermark for a deadline) to its message accepted by the gateway or server, \
+                 quiet hours and grouping included, by channel.",
                 &["channel"],
                 LATENCY,
             ),
@@ -197,7 +198,7 @@ impl Metrics {
             Box::new(m.reloads.clone()),
             Box::new(m.notifications.clone()),
             Box::new(m.send_seconds.clone()),
-            Box::new(m.alert_to_accepted.clone()),
+            Box::new(m.event_to_accepted.clone()),
             Box::new(m.first_messages.clone()),
             Box::new(m.service_level.clone()),
             Box::new(m.held.clone()),

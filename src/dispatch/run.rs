@@ -203,7 +203,10 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
                     acknowledge(a.message);
                     continue;
                 }
-                let published = a.message.info().map_or(SystemTime::now(), |i| i.published.into());
+                // End to end from what made the alert (its header), else from the alert itself.
+                let published = crate::live::wire::arrived(a.message.headers.as_ref())
+                    .or_else(|| a.message.info().ok().map(|i| i.published.into()))
+                    .unwrap_or_else(SystemTime::now);
                 let (remaining, t) = (a.drafts.len(), now(&clock));
                 let mut held = false;
                 for draft in a.drafts {
@@ -223,7 +226,7 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
                 if matches!(ending, Ending::Sent { .. }) {
                     if let Some(Some(p)) = pending.get_mut(&batch.primary.seq) {
                         let since = SystemTime::now().duration_since(p.published).unwrap_or_default();
-                        METRICS.alert_to_accepted.with_label_values(&[batch.primary.target.channel()]).observe(since.as_secs_f64());
+                        METRICS.event_to_accepted.with_label_values(&[batch.primary.target.channel()]).observe(since.as_secs_f64());
                         if !std::mem::replace(&mut p.told, true) {
                             level.told(if p.held { took } else { p.received.elapsed() });
                         }

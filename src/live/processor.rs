@@ -10,7 +10,7 @@
 //! last message it covers and publish each partition's watermark mark.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{self, object_store::ObjectStore};
@@ -92,6 +92,9 @@ struct Processor {
     rules: RulesDir,
     clock: Clock,
     alerts: Vec<Alert>,
+    /// When what made each alert arrived on the server: its event, or the
+    /// clock for alerts of a moving watermark (end-to-end latency).
+    arrived: Vec<SystemTime>,
     facts: Vec<Fact>,
     /// Contacts judged since the last publish, for the proactivity metrics.
     judged: Vec<Judged>,
@@ -198,6 +201,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         lookups,
         clock,
         alerts: Vec::new(),
+        arrived: Vec::new(),
         facts: Vec::new(),
         judged: Vec::new(),
         since_checkpoint: 0,
@@ -380,8 +384,8 @@ impl Processor {
     }
 
     async fn handle(&mut self, i: usize, message: jetstream::Message) {
-        let seq = match message.info() {
-            Ok(info) => info.stream_sequence,
+        let (seq, arrived) = match message.info() {
+            Ok(info) => (info.stream_sequence, SystemTime::from(info.published)),
             Err(e) => {
                 tracing::warn!(error = %e, "message without JetStream metadata; ignored");
                 return;
@@ -400,14 +404,15 @@ impl Processor {
         input.last_message = Instant::now();
         input.caught_up = false;
         match input.which {
-            Which::Scans => self.event(0, seq, message).await,
-            Which::Contacts => self.event(1, seq, message).await,
+            Which::Scans => self.event(0, seq, arrived, message).await,
+            Which::Contacts => self.event(1, seq, arrived, message).await,
             Which::Facts => self.fact(seq, message).await,
         }
     }
 
-    /// A scan or contact: to its partition's engine, or to the dead letters.
-    async fn event(&mut self, which: usize, seq: u64, message: async_nats::Message) {
+    /// A scan or contact (on the server since `arrived`): to its partition's
+    /// engine, or to the dead letters.
+    async fn event(&mut self, which: usize, seq: u64, arrived: SystemTime, message: async_nats::Message) {
         let subject = message.subject.as_str();
         let partition = subject.split_once('.').and_then(|(_, p)| p.parse::<u16>().ok());
         let Some(p) = partition.filter(|p| self.owned.contains(*p)) else {
@@ -432,6 +437,7 @@ impl Processor {
                     self.summary.events += 1;
                     METRICS.event(event.kind).inc();
                     part.engine.ingest(&event, &mut self.alerts);
+                    self.arrived.resize(self.alerts.len(), arrived);
                     part.engine.take_facts(&mut self.facts);
                     part.engine.take_judged(&mut self.judged);
                     None
@@ -495,6 +501,7 @@ impl Processor {
             let watermark = stage.marks.iter().copied().min().unwrap_or(Ts::MIN);
             if watermark > Ts::MIN {
                 stage.stage.advance(watermark, &mut self.alerts);
+                self.arrived.resize(self.alerts.len(), SystemTime::now());
             }
         }
         self.publish().await;
@@ -502,12 +509,13 @@ impl Processor {
 
     /// Sends what the engines and stages said.
     async fn publish(&mut self) {
-        for alert in self.alerts.drain(..) {
+        self.arrived.resize(self.alerts.len(), SystemTime::now());
+        for (alert, arrived) in self.alerts.drain(..).zip(self.arrived.drain(..)) {
             self.summary.alerts += 1;
             for audience in alert.audience.names() {
                 METRICS.alerts.with_label_values(&[&alert.rule, alert.state.as_str(), audience]).inc();
             }
-            self.outbox.send(wire::alert(&alert)).await;
+            self.outbox.send(wire::alert(&alert, arrived)).await;
         }
         for fact in self.facts.drain(..) {
             self.outbox.send(wire::fact(&fact, self.owned.count)).await;
@@ -540,6 +548,7 @@ impl Processor {
             if part.last_input.elapsed() >= idle && part.engine.watermark() < target {
                 tracing::debug!(from = ?part.engine.watermark(), to = ?target, "idle: the watermark follows the clock");
                 part.engine.advance(target, &mut self.alerts);
+                self.arrived.resize(self.alerts.len(), SystemTime::now());
                 part.engine.take_facts(&mut self.facts);
                 part.engine.take_judged(&mut self.judged);
                 part.dirty = true;

@@ -3,6 +3,8 @@
 //! here, so readers (`forewarn dlq`, the branch stage, tests) and writers
 //! agree.
 
+use std::time::SystemTime;
+
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -46,7 +48,18 @@ impl Outgoing {
 /// `alerts.parcel.<rule>` or `alerts.branch.<rule>`; the id of the message
 /// is the alert id with its state, so a firing and its resolution are two
 /// messages and a re-emitted one is dropped by JetStream.
-pub fn alert(a: &Alert) -> Outgoing {
+/// The header of an alert message saying when what made it (the event, or
+/// the clock moving the watermark) arrived, in Unix milliseconds: where the
+/// dispatcher's end-to-end latency starts.
+pub const ARRIVED: &str = "Forewarn-Arrived";
+
+/// When an alert's cause arrived, from its message; `None` without the header.
+pub fn arrived(headers: Option<&HeaderMap>) -> Option<SystemTime> {
+    let ms: u64 = headers?.get(ARRIVED)?.as_str().parse().ok()?;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+}
+
+pub fn alert(a: &Alert, arrived: SystemTime) -> Outgoing {
     let mut line = Vec::with_capacity(512);
     a.write_json_line(&mut line);
     line.pop();
@@ -54,7 +67,10 @@ pub fn alert(a: &Alert) -> Outgoing {
     Outgoing {
         subject: format!("alerts.{about}.{}", a.rule),
         id: Some(alert_message_id(a.id, a.state)),
-        headers: Vec::new(),
+        headers: vec![(
+            ARRIVED,
+            arrived.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis().to_string(),
+        )],
         body: Bytes::from(line),
     }
 }
@@ -179,6 +195,26 @@ pub fn dead_letter(subject: &str, stream: &str, sequence: u64, body: Bytes, why:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_alert_says_when_its_cause_arrived_to_the_millisecond() {
+        let a = Alert {
+            id: AlertId(42),
+            rule: "late".into(),
+            state: AlertState::Firing,
+            at: Ts(1_795_132_800_000),
+            severity: crate::rules::Severity::Warning,
+            audience: crate::rules::Audience::CUSTOMER,
+            any_hour: crate::rules::Audience::default(),
+            branch: None,
+            parcel: None,
+            branch_facts: None,
+        };
+        let when = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_132_812_345);
+        let out = alert(&a, when);
+        assert_eq!(arrived(out.header_map().as_ref()), Some(when));
+        assert_eq!(arrived(None), None);
+    }
 
     #[test]
     fn facts_and_marks_read_back_what_was_written() {

@@ -32,6 +32,7 @@ fn prometheus_scrapes_events_alerts_notifications_and_the_service_level() {
     wait_until("the service level", || prometheus.value("forewarn_service_level_ratio").is_some());
     wait_until("contacts judged", || value("sum(forewarn_contacts_judged_total{spoke_first=\"true\"})") > 0.0);
     assert!(value("sum(forewarn_contact_lead_seconds_count)") > 0.0, "lead times observed");
+    assert!(value("sum(forewarn_event_to_accepted_seconds_count)") > 10.0, "end-to-end latencies observed");
 
     let delivered = value("forewarn_events_total{kind=\"delivered\"}");
     assert!(delivered > 100.0, "events by kind: {delivered}");
@@ -152,6 +153,16 @@ fn the_agent_sees_what_the_customer_was_told_and_the_branch_sees_its_at_risk_par
     });
     let parcel = sent["parcel_id"].as_str().expect("a parcel id");
     let auth = format!("Authorization: Bearer {TOKEN}");
+    // Each alert says when its cause reached the server: the end-to-end latency starts there.
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+        let stream = js.get_stream("ALERTS").await.expect("the alerts stream");
+        let first = stream.get_raw_message(1).await.expect("an alert");
+        let arrived = forewarn::live::wire::arrived(Some(&first.headers)).expect("a Forewarn-Arrived header");
+        let stored = std::time::SystemTime::from(first.time);
+        let before = stored.duration_since(arrived).expect("the cause arrived before the alert was stored");
+        assert!(before < std::time::Duration::from_secs(60), "{before:?}");
+    });
 
     let anonymous = super::http_get(&http, &format!("/v1/parcels/{parcel}"));
     assert!(split(&anonymous).0.contains(" 401 ") && anonymous.contains("Bearer"), "no token, no answer: {anonymous}");
