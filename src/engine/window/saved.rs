@@ -98,7 +98,7 @@ impl Parcel {
             Some(talk) => {
                 // 1 was the contact times alone.
                 w.u(2);
-                for (t, topic) in talk.contacts {
+                for (t, topic) in talk.times.into_iter().zip(talk.topics) {
                     w.ts(t);
                     w.u(topic as u64);
                 }
@@ -161,7 +161,7 @@ impl Parcel {
         let talk = r.u()?;
         if talk != 0 {
             let mut t = Talk::default();
-            for (at, topic) in &mut t.contacts {
+            for (at, topic) in t.times.iter_mut().zip(t.topics.iter_mut()) {
                 *at = r.ts()?;
                 if talk >= 2 {
                     *topic = Topic::ALL[r.n(Topic::ALL.len() - 1, "topic")?];
