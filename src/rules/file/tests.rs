@@ -22,6 +22,7 @@ fn the_default_pack_loads() {
         [
             "repeat_contact",
             "customs_hold",
+            "customs_action",
             "stalled",
             "late",
             "delivery_failed",
