@@ -8,6 +8,9 @@
 //! the outbox, snapshot every changed engine and stage, store the snapshot
 //! in the background, and when it is stored acknowledge (AckAll) up to the
 //! last message it covers and publish each partition's watermark mark.
+//!
+//! Beside it: `restore.rs` starts each partition from its checkpoint,
+//! `checkpoint.rs` stores them and acknowledges what they cover.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -25,7 +28,6 @@ use super::clock::Clock;
 use super::input::{next_message, open_consumer, Input, Which};
 use super::outbox::{Outbox, OutboxStats};
 use super::rules_dir::RulesDir;
-use super::store::{self, Kind};
 use super::wire::{self, Refusal};
 use super::{connect, health, lookup, LiveError};
 use crate::alert::Alert;
@@ -121,69 +123,12 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
     connect::ensure_streams(&js, &config.streams).await?;
     let store = connect::bucket(&js, &config.checkpoint.bucket, config.streams.replicas).await?;
 
-    let count = owned.count;
-    let engine_config = config.engine(owned.list.len());
-    let mut parts = BTreeMap::new();
-    let mut stages = BTreeMap::new();
-    for &p in &owned.list {
-        let saved = if rebuild { None } else { store::load(&store, Kind::Engine, p, count).await? };
-        let part = match saved {
-            Some(saved) => {
-                let engine = Engine::restore(&saved.state, set.clone(), engine_config.clone())
-                    .map_err(|e| LiveError::Checkpoint {
-                        name: store::object_name(Kind::Engine, p),
-                        reason: e.to_string(),
-                    })?
-                    .without_branch_stage();
-                let pos = [saved.positions.first().copied().unwrap_or(0), saved.positions.get(1).copied().unwrap_or(0)];
-                Part { engine, pos, last_input: Instant::now(), dirty: false }
-            }
-            None => Part {
-                engine: Engine::new(set.clone(), engine_config.clone()).without_branch_stage(),
-                pos: [0, 0],
-                last_input: Instant::now(),
-                dirty: true,
-            },
-        };
-        parts.insert(p, part);
-        let saved = if rebuild { None } else { store::load(&store, Kind::Stage, p, count).await? };
-        let stage = match saved {
-            Some(saved) => Stage {
-                stage: BranchStage::restore(&saved.state, &set).map_err(|e| LiveError::Checkpoint {
-                    name: store::object_name(Kind::Stage, p),
-                    reason: e.to_string(),
-                })?,
-                pos: saved.positions.first().copied().unwrap_or(0),
-                marks: if saved.marks.len() == usize::from(count) { saved.marks } else { vec![Ts::MIN; count.into()] },
-                dirty: false,
-            },
-            None => Stage { stage: BranchStage::new(&set), pos: 0, marks: vec![Ts::MIN; count.into()], dirty: true },
-        };
-        stages.insert(p, stage);
-    }
-    let all = owned.list.len() == usize::from(count);
-    let per_partition = |prefix: &str| -> Vec<String> {
-        if all {
-            vec![format!("{prefix}.*")]
-        } else {
-            owned.list.iter().map(|p| format!("{prefix}.{p}")).collect()
-        }
-    };
-    let mut fact_filters = per_partition("forewarn.facts");
-    fact_filters.push("forewarn.marks.*".into());
-    let streams = &config.streams;
-    let input = |which, stream: &str, name: &str, filters| {
-        Input::new(which, stream, format!("forewarn-{}-{name}", config.instance), filters)
-    };
-    let inputs = [
-        input(Which::Scans, &streams.scans.name, "scans", per_partition("scans")),
-        input(Which::Contacts, &streams.contacts.name, "contacts", per_partition("contacts")),
-        input(Which::Facts, &streams.facts.name, "facts", fact_filters),
-    ];
+    let (parts, stages) = restore::state(&store, &owned, &set, config.engine(owned.list.len()), rebuild).await?;
+    let inputs = restore::inputs(&config, &owned);
     tracing::info!(
         instance = %config.instance,
         partitions = %owned,
-        of = count,
+        of = owned.count,
         restored = parts.values().filter(|p| !p.dirty).count(),
         rules = set.len(),
         "forewarn running"
@@ -609,6 +554,7 @@ impl Processor {
 }
 
 mod checkpoint;
+mod restore;
 
 /// How often the gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
