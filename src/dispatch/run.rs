@@ -42,8 +42,8 @@ struct Pending {
     alive: Instant,
     /// When the dispatcher took the alert.
     received: Instant,
-    /// When the alert was stored on the alerts stream.
-    published: SystemTime,
+    /// When what made the alert reached the server (end-to-end latency starts here).
+    arrived: SystemTime,
     /// A message of it waited for quiet hours or grouping.
     held: bool,
     /// Its first message was accepted (the service level counts it once).
@@ -204,7 +204,7 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
                     continue;
                 }
                 // End to end from what made the alert (its header), else from the alert itself.
-                let published = crate::live::wire::arrived(a.message.headers.as_ref())
+                let arrived = crate::live::wire::arrived(a.message.headers.as_ref())
                     .or_else(|| a.message.info().ok().map(|i| i.published.into()))
                     .unwrap_or_else(SystemTime::now);
                 let (remaining, t) = (a.drafts.len(), now(&clock));
@@ -219,13 +219,13 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
                     }
                 }
                 let received = a.received;
-                let p = Pending { message: a.message, remaining, alive: Instant::now(), received, published, held, told: false };
+                let p = Pending { message: a.message, remaining, alive: Instant::now(), received, arrived, held, told: false };
                 pending.insert(a.seq, Some(p));
             }
             Some(Done { batch, ending, took }) = sending.next() => {
                 if matches!(ending, Ending::Sent { .. }) {
                     if let Some(Some(p)) = pending.get_mut(&batch.primary.seq) {
-                        let since = SystemTime::now().duration_since(p.published).unwrap_or_default();
+                        let since = SystemTime::now().duration_since(p.arrived).unwrap_or_default();
                         METRICS.event_to_accepted.with_label_values(&[batch.primary.target.channel()]).observe(since.as_secs_f64());
                         if !std::mem::replace(&mut p.told, true) {
                             level.told(if p.held { took } else { p.received.elapsed() });
@@ -330,14 +330,13 @@ async fn publish(client: &async_nats::Client, n: &Notice, outcome: Outcome, stat
 /// drops what was sent) instead of after the acknowledgement wait.
 async fn open(js: &jetstream::Context, config: &Config, d: &Dispatcher) -> Result<pull::Stream, LiveError> {
     let name = &config.streams.alerts.name;
-    let mut stream = js.get_stream(name).await.map_err(|e| LiveError::nats("stream lookup", e))?;
+    let stream = js.get_stream(name).await.map_err(|e| LiveError::nats("stream lookup", e))?;
     let durable = format!("{}-dispatch", config.instance);
     let floor = match stream.consumer_info(&durable).await {
         Ok(info) => info.ack_floor.stream_sequence,
         Err(_) => 0,
     };
     let _ = stream.delete_consumer(&durable).await;
-    let _ = stream.info().await;
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some(durable),
