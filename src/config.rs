@@ -357,6 +357,7 @@ impl Config {
             max_parcels: (e.max_parcels / partitions.max(1)).max(1),
             tombstones: (e.tombstones / partitions.max(1)).max(1),
             max_symbols: e.max_symbols,
+            partitions: self.partitions.count,
         }
     }
 }

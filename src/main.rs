@@ -79,6 +79,10 @@ struct ReportArgs {
     /// Also write a self-contained HTML page with the charts.
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
+    /// The deployment's partition count (as `partitions.count` live):
+    /// predictions learn per partition, so a replay forecasts as the live run.
+    #[arg(long, default_value_t = Config::default().partitions)]
+    partitions: u16,
 }
 
 #[derive(Args)]
@@ -103,6 +107,10 @@ struct ReplayArgs {
     /// The most parcels kept in the window.
     #[arg(long, default_value_t = Config::default().max_parcels)]
     max_parcels: usize,
+    /// The deployment's partition count (as `partitions.count` live):
+    /// predictions learn per partition, so a replay forecasts as the live run.
+    #[arg(long, default_value_t = Config::default().partitions)]
+    partitions: u16,
     /// Also send the alerts' notifications, as live but with the alerts' own times
     /// as the clock (SMTP, SMS gateway and webhooks as configured; else the outbox).
     #[arg(long)]
@@ -232,7 +240,12 @@ fn output(path: Option<&Path>) -> Result<Box<dyn Write>> {
 
 fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let set = load_rules(&args.rules)?;
-    let config = Config { lateness: args.lateness, max_parcels: args.max_parcels, ..Config::default() };
+    let config = Config {
+        lateness: args.lateness,
+        max_parcels: args.max_parcels,
+        partitions: args.partitions,
+        ..Config::default()
+    };
     let mut engine = Engine::new(set, config);
     let (mut input, len) = open_input(&args.input)?;
     let dispatcher = args
@@ -273,7 +286,7 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
 
 fn report(args: ReportArgs) -> Result<ExitCode> {
     let set = load_rules(&args.rules)?;
-    let mut engine = Engine::new(set.clone(), Config::default());
+    let mut engine = Engine::new(set.clone(), Config { partitions: args.partitions, ..Config::default() });
     let path = args.events.clone();
     let open = || -> io::Result<Box<dyn Read>> { Ok(Box::new(File::open(&path)?)) };
     let report = forewarn::report::run(&mut engine, &set, open)

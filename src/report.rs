@@ -43,7 +43,8 @@ struct Parcel {
     predicted_at: Ts,
     promised_by: Ts,
     promise_at: Ts,
-    done_at: Ts,
+    /// Delivered, or ready at a pickup point, whichever came first.
+    arrived_at: Ts,
     problem_at: Ts,
     last_scan_at: Ts,
     contacts: Vec<(Ts, Topic)>,
@@ -58,7 +59,7 @@ impl Default for Parcel {
             predicted_at: Ts::MAX,
             promised_by: Ts::MAX,
             promise_at: Ts::MIN,
-            done_at: Ts::MAX,
+            arrived_at: Ts::MAX,
             problem_at: Ts::MAX,
             last_scan_at: Ts::MIN,
             contacts: Vec::new(),
@@ -67,11 +68,12 @@ impl Default for Parcel {
 }
 
 impl Parcel {
-    /// Delivered or collected after the promise, or not at all with the promise past.
+    /// Arrived (delivered, or ready at a pickup point, as the `late` rule
+    /// counts it) after the promise, or not at all with the promise past.
     fn late(&self) -> bool {
         self.promised_by != Ts::MAX
-            && (self.done_at != Ts::MAX && self.done_at > self.promised_by
-                || self.done_at == Ts::MAX && self.last_scan_at > self.promised_by)
+            && (self.arrived_at != Ts::MAX && self.arrived_at > self.promised_by
+                || self.arrived_at == Ts::MAX && self.last_scan_at > self.promised_by)
     }
 
     fn problem(&self) -> bool {
@@ -147,7 +149,7 @@ fn truth(input: impl BufRead, parcels: &mut HashMap<Box<str>, Parcel>) -> io::Re
         }
         match ev.kind {
             Kind::CustomerContact => p.contacts.push((ev.at, ev.contact.map_or(Topic::Other, |c| c.topic))),
-            Kind::Delivered | Kind::Collected => p.done_at = p.done_at.min(ev.at),
+            Kind::Delivered | Kind::ReadyForPickup | Kind::Collected => p.arrived_at = p.arrived_at.min(ev.at),
             Kind::Damaged
             | Kind::Lost
             | Kind::DeliveryFailed
@@ -435,7 +437,8 @@ mod tests {
         assert_eq!(r.noise_parcels, 0);
         assert_eq!(r.rules["delivery_failed"].contacts_preempted, 1);
         assert_eq!(r.rules["customs_hold"].contacts_missed, 1);
-        assert!(!r.predicted_late.in_pack && r.predicted_late.precision.is_none());
+        // Four parcels teach the lanes nothing: no prediction, so no precision.
+        assert!(r.predicted_late.in_pack && r.predicted_late.predicted == 0 && r.predicted_late.precision.is_none());
         let text = r.text();
         assert!(text.contains("contacts after forewarn spoke: 1 of 2 (50.0 %)"), "{text}");
         let json = serde_json::to_value(&r).unwrap();

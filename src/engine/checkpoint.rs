@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 
 use super::branch::BranchStage;
+use super::lanes::Lanes;
 use super::plan::Plan;
 use super::timers::{Entry, Timers};
 use super::window::{Interner, Tombstones, Window};
@@ -20,7 +21,7 @@ use crate::rules::RuleSet;
 use crate::time::Ts;
 
 const MAGIC: &[u8; 4] = b"FWCK";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// Why a checkpoint cannot be restored. Every variant has the same way out:
 /// start without it and rebuild the state by replaying the stream.
@@ -338,6 +339,7 @@ impl Engine {
         self.window.save(&mut w);
         self.tombstones.save(&mut w);
         self.branches.save(&mut w);
+        self.lanes.save(&mut w);
         w.finish()
     }
 
@@ -370,6 +372,8 @@ impl Engine {
         let tombstones = Tombstones::load(&mut r, config.tombstones)?;
         let mut branches = BranchStage::new(&set);
         branches.load(&mut r)?;
+        let mut lanes = Lanes::new(&set, config.partitions, config.lateness);
+        lanes.load(&mut r)?;
         r.end()?;
         let mut timers = Timers::default();
         for slot in window.live_slots() {
@@ -386,6 +390,7 @@ impl Engine {
             timers,
             due: Vec::new(),
             tombstones,
+            lanes,
             syms,
             branches,
             facts: Vec::new(),

@@ -15,6 +15,7 @@
 
 pub mod branch;
 mod checkpoint;
+mod lanes;
 mod plan;
 mod timers;
 mod view;
@@ -25,12 +26,14 @@ use std::sync::Arc;
 
 pub use branch::{BranchStage, Fact};
 pub use checkpoint::CheckpointError;
+pub use lanes::LaneStats;
 pub use view::{Lookup, OpenAlert, ParcelView};
 
 use crate::alert::{Alert, AlertId, AlertState, ParcelFacts, RecipientFacts, TriggerFacts};
 use crate::event::{Event, Kind, Topic};
 use crate::rules::{Audience, RuleSet, Trigger};
 use crate::time::{Span, Ts};
+use lanes::{Lanes, Place};
 use plan::Plan;
 use timers::{Entry, Timers};
 use window::{event_fingerprint, parcel_hash, take_recipient, Interner, Open, Parcel, Sym, Tombstones, Window};
@@ -56,6 +59,9 @@ pub struct Config {
     pub tombstones: usize,
     /// The most distinct facility, branch, service, locale and time zone names.
     pub max_symbols: usize,
+    /// The deployment's partition count: predictions learn per partition,
+    /// so that a replay and every split of the partitions learn the same.
+    pub partitions: u16,
 }
 
 impl Default for Config {
@@ -67,6 +73,7 @@ impl Default for Config {
             max_parcels: 4_000_000,
             tombstones: 1 << 18,
             max_symbols: 1 << 20,
+            partitions: 16,
         }
     }
 }
@@ -141,6 +148,8 @@ pub struct Engine {
     timers: Timers,
     /// Scratch space for the timers a watermark step makes due.
     due: Vec<Entry>,
+    /// Transit times per lane, for `predicted` rules.
+    lanes: Lanes,
     tombstones: Tombstones,
     syms: Interner,
     /// Counts the facts below when the engine runs its own branch stage, and
@@ -163,6 +172,7 @@ impl Engine {
     pub fn new(set: RuleSet, config: Config) -> Engine {
         let mut syms = Interner::new(config.max_symbols);
         let plan = Plan::new(&set, &mut syms);
+        let lanes = Lanes::new(&set, config.partitions, config.lateness);
         Engine {
             branches: BranchStage::new(&set),
             facts: Vec::new(),
@@ -171,6 +181,7 @@ impl Engine {
             set: Arc::new(set),
             plan,
             tombstones: Tombstones::new(config.tombstones),
+            lanes,
             config,
             window: Window::default(),
             timers: Timers::default(),
@@ -193,6 +204,11 @@ impl Engine {
 
     pub fn timers(&self) -> usize {
         self.timers.len()
+    }
+
+    /// What the lane model learnt, and how many lanes it knows.
+    pub fn lane_stats(&self) -> (&LaneStats, usize) {
+        (&self.lanes.stats, self.lanes.lanes())
     }
 
     /// Hands branch facts to the caller ([`Engine::take_facts`]) instead of
@@ -291,7 +307,9 @@ impl Engine {
         // the watermark, so it meets the parcel as the scans up to it left it.
         let contact_ahead = !ev.kind.is_scan() && ev.at > self.watermark;
         if p.parked() < MAX_PARKED
-            && ((ev.at > p.wake && self.plan.next_deadline(p) < ev.at) || ev.at > p.first_parked_at() || contact_ahead)
+            && ((ev.at > p.wake && self.plan.next_deadline(p, &self.lanes) < ev.at)
+                || ev.at > p.first_parked_at()
+                || contact_ahead)
         {
             p.park(ev.clone().into_owned());
             self.stats.parked += 1;
@@ -311,6 +329,7 @@ impl Engine {
         let p = self.window.get_mut(slot);
         let superseded = p.state.is_done() && ev.at < p.state_at;
         let inputs = p.deadline_inputs();
+        let before = (self.lanes.active() && ev.kind.sets_state()).then(|| (Place::of(p), p.state_at));
         let first_branch = absorb(p, ev, &self.plan.counted, &mut self.syms, &mut self.stats);
         if let (Kind::CustomerContact, true) = (ev.kind, p.told_at() <= ev.at) {
             let by = p.talk.as_ref().map_or(u8::MAX, |t| t.told_by);
@@ -326,6 +345,9 @@ impl Engine {
             let key = u128::from(parcel_hash(p.id()));
             self.facts.push(Fact { at: ev.at, rule: None, branch: b.clone(), key });
         }
+        if let Some((from, from_at)) = before {
+            self.learn(slot, ev, from, from_at);
+        }
         if superseded {
             self.stats.superseded += 1;
         } else {
@@ -333,6 +355,27 @@ impl Engine {
         }
         if self.resolve_ended(slot, ev.at, out) || moved {
             self.reschedule(slot);
+        }
+    }
+
+    /// Teaches the lanes the leg a state-setting scan ended (or, out of
+    /// order, the leg it splits); `from` was the parcel's place, at `from_at`.
+    fn learn(&mut self, slot: u32, ev: &Event<'_>, from: Place, from_at: Ts) {
+        let p = self.window.get(slot);
+        let hash = parcel_hash(p.id());
+        if ev.at >= from_at {
+            if from_at != Ts::MIN {
+                self.lanes.observe(p, hash, from, from_at, ev.at);
+            }
+        } else if ev.at >= self.watermark {
+            let facility = ev.facility.as_deref().and_then(|f| self.syms.intern(f));
+            let place = |before: Place| Place {
+                facility: facility.unwrap_or(before.facility),
+                state: ev.kind,
+                country: ev.country.unwrap_or(before.country),
+                ..before
+            };
+            self.lanes.insert(p, hash, from_at, ev.at, place);
         }
     }
 
@@ -374,7 +417,7 @@ impl Engine {
             let r = fired.trailing_zeros() as u8;
             fired &= fired - 1;
             let p = self.window.get_mut(slot);
-            if self.plan.deadline(r, p).is_some_and(|d| d <= self.watermark) {
+            if self.plan.deadline(r, p, &self.lanes).is_some_and(|d| d <= self.watermark) {
                 continue;
             }
             p.fired &= !(1u64 << r);
@@ -390,6 +433,7 @@ impl Engine {
     pub fn replace_rules(&mut self, set: RuleSet) {
         let remap: Vec<Option<u8>> = self.set.rules.iter().map(|r| set.find(&r.voice.id).map(|i| i as u8)).collect();
         self.plan = Plan::new(&set, &mut self.syms);
+        self.lanes.replace_rules(&set);
         self.branches.replace_rules(&set);
         self.set = Arc::new(set);
         for p in self.window.iter_mut() {

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::lanes::Lanes;
 use super::window::{Interner, Parcel, Sym};
 use crate::event::Kind;
 use crate::rules::{ByService, DeadlineField, Filter, KindSet, RuleSet, Trigger};
@@ -31,16 +32,35 @@ impl Durations {
 
 /// When a timer rule's deadline falls, given the parcel.
 pub enum Timer {
-    Absence { after: Durations, while_in: KindSet },
-    Deadline { field: DeadlineField, offset: Durations, while_in: KindSet },
-    StateDuration { state: Kind, after: Durations },
+    Absence {
+        after: Durations,
+        while_in: KindSet,
+    },
+    Deadline {
+        field: DeadlineField,
+        offset: Durations,
+        while_in: KindSet,
+    },
+    StateDuration {
+        state: Kind,
+        after: Durations,
+    },
+    /// The parcel's expected arrival passes its promise plus `margin`, at
+    /// least `min_lead` before the promise.
+    Predicted {
+        min_lead: Span,
+        margin: Span,
+        while_in: KindSet,
+    },
 }
 
 impl Timer {
     /// Whether a parcel in `state` can have a deadline for this timer.
     fn can_fire_in(&self, state: Kind) -> bool {
         match self {
-            Timer::Absence { while_in, .. } | Timer::Deadline { while_in, .. } => while_in.contains(state),
+            Timer::Absence { while_in, .. } | Timer::Deadline { while_in, .. } | Timer::Predicted { while_in, .. } => {
+                while_in.contains(state)
+            }
             Timer::StateDuration { state: s, .. } => *s == state,
         }
     }
@@ -142,6 +162,9 @@ impl Plan {
                 Trigger::StateDuration { state, after } => {
                     Some(Timer::StateDuration { state: *state, after: Durations::new(after, syms) })
                 }
+                Trigger::Predicted { min_lead, margin, while_in, .. } => {
+                    Some(Timer::Predicted { min_lead: *min_lead, margin: *margin, while_in: *while_in })
+                }
             };
             if let Some(t) = &timer {
                 for k in Kind::ALL.iter().filter(|k| t.can_fire_in(**k)) {
@@ -164,17 +187,20 @@ impl Plan {
     }
 
     /// The earliest deadline of a timer rule not yet fired for `p` (`Ts::MAX` if none).
-    pub fn next_deadline(&self, p: &Parcel) -> Ts {
+    pub fn next_deadline(&self, p: &Parcel, lanes: &Lanes) -> Ts {
         self.timers_in[p.state as usize]
             .iter()
             .filter(|&&r| p.fired & (1u64 << r) == 0)
-            .filter_map(|&r| self.deadline(r, p))
+            .filter_map(|&r| self.deadline(r, p, lanes))
             .min()
             .unwrap_or(Ts::MAX)
     }
 
-    /// When timer rule `r` falls due for `p`, if it can at all in the parcel's present state.
-    pub fn deadline(&self, r: u8, p: &Parcel) -> Option<Ts> {
+    /// When timer rule `r` falls due for `p`, if it can at all in the parcel's
+    /// present state. A prediction that fired holds until the parcel leaves
+    /// `while_in` (it arrived): a forecast that improves does not take it back,
+    /// so the customer is not told late, then on time, then late again.
+    pub fn deadline(&self, r: u8, p: &Parcel, lanes: &Lanes) -> Option<Ts> {
         let rule = &self.rules[r as usize];
         let due = match rule.timer.as_ref()? {
             Timer::Absence { after, while_in } => (while_in.contains(p.state) && p.last_scan_at != Ts::MIN)
@@ -188,6 +214,15 @@ impl Plan {
             }
             Timer::StateDuration { state, after } => {
                 (p.state == *state && p.state_since != Ts::MIN).then(|| p.state_since.plus(after.get(p.service)))
+            }
+            Timer::Predicted { min_lead, margin, while_in } => {
+                if !while_in.contains(p.state) || p.promised_by == Ts::MIN {
+                    None
+                } else if p.fired & (1u64 << r) != 0 {
+                    Some(Ts::MIN)
+                } else {
+                    lanes.late_at(p, p.promised_by.plus(*margin), p.promised_by.minus(*min_lead))
+                }
             }
         }?;
         rule.filter.matches(p, None).then_some(due)

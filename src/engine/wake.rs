@@ -5,9 +5,30 @@
 use super::*;
 
 impl Engine {
-    /// Moves the watermark forward (never back) and fires every timer it passes.
+    /// Moves the watermark forward (never back) and fires every timer it
+    /// passes. At each day boundary on the way, the lane model publishes
+    /// a new version: what comes before the boundary is judged with the
+    /// version before it, whatever the steps the watermark takes.
     pub fn advance(&mut self, watermark: Ts, out: &mut Vec<Alert>) {
         let wm = self.watermark.max(watermark);
+        while let Some(boundary) = self.lanes.boundary_within(self.watermark, wm) {
+            if boundary > self.watermark {
+                self.judge_until(boundary.minus(Span(1)), out);
+            }
+            self.lanes.publish(boundary);
+        }
+        self.judge_until(wm, out);
+        self.lanes.settle(wm);
+        if self.branch_stage_inside {
+            for fact in self.facts.drain(..) {
+                self.branches.add(fact);
+            }
+            self.branches.advance(wm, out);
+        }
+    }
+
+    /// Sets the watermark to `wm` and wakes every parcel due by then.
+    fn judge_until(&mut self, wm: Ts, out: &mut Vec<Alert>) {
         self.watermark = wm;
         let mut due = std::mem::take(&mut self.due);
         // A judgment may arm a wake-up that is already due (an event it let in
@@ -36,12 +57,6 @@ impl Engine {
             due.clear();
         }
         self.due = due;
-        if self.branch_stage_inside {
-            for fact in self.facts.drain(..) {
-                self.branches.add(fact);
-            }
-            self.branches.advance(wm, out);
-        }
     }
 
     /// A parcel's wake-up at watermark `wm`: judges its due deadlines and lets
@@ -62,7 +77,7 @@ impl Engine {
                 if p.fired & bit != 0 {
                     continue;
                 }
-                let Some(deadline) = self.plan.deadline(r, p) else { continue };
+                let Some(deadline) = self.plan.deadline(r, p, &self.lanes) else { continue };
                 if deadline > wm || deadline >= before {
                     pending = pending.min(deadline);
                     continue;
@@ -81,7 +96,7 @@ impl Engine {
                 // Past the parcel's departure, it is gone by then: the event dies with it.
                 let leaves = self.leaves_at(slot);
                 let gone = leaves <= wm && leaves < at;
-                if at == Ts::MAX || contact_waits || gone || self.plan.next_deadline(p) < at {
+                if at == Ts::MAX || contact_waits || gone || self.plan.next_deadline(p, &self.lanes) < at {
                     break;
                 }
                 let Some(ev) = self.window.get_mut(slot).pop_parked() else { break };
@@ -115,7 +130,7 @@ impl Engine {
     /// Sets the parcel's wake-up to its earliest pending deadline (or its departure from the window).
     pub(super) fn reschedule(&mut self, slot: u32) {
         let p = self.window.get(slot);
-        let next = self.leaves_at(slot).min(self.plan.next_deadline(p)).min(p.first_parked_at());
+        let next = self.leaves_at(slot).min(self.plan.next_deadline(p, &self.lanes)).min(p.first_parked_at());
         self.arm(slot, next);
     }
 

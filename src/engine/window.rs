@@ -301,9 +301,10 @@ impl Parcel {
 
     /// Everything but the last scan time that a deadline depends on: when
     /// none of it changed, no deadline moved earlier (a later scan only
-    /// pushes an absence deadline later).
-    pub fn deadline_inputs(&self) -> (Kind, Ts, Ts, Ts, Sym, Sym, [u8; 2]) {
-        (self.state, self.state_since, self.promised_by, self.return_by, self.service, self.branch, self.country)
+    /// pushes an absence deadline later; a prediction follows the place).
+    pub fn deadline_inputs(&self) -> (Kind, Ts, Ts, Ts, Sym, Sym, Sym, [u8; 2]) {
+        let p = self;
+        (p.state, p.state_since, p.promised_by, p.return_by, p.service, p.branch, p.facility, p.country)
     }
 
     pub fn is_vacant(&self) -> bool {
@@ -615,7 +616,7 @@ pub fn take_recipient(p: &mut Parcel, event: &Event<'_>, syms: &mut Interner) {
     }
 }
 
-mod saved;
+pub(in crate::engine) mod saved;
 
 #[cfg(test)]
 mod tests;

@@ -165,6 +165,7 @@ struct RawRule {
     state_duration: Option<RawStateDuration>,
     nth: Option<RawNth>,
     contacts: Option<RawContacts>,
+    predicted: Option<RawPredicted>,
     branch: Option<RawBranch>,
 }
 
@@ -232,6 +233,17 @@ struct RawContacts {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawPredicted {
+    quantile: Spanned<f64>,
+    min_lead: Dur,
+    min_history: u32,
+    #[serde(default = "zero")]
+    margin: Dur,
+    while_in: Vec<KindName>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawBranch {
     rules: Spanned<Vec<String>>,
     window: Dur,
@@ -255,7 +267,7 @@ fn one() -> f64 {
     1.0
 }
 
-const TRIGGERS: &str = "on, absence, deadline, state_duration, nth, contacts or branch";
+const TRIGGERS: &str = "on, absence, deadline, state_duration, nth, contacts, predicted or branch";
 
 /// One file's rules before cross-file checks: parcel rules, and branch rules
 /// whose member names are still to be resolved.
@@ -349,6 +361,24 @@ fn compile(raw: RawRule) -> Result<Compiled, Problem> {
         }
         triggers.push(("contacts", Trigger::Contacts { count, within: c.within.0 }));
     }
+    if let Some(f) = raw.predicted {
+        let quantile = *f.quantile.get_ref();
+        if !(quantile > 0.0 && quantile < 1.0) {
+            return Err((Some(f.quantile.span().start), "predicted: quantile is a fraction between 0 and 1".into()));
+        }
+        if f.while_in.iter().any(|k| k.0.is_done() || k.0 == Kind::ReadyForPickup) {
+            let msg = format!("rule `{id}`: predicted.while_in names a state where the parcel has already arrived");
+            return Err((None, msg));
+        }
+        let trigger = Trigger::Predicted {
+            quantile,
+            min_lead: f.min_lead.0,
+            min_history: f.min_history.max(1),
+            margin: f.margin.0,
+            while_in: kinds(&f.while_in),
+        };
+        triggers.push(("predicted", trigger));
+    }
     let is_branch = raw.branch.is_some();
     let count = triggers.len() + usize::from(is_branch);
     if count != 1 {
@@ -364,7 +394,7 @@ fn compile(raw: RawRule) -> Result<Compiled, Problem> {
         return branch_rule(voice, b).map(|(r, m)| Compiled::Branch(r, m));
     }
     let (_, trigger) = triggers.remove(0);
-    if !raw.by_service.is_empty() && !trigger.is_timer() {
+    if !raw.by_service.is_empty() && (!trigger.is_timer() || matches!(trigger, Trigger::Predicted { .. })) {
         return Err((
             None,
             format!("rule `{id}`: by_service applies to absence, deadline and state_duration rules only"),
@@ -500,6 +530,24 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<RuleSet, Vec<RuleEr
             line: 0,
             column: 0,
             message: format!("nth rules count {} kinds of event; at most {COUNTED_KINDS} are supported", counted.len()),
+        });
+    }
+    let predicted: Vec<&str> = set
+        .rules
+        .iter()
+        .filter(|r| matches!(r.trigger, Trigger::Predicted { .. }))
+        .map(|r| r.voice.id.as_str())
+        .collect();
+    if predicted.len() > 1 {
+        errors.push(RuleError {
+            file: sources[0].0.clone(),
+            line: 0,
+            column: 0,
+            message: format!(
+                "{} predicted rules ({}); the lane model forecasts one quantile, so a pack has at most one",
+                predicted.len(),
+                predicted.join(", ")
+            ),
         });
     }
     if set.rules.len() > MAX_PARCEL_RULES {

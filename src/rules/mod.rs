@@ -120,12 +120,23 @@ pub enum Trigger {
     Nth { kind: Kind, n: u8 },
     /// `count` customer contacts within `within`.
     Contacts { count: u8, within: Span },
+    /// The parcel, in one of `while_in`, is expected (the `quantile` of the
+    /// rest of its route, learnt per lane) after its promise plus `margin`,
+    /// while the promise is still at least `min_lead` away. Lanes with less
+    /// than `min_history` legs do not forecast.
+    Predicted { quantile: f64, min_lead: Span, min_history: u32, margin: Span, while_in: KindSet },
 }
 
 impl Trigger {
     /// Timer rules are judged when the watermark passes a deadline; the others on an event.
     pub fn is_timer(&self) -> bool {
-        matches!(self, Trigger::Absence { .. } | Trigger::Deadline { .. } | Trigger::StateDuration { .. })
+        matches!(
+            self,
+            Trigger::Absence { .. }
+                | Trigger::Deadline { .. }
+                | Trigger::StateDuration { .. }
+                | Trigger::Predicted { .. }
+        )
     }
 }
 

@@ -3,14 +3,14 @@
 use super::*;
 use crate::engine::checkpoint::{get_event, put_event, CheckpointError, Remap, R, W};
 
-fn sym(r: &mut R<'_>) -> Result<Sym, CheckpointError> {
+pub(in crate::engine) fn sym(r: &mut R<'_>) -> Result<Sym, CheckpointError> {
     Ok(match r.u32()? {
         0 => Sym::NONE,
         s => Sym(s - 1),
     })
 }
 
-fn put_sym(w: &mut W, s: Sym) {
+pub(in crate::engine) fn put_sym(w: &mut W, s: Sym) {
     w.u(if s.is_none() { 0 } else { u64::from(s.0) + 1 });
 }
 

@@ -25,6 +25,7 @@ fn the_default_pack_loads() {
             "customs_action",
             "stalled",
             "late",
+            "predicted_late",
             "delivery_failed",
             "repeated_failure",
             "pickup_reminder",
@@ -52,7 +53,7 @@ fn a_misspelt_key_gets_a_suggestion() {
     );
     check_err(
         "[[rule]]\nid = \"s\"\naudiance = [\"customer\"]\n",
-        expect!["rules/x.toml:3:1: unknown field `audiance`, expected one of `id`, `summary`, `audience`, `severity`, `any_hour`, `resolve`, `where`, `by_service`, `on`, `absence`, `deadline`, `state_duration`, `nth`, `contacts`, `branch`; did you mean `audience`?"],
+        expect!["rules/x.toml:3:1: unknown field `audiance`, expected one of `id`, `summary`, `audience`, `severity`, `any_hour`, `resolve`, `where`, `by_service`, `on`, `absence`, `deadline`, `state_duration`, `nth`, `contacts`, `predicted`, `branch`; did you mean `audience`?"],
     );
 }
 
@@ -87,7 +88,7 @@ fn a_rule_has_exactly_one_trigger() {
     check_err(
         "[[rule]]\nid = \"a\"\naudience = [\"customer\"]\nseverity = \"info\"\n\n[[rule]]\nid = \"b\"\naudience = [\"customer\"]\nseverity = \"info\"\non = { kind = [\"lost\"] }\nnth = { kind = \"lost\", n = 2 }\n",
         expect![[r#"
-            rules/x.toml:1:1: rule `a` has no trigger; give it one of on, absence, deadline, state_duration, nth, contacts or branch
+            rules/x.toml:1:1: rule `a` has no trigger; give it one of on, absence, deadline, state_duration, nth, contacts, predicted or branch
             rules/x.toml:6:1: rule `b` has 2 triggers (on, nth); a rule has exactly one"#]],
     );
 }
