@@ -363,6 +363,14 @@ fn print_stats(s: &Summary, engine: &Engine) {
     for (rule, (f, r)) in &s.alerts {
         let _ = writeln!(err, "  {rule:<22}{f:>8} {r:>8}");
     }
+    let (lanes, count) = engine.lane_stats();
+    if count > 0 {
+        let _ = writeln!(
+            err,
+            "lanes         {count:>12}   {} legs learnt ({} split by late scans, {} past the lane limit), {} versions",
+            lanes.legs, lanes.splits, lanes.overflow, lanes.publications
+        );
+    }
     let (first, judged, median) = s.spoke_first();
     let _ = writeln!(
         err,

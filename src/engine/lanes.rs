@@ -30,7 +30,7 @@
 //! or so of scans.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::sync::LazyLock;
 
 use hashbrown::HashMap;
 
@@ -54,6 +54,8 @@ const NEXT: usize = 4;
 pub const HALVE_AT: u32 = 1 << 16;
 /// The most legs followed from a lane to the arrival.
 const MAX_HOPS: usize = 32;
+/// How far the watermark moves between two batches of legs counted.
+const SETTLE_EVERY: Span = Span::minutes(10);
 /// How often the model is published, in event time.
 pub const EPOCH: Span = Span::hours(24);
 const NONE: u32 = u32::MAX;
@@ -63,13 +65,23 @@ const NONE: u32 = u32::MAX;
 const MEDIAN: f64 = 0.5;
 
 /// Where a parcel stands, as its lane sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Place {
     pub facility: Sym,
     pub state: Kind,
     pub country: [u8; 2],
     pub branch: Sym,
     pub service: Sym,
+}
+
+impl std::hash::Hash for Place {
+    /// One word for the hasher, not five fields.
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let syms = u128::from(self.facility.index()) | u128::from(self.branch.index()) << 32;
+        let rest = u128::from(self.service.index()) | u128::from(self.state as u8) << 32;
+        let country = u128::from(u16::from_le_bytes(self.country));
+        h.write_u128(syms | rest << 64 | country << 112);
+    }
 }
 
 impl Place {
@@ -100,9 +112,9 @@ impl Forecast {
     /// after `limit`, if ever (legs past the last bucket: never).
     fn crossing(&self, since: Ts, limit: Ts) -> Option<Ts> {
         let budget = limit.since(since).0 - self.after.0;
+        let starts = &*STARTS;
         for i in 0..BUCKETS {
-            let lo = bucket_start(i);
-            let hi = if i + 1 < BUCKETS { bucket_start(i + 1) } else { i64::MAX };
+            let (lo, hi) = (starts[i], starts[i + 1]);
             if self.leg[i] != NONE && i64::from(self.leg[i]) * 60_000 > budget {
                 return Some(since.plus(Span(lo)));
             }
@@ -127,14 +139,14 @@ fn bucket(span: Span) -> usize {
     }
 }
 
-/// Where bucket `i` starts, in milliseconds.
-fn bucket_start(i: usize) -> i64 {
-    if i == 0 {
-        0
-    } else {
-        (MINUTE_MS * ((i as f64 - 1.0) * STEP).exp()) as i64
+/// Where each bucket starts, in milliseconds (and `i64::MAX` after the last).
+static STARTS: LazyLock<[i64; BUCKETS + 1]> = LazyLock::new(|| {
+    let mut starts = [i64::MAX; BUCKETS + 1];
+    for (i, s) in starts.iter_mut().enumerate().take(BUCKETS) {
+        *s = if i == 0 { 0 } else { (MINUTE_MS * ((i as f64 - 1.0) * STEP).exp()) as i64 };
     }
-}
+    starts
+});
 
 /// A bucket's representative duration: its geometric middle.
 fn bucket_span(i: usize) -> Span {
@@ -198,11 +210,24 @@ impl Lane {
 
     /// The quantile of the leg given each bucket it has reached, in minutes.
     fn overrun_quantiles(&self, q: f64) -> Box<[u32; BUCKETS]> {
+        // suffix[i]: the legs in bucket i or later.
+        let mut suffix = [0u32; BUCKETS + 1];
+        for i in (0..BUCKETS).rev() {
+            suffix[i] = suffix[i + 1] + self.counts[i];
+        }
         let mut out = Box::new([NONE; BUCKETS]);
-        for (i, v) in out.iter_mut().enumerate() {
-            if let Some(span) = self.quantile(q, i, MIN_TAIL) {
-                *v = (span.0 / 60_000).max(1) as u32;
+        // The quantile's bucket never moves back as the overrun grows.
+        let mut j = 0;
+        for i in 0..BUCKETS {
+            if suffix[i] < MIN_TAIL {
+                break;
             }
+            let rank = (q * f64::from(suffix[i])).ceil().max(1.0) as u32;
+            j = j.max(i);
+            while j + 1 < BUCKETS && suffix[i] - suffix[j + 1] < rank {
+                j += 1;
+            }
+            out[i] = (bucket_span(j).0 / 60_000).max(1) as u32;
         }
         out
     }
@@ -342,7 +367,10 @@ pub struct Lanes {
     models: Vec<Model>,
     /// Legs by (parcel hash, end time), until the watermark passes their end.
     pending: HashMap<(u64, Ts), Leg>,
-    queue: BinaryHeap<Reverse<(Ts, u64)>>,
+    /// The keys of `pending` in the order they came, sorted when settled.
+    queue: Vec<(Ts, u64)>,
+    /// Legs are counted in batches, when the watermark moved this far.
+    settled_to: Ts,
     /// The day boundary of the published version, `Ts::MIN` before the first.
     published_at: Ts,
     pub stats: LaneStats,
@@ -367,7 +395,8 @@ impl Lanes {
             lateness,
             models: Vec::new(),
             pending: HashMap::new(),
-            queue: BinaryHeap::new(),
+            queue: Vec::new(),
+            settled_to: Ts::MIN,
             published_at: Ts::MIN,
             stats: LaneStats::default(),
         }
@@ -416,7 +445,7 @@ impl Lanes {
             return;
         };
         self.pending.insert((hash, to_at), Leg { partition, from, to, from_at });
-        self.queue.push(Reverse((to_at, hash)));
+        self.queue.push((to_at, hash));
     }
 
     /// A state-setting scan at `at`, within the lateness, came after a later
@@ -438,7 +467,7 @@ impl Lanes {
                 };
                 self.pending.insert((hash, end), Leg { from: mid, from_at: at, ..leg });
                 self.pending.insert((hash, at), Leg { to: mid, ..leg });
-                self.queue.push(Reverse((at, hash)));
+                self.queue.push((at, hash));
                 self.stats.splits += 1;
                 return;
             }
@@ -454,16 +483,25 @@ impl Lanes {
             return;
         };
         self.pending.insert((hash, end), Leg { partition, from, to, from_at: at });
-        self.queue.push(Reverse((end, hash)));
+        self.queue.push((end, hash));
     }
 
-    /// Counts the legs that ended at or before `upto`, in event-time order.
+    /// Counts the legs that ended at or before `upto`, in event-time order
+    /// (ties by parcel), in batches of [`SETTLE_EVERY`] of event time:
+    /// the order, and so the counts, do not depend on the batches.
     pub fn settle(&mut self, upto: Ts) {
-        while let Some(&Reverse((to_at, hash))) = self.queue.peek() {
-            if to_at > upto {
-                break;
-            }
-            self.queue.pop();
+        if upto < self.settled_to.plus(SETTLE_EVERY) {
+            return;
+        }
+        self.settle_now(upto);
+    }
+
+    fn settle_now(&mut self, upto: Ts) {
+        self.settled_to = upto;
+        // Nearly sorted already: legs end at the newest scans.
+        self.queue.sort_unstable();
+        let due = self.queue.partition_point(|(to_at, _)| *to_at <= upto);
+        for (to_at, hash) in self.queue.drain(..due) {
             if let Some(leg) = self.pending.remove(&(hash, to_at)) {
                 let model = &mut self.models[usize::from(leg.partition)];
                 let (from, span) = (leg.from as usize, to_at.since(leg.from_at));
@@ -489,7 +527,7 @@ impl Lanes {
 
     /// Counts the legs ended by `boundary` and publishes the forecasts.
     pub fn publish(&mut self, boundary: Ts) {
-        self.settle(boundary);
+        self.settle_now(boundary);
         if let Some(params) = self.params {
             self.models.iter_mut().for_each(|m| m.publish(params));
         }
@@ -631,7 +669,7 @@ impl Lanes {
             models.push(m);
         }
         let mut pending = HashMap::new();
-        let mut queue = BinaryHeap::new();
+        let mut queue = Vec::new();
         for _ in 0..r.u()? {
             let (hash, to_at) = (r.u()?, r.ts()?);
             let partition = u16::try_from(r.u()?).map_err(|_| CheckpointError::Corrupt("leg partition".into()))?;
@@ -641,7 +679,7 @@ impl Lanes {
                 return Err(CheckpointError::Corrupt("a leg names an unknown lane".into()));
             }
             pending.insert((hash, to_at), leg);
-            queue.push(Reverse((to_at, hash)));
+            queue.push((to_at, hash));
         }
         if partitions == u64::from(self.partitions) {
             self.models = models;

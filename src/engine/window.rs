@@ -25,6 +25,10 @@ impl Sym {
     pub fn is_none(self) -> bool {
         self == Sym::NONE
     }
+
+    pub fn index(self) -> u32 {
+        self.0
+    }
 }
 
 /// Bounded string interning for the values that repeat across parcels.
