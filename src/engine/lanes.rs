@@ -5,7 +5,7 @@
 //! left it (facility, state, country) for the parcels going to one branch
 //! with one service. Each lane learns, from the parcels passing through it,
 //! how long the leg to their next scan takes (64 log-spaced buckets from
-//! 1 min to three weeks, ±9 %) and where they go next. Once a day of event
+//! 1 min to three weeks, ±9 %) and where they go next. Every 12 h of event
 //! time the lanes are *published*: for each lane with enough history, the
 //! chosen quantile of its leg and the sum of the quantiles of the legs that
 //! usually follow it, down to the arrival (delivered, or ready for pickup).
@@ -20,14 +20,20 @@
 //! - a leg counts once the watermark passes its end, in event-time order; a
 //!   scan uploaded out of order within the lateness splits the leg it falls
 //!   in, as if it had come in order;
-//! - a version is published as the watermark crosses a day boundary, with
-//!   exactly the legs ended by then. Judgments until the next boundary use
-//!   it, and parcels waiting on a forecast are judged again at each boundary.
+//! - a version is published as the watermark crosses an [`EPOCH`] boundary,
+//!   with exactly the legs ended by then, and comes into force at the next
+//!   boundary. The events of a boundary's first hour arrive before the
+//!   watermark passes it (the lateness), and the version judging them is
+//!   then already known: they need not wait. A parcel whose forecast does
+//!   not cross its promise within the two versions known is judged again
+//!   when the next one comes into force.
 //!
 //! Memory is bounded: at most [`MAX_LANES`] lanes per partition (about
 //! 300 bytes each), counts halved past [`HALVE_AT`] so a lane follows its
 //! recent times, and the legs not yet counted are those of the last hour
 //! or so of scans.
+
+use std::sync::Arc;
 
 use hashbrown::HashMap;
 
@@ -43,7 +49,8 @@ const BUCKETS: usize = 64;
 /// The width of a bucket, in natural log of minutes: 64 buckets span 1 min to ~3 weeks.
 const STEP: f64 = 0.1668;
 const MINUTE_MS: f64 = 60_000.0;
-/// The most lanes one partition learns; legs of further lanes are counted as overflow.
+/// The most lanes one partition learns; legs of further lanes are counted as
+/// overflow. A lane number fits a [`LaneRef`]'s 16 bits.
 pub const MAX_LANES: usize = 1 << 14;
 /// Next places remembered per lane (the most frequent wins).
 const NEXT: usize = 4;
@@ -53,8 +60,10 @@ pub const HALVE_AT: u32 = 1 << 16;
 const MAX_HOPS: usize = 32;
 /// How far the watermark moves between two batches of legs counted.
 const SETTLE_EVERY: Span = Span::minutes(10);
-/// How often the model is published, in event time.
-pub const EPOCH: Span = Span::hours(24);
+/// How often the model is published, in event time. A version is in force
+/// from one epoch after it is published, for one epoch: forecasts are 12 to
+/// 24 h old. Longer than the lateness, so that events never wait for one.
+pub const EPOCH: Span = Span::hours(12);
 const NONE: u32 = u32::MAX;
 /// The legs after the current one count at their median: summing medians
 /// estimates the median of the sum, where summing higher quantiles would
@@ -89,6 +98,23 @@ impl Place {
     /// The parcel has arrived: delivered, or waiting at a pickup point.
     fn arrived(&self) -> bool {
         matches!(self.state, Kind::Delivered | Kind::ReadyForPickup | Kind::Collected)
+    }
+}
+
+/// A parcel's lane, kept in the parcel so that the per-scan path does not
+/// look it up: [`LaneRef::NONE`], or the lane of the parcel's place in its
+/// partition's model. Not saved: a restored parcel looks its lane up again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneRef {
+    partition: u16,
+    lane: u16,
+}
+
+impl LaneRef {
+    pub const NONE: LaneRef = LaneRef { partition: u16::MAX, lane: u16::MAX };
+
+    fn get(self) -> Option<(u16, u32)> {
+        (self != LaneRef::NONE).then_some((self.partition, u32::from(self.lane)))
     }
 }
 
@@ -128,11 +154,13 @@ pub struct Lanes {
     models: Vec<Model>,
     /// Legs by (parcel hash, end time), until the watermark passes their end.
     pending: HashMap<(u64, Ts), Leg>,
-    /// The keys of `pending` in the order they came, sorted when settled.
+    /// The keys of `pending` in the order they came.
     queue: Vec<(Ts, u64)>,
+    /// The keys being counted, sorted (kept for its allocation).
+    due: Vec<(Ts, u64)>,
     /// Legs are counted in batches, when the watermark moved this far.
     settled_to: Ts,
-    /// The day boundary of the published version, `Ts::MIN` before the first.
+    /// The boundary the last version was published at, `Ts::MIN` before the first.
     published_at: Ts,
     pub stats: LaneStats,
 }
@@ -144,7 +172,7 @@ fn params(set: &RuleSet) -> Option<Params> {
     })
 }
 
-fn floor_day(t: Ts) -> Ts {
+fn floor_epoch(t: Ts) -> Ts {
     Ts(t.0 - t.0.rem_euclid(EPOCH.0))
 }
 
@@ -157,6 +185,7 @@ impl Lanes {
             models: Vec::new(),
             pending: HashMap::new(),
             queue: Vec::new(),
+            due: Vec::new(),
             settled_to: Ts::MIN,
             published_at: Ts::MIN,
             stats: LaneStats::default(),
@@ -168,15 +197,21 @@ impl Lanes {
         self.params.is_some()
     }
 
-    /// Takes a new pack's parameters; the forecasts follow at once.
-    pub fn replace_rules(&mut self, set: &RuleSet) {
+    /// Takes a new pack's parameters; the forecasts follow at once. True
+    /// when the lanes were forgotten (the pack has no `predicted` rule left):
+    /// every parcel's [`LaneRef`] must be forgotten too.
+    pub fn replace_rules(&mut self, set: &RuleSet) -> bool {
         self.params = params(set);
         match self.params {
-            Some(p) => self.models.iter_mut().for_each(|m| m.forecast(p)),
+            Some(p) => {
+                self.models.iter_mut().for_each(|m| m.reforecast(p));
+                false
+            }
             None => {
                 self.models.clear();
                 self.pending.clear();
                 self.queue.clear();
+                true
             }
         }
     }
@@ -197,14 +232,18 @@ impl Lanes {
         &mut self.models[i]
     }
 
-    /// A leg of parcel `hash` (whose place was `from` at `from_at`) ended at `to` at `to_at`.
-    pub fn observe(&mut self, p: &Parcel, hash: u64, from: Place, from_at: Ts, to_at: Ts) {
-        let partition = self.partition(p);
+    /// A leg of parcel `hash` ended at its present place at `to_at`; its
+    /// place before was `from` (lane `known`, when the parcel had it), since
+    /// `from_at`. Keeps the present place's lane in the parcel.
+    pub fn observe(&mut self, p: &mut Parcel, hash: u64, (from, known): (Place, LaneRef), from_at: Ts, to_at: Ts) {
+        let partition = known.get().map_or_else(|| self.partition(p), |(partition, _)| partition);
         let model = self.model(partition);
-        let (Some(from), Some(to)) = (model.lane(from), model.lane(Place::of(p))) else {
+        let from = known.get().map(|(_, lane)| lane).or_else(|| model.lane(from));
+        let (Some(from), Some(to)) = (from, model.lane(Place::of(p))) else {
             self.stats.overflow += 1;
             return;
         };
+        p.lane = LaneRef { partition, lane: to as u16 };
         self.pending.insert((hash, to_at), Leg { partition, from, to, from_at });
         self.queue.push((to_at, hash));
     }
@@ -259,10 +298,17 @@ impl Lanes {
 
     fn settle_now(&mut self, upto: Ts) {
         self.settled_to = upto;
-        // Nearly sorted already: legs end at the newest scans.
-        self.queue.sort_unstable();
-        let due = self.queue.partition_point(|(to_at, _)| *to_at <= upto);
-        for (to_at, hash) in self.queue.drain(..due) {
+        // Only the legs due are sorted: most of the queue waits for later batches.
+        let mut due = std::mem::take(&mut self.due);
+        self.queue.retain(|&(to_at, hash)| {
+            let now = to_at <= upto;
+            if now {
+                due.push((to_at, hash));
+            }
+            !now
+        });
+        due.sort_unstable();
+        for (to_at, hash) in due.drain(..) {
             if let Some(leg) = self.pending.remove(&(hash, to_at)) {
                 let model = &mut self.models[usize::from(leg.partition)];
                 let (from, span) = (leg.from as usize, to_at.since(leg.from_at));
@@ -275,14 +321,15 @@ impl Lanes {
                 self.stats.legs += 1;
             }
         }
+        self.due = due;
     }
 
-    /// The next day boundary in `(from, to]` at which a version is due.
+    /// The next boundary in `(from, to]` at which a version is due.
     pub fn boundary_within(&self, from: Ts, to: Ts) -> Option<Ts> {
         if !self.active() || to == Ts::MIN {
             return None;
         }
-        let next = if self.published_at == Ts::MIN { floor_day(to) } else { self.published_at.plus(EPOCH) };
+        let next = if self.published_at == Ts::MIN { floor_epoch(to) } else { self.published_at.plus(EPOCH) };
         (next <= to && (next > from || self.published_at == Ts::MIN)).then_some(next)
     }
 
@@ -296,35 +343,48 @@ impl Lanes {
         self.stats.publications += 1;
     }
 
-    /// When the next version may change a forecast: the boundary after the published one.
-    fn recheck(&self, p: &Parcel) -> Ts {
-        if self.published_at == Ts::MIN {
-            floor_day(p.last_scan_at.minus(self.lateness))
-        } else {
-            self.published_at.plus(EPOCH)
-        }
-    }
-
-    /// The parcel's forecast, if its lane and the lanes after it have enough history.
-    fn forecast(&self, p: &Parcel) -> Option<&Forecast> {
-        let model = self.models.get(usize::from(self.partition(p)))?;
-        let lane = *model.index.get(&Place::of(p))?;
-        model.published.get(lane as usize)?.as_ref()
+    /// The parcel's lane, if it has one.
+    fn lane_of(&self, p: &Parcel) -> Option<(&Model, usize)> {
+        let (model, lane) = match p.lane.get() {
+            Some((partition, lane)) => (self.models.get(usize::from(partition))?, lane),
+            None => {
+                let model = self.models.get(usize::from(self.partition(p)))?;
+                (model, *model.index.get(&Place::of(p))?)
+            }
+        };
+        debug_assert!(model.places.get(lane as usize) == Some(&Place::of(p)), "a parcel's lane follows its place");
+        Some((model, lane as usize))
     }
 
     /// When the parcel's expected arrival passes `limit`, judged no later
-    /// than `latest`: the instant, or the next publication when this version
-    /// does not say (a later one may). `None` when neither comes by `latest`.
+    /// than `latest`: the instant, or the boundary at which a version not
+    /// published yet comes into force (it may say). `None` when neither
+    /// comes by `latest`.
     pub fn late_at(&self, p: &Parcel, limit: Ts, latest: Ts) -> Option<Ts> {
-        let recheck = self.recheck(p);
-        let at = self
-            .forecast(p)
-            .and_then(|f| f.crossing(p.state_at, limit))
-            .map(|at| at.max(p.last_scan_at).max(self.published_at));
-        match at {
-            Some(at) if at <= recheck => (at <= latest).then_some(at),
-            _ => (recheck <= latest).then_some(recheck),
+        if self.published_at == Ts::MIN {
+            // Nothing is published: the first version comes into force an
+            // epoch after the boundary the watermark crosses first.
+            let first = floor_epoch(p.last_scan_at.minus(self.lateness)).plus(EPOCH);
+            return (first <= latest).then_some(first);
         }
+        let (now, next, after) =
+            (self.published_at, self.published_at.plus(EPOCH), self.published_at.plus(Span(2 * EPOCH.0)));
+        if let Some((model, lane)) = self.lane_of(p) {
+            let (in_force, coming) =
+                (model.in_force.get(lane).and_then(Option::as_ref), model.coming.get(lane).and_then(Option::as_ref));
+            let crossing = |f: &Arc<Forecast>| f.crossing(p.state_at, limit).map(|at| at.max(p.last_scan_at));
+            let first = in_force.and_then(crossing);
+            let second = match (in_force, coming) {
+                (Some(a), Some(b)) if Arc::ptr_eq(a, b) => first,
+                _ => coming.and_then(crossing),
+            };
+            for (at, from, until) in [(first, now, next), (second, next, after)] {
+                if let Some(at) = at.map(|at| at.max(from)).filter(|&at| at < until) {
+                    return (at <= latest).then_some(at);
+                }
+            }
+        }
+        (after <= latest).then_some(after)
     }
 }
 

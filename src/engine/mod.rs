@@ -33,7 +33,7 @@ use crate::alert::{Alert, AlertId, AlertState, ParcelFacts, RecipientFacts, Trig
 use crate::event::{Event, Kind, Topic};
 use crate::rules::{Audience, RuleSet, Trigger};
 use crate::time::{Span, Ts};
-use lanes::{Lanes, Place};
+use lanes::{LaneRef, Lanes, Place};
 use plan::Plan;
 use timers::{Entry, Timers};
 use window::{event_fingerprint, parcel_hash, take_recipient, Interner, Open, Parcel, Sym, Tombstones, Window};
@@ -329,7 +329,7 @@ impl Engine {
         let p = self.window.get_mut(slot);
         let superseded = p.state.is_done() && ev.at < p.state_at;
         let inputs = p.deadline_inputs();
-        let before = (self.lanes.active() && ev.kind.sets_state()).then(|| (Place::of(p), p.state_at));
+        let before = self.lanes.active().then(|| (Place::of(p), p.lane, p.state_at));
         let first_branch = absorb(p, ev, &self.plan.counted, &mut self.syms, &mut self.stats);
         if let (Kind::CustomerContact, true) = (ev.kind, p.told_at() <= ev.at) {
             let by = p.talk.as_ref().map_or(u8::MAX, |t| t.told_by);
@@ -345,8 +345,14 @@ impl Engine {
             let key = u128::from(parcel_hash(p.id()));
             self.facts.push(Fact { at: ev.at, rule: None, branch: b.clone(), key });
         }
-        if let Some((from, from_at)) = before {
-            self.learn(slot, ev, from, from_at);
+        if let Some((from, known, from_at)) = before {
+            let p = self.window.get_mut(slot);
+            if Place::of(p) != from {
+                p.lane = LaneRef::NONE;
+            }
+            if ev.kind.sets_state() {
+                self.learn(slot, ev, (from, known), from_at);
+            }
         }
         if superseded {
             self.stats.superseded += 1;
@@ -360,8 +366,8 @@ impl Engine {
 
     /// Teaches the lanes the leg a state-setting scan ended (or, out of
     /// order, the leg it splits); `from` was the parcel's place, at `from_at`.
-    fn learn(&mut self, slot: u32, ev: &Event<'_>, from: Place, from_at: Ts) {
-        let p = self.window.get(slot);
+    fn learn(&mut self, slot: u32, ev: &Event<'_>, from: (Place, LaneRef), from_at: Ts) {
+        let p = self.window.get_mut(slot);
         let hash = parcel_hash(p.id());
         if ev.at >= from_at {
             if from_at != Ts::MIN {
@@ -433,10 +439,13 @@ impl Engine {
     pub fn replace_rules(&mut self, set: RuleSet) {
         let remap: Vec<Option<u8>> = self.set.rules.iter().map(|r| set.find(&r.voice.id).map(|i| i as u8)).collect();
         self.plan = Plan::new(&set, &mut self.syms);
-        self.lanes.replace_rules(&set);
+        let lanes_forgotten = self.lanes.replace_rules(&set);
         self.branches.replace_rules(&set);
         self.set = Arc::new(set);
         for p in self.window.iter_mut() {
+            if lanes_forgotten {
+                p.lane = LaneRef::NONE;
+            }
             let mut fired = 0u64;
             for (old, new) in remap.iter().enumerate() {
                 if let (true, Some(new)) = (p.fired & (1 << old) != 0, new) {

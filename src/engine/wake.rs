@@ -6,9 +6,9 @@ use super::*;
 
 impl Engine {
     /// Moves the watermark forward (never back) and fires every timer it
-    /// passes. At each day boundary on the way, the lane model publishes
-    /// a new version: what comes before the boundary is judged with the
-    /// version before it, whatever the steps the watermark takes.
+    /// passes. At each epoch boundary on the way, the lane model publishes
+    /// a new version and the one before comes into force: what comes before
+    /// the boundary is judged first, whatever the steps the watermark takes.
     pub fn advance(&mut self, watermark: Ts, out: &mut Vec<Alert>) {
         let wm = self.watermark.max(watermark);
         while let Some(boundary) = self.lanes.boundary_within(self.watermark, wm) {

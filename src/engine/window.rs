@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::lanes::LaneRef;
 use crate::event::{Channels, Event, Kind, Topic};
 use crate::time::Ts;
 
@@ -178,9 +179,11 @@ const CHANNELS_GIVEN: u8 = 0x40;
 pub struct Parcel {
     /// `parcel_id`, then the recipient's name, phone and email, back to back.
     blob: Box<str>,
-    /// End offsets in `blob` of the id, name, phone and email.
-    ends: [u16; 4],
-    pub gen: u32,
+    /// End offsets in `blob` of the id, name and phone (the email ends the blob).
+    ends: [u16; 3],
+    /// Tells this parcel's wake-ups from those of the slot's former parcels
+    /// (with the wake-up time: wrapping around is harmless).
+    pub gen: u16,
     pub locale: Sym,
     pub tz: Sym,
     pub branch: Sym,
@@ -205,6 +208,8 @@ pub struct Parcel {
     pub wake: Ts,
     /// Events seen of the kinds `nth` rules count (saturating), by [`COUNTED_KINDS`] place.
     pub counts: [u8; COUNTED_KINDS],
+    /// The lane of the parcel's place, once a leg into it was learnt.
+    pub lane: LaneRef,
     pub seen: Seen,
     /// The customer's contacts and when forewarn first spoke to them; few
     /// parcels have either, so it costs a pointer.
@@ -214,11 +219,11 @@ pub struct Parcel {
 }
 
 impl Parcel {
-    fn new(parcel_id: &str, gen: u32, at: Ts) -> Parcel {
+    fn new(parcel_id: &str, gen: u16, at: Ts) -> Parcel {
         let len = parcel_id.len() as u16;
         Parcel {
             blob: parcel_id.into(),
-            ends: [len; 4],
+            ends: [len; 3],
             gen,
             locale: Sym::NONE,
             tz: Sym::NONE,
@@ -238,6 +243,7 @@ impl Parcel {
             return_by: Ts::MIN,
             wake: Ts::MAX,
             counts: [0; COUNTED_KINDS],
+            lane: LaneRef::NONE,
             seen: Seen::default(),
             talk: None,
             aside: None,
@@ -249,7 +255,8 @@ impl Parcel {
     }
 
     fn part(&self, i: usize) -> Option<&str> {
-        let s = &self.blob[self.ends[i - 1] as usize..self.ends[i] as usize];
+        let end = self.ends.get(i).map_or(self.blob.len(), |&e| usize::from(e));
+        let s = &self.blob[usize::from(self.ends[i - 1])..end];
         (!s.is_empty()).then_some(s)
     }
 
@@ -295,10 +302,11 @@ impl Parcel {
         let id_len = self.ends[0] as usize;
         let mut blob = String::with_capacity(id_len + name.len() + phone.len() + email.len());
         blob.push_str(&self.blob[..id_len]);
-        for (i, part) in [name, phone, email].into_iter().enumerate() {
+        for (i, part) in [name, phone].into_iter().enumerate() {
             blob.push_str(part);
             self.ends[i + 1] = blob.len() as u16;
         }
+        blob.push_str(email);
         self.blob = blob.into_boxed_str();
         self.contact_flags |= HAS_RECIPIENT;
     }
@@ -415,7 +423,7 @@ pub struct Window {
     free: Vec<u32>,
     table: Vec<u64>,
     len: usize,
-    next_gen: u32,
+    next_gen: u16,
 }
 
 impl Default for Window {

@@ -2,7 +2,7 @@
 //! partition's lanes, which publish the forecasts the predictions read.
 
 use std::cmp::Reverse;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use hashbrown::HashMap;
 
@@ -20,13 +20,24 @@ pub(super) struct Forecast {
     pub(super) leg: Box<[u32; BUCKETS]>,
     /// The sum of the quantiles of the legs after it, to the arrival.
     pub(super) after: Span,
+    /// The longest of `leg`, in milliseconds: a parcel with more time than
+    /// that left is late only once its leg lasts longer than that time.
+    longest: i64,
 }
 
 impl Forecast {
+    pub(super) fn new(leg: Box<[u32; BUCKETS]>, after: Span) -> Forecast {
+        let longest = leg.iter().filter(|&&m| m != NONE).max().map_or(0, |&m| i64::from(m) * 60_000);
+        Forecast { leg, after, longest }
+    }
+
     /// When a parcel that entered this place at `since` is first expected
     /// after `limit`, if ever (legs past the last bucket: never).
     pub(super) fn crossing(&self, since: Ts, limit: Ts) -> Option<Ts> {
         let budget = limit.since(since).0 - self.after.0;
+        if budget >= self.longest {
+            return Some(since.plus(Span(budget + 1)));
+        }
         let starts = &*STARTS;
         for i in 0..BUCKETS {
             let (lo, hi) = (starts[i], starts[i + 1]);
@@ -167,7 +178,11 @@ pub(super) struct Model {
     pub(super) lanes: Vec<Lane>,
     /// Each lane's coarse lane (itself for a coarse lane).
     pub(super) coarse: Vec<u32>,
-    pub(super) published: Vec<Option<Forecast>>,
+    /// The version judging now: published an epoch before it came into force.
+    pub(super) in_force: Vec<Option<Arc<Forecast>>>,
+    /// The version published last, in force from the next boundary.
+    /// A lane whose forecast did not change shares it with `in_force`.
+    pub(super) coming: Vec<Option<Arc<Forecast>>>,
 }
 
 impl Model {
@@ -188,16 +203,25 @@ impl Model {
         Some(i)
     }
 
-    /// Halves the lanes that passed [`HALVE_AT`], then forecasts.
+    /// Halves the lanes that passed [`HALVE_AT`], then publishes their
+    /// forecasts as the coming version; the coming one comes into force.
     pub(super) fn publish(&mut self, params: Params) {
         for lane in self.lanes.iter_mut().filter(|l| l.total > HALVE_AT) {
             lane.halve();
         }
-        self.forecast(params);
+        let fresh = self.forecasts(params);
+        let coming = share(fresh, &self.coming);
+        self.in_force = std::mem::replace(&mut self.coming, coming);
     }
 
-    /// Computes every lane's forecast from its counts.
-    pub(super) fn forecast(&mut self, params: Params) {
+    /// Forecasts again from the counts with new parameters, in force at once.
+    pub(super) fn reforecast(&mut self, params: Params) {
+        self.coming = share(self.forecasts(params), &[]);
+        self.in_force = self.coming.clone();
+    }
+
+    /// Every lane's forecast from its counts.
+    fn forecasts(&self, params: Params) -> Vec<Option<Forecast>> {
         let legs: Vec<Option<Span>> = self.lanes.iter().map(|l| l.quantile(MEDIAN, params.min_history)).collect();
         // The time after each lane's leg, following the usual next places.
         let mut after: Vec<Option<Option<Span>>> = vec![None; self.lanes.len()];
@@ -227,8 +251,7 @@ impl Model {
                 }
             }
         }
-        self.published = legs
-            .iter()
+        legs.iter()
             .zip(after)
             .enumerate()
             .map(|(i, (leg, after))| {
@@ -240,8 +263,21 @@ impl Model {
                         *own = *wide;
                     }
                 }
-                Some(Forecast { leg: overrun, after: after.flatten()? })
+                Some(Forecast::new(overrun, after.flatten()?))
             })
-            .collect();
+            .collect()
     }
+}
+
+/// Shares each forecast equal to the one before it, so that a lane's
+/// unchanged forecast costs no memory twice.
+pub(super) fn share(fresh: Vec<Option<Forecast>>, before: &[Option<Arc<Forecast>>]) -> Vec<Option<Arc<Forecast>>> {
+    fresh
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| match (f, before.get(i).cloned().flatten()) {
+            (Some(f), Some(old)) if *old == f => Some(old),
+            (f, _) => f.map(Arc::new),
+        })
+        .collect()
 }

@@ -1,6 +1,6 @@
 //! Saving and restoring the lanes for the engine's checkpoints: the counts,
-//! the published version as it was (the counts moved on since), and the
-//! legs not counted yet.
+//! the versions in force and coming as they were published (the counts
+//! moved on since), and the legs not counted yet.
 
 use super::model::Lane;
 use super::*;
@@ -35,15 +35,20 @@ impl Lanes {
                     w.u(u64::from(count));
                 }
             }
-            // The published version as it was: the counts moved on since.
-            w.u(m.published.len() as u64);
-            for f in &m.published {
-                match f {
-                    None => w.u(0),
-                    Some(f) => {
-                        w.u(1);
-                        w.u(f.after.0 as u64);
-                        f.leg.iter().for_each(|&v| w.u(if v == NONE { 0 } else { u64::from(v) + 1 }));
+            // The versions as they were published: the counts moved on since.
+            // A coming forecast equal to the one in force is written as such.
+            for (version, before) in [(&m.in_force, &[][..]), (&m.coming, &m.in_force[..])] {
+                w.u(version.len() as u64);
+                for (i, f) in version.iter().enumerate() {
+                    let shared = before.get(i).and_then(Option::as_ref);
+                    match f {
+                        None => w.u(0),
+                        Some(f) if shared.is_some_and(|b| Arc::ptr_eq(b, f)) => w.u(2),
+                        Some(f) => {
+                            w.u(1);
+                            w.u(f.after.0 as u64);
+                            f.leg.iter().for_each(|&v| w.u(if v == NONE { 0 } else { u64::from(v) + 1 }));
+                        }
                     }
                 }
             }
@@ -92,22 +97,8 @@ impl Lanes {
                     *last = lane;
                 }
             }
-            for _ in 0..r.n(count, "forecasts")? {
-                let forecast = if r.u()? == 0 {
-                    None
-                } else {
-                    let after = Span(i64::try_from(r.u()?).map_err(|_| CheckpointError::Corrupt("forecast".into()))?);
-                    let mut leg = Box::new([NONE; BUCKETS]);
-                    for v in leg.iter_mut() {
-                        *v = match r.u32()? {
-                            0 => NONE,
-                            v => v - 1,
-                        };
-                    }
-                    Some(Forecast { leg, after })
-                };
-                m.published.push(forecast);
-            }
+            m.in_force = read_version(r, count, &[])?;
+            m.coming = read_version(r, count, &m.in_force)?;
             models.push(m);
         }
         let mut pending = HashMap::new();
@@ -130,4 +121,32 @@ impl Lanes {
         }
         Ok(())
     }
+}
+
+/// A version's forecasts; `2` shares the forecast of `before`.
+fn read_version(
+    r: &mut R<'_>,
+    lanes: usize,
+    before: &[Option<Arc<Forecast>>],
+) -> Result<Vec<Option<Arc<Forecast>>>, CheckpointError> {
+    (0..r.n(lanes, "forecasts")?)
+        .map(|i| match r.u()? {
+            0 => Ok(None),
+            1 => Ok(Some(Arc::new(read_forecast(r)?))),
+            2 => before.get(i).cloned().ok_or_else(|| CheckpointError::Corrupt("shared forecast".into())),
+            _ => Err(CheckpointError::Corrupt("forecast".into())),
+        })
+        .collect()
+}
+
+fn read_forecast(r: &mut R<'_>) -> Result<Forecast, CheckpointError> {
+    let after = Span(i64::try_from(r.u()?).map_err(|_| CheckpointError::Corrupt("forecast".into()))?);
+    let mut leg = Box::new([NONE; BUCKETS]);
+    for v in leg.iter_mut() {
+        *v = match r.u32()? {
+            0 => NONE,
+            v => v - 1,
+        };
+    }
+    Ok(Forecast::new(leg, after))
 }

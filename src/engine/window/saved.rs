@@ -122,7 +122,8 @@ impl Parcel {
         let (name, phone, email) = (r.opt_s()?, r.opt_s()?, r.opt_s()?);
         p.set_contact(name, phone, email);
         p.contact_flags = r.u8()?;
-        p.gen = r.u32()?;
+        // Generations wrap: a wider one saved by an older version keeps its low bits.
+        p.gen = r.u32()? as u16;
         p.locale = sym(r)?;
         p.tz = sym(r)?;
         p.branch = sym(r)?;
@@ -206,7 +207,7 @@ impl Window {
 
     /// The window as saved, every parcel in its old slot (alert order depends on slots).
     pub(in crate::engine) fn load(r: &mut R<'_>, remap: &Remap) -> Result<Window, CheckpointError> {
-        let next_gen = r.u32()?;
+        let next_gen = r.u32()? as u16;
         let mut free = Vec::new();
         for _ in 0..r.u()? {
             free.push(r.u32()?);
