@@ -1,7 +1,8 @@
 //! A synthetic carrier network that writes the v1 contract: hubs and branches
 //! in FR, CN, US and DE, express/standard/economy parcels, international
 //! parcels through customs, the anomalies a real network has (stalls, late
-//! deliveries, failed attempts, damage, loss, a branch having a bad day),
+//! deliveries, failed attempts, damage, loss, a branch having a bad day, and
+//! half a day of failed attempts, damage and customs holds at one place each),
 //! scanners that upload late and twice, and customers who contact the call
 //! centre when their parcel goes wrong.
 //!
@@ -188,6 +189,22 @@ fn disrupted(branch: &str) -> bool {
     branch == "FR-PAR-12"
 }
 
+/// Half a day of trouble in the middle of the run (a day past its middle,
+/// so that the branches have a normal to depart from): one branch's
+/// couriers fail half their attempts, another's conveyor damages parcels,
+/// the customs at one hub hold nearly every parcel for days.
+pub const FAILING_BRANCH: &str = "DE-MUC-02";
+pub const DAMAGING_BRANCH: &str = "US-CHI-03";
+pub const CUSTOMS_BACKLOG_HUB: &str = "DE-FRA-HUB";
+
+/// When the half day of trouble starts.
+pub fn trouble_starts(net: &Network) -> Ts {
+    Ts(net.start.0 + ((net.days / 2.0 + 1.0) * 24.0 * HOUR as f64) as i64)
+}
+
+/// How long the trouble lasts.
+pub const TROUBLE_LASTS: i64 = 12 * HOUR;
+
 /// Draws one parcel's life into `out`.
 fn life(net: &Network, index: u64, out: &mut Vec<Ev>) {
     let mut rng = parcel_rng(net.seed, index);
@@ -224,6 +241,8 @@ fn life(net: &Network, index: u64, out: &mut Vec<Ev>) {
     // Some parcels stall once: a leg that takes a day or two longer.
     let stall_leg = if rng.gen_bool(0.04) { rng.gen_range(0..4) } else { 99 };
     let bad_day = disrupted(p.branch) && (t0 - net.start.0) < 24 * HOUR && rng.gen_bool(0.5);
+    let trouble = trouble_starts(net).0;
+    let in_trouble = |t: i64| (trouble..trouble + TROUBLE_LASTS).contains(&t);
     let leg = |rng: &mut ChaCha8Rng, n: u32, lo: f64, hi: f64| -> i64 {
         let extra = if n == stall_leg { hours(rng, 26.0, 60.0) } else { 0 };
         hours(rng, lo, hi) + extra
@@ -240,11 +259,12 @@ fn life(net: &Network, index: u64, out: &mut Vec<Ev>) {
         let dest_hub = pick(&mut rng, dest.hubs);
         t += leg(&mut rng, 1, 10.0, 20.0);
         push(out, t, Kind::Arrived, Some(dest_hub), None, None);
-        if rng.gen_bool(0.3) {
+        let backlog = dest_hub == CUSTOMS_BACKLOG_HUB && in_trouble(t);
+        if rng.gen_bool(if backlog { 0.9 } else { 0.3 }) {
             let reason = pick(&mut rng, &["documents_missing", "duties_unpaid", "inspection"]);
             t += hours(&mut rng, 0.5, 3.0);
             push(out, t, Kind::CustomsHold, Some(dest_hub), Some(reason), None);
-            t += hours(&mut rng, 4.0, 60.0);
+            t += if backlog { hours(&mut rng, 30.0, 60.0) } else { hours(&mut rng, 4.0, 60.0) };
             push(out, t, Kind::CustomsReleased, Some(dest_hub), None, None);
         }
         t += hours(&mut rng, 1.0, 4.0);
@@ -262,6 +282,10 @@ fn life(net: &Network, index: u64, out: &mut Vec<Ev>) {
     }
     t += leg(&mut rng, 2, 4.0, 16.0 * express) + if bad_day { hours(&mut rng, 25.0, 30.0) } else { 0 };
     push(out, t, Kind::Arrived, Some(p.branch), None, None);
+    if p.branch == DAMAGING_BRANCH && in_trouble(t) && rng.gen_bool(0.15) {
+        t += hours(&mut rng, 0.1, 1.0);
+        push(out, t, Kind::Damaged, Some(p.branch), Some("major"), None);
+    }
     // Out for delivery on the next round, a few hours to half a day after arrival.
     let mut attempts = 0;
     loop {
@@ -269,7 +293,8 @@ fn life(net: &Network, index: u64, out: &mut Vec<Ev>) {
         push(out, t, Kind::OutForDelivery, Some(p.branch), None, None);
         t += hours(&mut rng, 1.0, 8.0);
         attempts += 1;
-        if rng.gen_bool(0.92) {
+        let success = if p.branch == FAILING_BRANCH && in_trouble(t) { 0.5 } else { 0.92 };
+        if rng.gen_bool(success) {
             push(out, t, Kind::Delivered, Some(p.branch), None, None);
             break;
         }

@@ -22,6 +22,10 @@ use crate::rules::{BranchRule, RuleSet, Threshold};
 use crate::time::{Span, Ts};
 
 const HOUR: Span = Span::hours(1);
+/// The grain of a branch's history: a window's usual count is that of the
+/// slots ending within the same window of the days before, so its edges are
+/// right to this much.
+const SLOT: Span = Span::minutes(10);
 const DAY: Span = Span::hours(24);
 /// The usual rate is learnt over at least this long, so a branch's first hour is not its norm.
 const MIN_BASELINE_HOURS: i64 = 24;
@@ -45,7 +49,7 @@ struct BranchState {
     /// Intake times within the window, sorted (share thresholds).
     intake: VecDeque<Ts>,
     /// Hits per hour over the baseline, oldest first: (hour number, count).
-    hourly: VecDeque<(i64, u32)>,
+    slots: VecDeque<(i64, u32)>,
     first_seen: Option<Ts>,
     /// The instant the open episode fired at.
     open: Option<Ts>,
@@ -199,19 +203,20 @@ impl BranchStage {
             let s = a.branches.entry(branch.clone()).or_default();
             s.first_seen = Some(s.first_seen.map_or(at, |f| f.min(at)));
             insert_sorted(&mut s.hits, at);
-            let hour = at.0.div_euclid(HOUR.0);
-            match s.hourly.iter_mut().rev().find(|(h, _)| *h == hour) {
+            let slot = slot_of(at);
+            match s.slots.iter_mut().rev().find(|(h, _)| *h == slot) {
                 Some((_, n)) => *n += 1,
                 None => {
-                    let i = s.hourly.partition_point(|(h, _)| *h < hour);
-                    s.hourly.insert(i, (hour, 1));
+                    let i = s.slots.partition_point(|(h, _)| *h < slot);
+                    s.slots.insert(i, (slot, 1));
                 }
             }
             prune(&mut s.hits, at.minus(a.rule.window));
             prune(&mut s.intake, at.minus(a.rule.window));
-            let baseline_start = at.minus(a.rule.baseline).0.div_euclid(HOUR.0);
-            while s.hourly.front().is_some_and(|(h, _)| *h < baseline_start) {
-                s.hourly.pop_front();
+            // The oldest day's window starts a window before the baseline does.
+            let baseline_start = slot_of(at.minus(a.rule.baseline).minus(a.rule.window));
+            while s.slots.front().is_some_and(|(h, _)| *h < baseline_start) {
+                s.slots.pop_front();
             }
             if s.open.is_some() {
                 if judge(&a.rule, s, at).is_some() {
@@ -259,15 +264,19 @@ impl BranchStage {
                 };
                 if ends > now {
                     let leaves = [s.hits.front(), s.intake.front()].into_iter().flatten().map(|t| t.plus(window));
-                    let next_hour = Ts((now.0.div_euclid(HOUR.0) + 1) * HOUR.0);
-                    next = leaves.fold(next.min(next_hour).min(ends), Ts::min);
+                    let next_slot = Ts((now.0.div_euclid(SLOT.0) + 1) * SLOT.0);
+                    next = leaves.fold(next.min(next_slot).min(ends), Ts::min);
                     i += 1;
                     continue;
                 }
                 s.failing_since = None;
                 let started = s.open.take().unwrap_or(now);
-                let facts =
-                    BranchFacts { count: s.hits.len() as u32, window, usual: usual(&a.rule, s, now), volume: None };
+                let facts = BranchFacts {
+                    count: s.hits.len() as u32,
+                    window,
+                    usual: usual(&a.rule, s, now).unwrap_or(0.0),
+                    volume: None,
+                };
                 a.open.remove(i);
                 out.push(branch_alert(a, &branch, AlertState::Resolved, now, started, facts));
             }
@@ -276,34 +285,40 @@ impl BranchStage {
     }
 }
 
-/// The hits a branch usually has in one window, from its hourly history
-/// before the window: over all its hours, or (`by_hour`, once a whole day is
-/// known) in the same window of each previous day, on average.
-fn usual(rule: &BranchRule, s: &BranchState, now: Ts) -> f64 {
+/// The slot a hit counts in: slot `k` holds the hits in `(k, k + 1]` slots, as a
+/// window holds those in `(now - window, now]`. Hits on the hour (parcels
+/// all promised for one time) then count in the same windows as today's.
+fn slot_of(at: Ts) -> i64 {
+    (at.0 - 1).div_euclid(SLOT.0)
+}
+
+/// The hits a branch usually has in one window, from its history
+/// before the window: over all its hours, or (`by_hour`) in the same window
+/// of each previous day it was watched all through, on average. `None` for
+/// `by_hour` before a whole day is known: no normal, no departure from it.
+fn usual(rule: &BranchRule, s: &BranchState, now: Ts) -> Option<f64> {
     let observed = s.first_seen.map_or(0, |f| now.since(f).0 / HOUR.0);
     if rule.by_hour && rule.window < DAY {
-        // The same window on each previous day the branch was watched all through, from
-        // the hourly counts: each clock hour weighs by how much of it the
-        // window covers.
+        // The same window on each previous day the branch was watched all through.
         let (start, end, first) = (now.minus(rule.window).0, now.0, s.first_seen.unwrap_or(Ts::MAX).0);
         let days: Vec<i64> = (1..=(rule.baseline.0 / DAY.0).max(1)).filter(|d| start - d * DAY.0 >= first).collect();
-        if !days.is_empty() {
-            let mut same_window = 0.0;
-            for d in &days {
-                let (from, to) = (start - d * DAY.0, end - d * DAY.0);
-                let hours = from.div_euclid(HOUR.0)..=to.div_euclid(HOUR.0);
-                for &(h, n) in s.hourly.iter().filter(|(h, _)| hours.contains(h)) {
-                    let overlap = (to.min((h + 1) * HOUR.0) - from.max(h * HOUR.0)).max(0);
-                    same_window += f64::from(n) * overlap as f64 / HOUR.0 as f64;
-                }
-            }
-            return same_window / days.len() as f64;
+        if days.is_empty() {
+            return None;
         }
+        let mut same_window = 0.0;
+        for d in &days {
+            let (from, to) = (start - d * DAY.0, end - d * DAY.0);
+            // The slots ending within the window: a burst on the hour (all of a
+            // day's parcels promised for one time) counts as today's does.
+            let slots = slot_of(Ts(from + 1))..slot_of(Ts(to + 1));
+            same_window += s.slots.iter().filter(|(k, _)| slots.contains(k)).map(|(_, n)| f64::from(*n)).sum::<f64>();
+        }
+        return Some(same_window / days.len() as f64);
     }
-    let window_start_hour = now.minus(rule.window).0.div_euclid(HOUR.0);
-    let before: u32 = s.hourly.iter().filter(|(h, _)| *h < window_start_hour).map(|(_, n)| n).sum();
+    let window_start = slot_of(now.minus(rule.window).plus(Span(1)));
+    let before: u32 = s.slots.iter().filter(|(k, _)| *k < window_start).map(|(_, n)| n).sum();
     let hours = observed.clamp(MIN_BASELINE_HOURS, (rule.baseline.0 / HOUR.0).max(MIN_BASELINE_HOURS));
-    f64::from(before) / hours as f64 * (rule.window.0 as f64 / HOUR.0 as f64)
+    Some(f64::from(before) / hours as f64 * (rule.window.0 as f64 / HOUR.0 as f64))
 }
 
 /// The facts of an anomaly if the branch is in one now.
@@ -311,14 +326,14 @@ fn judge(rule: &BranchRule, s: &BranchState, now: Ts) -> Option<BranchFacts> {
     let count = s.hits.len() as u32;
     let usual = usual(rule, s, now);
     let holds = match rule.threshold {
-        Threshold::Count { min, factor } => count >= min && f64::from(count) >= factor * usual,
+        Threshold::Count { min, factor } => usual.is_some_and(|u| count >= min && f64::from(count) >= factor * u),
         Threshold::Share { min_share, min_volume } => {
             let volume = s.intake.len() as u32;
             volume >= min_volume.max(1) && f64::from(count) / f64::from(volume) >= min_share
         }
     };
     let volume = matches!(rule.threshold, Threshold::Share { .. }).then_some(s.intake.len() as u32);
-    holds.then_some(BranchFacts { count, window: rule.window, usual, volume })
+    holds.then_some(BranchFacts { count, window: rule.window, usual: usual.unwrap_or(0.0), volume })
 }
 
 fn branch_alert(a: &Aggregate, branch: &Arc<str>, state: AlertState, at: Ts, started: Ts, facts: BranchFacts) -> Alert {

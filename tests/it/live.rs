@@ -89,7 +89,7 @@ fn live_alerts_equal_a_replay_of_the_same_events() {
     let c = case(8000, 1);
     c.publish_all();
     let (got, _) = c.finish(c.start(&[]));
-    assert!(c.expected.iter().any(|a| a["rule"] == "branch_delay_spike"), "the case has branch alerts");
+    assert!(c.expected.iter().any(|a| a["rule"] == "stall_burst"), "the case has branch alerts");
     nats::assert_same(&got, &c.expected);
 }
 
@@ -155,7 +155,7 @@ fn two_instances_with_half_the_partitions_each_equal_one() {
     let (sb, lb) = b.stop();
     assert!(sa.success() && sb.success(), "{la}\n{lb}");
     let got = c.alerts();
-    assert!(c.expected.iter().any(|a| a["rule"] == "branch_delay_spike"), "the case has branch alerts");
+    assert!(c.expected.iter().any(|a| a["rule"] == "stall_burst"), "the case has branch alerts");
     nats::assert_same(&got, &c.expected);
 }
 

@@ -159,14 +159,42 @@ fn rand_suffix() -> u64 {
 /// Writes a configuration for the tests: fast checkpoints, the watermark's
 /// idle clock read from the file `clock` (see [`set_clock`]), and the
 /// dispatcher's outbox in `dir`.
+/// The default pack with one more branch rule, `stall_burst`: ten stalls in
+/// an hour against the branch's flat rate. The default branch rules judge a
+/// branch against its own hours of the days before, which a network of a few
+/// thousand parcels over a day or two never teaches them; the live tests
+/// need branch alerts to check the branch stage across processes.
+pub fn rules(dir: &Path) -> PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        fs::create_dir_all(to).expect("rules dir");
+        for entry in fs::read_dir(from).expect("rules/").map(|e| e.expect("entry")) {
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("type").is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                fs::copy(entry.path(), target).expect("copied");
+            }
+        }
+    }
+    let path = dir.join("rules");
+    if !path.exists() {
+        copy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"), &path);
+        let burst = "[[rule]]\nid = \"stall_burst\"\naudience = [\"branch\"]\nseverity = \"warning\"\n\
+                     branch = { rules = [\"stalled\", \"late\"], window = \"1h\", min_count = 10, rate_factor = 3.0 }\n";
+        fs::write(path.join("zz_live_tests.toml"), burst).expect("test rule written");
+    }
+    path
+}
+
 pub fn config(dir: &Path, clock: &Path) -> PathBuf {
     let path = dir.join("forewarn.toml");
     let clock = format!("@{}", clock.display());
     let text = format!(
-        "[watermark]\nlateness = \"6h\"\nidle_after = \"1s\"\nmax_skew = \"0s\"\nclock = \"{clock}\"\n\n\
+        "rules = \"{rules}\"\n\n[watermark]\nlateness = \"6h\"\nidle_after = \"1s\"\nmax_skew = \"0s\"\nclock = \"{clock}\"\n\n\
          [checkpoint]\ninterval = \"500ms\"\n\n[shutdown]\ndeadline = \"60s\"\n\n\
          [dispatch]\noutbox = \"{outbox}\"\n",
-        outbox = dir.join("outbox").display()
+        outbox = dir.join("outbox").display(),
+        rules = rules(dir).display()
     );
     fs::write(&path, text).expect("config written");
     path
@@ -193,7 +221,17 @@ pub fn newest(events: &str) -> String {
 /// `forewarn replay` of the file with the live tests' lateness, as JSON values.
 pub fn replayed(events: &str, dir: &Path) -> Vec<serde_json::Value> {
     let out = dir.join("replayed.jsonl");
-    let run = forewarn(&["replay", events, "--lateness", "6h", "--out", out.to_str().expect("utf-8")]);
+    let rules = rules(dir);
+    let run = forewarn(&[
+        "replay",
+        events,
+        "--lateness",
+        "6h",
+        "--rules",
+        rules.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
     assert!(run.status.success(), "{}", text(&run.stderr));
     fs::read_to_string(out).expect("alerts").lines().map(|l| serde_json::from_str(l).expect("JSON")).collect()
 }

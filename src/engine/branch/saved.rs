@@ -50,9 +50,9 @@ impl BranchStage {
                 w.s(name);
                 put_times(w, &s.hits);
                 put_times(w, &s.intake);
-                w.u(s.hourly.len() as u64);
-                for (hour, n) in &s.hourly {
-                    w.ts(Ts(*hour));
+                w.u(s.slots.len() as u64);
+                for (slot, n) in &s.slots {
+                    w.ts(Ts(*slot));
                     w.u(u64::from(*n));
                 }
                 w.opt_ts(s.first_seen);
@@ -82,12 +82,12 @@ impl BranchStage {
             for _ in 0..r.u()? {
                 let name: Arc<str> = Arc::from(r.s()?);
                 let (hits, intake) = (times(r)?, times(r)?);
-                let mut hourly = VecDeque::new();
+                let mut slots = VecDeque::new();
                 for _ in 0..r.u()? {
-                    hourly.push_back((r.ts()?.0, r.u32()?));
+                    slots.push_back((r.ts()?.0, r.u32()?));
                 }
                 let (first_seen, open, failing_since) = (r.opt_ts()?, r.opt_ts()?, r.opt_ts()?);
-                branches.insert(name, BranchState { hits, intake, hourly, first_seen, open, failing_since });
+                branches.insert(name, BranchState { hits, intake, slots, first_seen, open, failing_since });
             }
             let mut open = Vec::new();
             for _ in 0..r.u()? {

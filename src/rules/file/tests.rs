@@ -37,7 +37,8 @@ fn the_default_pack_loads() {
     let spike = &set.branch_rules[0];
     assert_eq!(spike.voice.id, "branch_delay_spike");
     assert_eq!(spike.members, [set.find("stalled").unwrap(), set.find("late").unwrap()]);
-    assert_eq!(spike.threshold, Threshold::Count { min: 10, factor: 3.0 });
+    assert_eq!(spike.threshold, Threshold::Count { min: 20, factor: 3.0 });
+    assert!(set.branch_rules.iter().all(|b| b.by_hour), "every default branch rule knows its branch's hours");
     let Trigger::Absence { after, .. } = &set.rules[set.find("stalled").unwrap()].trigger else { panic!() };
     assert_eq!(
         (after.get(Some("express")), after.get(Some("standard")), after.get(None)),
