@@ -181,7 +181,8 @@ pub struct BranchRule {
     /// How far back the usual rate is learnt.
     pub baseline: Span,
     /// The usual rate is that of the same hours of the previous days (a
-    /// branch's mornings against its mornings), once a day is known.
+    /// branch's mornings against its mornings); nothing fires before a whole
+    /// day is known.
     pub by_hour: bool,
 }
 
