@@ -193,17 +193,17 @@ fn disrupted(branch: &str) -> bool {
 /// so that the branches have a normal to depart from): one branch's
 /// couriers fail half their attempts, another's conveyor damages parcels,
 /// the customs at one hub hold nearly every parcel for days.
-pub const FAILING_BRANCH: &str = "DE-MUC-02";
-pub const DAMAGING_BRANCH: &str = "US-CHI-03";
-pub const CUSTOMS_BACKLOG_HUB: &str = "DE-FRA-HUB";
+const FAILING_BRANCH: &str = "DE-MUC-02";
+const DAMAGING_BRANCH: &str = "US-CHI-03";
+const CUSTOMS_BACKLOG_HUB: &str = "DE-FRA-HUB";
 
 /// When the half day of trouble starts.
-pub fn trouble_starts(net: &Network) -> Ts {
+fn trouble_starts(net: &Network) -> Ts {
     Ts(net.start.0 + ((net.days / 2.0 + 1.0) * 24.0 * HOUR as f64) as i64)
 }
 
 /// How long the trouble lasts.
-pub const TROUBLE_LASTS: i64 = 12 * HOUR;
+const TROUBLE_LASTS: i64 = 12 * HOUR;
 
 /// Draws one parcel's life into `out`.
 fn life(net: &Network, index: u64, out: &mut Vec<Ev>) {

@@ -292,6 +292,11 @@ fn slot_of(at: Ts) -> i64 {
     (at.0 - 1).div_euclid(SLOT.0)
 }
 
+/// The slots that end at or before `t` are those numbered below this.
+fn ended_by(t: Ts) -> i64 {
+    t.0.div_euclid(SLOT.0)
+}
+
 /// The hits a branch usually has in one window, from its history
 /// before the window: over all its hours, or (`by_hour`) in the same window
 /// of each previous day it was watched all through, on average. `None` for
@@ -310,13 +315,13 @@ fn usual(rule: &BranchRule, s: &BranchState, now: Ts) -> Option<f64> {
             let (from, to) = (start - d * DAY.0, end - d * DAY.0);
             // The slots ending within the window: a burst on the hour (all of a
             // day's parcels promised for one time) counts as today's does.
-            let slots = slot_of(Ts(from + 1))..slot_of(Ts(to + 1));
+            let slots = ended_by(Ts(from))..ended_by(Ts(to));
             same_window += s.slots.iter().filter(|(k, _)| slots.contains(k)).map(|(_, n)| f64::from(*n)).sum::<f64>();
         }
         return Some(same_window / days.len() as f64);
     }
-    let window_start = slot_of(now.minus(rule.window).plus(Span(1)));
-    let before: u32 = s.slots.iter().filter(|(k, _)| *k < window_start).map(|(_, n)| n).sum();
+    let before_window = ended_by(now.minus(rule.window));
+    let before: u32 = s.slots.iter().filter(|(k, _)| *k < before_window).map(|(_, n)| n).sum();
     let hours = observed.clamp(MIN_BASELINE_HOURS, (rule.baseline.0 / HOUR.0).max(MIN_BASELINE_HOURS));
     Some(f64::from(before) / hours as f64 * (rule.window.0 as f64 / HOUR.0 as f64))
 }
