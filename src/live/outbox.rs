@@ -55,9 +55,11 @@ impl Outbox {
     }
 
     async fn settle_oldest(&mut self, n: usize) {
-        for _ in 0..n {
-            let Some((ack, out)) = self.pending.pop_front() else { return };
-            let mut result = ack.await;
+        let (acks, outs): (Vec<_>, Vec<_>) = self.pending.drain(..n.min(self.pending.len())).unzip();
+        // Awaited together: the acks lost with a connection then time out all
+        // at once, not one ack timeout after another (thousands of them).
+        let results = futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
+        for (mut result, out) in results.into_iter().zip(outs) {
             let mut backoff = Backoff::default();
             loop {
                 match result {
