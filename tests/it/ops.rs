@@ -208,6 +208,22 @@ fn the_agent_sees_what_the_customer_was_told_and_the_branch_sees_its_at_risk_par
             .and_then(|v| v["total"].as_u64())
             .unwrap_or(0)
     };
+    // The lists change while alerts flow: read them once the dispatcher has
+    // been delivered every alert the network makes (some it holds for the
+    // morning, unacknowledged).
+    let expected = nats::replayed(&events, dir.path()).len() as u64;
+    let js =
+        rt.block_on(async { async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect")) });
+    wait_until("every alert stored and delivered to the dispatcher", || {
+        rt.block_on(async {
+            let mut alerts = js.get_stream("ALERTS").await.expect("the alerts stream");
+            let last = alerts.info().await.expect("info").state.last_sequence;
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+                alerts.get_consumer("forewarn-dispatch").await.expect("the dispatcher's consumer");
+            let info = consumer.info().await.expect("consumer info");
+            last >= expected && info.num_pending == 0
+        })
+    });
     let mut branch = String::new();
     wait_until("a branch with several at-risk parcels", || {
         branch = branches.iter().max_by_key(|b| total_of(b)).cloned().unwrap_or_default();
