@@ -110,6 +110,10 @@ pub struct BranchFacts {
     pub usual: f64,
     /// The branch's parcels seen in the window (share thresholds).
     pub volume: Option<u32>,
+    /// A facility's episode (`by = "facility"`): the facility, and the
+    /// branches of the parcels it counted.
+    pub facility: Option<Arc<str>>,
+    pub branches: Vec<Arc<str>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -174,6 +178,8 @@ struct Line<'a> {
     usual: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     volume: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    branches: Option<Vec<&'a str>>,
 }
 
 #[derive(Serialize)]
@@ -215,7 +221,7 @@ impl Alert {
             kind: trigger.map(|t| t.kind.as_str()),
             event_id: trigger.map(|t| t.event_id.as_str()),
             reason: trigger.and_then(|t| t.reason.as_deref()),
-            facility: p.and_then(|p| p.facility.as_deref()),
+            facility: p.and_then(|p| p.facility.as_deref()).or(b.and_then(|b| b.facility.as_deref())),
             country,
             service: p.and_then(|p| p.service.as_deref()),
             promised_by: p.and_then(|p| p.promised_by).map(Ts::text),
@@ -234,6 +240,7 @@ impl Alert {
             window: b.map(|b| b.window.to_string()),
             usual: b.map(|b| (b.usual * 100.0).round() / 100.0),
             volume: b.and_then(|b| b.volume),
+            branches: b.filter(|b| b.facility.is_some()).map(|b| b.branches.iter().map(|x| &**x).collect()),
         };
         // Serialising plain strings and numbers into a Vec cannot fail.
         serde_json::to_writer(&mut *out, &line).expect("alert serialises");

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub first_messages: IntCounterVec,
     pub service_level: prometheus::Gauge,
     pub held: IntGauge,
+    pub inhibition: IntGaugeVec,
+    pub inhibited: IntCounter,
     // Proactivity.
     pub contacts_judged: IntCounterVec,
     pub contact_lead: Histogram,
@@ -165,6 +167,17 @@ impl Metrics {
             .expect("valid"),
             held: IntGauge::new("forewarn_notifications_held", "Messages waiting for quiet hours or grouping.")
                 .expect("valid"),
+            inhibition: gauge(
+                "forewarn_inhibition",
+                "Hub inhibition: open episodes that speak for their parcels' customer alerts (episodes), \
+                 and customer alerts waiting for one to open (waiting).",
+                &["what"],
+            ),
+            inhibited: IntCounter::new(
+                "forewarn_inhibited_alerts_total",
+                "Customer alerts an open episode spoke for: one regional-delay message per parcel went instead.",
+            )
+            .expect("valid"),
             contacts_judged: counter(
                 "forewarn_contacts_judged_total",
                 "Customer contacts on parcels a customer-facing alert spoke about, before or after the \
@@ -202,6 +215,8 @@ impl Metrics {
             Box::new(m.first_messages.clone()),
             Box::new(m.service_level.clone()),
             Box::new(m.held.clone()),
+            Box::new(m.inhibition.clone()),
+            Box::new(m.inhibited.clone()),
             Box::new(m.contacts_judged.clone()),
             Box::new(m.contact_lead.clone()),
         ];

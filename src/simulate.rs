@@ -192,10 +192,13 @@ fn disrupted(branch: &str) -> bool {
 /// Half a day of trouble in the middle of the run (a day past its middle,
 /// so that the branches have a normal to depart from): one branch's
 /// couriers fail half their attempts, another's conveyor damages parcels,
-/// the customs at one hub hold nearly every parcel for days.
+/// the customs at one hub hold nearly every parcel for days. And a hub
+/// stops for a whole day from the same instant: nothing leaves it.
 const FAILING_BRANCH: &str = "DE-MUC-02";
 const DAMAGING_BRANCH: &str = "US-CHI-03";
 const CUSTOMS_BACKLOG_HUB: &str = "DE-FRA-HUB";
+const STALLED_HUB: &str = "FR-LYS-HUB";
+const HUB_STALL_LASTS: i64 = 24 * HOUR;
 
 /// When the half day of trouble starts.
 fn trouble_starts(net: &Network) -> Ts {
@@ -253,7 +256,12 @@ fn life(net: &Network, index: u64, out: &mut Vec<Ev>) {
     let hub = pick(&mut rng, origin.hubs);
     t += leg(&mut rng, 0, 2.0, 8.0 * express);
     push(out, t, Kind::Arrived, Some(hub), None, None);
+    let at_hub = t;
     t += leg(&mut rng, 9, 1.0, 4.0);
+    // What is at the stopped hub, or arrives there, leaves when it is back.
+    if hub == STALLED_HUB && at_hub < trouble + HUB_STALL_LASTS && t >= trouble {
+        t = trouble + HUB_STALL_LASTS + hours(&mut rng, 0.5, 6.0);
+    }
     push(out, t, Kind::Departed, Some(hub), None, None);
     if international {
         let dest_hub = pick(&mut rng, dest.hubs);

@@ -4,7 +4,8 @@
 //! with each alert's own event time as the clock, so quiet hours and
 //! grouping act as they would have. The ledger is in memory: a backtest
 //! sends each message once per run. Messages still held when the alerts end
-//! are released (time moves on) rather than dropped.
+//! are released (time moves on) rather than dropped. Alerts a facility's
+//! episode may speak for wait for it in event time, as live in wall time.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use super::hold::Hold;
 use super::ledger::Ledger;
 use super::notice::Notice;
 use super::outcome::{Outcome, Stats};
-use super::route::route;
+use super::route::{route, Routing};
 use super::sending::{Done, Sending};
 use super::Dispatcher;
 use crate::live::LiveError;
@@ -26,54 +27,87 @@ pub async fn run(d: Dispatcher, alerts: &[u8]) -> Result<Stats, LiveError> {
     let (_stop_tx, stop) = watch::channel(false);
     let ledger = Ledger::new(None, d.config.dedup.cache);
     let senders = Arc::new(d.senders(None)?);
-    let routing = d.routing();
-    let mut hold = Hold::new(d.quiet, chrono::Duration::milliseconds(d.config.limits.group_window.0));
-    let mut sending = Sending::new(senders, ledger.clone(), &d.config.limits, stop);
-    let mut stats = Stats::default();
-    let most_in_flight = d.config.concurrency.max(1) * 4;
+    let mut inhibitor = d.inhibitor::<()>();
+    let mut b = Backtest {
+        routing: d.routing(),
+        hold: Hold::new(d.quiet, chrono::Duration::milliseconds(d.config.limits.group_window.0)),
+        sending: Sending::new(senders, ledger.clone(), &d.config.limits, stop),
+        ledger,
+        stats: Stats::default(),
+        most_in_flight: d.config.concurrency.max(1) * 4,
+    };
+    let mut now = DateTime::<Utc>::MIN_UTC;
     for line in alerts.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        stats.alerts += 1;
+        b.stats.alerts += 1;
         let notice = match Notice::decode(line) {
             Ok(n) => Arc::new(n),
             Err(reason) => {
                 tracing::warn!(%reason, "not an alert; skipped");
-                stats.count(&Outcome::Skipped { audience: "any", channel: "any", reason: "invalid_alert" });
+                b.stats.count(&Outcome::Skipped { audience: "any", channel: "any", reason: "invalid_alert" });
                 continue;
             }
         };
-        let now = notice.at;
-        release(&mut hold, &mut sending, now);
-        let (drafts, skips) = route(&notice, &routing);
+        // The branch stage's alerts come when its watermark passes: time never goes back.
+        now = now.max(notice.at);
+        for (ready, ()) in inhibitor.due(now) {
+            b.admit(ready, now).await?;
+        }
+        if let Some((ready, ())) = inhibitor.offer(notice, (), now) {
+            b.admit(ready, now).await?;
+        }
+    }
+    for (ready, ()) in inhibitor.drain() {
+        b.admit(ready, now).await?;
+    }
+    b.stats.inhibited = inhibitor.replaced;
+    release(&mut b.hold, &mut b.sending, DateTime::<Utc>::MAX_UTC);
+    while let Some(done) = b.sending.next().await {
+        count(&mut b.stats, done);
+    }
+    Ok(b.stats)
+}
+
+/// The stages after inhibition, as live.
+struct Backtest<'a> {
+    routing: Routing<'a>,
+    ledger: Ledger,
+    hold: Hold,
+    sending: Sending,
+    stats: Stats,
+    most_in_flight: usize,
+}
+
+impl Backtest<'_> {
+    /// Routes one alert at `now`, asks the ledger, holds or starts its messages.
+    async fn admit(&mut self, notice: Arc<Notice>, now: DateTime<Utc>) -> Result<(), LiveError> {
+        release(&mut self.hold, &mut self.sending, now);
+        let (drafts, skips) = route(&notice, &self.routing);
         for s in &skips {
-            stats.count(&Outcome::from_skip(s));
+            self.stats.count(&Outcome::from_skip(s));
         }
         if drafts.iter().any(|d| d.told.is_some()) {
             // A resolution asks whether its firing was sent: let every send end first.
-            while let Some(done) = sending.next().await {
-                count(&mut stats, done);
+            while let Some(done) = self.sending.next().await {
+                count(&mut self.stats, done);
             }
         }
-        let (wanted, not_told) = ledger.admit(&drafts).await?;
+        let (wanted, not_told) = self.ledger.admit(&drafts).await?;
         for s in &not_told {
-            stats.count(&Outcome::from_skip(s));
+            self.stats.count(&Outcome::from_skip(s));
         }
         for draft in wanted {
-            match hold.offer(draft, now) {
-                Some(batch) => sending.start(batch, now),
-                None => stats.held += 1,
+            match self.hold.offer(draft, now) {
+                Some(batch) => self.sending.start(batch, now),
+                None => self.stats.held += 1,
             }
         }
-        while sending.in_flight() > most_in_flight {
-            if let Some(done) = sending.next().await {
-                count(&mut stats, done);
+        while self.sending.in_flight() > self.most_in_flight {
+            if let Some(done) = self.sending.next().await {
+                count(&mut self.stats, done);
             }
         }
+        Ok(())
     }
-    release(&mut hold, &mut sending, DateTime::<Utc>::MAX_UTC);
-    while let Some(done) = sending.next().await {
-        count(&mut stats, done);
-    }
-    Ok(stats)
 }
 
 /// Starts what is due at `now`, each at its own due time (for the rate limits).

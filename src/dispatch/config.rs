@@ -37,6 +37,11 @@ pub struct Dispatch {
     /// Alerts delivered and not yet acknowledged (held for quiet hours,
     /// grouping or retries): the bound on the dispatcher's work in hand.
     pub max_ack_pending: i64,
+    /// Customer alerts an episode may speak for (a rule's `inhibits`: a stall
+    /// at a hub) wait this long for one to open; then they go on, or one
+    /// regional-delay message per parcel goes instead. 0: no wait.
+    #[serde(deserialize_with = "span")]
+    pub inhibit_wait: Span,
     pub links: Links,
     pub email: Email,
     pub sms: Sms,
@@ -61,6 +66,7 @@ impl Default for Dispatch {
             concurrency: 256,
             ack_wait: Span(30_000),
             max_ack_pending: 100_000,
+            inhibit_wait: Span::minutes(10),
             links: Links::default(),
             email: Email::default(),
             sms: Sms::default(),

@@ -21,6 +21,7 @@ pub mod config;
 pub mod deliver;
 pub mod digest;
 pub mod hold;
+pub mod inhibit;
 pub mod ledger;
 pub mod notice;
 pub mod outcome;
@@ -38,13 +39,16 @@ use chrono_tz::Tz;
 use tokio::sync::Semaphore;
 
 use crate::config::{std_duration, Config};
+use crate::live::rules_dir::RulesDir;
 use crate::live::LiveError;
+use crate::rules::RuleSet;
 use branches::Directory;
 use channel::email::Mailer;
 use channel::sms::Gateway;
 use channel::webhook::Webhooks;
 use deliver::Senders;
 use hold::Quiet;
+use inhibit::Inhibitor;
 use route::Routing;
 use template::Templates;
 
@@ -59,6 +63,8 @@ pub struct Dispatcher {
     pub quiet: Quiet,
     pub default_tz: Tz,
     pub digest_at: Option<NaiveTime>,
+    /// The rule pack: which episodes speak for which customer alerts.
+    pub rules: RuleSet,
 }
 
 impl Dispatcher {
@@ -79,7 +85,9 @@ impl Dispatcher {
                 LiveError::Config(format!("dispatch.digest.at {at:?} is not a local time HH:MM (or empty: no digest)"))
             })?),
         };
+        let rules = RulesDir::new(&config.rules).load().map_err(LiveError::Config)?;
         Ok(Dispatcher {
+            rules,
             config: d,
             templates: Arc::new(templates),
             directory: Arc::new(directory),
@@ -87,6 +95,11 @@ impl Dispatcher {
             default_tz,
             digest_at,
         })
+    }
+
+    /// The inhibition stage, from the rule pack and `inhibit_wait`.
+    pub fn inhibitor<T>(&self) -> Inhibitor<T> {
+        Inhibitor::new(&self.rules, chrono::Duration::milliseconds(self.config.inhibit_wait.0))
     }
 
     pub fn routing(&self) -> Routing<'_> {

@@ -45,6 +45,8 @@ struct Line {
     window: Option<String>,
     usual: Option<f64>,
     volume: Option<u32>,
+    #[serde(default)]
+    branches: Vec<String>,
 }
 
 /// One alert, ready for the policy stages.
@@ -76,6 +78,8 @@ pub struct Notice {
     pub window: Option<String>,
     pub usual: Option<f64>,
     pub volume: Option<u32>,
+    /// A facility's alert: the branches of the parcels it counted.
+    pub branches: Vec<String>,
 }
 
 fn instant(field: &str, text: &str) -> Result<DateTime<Utc>, String> {
@@ -129,6 +133,7 @@ impl Notice {
             window: line.window,
             usual: line.usual,
             volume: line.volume,
+            branches: line.branches,
         })
     }
 

@@ -113,6 +113,8 @@ pub struct Stats {
     pub held: u64,
     /// Messages waiting now.
     pub holding: u64,
+    /// Customer alerts a regional-delay message spoke for.
+    pub inhibited: u64,
     /// (outcome, channel, reason) → count; reason is empty for sent.
     pub outcomes: BTreeMap<(&'static str, &'static str, &'static str), u64>,
 }

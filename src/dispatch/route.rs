@@ -66,12 +66,10 @@ impl Target {
         }
     }
 
-    /// Its part of the idempotency key: one per audience and channel.
-    fn slug(&self, index: usize) -> String {
-        match self {
-            Target::OpsEmail { .. } | Target::OpsWebhook { .. } => format!("ops.{}.{index}", self.channel()),
-            _ => format!("{}.{}", self.audience(), self.channel()),
-        }
+    /// Its part of the idempotency key: one per audience and channel, then
+    /// `qualifier` (which of several receivers of one audience).
+    fn slug(&self, qualifier: &str) -> String {
+        format!("{}.{}{qualifier}", self.audience(), self.channel())
     }
 
     /// A person, not a machine: quiet hours and grouping apply.
@@ -149,25 +147,26 @@ pub fn route(notice: &Arc<Notice>, r: &Routing) -> (Vec<Draft>, Vec<Skip>) {
     let mut drafts = Vec::new();
     let mut skips = Vec::new();
     let n = notice.as_ref();
-    let mut add = |target: Target, tz: Tz, locale: Option<String>, any_hour: bool, index: usize| {
-        let slug = target.slug(index);
-        let told = n.resolved.then(|| format!("{}.firing.{slug}", n.alert_id));
-        let human = target.human();
-        let group = (human && n.severity != Severity::Urgent)
-            .then(|| n.parcel_id.as_ref().map(|p| format!("{p}\u{0}{slug}")))
-            .flatten();
-        drafts.push(Draft {
-            key: format!("{}.{}.{slug}", n.alert_id, n.state()),
-            notice: notice.clone(),
-            quiet: human && !any_hour,
-            group,
-            target,
-            told,
-            tz,
-            locale,
-            seq: 0,
-        });
-    };
+    let mut add =
+        |notice: &Arc<Notice>, target: Target, tz: Tz, locale: Option<String>, any_hour: bool, qualifier: &str| {
+            let slug = target.slug(qualifier);
+            let told = n.resolved.then(|| format!("{}.firing.{slug}", n.alert_id));
+            let human = target.human();
+            let group = (human && n.severity != Severity::Urgent)
+                .then(|| n.parcel_id.as_ref().map(|p| format!("{p}\u{0}{slug}")))
+                .flatten();
+            drafts.push(Draft {
+                key: format!("{}.{}.{slug}", n.alert_id, n.state()),
+                notice: notice.clone(),
+                quiet: human && !any_hour,
+                group,
+                target,
+                told,
+                tz,
+                locale,
+                seq: 0,
+            });
+        };
     if n.audience.includes(Audience::CUSTOMER) && (!n.resolved || r.follow_up_rules.contains(&n.rule.as_str())) {
         let any_hour = n.any_hour.includes(Audience::CUSTOMER);
         match &n.recipient {
@@ -189,7 +188,7 @@ pub fn route(notice: &Arc<Notice>, r: &Routing) -> (Vec<Draft>, Vec<Skip>) {
                             } else {
                                 Target::CustomerEmail { email: c.clone() }
                             };
-                            add(target, tz, rc.locale.clone(), any_hour, 0);
+                            add(notice, target, tz, rc.locale.clone(), any_hour, "");
                         }
                         None if rc.channels.is_some() => {
                             skips.push(Skip { audience: "customer", channel, reason: "no_contact" })
@@ -202,33 +201,44 @@ pub fn route(notice: &Arc<Notice>, r: &Routing) -> (Vec<Draft>, Vec<Skip>) {
     }
     if n.audience.includes(Audience::BRANCH) && !n.resolved {
         let any_hour = n.any_hour.includes(Audience::BRANCH);
-        match n.branch.as_deref().and_then(|b| r.directory.get(b)) {
-            None => skips.push(Skip { audience: "branch", channel: "any", reason: "unknown_branch" }),
-            Some(b) => {
-                let tz = zone(Some(&b.tz), r.default_tz);
-                let locale = Some(b.locale.clone());
-                if let Some(email) = &b.email {
-                    add(Target::BranchEmail { email: email.clone() }, tz, locale.clone(), any_hour, 0);
+        // A facility's alert goes to each branch whose parcels it counted, under its own key.
+        let each: Vec<(Arc<Notice>, String)> = match (&n.branch, n.branches.as_slice()) {
+            (None, [_, ..]) => n
+                .branches
+                .iter()
+                .map(|b| (Arc::new(Notice { branch: Some(b.clone()), ..n.clone() }), format!(".{b}")))
+                .collect(),
+            _ => vec![(notice.clone(), String::new())],
+        };
+        for (notice, qualifier) in each {
+            match notice.branch.as_deref().and_then(|b| r.directory.get(b)) {
+                None => skips.push(Skip { audience: "branch", channel: "any", reason: "unknown_branch" }),
+                Some(b) => {
+                    let tz = zone(Some(&b.tz), r.default_tz);
+                    let mut add = |target| add(&notice, target, tz, Some(b.locale.clone()), any_hour, &qualifier);
+                    if let Some(email) = &b.email {
+                        add(Target::BranchEmail { email: email.clone() });
+                    }
+                    if let (Some(phone), Severity::Urgent) = (&b.on_call, n.severity) {
+                        add(Target::BranchSms { phone: phone.clone() });
+                    }
+                    if let Some(url) = &b.webhook {
+                        add(Target::BranchWebhook { url: url.clone() });
+                    }
+                    add(Target::BranchNats);
                 }
-                if let (Some(phone), Severity::Urgent) = (&b.on_call, n.severity) {
-                    add(Target::BranchSms { phone: phone.clone() }, tz, locale.clone(), any_hour, 0);
-                }
-                if let Some(url) = &b.webhook {
-                    add(Target::BranchWebhook { url: url.clone() }, tz, locale.clone(), true, 0);
-                }
-                add(Target::BranchNats, tz, locale, true, 0);
             }
         }
     }
     if !n.resolved && n.parcel_id.is_some() && r.claim_rules.contains(&n.rule) {
-        add(Target::Claim, r.default_tz, None, true, 0);
+        add(notice, Target::Claim, r.default_tz, None, true, "");
     }
     if n.audience.includes(Audience::OPS) {
         for (i, email) in r.ops_emails.iter().enumerate() {
-            add(Target::OpsEmail { email: email.clone() }, r.default_tz, None, true, i);
+            add(notice, Target::OpsEmail { email: email.clone() }, r.default_tz, None, true, &format!(".{i}"));
         }
         if !r.ops_webhook.is_empty() {
-            add(Target::OpsWebhook { url: r.ops_webhook.to_string() }, r.default_tz, None, true, 0);
+            add(notice, Target::OpsWebhook { url: r.ops_webhook.to_string() }, r.default_tz, None, true, ".0");
         }
     }
     (drafts, skips)

@@ -80,6 +80,14 @@ impl ServiceLevel {
     }
 }
 
+/// An alert waiting for an episode that may speak for it.
+struct Waiting {
+    seq: u64,
+    received: Instant,
+    message: jetstream::Message,
+    alive: Instant,
+}
+
 /// An alert through routing and the ledger: the drafts still to send.
 struct Admitted {
     seq: u64,
@@ -133,6 +141,12 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
         .collect();
     drop(admitted_tx);
     let hasher = RandomState::new();
+    let mut inhibitor = d.inhibitor::<Waiting>();
+    let subjects = inhibitor.subjects();
+    let Some(kept) = retrying(&stop, "reading the open episodes", || episodes(&js, &config, &subjects)).await else {
+        return Ok(Stats::default());
+    };
+    kept.iter().for_each(|n| inhibitor.observe(n));
     let Some(mut messages) = retrying(&stop, "opening the alerts consumer", || open(&js, &config, &d)).await else {
         return Ok(Stats::default());
     };
@@ -189,9 +203,11 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
                     }
                 };
                 pending.insert(seq, None);
-                let lane = hasher.hash_one(&notice.alert_id) as usize % LANES;
-                if lanes[lane].send((seq, Instant::now(), message, notice)).await.is_err() {
-                    stopping = true;
+                let waiting = Waiting { seq, received: Instant::now(), message, alive: Instant::now() };
+                if let Some((notice, w)) = inhibitor.offer(notice, waiting, now(&clock)) {
+                    if lanes[hasher.hash_one(&notice.alert_id) as usize % LANES].send((w.seq, w.received, w.message, notice)).await.is_err() {
+                        stopping = true;
+                    }
                 }
             }
             Some(a) = admitted.recv(), if !stopping => {
@@ -246,6 +262,20 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
             }
             _ = tick.tick() => {
                 let t = now(&clock);
+                for (notice, w) in inhibitor.due(t) {
+                    if lanes[hasher.hash_one(&notice.alert_id) as usize % LANES].send((w.seq, w.received, w.message, notice)).await.is_err() {
+                        stopping = true;
+                    }
+                }
+                for w in inhibitor.items_mut() {
+                    if w.alive.elapsed() >= keep_alive {
+                        let _ = w.message.ack_with(AckKind::Progress).await;
+                        w.alive = Instant::now();
+                    }
+                }
+                stats.inhibited = inhibitor.replaced;
+                METRICS.inhibition.with_label_values(&["waiting"]).set(inhibitor.len() as i64);
+                METRICS.inhibition.with_label_values(&["episodes"]).set(inhibitor.episodes() as i64);
                 for batch in hold.due(t) {
                     sending.start(batch, t);
                 }
@@ -323,6 +353,34 @@ async fn publish(client: &async_nats::Client, n: &Notice, outcome: Outcome, stat
     if let Err(e) = client.publish(subject, body.into()).await {
         tracing::warn!(error = %e, "outcome not published");
     }
+}
+
+/// Reads back the inhibiting rules' alerts kept in the alerts stream (on
+/// `subjects`), oldest first, so a restart knows which episodes are open: a
+/// short, unacknowledged read.
+async fn episodes(js: &jetstream::Context, config: &Config, subjects: &[String]) -> Result<Vec<Notice>, LiveError> {
+    let stream = js.get_stream(&config.streams.alerts.name).await.map_err(|e| LiveError::nats("stream lookup", e))?;
+    let mut kept = Vec::new();
+    for subject in subjects {
+        let config = pull::OrderedConfig {
+            filter_subject: subject.clone(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        };
+        let mut consumer = stream.create_consumer(config).await.map_err(|e| LiveError::nats("episodes read", e))?;
+        if consumer.info().await.map_err(|e| LiveError::nats("episodes read", e))?.num_pending == 0 {
+            continue;
+        }
+        let mut messages = consumer.messages().await.map_err(|e| LiveError::nats("episodes read", e))?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| LiveError::nats("episodes read", e))?;
+            kept.extend(Notice::decode(&message.payload));
+            if message.info().map_err(|e| LiveError::nats("episodes read", e))?.pending == 0 {
+                break;
+            }
+        }
+    }
+    Ok(kept)
 }
 
 /// The alerts consumer, recreated just after the server's acknowledgement

@@ -1,8 +1,9 @@
 //! Branch-wide aggregates: how many of a branch's parcels hit some rules in a
-//! sliding event-time window, against the branch's own usual rate.
+//! sliding event-time window, against the branch's own usual rate; and the
+//! same per facility (`by = "facility"`): a hub where parcels stop moving.
 //!
 //! This stage is fed [`Fact`]s (a member rule fired for a parcel of the
-//! branch, or a parcel joined the branch) and a watermark. It knows nothing
+//! branch or at the facility, or a parcel joined the branch) and a watermark. It knows nothing
 //! of parcels, so it can run inside the engine (replay, one process) or
 //! behind a branch-keyed JetStream subject when partitions are split across
 //! processes: its input is a few small facts per alert, not the event stream.
@@ -18,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::alert::{Alert, AlertId, AlertState, BranchFacts};
-use crate::rules::{BranchRule, RuleSet, Threshold};
+use crate::rules::{BranchRule, By, RuleSet, Threshold};
 use crate::time::{Span, Ts};
 
 const HOUR: Span = Span::hours(1);
@@ -36,10 +37,29 @@ pub struct Fact {
     pub at: Ts,
     /// The member rule that fired, or `None` when a parcel joined the branch.
     pub rule: Option<Arc<str>>,
+    /// The parcel's branch: the place the fact counts for, or for a facility
+    /// fact the branch to tell of the facility's episode (empty when unknown).
     pub branch: Arc<str>,
+    /// A facility fact: it counts for the `by = "facility"` rules, at this facility.
+    pub facility: Option<Arc<str>>,
     /// Tells apart facts of different parcels at one instant: the hit's alert
     /// id, or the parcel's hash for an intake.
     pub key: u128,
+}
+
+impl Fact {
+    /// What the fact counts for: its facility or its branch.
+    pub fn place(&self) -> &Arc<str> {
+        self.facility.as_ref().unwrap_or(&self.branch)
+    }
+
+    fn by(&self) -> By {
+        if self.facility.is_some() {
+            By::Facility
+        } else {
+            By::Branch
+        }
+    }
 }
 
 #[derive(Default)]
@@ -56,14 +76,17 @@ struct BranchState {
     /// Since when the open episode's condition has not held: it ends after a
     /// whole window of that, so a branch at the edge does not flap.
     failing_since: Option<Ts>,
+    /// A facility's hits by the parcels' branches: the latest hit of each,
+    /// within the window (the branches its episode concerns).
+    seen: BTreeMap<Arc<str>, Ts>,
 }
 
-/// One branch rule with its per-branch state.
+/// One branch rule with its state per place (branch or facility).
 struct Aggregate {
     id: Arc<str>,
     rule: BranchRule,
     branches: BTreeMap<Arc<str>, BranchState>,
-    /// Branches with an open episode: the only ones time alone can change.
+    /// Places with an open episode: the only ones time alone can change.
     open: Vec<Arc<str>>,
 }
 
@@ -74,8 +97,9 @@ pub struct BranchStage {
     next_check: Ts,
     /// For each member rule id, the aggregates that count its hits.
     by_member: BTreeMap<Arc<str>, Vec<usize>>,
-    /// For each parcel rule of the pack, whether a branch rule counts it.
-    member: Vec<bool>,
+    /// For each parcel rule of the pack, whether a rule by branch, and one
+    /// by facility, counts it.
+    member: Vec<[bool; 2]>,
     /// Facts the watermark has not passed yet.
     pending: BTreeSet<Fact>,
     /// Every fact at or before this instant is counted.
@@ -114,12 +138,12 @@ impl BranchStage {
     pub fn replace_rules(&mut self, set: &RuleSet) {
         let mut old: BTreeMap<Arc<str>, Aggregate> = self.aggregates.drain(..).map(|a| (a.id.clone(), a)).collect();
         self.by_member.clear();
-        self.member = vec![false; set.rules.len()];
+        self.member = vec![[false; 2]; set.rules.len()];
         for (i, rule) in set.branch_rules.iter().enumerate() {
             let id: Arc<str> = Arc::from(rule.voice.id.as_str());
             let (branches, open) = old.remove(&id).map(|a| (a.branches, a.open)).unwrap_or_default();
             for &m in &rule.members {
-                self.member[m] = true;
+                self.member[m][rule.by as usize] = true;
                 self.by_member.entry(Arc::from(set.rules[m].voice.id.as_str())).or_default().push(i);
             }
             self.aggregates.push(Aggregate { id, rule: rule.clone(), branches, open });
@@ -133,9 +157,9 @@ impl BranchStage {
         self.aggregates.iter().any(|a| matches!(a.rule.threshold, Threshold::Share { .. }))
     }
 
-    /// Whether a branch rule counts the hits of the pack's parcel rule `rule`.
-    pub fn counts(&self, rule: usize) -> bool {
-        self.member.get(rule).copied().unwrap_or(false)
+    /// Whether a branch rule counting `by` counts the hits of the pack's parcel rule `rule`.
+    pub fn counts(&self, rule: usize, by: By) -> bool {
+        self.member.get(rule).is_some_and(|m| m[by as usize])
     }
 
     /// Facts waiting for the watermark.
@@ -178,7 +202,7 @@ impl BranchStage {
             self.close_until(Ts(fact.at.0 - 1), out);
             match &fact.rule {
                 None => self.intake(&fact.branch, fact.at),
-                Some(rule) => self.hit(&rule.clone(), &fact.branch, fact.at, out),
+                Some(_) => self.hit(&fact, out),
             }
         }
         self.close_until(watermark, out);
@@ -194,13 +218,21 @@ impl BranchStage {
         }
     }
 
-    fn hit(&mut self, rule: &str, branch: &Arc<str>, at: Ts, out: &mut Vec<Alert>) {
-        let Some(aggregates) = self.by_member.get(rule) else {
+    fn hit(&mut self, fact: &Fact, out: &mut Vec<Alert>) {
+        let Some(aggregates) = fact.rule.as_ref().and_then(|r| self.by_member.get(r)) else {
             return;
         };
+        let (place, at) = (fact.place(), fact.at);
         for &i in aggregates {
             let a = &mut self.aggregates[i];
-            let s = a.branches.entry(branch.clone()).or_default();
+            if a.rule.by != fact.by() {
+                continue;
+            }
+            let s = a.branches.entry(place.clone()).or_default();
+            if a.rule.by == By::Facility && !fact.branch.is_empty() {
+                s.seen.insert(fact.branch.clone(), at);
+                s.seen.retain(|_, t| *t > at.minus(a.rule.window));
+            }
             s.first_seen = Some(s.first_seen.map_or(at, |f| f.min(at)));
             insert_sorted(&mut s.hits, at);
             let slot = slot_of(at);
@@ -224,10 +256,10 @@ impl BranchStage {
                 }
             } else if let Some(facts) = judge(&a.rule, s, at) {
                 s.open = Some(at);
-                a.open.push(branch.clone());
+                a.open.push(place.clone());
                 // The next check finds the instant this episode may end.
                 self.next_check = self.next_check.min(Ts(at.0 + 1));
-                out.push(branch_alert(a, branch, AlertState::Firing, at, at, facts));
+                out.push(branch_alert(a, place, AlertState::Firing, at, at, facts));
             }
         }
     }
@@ -270,12 +302,16 @@ impl BranchStage {
                     continue;
                 }
                 s.failing_since = None;
+                s.seen.retain(|_, t| *t > now.minus(window));
+                let usual = usual(&a.rule, s, now).unwrap_or(0.0);
                 let started = s.open.take().unwrap_or(now);
                 let facts = BranchFacts {
                     count: s.hits.len() as u32,
                     window,
-                    usual: usual(&a.rule, s, now).unwrap_or(0.0),
+                    usual,
                     volume: None,
+                    facility: None,
+                    branches: seen(s),
                 };
                 a.open.remove(i);
                 out.push(branch_alert(a, &branch, AlertState::Resolved, now, started, facts));
@@ -298,8 +334,9 @@ fn ended_by(t: Ts) -> i64 {
 }
 
 /// The hits a branch usually has in one window, from its history
-/// before the window: over all its hours, or (`by_hour`) in the same window
-/// of each previous day it was watched all through, on average. `None` for
+/// before the window (before the open episode's, if one is open): over all
+/// its hours, or (`by_hour`) in the same window of each previous day it was
+/// watched all through, on average. `None` for
 /// `by_hour` before a whole day is known: no normal, no departure from it.
 fn usual(rule: &BranchRule, s: &BranchState, now: Ts) -> Option<f64> {
     let observed = s.first_seen.map_or(0, |f| now.since(f).0 / HOUR.0);
@@ -320,7 +357,10 @@ fn usual(rule: &BranchRule, s: &BranchState, now: Ts) -> Option<f64> {
         }
         return Some(same_window / days.len() as f64);
     }
-    let before_window = ended_by(now.minus(rule.window));
+    // An open episode is judged against the usual from before it: a long one
+    // does not become its own normal.
+    let asof = s.open.map_or(now, |started| started.min(now));
+    let before_window = ended_by(asof.minus(rule.window));
     let before: u32 = s.slots.iter().filter(|(k, _)| *k < before_window).map(|(_, n)| n).sum();
     let hours = observed.clamp(MIN_BASELINE_HOURS, (rule.baseline.0 / HOUR.0).max(MIN_BASELINE_HOURS));
     Some(f64::from(before) / hours as f64 * (rule.window.0 as f64 / HOUR.0 as f64))
@@ -338,20 +378,34 @@ fn judge(rule: &BranchRule, s: &BranchState, now: Ts) -> Option<BranchFacts> {
         }
     };
     let volume = matches!(rule.threshold, Threshold::Share { .. }).then_some(s.intake.len() as u32);
-    holds.then_some(BranchFacts { count, window: rule.window, usual: usual.unwrap_or(0.0), volume })
+    holds.then_some(BranchFacts {
+        count,
+        window: rule.window,
+        usual: usual.unwrap_or(0.0),
+        volume,
+        facility: None,
+        branches: seen(s),
+    })
 }
 
-fn branch_alert(a: &Aggregate, branch: &Arc<str>, state: AlertState, at: Ts, started: Ts, facts: BranchFacts) -> Alert {
+/// The branches of a facility's hits in the window, by name.
+fn seen(s: &BranchState) -> Vec<Arc<str>> {
+    s.seen.keys().cloned().collect()
+}
+
+fn branch_alert(a: &Aggregate, place: &Arc<str>, state: AlertState, at: Ts, started: Ts, facts: BranchFacts) -> Alert {
     let v = &a.rule.voice;
+    let facility = (a.rule.by == By::Facility).then(|| place.clone());
+    let facts = BranchFacts { facility: facility.clone(), ..facts };
     Alert {
-        id: AlertId::new(&a.id, branch, &started.text()),
+        id: AlertId::new(&a.id, place, &started.text()),
         rule: a.id.clone(),
         state,
         at,
         severity: v.severity,
         audience: v.audience,
         any_hour: v.any_hour,
-        branch: Some(branch.clone()),
+        branch: facility.is_none().then(|| place.clone()),
         parcel: None,
         branch_facts: Some(facts),
     }

@@ -21,7 +21,7 @@ use crate::rules::RuleSet;
 use crate::time::Ts;
 
 const MAGIC: &[u8; 4] = b"FWCK";
-const VERSION: u32 = 4;
+const VERSION: u32 = 5;
 
 /// Why a checkpoint cannot be restored. Every variant has the same way out:
 /// start without it and rebuild the state by replaying the stream.

@@ -31,7 +31,7 @@ pub use view::{Lookup, OpenAlert, ParcelView};
 
 use crate::alert::{Alert, AlertId, AlertState, ParcelFacts, RecipientFacts, TriggerFacts};
 use crate::event::{Event, Kind, Topic};
-use crate::rules::{Audience, RuleSet, Trigger};
+use crate::rules::{Audience, By, RuleSet, Trigger};
 use crate::time::{Span, Ts};
 use lanes::{LaneRef, Lanes, Place};
 use plan::Plan;
@@ -343,7 +343,7 @@ impl Engine {
         let moved = p.wake == Ts::MAX || p.deadline_inputs() != inputs;
         if let (true, Some(b)) = (first_branch && self.branches.wants_intake(), self.syms.get(p.branch)) {
             let key = u128::from(parcel_hash(p.id()));
-            self.facts.push(Fact { at: ev.at, rule: None, branch: b.clone(), key });
+            self.facts.push(Fact { at: ev.at, rule: None, branch: b.clone(), facility: None, key });
         }
         if let Some((from, known, from_at)) = before {
             let p = self.window.get_mut(slot);
@@ -510,8 +510,20 @@ impl Engine {
                 }
             }
         }
-        if let (AlertState::Firing, Some(branch), true) = (state, branch, self.branches.counts(r as usize)) {
-            self.facts.push(Fact { at, rule: Some(id.clone()), branch, key: alert.id.0 });
+        if state == AlertState::Firing {
+            let fact =
+                |branch: Arc<str>, facility| Fact { at, rule: Some(id.clone()), branch, facility, key: alert.id.0 };
+            if let (Some(b), true) = (&branch, self.branches.counts(r as usize, By::Branch)) {
+                self.facts.push(fact(b.clone(), None));
+            }
+            // A parcel whose last scan was its departure is on the road, not at
+            // the facility; one at its own branch is the branch rules' business.
+            let p = self.window.get(slot);
+            let on_the_way = p.state != Kind::Departed && p.facility != p.branch;
+            let facility = self.syms.get(p.facility).filter(|_| on_the_way);
+            if let (Some(f), true) = (facility, self.branches.counts(r as usize, By::Facility)) {
+                self.facts.push(fact(branch.unwrap_or_else(|| Arc::from("")), Some(f.clone())));
+            }
         }
         out.push(alert);
     }

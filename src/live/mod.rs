@@ -17,7 +17,7 @@ mod input;
 pub mod lookup;
 pub mod outbox;
 pub mod processor;
-mod rules_dir;
+pub mod rules_dir;
 pub mod store;
 pub mod wire;
 

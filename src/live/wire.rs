@@ -63,7 +63,11 @@ pub fn alert(a: &Alert, arrived: SystemTime) -> Outgoing {
     let mut line = Vec::with_capacity(512);
     a.write_json_line(&mut line);
     line.pop();
-    let about = if a.parcel.is_some() { "parcel" } else { "branch" };
+    let about = match (&a.parcel, a.branch_facts.as_ref().and_then(|b| b.facility.as_ref())) {
+        (Some(_), _) => "parcel",
+        (None, Some(_)) => "facility",
+        (None, None) => "branch",
+    };
     Outgoing {
         subject: format!("alerts.{about}.{}", a.rule),
         id: Some(alert_message_id(a.id, a.state)),
@@ -85,16 +89,26 @@ struct FactLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<&'a str>,
     branch: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    facility: Option<&'a str>,
     key: String,
 }
 
-/// `forewarn.facts.<branch partition>`.
+/// `forewarn.facts.<partition of the place counted>`: a branch's facts meet
+/// in one branch stage, a facility's in one too.
 pub fn fact(f: &Fact, partitions: u16) -> Outgoing {
     let at = f.at.text();
-    let line = FactLine { at: &at, rule: f.rule.as_deref(), branch: &f.branch, key: format!("{:032x}", f.key) };
+    let line = FactLine {
+        at: &at,
+        rule: f.rule.as_deref(),
+        branch: &f.branch,
+        facility: f.facility.as_deref(),
+        key: format!("{:032x}", f.key),
+    };
+    let scope = if f.facility.is_some() { ".facility" } else { "" };
     Outgoing {
-        subject: format!("forewarn.facts.{}", partition::of(&f.branch, partitions)),
-        id: Some(format!("{}.{}", line.key, f.rule.as_deref().unwrap_or("intake"))),
+        subject: format!("forewarn.facts.{}", partition::of(f.place(), partitions)),
+        id: Some(format!("{}.{}{scope}", line.key, f.rule.as_deref().unwrap_or("intake"))),
         headers: Vec::new(),
         body: Bytes::from(serde_json::to_vec(&line).unwrap_or_default()),
     }
@@ -106,6 +120,7 @@ pub fn parse_fact(body: &[u8]) -> Result<Fact, String> {
         at: Ts::parse_rfc3339(line.at).ok_or("branch fact: at is not an RFC 3339 timestamp")?,
         rule: line.rule.map(Into::into),
         branch: line.branch.into(),
+        facility: line.facility.map(Into::into),
         key: u128::from_str_radix(&line.key, 16).map_err(|_| "branch fact: key is not hex")?,
     })
 }
@@ -218,10 +233,22 @@ mod tests {
 
     #[test]
     fn facts_and_marks_read_back_what_was_written() {
-        let f = Fact { at: Ts(1_795_132_800_123), rule: Some("late".into()), branch: "FR-PAR-12".into(), key: 7 << 70 };
+        let f = Fact {
+            at: Ts(1_795_132_800_123),
+            rule: Some("late".into()),
+            branch: "FR-PAR-12".into(),
+            facility: None,
+            key: 7 << 70,
+        };
         let out = fact(&f, 16);
         assert_eq!(parse_fact(&out.body).expect("reads"), f);
         assert_eq!(out.subject, format!("forewarn.facts.{}", partition::of("FR-PAR-12", 16)));
+        // A facility fact meets the facility's other facts, whatever the parcel's branch.
+        let at_hub = Fact { facility: Some("DE-FRA-HUB".into()), ..f };
+        let out_hub = fact(&at_hub, 16);
+        assert_eq!(parse_fact(&out_hub.body).expect("reads"), at_hub);
+        assert_eq!(out_hub.subject, format!("forewarn.facts.{}", partition::of("DE-FRA-HUB", 16)));
+        assert_ne!(out_hub.id, out.id);
         let m = mark(3, 16, Ts(1_795_132_800_000));
         assert_eq!(parse_mark(&m.body, 16), Ok(Ts(1_795_132_800_000)));
         assert!(parse_mark(&m.body, 8).unwrap_err().contains("every instance must agree"));

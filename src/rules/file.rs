@@ -14,7 +14,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Audience, BranchRule, ByService, DeadlineField, Filter, KindSet, Rule, RuleSet, Severity, Threshold, Trigger, Voice,
+    Audience, BranchRule, By, ByService, DeadlineField, Filter, KindSet, Rule, RuleSet, Severity, Threshold, Trigger,
+    Voice,
 };
 use crate::engine::window::COUNTED_KINDS;
 use crate::event::Kind;
@@ -257,6 +258,10 @@ struct RawBranch {
     min_volume: u32,
     #[serde(default)]
     by_hour: bool,
+    #[serde(default)]
+    by: Option<Spanned<String>>,
+    #[serde(default)]
+    inhibits: Vec<String>,
 }
 
 fn week() -> Dur {
@@ -273,7 +278,7 @@ const TRIGGERS: &str = "on, absence, deadline, state_duration, nth, contacts, pr
 /// whose member names are still to be resolved.
 struct Parsed {
     rules: Vec<(Rule, usize)>,
-    branch_rules: Vec<(BranchRule, Vec<String>, usize)>,
+    branch_rules: Vec<(BranchRule, Vec<Named>, usize)>,
 }
 
 fn parse_file(path: &Path, text: &str) -> Result<Parsed, Vec<RuleError>> {
@@ -301,7 +306,7 @@ fn parse_file(path: &Path, text: &str) -> Result<Parsed, Vec<RuleError>> {
 
 enum Compiled {
     Parcel(Rule),
-    Branch(BranchRule, Vec<String>),
+    Branch(BranchRule, Vec<Named>),
 }
 
 /// A problem inside one rule: its position when known, else the rule's own.
@@ -414,7 +419,11 @@ fn compile(raw: RawRule) -> Result<Compiled, Problem> {
     Ok(Compiled::Parcel(Rule { voice, filter, trigger }))
 }
 
-fn branch_rule(voice: Voice, b: RawBranch) -> Result<(BranchRule, Vec<String>), Problem> {
+/// A rule a branch rule names: `true` for one it inhibits, `false` for one it counts.
+type Named = (String, bool);
+
+/// A branch rule and the rules it names.
+fn branch_rule(voice: Voice, b: RawBranch) -> Result<(BranchRule, Vec<Named>), Problem> {
     let threshold = match (b.min_count, b.min_share) {
         (Some(min), None) => Threshold::Count { min, factor: b.rate_factor },
         (None, Some(share)) => {
@@ -429,6 +438,13 @@ fn branch_rule(voice: Voice, b: RawBranch) -> Result<(BranchRule, Vec<String>), 
     if b.window.0 <= Span::ZERO {
         return Err((None, format!("branch rule `{}`: window must be positive", voice.id)));
     }
+    let by = match b.by.as_ref().map(|s| (s.get_ref().as_str(), s.span().start)) {
+        None | Some(("branch", _)) => By::Branch,
+        Some(("facility", _)) => By::Facility,
+        Some((other, at)) => {
+            return Err((Some(at), format!("by = {other:?}: a branch rule counts by \"branch\" or \"facility\"")))
+        }
+    };
     let members = b.rules.get_ref().clone();
     let rule = BranchRule {
         voice,
@@ -437,8 +453,10 @@ fn branch_rule(voice: Voice, b: RawBranch) -> Result<(BranchRule, Vec<String>), 
         threshold,
         baseline: b.baseline.0,
         by_hour: b.by_hour,
+        by,
+        inhibits: Vec::new(),
     };
-    Ok((rule, members))
+    Ok((rule, members.into_iter().map(|m| (m, false)).chain(b.inhibits.into_iter().map(|m| (m, true))).collect()))
 }
 
 /// Reads every `*.toml` file of `dir` (sorted by name) into one checked pack.
@@ -500,14 +518,16 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<RuleSet, Vec<RuleEr
         }
     }
     for (path, text, mut rule, members, offset) in branch_members {
-        for name in members {
+        for (name, inhibited) in members {
             match set.find(&name) {
+                Some(i) if inhibited => rule.inhibits.push(i),
                 Some(i) => rule.members.push(i),
                 None => {
                     let hint = suggest(&name, set.rules.iter().map(|r| r.voice.id.as_str()))
                         .map(|s| format!("; did you mean `{s}`?"))
                         .unwrap_or_default();
-                    let msg = format!("branch rule `{}` counts unknown rule `{name}`{hint}", rule.voice.id);
+                    let verb = if inhibited { "inhibits" } else { "counts" };
+                    let msg = format!("branch rule `{}` {verb} unknown rule `{name}`{hint}", rule.voice.id);
                     errors.push(RuleError::at(path, text, offset, msg));
                 }
             }

@@ -184,6 +184,23 @@ pub struct BranchRule {
     /// branch's mornings against its mornings); nothing fires before a whole
     /// day is known.
     pub by_hour: bool,
+    /// What is counted apart: each branch, or each facility the parcels are at.
+    pub by: By,
+    /// Indexes into [`RuleSet::rules`] of the customer rules an open episode
+    /// speaks for: the dispatcher tells a customer whose parcel is at the
+    /// episode's place one calm message instead of theirs.
+    pub inhibits: Vec<usize>,
+}
+
+/// The place a branch rule counts a hit for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum By {
+    /// The parcel's destination branch.
+    #[default]
+    Branch,
+    /// The facility of the parcel's last scan, a hub or sort centre on its
+    /// way: not once it departed, nor at its own branch.
+    Facility,
 }
 
 /// When a branch's hits are too many.

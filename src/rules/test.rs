@@ -55,6 +55,7 @@ struct Expected {
     state: String,
     parcel: Option<String>,
     branch: Option<String>,
+    facility: Option<String>,
 }
 
 fn firing() -> String {
@@ -139,9 +140,10 @@ fn run_case(case: &Case, set: &RuleSet) -> Result<String, String> {
     for e in &case.expect {
         let at =
             Ts::parse_rfc3339(&e.at).ok_or_else(|| format!("expect: at {:?} is not an RFC 3339 timestamp", e.at))?;
-        let subject = match (&e.branch, &e.parcel) {
-            (Some(b), _) => format!("branch={b}"),
-            (None, p) => format!("parcel={}", p.as_deref().unwrap_or("P1")),
+        let subject = match (&e.facility, &e.branch, &e.parcel) {
+            (Some(f), _, _) => format!("facility={f}"),
+            (None, Some(b), _) => format!("branch={b}"),
+            (None, None, p) => format!("parcel={}", p.as_deref().unwrap_or("P1")),
         };
         expected.push(format!("{} {} at={} {subject}", e.rule, e.state, at));
     }
@@ -162,9 +164,11 @@ fn run_case(case: &Case, set: &RuleSet) -> Result<String, String> {
 
 fn line(a: &Alert) -> String {
     let state = a.state.as_str();
-    let subject = match (&a.parcel, &a.branch) {
-        (Some(p), _) => format!("parcel={}", p.parcel_id),
-        (None, b) => format!("branch={}", b.as_deref().unwrap_or("")),
+    let facility = a.branch_facts.as_ref().and_then(|b| b.facility.as_deref());
+    let subject = match (&a.parcel, facility, &a.branch) {
+        (Some(p), _, _) => format!("parcel={}", p.parcel_id),
+        (None, Some(f), _) => format!("facility={f}"),
+        (None, None, b) => format!("branch={}", b.as_deref().unwrap_or("")),
     };
     format!("{} {state} at={} {subject}", a.rule, a.at)
 }

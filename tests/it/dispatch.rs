@@ -40,7 +40,7 @@ impl World {
         let smtp_url = smtp.as_ref().map(Smtp::url).unwrap_or_default();
         let text = format!(
             "[watermark]\nclock = \"@{clock}\"\n\n[shutdown]\ndeadline = \"60s\"\n\n\
-             [dispatch]\noutbox = \"{outbox}\"\nack_wait = \"3s\"\n\n\
+             [dispatch]\noutbox = \"{outbox}\"\nack_wait = \"3s\"\ninhibit_wait = \"0s\"\n\n\
              [dispatch.email]\nsmtp = \"{smtp_url}\"\ntimeout = \"2s\"\n\n\
              [dispatch.sms]\nurl = \"{gw}\"\nprovider = \"webhook\"\ntimeout = \"1s\"\n\n\
              [dispatch.webhooks]\ncrm = \"{gw}/crm\"\n\n\
@@ -87,9 +87,29 @@ impl World {
         runtime().block_on(async {
             let js = jetstream(&url).await;
             for a in alerts {
-                let subject = format!("alerts.parcel.{}", a["rule"].as_str().unwrap());
+                let about = if a["parcel_id"].is_string() { "parcel" } else { "facility" };
+                let subject = format!("alerts.{about}.{}", a["rule"].as_str().unwrap());
                 js.publish(subject, a.to_string().into()).await.unwrap().await.unwrap();
             }
+        });
+    }
+
+    /// Waits until the dispatcher was delivered every alert stored (`and_final`:
+    /// and made every message of them final), so that the clock moves after.
+    fn caught_up(&self, p: &Processor, and_final: bool) {
+        let url = self.server.url();
+        wait_for(p, "the dispatcher caught up", || {
+            runtime().block_on(async {
+                let js = jetstream(&url).await;
+                let mut alerts = js.get_stream("ALERTS").await.unwrap();
+                let last = alerts.info().await.unwrap().state.last_sequence;
+                let dispatcher =
+                    alerts.get_consumer::<async_nats::jetstream::consumer::pull::Config>("forewarn-dispatch");
+                let Ok(mut consumer) = dispatcher.await else { return false };
+                let info = consumer.info().await.unwrap();
+                let delivered = info.num_pending == 0 && info.delivered.stream_sequence >= last;
+                delivered && (!and_final || (info.num_ack_pending == 0 && info.ack_floor.stream_sequence >= last))
+            })
         });
     }
 }
@@ -360,7 +380,7 @@ fn without_servers_the_outbox_holds_real_messages() {
     let dir = tempfile::tempdir().unwrap();
     let server = NatsServer::start();
     let config = dir.path().join("forewarn.toml");
-    std::fs::write(&config, format!("[dispatch]\noutbox = \"{}\"\n[dispatch.limits]\ngroup_window = \"0s\"\n[dispatch.quiet_hours]\nstart = \"00:00\"\nend = \"00:00\"\n", dir.path().join("outbox").display())).unwrap();
+    std::fs::write(&config, format!("[dispatch]\noutbox = \"{}\"\ninhibit_wait = \"0s\"\n[dispatch.limits]\ngroup_window = \"0s\"\n[dispatch.quiet_hours]\nstart = \"00:00\"\nend = \"00:00\"\n", dir.path().join("outbox").display())).unwrap();
     let p = Processor::start(dir.path(), &config, &["--role", "dispatch", "--nats", &server.url()]);
     let outbox: &Path = &dir.path().join("outbox");
     runtime().block_on(async {
@@ -430,4 +450,83 @@ fn a_replay_with_dispatch_really_sends_each_message_once() {
     assert_eq!(lines("nats.jsonl"), summary_count(&summary, "sent nats"), "branch warnings in the outbox");
     assert!(lines("nats.jsonl") > 0, "{summary}");
     assert_eq!(lines("sms.jsonl"), 0, "with a gateway, no SMS in the outbox");
+}
+
+/// A customer alert about a parcel at a facility, for the hub tests.
+fn at_facility(n: u32, rule: &str, facility: &str) -> Value {
+    let phone = format!("+336{:08}", 20_000_000 + n);
+    let mut a = alert(n, rule, "warning", &["customer"], recipient(&phone, "", "en", "UTC", &["sms"]));
+    a["facility"] = facility.into();
+    a["parcel_state"] = "arrived".into();
+    a["alert_id"] = format!("{:032x}", n * 100 + rule.len() as u32).into();
+    a
+}
+
+fn facility_stall(state: &str) -> Value {
+    json!({
+        "alert_id": "fac00000000000000000000000000001", "rule": "facility_stall", "state": state,
+        "at": "2026-11-20T09:05:00Z", "severity": "warning", "audience": ["ops", "branch"],
+        "facility": "FR-LYS-HUB", "count": 30, "window": "2h", "usual": 0.5, "branches": ["FR-PAR-12"],
+    })
+}
+
+#[test]
+fn a_stalled_hub_gets_its_customers_one_regional_delay_each_across_a_restart() {
+    let w = World::new(false, "");
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(&w.config, text.replace("inhibit_wait = \"0s\"", "inhibit_wait = \"10m\"")).unwrap();
+    let url = w.server.url();
+    let rt = runtime();
+    let (_client, mut warnings) = rt.block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        let warnings = client.subscribe("branch.warnings.>").await.unwrap();
+        (client, warnings)
+    });
+    let p = w.start();
+    let phone = |n: u32| format!("+336{:08}", 20_000_000 + n);
+    // Two parcels stall at the hub before its warning; one at another hub.
+    w.publish(&[
+        at_facility(1, "stalled", "FR-LYS-HUB"),
+        at_facility(2, "stalled", "FR-LYS-HUB"),
+        facility_stall("firing"),
+        at_facility(3, "stalled", "FR-PAR-HUB"),
+    ]);
+    let warning = rt.block_on(async { tokio::time::timeout(super::nats::PATIENCE, warnings.next()).await });
+    let warning: Value = serde_json::from_slice(&warning.unwrap().unwrap().payload).unwrap();
+    assert_eq!((warning["rule"].as_str(), warning["branch"].as_str()), (Some("facility_stall"), Some("FR-PAR-12")));
+    w.caught_up(&p, false);
+    assert!(w.gateway.requests().is_empty(), "the customers' alerts wait for a hub's episode");
+    set_clock(&w.clock, "2026-11-20T10:11:00Z");
+    wait_for(&p, "the three customers told", || w.gateway.requests().len() >= 3);
+    let text = |n: u32| w.gateway.sms_to(&phone(n))[0].json()["text"].as_str().unwrap().to_string();
+    assert!(text(1).contains("disruption at one of our sites") && text(1).contains("FR-LYS-HUB"), "{}", text(1));
+    assert!(text(2).contains("disruption at one of our sites"), "{}", text(2));
+    assert!(text(3).contains("has not moved"), "another hub's parcel hears its own alert: {}", text(3));
+    // More alerts for the same parcels in the same episode: nothing more.
+    w.publish(&[at_facility(1, "late", "FR-LYS-HUB"), at_facility(2, "predicted_late", "FR-LYS-HUB")]);
+    w.caught_up(&p, false);
+    set_clock(&w.clock, "2026-11-20T10:22:00Z");
+    w.caught_up(&p, true);
+    assert_eq!(w.gateway.requests().len(), 3, "one regional delay per parcel and episode");
+    // A restart reads the open episode back from the alerts stream.
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    let p = w.start();
+    w.publish(&[at_facility(6, "stalled", "FR-LYS-HUB")]);
+    w.caught_up(&p, false);
+    set_clock(&w.clock, "2026-11-20T10:33:00Z");
+    wait_for(&p, "the parcel after the restart", || !w.gateway.sms_to(&phone(6)).is_empty());
+    assert!(text(6).contains("disruption at one of our sites"), "{}", text(6));
+    // The hub is back: its parcels' alerts speak for themselves again.
+    w.publish(&[facility_stall("resolved"), at_facility(7, "stalled", "FR-LYS-HUB")]);
+    w.caught_up(&p, false);
+    set_clock(&w.clock, "2026-11-20T10:44:00Z");
+    wait_for(&p, "the parcel after the episode", || !w.gateway.sms_to(&phone(7)).is_empty());
+    assert!(text(7).contains("has not moved"), "{}", text(7));
+    w.caught_up(&p, true);
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(w.gateway.requests().len(), 5);
+    let keys: HashSet<String> = w.gateway.requests().iter().map(|r| r.headers["idempotency-key"].clone()).collect();
+    assert_eq!(keys.len(), 5);
 }

@@ -192,7 +192,9 @@ pub fn config(dir: &Path, clock: &Path) -> PathBuf {
     let text = format!(
         "rules = \"{rules}\"\n\n[watermark]\nlateness = \"6h\"\nidle_after = \"1s\"\nmax_skew = \"0s\"\nclock = \"{clock}\"\n\n\
          [checkpoint]\ninterval = \"500ms\"\n\n[shutdown]\ndeadline = \"60s\"\n\n\
-         [dispatch]\noutbox = \"{outbox}\"\n",
+         [dispatch]\noutbox = \"{outbox}\"\n\
+         # The clock stands still here: alerts do not wait for a hub's episode.\n\
+         inhibit_wait = \"0s\"\n",
         outbox = dir.join("outbox").display(),
         rules = rules(dir).display()
     );

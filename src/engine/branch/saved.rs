@@ -39,6 +39,7 @@ impl BranchStage {
             w.ts(f.at);
             w.opt_s(f.rule.as_deref());
             w.s(&f.branch);
+            w.opt_s(f.facility.as_deref());
             w.u(f.key as u64);
             w.u((f.key >> 64) as u64);
         }
@@ -58,6 +59,11 @@ impl BranchStage {
                 w.opt_ts(s.first_seen);
                 w.opt_ts(s.open);
                 w.opt_ts(s.failing_since);
+                w.u(s.seen.len() as u64);
+                for (branch, at) in &s.seen {
+                    w.s(branch);
+                    w.ts(*at);
+                }
             }
             w.u(a.open.len() as u64);
             a.open.iter().for_each(|b| w.s(b));
@@ -73,8 +79,9 @@ impl BranchStage {
             let at = r.ts()?;
             let rule = r.opt_s()?.map(Arc::from);
             let branch = Arc::from(r.s()?);
+            let facility = r.opt_s()?.map(Arc::from);
             let key = u128::from(r.u()?) | u128::from(r.u()?) << 64;
-            self.pending.insert(Fact { at, rule, branch, key });
+            self.pending.insert(Fact { at, rule, branch, facility, key });
         }
         for _ in 0..r.u()? {
             let id = r.s()?;
@@ -87,7 +94,11 @@ impl BranchStage {
                     slots.push_back((r.ts()?.0, r.u32()?));
                 }
                 let (first_seen, open, failing_since) = (r.opt_ts()?, r.opt_ts()?, r.opt_ts()?);
-                branches.insert(name, BranchState { hits, intake, slots, first_seen, open, failing_since });
+                let mut seen = BTreeMap::new();
+                for _ in 0..r.u()? {
+                    seen.insert(Arc::from(r.s()?), r.ts()?);
+                }
+                branches.insert(name, BranchState { hits, intake, slots, first_seen, open, failing_since, seen });
             }
             let mut open = Vec::new();
             for _ in 0..r.u()? {

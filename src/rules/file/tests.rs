@@ -38,7 +38,14 @@ fn the_default_pack_loads() {
     assert_eq!(spike.voice.id, "branch_delay_spike");
     assert_eq!(spike.members, [set.find("stalled").unwrap(), set.find("late").unwrap()]);
     assert_eq!(spike.threshold, Threshold::Count { min: 20, factor: 3.0 });
-    assert!(set.branch_rules.iter().all(|b| b.by_hour), "every default branch rule knows its branch's hours");
+    let (by_branch, by_facility): (Vec<_>, Vec<_>) = set.branch_rules.iter().partition(|b| b.by == By::Branch);
+    assert!(by_branch.iter().all(|b| b.by_hour), "every default branch rule knows its branch's hours");
+    // A hub works round the clock: its stall is judged against its usual over all hours.
+    let [hub] = by_facility.as_slice() else { panic!("one facility rule") };
+    assert_eq!(hub.voice.id, "facility_stall");
+    let names = |rules: &[usize]| rules.iter().map(|&i| set.rules[i].voice.id.as_str()).collect::<Vec<_>>();
+    assert_eq!(names(&hub.members), ["stalled", "predicted_late"]);
+    assert_eq!(names(&hub.inhibits), ["stalled", "predicted_late", "late"]);
     let Trigger::Absence { after, .. } = &set.rules[set.find("stalled").unwrap()].trigger else { panic!() };
     assert_eq!(
         (after.get(Some("express")), after.get(Some("standard")), after.get(None)),
