@@ -151,6 +151,14 @@ fn instant(s: &str) -> Result<Ts, String> {
     Ts::parse_rfc3339(s).ok_or_else(|| format!("{s:?} is not an RFC 3339 timestamp"))
 }
 
+/// A line on standard output; a reader that closed the pipe is an error the
+/// command returns (and `main` takes as done), never a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(io::stdout(), $($arg)*)?
+    };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -296,7 +304,7 @@ fn report(args: ReportArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.text());
     }
@@ -400,7 +408,7 @@ fn print_stats(s: &Summary, engine: &Engine) {
 /// the branch directory.
 fn check(dir: &Path) -> Result<ExitCode> {
     let set = load_rules(dir)?;
-    println!("{}: {} rules ok", dir.display(), set.len());
+    say!("{}: {} rules ok", dir.display(), set.len());
     let defaults = forewarn::config::Dispatch::default();
     let templates_dir = defaults.templates_dir(dir);
     let templates = Templates::load(&templates_dir, &defaults.default_locale).map_err(|errors| {
@@ -425,9 +433,9 @@ fn check(dir: &Path) -> Result<ExitCode> {
     if !problems.is_empty() {
         bail!("{} problem(s) in the templates at {}", problems.len(), templates_dir.display());
     }
-    println!("{}: templates ok in {}", templates_dir.display(), templates.locales().collect::<Vec<_>>().join(", "));
+    say!("{}: templates ok in {}", templates_dir.display(), templates.locales().collect::<Vec<_>>().join(", "));
     let directory = Directory::load(&defaults.branches_file(dir)).map_err(anyhow::Error::msg)?;
-    println!("{}: {} branches ok", defaults.branches_file(dir).display(), directory.len());
+    say!("{}: {} branches ok", defaults.branches_file(dir).display(), directory.len());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -442,15 +450,15 @@ fn test(dir: &Path) -> Result<ExitCode> {
     let failed = results.iter().filter(|r| !r.failure.is_empty()).count();
     for r in &results {
         if r.failure.is_empty() {
-            println!("ok    {}: {}", r.file.display(), r.name);
+            say!("ok    {}: {}", r.file.display(), r.name);
         } else {
-            println!("FAIL  {}: {}", r.file.display(), r.name);
+            say!("FAIL  {}: {}", r.file.display(), r.name);
             for line in r.failure.lines() {
-                println!("        {line}");
+                say!("        {line}");
             }
         }
     }
-    println!("rules: {} passed, {failed} failed", results.len() - failed);
+    say!("rules: {} passed, {failed} failed", results.len() - failed);
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

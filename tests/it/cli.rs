@@ -92,6 +92,28 @@ fn a_reader_that_stops_early_is_not_an_error() {
 }
 
 #[test]
+fn a_closed_pipe_ends_check_and_test_quietly() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    for command in ["check", "test"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_forewarn"))
+            .args([command, &repo("rules").display().to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `forewarn test rules | head -1`: the reader goes after one line.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 2];
+        stdout.read_exact(&mut first).unwrap();
+        drop(stdout);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{command}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stderr), "", "{command}");
+    }
+}
+
+#[test]
 fn the_deployed_nats_configuration_is_valid_and_syncs_every_write() {
     let conf = repo("deploy/nats/nats-server.conf");
     let out =
