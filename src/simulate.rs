@@ -2,7 +2,8 @@
 //! in FR, CN, US and DE, express/standard/economy parcels, international
 //! parcels through customs, the anomalies a real network has (stalls, late
 //! deliveries, failed attempts, damage, loss, a branch having a bad day, and
-//! half a day of failed attempts, damage and customs holds at one place each),
+//! half a day of failed attempts, damage and customs holds at one place each,
+//! and a hub that stops for a day),
 //! scanners that upload late and twice, and customers who contact the call
 //! centre when their parcel goes wrong.
 //!

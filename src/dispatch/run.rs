@@ -80,6 +80,9 @@ impl ServiceLevel {
     }
 }
 
+/// What an admission lane takes: the alert's sequence, when it was received, its message, the alert.
+type ToLane = (u64, Instant, jetstream::Message, Arc<Notice>);
+
 /// An alert waiting for an episode that may speak for it.
 struct Waiting {
     seq: u64,
@@ -205,9 +208,7 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
                 pending.insert(seq, None);
                 let waiting = Waiting { seq, received: Instant::now(), message, alive: Instant::now() };
                 if let Some((notice, w)) = inhibitor.offer(notice, waiting, now(&clock)) {
-                    if lanes[hasher.hash_one(&notice.alert_id) as usize % LANES].send((w.seq, w.received, w.message, notice)).await.is_err() {
-                        stopping = true;
-                    }
+                    stopping |= !to_lane(&lanes, &hasher, notice, w).await;
                 }
             }
             Some(a) = admitted.recv(), if !stopping => {
@@ -263,15 +264,10 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
             _ = tick.tick() => {
                 let t = now(&clock);
                 for (notice, w) in inhibitor.due(t) {
-                    if lanes[hasher.hash_one(&notice.alert_id) as usize % LANES].send((w.seq, w.received, w.message, notice)).await.is_err() {
-                        stopping = true;
-                    }
+                    stopping |= !to_lane(&lanes, &hasher, notice, w).await;
                 }
                 for w in inhibitor.items_mut() {
-                    if w.alive.elapsed() >= keep_alive {
-                        let _ = w.message.ack_with(AckKind::Progress).await;
-                        w.alive = Instant::now();
-                    }
+                    keep(&w.message, &mut w.alive, keep_alive).await;
                 }
                 stats.inhibited = inhibitor.replaced;
                 METRICS.inhibition.with_label_values(&["waiting"]).set(inhibitor.len() as i64);
@@ -280,10 +276,7 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
                     sending.start(batch, t);
                 }
                 for p in pending.values_mut().flatten() {
-                    if p.alive.elapsed() >= keep_alive {
-                        let _ = p.message.ack_with(AckKind::Progress).await;
-                        p.alive = Instant::now();
-                    }
+                    keep(&p.message, &mut p.alive, keep_alive).await;
                 }
                 stats.holding = hold.len() as u64;
                 METRICS.held.set(hold.len() as i64);
@@ -301,7 +294,7 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
 /// ledger what is still to send; waits out a NATS outage rather than drop
 /// an alert. Alerts left when stopping stay unacknowledged and come back.
 async fn lane(
-    mut alerts: mpsc::Receiver<(u64, Instant, jetstream::Message, Arc<Notice>)>,
+    mut alerts: mpsc::Receiver<ToLane>,
     d: Arc<Dispatcher>,
     ledger: Ledger,
     at_risk: kv::Store,
@@ -324,6 +317,21 @@ async fn lane(
         if admitted.send(Admitted { seq, received, message, notice, drafts, skips }).is_err() {
             return;
         }
+    }
+}
+
+/// An alert to its admission lane, chosen by its id; false when the lanes are gone (stopping).
+async fn to_lane(lanes: &[mpsc::Sender<ToLane>], hasher: &RandomState, notice: Arc<Notice>, w: Waiting) -> bool {
+    let lane = hasher.hash_one(&notice.alert_id) as usize % LANES;
+    lanes[lane].send((w.seq, w.received, w.message, notice)).await.is_ok()
+}
+
+/// Keeps an alert held here from being redelivered: a progress
+/// acknowledgement once `every` has passed since the last.
+async fn keep(message: &jetstream::Message, alive: &mut Instant, every: Duration) {
+    if alive.elapsed() >= every {
+        let _ = message.ack_with(AckKind::Progress).await;
+        *alive = Instant::now();
     }
 }
 

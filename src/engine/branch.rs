@@ -3,10 +3,11 @@
 //! same per facility (`by = "facility"`): a hub where parcels stop moving.
 //!
 //! This stage is fed [`Fact`]s (a member rule fired for a parcel of the
-//! branch or at the facility, or a parcel joined the branch) and a watermark. It knows nothing
-//! of parcels, so it can run inside the engine (replay, one process) or
-//! behind a branch-keyed JetStream subject when partitions are split across
-//! processes: its input is a few small facts per alert, not the event stream.
+//! branch or at the facility, or a parcel joined the branch) and a
+//! watermark. It knows nothing of parcels, so it can run inside the engine
+//! (replay, one process) or behind a JetStream subject keyed by the place
+//! counted when partitions are split across processes: its input is a few
+//! small facts per alert, not the event stream.
 //!
 //! Facts wait until the watermark passes them, then count in event-time
 //! order, and episodes close at the exact instant their condition stops
@@ -302,17 +303,9 @@ impl BranchStage {
                     continue;
                 }
                 s.failing_since = None;
-                s.seen.retain(|_, t| *t > now.minus(window));
                 let usual = usual(&a.rule, s, now).unwrap_or(0.0);
                 let started = s.open.take().unwrap_or(now);
-                let facts = BranchFacts {
-                    count: s.hits.len() as u32,
-                    window,
-                    usual,
-                    volume: None,
-                    facility: None,
-                    branches: seen(s),
-                };
+                let facts = facts(&a.rule, s.hits.len() as u32, usual, None);
                 a.open.remove(i);
                 out.push(branch_alert(a, &branch, AlertState::Resolved, now, started, facts));
             }
@@ -336,8 +329,8 @@ fn ended_by(t: Ts) -> i64 {
 /// The hits a branch usually has in one window, from its history
 /// before the window (before the open episode's, if one is open): over all
 /// its hours, or (`by_hour`) in the same window of each previous day it was
-/// watched all through, on average. `None` for
-/// `by_hour` before a whole day is known: no normal, no departure from it.
+/// watched all through, on average. `None` for `by_hour` before a whole day
+/// is known: no normal, no departure from it.
 fn usual(rule: &BranchRule, s: &BranchState, now: Ts) -> Option<f64> {
     let observed = s.first_seen.map_or(0, |f| now.since(f).0 / HOUR.0);
     if rule.by_hour && rule.window < DAY {
@@ -378,25 +371,24 @@ fn judge(rule: &BranchRule, s: &BranchState, now: Ts) -> Option<BranchFacts> {
         }
     };
     let volume = matches!(rule.threshold, Threshold::Share { .. }).then_some(s.intake.len() as u32);
-    holds.then_some(BranchFacts {
-        count,
-        window: rule.window,
-        usual: usual.unwrap_or(0.0),
-        volume,
-        facility: None,
-        branches: seen(s),
-    })
+    holds.then(|| facts(rule, count, usual.unwrap_or(0.0), volume))
 }
 
-/// The branches of a facility's hits in the window, by name.
-fn seen(s: &BranchState) -> Vec<Arc<str>> {
-    s.seen.keys().cloned().collect()
+/// What a branch alert counted; [`branch_alert`] adds where.
+fn facts(rule: &BranchRule, count: u32, usual: f64, volume: Option<u32>) -> BranchFacts {
+    BranchFacts { count, window: rule.window, usual, volume, facility: None, branches: Vec::new() }
 }
 
+/// The alert of a place's episode; a facility's names the branches of its hits in the window.
 fn branch_alert(a: &Aggregate, place: &Arc<str>, state: AlertState, at: Ts, started: Ts, facts: BranchFacts) -> Alert {
     let v = &a.rule.voice;
     let facility = (a.rule.by == By::Facility).then(|| place.clone());
-    let facts = BranchFacts { facility: facility.clone(), ..facts };
+    let since = at.minus(a.rule.window);
+    let branches = match (&facility, a.branches.get(place)) {
+        (Some(_), Some(s)) => s.seen.iter().filter(|(_, t)| **t > since).map(|(b, _)| b.clone()).collect(),
+        _ => Vec::new(),
+    };
+    let facts = BranchFacts { facility: facility.clone(), branches, ..facts };
     Alert {
         id: AlertId::new(&a.id, place, &started.text()),
         rule: a.id.clone(),
