@@ -35,9 +35,8 @@
 
 use std::sync::Arc;
 
-use hashbrown::HashMap;
-
-use model::{Forecast, Model};
+use legs::{Legs, Pending};
+use model::{bucket, Forecast, Model, Places};
 
 use super::window::{Parcel, Sym};
 use crate::event::Kind;
@@ -52,6 +51,10 @@ const MINUTE_MS: f64 = 60_000.0;
 /// The most lanes one partition learns; legs of further lanes are counted as
 /// overflow. A lane number fits a [`LaneRef`]'s 16 bits.
 pub const MAX_LANES: usize = 1 << 14;
+/// The most places all the partitions know together. Past it, legs are
+/// counted as overflow, and which ones depends on the partitions a process
+/// owns: a network has far fewer places (scans name a few thousand).
+const MAX_PLACES: usize = 1 << 16;
 /// Next places remembered per lane (the most frequent wins).
 const NEXT: usize = 4;
 /// A lane's counts are halved when they pass this, at a publication.
@@ -65,6 +68,8 @@ const SETTLE_EVERY: Span = Span::minutes(10);
 /// 24 h old. Longer than the lateness, so that events never wait for one.
 pub const EPOCH: Span = Span::hours(12);
 const NONE: u32 = u32::MAX;
+/// How many legs ahead the counting asks the CPU to fetch the lanes.
+const PREFETCH_AHEAD: usize = 8;
 /// The legs after the current one count at their median: summing medians
 /// estimates the median of the sum, where summing higher quantiles would
 /// overstate it; the uncertainty that matters is the current leg's.
@@ -152,12 +157,12 @@ pub struct Lanes {
     partitions: u16,
     lateness: Span,
     models: Vec<Model>,
-    /// Legs by (parcel hash, end time), until the watermark passes their end.
-    pending: HashMap<(u64, Ts), Leg>,
-    /// The keys of `pending` in the order they came.
-    queue: Vec<(Ts, u64)>,
-    /// The keys being counted, sorted (kept for its allocation).
-    due: Vec<(Ts, u64)>,
+    places: Places,
+    /// The legs not counted yet, until the watermark passes their end.
+    pending: Legs,
+    /// The legs being counted, sorted, and their buckets (kept for their allocations).
+    due: Vec<Pending>,
+    buckets: Vec<u8>,
     /// Legs are counted in batches, when the watermark moved this far.
     settled_to: Ts,
     /// The boundary the last version was published at, `Ts::MIN` before the first.
@@ -183,9 +188,10 @@ impl Lanes {
             partitions: partitions.max(1),
             lateness,
             models: Vec::new(),
-            pending: HashMap::new(),
-            queue: Vec::new(),
+            places: Places::new(partitions),
+            pending: Legs::default(),
             due: Vec::new(),
+            buckets: Vec::new(),
             settled_to: Ts::MIN,
             published_at: Ts::MIN,
             stats: LaneStats::default(),
@@ -209,8 +215,8 @@ impl Lanes {
             }
             None => {
                 self.models.clear();
+                self.places = Places::new(self.partitions);
                 self.pending.clear();
-                self.queue.clear();
                 true
             }
         }
@@ -224,12 +230,13 @@ impl Lanes {
         partition::of(p.id(), self.partitions)
     }
 
-    fn model(&mut self, partition: u16) -> &mut Model {
+    /// The lane of `place` in `partition`, new if need be.
+    fn lane(&mut self, partition: u16, place: Place) -> Option<u32> {
         let i = usize::from(partition);
         if self.models.len() <= i {
             self.models.resize_with(i + 1, Model::default);
         }
-        &mut self.models[i]
+        self.models[i].lane(&mut self.places, partition, place)
     }
 
     /// A leg of parcel `hash` ended at its present place at `to_at`; its
@@ -237,15 +244,16 @@ impl Lanes {
     /// `from_at`. Keeps the present place's lane in the parcel.
     pub fn observe(&mut self, p: &mut Parcel, hash: u64, (from, known): (Place, LaneRef), from_at: Ts, to_at: Ts) {
         let partition = known.get().map_or_else(|| self.partition(p), |(partition, _)| partition);
-        let model = self.model(partition);
-        let from = known.get().map(|(_, lane)| lane).or_else(|| model.lane(from));
-        let (Some(from), Some(to)) = (from, model.lane(Place::of(p))) else {
+        let from = match known.get() {
+            Some((_, lane)) => Some(lane),
+            None => self.lane(partition, from),
+        };
+        let (Some(from), Some(to)) = (from, self.lane(partition, Place::of(p))) else {
             self.stats.overflow += 1;
             return;
         };
         p.lane = LaneRef { partition, lane: to as u16 };
-        self.pending.insert((hash, to_at), Leg { partition, from, to, from_at });
-        self.queue.push((to_at, hash));
+        self.pending.push(Pending { to_at, hash, leg: Leg { partition, from, to, from_at } });
     }
 
     /// A state-setting scan at `at`, within the lateness, came after a later
@@ -254,20 +262,20 @@ impl Lanes {
     /// makes its place from the place before it, as applying it in order would.
     pub fn insert(&mut self, p: &Parcel, hash: u64, latest: Ts, at: Ts, place: impl Fn(Place) -> Place) {
         let (mut end, mut end_place) = (latest, Place::of(p));
-        while let Some(&leg) = self.pending.get(&(hash, end)) {
+        while let Some(&mut Pending { leg, .. }) = self.pending.find(hash, end) {
             if leg.from_at == at {
                 return;
             }
-            let model = self.model(leg.partition);
-            let from = model.places[leg.from as usize];
+            let from = self.models[usize::from(leg.partition)].places[leg.from as usize];
             if leg.from_at < at {
-                let Some(mid) = model.lane(place(from)) else {
+                let Some(mid) = self.lane(leg.partition, place(from)) else {
                     self.stats.overflow += 1;
                     return;
                 };
-                self.pending.insert((hash, end), Leg { from: mid, from_at: at, ..leg });
-                self.pending.insert((hash, at), Leg { to: mid, ..leg });
-                self.queue.push((at, hash));
+                if let Some(later) = self.pending.find(hash, end) {
+                    later.leg = Leg { from: mid, from_at: at, ..leg };
+                }
+                self.pending.push(Pending { to_at: at, hash, leg: Leg { to: mid, ..leg } });
                 self.stats.splits += 1;
                 return;
             }
@@ -277,13 +285,11 @@ impl Lanes {
         // the leg into `end` would still be pending, `at` being within the lateness.
         let first = Place { facility: Sym::NONE, country: [0; 2], ..end_place };
         let partition = self.partition(p);
-        let model = self.model(partition);
-        let (Some(from), Some(to)) = (model.lane(place(first)), model.lane(end_place)) else {
+        let (Some(from), Some(to)) = (self.lane(partition, place(first)), self.lane(partition, end_place)) else {
             self.stats.overflow += 1;
             return;
         };
-        self.pending.insert((hash, end), Leg { partition, from, to, from_at: at });
-        self.queue.push((end, hash));
+        self.pending.push(Pending { to_at: end, hash, leg: Leg { partition, from, to, from_at: at } });
     }
 
     /// Counts the legs that ended at or before `upto`, in event-time order
@@ -298,30 +304,28 @@ impl Lanes {
 
     fn settle_now(&mut self, upto: Ts) {
         self.settled_to = upto;
-        // Only the legs due are sorted: most of the queue waits for later batches.
-        let mut due = std::mem::take(&mut self.due);
-        self.queue.retain(|&(to_at, hash)| {
-            let now = to_at <= upto;
-            if now {
-                due.push((to_at, hash));
+        let (mut due, mut buckets) = (std::mem::take(&mut self.due), std::mem::take(&mut self.buckets));
+        self.pending.take_until(upto, &mut due);
+        due.sort_unstable_by_key(|p| (p.to_at, p.hash));
+        buckets.extend(due.iter().map(|p| bucket(p.to_at.since(p.leg.from_at)) as u8));
+        for (i, (p, &b)) in due.iter().zip(&buckets).enumerate() {
+            // The lanes are all over memory: ask for those of the legs ahead.
+            if let (Some(ahead), Some(&b)) = (due.get(i + PREFETCH_AHEAD), buckets.get(i + PREFETCH_AHEAD)) {
+                self.models[usize::from(ahead.leg.partition)].prefetch(ahead.leg.from, usize::from(b));
             }
-            !now
-        });
-        due.sort_unstable();
-        for (to_at, hash) in due.drain(..) {
-            if let Some(leg) = self.pending.remove(&(hash, to_at)) {
-                let model = &mut self.models[usize::from(leg.partition)];
-                let (from, span) = (leg.from as usize, to_at.since(leg.from_at));
-                model.lanes[from].add(span);
-                model.lanes[from].went(leg.to);
-                let wide = model.coarse[from] as usize;
-                if wide != from {
-                    model.lanes[wide].add(span);
-                }
-                self.stats.legs += 1;
+            let model = &mut self.models[usize::from(p.leg.partition)];
+            let from = p.leg.from as usize;
+            model.lanes[from].add(usize::from(b));
+            model.lanes[from].went(p.leg.to);
+            let wide = model.coarse[from] as usize;
+            if wide != from {
+                model.lanes[wide].add(usize::from(b));
             }
         }
-        self.due = due;
+        self.stats.legs += due.len() as u64;
+        due.clear();
+        buckets.clear();
+        (self.due, self.buckets) = (due, buckets);
     }
 
     /// The next boundary in `(from, to]` at which a version is due.
@@ -348,8 +352,8 @@ impl Lanes {
         let (model, lane) = match p.lane.get() {
             Some((partition, lane)) => (self.models.get(usize::from(partition))?, lane),
             None => {
-                let model = self.models.get(usize::from(self.partition(p)))?;
-                (model, *model.index.get(&Place::of(p))?)
+                let partition = self.partition(p);
+                (self.models.get(usize::from(partition))?, self.places.lane(partition, &Place::of(p))?)
             }
         };
         debug_assert!(model.places.get(lane as usize) == Some(&Place::of(p)), "a parcel's lane follows its place");
@@ -370,8 +374,9 @@ impl Lanes {
         let (now, next, after) =
             (self.published_at, self.published_at.plus(EPOCH), self.published_at.plus(Span(2 * EPOCH.0)));
         if let Some((model, lane)) = self.lane_of(p) {
+            let versions = model.versions.get(lane);
             let (in_force, coming) =
-                (model.in_force.get(lane).and_then(Option::as_ref), model.coming.get(lane).and_then(Option::as_ref));
+                (versions.and_then(|v| v.in_force.as_ref()), versions.and_then(|v| v.coming.as_ref()));
             let crossing = |f: &Arc<Forecast>| f.crossing(p.state_at, limit).map(|at| at.max(p.last_scan_at));
             let first = in_force.and_then(crossing);
             let second = match (in_force, coming) {
@@ -388,5 +393,6 @@ impl Lanes {
     }
 }
 
+mod legs;
 mod model;
 mod saved;

@@ -394,7 +394,7 @@ impl Default for Talk {
 
 /// A hint to load the cache line holding `p`; it never faults, whatever the address.
 #[inline]
-fn prefetch<T>(p: *const T) {
+pub(super) fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `_mm_prefetch` is only a hint: it reads nothing and cannot fault.
     unsafe {

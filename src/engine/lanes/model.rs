@@ -6,8 +6,8 @@ use std::sync::{Arc, LazyLock};
 
 use hashbrown::HashMap;
 
-use super::{Params, Place, BUCKETS, HALVE_AT, MAX_HOPS, MAX_LANES, MEDIAN, MINUTE_MS, NEXT, NONE, STEP};
-use crate::engine::window::Sym;
+use super::{Params, Place, BUCKETS, HALVE_AT, MAX_HOPS, MAX_LANES, MAX_PLACES, MEDIAN, MINUTE_MS, NEXT, NONE, STEP};
+use crate::engine::window::{prefetch, Sym};
 use crate::time::{Span, Ts};
 
 /// What a lane's published version says.
@@ -17,7 +17,7 @@ pub(super) struct Forecast {
     /// at least the start of bucket `i` (`u32::MAX`: too few such legs), in
     /// minutes. A leg that overran the usual is then judged by the legs that
     /// overran as much: a parcel a day late at a branch is likely to stay.
-    pub(super) leg: Box<[u32; BUCKETS]>,
+    pub(super) leg: [u32; BUCKETS],
     /// The sum of the quantiles of the legs after it, to the arrival.
     pub(super) after: Span,
     /// The longest of `leg`, in milliseconds: a parcel with more time than
@@ -26,7 +26,7 @@ pub(super) struct Forecast {
 }
 
 impl Forecast {
-    pub(super) fn new(leg: Box<[u32; BUCKETS]>, after: Span) -> Forecast {
+    pub(super) fn new(leg: [u32; BUCKETS], after: Span) -> Forecast {
         let longest = leg.iter().filter(|&&m| m != NONE).max().map_or(0, |&m| i64::from(m) * 60_000);
         Forecast { leg, after, longest }
     }
@@ -74,12 +74,18 @@ pub(super) static STARTS: LazyLock<[i64; BUCKETS + 1]> = LazyLock::new(|| {
     starts
 });
 
-/// A bucket's representative duration: its geometric middle.
-pub(super) fn bucket_span(i: usize) -> Span {
-    if i == 0 {
-        return Span(30_000);
+/// Each bucket's representative duration: its geometric middle.
+static SPANS: LazyLock<[Span; BUCKETS]> = LazyLock::new(|| {
+    let mut spans = [Span(30_000); BUCKETS];
+    for (i, s) in spans.iter_mut().enumerate().skip(1) {
+        *s = Span((MINUTE_MS * ((i as f64 - 0.5) * STEP).exp()) as i64);
     }
-    Span((MINUTE_MS * ((i as f64 - 0.5) * STEP).exp()) as i64)
+    spans
+});
+
+/// A bucket's representative duration.
+pub(super) fn bucket_span(i: usize) -> Span {
+    SPANS[i]
 }
 
 #[derive(Clone)]
@@ -97,8 +103,9 @@ impl Default for Lane {
 }
 
 impl Lane {
-    pub(super) fn add(&mut self, leg: Span) {
-        self.counts[bucket(leg)] += 1;
+    /// Counts a leg that fell in bucket `b` (see [`bucket`]).
+    pub(super) fn add(&mut self, b: usize) {
+        self.counts[b] += 1;
         self.total += 1;
     }
 
@@ -135,13 +142,13 @@ impl Lane {
     }
 
     /// The quantile of the leg given each bucket it has reached, in minutes.
-    pub(super) fn overrun_quantiles(&self, q: f64) -> Box<[u32; BUCKETS]> {
+    pub(super) fn overrun_quantiles(&self, q: f64) -> [u32; BUCKETS] {
         // suffix[i]: the legs in bucket i or later.
         let mut suffix = [0u32; BUCKETS + 1];
         for i in (0..BUCKETS).rev() {
             suffix[i] = suffix[i + 1] + self.counts[i];
         }
-        let mut out = Box::new([NONE; BUCKETS]);
+        let mut out = [NONE; BUCKETS];
         // The quantile's bucket never moves back as the overrun grows.
         let mut j = 0;
         for i in 0..BUCKETS {
@@ -170,37 +177,98 @@ pub(super) fn coarse(place: Place) -> Place {
     Place { facility: Sym::NONE, country: [0; 2], branch: Sym::NONE, ..place }
 }
 
+/// Every place any partition has seen, numbered, with each partition's lane
+/// for it side by side. The partitions see the same network, so one table
+/// stays small enough for the cache where one per partition would not, and
+/// a busy place's lanes share a cache line: every state-setting scan looks
+/// its place up.
+pub(super) struct Places {
+    index: HashMap<Place, u32>,
+    partitions: usize,
+    /// By place number, then partition: the lane, or [`NO_LANE`].
+    lanes: Vec<u16>,
+}
+
+const NO_LANE: u16 = u16::MAX;
+
+impl Places {
+    pub(super) fn new(partitions: u16) -> Places {
+        Places { index: HashMap::new(), partitions: usize::from(partitions.max(1)), lanes: Vec::new() }
+    }
+
+    /// The lane of a place in a partition, if it has one.
+    pub(super) fn lane(&self, partition: u16, place: &Place) -> Option<u32> {
+        let n = *self.index.get(place)? as usize;
+        let lane = *self.lanes.get(n * self.partitions + usize::from(partition))?;
+        (lane != NO_LANE).then_some(u32::from(lane))
+    }
+
+    /// The place's number; `None` when [`MAX_PLACES`] places are known.
+    fn number(&mut self, place: Place) -> Option<usize> {
+        if let Some(&n) = self.index.get(&place) {
+            return Some(n as usize);
+        }
+        let n = self.index.len();
+        if n >= MAX_PLACES {
+            return None;
+        }
+        self.index.insert(place, n as u32);
+        self.lanes.resize(self.lanes.len() + self.partitions, NO_LANE);
+        Some(n)
+    }
+}
+
 /// One partition's lanes.
 #[derive(Default)]
 pub(super) struct Model {
-    pub(super) index: HashMap<Place, u32>,
     pub(super) places: Vec<Place>,
     pub(super) lanes: Vec<Lane>,
     /// Each lane's coarse lane (itself for a coarse lane).
     pub(super) coarse: Vec<u32>,
+    /// Each lane's forecasts, side by side: a prediction reads both.
+    pub(super) versions: Vec<Versions>,
+}
+
+/// A lane's forecasts, if it had enough history.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Versions {
     /// The version judging now: published an epoch before it came into force.
-    pub(super) in_force: Vec<Option<Arc<Forecast>>>,
-    /// The version published last, in force from the next boundary.
-    /// A lane whose forecast did not change shares it with `in_force`.
-    pub(super) coming: Vec<Option<Arc<Forecast>>>,
+    pub(super) in_force: Option<Arc<Forecast>>,
+    /// The version published last, in force from the next boundary. When
+    /// it did not change, it is the same `Arc` as `in_force`.
+    pub(super) coming: Option<Arc<Forecast>>,
 }
 
 impl Model {
-    pub(super) fn lane(&mut self, place: Place) -> Option<u32> {
-        if let Some(&i) = self.index.get(&place) {
-            return Some(i);
+    /// The lane of a place in this model (`partition`), new if need be;
+    /// `None` past [`MAX_LANES`] lanes or [`MAX_PLACES`] places.
+    pub(super) fn lane(&mut self, places: &mut Places, partition: u16, place: Place) -> Option<u32> {
+        let n = places.number(place)?;
+        let at = n * places.partitions + usize::from(partition);
+        if places.lanes[at] != NO_LANE {
+            return Some(u32::from(places.lanes[at]));
         }
         let wide = coarse(place);
-        let wide = if wide == place { None } else { Some(self.lane(wide)?) };
+        let wide = if wide == place { None } else { Some(self.lane(places, partition, wide)?) };
         if self.lanes.len() >= MAX_LANES {
             return None;
         }
         let i = self.lanes.len() as u32;
-        self.index.insert(place, i);
+        places.lanes[at] = i as u16;
         self.places.push(place);
         self.lanes.push(Lane::default());
         self.coarse.push(wide.unwrap_or(i));
         Some(i)
+    }
+
+    /// Hints the CPU to fetch what counting a leg of `lane` in bucket `b` touches.
+    pub(super) fn prefetch(&self, lane: u32, b: usize) {
+        if let (Some(l), Some(wide)) = (self.lanes.get(lane as usize), self.coarse.get(lane as usize)) {
+            prefetch(&l.counts[b]);
+            prefetch(&l.total);
+            prefetch(&l.next[NEXT - 1]);
+            prefetch(wide);
+        }
     }
 
     /// Halves the lanes that passed [`HALVE_AT`], then publishes their
@@ -209,24 +277,27 @@ impl Model {
         for lane in self.lanes.iter_mut().filter(|l| l.total > HALVE_AT) {
             lane.halve();
         }
-        let fresh = self.forecasts(params);
-        let coming = share(fresh, &self.coming);
-        self.in_force = std::mem::replace(&mut self.coming, coming);
+        let fresh = self.forecasts(params, true);
+        self.versions.resize_with(fresh.len(), Versions::default);
+        for (v, coming) in self.versions.iter_mut().zip(fresh) {
+            v.in_force = std::mem::replace(&mut v.coming, coming);
+        }
     }
 
     /// Forecasts again from the counts with new parameters, in force at once.
     pub(super) fn reforecast(&mut self, params: Params) {
-        self.coming = share(self.forecasts(params), &[]);
-        self.in_force = self.coming.clone();
+        let fresh = self.forecasts(params, false);
+        self.versions = fresh.into_iter().map(|f| Versions { in_force: f.clone(), coming: f }).collect();
     }
 
-    /// Every lane's forecast from its counts.
-    fn forecasts(&self, params: Params) -> Vec<Option<Forecast>> {
+    /// Every lane's forecast from its counts. With `share`, a forecast equal
+    /// to the lane's coming one is that one: it costs no memory twice.
+    fn forecasts(&self, params: Params, share: bool) -> Vec<Option<Arc<Forecast>>> {
         let legs: Vec<Option<Span>> = self.lanes.iter().map(|l| l.quantile(MEDIAN, params.min_history)).collect();
         // The time after each lane's leg, following the usual next places.
         let mut after: Vec<Option<Option<Span>>> = vec![None; self.lanes.len()];
+        let mut path = Vec::new();
         for start in 0..self.lanes.len() {
-            let mut path = Vec::new();
             let mut at = start as u32;
             let mut total = loop {
                 if let Some(known) = after[at as usize] {
@@ -251,33 +322,27 @@ impl Model {
                 }
             }
         }
+        // The coarse lanes' overruns, each worked out once for all its lanes.
+        let mut wides: HashMap<u32, [u32; BUCKETS]> = HashMap::new();
         legs.iter()
             .zip(after)
             .enumerate()
             .map(|(i, (leg, after))| {
                 leg.as_ref()?;
                 let mut overrun = self.lanes[i].overrun_quantiles(params.quantile);
-                let wide = self.lanes[self.coarse[i] as usize].overrun_quantiles(params.quantile);
+                let c = self.coarse[i];
+                let wide = wides.entry(c).or_insert_with(|| self.lanes[c as usize].overrun_quantiles(params.quantile));
                 for (own, wide) in overrun.iter_mut().zip(wide.iter()) {
                     if *own == NONE {
                         *own = *wide;
                     }
                 }
-                Some(Forecast::new(overrun, after.flatten()?))
+                let fresh = Forecast::new(overrun, after.flatten()?);
+                match self.versions.get(i).and_then(|v| v.coming.as_ref()) {
+                    Some(old) if share && **old == fresh => Some(old.clone()),
+                    _ => Some(Arc::new(fresh)),
+                }
             })
             .collect()
     }
-}
-
-/// Shares each forecast equal to the one before it, so that a lane's
-/// unchanged forecast costs no memory twice.
-pub(super) fn share(fresh: Vec<Option<Forecast>>, before: &[Option<Arc<Forecast>>]) -> Vec<Option<Arc<Forecast>>> {
-    fresh
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| match (f, before.get(i).cloned().flatten()) {
-            (Some(f), Some(old)) if *old == f => Some(old),
-            (f, _) => f.map(Arc::new),
-        })
-        .collect()
 }

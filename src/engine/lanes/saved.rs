@@ -2,7 +2,7 @@
 //! the versions in force and coming as they were published (the counts
 //! moved on since), and the legs not counted yet.
 
-use super::model::Lane;
+use super::model::{Lane, Versions};
 use super::*;
 use crate::engine::checkpoint::{CheckpointError, R, W};
 use crate::engine::window::saved::{put_sym, sym};
@@ -37,10 +37,11 @@ impl Lanes {
             }
             // The versions as they were published: the counts moved on since.
             // A coming forecast equal to the one in force is written as such.
-            for (version, before) in [(&m.in_force, &[][..]), (&m.coming, &m.in_force[..])] {
-                w.u(version.len() as u64);
-                for (i, f) in version.iter().enumerate() {
-                    let shared = before.get(i).and_then(Option::as_ref);
+            for coming in [false, true] {
+                w.u(m.versions.len() as u64);
+                for v in &m.versions {
+                    let (f, shared) =
+                        if coming { (v.coming.as_ref(), v.in_force.as_ref()) } else { (v.in_force.as_ref(), None) };
                     match f {
                         None => w.u(0),
                         Some(f) if shared.is_some_and(|b| Arc::ptr_eq(b, f)) => w.u(2),
@@ -53,12 +54,12 @@ impl Lanes {
                 }
             }
         }
-        let mut pending: Vec<(&(u64, Ts), &Leg)> = self.pending.iter().collect();
-        pending.sort_unstable_by_key(|(k, _)| **k);
+        let mut pending: Vec<&Pending> = self.pending.iter().collect();
+        pending.sort_unstable_by_key(|p| (p.hash, p.to_at));
         w.u(pending.len() as u64);
-        for ((hash, to_at), leg) in pending {
-            w.u(*hash);
-            w.ts(*to_at);
+        for &Pending { hash, to_at, leg } in pending {
+            w.u(hash);
+            w.ts(to_at);
             w.u(u64::from(leg.partition));
             w.u(u64::from(leg.from));
             w.u(u64::from(leg.to));
@@ -69,14 +70,14 @@ impl Lanes {
     /// Restores what [`Lanes::save`] wrote; a checkpoint made with another
     /// partition count starts the model afresh (its lanes were other samples).
     pub(in crate::engine) fn load(&mut self, r: &mut R<'_>) -> Result<(), CheckpointError> {
-        let partitions = r.u()?;
+        let partitions = r.n(usize::from(u16::MAX), "lane partitions")? as u16;
         self.published_at = r.ts()?;
         self.stats = LaneStats { legs: r.u()?, splits: r.u()?, overflow: r.u()?, publications: r.u()? };
-        let mut models = Vec::new();
-        for _ in 0..r.n(usize::from(u16::MAX) + 1, "lane models")? {
+        let (mut models, mut places) = (Vec::new(), Places::new(partitions));
+        for partition in 0..r.n(usize::from(partitions), "lane models")? {
             let mut m = Model::default();
             let count = r.n(MAX_LANES, "lanes")?;
-            for _ in 0..count {
+            for i in 0..count {
                 let facility = sym(r)?;
                 let state = r.kind()?;
                 let country =
@@ -92,17 +93,21 @@ impl Lanes {
                     let next = r.n(count, "next lane")?;
                     *e = (if next == 0 { NONE } else { next as u32 - 1 }, r.u32()?);
                 }
-                m.lane(place);
-                if let Some(last) = m.lanes.last_mut() {
-                    *last = lane;
+                // Saved in the order they were made, each coarse lane before its lanes.
+                if m.lane(&mut places, partition as u16, place) != Some(i as u32) {
+                    return Err(CheckpointError::Corrupt("lanes out of order".into()));
                 }
+                m.lanes[i] = lane;
             }
-            m.in_force = read_version(r, count, &[])?;
-            m.coming = read_version(r, count, &m.in_force)?;
+            let in_force = read_version(r, count, &[])?;
+            let coming = read_version(r, count, &in_force)?;
+            let at = |version: &[Option<Arc<Forecast>>], i: usize| version.get(i).cloned().flatten();
+            m.versions = (0..in_force.len().max(coming.len()))
+                .map(|i| Versions { in_force: at(&in_force, i), coming: at(&coming, i) })
+                .collect();
             models.push(m);
         }
-        let mut pending = HashMap::new();
-        let mut queue = Vec::new();
+        let mut pending = Legs::default();
         for _ in 0..r.u()? {
             let (hash, to_at) = (r.u()?, r.ts()?);
             let partition = u16::try_from(r.u()?).map_err(|_| CheckpointError::Corrupt("leg partition".into()))?;
@@ -111,13 +116,12 @@ impl Lanes {
             if !known(leg.from) || !known(leg.to) {
                 return Err(CheckpointError::Corrupt("a leg names an unknown lane".into()));
             }
-            pending.insert((hash, to_at), leg);
-            queue.push((to_at, hash));
+            pending.push(Pending { to_at, hash, leg });
         }
-        if partitions == u64::from(self.partitions) {
+        if partitions == self.partitions {
             self.models = models;
+            self.places = places;
             self.pending = pending;
-            self.queue = queue;
         }
         Ok(())
     }
@@ -141,7 +145,7 @@ fn read_version(
 
 fn read_forecast(r: &mut R<'_>) -> Result<Forecast, CheckpointError> {
     let after = Span(i64::try_from(r.u()?).map_err(|_| CheckpointError::Corrupt("forecast".into()))?);
-    let mut leg = Box::new([NONE; BUCKETS]);
+    let mut leg = [NONE; BUCKETS];
     for v in leg.iter_mut() {
         *v = match r.u32()? {
             0 => NONE,

@@ -1,0 +1,89 @@
+//! The legs not counted yet, filed by the minute they ended.
+//!
+//! Nearly every leg is counted in the order it came (the scans come in
+//! about event-time order), and only a scan uploaded out of order looks one
+//! up. So the legs are appended to the list of their minute, a batch takes
+//! whole minutes off the front in one sweep, and a lookup searches only the
+//! minute it names. Nothing is hashed per leg, and the counting reads the
+//! legs in the order they were written.
+
+use std::collections::BTreeMap;
+
+use super::Leg;
+use crate::time::Ts;
+
+const MINUTE_MS: i64 = 60_000;
+
+/// A leg of the parcel with this hash that ended at `to_at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Pending {
+    pub(super) to_at: Ts,
+    pub(super) hash: u64,
+    pub(super) leg: Leg,
+}
+
+#[derive(Default)]
+pub(super) struct Legs {
+    by_minute: BTreeMap<i64, Vec<Pending>>,
+    /// The minute counted up to: a leg ending before it (a scan beyond the
+    /// lateness) is filed there, to be counted with the next batch.
+    floor: i64,
+    /// Emptied lists, kept for their allocations.
+    spare: Vec<Vec<Pending>>,
+}
+
+impl Legs {
+    fn minute(&self, at: Ts) -> i64 {
+        at.0.div_euclid(MINUTE_MS).max(self.floor)
+    }
+
+    pub(super) fn push(&mut self, pending: Pending) {
+        let minute = self.minute(pending.to_at);
+        let spare = &mut self.spare;
+        self.by_minute.entry(minute).or_insert_with(|| spare.pop().unwrap_or_default()).push(pending);
+    }
+
+    /// The leg of parcel `hash` that ended at `to_at`, if it is not counted yet.
+    pub(super) fn find(&mut self, hash: u64, to_at: Ts) -> Option<&mut Pending> {
+        let minute = self.minute(to_at);
+        self.by_minute.get_mut(&minute)?.iter_mut().rev().find(|p| p.hash == hash && p.to_at == to_at)
+    }
+
+    /// Moves the legs that ended at or before `upto` into `due`, unordered.
+    pub(super) fn take_until(&mut self, upto: Ts, due: &mut Vec<Pending>) {
+        let last = upto.0.div_euclid(MINUTE_MS);
+        while let Some(entry) = self.by_minute.first_entry() {
+            let minute = *entry.key();
+            if minute > last {
+                break;
+            }
+            let mut list = entry.remove();
+            if minute == last {
+                // The minute `upto` falls in: its later legs stay.
+                list.retain(|p| {
+                    let now = p.to_at <= upto;
+                    if now {
+                        due.push(*p);
+                    }
+                    !now
+                });
+                if !list.is_empty() {
+                    self.by_minute.insert(minute, list);
+                    break;
+                }
+            } else {
+                due.append(&mut list);
+            }
+            self.spare.push(list);
+        }
+        self.floor = self.floor.max(last);
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.by_minute.clear();
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Pending> {
+        self.by_minute.values().flatten()
+    }
+}
