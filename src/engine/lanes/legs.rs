@@ -43,10 +43,14 @@ impl Legs {
         self.by_minute.entry(minute).or_insert_with(|| spare.pop().unwrap_or_default()).push(pending);
     }
 
-    /// The leg of parcel `hash` that ended at `to_at`, if it is not counted yet.
+    /// The leg of parcel `hash` that ended at `to_at` after lasting some
+    /// time, if it is not counted yet. A leg of no time (two scans of one
+    /// instant) has nothing to split, and walking back through it would not
+    /// move: it is passed over.
     pub(super) fn find(&mut self, hash: u64, to_at: Ts) -> Option<&mut Pending> {
         let minute = self.minute(to_at);
-        self.by_minute.get_mut(&minute)?.iter_mut().rev().find(|p| p.hash == hash && p.to_at == to_at)
+        let lasted = |p: &&mut Pending| p.hash == hash && p.to_at == to_at && p.leg.from_at < to_at;
+        self.by_minute.get_mut(&minute)?.iter_mut().rev().find(lasted)
     }
 
     /// Moves the legs that ended at or before `upto` into `due`, unordered.

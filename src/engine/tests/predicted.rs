@@ -151,3 +151,21 @@ fn predictions_do_not_depend_on_arrival_order_checkpoints_or_the_split_of_partit
     let predicted = |v: &[String]| v.iter().filter(|a| a.starts_with("predicted_late")).cloned().collect::<Vec<_>>();
     assert_eq!(predicted(&split), predicted(&reference), "split partitions");
 }
+
+#[test]
+fn a_late_scan_before_two_scans_of_one_instant_splits_the_leg_it_falls_in() {
+    let mut engine = predicting(1);
+    let at = |m: i64| ts("2026-11-20T00:00:00Z").plus(Span::minutes(m));
+    let lines = [
+        format!(r#""parcel_id":"P1","kind":"picked_up","at":"{}","branch":"BR","service":"standard""#, at(0)),
+        // Arrived and departed in the same instant: a leg of no time.
+        format!(r#""parcel_id":"P1","kind":"arrived","at":"{}","facility":"HUB""#, at(40)),
+        format!(r#""parcel_id":"P1","kind":"departed","at":"{}","facility":"HUB""#, at(40)),
+        // Uploaded late, within the lateness: it falls in the first leg.
+        format!(r#""parcel_id":"P1","kind":"arrived","at":"{}","facility":"DEPOT""#, at(20)),
+    ];
+    let numbered: Vec<(usize, &str)> = lines.iter().map(String::as_str).enumerate().collect();
+    feed_lines(&mut engine, &numbered, at(24 * 60));
+    let (stats, _) = engine.lane_stats();
+    assert_eq!((stats.splits, stats.legs), (1, 3), "{stats:?}");
+}
