@@ -14,10 +14,11 @@ use crate::time::{Span, Ts};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Forecast {
     /// The chosen quantile of the leg out of this place, knowing it lasted
-    /// at least the start of bucket `i` (`u32::MAX`: too few such legs), in
-    /// minutes. A leg that overran the usual is then judged by the legs that
+    /// at least the start of bucket `i` ([`NO_QUANTILE`]: too few such
+    /// legs), in minutes (the last bucket's are some 33,700: 16 bits keep a
+    /// forecast to three cache lines). A leg that overran the usual is then judged by the legs that
     /// overran as much: a parcel a day late at a branch is likely to stay.
-    pub(super) leg: [u32; BUCKETS],
+    pub(super) leg: [u16; BUCKETS],
     /// The sum of the quantiles of the legs after it, to the arrival.
     pub(super) after: Span,
     /// The longest of `leg`, in milliseconds: a parcel with more time than
@@ -26,8 +27,8 @@ pub(super) struct Forecast {
 }
 
 impl Forecast {
-    pub(super) fn new(leg: [u32; BUCKETS], after: Span) -> Forecast {
-        let longest = leg.iter().filter(|&&m| m != NONE).max().map_or(0, |&m| i64::from(m) * 60_000);
+    pub(super) fn new(leg: [u16; BUCKETS], after: Span) -> Forecast {
+        let longest = leg.iter().filter(|&&m| m != NO_QUANTILE).max().map_or(0, |&m| i64::from(m) * 60_000);
         Forecast { leg, after, longest }
     }
 
@@ -41,7 +42,7 @@ impl Forecast {
         let starts = &*STARTS;
         for i in 0..BUCKETS {
             let (lo, hi) = (starts[i], starts[i + 1]);
-            if self.leg[i] != NONE && i64::from(self.leg[i]) * 60_000 > budget {
+            if self.leg[i] != NO_QUANTILE && i64::from(self.leg[i]) * 60_000 > budget {
                 return Some(since.plus(Span(lo)));
             }
             // Past the quantile, the leg is at least as long as it has lasted.
@@ -52,6 +53,9 @@ impl Forecast {
         None
     }
 }
+
+/// A bucket of a forecast's `leg` with too few legs to say.
+pub(super) const NO_QUANTILE: u16 = u16::MAX;
 
 /// How many legs must have lasted as long for the quantile of the overrun to count.
 pub(super) const MIN_TAIL: u32 = 5;
@@ -153,13 +157,13 @@ impl Lane {
     }
 
     /// The quantile of the leg given each bucket it has reached, in minutes.
-    pub(super) fn overrun_quantiles(&self, q: f64) -> [u32; BUCKETS] {
+    pub(super) fn overrun_quantiles(&self, q: f64) -> [u16; BUCKETS] {
         // suffix[i]: the legs in bucket i or later.
         let mut suffix = [0u32; BUCKETS + 1];
         for i in (0..BUCKETS).rev() {
             suffix[i] = suffix[i + 1] + self.counts[i];
         }
-        let mut out = [NONE; BUCKETS];
+        let mut out = [NO_QUANTILE; BUCKETS];
         // The quantile's bucket never moves back as the overrun grows.
         let mut j = 0;
         for i in 0..BUCKETS {
@@ -171,7 +175,7 @@ impl Lane {
             while j + 1 < BUCKETS && suffix[i] - suffix[j + 1] < rank {
                 j += 1;
             }
-            out[i] = (bucket_span(j).0 / 60_000).max(1) as u32;
+            out[i] = (bucket_span(j).0 / 60_000).clamp(1, i64::from(NO_QUANTILE) - 1) as u16;
         }
         out
     }
@@ -333,7 +337,7 @@ impl Model {
             }
         }
         // The coarse lanes' overruns, each worked out once for all its lanes.
-        let mut wides: HashMap<u32, [u32; BUCKETS]> = HashMap::new();
+        let mut wides: HashMap<u32, [u16; BUCKETS]> = HashMap::new();
         legs.iter()
             .zip(after)
             .enumerate()
@@ -343,7 +347,7 @@ impl Model {
                 let c = self.coarse[i];
                 let wide = wides.entry(c).or_insert_with(|| self.lanes[c as usize].overrun_quantiles(params.quantile));
                 for (own, wide) in overrun.iter_mut().zip(wide.iter()) {
-                    if *own == NONE {
+                    if *own == NO_QUANTILE {
                         *own = *wide;
                     }
                 }

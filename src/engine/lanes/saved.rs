@@ -2,7 +2,7 @@
 //! the versions in force and coming as they were published (the counts
 //! moved on since), and the legs not counted yet.
 
-use super::model::{Lane, Versions};
+use super::model::{Lane, Versions, NO_QUANTILE};
 use super::*;
 use crate::engine::checkpoint::{CheckpointError, R, W};
 use crate::engine::window::saved::{put_sym, sym};
@@ -48,7 +48,7 @@ impl Lanes {
                         Some(f) => {
                             w.u(1);
                             w.u(f.after.0 as u64);
-                            f.leg.iter().for_each(|&v| w.u(if v == NONE { 0 } else { u64::from(v) + 1 }));
+                            f.leg.iter().for_each(|&v| w.u(if v == NO_QUANTILE { 0 } else { u64::from(v) + 1 }));
                         }
                     }
                 }
@@ -145,11 +145,14 @@ fn read_version(
 
 fn read_forecast(r: &mut R<'_>) -> Result<Forecast, CheckpointError> {
     let after = Span(i64::try_from(r.u()?).map_err(|_| CheckpointError::Corrupt("forecast".into()))?);
-    let mut leg = [NONE; BUCKETS];
+    let mut leg = [NO_QUANTILE; BUCKETS];
     for v in leg.iter_mut() {
-        *v = match r.u32()? {
-            0 => NONE,
-            v => v - 1,
+        *v = match r.u()? {
+            0 => NO_QUANTILE,
+            v => u16::try_from(v - 1)
+                .ok()
+                .filter(|&m| m != NO_QUANTILE)
+                .ok_or_else(|| CheckpointError::Corrupt("forecast minutes".into()))?,
         };
     }
     Ok(Forecast::new(leg, after))
