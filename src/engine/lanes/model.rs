@@ -16,8 +16,9 @@ pub(super) struct Forecast {
     /// The chosen quantile of the leg out of this place, knowing it lasted
     /// at least the start of bucket `i` ([`NO_QUANTILE`]: too few such
     /// legs), in minutes (the last bucket's are some 33,700: 16 bits keep a
-    /// forecast to three cache lines). A leg that overran the usual is then judged by the legs that
-    /// overran as much: a parcel a day late at a branch is likely to stay.
+    /// forecast to three cache lines). A leg that overran the usual is then
+    /// judged by the legs that overran as much: a parcel a day late at a
+    /// branch is likely to stay.
     pub(super) leg: [u16; BUCKETS],
     /// The sum of the quantiles of the legs after it, to the arrival.
     pub(super) after: Span,
@@ -214,8 +215,13 @@ impl Places {
     /// The lane of a place in a partition, if it has one.
     pub(super) fn lane(&self, partition: u16, place: &Place) -> Option<u32> {
         let n = *self.index.get(place)? as usize;
-        let lane = *self.lanes.get(n * self.partitions + usize::from(partition))?;
+        let lane = *self.lanes.get(self.slot(n, partition))?;
         (lane != NO_LANE).then_some(u32::from(lane))
+    }
+
+    /// Where place `n`'s lane in `partition` is kept in `lanes`.
+    fn slot(&self, n: usize, partition: u16) -> usize {
+        n * self.partitions + usize::from(partition)
     }
 
     /// The place's number; `None` when [`MAX_PLACES`] places are known.
@@ -259,7 +265,7 @@ impl Model {
     /// `None` past [`MAX_LANES`] lanes or [`MAX_PLACES`] places.
     pub(super) fn lane(&mut self, places: &mut Places, partition: u16, place: Place) -> Option<u32> {
         let n = places.number(place)?;
-        let at = n * places.partitions + usize::from(partition);
+        let at = places.slot(n, partition);
         if places.lanes[at] != NO_LANE {
             return Some(u32::from(places.lanes[at]));
         }
@@ -291,7 +297,7 @@ impl Model {
         for lane in self.lanes.iter_mut().filter(|l| l.total > HALVE_AT) {
             lane.halve();
         }
-        let fresh = self.forecasts(params, true);
+        let fresh = self.forecasts(params);
         self.versions.resize_with(fresh.len(), Versions::default);
         for (v, coming) in self.versions.iter_mut().zip(fresh) {
             v.in_force = std::mem::replace(&mut v.coming, coming);
@@ -300,13 +306,13 @@ impl Model {
 
     /// Forecasts again from the counts with new parameters, in force at once.
     pub(super) fn reforecast(&mut self, params: Params) {
-        let fresh = self.forecasts(params, false);
+        let fresh = self.forecasts(params);
         self.versions = fresh.into_iter().map(|f| Versions { in_force: f.clone(), coming: f }).collect();
     }
 
-    /// Every lane's forecast from its counts. With `share`, a forecast equal
-    /// to the lane's coming one is that one: it costs no memory twice.
-    fn forecasts(&self, params: Params, share: bool) -> Vec<Option<Arc<Forecast>>> {
+    /// Every lane's forecast from its counts. A forecast equal to the lane's
+    /// coming one is that one: it costs no memory twice.
+    fn forecasts(&self, params: Params) -> Vec<Option<Arc<Forecast>>> {
         let legs: Vec<Option<Span>> = self.lanes.iter().map(|l| l.quantile(MEDIAN, params.min_history)).collect();
         // The time after each lane's leg, following the usual next places.
         let mut after: Vec<Option<Option<Span>>> = vec![None; self.lanes.len()];
@@ -353,7 +359,7 @@ impl Model {
                 }
                 let fresh = Forecast::new(overrun, after);
                 match self.versions.get(i).and_then(|v| v.coming.as_ref()) {
-                    Some(old) if share && **old == fresh => Some(old.clone()),
+                    Some(old) if **old == fresh => Some(old.clone()),
                     _ => Some(Arc::new(fresh)),
                 }
             })
