@@ -33,8 +33,6 @@
 //! recent times, and the legs not yet counted are those of the last hour
 //! or so of scans.
 
-use std::sync::Arc;
-
 use legs::{Legs, Pending};
 use model::{bucket, Forecast, Model, Places};
 
@@ -374,13 +372,13 @@ impl Lanes {
         let (now, next, after) =
             (self.published_at, self.published_at.plus(EPOCH), self.published_at.plus(Span(2 * EPOCH.0)));
         if let Some((model, lane)) = self.lane_of(p) {
-            let versions = model.versions.get(lane);
+            let versions = model.forecasts_of(lane);
             let (in_force, coming) =
                 (versions.and_then(|v| v.in_force.as_ref()), versions.and_then(|v| v.coming.as_ref()));
-            let crossing = |f: &Arc<Forecast>| f.crossing(p.state_at, limit).map(|at| at.max(p.last_scan_at));
+            let crossing = |f: &Forecast| f.crossing(p.state_at, limit).map(|at| at.max(p.last_scan_at));
             let first = in_force.and_then(crossing);
             let second = match (in_force, coming) {
-                (Some(a), Some(b)) if Arc::ptr_eq(a, b) => first,
+                (Some(a), Some(b)) if a.same(b) => first,
                 _ => coming.and_then(crossing),
             };
             for (at, from, until) in [(first, now, next), (second, next, after)] {

@@ -10,27 +10,35 @@ use super::{Params, Place, BUCKETS, HALVE_AT, MAX_HOPS, MAX_LANES, MAX_PLACES, M
 use crate::engine::window::{prefetch, Sym};
 use crate::time::{Span, Ts};
 
-/// What a lane's published version says.
+/// What a lane's published version says. Kept in the lane's [`Versions`]:
+/// most judgments need only `after` and `longest`, read there with no
+/// further miss; the leg quantiles are behind a pointer, shared by the
+/// versions that did not change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Forecast {
-    /// The chosen quantile of the leg out of this place, knowing it lasted
-    /// at least the start of bucket `i` ([`NO_QUANTILE`]: too few such
-    /// legs), in minutes (the last bucket's are some 33,700: 16 bits keep a
-    /// forecast to three cache lines). A leg that overran the usual is then
-    /// judged by the legs that overran as much: a parcel a day late at a
-    /// branch is likely to stay.
-    pub(super) leg: [u16; BUCKETS],
     /// The sum of the quantiles of the legs after it, to the arrival.
     pub(super) after: Span,
     /// The longest of `leg`, in milliseconds: a parcel with more time than
     /// that left is late only once its leg lasts longer than that time.
     longest: i64,
+    /// The chosen quantile of the leg out of this place, knowing it lasted
+    /// at least the start of bucket `i` ([`NO_QUANTILE`]: too few such
+    /// legs), in minutes (the last bucket's are some 33,700: 16 bits keep
+    /// them to two cache lines). A leg that overran the usual is then
+    /// judged by the legs that overran as much: a parcel a day late at a
+    /// branch is likely to stay.
+    pub(super) leg: Arc<[u16; BUCKETS]>,
 }
 
 impl Forecast {
     pub(super) fn new(leg: [u16; BUCKETS], after: Span) -> Forecast {
         let longest = leg.iter().filter(|&&m| m != NO_QUANTILE).max().map_or(0, |&m| i64::from(m) * 60_000);
-        Forecast { leg, after, longest }
+        Forecast { after, longest, leg: Arc::new(leg) }
+    }
+
+    /// The same published forecast: one version carried over to the next.
+    pub(super) fn same(&self, other: &Forecast) -> bool {
+        Arc::ptr_eq(&self.leg, &other.leg) && self.after == other.after
     }
 
     /// When a parcel that entered this place at `since` is first expected
@@ -246,18 +254,23 @@ pub(super) struct Model {
     pub(super) lanes: Vec<Lane>,
     /// Each lane's coarse lane (itself for a coarse lane).
     pub(super) coarse: Vec<u32>,
-    /// Each lane's forecasts, side by side: a prediction reads both.
+    /// Each lane's forecasts, side by side: a prediction reads both. Set
+    /// with [`Model::set_versions`], which keeps `forecasting` in step.
     pub(super) versions: Vec<Versions>,
+    /// Whether each lane has a forecast in either version. Most judgments
+    /// meet a lane without one: this byte a lane stays in the cache, where
+    /// reading the versions themselves missed it.
+    forecasting: Vec<bool>,
 }
 
 /// A lane's forecasts, if it had enough history.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Versions {
     /// The version judging now: published an epoch before it came into force.
-    pub(super) in_force: Option<Arc<Forecast>>,
+    pub(super) in_force: Option<Forecast>,
     /// The version published last, in force from the next boundary. When
-    /// it did not change, it is the same `Arc` as `in_force`.
-    pub(super) coming: Option<Arc<Forecast>>,
+    /// it did not change, it is the [same](Forecast::same) as `in_force`.
+    pub(super) coming: Option<Forecast>,
 }
 
 impl Model {
@@ -298,21 +311,31 @@ impl Model {
             lane.halve();
         }
         let fresh = self.forecasts(params);
-        self.versions.resize_with(fresh.len(), Versions::default);
-        for (v, coming) in self.versions.iter_mut().zip(fresh) {
-            v.in_force = std::mem::replace(&mut v.coming, coming);
-        }
+        let mut before = std::mem::take(&mut self.versions).into_iter();
+        let versions =
+            fresh.into_iter().map(|coming| Versions { in_force: before.next().and_then(|v| v.coming), coming });
+        self.set_versions(versions.collect());
     }
 
     /// Forecasts again from the counts with new parameters, in force at once.
     pub(super) fn reforecast(&mut self, params: Params) {
         let fresh = self.forecasts(params);
-        self.versions = fresh.into_iter().map(|f| Versions { in_force: f.clone(), coming: f }).collect();
+        self.set_versions(fresh.into_iter().map(|f| Versions { in_force: f.clone(), coming: f }).collect());
+    }
+
+    pub(super) fn set_versions(&mut self, versions: Vec<Versions>) {
+        self.forecasting = versions.iter().map(|v| v.in_force.is_some() || v.coming.is_some()).collect();
+        self.versions = versions;
+    }
+
+    /// A lane's versions, when either has a forecast.
+    pub(super) fn forecasts_of(&self, lane: usize) -> Option<&Versions> {
+        self.forecasting.get(lane).copied().unwrap_or(false).then(|| &self.versions[lane])
     }
 
     /// Every lane's forecast from its counts. A forecast equal to the lane's
     /// coming one is that one: it costs no memory twice.
-    fn forecasts(&self, params: Params) -> Vec<Option<Arc<Forecast>>> {
+    fn forecasts(&self, params: Params) -> Vec<Option<Forecast>> {
         let legs: Vec<Option<Span>> = self.lanes.iter().map(|l| l.quantile(MEDIAN, params.min_history)).collect();
         // The time after each lane's leg, following the usual next places.
         let mut after: Vec<Option<Option<Span>>> = vec![None; self.lanes.len()];
@@ -359,8 +382,8 @@ impl Model {
                 }
                 let fresh = Forecast::new(overrun, after);
                 match self.versions.get(i).and_then(|v| v.coming.as_ref()) {
-                    Some(old) if **old == fresh => Some(old.clone()),
-                    _ => Some(Arc::new(fresh)),
+                    Some(old) if *old == fresh => Some(old.clone()),
+                    _ => Some(fresh),
                 }
             })
             .collect()

@@ -44,7 +44,7 @@ impl Lanes {
                         if coming { (v.coming.as_ref(), v.in_force.as_ref()) } else { (v.in_force.as_ref(), None) };
                     match f {
                         None => w.u(0),
-                        Some(f) if shared.is_some_and(|b| Arc::ptr_eq(b, f)) => w.u(2),
+                        Some(f) if shared.is_some_and(|b| b.same(f)) => w.u(2),
                         Some(f) => {
                             w.u(1);
                             w.u(f.after.0 as u64);
@@ -101,10 +101,12 @@ impl Lanes {
             }
             let in_force = read_version(r, count, &[])?;
             let coming = read_version(r, count, &in_force)?;
-            let at = |version: &[Option<Arc<Forecast>>], i: usize| version.get(i).cloned().flatten();
-            m.versions = (0..in_force.len().max(coming.len()))
-                .map(|i| Versions { in_force: at(&in_force, i), coming: at(&coming, i) })
-                .collect();
+            let at = |version: &[Option<Forecast>], i: usize| version.get(i).cloned().flatten();
+            m.set_versions(
+                (0..in_force.len().max(coming.len()))
+                    .map(|i| Versions { in_force: at(&in_force, i), coming: at(&coming, i) })
+                    .collect(),
+            );
             models.push(m);
         }
         let mut pending = Legs::default();
@@ -131,12 +133,12 @@ impl Lanes {
 fn read_version(
     r: &mut R<'_>,
     lanes: usize,
-    before: &[Option<Arc<Forecast>>],
-) -> Result<Vec<Option<Arc<Forecast>>>, CheckpointError> {
+    before: &[Option<Forecast>],
+) -> Result<Vec<Option<Forecast>>, CheckpointError> {
     (0..r.n(lanes, "forecasts")?)
         .map(|i| match r.u()? {
             0 => Ok(None),
-            1 => Ok(Some(Arc::new(read_forecast(r)?))),
+            1 => Ok(Some(read_forecast(r)?)),
             2 => before.get(i).cloned().ok_or_else(|| CheckpointError::Corrupt("shared forecast".into())),
             _ => Err(CheckpointError::Corrupt("forecast".into())),
         })
