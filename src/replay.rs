@@ -83,7 +83,9 @@ pub struct Sinks<'a> {
 }
 
 /// One replay in progress: the engine, where output goes, and the tallies.
-struct Run<'r, 's> {
+/// [`run`] and [`run_bytes`] drive one; a benchmark drives two side by side
+/// over the same [`pieces`], so that both meet the same machine.
+pub struct Run<'r, 's> {
     engine: &'r mut Engine,
     sinks: &'r mut Sinks<'s>,
     summary: Summary,
@@ -93,12 +95,12 @@ struct Run<'r, 's> {
 }
 
 impl<'r, 's> Run<'r, 's> {
-    fn new(engine: &'r mut Engine, sinks: &'r mut Sinks<'s>) -> Self {
+    pub fn new(engine: &'r mut Engine, sinks: &'r mut Sinks<'s>) -> Self {
         Run { engine, sinks, summary: Summary::default(), out: Vec::new(), text: Vec::new(), started: Instant::now() }
     }
 
     /// Replays whole lines.
-    fn chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
+    pub fn chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
         process(chunk, self.engine, self.sinks, &mut self.summary, &mut self.out, &mut self.text)?;
         self.engine.take_judged(&mut self.summary.judged);
         Ok(())
@@ -106,7 +108,7 @@ impl<'r, 's> Run<'r, 's> {
 
     /// The input is complete: nothing late can come, so every deadline up to
     /// the newest event is judged and every event held aside is applied.
-    fn finish(mut self) -> io::Result<Summary> {
+    pub fn finish(mut self) -> io::Result<Summary> {
         self.engine.advance(self.engine.newest(), &mut self.out);
         self.engine.take_judged(&mut self.summary.judged);
         write_alerts(&mut self.out, self.sinks.alerts, &mut self.summary, &mut self.text)?;
@@ -162,15 +164,27 @@ pub fn run_bytes(
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<Summary> {
     let mut run = Run::new(engine, sinks);
-    let mut start = 0;
-    while start < data.len() {
-        let cut = (start + CHUNK).min(data.len());
-        let end = memchr::memchr(b'\n', &data[cut..]).map_or(data.len(), |i| cut + i + 1);
-        run.chunk(&data[start..end])?;
-        progress(end as u64);
-        start = end;
+    let mut done = 0;
+    for piece in pieces(data, CHUNK) {
+        run.chunk(piece)?;
+        done += piece.len() as u64;
+        progress(done);
     }
     run.finish()
+}
+
+/// `data` in pieces of whole lines, of about `size` bytes each.
+pub fn pieces(data: &[u8], size: usize) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        (start < data.len()).then(|| {
+            let cut = (start + size).min(data.len());
+            let end = memchr::memchr(b'\n', &data[cut..]).map_or(data.len(), |i| cut + i + 1);
+            let piece = &data[start..end];
+            start = end;
+            piece
+        })
+    })
 }
 
 /// Discards input up to and including the next newline; returns the bytes kept after it.
