@@ -251,6 +251,8 @@ impl Lanes {
             return;
         };
         p.lane = LaneRef { partition, lane: to as u16 };
+        // The parcel is judged next: its lane's forecasts come in meanwhile.
+        self.models[usize::from(partition)].prefetch_forecasts(to);
         self.pending.push(Pending { to_at, hash, leg: Leg { partition, from, to, from_at } });
     }
 
@@ -304,7 +306,6 @@ impl Lanes {
         self.settled_to = upto;
         let (mut due, mut buckets) = (std::mem::take(&mut self.due), std::mem::take(&mut self.buckets));
         self.pending.take_until(upto, &mut due);
-        due.sort_unstable_by_key(|p| (p.to_at, p.hash));
         buckets.extend(due.iter().map(|p| bucket(p.to_at.since(p.leg.from_at)) as u8));
         for (i, (p, &b)) in due.iter().zip(&buckets).enumerate() {
             // The lanes are all over memory: ask for those of the legs ahead.

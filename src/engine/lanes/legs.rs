@@ -2,12 +2,12 @@
 //!
 //! Nearly every leg is counted in the order it came (the scans come in
 //! about event-time order), and only a scan uploaded out of order looks one
-//! up. So the legs are appended to the list of their minute, a batch takes
-//! whole minutes off the front in one sweep, and a lookup searches only the
-//! minute it names. Nothing is hashed per leg, and the counting reads the
-//! legs in the order they were written.
+//! up. So the legs are appended to the list of their minute (found from the
+//! newest), a batch takes whole minutes off the front in one sweep, and a
+//! lookup searches only the minute it names. Nothing is hashed per leg, and
+//! the counting reads the legs in the order they were written.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 use super::Leg;
 use crate::time::Ts;
@@ -24,7 +24,9 @@ pub(super) struct Pending {
 
 #[derive(Default)]
 pub(super) struct Legs {
-    by_minute: BTreeMap<i64, Vec<Pending>>,
+    /// Each minute's legs, by minute. Nearly every leg goes to the newest
+    /// minute or one just before, so it is found from the back.
+    by_minute: VecDeque<(i64, Vec<Pending>)>,
     /// The minute counted up to: a leg ending before it (a scan beyond the
     /// lateness) is filed there, to be counted with the next batch.
     floor: i64,
@@ -39,8 +41,16 @@ impl Legs {
 
     pub(super) fn push(&mut self, pending: Pending) {
         let minute = self.minute(pending.to_at);
-        let spare = &mut self.spare;
-        self.by_minute.entry(minute).or_insert_with(|| spare.pop().unwrap_or_default()).push(pending);
+        // The first list from the back not after the minute.
+        let at = self.by_minute.iter().rposition(|(m, _)| *m <= minute);
+        match at {
+            Some(i) if self.by_minute[i].0 == minute => self.by_minute[i].1.push(pending),
+            _ => {
+                let mut list = self.spare.pop().unwrap_or_default();
+                list.push(pending);
+                self.by_minute.insert(at.map_or(0, |i| i + 1), (minute, list));
+            }
+        }
     }
 
     /// The leg of parcel `hash` that ended at `to_at` after lasting some
@@ -50,18 +60,21 @@ impl Legs {
     pub(super) fn find(&mut self, hash: u64, to_at: Ts) -> Option<&mut Pending> {
         let minute = self.minute(to_at);
         let lasted = |p: &&mut Pending| p.hash == hash && p.to_at == to_at && p.leg.from_at < to_at;
-        self.by_minute.get_mut(&minute)?.iter_mut().rev().find(lasted)
+        let i = self.by_minute.binary_search_by_key(&minute, |(m, _)| *m).ok()?;
+        self.by_minute[i].1.iter_mut().rev().find(lasted)
     }
 
-    /// Moves the legs that ended at or before `upto` into `due`, unordered.
+    /// Moves the legs that ended at or before `upto` into `due`, in
+    /// event-time order (ties by parcel): each minute's list sorted, minute
+    /// after minute (the legs filed at the floor are before every other).
     pub(super) fn take_until(&mut self, upto: Ts, due: &mut Vec<Pending>) {
         let last = upto.0.div_euclid(MINUTE_MS);
-        while let Some(entry) = self.by_minute.first_entry() {
-            let minute = *entry.key();
+        while let Some((minute, mut list)) = self.by_minute.pop_front() {
             if minute > last {
+                self.by_minute.push_front((minute, list));
                 break;
             }
-            let mut list = entry.remove();
+            list.sort_unstable_by_key(|p| (p.to_at, p.hash));
             if minute == last {
                 // The minute `upto` falls in: its later legs stay.
                 list.retain(|p| {
@@ -72,12 +85,11 @@ impl Legs {
                     !now
                 });
                 if !list.is_empty() {
-                    self.by_minute.insert(minute, list);
+                    self.by_minute.push_front((minute, list));
                     break;
                 }
-            } else {
-                due.append(&mut list);
             }
+            due.append(&mut list);
             self.spare.push(list);
         }
         self.floor = self.floor.max(last);
@@ -88,6 +100,6 @@ impl Legs {
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &Pending> {
-        self.by_minute.values().flatten()
+        self.by_minute.iter().flat_map(|(_, list)| list)
     }
 }

@@ -328,6 +328,14 @@ impl Model {
         self.versions = versions;
     }
 
+    /// Hints the CPU to fetch what judging a parcel in `lane` reads.
+    pub(super) fn prefetch_forecasts(&self, lane: u32) {
+        if let (Some(f), Some(v)) = (self.forecasting.get(lane as usize), self.versions.get(lane as usize)) {
+            prefetch(f);
+            prefetch(v);
+        }
+    }
+
     /// A lane's versions, when either has a forecast.
     pub(super) fn forecasts_of(&self, lane: usize) -> Option<&Versions> {
         self.forecasting.get(lane).copied().unwrap_or(false).then(|| &self.versions[lane])
