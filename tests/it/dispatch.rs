@@ -479,7 +479,11 @@ fn a_stalled_hub_gets_its_customers_one_regional_delay_each_across_a_restart() {
     let rt = runtime();
     let (_client, mut warnings) = rt.block_on(async {
         let client = async_nats::connect(&url).await.unwrap();
-        let warnings = client.subscribe("branch.warnings.>").await.unwrap();
+        let mut warnings = client.subscribe("branch.warnings.>").await.unwrap();
+        // In place once it hears its own probe: this runtime sends nothing
+        // between two calls, and a warning published before would be lost.
+        client.publish("branch.warnings.probe", "".into()).await.unwrap();
+        tokio::time::timeout(super::nats::PATIENCE, warnings.next()).await.unwrap().unwrap();
         (client, warnings)
     });
     let p = w.start();
