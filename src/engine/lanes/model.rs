@@ -104,6 +104,10 @@ static SPANS: LazyLock<[Span; BUCKETS]> = LazyLock::new(|| {
     spans
 });
 
+/// Each bucket's representative duration in whole minutes, as a forecast keeps it.
+static MINUTES: LazyLock<[u16; BUCKETS]> =
+    LazyLock::new(|| SPANS.map(|s| (s.0 / 60_000).clamp(1, i64::from(NO_QUANTILE) - 1) as u16));
+
 /// A bucket's representative duration.
 pub(super) fn bucket_span(i: usize) -> Span {
     SPANS[i]
@@ -172,7 +176,7 @@ impl Lane {
         for i in (0..BUCKETS).rev() {
             suffix[i] = suffix[i + 1] + self.counts[i];
         }
-        let mut out = [NO_QUANTILE; BUCKETS];
+        let (mut out, minutes) = ([NO_QUANTILE; BUCKETS], &*MINUTES);
         // The quantile's bucket never moves back as the overrun grows.
         let mut j = 0;
         for i in 0..BUCKETS {
@@ -184,7 +188,7 @@ impl Lane {
             while j + 1 < BUCKETS && suffix[i] - suffix[j + 1] < rank {
                 j += 1;
             }
-            out[i] = (bucket_span(j).0 / 60_000).clamp(1, i64::from(NO_QUANTILE) - 1) as u16;
+            out[i] = minutes[j];
         }
         out
     }
