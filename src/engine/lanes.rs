@@ -29,9 +29,9 @@
 //!   when the next one comes into force.
 //!
 //! Memory is bounded: at most [`MAX_LANES`] lanes per partition (about
-//! 300 bytes each), counts halved past [`HALVE_AT`] so a lane follows its
-//! recent times, and the legs not yet counted are those of the last hour
-//! or so of scans.
+//! 400 bytes each, and 144 for each leg forecast a version holds), counts
+//! halved past [`HALVE_AT`] so a lane follows its recent times, and the
+//! legs not yet counted are those of the last hour or so of scans.
 
 use legs::{Legs, Pending};
 use model::{bucket, Forecast, Model, Places};
