@@ -103,3 +103,38 @@ impl Legs {
         self.by_minute.iter().flat_map(|(_, list)| list)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: i64 = MINUTE_MS;
+
+    fn leg(to_at: i64, hash: u64) -> Pending {
+        Pending { to_at: Ts(to_at), hash, leg: Leg { partition: 0, from: 0, to: 1, from_at: Ts(to_at - 1) } }
+    }
+
+    fn take(legs: &mut Legs, upto: i64) -> Vec<(i64, u64)> {
+        let mut due = Vec::new();
+        legs.take_until(Ts(upto), &mut due);
+        due.iter().map(|p| (p.to_at.0, p.hash)).collect()
+    }
+
+    #[test]
+    fn legs_come_out_in_event_time_order_whatever_order_they_went_in() {
+        let mut legs = Legs::default();
+        for (at, hash) in
+            [(3 * M + 5, 1), (M + 7, 2), (3 * M + 9, 5), (3 * M + 5, 0), (2 * M, 9), (M + 1, 3), (4 * M, 4)]
+        {
+            legs.push(leg(at, hash));
+        }
+        // Ties by parcel; the later legs of the minute `upto` falls in stay.
+        assert_eq!(take(&mut legs, 3 * M + 5), [(M + 1, 3), (M + 7, 2), (2 * M, 9), (3 * M + 5, 0), (3 * M + 5, 1)]);
+        // A leg ending before what was counted (a scan beyond the lateness)
+        // is counted first in the next batch.
+        legs.push(leg(3 * M + 50, 8));
+        legs.push(leg(M + 30, 7));
+        assert_eq!(take(&mut legs, 5 * M), [(M + 30, 7), (3 * M + 9, 5), (3 * M + 50, 8), (4 * M, 4)]);
+        assert_eq!(legs.iter().count(), 0);
+    }
+}
