@@ -474,7 +474,15 @@ fn facility_stall(state: &str) -> Value {
 fn a_stalled_hub_gets_its_customers_one_regional_delay_each_across_a_restart() {
     let w = World::new(false, "");
     let text = std::fs::read_to_string(&w.config).unwrap();
-    std::fs::write(&w.config, text.replace("inhibit_wait = \"0s\"", "inhibit_wait = \"10m\"")).unwrap();
+    let http = format!("127.0.0.1:{}", super::free_port());
+    let text = format!("http = \"{http}\"\n{}", text.replace("inhibit_wait = \"0s\"", "inhibit_wait = \"10m\""));
+    std::fs::write(&w.config, text).unwrap();
+    // The wait starts when the dispatcher takes an alert, after its delivery:
+    // the clock moves once its gauge shows the alerts waiting.
+    let waiting = |p: &Processor, n: i64| {
+        let line = format!("forewarn_inhibition{{what=\"waiting\"}} {n}\n");
+        wait_for(p, &format!("{n} alerts waiting"), || super::http_get(&http, "/metrics").contains(&line));
+    };
     let url = w.server.url();
     let rt = runtime();
     let (_client, mut warnings) = rt.block_on(async {
@@ -499,6 +507,7 @@ fn a_stalled_hub_gets_its_customers_one_regional_delay_each_across_a_restart() {
     let warning: Value = serde_json::from_slice(&warning.unwrap().unwrap().payload).unwrap();
     assert_eq!((warning["rule"].as_str(), warning["branch"].as_str()), (Some("facility_stall"), Some("FR-PAR-12")));
     w.caught_up(&p, false);
+    waiting(&p, 3);
     assert!(w.gateway.requests().is_empty(), "the customers' alerts wait for a hub's episode");
     set_clock(&w.clock, "2026-11-20T10:11:00Z");
     wait_for(&p, "the three customers told", || w.gateway.requests().len() >= 3);
@@ -518,12 +527,14 @@ fn a_stalled_hub_gets_its_customers_one_regional_delay_each_across_a_restart() {
     let p = w.start();
     w.publish(&[at_facility(6, "stalled", "FR-LYS-HUB")]);
     w.caught_up(&p, false);
+    waiting(&p, 1);
     set_clock(&w.clock, "2026-11-20T10:33:00Z");
     wait_for(&p, "the parcel after the restart", || !w.gateway.sms_to(&phone(6)).is_empty());
     assert!(text(6).contains("disruption at one of our sites"), "{}", text(6));
     // The hub is back: its parcels' alerts speak for themselves again.
     w.publish(&[facility_stall("resolved"), at_facility(7, "stalled", "FR-LYS-HUB")]);
     w.caught_up(&p, false);
+    waiting(&p, 1);
     set_clock(&w.clock, "2026-11-20T10:44:00Z");
     wait_for(&p, "the parcel after the episode", || !w.gateway.sms_to(&phone(7)).is_empty());
     assert!(text(7).contains("has not moved"), "{}", text(7));
