@@ -45,7 +45,7 @@ fn main() {
             data
         }
     };
-    let rounds = env_number("FOREWARN_BENCH_ROUNDS", 3);
+    let rounds = env_number("FOREWARN_BENCH_ROUNDS", 3).max(1);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
     let rules = RuleSet::load(&dir).expect("the default rules load");
     let without = tempfile::tempdir().expect("temp dir");

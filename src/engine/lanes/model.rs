@@ -268,7 +268,7 @@ pub(super) struct Model {
 }
 
 /// A lane's forecasts, if it had enough history.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Versions {
     /// The version judging now: published an epoch before it came into force.
     pub(super) in_force: Option<Forecast>,
