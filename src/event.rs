@@ -12,12 +12,16 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::time::Ts;
+use crate::time::{Span, Ts};
 
 /// Largest event accepted, in bytes.
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Longest `event_id` and `parcel_id`, in characters.
 pub const MAX_ID_CHARS: usize = 64;
+/// Timestamps are accepted from 1970-01-01 to the end of 2099: no scanner
+/// saw a parcel before, and a date after is a broken clock, not a plan.
+pub const EARLIEST: Ts = Ts(0);
+pub const LATEST: Ts = Ts(4_102_444_800_000);
 
 macro_rules! closed_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
@@ -244,13 +248,28 @@ pub enum Reject {
     MissingFor { field: Field, kind: Kind },
     #[error("{field}: {problem}")]
     Invalid { field: Field, problem: String },
-    #[error("unknown kind {0:?}")]
+    #[error("unknown kind {0}")]
     UnknownKind(String),
     #[error("v: unsupported contract version {0} (this processor reads v1)")]
     UnsupportedVersion(String),
+    #[error(
+        "at: dated {ahead} after its arrival at the server (a scanner's clock?); refused, it moves no one's event time"
+    )]
+    Future { ahead: Span },
 }
 
 impl Reject {
+    /// Every [`Reject::code`], so a dashboard sees each at 0 before the first.
+    pub const CODES: &[&str] = &[
+        "too_large",
+        "invalid_json",
+        "missing_field",
+        "invalid_field",
+        "unknown_kind",
+        "unsupported_version",
+        "future_event",
+    ];
+
     /// A label from a small closed set, for metrics.
     pub fn code(&self) -> &'static str {
         match self {
@@ -260,6 +279,7 @@ impl Reject {
             Reject::Invalid { .. } => "invalid_field",
             Reject::UnknownKind(_) => "unknown_kind",
             Reject::UnsupportedVersion(_) => "unsupported_version",
+            Reject::Future { .. } => "future_event",
         }
     }
 
@@ -269,6 +289,7 @@ impl Reject {
             Reject::Missing(f) | Reject::MissingFor { field: f, .. } | Reject::Invalid { field: f, .. } => Some(*f),
             Reject::UnknownKind(_) => Some(Field::Kind),
             Reject::UnsupportedVersion(_) => Some(Field::V),
+            Reject::Future { .. } => Some(Field::At),
             _ => None,
         }
     }
@@ -360,7 +381,7 @@ fn validate(raw: RawEvent<'_>) -> Result<Event<'_>, Reject> {
     let event_id = id(raw.event_id, Field::EventId)?;
     let parcel_id = id(raw.parcel_id, Field::ParcelId)?;
     let kind_text = raw.kind.ok_or(Reject::Missing(Field::Kind))?;
-    let kind = Kind::parse(&kind_text).ok_or_else(|| Reject::UnknownKind(kind_text.into_owned()))?;
+    let kind = Kind::parse(&kind_text).ok_or_else(|| Reject::UnknownKind(echo(&kind_text)))?;
     let at = timestamp(raw.at.as_deref(), Field::At)?.ok_or(Reject::Missing(Field::At))?;
     let promised_by = timestamp(raw.promised_by.as_deref(), Field::PromisedBy)?;
     let return_by = timestamp(raw.return_by.as_deref(), Field::ReturnBy)?;
@@ -414,7 +435,12 @@ fn id<'a>(value: Option<Cow<'a, str>>, field: Field) -> Result<Cow<'a, str>, Rej
 }
 
 fn timestamp(value: Option<&str>, field: Field) -> Result<Option<Ts>, Reject> {
-    value.map(|s| Ts::parse_rfc3339(s).ok_or_else(|| Reject::invalid(field, "not an RFC 3339 timestamp"))).transpose()
+    let Some(text) = value else { return Ok(None) };
+    let at = Ts::parse_rfc3339(text).ok_or_else(|| Reject::invalid(field, "not an RFC 3339 timestamp"))?;
+    if !(EARLIEST..LATEST).contains(&at) {
+        return Err(Reject::invalid(field, "outside 1970-01-01 to 2099-12-31"));
+    }
+    Ok(Some(at))
 }
 
 fn country(value: &str) -> Result<[u8; 2], Reject> {
@@ -422,7 +448,22 @@ fn country(value: &str) -> Result<[u8; 2], Reject> {
         [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
             Ok([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
         }
-        _ => Err(Reject::invalid(Field::Country, format!("{value:?} is not an ISO 3166-1 alpha-2 code"))),
+        _ => Err(Reject::invalid(Field::Country, format!("{} is not an ISO 3166-1 alpha-2 code", echo(value)))),
+    }
+}
+
+/// Input quoted in a reason: short values as they are, anything long (or
+/// that may be contact data) by its length only, so that reasons stay
+/// bounded and hold no one's address.
+fn echo(value: &str) -> String {
+    const MAX_ECHO: usize = 24;
+    if value.chars().count() <= MAX_ECHO
+        && !value.contains('@')
+        && value.chars().all(|c| c.is_alphanumeric() || "_-. ".contains(c))
+    {
+        format!("{value:?}")
+    } else {
+        format!("a value of {} characters", value.chars().count())
     }
 }
 

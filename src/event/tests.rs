@@ -180,3 +180,44 @@ fn every_kind_decodes() {
         assert_eq!(decode(input.as_bytes()).map(|e| e.kind), Ok(*kind));
     }
 }
+
+#[test]
+fn refuses_instants_no_scanner_saw() {
+    // Year 9999 made a replay publish millions of lane versions; year 0 in
+    // +01:00 is year -1, which printed as 9999.
+    check(
+        r#"{"v":1,"event_id":"e","parcel_id":"P","kind":"departed","at":"9999-12-31T23:59:59Z"}"#,
+        expect![[r#"at: outside 1970-01-01 to 2099-12-31 [invalid_field]"#]],
+    );
+    check(
+        r#"{"v":1,"event_id":"e","parcel_id":"P","kind":"departed","at":"0000-01-01T00:00:00+01:00"}"#,
+        expect![[r#"at: outside 1970-01-01 to 2099-12-31 [invalid_field]"#]],
+    );
+    check(
+        r#"{"v":1,"event_id":"e","parcel_id":"P","kind":"label_created","at":"2026-11-20T08:00:00Z","promised_by":"2100-01-01T00:00:00Z","recipient":{}}"#,
+        expect![[r#"promised_by: outside 1970-01-01 to 2099-12-31 [invalid_field]"#]],
+    );
+    check(
+        r#"{"v":1,"event_id":"e","parcel_id":"P","kind":"departed","at":"2099-12-31T23:59:59Z"}"#,
+        expect![[
+            r#"ok departed P e at=2099-12-31T23:59:59Z facility=None branch=None country=None promised_by=None return_by=None recipient=None contact=None"#
+        ]],
+    );
+}
+
+#[test]
+fn reasons_stay_short_and_quote_no_contact_data() {
+    let long_kind = format!(
+        r#"{{"v":1,"event_id":"e","parcel_id":"P","kind":"{}","at":"2026-11-20T08:00:00Z"}}"#,
+        "K".repeat(60_015)
+    );
+    check(&long_kind, expect![[r#"unknown kind a value of 60015 characters [unknown_kind]"#]]);
+    check(
+        r#"{"v":1,"event_id":"e","parcel_id":"P","kind":"departed","at":"2026-11-20T08:00:00Z","country":"lea.martin@example.fr"}"#,
+        expect![[r#"country: a value of 21 characters is not an ISO 3166-1 alpha-2 code [invalid_field]"#]],
+    );
+    check(
+        r#"{"v":1,"event_id":"e","parcel_id":"P","kind":"departd","at":"2026-11-20T08:00:00Z"}"#,
+        expect![[r#"unknown kind "departd" [unknown_kind]"#]],
+    );
+}
