@@ -116,6 +116,13 @@ impl Ts {
     }
 }
 
+/// A system time (an arrival at the server, say) as an instant; before the epoch is the epoch.
+impl From<std::time::SystemTime> for Ts {
+    fn from(t: std::time::SystemTime) -> Ts {
+        Ts(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)))
+    }
+}
+
 /// Formats as RFC 3339 in UTC (`2026-11-20T07:15:00Z`, with `.mmm` only when
 /// the instant has milliseconds), so one instant always has one spelling.
 impl fmt::Display for Ts {

@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 
 use super::branch::BranchStage;
+use super::frontier::{Flow, Frontier, RING};
 use super::lanes::Lanes;
 use super::plan::Plan;
 use super::timers::{Entry, Timers};
@@ -21,7 +22,7 @@ use crate::rules::RuleSet;
 use crate::time::Ts;
 
 const MAGIC: &[u8; 4] = b"FWCK";
-const VERSION: u32 = 5;
+const VERSION: u32 = 6;
 
 /// Why a checkpoint cannot be restored. Every variant has the same way out:
 /// start without it and rebuild the state by replaying the stream.
@@ -276,6 +277,29 @@ pub(super) fn get_event(r: &mut R<'_>) -> Result<Event<'static>, CheckpointError
     })
 }
 
+fn put_frontier(w: &mut W, f: &Frontier) {
+    w.u(f.flows.len() as u64);
+    for flow in &f.flows {
+        w.u(flow.seen);
+        w.ts(flow.frontier);
+        w.ts(flow.newest);
+        let recent: Vec<Ts> = flow.recent().collect();
+        w.u(recent.len() as u64);
+        recent.into_iter().for_each(|t| w.ts(t));
+    }
+}
+
+fn get_flows(r: &mut R<'_>) -> Result<Vec<Flow>, CheckpointError> {
+    let count = r.n(usize::from(u16::MAX) + 1, "partitions' flows")?;
+    let mut flows = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (seen, frontier, newest) = (r.u()?, r.ts()?, r.ts()?);
+        let recent = (0..r.n(RING, "recent scans")?).map(|_| r.ts()).collect::<Result<Vec<_>, _>>()?;
+        flows.push(Flow::restored(&recent, seen, frontier, newest));
+    }
+    Ok(flows)
+}
+
 fn put_stats(w: &mut W, s: &Stats) {
     for v in [
         s.events,
@@ -333,7 +357,7 @@ impl Engine {
         }
         self.syms.save(&mut w);
         w.ts(self.watermark);
-        w.ts(self.max_at);
+        put_frontier(&mut w, &self.frontier);
         w.ts(self.max_contact_at);
         put_stats(&mut w, &self.stats);
         self.window.save(&mut w);
@@ -365,7 +389,11 @@ impl Engine {
         }
         let remap = Remap { rules, counts };
         let watermark = r.ts()?;
-        let max_at = r.ts()?;
+        let mut frontier = Frontier::new(config.partitions);
+        let flows = get_flows(&mut r)?;
+        frontier
+            .restore(flows)
+            .map_err(|saved| corrupt(format!("{saved} partitions' flows saved, {} configured", config.partitions)))?;
         let max_contact_at = r.ts()?;
         let stats = get_stats(&mut r)?;
         let window = Window::load(&mut r, &remap)?;
@@ -397,7 +425,7 @@ impl Engine {
             judged: Vec::new(),
             branch_stage_inside: true,
             watermark,
-            max_at,
+            frontier,
             max_contact_at,
             stats,
         })

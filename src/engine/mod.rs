@@ -15,6 +15,7 @@
 
 pub mod branch;
 mod checkpoint;
+mod frontier;
 mod lanes;
 mod plan;
 mod timers;
@@ -31,8 +32,10 @@ pub use view::{Lookup, OpenAlert, ParcelView};
 
 use crate::alert::{Alert, AlertId, AlertState, ParcelFacts, RecipientFacts, TriggerFacts};
 use crate::event::{Event, Kind, Topic};
+use crate::partition;
 use crate::rules::{Audience, By, RuleSet, Trigger};
 use crate::time::{Span, Ts};
+use frontier::Frontier;
 use lanes::{LaneRef, Lanes, Place};
 use plan::Plan;
 use timers::{Entry, Timers};
@@ -162,8 +165,8 @@ pub struct Engine {
     judged: Vec<Judged>,
     branch_stage_inside: bool,
     watermark: Ts,
-    /// The newest scan time: what the watermark follows.
-    max_at: Ts,
+    /// Each partition's flow of scan times: what the watermark follows.
+    frontier: Frontier,
     max_contact_at: Ts,
     stats: Stats,
 }
@@ -173,6 +176,7 @@ impl Engine {
         let mut syms = Interner::new(config.max_symbols);
         let plan = Plan::new(&set, &mut syms);
         let lanes = Lanes::new(&set, config.partitions, config.lateness);
+        let frontier = Frontier::new(config.partitions);
         Engine {
             branches: BranchStage::new(&set),
             facts: Vec::new(),
@@ -188,7 +192,7 @@ impl Engine {
             due: Vec::new(),
             syms,
             watermark: Ts::MIN,
-            max_at: Ts::MIN,
+            frontier,
             max_contact_at: Ts::MIN,
             stats: Stats::default(),
         }
@@ -235,14 +239,24 @@ impl Engine {
     }
 
     /// The newest time seen, of scans and contacts: at the end of an input,
-    /// advancing to it judges everything.
+    /// advancing to it judges everything. (A scan dated ahead that is the
+    /// newest of a replayed file moves this end: the flow cannot vouch for
+    /// the last scans of an input, and a sparse tail looks like an outlier.)
     pub fn newest(&self) -> Ts {
-        self.max_at.max(self.max_contact_at)
+        self.frontier.newest().max(self.max_contact_at)
     }
 
-    /// The watermark the input alone justifies: newest scan time minus the lateness.
+    /// The watermark the input alone justifies: the newest scan time the
+    /// partitions' flows vouch for, minus the lateness.
     pub fn input_watermark(&self) -> Ts {
-        self.max_at.minus(self.config.lateness)
+        self.frontier.vouched().minus(self.config.lateness)
+    }
+
+    fn partition_of(&self, parcel_id: &str) -> u16 {
+        match self.config.partitions {
+            0 | 1 => 0,
+            n => partition::of(parcel_id, n),
+        }
     }
 
     /// Applies an event, then moves the watermark as the input allows.
@@ -271,7 +285,7 @@ impl Engine {
         // Scans drive event time; contacts come from another system (the call
         // centre) on another stream, so they neither hold it back nor push it.
         if ev.kind.is_scan() {
-            self.max_at = self.max_at.max(ev.at);
+            self.frontier.observe(self.partition_of(&ev.parcel_id), ev.at);
         } else {
             self.max_contact_at = self.max_contact_at.max(ev.at);
         }

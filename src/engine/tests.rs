@@ -14,6 +14,13 @@ fn engine_for(pack: &str) -> Engine {
     Engine::new(set, Config::default())
 }
 
+/// One partition: every scan is one flow, and two scans at an instant vouch
+/// for it (one alone may be a scanner's wrong clock), so a test moves event
+/// time with two.
+fn one_flow() -> Config {
+    Config { partitions: 1, ..Config::default() }
+}
+
 fn event(json: &str) -> Event<'_> {
     decode(json.as_bytes()).expect("a valid test event")
 }
@@ -54,20 +61,21 @@ fn the_default_rule_tests_pass() {
 
 #[test]
 fn done_parcels_leave_after_the_retention_and_late_duplicates_do_not_revive_them() {
-    let config = Config { retention: Span::hours(2), ..Config::default() };
+    let config = Config { retention: Span::hours(2), ..one_flow() };
     let (engine, alerts) = run(
         config,
         &[
             r#""parcel_id":"A","kind":"departed","at":"2026-11-20T08:00:00Z""#,
             r#""parcel_id":"A","kind":"delivered","at":"2026-11-20T09:00:00Z""#,
             r#""parcel_id":"B","kind":"departed","at":"2026-11-20T12:00:00Z""#,
+            r#""parcel_id":"C","kind":"departed","at":"2026-11-20T12:00:00Z""#,
             r#""parcel_id":"A","kind":"damaged","at":"2026-11-20T08:30:00Z""#,
         ],
         None,
     );
     assert_eq!(engine.stats().evicted_done, 1);
     assert_eq!(engine.stats().closed, 1, "the late event for A is counted, not applied");
-    assert_eq!(engine.parcels(), 1);
+    assert_eq!(engine.parcels(), 2);
     assert!(alerts.is_empty(), "{alerts:?}");
 }
 
@@ -111,8 +119,9 @@ fn replacing_rules_keeps_open_episodes() {
     let lines = [
         r#""parcel_id":"A","kind":"departed","at":"2026-11-20T08:00:00Z""#,
         r#""parcel_id":"B","kind":"departed","at":"2026-11-21T10:00:00Z""#,
+        r#""parcel_id":"C","kind":"departed","at":"2026-11-21T10:00:00Z""#,
     ];
-    let (mut engine, alerts) = run(Config::default(), &lines, None);
+    let (mut engine, alerts) = run(one_flow(), &lines, None);
     assert_eq!(alerts, ["stalled firing 2026-11-21T08:00:00Z A"]);
     // A pack with the rules in another order and `damaged` removed.
     let mut set = pack();
@@ -126,7 +135,7 @@ fn replacing_rules_keeps_open_episodes() {
     assert_eq!(out.len(), 1);
     assert_eq!((&*out[0].rule, out[0].state), ("stalled", AlertState::Resolved));
     // The resolved record carries the id the firing one had.
-    let (_, first) = run(Config::default(), &lines, None);
+    let (_, first) = run(one_flow(), &lines, None);
     assert_eq!(first.len(), 1);
     assert_eq!(out[0].id, AlertId::new("stalled", "A", "2026-11-21T08:00:00Z"));
 }
@@ -137,9 +146,10 @@ fn the_same_input_gives_the_same_alert_ids() {
         r#""parcel_id":"A","kind":"damaged","at":"2026-11-20T08:00:00Z""#,
         r#""parcel_id":"B","kind":"departed","at":"2026-11-20T09:00:00Z""#,
         r#""parcel_id":"C","kind":"departed","at":"2026-11-23T09:00:00Z""#,
+        r#""parcel_id":"D","kind":"departed","at":"2026-11-23T09:00:00Z""#,
     ];
     let ids = |()| {
-        let mut engine = Engine::new(pack(), Config::default());
+        let mut engine = Engine::new(pack(), one_flow());
         let mut out = Vec::new();
         for (i, l) in lines.iter().enumerate() {
             let json = format!(r#"{{"v":1,"event_id":"e{i}",{l}}}"#);
@@ -219,12 +229,13 @@ fn a_full_symbol_table_is_counted_and_the_event_still_applies() {
 
 #[test]
 fn a_recycled_tracking_number_starts_a_new_parcel() {
-    let config = Config { retention: Span::hours(1), ..Config::default() };
+    let config = Config { retention: Span::hours(1), ..one_flow() };
     let (engine, alerts) = run(
         config,
         &[
             r#""parcel_id":"A","kind":"delivered","at":"2026-11-20T08:00:00Z""#,
             r#""parcel_id":"Z","kind":"departed","at":"2026-11-20T12:00:00Z""#,
+            r#""parcel_id":"Y","kind":"departed","at":"2026-11-20T12:00:00Z""#,
             r#""parcel_id":"A","kind":"damaged","at":"2026-11-20T12:30:00Z""#,
             r#""parcel_id":"A","kind":"label_created","at":"2026-11-20T13:00:00Z","promised_by":"2026-11-23T18:00:00Z","recipient":{}"#,
             r#""parcel_id":"A","kind":"damaged","at":"2026-11-20T14:00:00Z""#,
@@ -388,3 +399,27 @@ branch = { rules = ["broken"], window = "1h", min_count = 5, rate_factor = 2.0 }
 }
 
 mod predicted;
+
+#[test]
+fn one_scan_dated_days_ahead_moves_no_one_elses_event_time() {
+    // A steady flow of departures, a minute apart, and one scanner whose clock
+    // is three days ahead: before, its scan moved the watermark three days
+    // and every parcel of the flow "stalled" at once.
+    let flow: Vec<String> = (0..300)
+        .map(|i| {
+            let at = ts("2026-11-20T08:00:00Z").plus(Span::minutes(i));
+            format!(r#""parcel_id":"P{i}","kind":"departed","at":"{at}""#)
+        })
+        .collect();
+    let mut with_outlier = flow.clone();
+    with_outlier.insert(150, r#""parcel_id":"X","kind":"arrived","at":"2026-11-23T10:00:00Z""#.into());
+    let (clean_lines, dirty_lines): (Vec<&str>, Vec<&str>) =
+        (flow.iter().map(String::as_str).collect(), with_outlier.iter().map(String::as_str).collect());
+    let (clean, clean_alerts) = run(Config::default(), &clean_lines, None);
+    let (dirty, dirty_alerts) = run(Config::default(), &dirty_lines, None);
+    assert!(clean_alerts.is_empty(), "{clean_alerts:?}");
+    assert!(dirty_alerts.is_empty(), "{} alerts, first {:?}", dirty_alerts.len(), dirty_alerts.first());
+    assert_eq!(dirty.watermark(), clean.watermark());
+    assert!(clean.watermark() > ts("2026-11-20T11:00:00Z"), "the flow moves time: {:?}", clean.watermark());
+    assert_eq!(dirty.newest(), ts("2026-11-23T10:00:00Z"), "the outlier is applied to its own parcel");
+}

@@ -31,9 +31,7 @@ impl Clock {
 
     pub fn now(&self) -> Option<Ts> {
         match self {
-            Clock::Wall => {
-                Some(Ts(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)))
-            }
+            Clock::Wall => Some(Ts::from(SystemTime::now())),
             Clock::Fixed(t) => Some(*t),
             Clock::File(path) => {
                 let text = std::fs::read_to_string(path).ok()?;
