@@ -31,6 +31,7 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub redeliveries: IntCounter,
+    pub publishes_refused: IntCounter,
     pub consumer_pending: IntGaugeVec,
     pub watermark_delay: IntGaugeVec,
     // The window.
@@ -92,6 +93,11 @@ impl Metrics {
             redeliveries: IntCounter::new(
                 "forewarn_redeliveries_skipped_total",
                 "Redelivered messages already applied (skipped).",
+            )
+            .expect("a valid metric definition"),
+            publishes_refused: IntCounter::new(
+                "forewarn_publishes_refused_total",
+                "Messages the server refused for good (larger than it takes): each became a dead letter.",
             )
             .expect("a valid metric definition"),
             consumer_pending: gauge(
@@ -198,6 +204,7 @@ impl Metrics {
             Box::new(m.rejected.clone()),
             Box::new(m.dead_letters.clone()),
             Box::new(m.redeliveries.clone()),
+            Box::new(m.publishes_refused.clone()),
             Box::new(m.consumer_pending.clone()),
             Box::new(m.watermark_delay.clone()),
             Box::new(m.parcels.clone()),

@@ -8,11 +8,12 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::Context;
+use async_nats::jetstream::{self, Context};
 
-use super::wire::Outgoing;
+use super::wire::{self, Outgoing};
+use crate::metrics::METRICS;
 
 /// Acknowledgements outstanding before the oldest are awaited.
 const MAX_PENDING: usize = 8192;
@@ -23,6 +24,8 @@ pub struct OutboxStats {
     /// Dropped by the server as copies of an earlier message (re-sent after a restart).
     pub duplicates: u64,
     pub retries: u64,
+    /// Refused by the server for good (too large): dead-lettered instead.
+    pub refused: u64,
 }
 
 pub struct Outbox {
@@ -41,13 +44,34 @@ impl Outbox {
         if self.pending.len() >= MAX_PENDING {
             self.settle_oldest(MAX_PENDING / 2).await;
         }
-        let ack = self.publish_until_sent(&out).await;
-        self.pending.push_back((ack, out));
+        let mut out = out;
+        loop {
+            match self.publish_until_sent(&out).await {
+                Ok(ack) => return self.pending.push_back((ack, out)),
+                Err(e) => match self.refuse(&out, &e) {
+                    Some(letter) => out = letter,
+                    None => return,
+                },
+            }
+        }
     }
 
-    /// Returns when every message sent so far is stored.
+    /// A message the server will never store: counted, and its dead letter
+    /// to send instead (none for a dead letter itself: it is logged and dropped).
+    fn refuse(&mut self, out: &Outgoing, error: &PublishError) -> Option<Outgoing> {
+        self.stats.refused += 1;
+        METRICS.publishes_refused.inc();
+        let letter = !out.subject.starts_with("deadletter.");
+        tracing::error!(subject = %out.subject, bytes = out.body.len(), %error, dead_lettered = letter, "the server refused a message for good");
+        letter.then(|| wire::refused(out, &error.to_string()))
+    }
+
+    /// Returns when every message sent so far is stored (or, refused for
+    /// good, dead-lettered).
     pub async fn settle(&mut self) {
-        self.settle_oldest(self.pending.len()).await;
+        while !self.pending.is_empty() {
+            self.settle_oldest(self.pending.len()).await;
+        }
     }
 
     pub fn pending(&self) -> usize {
@@ -59,7 +83,7 @@ impl Outbox {
         // Awaited together: the acks lost with a connection then time out all
         // at once, not one ack timeout after another (thousands of them).
         let results = futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
-        for (mut result, out) in results.into_iter().zip(outs) {
+        for (mut result, mut out) in results.into_iter().zip(outs) {
             let mut backoff = Backoff::default();
             loop {
                 match result {
@@ -68,17 +92,30 @@ impl Outbox {
                         self.stats.duplicates += u64::from(ack.duplicate);
                         break;
                     }
+                    Err(e) if refused(&e) => match self.refuse(&out, &e) {
+                        Some(letter) => {
+                            out = letter;
+                            result = self.publish_and_ack(&out).await;
+                        }
+                        None => break,
+                    },
                     Err(e) => {
                         self.stats.retries += 1;
                         backoff.wait(&out.subject, &e).await;
-                        result = self.publish_until_sent(&out).await.await;
+                        result = self.publish_and_ack(&out).await;
                     }
                 }
             }
         }
     }
 
-    async fn publish_until_sent(&mut self, out: &Outgoing) -> PublishAckFuture {
+    async fn publish_and_ack(&mut self, out: &Outgoing) -> Result<jetstream::publish::PublishAck, PublishError> {
+        self.publish_until_sent(out).await?.await
+    }
+
+    /// Sends `out`, retrying what may pass later; a message the server can
+    /// never take comes back as the error.
+    async fn publish_until_sent(&mut self, out: &Outgoing) -> Result<PublishAckFuture, PublishError> {
         let mut backoff = Backoff::default();
         loop {
             let mut message = PublishMessage::build().payload(out.body.clone());
@@ -89,13 +126,26 @@ impl Outbox {
                 message = message.message_id(id);
             }
             match self.js.send_publish(out.subject.clone(), message).await {
-                Ok(ack) => return ack,
+                Ok(ack) => return Ok(ack),
+                Err(e) if refused(&e) => return Err(e),
                 Err(e) => {
                     self.stats.retries += 1;
                     backoff.wait(&out.subject, &e).await;
                 }
             }
         }
+    }
+}
+
+/// Whether the server will never store the message, however often it is
+/// sent: larger than its `max_payload` or than the stream's largest message.
+fn refused(e: &PublishError) -> bool {
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => true,
+        PublishErrorKind::Other => std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|j| j.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM),
+        _ => false,
     }
 }
 

@@ -33,10 +33,10 @@ use super::{connect, health, lookup, LiveError};
 use crate::alert::Alert;
 use crate::config::{std_duration, Config};
 use crate::engine::{BranchStage, Engine, Fact, Judged};
-use crate::event::decode;
+use crate::event::{decode, Reject};
 use crate::metrics::METRICS;
 use crate::partition::{self, Owned};
-use crate::time::Ts;
+use crate::time::{Span, Ts};
 
 /// Messages taken from one consumer before looking at the others and the timers.
 const DRAIN: usize = 512;
@@ -104,7 +104,14 @@ struct Processor {
     last_checkpoint: Instant,
     summary: RunSummary,
     readiness: health::Readiness,
+    /// Dead letters since the last log line, by code, with one reason each.
+    letters: BTreeMap<&'static str, (u64, String)>,
+    letters_logged: Instant,
 }
+
+/// Dead letters are logged as one line per reason code per this interval,
+/// not one per letter (a flood of bad input is not a flood of log lines).
+const LETTERS_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs until `controls.stop` says so; then checkpoints, acknowledges and returns.
 pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Result<RunSummary, LiveError> {
@@ -114,6 +121,12 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
     let set = rules.load().map_err(LiveError::Rules)?;
     let clock = Clock::parse(&config.watermark.clock).map_err(LiveError::Config)?;
     let readiness = health::Readiness::new("starting");
+    for code in Reject::CODES.iter().chain(Refusal::CODES) {
+        METRICS.rejected.with_label_values(&[code]);
+    }
+    for stream in [&config.streams.scans.name, &config.streams.contacts.name, &config.streams.facts.name] {
+        METRICS.dead_letters.with_label_values(&[stream]);
+    }
     if !config.http.is_empty() {
         health::serve(&config, readiness.clone()).await?;
     }
@@ -153,6 +166,8 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         last_checkpoint: Instant::now(),
         summary: RunSummary::default(),
         readiness: readiness.clone(),
+        letters: BTreeMap::new(),
+        letters_logged: Instant::now(),
     };
     for i in 0..3 {
         processor.open(i, &mut controls.stop).await?;
@@ -206,6 +221,9 @@ impl Processor {
                         }
                     }
                     self.follow_clock().await;
+                    if self.letters_logged.elapsed() >= LETTERS_LOG_EVERY {
+                        self.log_letters();
+                    }
                     if last_gauges.elapsed() >= GAUGES_EVERY {
                         last_gauges = Instant::now();
                         self.gauges().await;
@@ -260,6 +278,7 @@ impl Processor {
         self.commit(result).await;
         self.outbox.settle().await;
         self.summary.outbox = self.outbox.stats;
+        self.log_letters();
         if failed {
             return Err(LiveError::nats(
                 "final checkpoint",
@@ -378,7 +397,13 @@ impl Processor {
             Err(reject) => Some(Refusal::Contract(reject)),
             Ok(event) => {
                 let expected = partition::of(&event.parcel_id, self.owned.count);
-                if expected == p {
+                // Nothing happened after it reached the server: a scanner's clock is wrong.
+                let ahead = event.at.since(Ts::from(arrived));
+                if expected != p {
+                    Some(Refusal::Misrouted { subject: subject.to_string(), expected })
+                } else if ahead > self.config.watermark.max_skew {
+                    Some(Refusal::Contract(Reject::Future { ahead: Span(ahead.0 / 60_000 * 60_000) }))
+                } else {
                     self.summary.events += 1;
                     METRICS.event(event.kind).inc();
                     part.engine.ingest(&event, &mut self.alerts);
@@ -386,8 +411,6 @@ impl Processor {
                     part.engine.take_facts(&mut self.facts);
                     part.engine.take_judged(&mut self.judged);
                     None
-                } else {
-                    Some(Refusal::Misrouted { subject: subject.to_string(), expected })
                 }
             }
         };
@@ -401,9 +424,21 @@ impl Processor {
         self.summary.dead_letters += 1;
         METRICS.rejected.with_label_values(&[why.code()]).inc();
         METRICS.dead_letters.with_label_values(&[&self.inputs[which].stream]).inc();
-        tracing::warn!(subject = %message.subject, seq, code = why.code(), reason = %why.reason(), "dead letter");
+        let seen =
+            self.letters.entry(why.code()).or_insert_with(|| (0, wire::bounded(&why.reason(), wire::MAX_REASON_CHARS)));
+        seen.0 += 1;
+        tracing::debug!(seq, code = why.code(), "dead letter");
         let stream = &self.inputs[which].stream;
         self.outbox.send(wire::dead_letter(&message.subject, stream, seq, message.payload.clone(), &why)).await;
+    }
+
+    /// One line per reason code for the dead letters since the last.
+    fn log_letters(&mut self) {
+        let seconds = self.letters_logged.elapsed().as_secs();
+        for (code, (count, example)) in std::mem::take(&mut self.letters) {
+            tracing::warn!(code, count, seconds, example = %example, "dead letters (kept in the dead-letter stream; `forewarn dlq list` shows them)");
+        }
+        self.letters_logged = Instant::now();
     }
 
     /// A branch fact or a watermark mark, for the owned branch stages.

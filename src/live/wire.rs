@@ -21,6 +21,17 @@ pub const REASON_CODE: &str = "Forewarn-Reason-Code";
 pub const ORIGINAL_SUBJECT: &str = "Forewarn-Subject";
 pub const ORIGINAL_STREAM: &str = "Forewarn-Stream";
 pub const ORIGINAL_SEQUENCE: &str = "Forewarn-Sequence";
+/// On a dead letter whose body was cut: the original size in bytes…
+pub const ORIGINAL_SIZE: &str = "Forewarn-Original-Size";
+/// …and the SHA-256 of the original bytes, in hex.
+pub const ORIGINAL_SHA256: &str = "Forewarn-Original-Sha256";
+
+/// The most of a refused message's bytes a dead letter keeps: an event
+/// larger than this is refused whole, so its head shows what it was, and a
+/// dead letter always fits under any server's `max_payload`.
+pub const MAX_LETTER_BODY: usize = crate::event::MAX_EVENT_BYTES;
+/// The longest reason a dead letter carries, in characters.
+pub const MAX_REASON_CHARS: usize = 200;
 
 /// A message to publish into JetStream, kept until the server stored it.
 #[derive(Clone, Debug)]
@@ -169,6 +180,9 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The codes beyond the contract's [`Reject::CODES`].
+    pub const CODES: &[&str] = &["bad_subject", "misrouted", "bad_branch_input"];
+
     /// A closed set, for metrics and the reason-code header.
     pub fn code(&self) -> &'static str {
         match self {
@@ -191,20 +205,49 @@ impl Refusal {
     }
 }
 
-/// `deadletter.<original subject>`, with the original bytes and the reason.
+/// `deadletter.<original subject>`, with the original bytes (their head,
+/// size and hash when they are too many to keep) and the reason.
 pub fn dead_letter(subject: &str, stream: &str, sequence: u64, body: Bytes, why: &Refusal) -> Outgoing {
-    Outgoing {
-        subject: format!("deadletter.{subject}"),
-        id: Some(format!("{stream}.{sequence}")),
-        headers: vec![
-            (REASON, why.reason().replace(['\r', '\n'], " ")),
-            (REASON_CODE, why.code().to_string()),
-            (ORIGINAL_SUBJECT, subject.to_string()),
-            (ORIGINAL_STREAM, stream.to_string()),
-            (ORIGINAL_SEQUENCE, sequence.to_string()),
-        ],
-        body,
+    let mut letter = letter(subject, body, why.code(), &why.reason());
+    letter.id = Some(format!("{stream}.{sequence}"));
+    letter.headers.push((ORIGINAL_STREAM, stream.to_string()));
+    letter.headers.push((ORIGINAL_SEQUENCE, sequence.to_string()));
+    letter
+}
+
+/// A message the server will never store (larger than it takes), as a dead
+/// letter of its own subject with the server's reason: the stream moves on.
+pub fn refused(out: &Outgoing, error: &str) -> Outgoing {
+    let mut letter = letter(&out.subject, out.body.clone(), "publish_refused", &format!("not stored: {error}"));
+    letter.id = out.id.as_ref().map(|id| format!("refused.{id}"));
+    letter
+}
+
+fn letter(subject: &str, body: Bytes, code: &str, reason: &str) -> Outgoing {
+    let mut headers = vec![
+        (REASON, bounded(reason, MAX_REASON_CHARS)),
+        (REASON_CODE, code.to_string()),
+        (ORIGINAL_SUBJECT, subject.to_string()),
+    ];
+    let body = if body.len() > MAX_LETTER_BODY {
+        headers.push((ORIGINAL_SIZE, body.len().to_string()));
+        headers.push((ORIGINAL_SHA256, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))));
+        body.slice(..MAX_LETTER_BODY)
+    } else {
+        body
+    };
+    Outgoing { subject: format!("deadletter.{subject}"), id: None, headers, body }
+}
+
+/// `text` on one line, control characters as spaces, at most `max`
+/// characters (the last an ellipsis when cut).
+pub fn bounded(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if text.chars().nth(max).is_some() {
+        out.pop();
+        out.push('…');
     }
+    out
 }
 
 #[cfg(test)]

@@ -166,21 +166,35 @@ fn bad_and_misrouted_messages_are_dead_lettered_with_reasons_while_the_rest_flow
     let misrouted_id = "1Z999AA10123456784";
     let right = forewarn::partition::of(misrouted_id, 16);
     let wrong = (right + 1) % 16;
+    // A body just under the server's 1 MiB limit: its dead letter, body and
+    // headers, was over it, and the processor retried that publish for ever.
+    let huge = format!(r#"{{"v":1,"pad":"{}"}}"#, "x".repeat(1_048_376 - 16));
+    // A scanner whose clock is two days ahead of the server's.
+    let tomorrow = forewarn::time::Ts::from(std::time::SystemTime::now()).plus(forewarn::time::Span::hours(48));
+    let ahead =
+        format!(r#"{{"v":1,"event_id":"x3","parcel_id":"{misrouted_id}","kind":"departed","at":"{tomorrow}"}}"#);
+    let long_kind = format!(
+        r#"{{"v":1,"event_id":"x4","parcel_id":"P","kind":"{}","at":"2026-11-16T10:00:00Z"}}"#,
+        "K".repeat(60_015)
+    );
     c.rt.block_on(async {
-        let bad: [(String, &[u8]); 3] = [
-            ("scans.3".into(), b"{not json"),
-            ("scans.4".into(), br#"{"v":1,"event_id":"x1","kind":"departed","at":"2026-11-16T10:00:00Z"}"#),
+        let bad: [(String, Vec<u8>); 6] = [
+            ("scans.3".into(), b"{not json".to_vec()),
+            ("scans.4".into(), br#"{"v":1,"event_id":"x1","kind":"departed","at":"2026-11-16T10:00:00Z"}"#.to_vec()),
             (
                 format!("scans.{wrong}"),
-                br#"{"v":1,"event_id":"x2","parcel_id":"1Z999AA10123456784","kind":"departed","at":"2026-11-16T10:00:00Z"}"#,
+                br#"{"v":1,"event_id":"x2","parcel_id":"1Z999AA10123456784","kind":"departed","at":"2026-11-16T10:00:00Z"}"#.to_vec(),
             ),
+            ("scans.5".into(), huge.clone().into_bytes()),
+            (format!("scans.{right}"), ahead.into_bytes()),
+            (format!("scans.{}", forewarn::partition::of("P", 16)), long_kind.into_bytes()),
         ];
         for (subject, body) in bad {
-            c.js.publish(subject, bytes::Bytes::from_static(body)).await.expect("sent").await.expect("stored");
+            c.js.publish(subject, bytes::Bytes::from(body)).await.expect("sent").await.expect("stored");
         }
     });
     let p = c.start(&[]);
-    wait_until("three dead letters", || c.count("DEADLETTERS") >= 3);
+    wait_until("six dead letters", || c.count("DEADLETTERS") >= 6);
     let (got, _) = c.finish(p);
     nats::assert_same(&got, &c.expected);
 
@@ -191,17 +205,26 @@ fn bad_and_misrouted_messages_are_dead_lettered_with_reasons_while_the_rest_flow
     let mut codes: Vec<(String, String)> =
         (0..letters.len()).map(|i| (header(i, "Forewarn-Reason-Code"), header(i, "Forewarn-Reason"))).collect();
     codes.sort();
-    assert_eq!(codes.len(), 3, "{codes:?}");
-    assert_eq!(codes[0].0, "invalid_json");
+    assert_eq!(codes.len(), 6, "{codes:?}");
+    assert_eq!(codes[0].0, "future_event");
+    assert!(codes[0].1.starts_with("at: dated 1d23h59m after its arrival at the server"), "{codes:?}");
+    assert_eq!(codes[1].0, "invalid_json");
     assert_eq!(
-        codes[1],
+        codes[2],
         (
             "misrouted".into(),
             format!("misrouted: parcel_id hashes to partition {right}, the message came on scans.{wrong}")
         )
     );
-    assert_eq!(codes[2], ("missing_field".into(), "missing parcel_id".into()));
+    assert_eq!(codes[3], ("missing_field".into(), "missing parcel_id".into()));
+    assert_eq!(codes[4], ("too_large".into(), "event larger than 64 KiB (1048376 bytes)".into()));
+    assert_eq!(codes[5], ("unknown_kind".into(), "unknown kind a value of 60015 characters".into()));
     assert!(letters.iter().any(|(_, _, body)| &body[..] == b"{not json"), "the original bytes are kept");
+    let cut = (0..letters.len()).find(|&i| header(i, "Forewarn-Reason-Code") == "too_large").expect("the huge one");
+    assert_eq!(letters[cut].2.len(), 64 * 1024, "its head is kept");
+    assert_eq!(header(cut, "Forewarn-Original-Size"), "1048376");
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(huge.as_bytes());
+    assert_eq!(header(cut, "Forewarn-Original-Sha256"), hex::encode(digest));
 
     // An operator lists them, and sends one back once its cause is fixed.
     let list = forewarn(&["dlq", "list", "--nats", &c.server.url()]);
@@ -213,7 +236,7 @@ fn bad_and_misrouted_messages_are_dead_lettered_with_reasons_while_the_rest_flow
     let replay = forewarn(&["dlq", "replay", "--seq", seq, "--nats", &c.server.url()]);
     assert!(replay.status.success(), "{}", text(&replay.stderr));
     assert_eq!(c.count("SCANS"), before + 1, "back on its subject");
-    assert_eq!(c.count("DEADLETTERS"), 2, "and out of the dead letters");
+    assert_eq!(c.count("DEADLETTERS"), 5, "and out of the dead letters");
 }
 
 #[test]
