@@ -179,15 +179,33 @@ impl Ledger {
     }
 }
 
-/// A string as a KV key token: `[-_=a-zA-Z0-9]` kept, anything else `=XX`.
+/// The longest token a key or subject gets from one input value: a
+/// 3,000-character branch name made a key over the protocol's control-line
+/// limit, the connection dropped, and that parcel's messages never went.
+pub const MAX_TOKEN: usize = 128;
+
+/// A string as a KV key or subject token: `[-_=a-zA-Z0-9]` kept, anything
+/// else `=XX`. A token longer than [`MAX_TOKEN`] keeps its head and ends in
+/// `=Z` and the hash of the whole text (`=Z` is never an escape, so a
+/// hashed token meets no plain one).
 pub fn token(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
+    let mut out = String::with_capacity(text.len().min(MAX_TOKEN));
     for b in text.bytes() {
+        if out.len() > MAX_TOKEN {
+            break;
+        }
         if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
             out.push(b as char);
         } else {
             out.push_str(&format!("={b:02X}"));
         }
+    }
+    if out.len() > MAX_TOKEN {
+        let head = MAX_TOKEN - 34;
+        // Never cut inside an escape.
+        let cut = out[..head].rfind('=').filter(|&i| i + 3 > head).unwrap_or(head);
+        out.truncate(cut);
+        out.push_str(&format!("=Z{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes())));
     }
     out
 }
@@ -211,5 +229,20 @@ mod tests {
         assert_eq!(token("FR-PAR-12"), "FR-PAR-12");
         assert_eq!(token("a.b c"), "a=2Eb=20c");
         assert_ne!(token("a.b"), token("a=2Eb"));
+    }
+
+    #[test]
+    fn a_long_name_makes_a_bounded_token_of_its_own() {
+        let branch = "B".repeat(3000);
+        let long = token(&branch);
+        assert!(long.len() <= MAX_TOKEN, "{}", long.len());
+        assert!(long.starts_with("BBBB") && long.contains("=Z"), "{long}");
+        assert_ne!(long, token(&format!("{}C", "B".repeat(2999))), "names differing at the end stay apart");
+        assert_eq!(long, token(&branch), "the same name, the same key");
+        // Escapes are not cut in half, and a value at the limit is kept as it is.
+        let dotted = token(&".".repeat(500));
+        assert!(dotted.trim_end_matches(|c: char| c.is_ascii_hexdigit()).ends_with("=Z"), "{dotted}");
+        assert!(dotted.split("=Z").next().unwrap().split('=').skip(1).all(|e| e.len() == 2), "{dotted}");
+        assert_eq!(token(&"x".repeat(MAX_TOKEN)), "x".repeat(MAX_TOKEN));
     }
 }
