@@ -248,7 +248,9 @@ pub struct Watermark {
     /// When a partition's input is idle this long (wall time), its watermark follows the clock…
     #[serde(deserialize_with = "span")]
     pub idle_after: Span,
-    /// …to the clock minus this skew (how far scanners' clocks and uploads may lag).
+    /// …to the clock minus this skew (how far scanners' clocks and uploads may
+    /// lag); an event dated more than this after its arrival at the server is
+    /// dead-lettered as `future_event`.
     #[serde(deserialize_with = "span")]
     pub max_skew: Span,
     /// The clock the idle watermark follows: empty for the wall clock; an
