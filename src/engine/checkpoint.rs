@@ -283,9 +283,8 @@ fn put_frontier(w: &mut W, f: &Frontier) {
         w.u(flow.seen);
         w.ts(flow.frontier);
         w.ts(flow.newest);
-        let recent: Vec<Ts> = flow.recent().collect();
-        w.u(recent.len() as u64);
-        recent.into_iter().for_each(|t| w.ts(t));
+        w.u(flow.len() as u64);
+        flow.recent().for_each(|t| w.ts(t));
     }
 }
 

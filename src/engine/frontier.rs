@@ -42,13 +42,13 @@ impl Default for Flow {
 }
 
 impl Flow {
-    /// The recent scan times, oldest first.
+    /// The recent scan times, oldest first ([`Flow::len`] of them).
     pub fn recent(&self) -> impl Iterator<Item = Ts> + '_ {
         let start = if self.seen > RING as u64 { (self.seen % RING as u64) as usize } else { 0 };
         (0..self.len()).map(move |i| Ts(self.ring[(start + i) % RING]))
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.seen.min(RING as u64) as usize
     }
 
@@ -79,7 +79,7 @@ impl Flow {
 }
 
 /// Every partition's flow.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Frontier {
     pub(super) flows: Vec<Flow>,
 }

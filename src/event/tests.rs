@@ -221,3 +221,20 @@ fn reasons_stay_short_and_quote_no_contact_data() {
         expect![[r#"unknown kind "departd" [unknown_kind]"#]],
     );
 }
+
+#[test]
+fn every_reject_code_is_listed_for_the_metrics() {
+    let every = [
+        Reject::TooLarge { bytes: 1 },
+        Reject::BadJson(String::new()),
+        Reject::NotAnObject,
+        Reject::Missing(Field::V),
+        Reject::MissingFor { field: Field::Recipient, kind: Kind::LabelCreated },
+        Reject::Invalid { field: Field::At, problem: String::new() },
+        Reject::UnknownKind(String::new()),
+        Reject::UnsupportedVersion(String::new()),
+        Reject::Future { ahead: Span::hours(1) },
+    ];
+    let codes: std::collections::BTreeSet<&str> = every.iter().map(Reject::code).collect();
+    assert_eq!(codes, Reject::CODES.iter().copied().collect());
+}

@@ -63,7 +63,7 @@ impl Outbox {
         METRICS.publishes_refused.inc();
         let letter = !out.subject.starts_with("deadletter.");
         tracing::error!(subject = %out.subject, bytes = out.body.len(), %error, dead_lettered = letter, "the server refused a message for good");
-        letter.then(|| wire::refused(out, &error.to_string()))
+        letter.then(|| wire::refused_letter(out, &error.to_string()))
     }
 
     /// Returns when every message sent so far is stored (or, refused for
@@ -92,7 +92,7 @@ impl Outbox {
                         self.stats.duplicates += u64::from(ack.duplicate);
                         break;
                     }
-                    Err(e) if refused(&e) => match self.refuse(&out, &e) {
+                    Err(e) if never_stored(&e) => match self.refuse(&out, &e) {
                         Some(letter) => {
                             out = letter;
                             result = self.publish_and_ack(&out).await;
@@ -127,7 +127,7 @@ impl Outbox {
             }
             match self.js.send_publish(out.subject.clone(), message).await {
                 Ok(ack) => return Ok(ack),
-                Err(e) if refused(&e) => return Err(e),
+                Err(e) if never_stored(&e) => return Err(e),
                 Err(e) => {
                     self.stats.retries += 1;
                     backoff.wait(&out.subject, &e).await;
@@ -139,7 +139,7 @@ impl Outbox {
 
 /// Whether the server will never store the message, however often it is
 /// sent: larger than its `max_payload` or than the stream's largest message.
-fn refused(e: &PublishError) -> bool {
+fn never_stored(e: &PublishError) -> bool {
     match e.kind() {
         PublishErrorKind::MaxPayloadExceeded => true,
         PublishErrorKind::Other => std::error::Error::source(e)

@@ -217,7 +217,7 @@ pub fn dead_letter(subject: &str, stream: &str, sequence: u64, body: Bytes, why:
 
 /// A message the server will never store (larger than it takes), as a dead
 /// letter of its own subject with the server's reason: the stream moves on.
-pub fn refused(out: &Outgoing, error: &str) -> Outgoing {
+pub fn refused_letter(out: &Outgoing, error: &str) -> Outgoing {
     let mut letter = letter(&out.subject, out.body.clone(), "publish_refused", &format!("not stored: {error}"));
     letter.id = out.id.as_ref().map(|id| format!("refused.{id}"));
     letter
@@ -272,6 +272,34 @@ mod tests {
         let out = alert(&a, when);
         assert_eq!(arrived(out.header_map().as_ref()), Some(when));
         assert_eq!(arrived(None), None);
+    }
+
+    #[test]
+    fn every_refusal_code_is_listed_for_the_metrics() {
+        let own = [
+            Refusal::Subject(String::new()),
+            Refusal::Misrouted { subject: String::new(), expected: 0 },
+            Refusal::BranchInput(String::new()),
+        ];
+        let codes: Vec<&str> = own.iter().map(Refusal::code).collect();
+        assert_eq!(codes, Refusal::CODES);
+        let future = Refusal::Contract(Reject::Future { ahead: crate::time::Span::hours(1) });
+        assert!(Reject::CODES.contains(&future.code()));
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_a_bounded_head_and_says_what_it_cut() {
+        let why = Refusal::Contract(Reject::UnknownKind("x".repeat(500)));
+        let letter = dead_letter("scans.1", "SCANS", 7, Bytes::from(vec![b'a'; MAX_LETTER_BODY + 1]), &why);
+        let header = |name: &str| letter.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str());
+        assert_eq!(letter.body.len(), MAX_LETTER_BODY);
+        assert_eq!(header(ORIGINAL_SIZE), Some("65537"));
+        assert_eq!(header(REASON).map(|r| r.chars().count()), Some(MAX_REASON_CHARS));
+        assert!(header(REASON).is_some_and(|r| r.ends_with('…')));
+        let small = dead_letter("scans.1", "SCANS", 8, Bytes::from_static(b"{}\r\n"), &why);
+        assert_eq!(&small.body[..], b"{}\r\n", "kept whole");
+        assert!(small.headers.iter().all(|(n, _)| *n != ORIGINAL_SIZE));
+        assert_eq!(bounded("a\r\nBcc: x", 200), "a  Bcc: x", "no line breaks in a header");
     }
 
     #[test]

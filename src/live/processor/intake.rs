@@ -1,0 +1,128 @@
+//! What comes in: a scan or contact to its partition's engine, a branch
+//! fact or watermark mark to the owned branch stages, and anything that
+//! cannot be used to the dead letters, with its reason (logged once per
+//! reason code per interval, not once per letter).
+
+use std::time::{Instant, SystemTime};
+
+use super::super::wire::{self, Refusal};
+use super::Processor;
+use crate::event::{decode, Reject};
+use crate::metrics::METRICS;
+use crate::partition;
+use crate::time::{Span, Ts};
+
+impl Processor {
+    /// A scan or contact (on the server since `arrived`): to its partition's
+    /// engine, or to the dead letters.
+    pub(super) async fn event(&mut self, which: usize, seq: u64, arrived: SystemTime, message: async_nats::Message) {
+        let subject = message.subject.as_str();
+        let partition = subject.split_once('.').and_then(|(_, p)| p.parse::<u16>().ok());
+        let Some(p) = partition.filter(|p| self.owned.contains(*p)) else {
+            let why = Refusal::Subject(subject.to_string());
+            return self.dead_letter(which, seq, &message, why).await;
+        };
+        let Some(part) = self.parts.get_mut(&p) else { return };
+        if seq <= part.pos[which] {
+            self.summary.skipped += 1;
+            METRICS.redeliveries.inc();
+            return;
+        }
+        part.pos[which] = seq;
+        part.last_input = Instant::now();
+        part.dirty = true;
+        self.since_checkpoint += 1;
+        let refusal = match decode(&message.payload) {
+            Err(reject) => Some(Refusal::Contract(reject)),
+            Ok(event) => {
+                let expected = partition::of(&event.parcel_id, self.owned.count);
+                // Nothing happened after it reached the server: a scanner's clock is wrong.
+                let ahead = event.at.since(Ts::from(arrived));
+                if expected != p {
+                    Some(Refusal::Misrouted { subject: subject.to_string(), expected })
+                } else if ahead > self.config.watermark.max_skew {
+                    Some(Refusal::Contract(Reject::Future { ahead: Span(ahead.0 / 60_000 * 60_000) }))
+                } else {
+                    self.summary.events += 1;
+                    METRICS.event(event.kind).inc();
+                    part.engine.ingest(&event, &mut self.alerts);
+                    self.arrived.resize(self.alerts.len(), arrived);
+                    part.engine.take_facts(&mut self.facts);
+                    part.engine.take_judged(&mut self.judged);
+                    None
+                }
+            }
+        };
+        if let Some(why) = refusal {
+            self.dead_letter(which, seq, &message, why).await;
+        }
+        self.publish().await;
+    }
+
+    async fn dead_letter(&mut self, which: usize, seq: u64, message: &async_nats::Message, why: Refusal) {
+        self.summary.dead_letters += 1;
+        METRICS.rejected.with_label_values(&[why.code()]).inc();
+        METRICS.dead_letters.with_label_values(&[&self.inputs[which].stream]).inc();
+        let seen =
+            self.letters.entry(why.code()).or_insert_with(|| (0, wire::bounded(&why.reason(), wire::MAX_REASON_CHARS)));
+        seen.0 += 1;
+        tracing::debug!(seq, code = why.code(), "dead letter");
+        let stream = &self.inputs[which].stream;
+        self.outbox.send(wire::dead_letter(&message.subject, stream, seq, message.payload.clone(), &why)).await;
+    }
+
+    /// One line per reason code for the dead letters since the last.
+    pub(super) fn log_letters(&mut self) {
+        let seconds = self.letters_logged.elapsed().as_secs();
+        for (code, (count, example)) in std::mem::take(&mut self.letters) {
+            tracing::warn!(code, count, seconds, example = %example, "dead letters (kept in the dead-letter stream; `forewarn dlq list` shows them)");
+        }
+        self.letters_logged = Instant::now();
+    }
+
+    /// A branch fact or a watermark mark, for the owned branch stages.
+    pub(super) async fn fact(&mut self, seq: u64, message: async_nats::Message) {
+        let subject = message.subject.as_str();
+        let count = self.owned.count;
+        let result = if let Some(bp) = subject.strip_prefix("forewarn.facts.") {
+            match (bp.parse::<u16>().ok().and_then(|bp| self.stages.get_mut(&bp)), wire::parse_fact(&message.payload)) {
+                (Some(stage), Ok(fact)) if seq > stage.pos => {
+                    stage.stage.add(fact);
+                    stage.pos = seq;
+                    stage.dirty = true;
+                    Ok(())
+                }
+                (Some(_), Ok(_)) => Ok(()),
+                (None, _) => Err(format!("{subject}: not a branch partition of this instance")),
+                (_, Err(e)) => Err(e),
+            }
+        } else if let Some(p) = subject.strip_prefix("forewarn.marks.") {
+            match (p.parse::<u16>().ok().filter(|&p| p < count), wire::parse_mark(&message.payload, count)) {
+                (Some(p), Ok(watermark)) => {
+                    for stage in self.stages.values_mut().filter(|s| seq > s.pos) {
+                        let mark = &mut stage.marks[usize::from(p)];
+                        *mark = (*mark).max(watermark);
+                        stage.pos = seq;
+                        stage.dirty = true;
+                    }
+                    Ok(())
+                }
+                (None, _) => Err(format!("{subject}: not a partition of this deployment")),
+                (_, Err(e)) => Err(e),
+            }
+        } else {
+            Err(format!("{subject}: not a facts subject"))
+        };
+        if let Err(reason) = result {
+            self.dead_letter(2, seq, &message, Refusal::BranchInput(reason)).await;
+        }
+        for stage in self.stages.values_mut() {
+            let watermark = stage.marks.iter().copied().min().unwrap_or(Ts::MIN);
+            if watermark > Ts::MIN {
+                stage.stage.advance(watermark, &mut self.alerts);
+                self.arrived.resize(self.alerts.len(), SystemTime::now());
+            }
+        }
+        self.publish().await;
+    }
+}
