@@ -423,3 +423,20 @@ fn one_scan_dated_days_ahead_moves_no_one_elses_event_time() {
     assert!(clean.watermark() > ts("2026-11-20T11:00:00Z"), "the flow moves time: {:?}", clean.watermark());
     assert_eq!(dirty.newest(), ts("2026-11-23T10:00:00Z"), "the outlier is applied to its own parcel");
 }
+
+#[test]
+fn a_full_window_keeps_no_timer_of_the_parcels_it_let_go() {
+    // 150,000 distinct parcels in a window of 100,000 once held 150,000
+    // timers, and each eviction walked past every earlier one: quadratic.
+    let config = Config { max_parcels: 100, ..Config::default() };
+    let mut engine = Engine::new(pack(), config);
+    let mut out = Vec::new();
+    for i in 0..1000 {
+        let at = ts("2026-11-20T08:00:00Z").plus(Span::minutes(i));
+        let json = format!(r#"{{"v":1,"event_id":"e{i}","parcel_id":"P{i}","kind":"departed","at":"{at}"}}"#);
+        engine.ingest(&event(&json), &mut out);
+    }
+    assert_eq!((engine.parcels(), engine.stats().evicted_capacity), (100, 900));
+    assert!(engine.timers() <= 101, "{} timers for 100 parcels", engine.timers());
+    assert!(out.is_empty());
+}

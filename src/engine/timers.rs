@@ -35,6 +35,12 @@ pub struct Timers {
     ring: Vec<Vec<Entry>>,
     in_ring: usize,
     far: BTreeSet<Entry>,
+    /// No live entry is in the ring before this minute: where the search
+    /// for the earliest starts, so making room costs no scan of empty minutes.
+    earliest_from: i64,
+    /// The minute whose bucket is sorted latest first, stale entries out:
+    /// making room pops its earliest from the end.
+    sorted: i64,
 }
 
 impl Default for Timers {
@@ -45,6 +51,8 @@ impl Default for Timers {
             ring: vec![Vec::new(); HORIZON as usize],
             in_ring: 0,
             far: BTreeSet::new(),
+            earliest_from: i64::MIN,
+            sorted: i64::MIN,
         }
     }
 }
@@ -72,8 +80,15 @@ impl Timers {
             let i = self.current.partition_point(|x| x <= &e);
             self.current.insert(i, e);
         } else if m - self.base < HORIZON {
-            self.ring[bucket(m)].push(e);
+            let b = &mut self.ring[bucket(m)];
+            if m == self.sorted {
+                let i = b.partition_point(|x| x > &e);
+                b.insert(i, e);
+            } else {
+                b.push(e);
+            }
             self.in_ring += 1;
+            self.earliest_from = self.earliest_from.min(m);
         } else {
             self.far.insert(e);
         }
@@ -109,15 +124,44 @@ impl Timers {
         }
     }
 
-    /// The earliest entry that `live` accepts, for making room when the window is full.
-    pub fn earliest(&self, live: impl Fn(&Entry) -> bool) -> Option<Entry> {
-        let ring = (1..HORIZON).map(|i| &self.ring[bucket(self.base + i)]);
-        self.current
-            .iter()
-            .find(|e| live(e))
-            .copied()
-            .or_else(|| ring.into_iter().find_map(|b| b.iter().filter(|e| live(e)).min().copied()))
-            .or_else(|| self.far.iter().find(|e| live(e)).copied())
+    /// Takes out the earliest entry that `live` accepts, for making room
+    /// when the window is full, and drops the stale entries before it (an
+    /// entry `live` refuses is dead for good: a parcel whose wake-up moves
+    /// gets a new entry). Each entry is looked at once, whatever the number
+    /// of parcels made to leave: before, the evicted parcels' entries stayed
+    /// and every later eviction walked past all of them again.
+    pub fn take_earliest(&mut self, live: impl Fn(&Entry) -> bool) -> Option<Entry> {
+        while let Some(e) = self.current.pop_front() {
+            if live(&e) {
+                return Some(e);
+            }
+        }
+        if self.base != i64::MIN {
+            let end = self.base + HORIZON;
+            let mut m = self.earliest_from.max(self.base + 1);
+            while self.in_ring > 0 && m < end {
+                let b = &mut self.ring[bucket(m)];
+                if self.sorted != m {
+                    b.sort_unstable_by(|x, y| y.cmp(x));
+                    self.sorted = m;
+                }
+                while let Some(e) = b.pop() {
+                    self.in_ring -= 1;
+                    if live(&e) {
+                        self.earliest_from = m;
+                        return Some(e);
+                    }
+                }
+                m += 1;
+            }
+            self.earliest_from = m;
+        }
+        while let Some(e) = self.far.pop_first() {
+            if live(&e) {
+                return Some(e);
+            }
+        }
+        None
     }
 }
 
@@ -155,10 +199,29 @@ mod tests {
         t.drain_due(Ts(200 * MINUTE), &mut due);
         t.insert(e(300, 0, 2));
         t.insert(e(50, 0, 3));
-        assert_eq!(t.earliest(|_| true), Some(e(50, 0, 3)));
-        assert_eq!(t.earliest(|x| x.slot != 3), Some(e(300, 0, 2)));
         due.clear();
         t.drain_due(Ts(200 * MINUTE + 1), &mut due);
         assert_eq!(due, [e(50, 0, 3)]);
+    }
+
+    #[test]
+    fn taking_the_earliest_passes_each_stale_entry_once() {
+        let mut t = Timers::default();
+        t.insert(e(100, 0, 0));
+        let mut due = Vec::new();
+        t.drain_due(Ts(100 * MINUTE), &mut due);
+        for i in 1..=10 {
+            t.insert(e(200 + i64::from(i % 3), 0, i));
+        }
+        t.insert(e(HORIZON * 2, 0, 99));
+        t.insert(e(150, 0, 50));
+        // Slots 1-4 left the window some other way: their entries are stale.
+        let live = |x: &Entry| x.slot > 4;
+        assert_eq!(t.take_earliest(live), Some(e(150, 0, 50)));
+        assert_eq!(t.take_earliest(live), Some(e(200, 0, 6)));
+        assert_eq!(t.len(), 9, "slot 3's stale entry went with slot 6's: 3 of 12 gone");
+        let order: Vec<u32> = std::iter::from_fn(|| t.take_earliest(live)).map(|x| x.slot).collect();
+        assert_eq!(order, [9, 7, 10, 5, 8, 99]);
+        assert_eq!(t.len(), 0);
     }
 }

@@ -172,7 +172,7 @@ impl Engine {
             let p = window.get(e.slot);
             !p.is_vacant() && p.gen == e.gen && p.wake == e.at
         };
-        if let Some(e) = self.timers.earliest(live) {
+        if let Some(e) = self.timers.take_earliest(live) {
             self.evict(e.slot, Eviction::Capacity);
         }
     }
