@@ -22,19 +22,30 @@ pub fn email(text: &str) -> Result<lettre::Address, String> {
     text.parse::<lettre::Address>().map_err(|e| format!("{} is not an email address: {e}", Masked(text)))
 }
 
-/// A phone number or address as logs may show it: enough to tell two apart
-/// for whoever already knows them, not enough to contact anyone.
+/// A phone number or address as logs, outcomes and the agent API may show
+/// it: enough to tell two apart for whoever already knows them, not enough
+/// to contact anyone. An address keeps its first character and the domain
+/// after its last `@`; a number its first four and last two characters.
+/// Anything else (a list of addresses, a line break, a forged header) shows
+/// as `***`: input decides nothing of what a log line says.
 pub struct Masked<'a>(pub &'a str);
 
 impl fmt::Display for Masked<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.0;
-        if let Some((user, domain)) = s.split_once('@') {
-            let first: String = user.chars().take(1).collect();
-            return write!(f, "{first}***@{domain}");
+        if let Some((user, domain)) = s.rsplit_once('@') {
+            let first = user.chars().next().filter(char::is_ascii_alphanumeric);
+            let is_domain = !domain.is_empty()
+                && domain.len() <= 253
+                && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            return match (first, is_domain) {
+                (Some(first), true) => write!(f, "{first}***@{domain}"),
+                _ => f.write_str("***"),
+            };
         }
+        let phone_like = s.chars().all(|c| c.is_ascii_digit() || "+ -().".contains(c));
         let chars: Vec<char> = s.chars().collect();
-        if chars.len() <= 6 {
+        if !phone_like || chars.len() <= 6 {
             return f.write_str("***");
         }
         let head: String = chars[..4].iter().collect();
@@ -60,6 +71,17 @@ mod tests {
         assert_eq!(Masked("+33612345678").to_string(), "+336***78");
         assert_eq!(Masked("lea.martin@example.fr").to_string(), "l***@example.fr");
         assert!(!Masked("+33612345678").to_string().contains("12345"));
+    }
+
+    #[test]
+    fn masks_cannot_be_forged_or_leak_a_second_address() {
+        // Once "e***@example.fr, victim@evil.example" in logs and the agent API.
+        assert_eq!(Masked("e@example.fr, victim@evil.example").to_string(), "e***@evil.example");
+        assert_eq!(Masked("e@example.fr\r\nBcc: victim@evil.example").to_string(), "e***@evil.example");
+        assert_eq!(Masked("lea@example.fr\r\nBcc: x").to_string(), "***", "not a domain after the last @");
+        assert_eq!(Masked("\u{202e}@example.fr").to_string(), "***");
+        assert_eq!(Masked("+3361234\r\n5678").to_string(), "***");
+        assert_eq!(Masked("+33 6 12 34 56 78").to_string(), "+33 ***78");
     }
 
     #[test]
