@@ -214,11 +214,20 @@ pub struct Checkpoint {
     /// Checkpoint after this many events, whatever the interval: keep it under
     /// half of `consumer.max_ack_pending`, or the consumer stalls.
     pub events: u64,
+    /// Not ready (`/readyz`, `forewarn_stalls_total`) when changes wait this
+    /// long for a stored checkpoint, or the NATS connection is down this long.
+    #[serde(deserialize_with = "span")]
+    pub stale_after: Span,
 }
 
 impl Default for Checkpoint {
     fn default() -> Self {
-        Checkpoint { bucket: "forewarn_checkpoints".into(), interval: Span(5_000), events: 250_000 }
+        Checkpoint {
+            bucket: "forewarn_checkpoints".into(),
+            interval: Span(5_000),
+            events: 250_000,
+            stale_after: Span(60_000),
+        }
     }
 }
 

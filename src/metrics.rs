@@ -43,6 +43,9 @@ pub struct Metrics {
     pub checkpoint_bytes: IntGauge,
     pub checkpoint_failures: IntCounter,
     pub checkpoint_last: IntGauge,
+    pub checkpoint_waiting: IntGauge,
+    pub stalls: IntCounterVec,
+    pub publish_retries: IntCounter,
     // Rules and alerts.
     pub alerts: IntCounterVec,
     pub reloads: IntCounterVec,
@@ -135,6 +138,22 @@ impl Metrics {
                 "When the last checkpoint was stored (Unix time).",
             )
             .expect("valid"),
+            checkpoint_waiting: IntGauge::new(
+                "forewarn_checkpoint_waiting_seconds",
+                "How long changes have waited for a stored checkpoint (0: none wait).",
+            )
+            .expect("valid"),
+            stalls: counter(
+                "forewarn_stalls_total",
+                "Times the processor became unready for a fault that lasted past checkpoint.stale_after: \
+                 changes no stored checkpoint covers (checkpoint), or the NATS connection down (connection).",
+                &["what"],
+            ),
+            publish_retries: IntCounter::new(
+                "forewarn_publish_retries_total",
+                "Publishes into JetStream sent again (not stored yet: an outage, a full disk, a timeout).",
+            )
+            .expect("valid"),
             alerts: counter(
                 "forewarn_alerts_total",
                 "Alerts published, by rule, state (firing, resolved) and audience.",
@@ -214,6 +233,9 @@ impl Metrics {
             Box::new(m.checkpoint_bytes.clone()),
             Box::new(m.checkpoint_failures.clone()),
             Box::new(m.checkpoint_last.clone()),
+            Box::new(m.checkpoint_waiting.clone()),
+            Box::new(m.stalls.clone()),
+            Box::new(m.publish_retries.clone()),
             Box::new(m.alerts.clone()),
             Box::new(m.reloads.clone()),
             Box::new(m.notifications.clone()),

@@ -3,6 +3,7 @@
 //! Prometheus, and the agent's lookup API (`/v1`, see [`super::lookup`]).
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,24 +12,113 @@ use axum::Router;
 
 use super::LiveError;
 use crate::config::Config;
+use crate::metrics::METRICS;
 
-/// Why the processor is not ready, or `None` when it is.
+/// Why the processor is not ready, or `None` when it is. Besides what the
+/// processor says (starting, catching up, stopped), two faults make it
+/// unready by themselves once they last longer than `stale_after`, whether
+/// or not the processing loop still turns (it waits inside a publish that
+/// the server does not store): changes that no stored checkpoint covers
+/// (disk full, writes refused, checkpoints failing), and a lost server.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<Mutex<Option<String>>>);
+pub struct Readiness {
+    state: Arc<Mutex<Faults>>,
+    stale_after: Duration,
+}
+
+#[derive(Default)]
+struct Faults {
+    reason: Option<String>,
+    /// Since when changes wait for a stored checkpoint.
+    unsaved_since: Option<Instant>,
+    /// Since when the connection to NATS is down.
+    disconnected_since: Option<Instant>,
+    /// What the last failed checkpoint or publish said.
+    last_error: Option<String>,
+    /// Whether each fault was counted as a stall already.
+    stalled: [bool; 2],
+    /// The connection watched, once there is one.
+    client: Option<async_nats::Client>,
+}
+
+/// The faults `forewarn_stalls_total{what}` counts.
+pub const STALLS: [&str; 2] = ["checkpoint", "connection"];
 
 impl Readiness {
-    pub fn new(reason: &str) -> Readiness {
-        Readiness(Arc::new(Mutex::new(Some(reason.to_string()))))
+    pub fn new(reason: &str, stale_after: Duration) -> Readiness {
+        let readiness = Readiness { stale_after, ..Readiness::default() };
+        readiness.set(Some(reason));
+        for what in STALLS {
+            METRICS.stalls.with_label_values(&[what]);
+        }
+        readiness
+    }
+
+    /// Watches this connection: down longer than the bound is not ready.
+    pub fn watch(&self, client: async_nats::Client) {
+        self.with(|s| s.client = Some(client));
     }
 
     pub fn set(&self, reason: Option<&str>) {
-        if let Ok(mut r) = self.0.lock() {
-            *r = reason.map(str::to_string);
-        }
+        self.with(|s| s.reason = reason.map(str::to_string));
     }
 
-    fn get(&self) -> Option<String> {
-        self.0.lock().map(|r| r.clone()).unwrap_or_else(|_| Some("state unavailable".into()))
+    /// Something changed that the next checkpoint must cover.
+    pub fn unsaved(&self) {
+        self.with(|s| {
+            s.unsaved_since.get_or_insert_with(Instant::now);
+        });
+    }
+
+    /// A checkpoint is stored: everything before it is safe.
+    pub fn saved(&self) {
+        self.with(|s| {
+            s.unsaved_since = None;
+            s.last_error = None;
+            s.stalled[0] = false;
+        });
+    }
+
+    /// A checkpoint or publish did not go through (retried): the reason /readyz gives.
+    pub fn failing(&self, error: &str) {
+        self.with(|s| s.last_error = Some(super::wire::bounded(error, super::wire::MAX_REASON_CHARS)));
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Faults) -> T) -> Option<T> {
+        self.state.lock().ok().map(|mut s| f(&mut s))
+    }
+
+    /// Why not ready now, if not; keeps `forewarn_checkpoint_waiting_seconds`
+    /// and `forewarn_stalls_total` up to date.
+    pub fn get(&self) -> Option<String> {
+        let bound = self.stale_after;
+        self.with(|s| {
+            let connected =
+                s.client.as_ref().is_none_or(|c| c.connection_state() == async_nats::connection::State::Connected);
+            match (connected, s.disconnected_since) {
+                (true, _) => s.disconnected_since = None,
+                (false, None) => s.disconnected_since = Some(Instant::now()),
+                (false, Some(_)) => {}
+            }
+            let waited = s.unsaved_since.map_or(Duration::ZERO, |t| t.elapsed());
+            METRICS.checkpoint_waiting.set(waited.as_secs() as i64);
+            let down = s.disconnected_since.map_or(Duration::ZERO, |t| t.elapsed());
+            let error = s.last_error.as_deref().unwrap_or("checkpoints or publishes are not going through");
+            let faults = [
+                (waited > bound).then(|| format!("no checkpoint stored for {} s: {error}", waited.as_secs())),
+                (down > bound).then(|| format!("disconnected from NATS for {} s", down.as_secs())),
+            ];
+            for (i, fault) in faults.iter().enumerate() {
+                if fault.is_some() && !s.stalled[i] {
+                    METRICS.stalls.with_label_values(&[STALLS[i]]).inc();
+                    tracing::error!(reason = fault.as_deref().unwrap_or_default(), "not ready");
+                }
+                s.stalled[i] = fault.is_some();
+            }
+            let [checkpoint, connection] = faults;
+            connection.or(checkpoint).or_else(|| s.reason.clone())
+        })
+        .unwrap_or_else(|| Some("state unavailable".into()))
     }
 }
 
@@ -44,8 +134,9 @@ async fn ready(State(readiness): State<Readiness>) -> (StatusCode, String) {
     }
 }
 
-async fn metrics() -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::METRICS.render())
+async fn metrics(State(readiness): State<Readiness>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    readiness.get();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], METRICS.render())
 }
 
 /// Serves health, metrics and the lookup API on `config.http` in the background.
@@ -71,6 +162,21 @@ pub async fn serve(config: &Config, readiness: Readiness) -> Result<(), LiveErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_no_checkpoint_covers_for_too_long_make_it_unready_until_one_does() {
+        let readiness = Readiness::new("starting", Duration::ZERO);
+        readiness.set(None);
+        assert_eq!(readiness.get(), None, "nothing waits");
+        readiness.unsaved();
+        readiness.failing("insufficient resources\r\n(disk full)");
+        std::thread::sleep(Duration::from_millis(1100));
+        let reason = readiness.get().expect("not ready");
+        assert!(reason.starts_with("no checkpoint stored for 1 s: insufficient resources  (disk full)"), "{reason}");
+        assert!(METRICS.render().contains("forewarn_checkpoint_waiting_seconds 1"));
+        readiness.saved();
+        assert_eq!(readiness.get(), None);
+    }
 
     #[test]
     fn an_instance_far_behind_is_not_ready_and_says_why() {

@@ -12,6 +12,7 @@ use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErro
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, Context};
 
+use super::health::Readiness;
 use super::wire::{self, Outgoing};
 use crate::metrics::METRICS;
 
@@ -32,11 +33,28 @@ pub struct Outbox {
     js: Context,
     pending: VecDeque<(PublishAckFuture, Outgoing)>,
     pub stats: OutboxStats,
+    /// Told why publishes are retried, so readiness can say it.
+    readiness: Option<Readiness>,
 }
 
 impl Outbox {
     pub fn new(js: Context) -> Outbox {
-        Outbox { js, pending: VecDeque::new(), stats: OutboxStats::default() }
+        Outbox { js, pending: VecDeque::new(), stats: OutboxStats::default(), readiness: None }
+    }
+
+    /// Tells `readiness` why publishes are retried.
+    pub fn reporting_to(mut self, readiness: Readiness) -> Outbox {
+        self.readiness = Some(readiness);
+        self
+    }
+
+    /// A publish not stored yet, to be sent again: counted and reported.
+    fn retrying(&mut self, error: &PublishError) {
+        self.stats.retries += 1;
+        METRICS.publish_retries.inc();
+        if let Some(readiness) = &self.readiness {
+            readiness.failing(&format!("publishes not stored: {error}"));
+        }
     }
 
     /// Sends a message; its storage is confirmed by a later [`Outbox::settle`].
@@ -100,7 +118,7 @@ impl Outbox {
                         None => break,
                     },
                     Err(e) => {
-                        self.stats.retries += 1;
+                        self.retrying(&e);
                         backoff.wait(&out.subject, &e).await;
                         result = self.publish_and_ack(&out).await;
                     }
@@ -129,7 +147,7 @@ impl Outbox {
                 Ok(ack) => return Ok(ack),
                 Err(e) if never_stored(&e) => return Err(e),
                 Err(e) => {
-                    self.stats.retries += 1;
+                    self.retrying(&e);
                     backoff.wait(&out.subject, &e).await;
                 }
             }

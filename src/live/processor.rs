@@ -108,6 +108,8 @@ struct Processor {
     /// Dead letters since the last log line, by code, with one reason each.
     letters: BTreeMap<&'static str, (u64, String)>,
     letters_logged: Instant,
+    /// Whether readiness knows that messages wait for a checkpoint.
+    unsaved: bool,
 }
 
 /// Dead letters are logged as one line per reason code per this interval,
@@ -121,7 +123,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
     let mut rules = RulesDir::new(&config.rules);
     let set = rules.load().map_err(LiveError::Rules)?;
     let clock = Clock::parse(&config.watermark.clock).map_err(LiveError::Config)?;
-    let readiness = health::Readiness::new("starting");
+    let readiness = health::Readiness::new("starting", std_duration(config.checkpoint.stale_after));
     for code in Reject::CODES.iter().chain(Refusal::CODES) {
         METRICS.rejected.with_label_values(&[code]);
     }
@@ -132,6 +134,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         health::serve(&config, readiness.clone()).await?;
     }
     let client = connect::connect(&config.nats, &format!("forewarn {}", config.instance)).await?;
+    readiness.watch(client.clone());
     let lookups = lookup::subscribe(&client, &owned).await?;
     let js = connect::jetstream(client);
     connect::ensure_streams(&js, &config.streams).await?;
@@ -148,7 +151,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         "forewarn running"
     );
     let mut processor = Processor {
-        outbox: Outbox::new(js.clone()),
+        outbox: Outbox::new(js.clone()).reporting_to(readiness.clone()),
         rules,
         config,
         owned,
@@ -169,6 +172,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         readiness: readiness.clone(),
         letters: BTreeMap::new(),
         letters_logged: Instant::now(),
+        unsaved: false,
     };
     for i in 0..3 {
         processor.open(i, &mut controls.stop).await?;
@@ -366,6 +370,10 @@ impl Processor {
         }
         input.last_seq = seq;
         input.acker = Some(acker);
+        if !self.unsaved {
+            self.unsaved = true;
+            self.readiness.unsaved();
+        }
         input.last_message = Instant::now();
         input.caught_up = false;
         match input.which {

@@ -292,3 +292,62 @@ fn a_token_comes_from_the_environment_and_is_never_printed() {
     assert!(allowed.status.success(), "{}", text(&allowed.stderr));
     assert!(!text(&allowed.stderr).contains(token));
 }
+
+/// Unready after `checkpoint.stale_after` (2 s here) of a fault, saying which.
+fn stale_after_2s(c: &Case) {
+    let text = std::fs::read_to_string(&c.config).expect("the config");
+    let text = text.replace("interval = \"500ms\"\n", "interval = \"500ms\"\nstale_after = \"2s\"\n");
+    std::fs::write(&c.config, text).expect("config written");
+}
+
+fn readyz(http: &str) -> String {
+    super::http_get(http, "/readyz")
+}
+
+/// Checkpoints that cannot be stored (here: a checkpoint bucket too small
+/// for them, as a full disk would) once left /readyz saying ready and
+/// forewarn_checkpoint_failures_total at 0.
+#[test]
+fn checkpoints_that_cannot_be_stored_make_it_unready_with_the_reason() {
+    let c = case(2000, 22);
+    stale_after_2s(&c);
+    c.rt.block_on(async {
+        let config = async_nats::jetstream::object_store::Config {
+            bucket: "forewarn_checkpoints".into(),
+            max_bytes: 4096,
+            ..Default::default()
+        };
+        c.js.create_object_store(config).await.expect("a small bucket");
+    });
+    c.publish_all();
+    let http = format!("127.0.0.1:{}", super::free_port());
+    let p = c.start(&["--http", &http]);
+    wait_until("unready for the checkpoints", || readyz(&http).contains("no checkpoint stored for"));
+    let reason = readyz(&http);
+    assert!(reason.starts_with("HTTP/1.1 503") && reason.contains("checkpoint not stored"), "{reason}");
+    let metrics = super::http_get(&http, "/metrics");
+    assert!(metrics.contains("forewarn_stalls_total{what=\"checkpoint\"} 1"), "{metrics}");
+    assert!(!metrics.contains("forewarn_checkpoint_failures_total 0"), "failures are counted");
+    assert!(metrics.contains("forewarn_stalls_total{what=\"connection\"} 0"), "exported at 0");
+    p.kill();
+}
+
+/// A lost server: unready while it is gone, ready again once it is back,
+/// and nothing lost.
+#[test]
+fn a_server_gone_longer_than_the_bound_makes_it_unready_until_it_returns() {
+    let mut c = case(2000, 23);
+    stale_after_2s(&c);
+    c.publish_all();
+    let http = format!("127.0.0.1:{}", super::free_port());
+    let p = c.start(&["--http", &http]);
+    c.wait_for_alerts(c.expected.len());
+    wait_until("ready", || readyz(&http).starts_with("HTTP/1.1 200"));
+    c.server.stop();
+    wait_until("unready without the server", || readyz(&http).contains("disconnected from NATS for"));
+    assert!(super::http_get(&http, "/metrics").contains("forewarn_stalls_total{what=\"connection\"} 1"));
+    c.server.restart();
+    wait_until("ready again", || readyz(&http).starts_with("HTTP/1.1 200"));
+    let (got, _) = c.finish(p);
+    nats::assert_same(&got, &c.expected);
+}

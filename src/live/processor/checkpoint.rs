@@ -92,6 +92,12 @@ impl Processor {
     pub(super) async fn commit(&mut self, result: Result<Commit, LiveError>) {
         match result {
             Ok(commit) => {
+                self.readiness.saved();
+                // What came after the snapshot waits for the next one.
+                self.unsaved = self.changed();
+                if self.unsaved {
+                    self.readiness.unsaved();
+                }
                 self.summary.checkpoints += 1;
                 METRICS.checkpoint_seconds.observe(commit.took.as_secs_f64());
                 METRICS.checkpoint_bytes.set(commit.bytes as i64);
@@ -109,6 +115,7 @@ impl Processor {
                 }
             }
             Err(e) => {
+                self.readiness.failing(&format!("checkpoint not stored: {e}"));
                 self.summary.checkpoint_failures += 1;
                 METRICS.checkpoint_failures.inc();
                 // Nothing was acknowledged: what it covered is redelivered or re-read after a restart.
