@@ -16,12 +16,29 @@ use crate::time::{Span, Ts};
 
 /// Largest event accepted, in bytes.
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// Deepest nesting of arrays and objects accepted (the contract's is 3):
+/// 30,000 brackets fit in an event's 64 KiB, and the parsers recurse on
+/// them until a 2 MiB thread's stack overflows and the process aborts.
+pub const MAX_DEPTH: usize = 64;
 /// Longest `event_id` and `parcel_id`, in characters.
 pub const MAX_ID_CHARS: usize = 64;
 /// Timestamps are accepted from 1970-01-01 to the end of 2099: no scanner
 /// saw a parcel before, and a date after is a broken clock, not a plan.
 pub const EARLIEST: Ts = Ts(0);
 pub const LATEST: Ts = Ts(4_102_444_800_000);
+/// Longest text field (facility, branch, service, reason, the recipient's
+/// name, phone, locale and time zone), in characters: a 3,000-character
+/// branch made keys too long for NATS, a 50,000-character name made the
+/// mail server refuse the customer's message.
+pub const MAX_TEXT_CHARS: usize = 200;
+/// Longest email address (RFC 5321's path limit).
+pub const MAX_EMAIL_CHARS: usize = 254;
+
+/// Characters no text field may hold: controls (NUL, ESC, CR/LF…) and the
+/// bidirectional overrides that make a text read otherwise than it is.
+pub fn is_unprintable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
 
 macro_rules! closed_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
@@ -362,6 +379,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, Reject> {
     if bytes.len() > MAX_EVENT_BYTES {
         return Err(Reject::TooLarge { bytes: bytes.len() });
     }
+    if let Some(at) = too_deep(bytes) {
+        let problem = format!("nested deeper than {MAX_DEPTH} levels");
+        return Err(field_at(bytes, at).map_or(Reject::BadJson(problem.clone()), |f| Reject::invalid(f, problem)));
+    }
     // sonic-rs is the fast path; whatever it refuses, serde_json decides and explains.
     if let Ok(raw) = sonic_rs::from_slice::<RawEvent>(bytes) {
         return validate(raw);
@@ -386,7 +407,7 @@ fn validate(raw: RawEvent<'_>) -> Result<Event<'_>, Reject> {
     let promised_by = timestamp(raw.promised_by.as_deref(), Field::PromisedBy)?;
     let return_by = timestamp(raw.return_by.as_deref(), Field::ReturnBy)?;
     let country = raw.country.as_deref().map(country).transpose()?;
-    let recipient = raw.recipient.map(|r| Box::new(recipient(*r)));
+    let recipient = raw.recipient.map(|r| recipient(*r).map(Box::new)).transpose()?;
     let required_for = |present: bool, field| {
         if present {
             Ok(())
@@ -411,13 +432,13 @@ fn validate(raw: RawEvent<'_>) -> Result<Event<'_>, Reject> {
         parcel_id,
         kind,
         at,
-        facility: non_empty(raw.facility),
-        branch: non_empty(raw.branch),
+        facility: text(raw.facility, Field::Facility, "", MAX_TEXT_CHARS)?,
+        branch: text(raw.branch, Field::Branch, "", MAX_TEXT_CHARS)?,
         country,
         promised_by,
-        service: non_empty(raw.service),
+        service: text(raw.service, Field::Service, "", MAX_TEXT_CHARS)?,
         recipient,
-        reason: non_empty(raw.reason),
+        reason: text(raw.reason, Field::Reason, "", MAX_TEXT_CHARS)?,
         return_by,
         contact,
     })
@@ -431,7 +452,31 @@ fn id<'a>(value: Option<Cow<'a, str>>, field: Field) -> Result<Cow<'a, str>, Rej
         let chars = value.chars().count();
         return Err(Reject::invalid(field, format!("must be 1 to {MAX_ID_CHARS} characters, got {chars}")));
     }
+    if has_unprintable(&value) {
+        return Err(Reject::invalid(field, "holds a control or bidirectional-override character"));
+    }
     Ok(value)
+}
+
+/// A text field, empty as absent, checked for length and unprintable characters.
+fn text<'a>(value: Option<Cow<'a, str>>, field: Field, part: &str, max: usize) -> Result<Option<Cow<'a, str>>, Reject> {
+    let Some(value) = non_empty(value) else { return Ok(None) };
+    // A character is at least a byte: only a long text has its characters counted.
+    if value.len() > max && value.chars().count() > max {
+        let chars = value.chars().count();
+        return Err(Reject::invalid(field, format!("{part}longer than {max} characters ({chars})")));
+    }
+    if has_unprintable(&value) {
+        return Err(Reject::invalid(field, format!("{part}holds a control or bidirectional-override character")));
+    }
+    Ok(Some(value))
+}
+
+/// Whether `s` holds an [`is_unprintable`] character; the bytes that can
+/// begin one are looked for first (C0, DEL, and the lead bytes of C1 and
+/// of the overrides), so plain text costs one pass over its bytes.
+fn has_unprintable(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2 || b == 0xe2) && s.chars().any(is_unprintable)
 }
 
 fn timestamp(value: Option<&str>, field: Field) -> Result<Option<Ts>, Reject> {
@@ -471,13 +516,14 @@ fn non_empty(value: Option<Cow<'_, str>>) -> Option<Cow<'_, str>> {
     value.filter(|v| !v.is_empty())
 }
 
-fn recipient(raw: RawRecipient<'_>) -> Recipient<'_> {
-    Recipient {
-        name: non_empty(raw.name),
-        phone: non_empty(raw.phone),
-        email: non_empty(raw.email),
-        locale: non_empty(raw.locale),
-        tz: non_empty(raw.tz),
+fn recipient(raw: RawRecipient<'_>) -> Result<Recipient<'_>, Reject> {
+    let field = Field::Recipient;
+    Ok(Recipient {
+        name: text(raw.name, field, "name: ", MAX_TEXT_CHARS)?,
+        phone: text(raw.phone, field, "phone: ", MAX_TEXT_CHARS)?,
+        email: text(raw.email, field, "email: ", MAX_EMAIL_CHARS)?,
+        locale: text(raw.locale, field, "locale: ", MAX_TEXT_CHARS)?,
+        tz: text(raw.tz, field, "tz: ", MAX_TEXT_CHARS)?,
         channels: raw.channels.map(|list| {
             list.iter().fold(Channels::default(), |acc, c| match c.0.as_ref() {
                 "sms" => Channels(acc.0 | Channels::SMS.0),
@@ -485,7 +531,7 @@ fn recipient(raw: RawRecipient<'_>) -> Recipient<'_> {
                 _ => acc,
             })
         }),
-    }
+    })
 }
 
 /// The slow path, taken only for input the typed pass refused: finds the
@@ -493,7 +539,14 @@ fn recipient(raw: RawRecipient<'_>) -> Recipient<'_> {
 fn explain(bytes: &[u8], err: serde_json::Error) -> Reject {
     let value: serde_json::Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
-        Err(e) => return Reject::BadJson(e.to_string()),
+        // Out-of-range numbers (1e400), nesting past the recursion limit, a
+        // cut-off document: still say in which field, when there is one.
+        Err(e) => {
+            return match field_at(bytes, offset(bytes, e.line(), e.column())) {
+                Some(field) => Reject::invalid(field, format!("not valid JSON: {e}")),
+                None => Reject::BadJson(e.to_string()),
+            }
+        }
     };
     let Some(object) = value.as_object() else {
         return Reject::NotAnObject;
@@ -517,6 +570,71 @@ fn explain(bytes: &[u8], err: serde_json::Error) -> Reject {
         }
     }
     Reject::BadJson(err.to_string())
+}
+
+/// Where the nesting passes [`MAX_DEPTH`], if it does. Only a document
+/// with more opening brackets than that is scanned (one SIMD count else).
+fn too_deep(bytes: &[u8]) -> Option<usize> {
+    if memchr::memchr2_iter(b'{', b'[', bytes).count() <= MAX_DEPTH {
+        return None;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(i);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The byte offset of a 1-based line and column.
+fn offset(bytes: &[u8], line: usize, column: usize) -> usize {
+    let start: usize = bytes.split(|&b| b == b'\n').take(line.saturating_sub(1)).map(|l| l.len() + 1).sum();
+    start + column.saturating_sub(1)
+}
+
+/// The top-level field whose value holds byte `offset` (or ends there), by
+/// a scan that only follows strings and nesting (the document need not be valid).
+fn field_at(bytes: &[u8], offset: usize) -> Option<Field> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let (mut start, mut last, mut key) = (0, (0, 0), None);
+    for (i, &b) in bytes.iter().enumerate().take(offset + 1) {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => (in_string, last) = (false, (start, i)),
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => (in_string, start) = (true, i + 1),
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b':' if depth == 1 => key = Some(last),
+            _ => {}
+        }
+    }
+    let (s, e) = key?;
+    Field::parse(std::str::from_utf8(&bytes[s..e]).ok()?)
 }
 
 fn recipient_problem(r: &serde_json::Map<String, serde_json::Value>) -> Option<Reject> {

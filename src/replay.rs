@@ -138,9 +138,11 @@ pub fn run(
             if filled == buf.len() {
                 // A line longer than a chunk: far beyond the event limit. Keep its head, skip the rest.
                 run.summary.lines += 1;
-                let (line, reject) = (run.summary.lines, Reject::TooLarge { bytes: filled });
-                write_reject(&mut run.sinks.rejects, &mut run.summary, line, &buf[..MAX_EVENT_BYTES], &reject)?;
-                filled = skip_line(input, &mut buf, &mut read_total)?;
+                let head = buf[..MAX_EVENT_BYTES].to_vec();
+                let (rest, kept) = skip_line(input, &mut buf, &mut read_total)?;
+                let (line, reject) = (run.summary.lines, Reject::TooLarge { bytes: filled + rest });
+                write_reject(&mut run.sinks.rejects, &mut run.summary, line, &head, &reject)?;
+                filled = kept;
             }
             continue;
         }
@@ -187,18 +189,21 @@ pub fn pieces(data: &[u8], size: usize) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Discards input up to and including the next newline; returns the bytes kept after it.
-fn skip_line(input: &mut dyn Read, buf: &mut [u8], read_total: &mut u64) -> io::Result<usize> {
+/// Discards input up to and including the next newline; returns how many
+/// bytes of the line it discarded and how many it kept after the newline.
+fn skip_line(input: &mut dyn Read, buf: &mut [u8], read_total: &mut u64) -> io::Result<(usize, usize)> {
+    let mut skipped = 0;
     loop {
         let n = input.read(buf)?;
         *read_total += n as u64;
         if n == 0 {
-            return Ok(0);
+            return Ok((skipped, 0));
         }
         if let Some(i) = memchr::memchr(b'\n', &buf[..n]) {
             buf.copy_within(i + 1..n, 0);
-            return Ok(n - i - 1);
+            return Ok((skipped + i, n - i - 1));
         }
+        skipped += n;
     }
 }
 
@@ -354,5 +359,7 @@ mod tests {
         assert_eq!(String::from_utf8(alerts).unwrap().lines().count(), 2);
         let reject: serde_json::Value = serde_json::from_slice(&rejects).unwrap();
         assert_eq!((reject["line"].as_u64(), reject["code"].as_str()), (Some(2), Some("too_large")));
+        // The whole line's size, not a chunk's (a 10 MB line once said 4 MiB).
+        assert_eq!(reject["reason"], format!("event larger than 64 KiB ({} bytes)", CHUNK + 10));
     }
 }

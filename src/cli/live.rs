@@ -237,8 +237,7 @@ fn escape_controls(text: &str) -> String {
     let body = text.strip_suffix('\n');
     let mut out = String::with_capacity(text.len() + 1);
     for c in body.unwrap_or(text).chars() {
-        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if (c.is_control() && c != '\t') || bidi {
+        if c != '\t' && forewarn::event::is_unprintable(c) {
             out.push_str(&c.escape_unicode().to_string());
         } else {
             out.push(c);

@@ -143,7 +143,7 @@ fn rejects_with_a_reason_naming_the_field() {
     check(&format!(r#"{{"v":1,{base},"recipient":"Léa"}}"#), expect!["recipient: expected an object [invalid_field]"]);
     check(
         r#"{"v":1,"event_id":"e1""#,
-        expect!["not valid JSON: EOF while parsing an object at line 1 column 22 [invalid_json]"],
+        expect!["event_id: not valid JSON: EOF while parsing an object at line 1 column 22 [invalid_field]"],
     );
     check(r#"[1,2,3]"#, expect!["not a JSON object [invalid_json]"]);
     check(
@@ -237,4 +237,61 @@ fn every_reject_code_is_listed_for_the_metrics() {
     ];
     let codes: std::collections::BTreeSet<&str> = every.iter().map(Reject::code).collect();
     assert_eq!(codes, Reject::CODES.iter().copied().collect());
+}
+
+#[test]
+fn text_fields_are_bounded_and_printable() {
+    let name = "N".repeat(50_000);
+    check(
+        &format!(
+            r#"{{"v":1,"event_id":"e","parcel_id":"P","kind":"label_created","at":"2026-11-20T08:00:00Z","promised_by":"2026-11-22T08:00:00Z","recipient":{{"name":"{name}"}}}}"#
+        ),
+        expect![[r#"recipient: name: longer than 200 characters (50000) [invalid_field]"#]],
+    );
+    check(
+        &format!(
+            r#"{{"v":1,"event_id":"e","parcel_id":"P","kind":"departed","at":"2026-11-20T08:00:00Z","branch":"{}"}}"#,
+            "B".repeat(3000)
+        ),
+        expect![[r#"branch: longer than 200 characters (3000) [invalid_field]"#]],
+    );
+    check(
+        r#"{"v":1,"event_id":"e","parcel_id":"P","kind":"label_created","at":"2026-11-20T08:00:00Z","promised_by":"2026-11-22T08:00:00Z","recipient":{"name":"L\u0000a \u001b[2J \u202etxt"}}"#,
+        expect![[r#"recipient: name: holds a control or bidirectional-override character [invalid_field]"#]],
+    );
+    check(
+        "{\"v\":1,\"event_id\":\"e\\r\\nx\",\"parcel_id\":\"P\",\"kind\":\"departed\",\"at\":\"2026-11-20T08:00:00Z\"}",
+        expect![[r#"event_id: holds a control or bidirectional-override character [invalid_field]"#]],
+    );
+    // 200 characters of three bytes each are fine: characters are counted, not bytes.
+    let wide = format!(
+        r#"{{"v":1,"event_id":"e","parcel_id":"P","kind":"departed","at":"2026-11-20T08:00:00Z","facility":"{}"}}"#,
+        "仓".repeat(200)
+    );
+    assert_eq!(decode(wide.as_bytes()).map(|e| e.facility.map(|f| f.chars().count())), Ok(Some(200)));
+}
+
+#[test]
+fn json_that_cannot_be_read_still_names_its_field() {
+    check(
+        r#"{"v":1,"event_id":"e","parcel_id":"P","kind":"departed","at":"2026-11-20T08:00:00Z","country":1e400}"#,
+        expect!["country: not valid JSON: number out of range at line 1 column 99 [invalid_field]"],
+    );
+    let deep = format!(
+        r#"{{"v":1,"event_id":"e","parcel_id":"P","kind":"departed","at":"2026-11-20T08:00:00Z","recipient":{}1{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    check(&deep, expect![[r#"recipient: nested deeper than 64 levels [invalid_field]"#]]);
+    // 30,000 levels in 60 KB: the parsers overflowed a 2 MiB stack (a tokio
+    // worker's) and aborted the process.
+    let deepest = format!(r#"{{"v":1,"pad":{}1{}}}"#, "[".repeat(30_000), "]".repeat(30_000));
+    let on_a_small_stack =
+        std::thread::Builder::new().stack_size(2 << 20).spawn(move || decode(deepest.as_bytes()).map(|_| ()));
+    let refused = on_a_small_stack.expect("a thread").join().expect("no stack overflow");
+    assert_eq!(refused, Err(Reject::BadJson("nested deeper than 64 levels".into())));
+    check(
+        r#"{"v":1,"event_id":"e\"}:{","kind":"#,
+        expect!["kind: not valid JSON: EOF while parsing a value at line 1 column 34 [invalid_field]"],
+    );
 }

@@ -222,7 +222,8 @@ async fn parcel(State(api): State<Arc<Api>>, headers: HeaderMap, Path(id): Path<
         Ok(slot) => slot,
         Err(f) => return f.into_response(),
     };
-    if id.is_empty() || id.len() > 64 {
+    // Characters, as the contract counts them: a 40-character id in Chinese is 120 bytes.
+    if id.is_empty() || id.chars().count() > crate::event::MAX_ID_CHARS {
         return failure(StatusCode::BAD_REQUEST, "parcel_id: 1 to 64 characters").into_response();
     }
     let js = match api.nats().await {

@@ -193,6 +193,10 @@ fn the_agent_sees_what_the_customer_was_told_and_the_branch_sees_its_at_risk_par
 
     let unknown = super::http_get_with(&http, "/v1/parcels/NO-SUCH-PARCEL", &[&auth]);
     assert!(split(&unknown).0.contains(" 404 "), "{unknown}");
+    // 40 characters of three bytes each: a valid tracking number (the API once counted bytes).
+    let wide = forewarn::dispatch::deliver::url_encode(&"包".repeat(40));
+    let unknown_wide = super::http_get_with(&http, &format!("/v1/parcels/{wide}"), &[&auth]);
+    assert!(split(&unknown_wide).0.contains(" 404 "), "{unknown_wide}");
 
     // The branch with the most at-risk parcels: its list, page by page,
     // adds up to its total; as CSV too.
