@@ -543,8 +543,8 @@ fn explain(bytes: &[u8], err: serde_json::Error) -> Reject {
         // cut-off document: still say in which field, when there is one.
         Err(e) => {
             return match field_at(bytes, offset(bytes, e.line(), e.column())) {
-                Some(field) => Reject::invalid(field, format!("not valid JSON: {e}")),
-                None => Reject::BadJson(e.to_string()),
+                Some(field) => Reject::invalid(field, format!("not valid JSON: {}", unquoted(&e))),
+                None => Reject::BadJson(unquoted(&e)),
             }
         }
     };
@@ -557,11 +557,10 @@ fn explain(bytes: &[u8], err: serde_json::Error) -> Reject {
         };
         let expected = match field {
             Field::V => (!value.is_i64()).then_some("expected an integer"),
-            Field::Recipient => match value.as_object() {
+            Field::Recipient => match value.as_object().map(recipient_problem) {
                 None => Some("expected an object"),
-                Some(r) => {
-                    return recipient_problem(r).unwrap_or_else(|| Reject::BadJson(err.to_string()));
-                }
+                Some(Some(problem)) => return problem,
+                Some(None) => None,
             },
             _ => (!value.is_string() && !value.is_null()).then_some("expected a string"),
         };
@@ -569,7 +568,17 @@ fn explain(bytes: &[u8], err: serde_json::Error) -> Reject {
             return Reject::invalid(field, problem);
         }
     }
-    Reject::BadJson(err.to_string())
+    Reject::BadJson(unquoted(&err))
+}
+
+/// A parser's message without the input it quotes (`invalid type: string
+/// "…"` can hold anything: an address, a control character).
+fn unquoted(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match (text.find('"'), text.rfind('"')) {
+        (Some(first), Some(last)) if last > first => format!("{}…{}", &text[..first], &text[last + 1..]),
+        _ => text,
+    }
 }
 
 /// Where the nesting passes [`MAX_DEPTH`], if it does. Only a document

@@ -295,3 +295,13 @@ fn json_that_cannot_be_read_still_names_its_field() {
         expect!["kind: not valid JSON: EOF while parsing a value at line 1 column 34 [invalid_field]"],
     );
 }
+
+#[test]
+fn a_valid_recipient_does_not_hide_a_wrong_field_after_it() {
+    // Fields are looked at in name order: a good recipient once ended the
+    // search with the parser's own message, which quoted the bad value.
+    check(
+        r#"{"v":"lea@example.fr","event_id":"e","parcel_id":"P","kind":"departed","at":"2026-11-20T08:00:00Z","recipient":{"name":"Léa"}}"#,
+        expect!["v: expected an integer [invalid_field]"],
+    );
+}

@@ -3,6 +3,7 @@
 mod cli;
 mod deploy;
 mod dispatch;
+mod fuzz;
 mod hostile;
 mod live;
 mod nats;
