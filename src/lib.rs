@@ -32,7 +32,23 @@
 //! - [`config`]: `forewarn.toml`, strict, every field defaulted.
 //! - [`simulate`]: a synthetic carrier network in the v1 contract
 //!   (`forewarn simulate`).
+//! - [`report`]: the proof that forewarn speaks first (`forewarn report`).
+//! - [`partition`]: which partition a parcel is in (FNV-1a, as the contract
+//!   says) and which partitions a process owns.
 //! - [`time`]: event-time instants and durations.
+//!
+//! # Where to change what
+//!
+//! - A rule's trigger or a new kind of rule: the model in [`rules`], its
+//!   file syntax in `rules/file.rs`, its evaluation in `engine/plan.rs` (and
+//!   `engine/wake.rs` for timers); a rule test in `rules/tests/`.
+//! - What the contract accepts: [`event`] (and `shared/events.md` first).
+//! - A channel: `dispatch/channel/`, its configuration in `dispatch/config.rs`.
+//! - A message's text: `rules/templates/<locale>/`.
+//! - A metric: [`metrics`] (one spec: `forewarn_<what>_<unit>`, closed label
+//!   sets initialised at 0), then `deploy/prometheus` and `deploy/grafana`.
+//! - A stream or subject: `live/wire.rs` (subjects, headers, message ids) and
+//!   `live/connect.rs` (stream definitions), then `deploy/nats/streams/`.
 //!
 //! # Invariants
 //!
