@@ -341,7 +341,10 @@ impl Engine {
     /// and ends the episodes it ends.
     fn apply_to(&mut self, slot: u32, ev: &Event<'_>, out: &mut Vec<Alert>) {
         let p = self.window.get_mut(slot);
-        let superseded = p.state.is_done() && ev.at < p.state_at;
+        // A scan older than the parcel's end is history: it raises nothing.
+        // A contact is not: it comes on its own stream, before or after the
+        // scans it preceded, and must count as when it happened either way.
+        let superseded = p.state.is_done() && ev.at < p.state_at && ev.kind.is_scan();
         let inputs = p.deadline_inputs();
         let before = self.lanes.active().then(|| (Place::of(p), p.lane, p.state_at));
         let first_branch = absorb(p, ev, &self.plan.counted, &mut self.syms, &mut self.stats);
