@@ -91,18 +91,23 @@ impl Readiness {
     /// Why not ready now, if not; keeps `forewarn_checkpoint_waiting_seconds`
     /// and `forewarn_stalls_total` up to date.
     pub fn get(&self) -> Option<String> {
+        self.at(Instant::now())
+    }
+
+    /// [`Readiness::get`] as of `now` (the tests move time).
+    fn at(&self, now: Instant) -> Option<String> {
         let bound = self.stale_after;
         self.with(|s| {
             let connected =
                 s.client.as_ref().is_none_or(|c| c.connection_state() == async_nats::connection::State::Connected);
             match (connected, s.disconnected_since) {
                 (true, _) => s.disconnected_since = None,
-                (false, None) => s.disconnected_since = Some(Instant::now()),
+                (false, None) => s.disconnected_since = Some(now),
                 (false, Some(_)) => {}
             }
-            let waited = s.unsaved_since.map_or(Duration::ZERO, |t| t.elapsed());
+            let waited = s.unsaved_since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
             METRICS.checkpoint_waiting.set(waited.as_secs() as i64);
-            let down = s.disconnected_since.map_or(Duration::ZERO, |t| t.elapsed());
+            let down = s.disconnected_since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
             let error = s.last_error.as_deref().unwrap_or("checkpoints or publishes are not going through");
             let faults = [
                 (waited > bound).then(|| format!("no checkpoint stored for {} s: {error}", waited.as_secs())),
@@ -165,17 +170,17 @@ mod tests {
 
     #[test]
     fn changes_no_checkpoint_covers_for_too_long_make_it_unready_until_one_does() {
-        let readiness = Readiness::new("starting", Duration::ZERO);
+        let readiness = Readiness::new("starting", Duration::from_secs(60));
         readiness.set(None);
         assert_eq!(readiness.get(), None, "nothing waits");
         readiness.unsaved();
         readiness.failing("insufficient resources\r\n(disk full)");
-        std::thread::sleep(Duration::from_millis(1100));
-        let reason = readiness.get().expect("not ready");
-        assert!(reason.starts_with("no checkpoint stored for 1 s: insufficient resources  (disk full)"), "{reason}");
-        assert!(METRICS.render().contains("forewarn_checkpoint_waiting_seconds 1"));
+        let later = |s| Instant::now() + Duration::from_secs(s);
+        assert_eq!(readiness.at(later(59)), None, "within the bound");
+        let reason = readiness.at(later(61)).expect("not ready");
+        assert!(reason.starts_with("no checkpoint stored for 61 s: insufficient resources  (disk full)"), "{reason}");
         readiness.saved();
-        assert_eq!(readiness.get(), None);
+        assert_eq!(readiness.at(later(61)), None);
     }
 
     #[test]
