@@ -11,10 +11,10 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use forewarn::dispatch::branches::Directory;
-use forewarn::dispatch::template::{Channel, Templates};
+use forewarn::dispatch::template::Templates;
 use forewarn::engine::{Config, Engine};
 use forewarn::replay::{self, Sinks, Summary};
-use forewarn::rules::{test::run_dir, Audience, RuleError, RuleSet};
+use forewarn::rules::{test::run_dir, RuleError, RuleSet};
 use forewarn::simulate::{self, Network};
 use forewarn::time::{Span, Ts};
 
@@ -411,28 +411,12 @@ fn check(dir: &Path) -> Result<ExitCode> {
     say!("{}: {} rules ok", dir.display(), set.len());
     let defaults = forewarn::config::Dispatch::default();
     let templates_dir = defaults.templates_dir(dir);
-    let templates = Templates::load(&templates_dir, &defaults.default_locale).map_err(|errors| {
-        for e in &errors {
-            eprintln!("{e}");
+    let templates = Templates::check_pack(&templates_dir, &defaults.default_locale, &set).map_err(|problems| {
+        for p in &problems {
+            eprintln!("{p}");
         }
-        anyhow::anyhow!("{} error(s) in the templates at {}", errors.len(), templates_dir.display())
+        anyhow::anyhow!("{} problem(s) in the templates at {}", problems.len(), templates_dir.display())
     })?;
-    let mut problems = templates.check();
-    let voices = set.rules.iter().map(|r| &r.voice).chain(set.branch_rules.iter().map(|r| &r.voice));
-    for voice in voices.filter(|v| v.audience.includes(Audience::CUSTOMER)) {
-        let name = format!("customer/{}", voice.id);
-        let locale = &defaults.default_locale;
-        if !templates.has(locale, &name, Channel::Sms) || !templates.has(locale, &name, Channel::Email) {
-            problems
-                .push(format!("rule `{}` speaks to customers but has no {name}.sms.j2 and {name}.email.j2", voice.id));
-        }
-    }
-    for p in &problems {
-        eprintln!("{p}");
-    }
-    if !problems.is_empty() {
-        bail!("{} problem(s) in the templates at {}", problems.len(), templates_dir.display());
-    }
     say!("{}: templates ok in {}", templates_dir.display(), templates.locales().collect::<Vec<_>>().join(", "));
     let directory = Directory::load(&defaults.branches_file(dir)).map_err(anyhow::Error::msg)?;
     say!("{}: {} branches ok", defaults.branches_file(dir).display(), directory.len());

@@ -15,6 +15,8 @@ use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Serialize;
 
+use crate::rules::{Audience, RuleSet};
+
 /// The variables every template sees. Absent facts are `none`, never undefined.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Context {
@@ -236,6 +238,31 @@ impl Templates {
             text: render("txt")?,
             html: render("html")?,
         })
+    }
+
+    /// The templates of a pack, loaded and checked against its rules: what
+    /// `forewarn check` says, and what a reload must pass before it takes the
+    /// pack (a broken template was once reloaded as "rules reloaded").
+    pub fn check_pack(dir: &Path, default_locale: &str, set: &RuleSet) -> Result<Templates, Vec<String>> {
+        let templates = Templates::load(dir, default_locale)?;
+        let mut problems = templates.check();
+        let voices = set.rules.iter().map(|r| &r.voice).chain(set.branch_rules.iter().map(|r| &r.voice));
+        for voice in voices.filter(|v| v.audience.includes(Audience::CUSTOMER)) {
+            let name = format!("customer/{}", voice.id);
+            if !templates.has(default_locale, &name, Channel::Sms)
+                || !templates.has(default_locale, &name, Channel::Email)
+            {
+                problems.push(format!(
+                    "rule `{}` speaks to customers but has no {name}.sms.j2 and {name}.email.j2",
+                    voice.id
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(templates)
+        } else {
+            Err(problems)
+        }
     }
 
     /// Renders every template of every locale with sample data, and checks

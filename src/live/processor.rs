@@ -33,6 +33,7 @@ use super::wire::{self, Refusal};
 use super::{connect, health, lookup, LiveError};
 use crate::alert::Alert;
 use crate::config::{std_duration, Config};
+use crate::dispatch::template::Templates;
 use crate::engine::{BranchStage, Engine, Fact, Judged};
 use crate::event::Reject;
 use crate::metrics::METRICS;
@@ -461,7 +462,17 @@ impl Processor {
     }
 
     fn reload(&mut self) {
-        match self.rules.load() {
+        let dispatch = &self.config.dispatch;
+        let checked = self.rules.load().and_then(|set| {
+            // The dispatcher of this process reads its templates at its start; a
+            // pack whose templates are broken is refused whole, as `check` would.
+            if self.config.role == "detect" {
+                return Ok(set);
+            }
+            let dir = dispatch.templates_dir(self.rules.path());
+            Templates::check_pack(&dir, &dispatch.default_locale, &set).map(|_| set).map_err(|p| p.join("\n"))
+        });
+        match checked {
             Ok(set) => {
                 for part in self.parts.values_mut() {
                     part.engine.replace_rules(set.clone());

@@ -351,3 +351,29 @@ fn a_server_gone_longer_than_the_bound_makes_it_unready_until_it_returns() {
     let (got, _) = c.finish(p);
     nats::assert_same(&got, &c.expected);
 }
+
+/// A reload whose templates are broken is refused whole, naming the file:
+/// it was once reported as "rules reloaded" (only `forewarn check` saw it).
+#[test]
+fn a_broken_template_is_refused_on_sighup_with_its_file() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let rules = dir.path().join("rules");
+    let copied = std::process::Command::new("cp").arg("-r").arg(super::repo("rules")).arg(&rules).status();
+    assert!(copied.is_ok_and(|s| s.success()), "the pack copied");
+    let server = NatsServer::start();
+    let config = nats::config(dir.path(), &dir.path().join("clock"));
+    let args = ["--nats", &server.url(), "--rules", rules.to_str().expect("utf-8")];
+    let p = Processor::start(dir.path(), &config, &args);
+    wait_until("the processor to run", || p.log().contains("forewarn running"));
+    let template = rules.join("templates/en/customer/late.sms.j2");
+    let good = std::fs::read_to_string(&template).expect("the late SMS");
+    std::fs::write(&template, "{% if %}broken").expect("written");
+    p.signal("HUP");
+    wait_until("the refusal", || p.log().contains("rules not reloaded"));
+    assert!(p.log().contains("late.sms.j2"), "the error names the template:\n{}", p.log());
+    std::fs::write(&template, good).expect("restored");
+    p.signal("HUP");
+    wait_until("the reload", || p.log().contains("rules reloaded"));
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+}
