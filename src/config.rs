@@ -363,6 +363,8 @@ impl Config {
         let e = &self.engine;
         engine::Config {
             lateness: self.watermark.lateness,
+            // Replay's bound; live judges a scan's date by its arrival instead.
+            horizon: engine::Config::default().horizon,
             retention: e.retention,
             max_idle: e.max_idle,
             max_parcels: (e.max_parcels / partitions.max(1)).max(1),

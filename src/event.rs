@@ -273,6 +273,10 @@ pub enum Reject {
         "at: dated {ahead} after its arrival at the server (a scanner's clock?); refused, it moves no one's event time"
     )]
     Future { ahead: Span },
+    #[error(
+        "at: dated {ahead} ahead of the flow of scans, which did not follow it (a scanner's clock?); refused, it moved no one's event time"
+    )]
+    AheadOfFlow { ahead: Span },
 }
 
 impl Reject {
@@ -296,7 +300,7 @@ impl Reject {
             Reject::Invalid { .. } => "invalid_field",
             Reject::UnknownKind(_) => "unknown_kind",
             Reject::UnsupportedVersion(_) => "unsupported_version",
-            Reject::Future { .. } => "future_event",
+            Reject::Future { .. } | Reject::AheadOfFlow { .. } => "future_event",
         }
     }
 
@@ -306,7 +310,7 @@ impl Reject {
             Reject::Missing(f) | Reject::MissingFor { field: f, .. } | Reject::Invalid { field: f, .. } => Some(*f),
             Reject::UnknownKind(_) => Some(Field::Kind),
             Reject::UnsupportedVersion(_) => Some(Field::V),
-            Reject::Future { .. } => Some(Field::At),
+            Reject::Future { .. } | Reject::AheadOfFlow { .. } => Some(Field::At),
             _ => None,
         }
     }

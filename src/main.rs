@@ -104,6 +104,11 @@ struct ReplayArgs {
     /// How far behind the newest event time the watermark runs.
     #[arg(long, default_value = "1h", value_parser = span)]
     lateness: Span,
+    /// How far past the newest event time an event may be dated before it
+    /// waits for the lines after it to show the flow followed (else it is
+    /// refused as future_event: a scanner's clock ahead).
+    #[arg(long, default_value = "1h", value_parser = span)]
+    horizon: Span,
     /// The most parcels kept in the window.
     #[arg(long, default_value_t = Config::default().max_parcels)]
     max_parcels: usize,
@@ -250,6 +255,7 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let set = load_rules(&args.rules)?;
     let config = Config {
         lateness: args.lateness,
+        horizon: args.horizon,
         max_parcels: args.max_parcels,
         partitions: args.partitions,
         ..Config::default()

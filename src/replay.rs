@@ -16,6 +16,11 @@ use crate::alert::{Alert, AlertState};
 use crate::engine::window::parcel_hash;
 use crate::engine::{Engine, Judged};
 use crate::event::{decode, Event, Reject, MAX_EVENT_BYTES};
+use crate::time::Span;
+
+mod ahead;
+
+use ahead::{Ahead, Settled};
 
 const CHUNK: usize = 4 << 20;
 const BATCH: usize = 32;
@@ -91,25 +96,55 @@ pub struct Run<'r, 's> {
     summary: Summary,
     out: Vec<Alert>,
     text: Vec<u8>,
+    ahead: Ahead,
     started: Instant,
 }
 
 impl<'r, 's> Run<'r, 's> {
     pub fn new(engine: &'r mut Engine, sinks: &'r mut Sinks<'s>) -> Self {
-        Run { engine, sinks, summary: Summary::default(), out: Vec::new(), text: Vec::new(), started: Instant::now() }
+        let ahead = Ahead::new(engine.horizon());
+        Run {
+            engine,
+            sinks,
+            summary: Summary::default(),
+            out: Vec::new(),
+            text: Vec::new(),
+            ahead,
+            started: Instant::now(),
+        }
     }
 
     /// Replays whole lines.
     pub fn chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
-        process(chunk, self.engine, self.sinks, &mut self.summary, &mut self.out, &mut self.text)?;
+        let mut step = Step {
+            engine: self.engine,
+            sinks: self.sinks,
+            summary: &mut self.summary,
+            out: &mut self.out,
+            text: &mut self.text,
+            ahead: &mut self.ahead,
+        };
+        step.process(chunk)?;
         self.engine.take_judged(&mut self.summary.judged);
         Ok(())
     }
 
     /// The input is complete: nothing late can come, so every deadline up to
-    /// the newest event is judged and every event held aside is applied.
+    /// its end is judged and every event the engine parked is applied; an
+    /// event still held ahead of the flow is let in or refused as the lines
+    /// after it say ([`ahead`]).
     pub fn finish(mut self) -> io::Result<Summary> {
-        self.engine.advance(self.engine.newest(), &mut self.out);
+        let mut events = 0;
+        let horizon = self.engine.horizon();
+        let finished = std::mem::replace(&mut self.ahead, Ahead::new(horizon)).finish(self.engine, |engine, held| {
+            events += 1;
+            engine.apply(&held.event, held.hash, &mut self.out);
+        });
+        for (held, ahead) in finished.refused {
+            refuse_ahead(&mut self.sinks.rejects, &mut self.summary, (held.number, &held.line), ahead)?;
+        }
+        self.summary.events += events;
+        self.engine.advance(finished.end, &mut self.out);
         self.engine.take_judged(&mut self.summary.judged);
         write_alerts(&mut self.out, self.sinks.alerts, &mut self.summary, &mut self.text)?;
         self.summary.elapsed = self.started.elapsed();
@@ -207,56 +242,100 @@ fn skip_line(input: &mut dyn Read, buf: &mut [u8], read_total: &mut u64) -> io::
     }
 }
 
-fn process(
-    chunk: &[u8],
-    engine: &mut Engine,
-    sinks: &mut Sinks<'_>,
-    summary: &mut Summary,
-    out: &mut Vec<Alert>,
-    text: &mut Vec<u8>,
-) -> io::Result<()> {
-    if chunk.is_empty() {
-        return Ok(());
-    }
-    let mut lines = lines(chunk).peekable();
-    let mut batch: Vec<Pending<'_>> = Vec::with_capacity(BATCH);
-    while lines.peek().is_some() {
-        batch.clear();
-        for line in lines.by_ref() {
-            summary.lines += 1;
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let decoded = decode(line);
-            let hash = decoded.as_ref().map_or(0, |e| parcel_hash(&e.parcel_id));
-            engine.prefetch(0, hash);
-            batch.push(Pending { number: summary.lines, line, decoded, hash });
-            if batch.len() == BATCH {
-                break;
-            }
+/// What applying a chunk of lines works with.
+struct Step<'e, 's, 'w> {
+    engine: &'e mut Engine,
+    sinks: &'e mut Sinks<'w>,
+    summary: &'s mut Summary,
+    out: &'s mut Vec<Alert>,
+    text: &'s mut Vec<u8>,
+    ahead: &'s mut Ahead,
+}
+
+impl Step<'_, '_, '_> {
+    fn process(&mut self, chunk: &[u8]) -> io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
         }
-        // Stage 1 runs a few events ahead of stage 2, which needs its result in cache.
-        for i in 0..batch.len() + STAGE_DISTANCE {
-            if let Some(p) = batch.get(i) {
-                engine.prefetch(1, p.hash);
-            }
-            if let Some(p) = i.checked_sub(STAGE_DISTANCE).and_then(|j| batch.get(j)) {
-                engine.prefetch(2, p.hash);
-            }
-        }
-        for Pending { number, line, decoded, hash } in &batch {
-            match decoded {
-                Ok(event) => {
-                    summary.events += 1;
-                    engine.ingest_hashed(event, *hash, out);
-                    write_alerts(out, sinks.alerts, summary, text)?;
+        let mut lines = lines(chunk).peekable();
+        let mut batch: Vec<Pending<'_>> = Vec::with_capacity(BATCH);
+        while lines.peek().is_some() {
+            batch.clear();
+            for line in lines.by_ref() {
+                self.summary.lines += 1;
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
                 }
-                Err(reject) => write_reject(&mut sinks.rejects, summary, *number, line, reject)?,
+                let decoded = decode(line);
+                let hash = decoded.as_ref().map_or(0, |e| parcel_hash(&e.parcel_id));
+                self.engine.prefetch(0, hash);
+                batch.push(Pending { number: self.summary.lines, line, decoded, hash });
+                if batch.len() == BATCH {
+                    break;
+                }
+            }
+            // Stage 1 runs a few events ahead of stage 2, which needs its result in cache.
+            for i in 0..batch.len() + STAGE_DISTANCE {
+                if let Some(p) = batch.get(i) {
+                    self.engine.prefetch(1, p.hash);
+                }
+                if let Some(p) = i.checked_sub(STAGE_DISTANCE).and_then(|j| batch.get(j)) {
+                    self.engine.prefetch(2, p.hash);
+                }
+            }
+            for Pending { number, line, decoded, hash } in &batch {
+                match decoded {
+                    Ok(event) => self.event((*number, line), event, *hash)?,
+                    Err(reject) => write_reject(&mut self.sinks.rejects, self.summary, *number, line, reject)?,
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Applies an event, or holds it if it is dated far ahead of the flow;
+    /// lets in the events held that the flow caught up with or followed
+    /// (before the watermark moves past them) and refuses those it did not
+    /// follow; then moves the watermark.
+    fn event(&mut self, (number, line): (u64, &[u8]), event: &Event<'_>, hash: u64) -> io::Result<()> {
+        self.ahead.saw(event.at);
+        match self.ahead.past_horizon(self.engine, event.at) {
+            None => {
+                self.summary.events += 1;
+                self.engine.apply(event, hash, self.out);
+                self.ahead.applied(self.engine, event.at);
+            }
+            Some(ahead) => {
+                if let Err(line) = self.ahead.hold((number, line), event, hash) {
+                    refuse_ahead(&mut self.sinks.rejects, self.summary, (number, line), ahead)?;
+                }
+            }
+        }
+        if !self.ahead.is_empty() {
+            let mut settled = Settled::default();
+            self.ahead.settle(self.engine, &mut settled);
+            for held in &settled.let_in {
+                self.summary.events += 1;
+                self.engine.apply(&held.event, held.hash, self.out);
+            }
+            for (held, ahead) in settled.refused {
+                refuse_ahead(&mut self.sinks.rejects, self.summary, (held.number, &held.line), ahead)?;
+            }
+        }
+        self.engine.catch_up(self.out);
+        write_alerts(self.out, self.sinks.alerts, self.summary, self.text)
+    }
+}
+
+/// Refuses an event the flow did not follow.
+fn refuse_ahead(
+    sink: &mut Option<&mut dyn Write>,
+    summary: &mut Summary,
+    (number, line): (u64, &[u8]),
+    ahead: Span,
+) -> io::Result<()> {
+    write_reject(sink, summary, number, line, &Reject::AheadOfFlow { ahead: ahead.in_minutes() })
 }
 
 /// Writes and counts the alerts in `out`, leaving it empty.
@@ -361,5 +440,79 @@ mod tests {
         assert_eq!((reject["line"].as_u64(), reject["code"].as_str()), (Some(2), Some("too_large")));
         // The whole line's size, not a chunk's (a 10 MB line once said 4 MiB).
         assert_eq!(reject["reason"], format!("event larger than 64 KiB ({} bytes)", CHUNK + 10));
+    }
+
+    /// A minute-by-minute flow of departures of distinct parcels from 08:00.
+    fn flow(from: i64, n: i64) -> Vec<String> {
+        (from..from + n).map(|i| line(&format!("P{i}"), "departed", minute(i))).collect()
+    }
+
+    fn minute(i: i64) -> crate::time::Ts {
+        crate::time::Ts::parse_rfc3339("2026-11-20T08:00:00Z").unwrap().plus(Span::minutes(i))
+    }
+
+    fn line(parcel: &str, kind: &str, at: crate::time::Ts) -> String {
+        format!(r#"{{"v":1,"event_id":"{parcel}-{kind}","parcel_id":"{parcel}","kind":"{kind}","at":"{at}"}}"#)
+    }
+
+    fn engine() -> Engine {
+        let rules = RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap();
+        Engine::new(rules, Config::default())
+    }
+
+    /// The replay's alert lines and its rejects' (line, code).
+    fn replayed(lines: &[String]) -> (Vec<String>, Vec<(u64, String)>) {
+        let input = lines.join("\n") + "\n";
+        let (mut alerts, mut rejects) = (Vec::new(), Vec::new());
+        let mut sinks = Sinks { alerts: &mut alerts, rejects: Some(&mut rejects) };
+        run_bytes(input.as_bytes(), &mut engine(), &mut sinks, &mut |_| {}).unwrap();
+        let rejects = String::from_utf8(rejects).unwrap();
+        let rejects = rejects
+            .lines()
+            .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap())
+            .map(|r| (r["line"].as_u64().unwrap(), r["code"].as_str().unwrap().to_string()))
+            .collect();
+        (String::from_utf8(alerts).unwrap().lines().map(str::to_string).collect(), rejects)
+    }
+
+    /// The obvious formulation, right when no line is dated ahead: every
+    /// event straight into the engine, then every deadline up to the newest.
+    fn straight(lines: &[String]) -> Vec<String> {
+        let mut engine = engine();
+        let mut out = Vec::new();
+        for l in lines {
+            engine.ingest(&decode(l.as_bytes()).unwrap(), &mut out);
+        }
+        engine.advance(engine.newest(), &mut out);
+        let mut text = Vec::new();
+        out.iter().for_each(|a| a.write_json_line(&mut text));
+        String::from_utf8(text).unwrap().lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn scans_dated_hours_and_days_ahead_of_the_flow_are_refused_and_change_no_alert() {
+        let clean = flow(0, 300);
+        for ahead in [Span::hours(3), Span::hours(14), Span::hours(24 * 5)] {
+            let mut dirty = clean.clone();
+            // A parcel of the flow scanned again by a scanner whose clock is ahead, and a new one.
+            dirty.insert(100, line("P90", "arrived", minute(100).plus(ahead)));
+            dirty.insert(200, line("X", "damaged", minute(200).plus(ahead)));
+            let (alerts, rejects) = replayed(&dirty);
+            // Before, the input's end moved to the outlier: 300 parcels "stalled" at 5 days.
+            assert_eq!(alerts, replayed(&clean).0, "{ahead:?}");
+            assert_eq!(rejects, [(101, "future_event".to_string()), (201, "future_event".to_string())], "{ahead:?}");
+        }
+    }
+
+    #[test]
+    fn a_morning_after_a_quiet_night_and_a_sparse_tail_are_let_in_as_they_come() {
+        // 300 scans, 9 h of nothing, 300 more, then the last parcels hours apart.
+        let mut lines = flow(0, 300);
+        lines.extend(flow(300 + 9 * 60, 300));
+        lines.extend((0..20).map(|i| line(&format!("T{i}"), "delivered", minute(2000 + i * i * 45))));
+        let (alerts, rejects) = replayed(&lines);
+        assert_eq!(rejects, []);
+        assert_eq!(alerts, straight(&lines));
+        assert!(alerts.len() > 300, "the night's parcels stalled: {}", alerts.len());
     }
 }

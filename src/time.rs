@@ -201,6 +201,11 @@ impl Span {
         Span(m * 60_000)
     }
 
+    /// Whole minutes of it: what a reason quotes (no seconds to tell two apart).
+    pub const fn in_minutes(self) -> Span {
+        Span(self.0 / 60_000 * 60_000)
+    }
+
     /// Parses a duration such as `24h`, `90m`, `2d`, `1h30m`, `45s` or `-24h`.
     pub fn parse(s: &str) -> Result<Span, String> {
         let text = s.trim();

@@ -7,8 +7,10 @@
 //! its last [`RING`] scan times, in arrival order, and its frontier follows
 //! the newest of them *but the top eighth* (at least the top one): outliers
 //! that are a minority of the recent flow never move it, the flow does. The
-//! frontier never goes back. A scan far ahead is still applied to its own
-//! parcel (live, one dated ahead of its own arrival is refused first).
+//! frontier never goes back. Live, a scan dated ahead of its own arrival is
+//! refused first; a replay has no arrival, so it holds a scan far ahead of
+//! the flow until the lines after it show whether the flow followed it
+//! (`replay::ahead`).
 //!
 //! All of it is per partition, in each partition's arrival order: the same
 //! in a replay (one engine, every partition) as live (an engine a
@@ -82,22 +84,26 @@ impl Flow {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Frontier {
     pub(super) flows: Vec<Flow>,
+    /// The latest flow's frontier, kept as they move (read for every event).
+    vouched: Ts,
 }
 
 impl Frontier {
     pub fn new(partitions: u16) -> Frontier {
-        Frontier { flows: vec![Flow::default(); usize::from(partitions.max(1))] }
+        Frontier { flows: vec![Flow::default(); usize::from(partitions.max(1))], vouched: Ts::MIN }
     }
 
     /// A scan of partition `p`.
     pub fn observe(&mut self, p: u16, at: Ts) {
-        self.flows[usize::from(p)].observe(at);
+        let flow = &mut self.flows[usize::from(p)];
+        flow.observe(at);
+        self.vouched = self.vouched.max(flow.frontier);
     }
 
     /// The newest time the flows vouch for (the watermark's source): the
     /// latest partition frontier.
     pub fn vouched(&self) -> Ts {
-        self.flows.iter().map(|f| f.frontier).max().unwrap_or(Ts::MIN)
+        self.vouched
     }
 
     /// The newest scan time in any partition, outliers included.
@@ -110,6 +116,7 @@ impl Frontier {
         if flows.len() != self.flows.len() {
             return Err(flows.len());
         }
+        self.vouched = flows.iter().map(|f| f.frontier).max().unwrap_or(Ts::MIN);
         self.flows = flows;
         Ok(())
     }

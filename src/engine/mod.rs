@@ -52,6 +52,9 @@ const PREFETCH_AHEAD: usize = 8;
 pub struct Config {
     /// How far behind the newest event time the watermark runs.
     pub lateness: Span,
+    /// How far ahead of its partition's flow a replayed event may be dated
+    /// before it waits for the flow (live refuses by arrival time instead).
+    pub horizon: Span,
     /// How long a done parcel (delivered, collected, returned, lost) stays, for late events.
     pub retention: Span,
     /// A parcel with no event for this long leaves the window.
@@ -71,6 +74,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             lateness: Span::hours(1),
+            horizon: Span::hours(1),
             retention: Span::hours(48),
             max_idle: Span::hours(24 * 30),
             max_parcels: 4_000_000,
@@ -238,18 +242,25 @@ impl Engine {
         self.watermark
     }
 
-    /// The newest time seen, of scans and contacts: at the end of an input,
-    /// advancing to it judges everything. (A scan dated ahead that is the
-    /// newest of a replayed file moves this end: the flow cannot vouch for
-    /// the last scans of an input, and a sparse tail looks like an outlier.)
+    /// The newest time seen, of scans and contacts.
     pub fn newest(&self) -> Ts {
         self.frontier.newest().max(self.max_contact_at)
+    }
+
+    /// How far ahead of the flow a replayed event may be dated.
+    pub fn horizon(&self) -> Span {
+        self.config.horizon
+    }
+
+    /// The newest scan time the partitions' flows vouch for, outliers aside.
+    pub fn vouched(&self) -> Ts {
+        self.frontier.vouched()
     }
 
     /// The watermark the input alone justifies: the newest scan time the
     /// partitions' flows vouch for, minus the lateness.
     pub fn input_watermark(&self) -> Ts {
-        self.frontier.vouched().minus(self.config.lateness)
+        self.vouched().minus(self.config.lateness)
     }
 
     fn partition_of(&self, parcel_id: &str) -> u16 {
@@ -261,14 +272,14 @@ impl Engine {
 
     /// Applies an event, then moves the watermark as the input allows.
     pub fn ingest(&mut self, event: &Event<'_>, out: &mut Vec<Alert>) -> Applied {
-        self.ingest_hashed(event, parcel_hash(&event.parcel_id), out)
+        let applied = self.apply(event, parcel_hash(&event.parcel_id), out);
+        self.catch_up(out);
+        applied
     }
 
-    /// [`Engine::ingest`] for a caller that already has the [`parcel_hash`].
-    pub fn ingest_hashed(&mut self, event: &Event<'_>, hash: u64, out: &mut Vec<Alert>) -> Applied {
-        let applied = self.apply_hashed(event, hash, out);
+    /// Moves the watermark as the input allows.
+    pub fn catch_up(&mut self, out: &mut Vec<Alert>) {
         self.advance(self.input_watermark(), out);
-        applied
     }
 
     /// Hints the CPU to fetch what applying an event for the parcel with this
@@ -279,8 +290,10 @@ impl Engine {
         self.window.prefetch(stage, hash);
     }
 
-    /// Takes an event into the parcel's state and fires the rules it triggers.
-    fn apply_hashed(&mut self, ev: &Event<'_>, hash: u64, out: &mut Vec<Alert>) -> Applied {
+    /// Takes an event (its parcel's [`parcel_hash`] given) into the parcel's
+    /// state and fires the rules it triggers, leaving the watermark where it
+    /// is ([`Engine::ingest`] moves it too).
+    pub fn apply(&mut self, ev: &Event<'_>, hash: u64, out: &mut Vec<Alert>) -> Applied {
         self.stats.events += 1;
         // Scans drive event time; contacts come from another system (the call
         // centre) on another stream, so they neither hold it back nor push it.

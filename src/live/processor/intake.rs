@@ -10,7 +10,7 @@ use super::Processor;
 use crate::event::{decode, Reject};
 use crate::metrics::METRICS;
 use crate::partition;
-use crate::time::{Span, Ts};
+use crate::time::Ts;
 
 impl Processor {
     /// A scan or contact (on the server since `arrived`): to its partition's
@@ -41,7 +41,7 @@ impl Processor {
                 if expected != p {
                     Some(Refusal::Misrouted { subject: subject.to_string(), expected })
                 } else if ahead > self.config.watermark.max_skew {
-                    Some(Refusal::Contract(Reject::Future { ahead: Span(ahead.0 / 60_000 * 60_000) }))
+                    Some(Refusal::Contract(Reject::Future { ahead: ahead.in_minutes() }))
                 } else {
                     self.summary.events += 1;
                     METRICS.event(event.kind).inc();
