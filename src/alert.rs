@@ -8,12 +8,17 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Serialize;
+use std::borrow::Cow;
+
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::event::{Channels, Kind};
 use crate::rules::{Audience, Severity};
-use crate::time::{Span, Ts, TsText};
+use crate::time::{Span, Ts};
+
+mod line;
+
+pub use line::{Line, RecipientLine};
 
 /// A deterministic alert id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -132,72 +137,6 @@ pub struct Alert {
     pub branch_facts: Option<BranchFacts>,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    alert_id: &'a str,
-    rule: &'a str,
-    state: &'static str,
-    at: TsText,
-    severity: &'static str,
-    audience: Vec<&'static str>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    any_hour: Vec<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parcel_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    branch: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parcel_state: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kind: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    facility: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    country: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    service: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    promised_by: Option<TsText>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    return_by: Option<TsText>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_scan_at: Option<TsText>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    locale: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    recipient: Option<RecipientLine<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    count: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    window: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    usual: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    volume: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    branches: Option<Vec<&'a str>>,
-}
-
-#[derive(Serialize)]
-struct RecipientLine<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    phone: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    email: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    locale: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tz: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    channels: Option<Vec<&'static str>>,
-}
-
 impl Alert {
     /// Appends the alert as one JSON line (with its newline) to `out`.
     pub fn write_json_line(&self, out: &mut Vec<u8>) {
@@ -207,40 +146,51 @@ impl Alert {
         let country = p.and_then(|p| p.country.as_ref()).and_then(|c| std::str::from_utf8(c).ok());
         let b = self.branch_facts.as_ref();
         let hex = self.id.hex();
+        let (at, promised_by, return_by, last_scan_at) = (
+            self.at.text(),
+            p.and_then(|p| p.promised_by).map(Ts::text),
+            p.and_then(|p| p.return_by).map(Ts::text),
+            p.and_then(|p| p.last_scan_at).map(Ts::text),
+        );
         let line = Line {
-            alert_id: std::str::from_utf8(&hex).unwrap_or(""),
-            rule: &self.rule,
-            state: self.state.as_str(),
-            at: self.at.text(),
-            severity: self.severity.as_str(),
-            audience: self.audience.names().collect(),
-            any_hour: self.any_hour.names().collect(),
-            parcel_id: p.map(|p| p.parcel_id.as_str()),
-            branch: self.branch.as_deref(),
-            parcel_state: p.map(|p| p.state.as_str()),
-            kind: trigger.map(|t| t.kind.as_str()),
-            event_id: trigger.map(|t| t.event_id.as_str()),
-            reason: trigger.and_then(|t| t.reason.as_deref()),
-            facility: p.and_then(|p| p.facility.as_deref()).or(b.and_then(|b| b.facility.as_deref())),
-            country,
-            service: p.and_then(|p| p.service.as_deref()),
-            promised_by: p.and_then(|p| p.promised_by).map(Ts::text),
-            return_by: p.and_then(|p| p.return_by).map(Ts::text),
-            last_scan_at: p.and_then(|p| p.last_scan_at).map(Ts::text),
-            locale: recipient.and_then(|r| r.locale.as_deref()),
+            alert_id: Cow::Borrowed(std::str::from_utf8(&hex).unwrap_or("")),
+            rule: Cow::Borrowed(&self.rule),
+            state: Cow::Borrowed(self.state.as_str()),
+            at: Cow::Borrowed(&at),
+            severity: Cow::Borrowed(self.severity.as_str()),
+            audience: self.audience.names().map(Cow::Borrowed).collect(),
+            any_hour: self.any_hour.names().map(Cow::Borrowed).collect(),
+            parcel_id: p.map(|p| Cow::Borrowed(p.parcel_id.as_str())),
+            branch: self.branch.as_deref().map(Cow::Borrowed),
+            parcel_state: p.map(|p| Cow::Borrowed(p.state.as_str())),
+            kind: trigger.map(|t| Cow::Borrowed(t.kind.as_str())),
+            event_id: trigger.map(|t| Cow::Borrowed(t.event_id.as_str())),
+            reason: trigger.and_then(|t| t.reason.as_deref()).map(Cow::Borrowed),
+            facility: p
+                .and_then(|p| p.facility.as_deref())
+                .or(b.and_then(|b| b.facility.as_deref()))
+                .map(Cow::Borrowed),
+            country: country.map(Cow::Borrowed),
+            service: p.and_then(|p| p.service.as_deref()).map(Cow::Borrowed),
+            promised_by: promised_by.as_deref().map(Cow::Borrowed),
+            return_by: return_by.as_deref().map(Cow::Borrowed),
+            last_scan_at: last_scan_at.as_deref().map(Cow::Borrowed),
+            locale: recipient.and_then(|r| r.locale.as_deref()).map(Cow::Borrowed),
             recipient: recipient.map(|r| RecipientLine {
-                name: r.name.as_deref(),
-                phone: r.phone.as_deref(),
-                email: r.email.as_deref(),
-                locale: r.locale.as_deref(),
-                tz: r.tz.as_deref(),
-                channels: r.channels.map(|c| c.names().collect()),
+                name: r.name.as_deref().map(Cow::Borrowed),
+                phone: r.phone.as_deref().map(Cow::Borrowed),
+                email: r.email.as_deref().map(Cow::Borrowed),
+                locale: r.locale.as_deref().map(Cow::Borrowed),
+                tz: r.tz.as_deref().map(Cow::Borrowed),
+                channels: r.channels.map(|c| c.names().map(Cow::Borrowed).collect()),
             }),
             count: b.map(|b| b.count),
-            window: b.map(|b| b.window.to_string()),
+            window: b.map(|b| Cow::Owned(b.window.to_string())),
             usual: b.map(|b| (b.usual * 100.0).round() / 100.0),
             volume: b.and_then(|b| b.volume),
-            branches: b.filter(|b| b.facility.is_some()).map(|b| b.branches.iter().map(|x| &**x).collect()),
+            branches: b
+                .filter(|b| b.facility.is_some())
+                .map(|b| b.branches.iter().map(|x| Cow::Borrowed(&**x)).collect()),
         };
         // Serialising plain strings and numbers into a Vec cannot fail.
         serde_json::to_writer(&mut *out, &line).expect("alert serialises");

@@ -17,7 +17,8 @@
 //!   timers and the [`engine::branch`] aggregates, and saves and restores all
 //!   of it as a checkpoint.
 //! - [`alert`]: what the engine says, with deterministic ids, and its JSON
-//!   Lines form.
+//!   Lines form ([`alert::Line`]: one type the engine writes and the
+//!   dispatcher and machines read).
 //! - [`replay`]: a file through the engine (`forewarn replay`).
 //! - [`live`]: the processor on NATS JetStream (`forewarn run`): consumers,
 //!   one engine per owned [`partition`], the branch stage over JetStream,
@@ -43,6 +44,8 @@
 //!   file syntax in `rules/file.rs`, its evaluation in `engine/plan.rs` (and
 //!   `engine/wake.rs` for timers); a rule test in `rules/tests/`.
 //! - What the contract accepts: [`event`] (and `shared/events.md` first).
+//! - A field of an alert: `alert.rs` fills it, `alert/line.rs` carries it,
+//!   `dispatch/notice.rs` keeps it (its round-trip test says if one is lost).
 //! - A channel: `dispatch/channel/`, its configuration in `dispatch/config.rs`.
 //! - A message's text: `rules/templates/<locale>/`.
 //! - A metric: [`metrics`] (one spec: `forewarn_<what>_<unit>`, closed label

@@ -126,23 +126,26 @@ impl Senders {
         }
     }
 
-    /// The JSON machines get (webhooks, NATS, the CRM). Recipient contact
-    /// details only for the CRM, which opens the claim in their name.
+    /// The JSON machines get (webhooks, NATS, the CRM): the alert as the
+    /// engine wrote it ([`crate::alert::Line`]). Recipient contact details
+    /// only for the CRM, which opens the claim in their name, with the link
+    /// to the claim.
     pub fn machine_body(&self, n: &Notice, with_recipient: bool) -> Vec<u8> {
-        let mut body = json!({
-            "alert_id": n.alert_id, "rule": n.rule, "state": n.state(), "severity": n.severity.as_str(),
-            "at": n.at.to_rfc3339(), "parcel_id": n.parcel_id, "branch": n.branch,
-            "parcel_state": n.parcel_state, "reason": n.reason, "facility": n.facility,
-            "last_scan_at": n.last_scan_at.map(|t| t.to_rfc3339()),
-            "count": n.count, "window": n.window, "usual": n.usual, "volume": n.volume,
-        });
-        if with_recipient {
-            body["recipient"] = json!(n.recipient.as_ref().map(|r| json!({
-                "name": r.name, "phone": r.phone, "email": r.email, "locale": r.locale,
-            })));
-            body["claim_url"] = json!(n.parcel_id.as_deref().and_then(|p| link(&self.links.claim, p, &n.alert_id)));
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            #[serde(flatten)]
+            alert: crate::alert::Line<'a>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            claim_url: Option<String>,
         }
-        serde_json::to_vec(&body).unwrap_or_default()
+        let mut alert = n.line();
+        if !with_recipient {
+            alert.recipient = None;
+        }
+        let claim_url = with_recipient
+            .then(|| n.parcel_id.as_deref().and_then(|p| link(&self.links.claim, p, &n.alert_id)))
+            .flatten();
+        serde_json::to_vec(&Body { alert, claim_url }).unwrap_or_default()
     }
 
     fn template_name(draft: &Draft) -> String {

@@ -1,14 +1,17 @@
 //! An alert as the dispatcher reads it back from the alerts stream (or a
-//! replay's output): the JSON line of [`crate::alert`], decoded into owned,
-//! validated fields. The only place that knows that wire format on the way in.
+//! replay's output): the engine's own wire type ([`crate::alert::Line`]),
+//! decoded into owned, validated fields.
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 
+use crate::alert::{Line, RecipientLine};
 use crate::rules::{Audience, Severity};
+use crate::time::Ts;
 
 /// Who the alert is for and how to reach them, from `label_created`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recipient {
     pub name: Option<String>,
     pub phone: Option<String>,
@@ -17,36 +20,6 @@ pub struct Recipient {
     pub tz: Option<String>,
     /// The customer's choice; `None`: not said (every channel we can reach).
     pub channels: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-struct Line {
-    alert_id: String,
-    rule: String,
-    state: String,
-    at: String,
-    severity: String,
-    audience: Vec<String>,
-    #[serde(default)]
-    any_hour: Vec<String>,
-    parcel_id: Option<String>,
-    branch: Option<String>,
-    parcel_state: Option<String>,
-    kind: Option<String>,
-    reason: Option<String>,
-    facility: Option<String>,
-    country: Option<String>,
-    service: Option<String>,
-    promised_by: Option<String>,
-    return_by: Option<String>,
-    last_scan_at: Option<String>,
-    recipient: Option<Recipient>,
-    count: Option<u32>,
-    window: Option<String>,
-    usual: Option<f64>,
-    volume: Option<u32>,
-    #[serde(default)]
-    branches: Vec<String>,
 }
 
 /// One alert, ready for the policy stages.
@@ -63,8 +36,9 @@ pub struct Notice {
     pub parcel_id: Option<String>,
     pub branch: Option<String>,
     pub parcel_state: Option<String>,
-    /// The kind of the scan that fired an event rule.
+    /// The kind and id of the scan that fired an event rule.
     pub kind: Option<String>,
+    pub event_id: Option<String>,
     pub reason: Option<String>,
     pub facility: Option<String>,
     pub country: Option<String>,
@@ -86,11 +60,32 @@ fn instant(field: &str, text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|e| format!("{field}: {e}"))
 }
 
-fn optional(field: &str, text: Option<String>) -> Result<Option<DateTime<Utc>>, String> {
+fn optional(field: &str, text: Option<Cow<'_, str>>) -> Result<Option<DateTime<Utc>>, String> {
     text.map(|t| instant(field, &t)).transpose()
 }
 
-fn audience(field: &str, names: &[String]) -> Result<Audience, String> {
+fn owned(text: Option<Cow<'_, str>>) -> Option<String> {
+    text.map(Cow::into_owned)
+}
+
+fn borrowed(text: &Option<String>) -> Option<Cow<'_, str>> {
+    text.as_deref().map(Cow::Borrowed)
+}
+
+impl From<RecipientLine<'_>> for Recipient {
+    fn from(r: RecipientLine<'_>) -> Recipient {
+        Recipient {
+            name: owned(r.name),
+            phone: owned(r.phone),
+            email: owned(r.email),
+            locale: owned(r.locale),
+            tz: owned(r.tz),
+            channels: r.channels.map(|c| c.into_iter().map(Cow::into_owned).collect()),
+        }
+    }
+}
+
+fn audience(field: &str, names: &[Cow<'_, str>]) -> Result<Audience, String> {
     names.iter().try_fold(Audience::default(), |a, n| {
         Audience::parse(n).map(|x| a.with(x)).ok_or_else(|| format!("{field}: unknown audience {n:?}"))
     })
@@ -99,42 +94,86 @@ fn audience(field: &str, names: &[String]) -> Result<Audience, String> {
 impl Notice {
     /// Decodes one alert; the error names the field.
     pub fn decode(bytes: &[u8]) -> Result<Notice, String> {
-        let line: Line = serde_json::from_slice(bytes).map_err(|e| format!("not an alert: {e}"))?;
+        let line: Line<'_> = serde_json::from_slice(bytes).map_err(|e| format!("not an alert: {e}"))?;
         if line.alert_id.len() != 32 || !line.alert_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!("alert_id: {:?} is not 32 hex digits", line.alert_id));
         }
-        let resolved = match line.state.as_str() {
+        let resolved = match &*line.state {
             "firing" => false,
             "resolved" => true,
             other => return Err(format!("state: {other:?} is neither firing nor resolved")),
         };
         Ok(Notice {
-            alert_id: line.alert_id,
-            rule: line.rule,
+            alert_id: line.alert_id.into_owned(),
+            rule: line.rule.into_owned(),
             resolved,
             at: instant("at", &line.at)?,
             severity: Severity::parse(&line.severity)
                 .ok_or_else(|| format!("severity: unknown severity {:?}", line.severity))?,
             audience: audience("audience", &line.audience)?,
             any_hour: audience("any_hour", &line.any_hour)?,
-            parcel_id: line.parcel_id,
-            branch: line.branch,
-            parcel_state: line.parcel_state,
-            kind: line.kind,
-            reason: line.reason,
-            facility: line.facility,
-            country: line.country,
-            service: line.service,
+            parcel_id: owned(line.parcel_id),
+            branch: owned(line.branch),
+            parcel_state: owned(line.parcel_state),
+            kind: owned(line.kind),
+            event_id: owned(line.event_id),
+            reason: owned(line.reason),
+            facility: owned(line.facility),
+            country: owned(line.country),
+            service: owned(line.service),
             promised_by: optional("promised_by", line.promised_by)?,
             return_by: optional("return_by", line.return_by)?,
             last_scan_at: optional("last_scan_at", line.last_scan_at)?,
-            recipient: line.recipient,
+            recipient: line.recipient.map(Recipient::from),
             count: line.count,
-            window: line.window,
+            window: owned(line.window),
             usual: line.usual,
             volume: line.volume,
-            branches: line.branches,
+            branches: line.branches.unwrap_or_default().into_iter().map(Cow::into_owned).collect(),
         })
+    }
+
+    /// The alert's wire form again, as the engine wrote it (machines —
+    /// webhooks, NATS, the CRM — get it so).
+    pub fn line(&self) -> Line<'_> {
+        let text = |t: DateTime<Utc>| Cow::Owned(Ts(t.timestamp_millis()).text().to_string());
+        let names = |a: Audience| a.names().map(Cow::Borrowed).collect();
+        Line {
+            alert_id: Cow::Borrowed(&self.alert_id),
+            rule: Cow::Borrowed(&self.rule),
+            state: Cow::Borrowed(self.state()),
+            at: text(self.at),
+            severity: Cow::Borrowed(self.severity.as_str()),
+            audience: names(self.audience),
+            any_hour: names(self.any_hour),
+            parcel_id: borrowed(&self.parcel_id),
+            branch: borrowed(&self.branch),
+            parcel_state: borrowed(&self.parcel_state),
+            kind: borrowed(&self.kind),
+            event_id: borrowed(&self.event_id),
+            reason: borrowed(&self.reason),
+            facility: borrowed(&self.facility),
+            country: borrowed(&self.country),
+            service: borrowed(&self.service),
+            promised_by: self.promised_by.map(text),
+            return_by: self.return_by.map(text),
+            last_scan_at: self.last_scan_at.map(text),
+            locale: self.recipient.as_ref().and_then(|r| borrowed(&r.locale)),
+            recipient: self.recipient.as_ref().map(|r| RecipientLine {
+                name: borrowed(&r.name),
+                phone: borrowed(&r.phone),
+                email: borrowed(&r.email),
+                locale: borrowed(&r.locale),
+                tz: borrowed(&r.tz),
+                channels: r.channels.as_ref().map(|c| c.iter().map(|x| Cow::Borrowed(x.as_str())).collect()),
+            }),
+            count: self.count,
+            window: borrowed(&self.window),
+            usual: self.usual,
+            volume: self.volume,
+            branches: (!self.branches.is_empty())
+                .then(|| self.branches.iter().map(|b| Cow::Borrowed(b.as_str())).collect()),
+        }
     }
 
     pub fn state(&self) -> &'static str {

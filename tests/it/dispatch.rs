@@ -266,6 +266,13 @@ fn quiet_hours_defer_customer_messages_to_local_morning_and_opt_outs_get_nothing
     assert!(w.gateway.sms_to("+33622222222").is_empty(), "opted out: nothing");
     let claim = w.gateway.requests().into_iter().find(|r| r.path == "/crm").unwrap();
     assert_eq!(claim.json()["recipient"]["phone"], "+33611111111");
+    // The alert as the engine wrote it, and the way to the claim.
+    assert_eq!(
+        (claim.json()["alert_id"].as_str(), claim.json()["rule"].as_str()),
+        (Some(&*format!("{:032x}", 1)), Some("damaged"))
+    );
+    assert_eq!(claim.json()["any_hour"], json!(["branch"]));
+    assert!(claim.json()["claim_url"].is_string(), "{}", claim.json());
     assert_eq!(
         claim.headers["x-forewarn-signature"],
         forewarn::dispatch::channel::signature(SECRET.as_bytes(), &claim.body)
