@@ -515,4 +515,21 @@ mod tests {
         assert_eq!(alerts, straight(&lines));
         assert!(alerts.len() > 300, "the night's parcels stalled: {}", alerts.len());
     }
+
+    #[test]
+    fn a_scanner_s_batch_dated_days_ahead_reaches_at_most_its_own_parcels() {
+        // Up to an eighth of the recent flow: beyond, it is the flow (the frontier's bound).
+        let clean = flow(0, 300);
+        for n in [5, 20] {
+            let mut dirty = clean.clone();
+            for i in 0..n {
+                dirty.insert(150 + i, line(&format!("B{i}"), "arrived", minute(150).plus(Span::hours(24 * 5))));
+            }
+            let (alerts, rejects) = replayed(&dirty);
+            let others: Vec<&String> = alerts.iter().filter(|a| !a.contains(r#""parcel_id":"B"#)).collect();
+            // Once, the batch let in moved the end of the input five days: 49,309 false alerts.
+            assert_eq!(others, replayed(&clean).0.iter().collect::<Vec<_>>(), "a batch of {n}");
+            assert!(rejects.len() <= n, "{rejects:?}");
+        }
+    }
 }

@@ -22,8 +22,9 @@
 //!
 //! An event let in is applied before the watermark moves on, in input order
 //! among those let in. A run of consecutive lines all dated ahead together
-//! looks like the flow moving on, and is let in; the partitions' flows still
-//! keep the watermark from following a minority of them.
+//! (a scanner uploading its batch) looks like the flow moving on, and is let
+//! in, but moves neither the lead nor, being a minority of each partition's
+//! flow, the watermark: it reaches only its own parcels.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -67,15 +68,25 @@ pub struct Settled {
 /// What the end of the input leaves of the events held.
 pub struct Finished {
     pub refused: Vec<(Held, Span)>,
-    /// Where the input ends: the lead, or what the flows vouch for.
+    /// Where the input ends: the lead, what the flows vouch for, or the end
+    /// of a sparse tail.
     pub end: Ts,
 }
 
 /// The flow's lead and the events held, in time order.
 pub struct Ahead {
-    /// The newest time applied once the flows vouched for a time; `Ts::MIN`
-    /// before (an early outlier does not set it).
+    /// The newest time applied within the horizon of the lead, once the
+    /// flows vouched for a time; `Ts::MIN` before (an early outlier does not
+    /// set it). Events let in because the lines after them followed do not
+    /// move it: a scanner's batch of consecutive lines dated ahead looks
+    /// followed, and reaches only its own parcels; a flow that really moved
+    /// on moves the partitions' flows, and they the lead.
     lead: Ts,
+    /// The newest time let in because the lines after it followed, until a
+    /// line applied after it is dated more than the horizon before it (the
+    /// flow went on behind it: it was a batch dated ahead). At the end of the
+    /// input, what is left of it is the end of a sparse tail.
+    followed: Ts,
     horizon: Span,
     held: BTreeMap<(Ts, u64), Held>,
     /// In input order, so the first is the first to have all its lines after.
@@ -84,7 +95,7 @@ pub struct Ahead {
 
 impl Ahead {
     pub fn new(horizon: Span) -> Ahead {
-        Ahead { lead: Ts::MIN, horizon, held: BTreeMap::new(), listening: VecDeque::new() }
+        Ahead { lead: Ts::MIN, followed: Ts::MIN, horizon, held: BTreeMap::new(), listening: VecDeque::new() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -106,10 +117,13 @@ impl Ahead {
         }
     }
 
-    /// An event dated `at` was applied (or is let in).
+    /// An event dated `at` was applied (or is let in as the lead reached it).
     pub fn applied(&mut self, engine: &Engine, at: Ts) {
         if engine.vouched() != Ts::MIN {
             self.lead = self.lead.max(at);
+        }
+        if at < self.followed.minus(self.horizon) {
+            self.followed = Ts::MIN;
         }
     }
 
@@ -147,7 +161,7 @@ impl Ahead {
                     }
                     _ => {
                         let held = self.held.remove(&key).expect("just found");
-                        self.applied(engine, held.event.at);
+                        self.followed = self.followed.max(held.event.at);
                         into.let_in.push(held);
                     }
                 },
@@ -168,12 +182,12 @@ impl Ahead {
             match self.past_horizon(engine, held.event.at) {
                 Some(ahead) if !held.after.is_empty() && !held.followed(self.horizon) => refused.push((held, ahead)),
                 _ => {
-                    self.applied(engine, held.event.at);
+                    self.followed = self.followed.max(held.event.at);
                     let_in(engine, &held);
                 }
             }
         }
-        let end = match self.lead.max(engine.vouched()) {
+        let end = match self.lead.max(engine.vouched()).max(self.followed) {
             Ts::MIN => engine.newest(),
             lead => lead,
         };
