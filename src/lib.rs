@@ -19,7 +19,8 @@
 //! - [`alert`]: what the engine says, with deterministic ids, and its JSON
 //!   Lines form ([`alert::Line`]: one type the engine writes and the
 //!   dispatcher and machines read).
-//! - [`replay`]: a file through the engine (`forewarn replay`).
+//! - [`replay`]: a file through the engine (`forewarn replay`); a line dated
+//!   far ahead of the flow waits for the lines after it (`replay/ahead.rs`).
 //! - [`live`]: the processor on NATS JetStream (`forewarn run`): consumers,
 //!   one engine per owned [`partition`], the branch stage over JetStream,
 //!   checkpoints in the object store, alerts and dead letters; and
