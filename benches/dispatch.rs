@@ -235,7 +235,8 @@ fn main() {
         connect::ensure_streams(&js, &config.streams).await.expect("streams");
         let (stop_tx, stop) = watch::channel(false);
         let dispatcher = Dispatcher::new(&config).expect("the default templates and directory load");
-        let run = tokio::spawn(dispatch::run::run(config, dispatcher, stop));
+        let (_reload_tx, reload) = watch::channel(0);
+        let run = tokio::spawn(dispatch::run::run(config, dispatcher, stop, reload));
 
         let bare = bare_sms(&sms_url, sms_per_round, concurrency, &sms).await;
         eprintln!("SMS sink alone: {bare:.0}/s");

@@ -277,13 +277,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     runtime()?.block_on(async move {
         let (stop_tx, stop) = watch::channel(false);
         let (reload_tx, reload) = mpsc::channel(1);
-        tokio::spawn(signals(stop_tx, reload_tx, deadline));
+        let (templates_tx, templates) = watch::channel(0u64);
+        tokio::spawn(signals(stop_tx, (reload_tx, templates_tx), deadline));
         if !detect && !config.http.is_empty() {
             // Alone, the dispatcher serves health and metrics itself.
             live::health::serve(&config, live::health::Readiness::default()).await?;
         }
         let dispatcher =
-            dispatcher.map(|d| tokio::spawn(forewarn::dispatch::run::run(config.clone(), d, stop.clone())));
+            dispatcher.map(|d| tokio::spawn(forewarn::dispatch::run::run(config.clone(), d, stop.clone(), templates)));
         if detect {
             let summary = live::run(config, args.rebuild, Controls { stop, reload }).await?;
             eprintln!(
@@ -299,8 +300,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     })
 }
 
-/// SIGTERM or SIGINT: stop, within the deadline or exit with an error. SIGHUP: reload the rules.
-async fn signals(stop: watch::Sender<bool>, reload: mpsc::Sender<()>, deadline: Duration) {
+/// SIGTERM or SIGINT: stop, within the deadline or exit with an error.
+/// SIGHUP: reload the rules (the processor) and the templates (the dispatcher).
+async fn signals(
+    stop: watch::Sender<bool>,
+    (rules, templates): (mpsc::Sender<()>, watch::Sender<u64>),
+    deadline: Duration,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
@@ -312,7 +318,10 @@ async fn signals(stop: watch::Sender<bool>, reload: mpsc::Sender<()>, deadline: 
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => { let _ = reload.try_send(()); }
+            _ = hup.recv() => {
+                let _ = rules.try_send(());
+                templates.send_modify(|n| *n += 1);
+            }
         }
     }
     let _ = stop.send(true);

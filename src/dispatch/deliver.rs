@@ -3,7 +3,7 @@
 //! and full jitter (never sooner than a server's `Retry-After`) until it
 //! goes, fails for good, or `give_up_after` passes.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -43,7 +43,8 @@ pub enum Ending {
 
 /// Everything needed to turn a draft into a sent message.
 pub struct Senders {
-    pub templates: Arc<Templates>,
+    /// Replaced whole on SIGHUP when the new ones pass the checks.
+    pub templates: RwLock<Arc<Templates>>,
     pub directory: Arc<Directory>,
     pub links: Links,
     pub mailer: Mailer,
@@ -84,6 +85,16 @@ pub fn url_encode(text: &str) -> String {
 }
 
 impl Senders {
+    /// The templates in force.
+    pub fn templates(&self) -> Arc<Templates> {
+        Arc::clone(&self.templates.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Puts checked templates in force for the messages rendered from now on.
+    pub fn replace_templates(&self, templates: Templates) {
+        *self.templates.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(templates);
+    }
+
     /// The template variables for one draft.
     pub fn context(&self, n: &Notice, tz: Tz, customer: bool) -> Context {
         let parcel = n.parcel_id.clone();
@@ -160,19 +171,20 @@ impl Senders {
     /// One attempt.
     async fn send_once(&self, draft: &Draft) -> Result<(), Failure> {
         let n = &draft.notice;
-        let locale = self.templates.locale(draft.locale.as_deref()).to_string();
+        let templates = self.templates();
+        let locale = templates.locale(draft.locale.as_deref()).to_string();
         let customer = draft.target.audience() == "customer";
         let name = Self::template_name(draft);
         match &draft.target {
             Target::CustomerSms { phone } | Target::BranchSms { phone } => {
                 let ctx = self.context(n, draft.tz, customer);
-                let body = self.templates.sms(&locale, &name, &ctx).map_err(Failure::permanent)?;
+                let body = templates.sms(&locale, &name, &ctx).map_err(Failure::permanent)?;
                 let body = segments::cap(&body, self.max_segments);
                 self.sms.send(&Text { to: phone.clone(), body, key: draft.key.clone() }).await
             }
             Target::CustomerEmail { email } | Target::BranchEmail { email } | Target::OpsEmail { email } => {
                 let ctx = self.context(n, draft.tz, customer);
-                let content = self.templates.email(&locale, &name, &ctx).map_err(Failure::permanent)?;
+                let content = templates.email(&locale, &name, &ctx).map_err(Failure::permanent)?;
                 let mail = Mail {
                     to_name: ctx.name.clone(),
                     to: email.clone(),

@@ -169,8 +169,9 @@ async fn send(
         date: Some(date.to_string()),
         ..Context::default()
     };
-    let locale = senders.templates.locale(branch.map(|b| b.locale.as_str())).to_string();
-    let content = senders.templates.email(&locale, "branch/digest", &ctx)?;
+    let templates = senders.templates();
+    let locale = templates.locale(branch.map(|b| b.locale.as_str())).to_string();
+    let content = templates.email(&locale, "branch/digest", &ctx)?;
     let mail = Mail {
         to_name: ctx.name.clone(),
         to: email.to_string(),

@@ -118,7 +118,7 @@ impl Dispatcher {
         let c = &self.config;
         let outbox = c.outbox.clone();
         Ok(Senders {
-            templates: self.templates.clone(),
+            templates: std::sync::RwLock::new(self.templates.clone()),
             directory: self.directory.clone(),
             links: c.links.clone(),
             mailer: Mailer::new(&c.email, outbox.clone()).map_err(LiveError::Config)?,

@@ -106,10 +106,44 @@ fn now(clock: &Clock) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+/// Loads the templates again and puts them in force if they pass the checks
+/// of a start; else the ones in force stay, and the log says why.
+fn reload_templates(config: &Config, d: &Dispatcher, senders: &super::deliver::Senders) {
+    let dir = d.config.templates_dir(&config.rules);
+    let checked = crate::live::rules_dir::RulesDir::new(&config.rules).load().and_then(|set| {
+        super::template::Templates::check_pack(&dir, &d.config.default_locale, &set).map_err(|p| p.join("\n"))
+    });
+    // A process that also detects counts its reload once, in the processor.
+    let alone = config.role == "dispatch";
+    match checked {
+        Ok(templates) => {
+            senders.replace_templates(templates);
+            if alone {
+                METRICS.reloads.with_label_values(&["ok"]).inc();
+            }
+            tracing::info!(dir = %dir.display(), "templates reloaded");
+        }
+        Err(errors) => {
+            if alone {
+                METRICS.reloads.with_label_values(&["failed"]).inc();
+            }
+            tracing::error!(dir = %dir.display(), %errors, "templates not reloaded; the previous ones stay");
+        }
+    }
+}
+
 /// Runs the dispatcher until `stop`. Only a failure to set up (connect,
 /// create the buckets) ends it early; a server restart later on is waited
 /// out, and whatever was not final comes back from the stream.
-pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>) -> Result<Stats, LiveError> {
+///
+/// Each change of `reload` (SIGHUP) loads the templates again; they take
+/// over if they pass what the start and `forewarn check` ask.
+pub async fn run(
+    config: Config,
+    d: Dispatcher,
+    mut stop: watch::Receiver<bool>,
+    mut reload: watch::Receiver<u64>,
+) -> Result<Stats, LiveError> {
     let d = Arc::new(d);
     let client = connect::connect(&config.nats, &format!("forewarn dispatch {}", config.instance)).await?;
     let js = connect::jetstream(client.clone());
@@ -120,6 +154,7 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
     let at_risk =
         super::ledger::bucket(&js, &d.config.digest.bucket, std_duration(d.config.digest.max_age), replicas).await?;
     let senders = Arc::new(d.senders(Some(client.clone()))?);
+    let in_force = senders.clone();
     let clock = Arc::new(Clock::parse(&config.watermark.clock).map_err(LiveError::Config)?);
     if let Some(at) = d.digest_at {
         tokio::spawn(digest::run(
@@ -261,6 +296,7 @@ pub async fn run(config: Config, d: Dispatcher, mut stop: watch::Receiver<bool>)
                     }
                 }
             }
+            Ok(()) = reload.changed() => reload_templates(&config, &d, &in_force),
             _ = tick.tick() => {
                 let t = now(&clock);
                 for (notice, w) in inhibitor.due(t) {

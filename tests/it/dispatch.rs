@@ -552,3 +552,55 @@ fn a_stalled_hub_gets_its_customers_one_regional_delay_each_across_a_restart() {
     let keys: HashSet<String> = w.gateway.requests().iter().map(|r| r.headers["idempotency-key"].clone()).collect();
     assert_eq!(keys.len(), 5);
 }
+
+#[test]
+fn a_template_edited_and_sighup_speaks_from_the_next_message_and_a_broken_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    let copied = std::process::Command::new("cp").arg("-r").arg(super::repo("rules")).arg(&rules).status();
+    assert!(copied.is_ok_and(|s| s.success()), "the pack copied");
+    let server = NatsServer::start();
+    let config = dir.path().join("forewarn.toml");
+    let outbox = dir.path().join("outbox");
+    std::fs::write(&config, format!("[dispatch]\noutbox = \"{}\"\ninhibit_wait = \"0s\"\n[dispatch.limits]\ngroup_window = \"0s\"\n[dispatch.quiet_hours]\nstart = \"00:00\"\nend = \"00:00\"\n", outbox.display())).unwrap();
+    let args = ["--role", "dispatch", "--nats", &server.url(), "--rules", rules.to_str().unwrap()];
+    let p = Processor::start(dir.path(), &config, &args);
+    let rt = runtime();
+    let js = rt.block_on(jetstream(&server.url()));
+    let send = |n: u32| {
+        let a =
+            alert(n, "late", "warning", &["customer"], recipient("+33611111111", "", "en", "Europe/Paris", &["sms"]));
+        rt.block_on(async {
+            while js.get_key_value("forewarn_sent").await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            js.publish("alerts.parcel.late", a.to_string().into()).await.unwrap().await.unwrap();
+        });
+    };
+    let texts = || -> Vec<String> {
+        std::fs::read_to_string(outbox.join("sms.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["text"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    send(1);
+    wait_for(&p, "the first SMS", || texts().len() == 1);
+    let template = rules.join("templates/en/customer/late.sms.j2");
+    std::fs::write(&template, "{% if %}broken").unwrap();
+    p.signal("HUP");
+    wait_for(&p, "the refusal", || p.log().contains("templates not reloaded"));
+    assert!(p.log().contains("late.sms.j2"), "the error names the template:\n{}", p.log());
+    send(2);
+    wait_for(&p, "the second SMS, from the templates in force", || texts().len() == 2);
+    std::fs::write(&template, "Edited: {{ parcel }} is late.").unwrap();
+    p.signal("HUP");
+    wait_for(&p, "the reload", || p.log().contains("templates reloaded"));
+    send(3);
+    wait_for(&p, "the third SMS", || texts().len() == 3);
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    let texts = texts();
+    assert!(!texts[0].starts_with("Edited") && !texts[1].starts_with("Edited"), "{texts:?}");
+    assert_eq!(texts[2], "Edited: FW0000000003 is late.");
+}
