@@ -19,7 +19,7 @@ use std::io;
 use std::path::Path;
 use std::time::Instant;
 
-use forewarn::engine::{Config, Engine};
+use forewarn::engine::{Config, Split};
 use forewarn::replay::{self, Run, Sinks};
 use forewarn::rules::RuleSet;
 use forewarn::simulate::{self, Network};
@@ -82,7 +82,7 @@ fn main() {
 /// One round over `data` (`lines` events): the seconds decoding alone,
 /// replaying with `rules` and with `plain` took, and each replay's alerts.
 fn round_timed(data: &[u8], lines: u64, rules: &RuleSet, plain: &RuleSet) -> ([f64; 3], [u64; 2]) {
-    let mut engines = [rules, plain].map(|r| Engine::new(r.clone(), Config::default()));
+    let mut engines = [rules, plain].map(|r| Split::new(r.clone(), Config::default()));
     let mut outs = [io::sink(), io::sink()];
     let mut sinks = outs.each_mut().map(|out| Sinks { alerts: out, rejects: None });
     let [a, b] = &mut engines;

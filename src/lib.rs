@@ -15,11 +15,12 @@
 //! - [`engine`]: the pure core. `ingest(event)` and `advance(watermark)`
 //!   return alerts. Holds the parcel [`engine::window`], the event-time
 //!   timers and the [`engine::branch`] aggregates, and saves and restores all
-//!   of it as a checkpoint.
+//!   of it as a checkpoint. [`engine::Split`]: an engine per partition and
+//!   the branch stage, as a deployment runs them, for the replay.
 //! - [`alert`]: what the engine says, with deterministic ids, and its JSON
 //!   Lines form ([`alert::Line`]: one type the engine writes and the
 //!   dispatcher and machines read).
-//! - [`replay`]: a file through the engine (`forewarn replay`); a line dated
+//! - [`replay`]: a file through the split engine (`forewarn replay`); a line dated
 //!   far ahead of the flow waits for the lines after it (`replay/ahead.rs`).
 //! - [`live`]: the processor on NATS JetStream (`forewarn run`): consumers,
 //!   one engine per owned [`partition`], the branch stage over JetStream,
@@ -58,7 +59,8 @@
 //!
 //! - The engine does no IO, knows nothing of NATS, files or tokio, and never
 //!   reads the wall clock: event time and the watermark are arguments. The
-//!   same input gives the same alerts, byte for byte.
+//!   same input gives the same alerts, byte for byte; live and replay give
+//!   the same alert set, whatever the split of the partitions.
 //! - No engine type derives serde: wire formats live at the edges
 //!   (`event`, `alert`, rule files).
 //! - Every store of the engine is bounded by [`engine::Config`], and what

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use forewarn::dispatch::branches::Directory;
 use forewarn::dispatch::template::Templates;
-use forewarn::engine::{Config, Engine};
+use forewarn::engine::{Config, Split};
 use forewarn::replay::{self, Sinks, Summary};
 use forewarn::rules::{test::run_dir, RuleError, RuleSet};
 use forewarn::simulate::{self, Network};
@@ -260,7 +260,7 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         partitions: args.partitions,
         ..Config::default()
     };
-    let mut engine = Engine::new(set, config);
+    let mut engine = Split::new(set, config);
     let (mut input, len) = open_input(&args.input)?;
     let dispatcher = args
         .dispatch
@@ -300,7 +300,7 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
 
 fn report(args: ReportArgs) -> Result<ExitCode> {
     let set = load_rules(&args.rules)?;
-    let mut engine = Engine::new(set.clone(), Config { partitions: args.partitions, ..Config::default() });
+    let mut engine = Split::new(set.clone(), Config { partitions: args.partitions, ..Config::default() });
     let path = args.events.clone();
     let open = || -> io::Result<Box<dyn Read>> { Ok(Box::new(File::open(&path)?)) };
     let report = forewarn::report::run(&mut engine, &set, open)
@@ -354,7 +354,7 @@ fn release(map: &memmap2::Mmap, released: usize, done: usize) -> usize {
     done
 }
 
-fn print_stats(s: &Summary, engine: &Engine) {
+fn print_stats(s: &Summary, engine: &Split) {
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     let st = engine.stats();
     let mut err = io::stderr().lock();

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     pub redeliveries: IntCounter,
     pub publishes_refused: IntCounter,
+    pub facts_late: IntCounter,
     pub consumer_pending: IntGaugeVec,
     pub watermark_delay: IntGaugeVec,
     // The window.
@@ -96,6 +97,12 @@ impl Metrics {
             redeliveries: IntCounter::new(
                 "forewarn_redeliveries_skipped_total",
                 "Redelivered messages already applied (skipped).",
+            )
+            .expect("a valid metric definition"),
+            facts_late: IntCounter::new(
+                "forewarn_branch_facts_late_total",
+                "Branch facts that reached their stage after it had counted past their instant (counted just after \
+                 it; 0 unless a partition's facts and watermark announcements were reordered).",
             )
             .expect("a valid metric definition"),
             publishes_refused: IntCounter::new(
@@ -224,6 +231,7 @@ impl Metrics {
             Box::new(m.dead_letters.clone()),
             Box::new(m.redeliveries.clone()),
             Box::new(m.publishes_refused.clone()),
+            Box::new(m.facts_late.clone()),
             Box::new(m.consumer_pending.clone()),
             Box::new(m.watermark_delay.clone()),
             Box::new(m.parcels.clone()),

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::alert::{Alert, AlertState};
 use crate::engine::window::parcel_hash;
-use crate::engine::{Engine, Judged};
+use crate::engine::{Judged, Split};
 use crate::event::{decode, Event, Reject, MAX_EVENT_BYTES};
 use crate::time::Span;
 
@@ -77,7 +77,8 @@ struct Pending<'a> {
     number: u64,
     line: &'a [u8],
     decoded: Result<Event<'a>, Reject>,
-    /// The parcel's hash, for prefetching (0 for rejected lines).
+    /// The parcel's partition and hash, for prefetching (0 for rejected lines).
+    partition: u16,
     hash: u64,
 }
 
@@ -91,7 +92,7 @@ pub struct Sinks<'a> {
 /// [`run`] and [`run_bytes`] drive one; a benchmark drives two side by side
 /// over the same [`pieces`], so that both meet the same machine.
 pub struct Run<'r, 's> {
-    engine: &'r mut Engine,
+    engine: &'r mut Split,
     sinks: &'r mut Sinks<'s>,
     summary: Summary,
     out: Vec<Alert>,
@@ -101,7 +102,7 @@ pub struct Run<'r, 's> {
 }
 
 impl<'r, 's> Run<'r, 's> {
-    pub fn new(engine: &'r mut Engine, sinks: &'r mut Sinks<'s>) -> Self {
+    pub fn new(engine: &'r mut Split, sinks: &'r mut Sinks<'s>) -> Self {
         let ahead = Ahead::new(engine.horizon());
         Run {
             engine,
@@ -132,13 +133,13 @@ impl<'r, 's> Run<'r, 's> {
     /// The input is complete: nothing late can come, so every deadline up to
     /// its end is judged and every event the engine parked is applied; an
     /// event still held ahead of the flow is let in or refused as the lines
-    /// after it say ([`ahead`]).
+    /// after it say (`replay/ahead.rs`).
     pub fn finish(mut self) -> io::Result<Summary> {
         let mut events = 0;
         let horizon = self.engine.horizon();
         let finished = std::mem::replace(&mut self.ahead, Ahead::new(horizon)).finish(self.engine, |engine, held| {
             events += 1;
-            engine.apply(&held.event, held.hash, &mut self.out);
+            engine.apply(held.partition, &held.event, held.hash, &mut self.out);
         });
         for (held, ahead) in finished.refused {
             refuse_ahead(&mut self.sinks.rejects, &mut self.summary, (held.number, &held.line), ahead)?;
@@ -155,7 +156,7 @@ impl<'r, 's> Run<'r, 's> {
 /// Runs `input` through `engine`. `progress` is told the bytes read so far.
 pub fn run(
     input: &mut dyn Read,
-    engine: &mut Engine,
+    engine: &mut Split,
     sinks: &mut Sinks<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<Summary> {
@@ -196,7 +197,7 @@ pub fn run(
 /// without copying it. `progress` is told the bytes done so far.
 pub fn run_bytes(
     data: &[u8],
-    engine: &mut Engine,
+    engine: &mut Split,
     sinks: &mut Sinks<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<Summary> {
@@ -244,7 +245,7 @@ fn skip_line(input: &mut dyn Read, buf: &mut [u8], read_total: &mut u64) -> io::
 
 /// What applying a chunk of lines works with.
 struct Step<'e, 's, 'w> {
-    engine: &'e mut Engine,
+    engine: &'e mut Split,
     sinks: &'e mut Sinks<'w>,
     summary: &'s mut Summary,
     out: &'s mut Vec<Alert>,
@@ -268,9 +269,11 @@ impl Step<'_, '_, '_> {
                     continue;
                 }
                 let decoded = decode(line);
-                let hash = decoded.as_ref().map_or(0, |e| parcel_hash(&e.parcel_id));
-                self.engine.prefetch(0, hash);
-                batch.push(Pending { number: self.summary.lines, line, decoded, hash });
+                let (partition, hash) = decoded
+                    .as_ref()
+                    .map_or((0, 0), |e| (self.engine.partition_of(&e.parcel_id), parcel_hash(&e.parcel_id)));
+                self.engine.prefetch(partition, 0, hash);
+                batch.push(Pending { number: self.summary.lines, line, decoded, partition, hash });
                 if batch.len() == BATCH {
                     break;
                 }
@@ -278,15 +281,15 @@ impl Step<'_, '_, '_> {
             // Stage 1 runs a few events ahead of stage 2, which needs its result in cache.
             for i in 0..batch.len() + STAGE_DISTANCE {
                 if let Some(p) = batch.get(i) {
-                    self.engine.prefetch(1, p.hash);
+                    self.engine.prefetch(p.partition, 1, p.hash);
                 }
                 if let Some(p) = i.checked_sub(STAGE_DISTANCE).and_then(|j| batch.get(j)) {
-                    self.engine.prefetch(2, p.hash);
+                    self.engine.prefetch(p.partition, 2, p.hash);
                 }
             }
-            for Pending { number, line, decoded, hash } in &batch {
+            for Pending { number, line, decoded, partition, hash } in &batch {
                 match decoded {
-                    Ok(event) => self.event((*number, line), event, *hash)?,
+                    Ok(event) => self.event((*number, line), event, (*partition, *hash))?,
                     Err(reject) => write_reject(&mut self.sinks.rejects, self.summary, *number, line, reject)?,
                 }
             }
@@ -298,16 +301,21 @@ impl Step<'_, '_, '_> {
     /// lets in the events held that the flow caught up with or followed
     /// (before the watermark moves past them) and refuses those it did not
     /// follow; then moves the watermark.
-    fn event(&mut self, (number, line): (u64, &[u8]), event: &Event<'_>, hash: u64) -> io::Result<()> {
+    fn event(
+        &mut self,
+        (number, line): (u64, &[u8]),
+        event: &Event<'_>,
+        (partition, hash): (u16, u64),
+    ) -> io::Result<()> {
         self.ahead.saw(event.at);
         match self.ahead.past_horizon(self.engine, event.at) {
             None => {
                 self.summary.events += 1;
-                self.engine.apply(event, hash, self.out);
+                self.engine.apply(partition, event, hash, self.out);
                 self.ahead.applied(self.engine, event.at);
             }
             Some(ahead) => {
-                if let Err(line) = self.ahead.hold((number, line), event, hash) {
+                if let Err(line) = self.ahead.hold((number, line), event, (partition, hash)) {
                     refuse_ahead(&mut self.sinks.rejects, self.summary, (number, line), ahead)?;
                 }
             }
@@ -317,13 +325,16 @@ impl Step<'_, '_, '_> {
             self.ahead.settle(self.engine, &mut settled);
             for held in &settled.let_in {
                 self.summary.events += 1;
-                self.engine.apply(&held.event, held.hash, self.out);
+                self.engine.apply(held.partition, &held.event, held.hash, self.out);
+            }
+            for held in &settled.let_in {
+                self.engine.catch_up(held.partition, self.out);
             }
             for (held, ahead) in settled.refused {
                 refuse_ahead(&mut self.sinks.rejects, self.summary, (held.number, &held.line), ahead)?;
             }
         }
-        self.engine.catch_up(self.out);
+        self.engine.catch_up(partition, self.out);
         write_alerts(self.out, self.sinks.alerts, self.summary, self.text)
     }
 }
@@ -428,7 +439,7 @@ mod tests {
     #[test]
     fn a_line_longer_than_a_chunk_is_rejected_and_the_next_lines_flow() {
         let rules = RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap();
-        let mut engine = Engine::new(rules, Config::default());
+        let mut engine = Split::new(rules, Config::default());
         let good = r#"{"v":1,"event_id":"e1","parcel_id":"P1","kind":"damaged","at":"2026-11-20T08:00:00Z"}"#;
         let input = format!("{good}\n{}\n{}\n", "x".repeat(CHUNK + 10), good.replace("P1", "P2").replace("e1", "e2"));
         let (mut alerts, mut rejects) = (Vec::new(), Vec::new());
@@ -455,9 +466,9 @@ mod tests {
         format!(r#"{{"v":1,"event_id":"{parcel}-{kind}","parcel_id":"{parcel}","kind":"{kind}","at":"{at}"}}"#)
     }
 
-    fn engine() -> Engine {
+    fn engine() -> Split {
         let rules = RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap();
-        Engine::new(rules, Config::default())
+        Split::new(rules, Config::default())
     }
 
     /// The replay's alert lines and its rejects' (line, code).

@@ -21,7 +21,7 @@ use std::io::{self, BufRead, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Engine;
+use crate::engine::Split;
 use crate::event::{decode, Kind, Topic};
 use crate::replay::{self, Sinks};
 use crate::rules::{Audience, RuleSet};
@@ -246,7 +246,7 @@ fn share(part: u64, whole: u64) -> Option<f64> {
 
 /// Replays `events` (read by `open`, twice) through `engine` and reports.
 pub fn run(
-    engine: &mut Engine,
+    engine: &mut Split,
     set: &RuleSet,
     mut open: impl FnMut() -> io::Result<Box<dyn Read>>,
 ) -> io::Result<Report> {
@@ -403,7 +403,7 @@ mod tests {
 
     fn report(events: &str) -> Report {
         let set = RuleSet::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))).unwrap();
-        let mut engine = Engine::new(set.clone(), crate::engine::Config::default());
+        let mut engine = Split::new(set.clone(), crate::engine::Config::default());
         let bytes = events.as_bytes().to_vec();
         run(&mut engine, &set, || Ok(Box::new(io::Cursor::new(bytes.clone())))).unwrap()
     }

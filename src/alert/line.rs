@@ -94,7 +94,7 @@ mod tests {
 
     use super::*;
     use crate::dispatch::notice::Notice;
-    use crate::engine::{Config, Engine};
+    use crate::engine::{Config, Split};
     use crate::replay::{run_bytes, Sinks};
     use crate::rules::RuleSet;
     use crate::simulate::{self, Network};
@@ -111,7 +111,7 @@ mod tests {
         let rules = RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap();
         let mut alerts = Vec::new();
         let mut sinks = Sinks { alerts: &mut alerts, rejects: None };
-        run_bytes(&events, &mut Engine::new(rules, Config::default()), &mut sinks, &mut |_| {}).unwrap();
+        run_bytes(&events, &mut Split::new(rules, Config::default()), &mut sinks, &mut |_| {}).unwrap();
         let alerts = String::from_utf8(alerts).unwrap();
         let (mut branch_wide, mut with_recipient) = (0, 0);
         for text in alerts.lines() {

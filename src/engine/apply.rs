@@ -108,7 +108,7 @@ impl Engine {
         let moved = p.wake == Ts::MAX || p.deadline_inputs() != inputs;
         if let (true, Some(b)) = (first_branch && self.branches.wants_intake(), self.syms.get(p.branch)) {
             let key = u128::from(parcel_hash(p.id()));
-            self.facts.push(Fact { at: ev.at, rule: None, branch: b.clone(), facility: None, key });
+            self.facts.push(Fact { at: self.fact_at(ev.at), rule: None, branch: b.clone(), facility: None, key });
         }
         if let Some((from, known, from_at)) = before {
             let p = self.window.get_mut(slot);

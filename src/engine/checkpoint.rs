@@ -424,6 +424,7 @@ impl Engine {
             judged: Vec::new(),
             branch_stage_inside: true,
             watermark,
+            facts_after: watermark,
             frontier,
             max_contact_at,
             stats,

@@ -49,9 +49,9 @@ const MINUTE_MS: f64 = 60_000.0;
 /// The most lanes one partition learns; legs of further lanes are counted as
 /// overflow. A lane number fits a [`LaneRef`]'s 16 bits.
 pub const MAX_LANES: usize = 1 << 14;
-/// The most places all the partitions know together. Past it, legs are
-/// counted as overflow, and which ones depends on the partitions a process
-/// owns: a network has far fewer places (scans name a few thousand).
+/// The most places one engine's partitions know together (live and replay
+/// both run an engine a partition). Past it, legs are counted as overflow:
+/// a network has far fewer places (scans name a few thousand).
 const MAX_PLACES: usize = 1 << 16;
 /// Next places remembered per lane (the most frequent wins).
 const NEXT: usize = 4;
@@ -143,7 +143,7 @@ pub struct LaneStats {
     pub legs: u64,
     /// Legs split by a scan uploaded out of order.
     pub splits: u64,
-    /// Legs not learnt because their partition had [`MAX_LANES`] lanes.
+    /// Legs not learnt because their partition had `MAX_LANES` lanes.
     pub overflow: u64,
     pub publications: u64,
 }
@@ -186,7 +186,7 @@ impl Lanes {
             partitions: partitions.max(1),
             lateness,
             models: Vec::new(),
-            places: Places::new(partitions),
+            places: Places::default(),
             pending: Legs::default(),
             due: Vec::new(),
             buckets: Vec::new(),
@@ -213,7 +213,7 @@ impl Lanes {
             }
             None => {
                 self.models.clear();
-                self.places = Places::new(self.partitions);
+                self.places = Places::default();
                 self.pending.clear();
                 true
             }
@@ -234,7 +234,7 @@ impl Lanes {
         if self.models.len() <= i {
             self.models.resize_with(i + 1, Model::default);
         }
-        self.models[i].lane(&mut self.places, partition, place)
+        self.models[i].lane(&mut self.places, place)
     }
 
     /// A leg of parcel `hash` ended at its present place at `to_at`; its
@@ -351,8 +351,8 @@ impl Lanes {
         let (model, lane) = match p.lane.get() {
             Some((partition, lane)) => (self.models.get(usize::from(partition))?, lane),
             None => {
-                let partition = self.partition(p);
-                (self.models.get(usize::from(partition))?, self.places.lane(partition, &Place::of(p))?)
+                let model = self.models.get(usize::from(self.partition(p)))?;
+                (model, model.lane_at(self.places.number_of(&Place::of(p))?)?)
             }
         };
         debug_assert!(model.places.get(lane as usize) == Some(&Place::of(p)), "a parcel's lane follows its place");

@@ -20,6 +20,7 @@ mod checkpoint;
 mod frontier;
 mod lanes;
 mod plan;
+mod split;
 mod timers;
 mod view;
 mod wake;
@@ -30,6 +31,7 @@ use std::sync::Arc;
 pub use branch::{BranchStage, Fact};
 pub use checkpoint::CheckpointError;
 pub use lanes::LaneStats;
+pub use split::Split;
 pub use view::{Lookup, OpenAlert, ParcelView};
 
 use crate::alert::{Alert, AlertId, AlertState, ParcelFacts, RecipientFacts, TriggerFacts};
@@ -171,6 +173,11 @@ pub struct Engine {
     judged: Vec<Judged>,
     branch_stage_inside: bool,
     watermark: Ts,
+    /// Facts made now are dated after this: the watermark as the step making
+    /// them began. A stage that counted up to a watermark this engine
+    /// announced never meets a fact in its past, whenever the announcement
+    /// reached it, so what it counts depends on the facts alone.
+    facts_after: Ts,
     /// Each partition's flow of scan times: what the watermark follows.
     frontier: Frontier,
     max_contact_at: Ts,
@@ -198,6 +205,7 @@ impl Engine {
             due: Vec::new(),
             syms,
             watermark: Ts::MIN,
+            facts_after: Ts::MIN,
             frontier,
             max_contact_at: Ts::MIN,
             stats: Stats::default(),
@@ -348,6 +356,7 @@ impl Engine {
             }
         }
         if state == AlertState::Firing {
+            let at = self.fact_at(at);
             let fact =
                 |branch: Arc<str>, facility| Fact { at, rule: Some(id.clone()), branch, facility, key: alert.id.0 };
             if let (Some(b), true) = (&branch, self.branches.counts(r as usize, By::Branch)) {
@@ -363,6 +372,16 @@ impl Engine {
             }
         }
         out.push(alert);
+    }
+
+    /// When a fact of something at `at` counts: then, or just after the
+    /// watermark the step making it began with.
+    fn fact_at(&self, at: Ts) -> Ts {
+        if self.facts_after == Ts::MIN {
+            at
+        } else {
+            at.max(Ts(self.facts_after.0 + 1))
+        }
     }
 }
 

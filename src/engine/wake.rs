@@ -11,6 +11,7 @@ impl Engine {
     /// the boundary is judged first, whatever the steps the watermark takes.
     pub fn advance(&mut self, watermark: Ts, out: &mut Vec<Alert>) {
         let wm = self.watermark.max(watermark);
+        self.facts_after = self.watermark;
         while let Some(boundary) = self.lanes.boundary_within(self.watermark, wm) {
             if boundary > self.watermark {
                 self.judge_until(boundary.minus(Span(1)), out);
@@ -19,6 +20,7 @@ impl Engine {
         }
         self.judge_until(wm, out);
         self.lanes.settle(wm);
+        self.facts_after = wm;
         if self.branch_stage_inside {
             for fact in self.facts.drain(..) {
                 self.branches.add(fact);

@@ -28,7 +28,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::engine::Engine;
+use crate::engine::Split;
 use crate::event::Event;
 use crate::time::{Span, Ts};
 
@@ -44,6 +44,7 @@ pub struct Held {
     pub number: u64,
     pub line: Vec<u8>,
     pub event: Event<'static>,
+    pub partition: u16,
     pub hash: u64,
     /// The times of the lines after it (up to [`AFTER`]).
     after: Vec<Ts>,
@@ -103,7 +104,7 @@ impl Ahead {
     }
 
     /// How far past the lead an event dated `at` is, if by more than the horizon.
-    pub fn past_horizon(&self, engine: &Engine, at: Ts) -> Option<Span> {
+    pub fn past_horizon(&self, engine: &Split, at: Ts) -> Option<Span> {
         let lead = self.lead.max(engine.vouched());
         (lead != Ts::MIN && at > lead.plus(self.horizon)).then(|| at.since(lead))
     }
@@ -118,7 +119,7 @@ impl Ahead {
     }
 
     /// An event dated `at` was applied (or is let in as the lead reached it).
-    pub fn applied(&mut self, engine: &Engine, at: Ts) {
+    pub fn applied(&mut self, engine: &Split, at: Ts) {
         if engine.vouched() != Ts::MIN {
             self.lead = self.lead.max(at);
         }
@@ -129,11 +130,17 @@ impl Ahead {
 
     /// Holds an event dated past the horizon (seen last); gives back its line
     /// when no more can be held.
-    pub fn hold<'l>(&mut self, (number, line): (u64, &'l [u8]), event: &Event<'_>, hash: u64) -> Result<(), &'l [u8]> {
+    pub fn hold<'l>(
+        &mut self,
+        (number, line): (u64, &'l [u8]),
+        event: &Event<'_>,
+        (partition, hash): (u16, u64),
+    ) -> Result<(), &'l [u8]> {
         if self.held.len() >= MAX_HELD {
             return Err(line);
         }
-        let held = Held { number, line: line.to_vec(), event: event.clone().into_owned(), hash, after: Vec::new() };
+        let held =
+            Held { number, line: line.to_vec(), event: event.clone().into_owned(), partition, hash, after: Vec::new() };
         let key = (held.event.at, held.number);
         self.held.insert(key, held);
         self.listening.push_back(key);
@@ -142,7 +149,7 @@ impl Ahead {
 
     /// Settles the events the lead caught up with and those whose lines
     /// after are all in.
-    pub fn settle(&mut self, engine: &Engine, into: &mut Settled) {
+    pub fn settle(&mut self, engine: &Split, into: &mut Settled) {
         while let Some((&(at, _), _)) = self.held.first_key_value() {
             if self.past_horizon(engine, at).is_some() {
                 break;
@@ -174,7 +181,7 @@ impl Ahead {
     /// The input is over: every event still held is settled by the lines
     /// after it that there are, in input order (`let_in` applies one); the
     /// input's last line, which no line follows, is let in.
-    pub fn finish(mut self, engine: &mut Engine, mut let_in: impl FnMut(&mut Engine, &Held)) -> Finished {
+    pub fn finish(mut self, engine: &mut Split, mut let_in: impl FnMut(&mut Split, &Held)) -> Finished {
         let mut rest: Vec<Held> = std::mem::take(&mut self.held).into_values().collect();
         rest.sort_unstable_by_key(|h| h.number);
         let mut refused = Vec::new();

@@ -18,6 +18,10 @@ use super::{forewarn, text};
 /// How long any awaited condition may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
+/// The live tests' lateness: generous, so that a paced publisher's
+/// partitions never fall behind each other by more.
+pub const LATENESS: &str = "6h";
+
 pub struct NatsServer {
     pub port: u16,
     dir: TempDir,
@@ -187,10 +191,15 @@ pub fn rules(dir: &Path) -> PathBuf {
 }
 
 pub fn config(dir: &Path, clock: &Path) -> PathBuf {
+    config_at(dir, clock, LATENESS)
+}
+
+/// [`config`] with another lateness.
+pub fn config_at(dir: &Path, clock: &Path, lateness: &str) -> PathBuf {
     let path = dir.join("forewarn.toml");
     let clock = format!("@{}", clock.display());
     let text = format!(
-        "rules = \"{rules}\"\n\n[watermark]\nlateness = \"6h\"\nidle_after = \"1s\"\nmax_skew = \"0s\"\nclock = \"{clock}\"\n\n\
+        "rules = \"{rules}\"\n\n[watermark]\nlateness = \"{lateness}\"\nidle_after = \"1s\"\nmax_skew = \"0s\"\nclock = \"{clock}\"\n\n\
          [checkpoint]\ninterval = \"500ms\"\n\n[shutdown]\ndeadline = \"60s\"\n\n\
          [dispatch]\noutbox = \"{outbox}\"\n\
          # The clock stands still here: alerts do not wait for a hub's episode.\n\
@@ -222,13 +231,18 @@ pub fn newest(events: &str) -> String {
 
 /// `forewarn replay` of the file with the live tests' lateness, as JSON values.
 pub fn replayed(events: &str, dir: &Path) -> Vec<serde_json::Value> {
+    replayed_at(events, dir, LATENESS)
+}
+
+/// [`replayed`] with another lateness.
+pub fn replayed_at(events: &str, dir: &Path, lateness: &str) -> Vec<serde_json::Value> {
     let out = dir.join("replayed.jsonl");
     let rules = rules(dir);
     let run = forewarn(&[
         "replay",
         events,
         "--lateness",
-        "6h",
+        lateness,
         "--rules",
         rules.to_str().expect("utf-8"),
         "--out",

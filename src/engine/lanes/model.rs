@@ -205,38 +205,23 @@ pub(super) fn coarse(place: Place) -> Place {
     Place { facility: Sym::NONE, country: [0; 2], branch: Sym::NONE, ..place }
 }
 
-/// Every place any partition has seen, numbered, with each partition's lane
-/// for it side by side. The partitions see the same network, so one table
-/// stays small enough for the cache where one per partition would not, and
-/// a busy place's lanes share a cache line: every state-setting scan looks
-/// its place up.
+/// Every place any partition of this engine has seen, numbered; each
+/// [`Model`] keeps its lane for a place at the place's number. Every
+/// state-setting scan looks its place up.
+#[derive(Default)]
 pub(super) struct Places {
     index: HashMap<Place, u32>,
-    partitions: usize,
-    /// By place number, then partition: the lane, or [`NO_LANE`].
-    lanes: Vec<u16>,
 }
 
 const NO_LANE: u16 = u16::MAX;
 
 impl Places {
-    pub(super) fn new(partitions: u16) -> Places {
-        Places { index: HashMap::new(), partitions: usize::from(partitions.max(1)), lanes: Vec::new() }
+    /// The place's number, if it has one.
+    pub(super) fn number_of(&self, place: &Place) -> Option<usize> {
+        self.index.get(place).map(|&n| n as usize)
     }
 
-    /// The lane of a place in a partition, if it has one.
-    pub(super) fn lane(&self, partition: u16, place: &Place) -> Option<u32> {
-        let n = *self.index.get(place)? as usize;
-        let lane = *self.lanes.get(self.slot(n, partition))?;
-        (lane != NO_LANE).then_some(u32::from(lane))
-    }
-
-    /// Where place `n`'s lane in `partition` is kept in `lanes`.
-    fn slot(&self, n: usize, partition: u16) -> usize {
-        n * self.partitions + usize::from(partition)
-    }
-
-    /// The place's number; `None` when [`MAX_PLACES`] places are known.
+    /// The place's number, new if need be; `None` when [`MAX_PLACES`] places are known.
     fn number(&mut self, place: Place) -> Option<usize> {
         if let Some(&n) = self.index.get(&place) {
             return Some(n as usize);
@@ -246,7 +231,6 @@ impl Places {
             return None;
         }
         self.index.insert(place, n as u32);
-        self.lanes.resize(self.lanes.len() + self.partitions, NO_LANE);
         Some(n)
     }
 }
@@ -254,6 +238,8 @@ impl Places {
 /// One partition's lanes.
 #[derive(Default)]
 pub(super) struct Model {
+    /// By place number ([`Places`]): the place's lane here, or [`NO_LANE`].
+    by_place: Vec<u16>,
     pub(super) places: Vec<Place>,
     pub(super) lanes: Vec<Lane>,
     /// Each lane's coarse lane (itself for a coarse lane).
@@ -280,23 +266,30 @@ pub(super) struct Versions {
 impl Model {
     /// The lane of a place in this model (`partition`), new if need be;
     /// `None` past [`MAX_LANES`] lanes or [`MAX_PLACES`] places.
-    pub(super) fn lane(&mut self, places: &mut Places, partition: u16, place: Place) -> Option<u32> {
+    pub(super) fn lane(&mut self, places: &mut Places, place: Place) -> Option<u32> {
         let n = places.number(place)?;
-        let at = places.slot(n, partition);
-        if places.lanes[at] != NO_LANE {
-            return Some(u32::from(places.lanes[at]));
+        if let Some(lane) = self.lane_at(n) {
+            return Some(lane);
         }
         let wide = coarse(place);
-        let wide = if wide == place { None } else { Some(self.lane(places, partition, wide)?) };
+        let wide = if wide == place { None } else { Some(self.lane(places, wide)?) };
         if self.lanes.len() >= MAX_LANES {
             return None;
         }
         let i = self.lanes.len() as u32;
-        places.lanes[at] = i as u16;
+        if self.by_place.len() <= n {
+            self.by_place.resize(n + 1, NO_LANE);
+        }
+        self.by_place[n] = i as u16;
         self.places.push(place);
         self.lanes.push(Lane::default());
         self.coarse.push(wide.unwrap_or(i));
         Some(i)
+    }
+
+    /// The lane of place number `n` here, if it has one.
+    pub(super) fn lane_at(&self, n: usize) -> Option<u32> {
+        self.by_place.get(n).filter(|&&lane| lane != NO_LANE).map(|&lane| u32::from(lane))
     }
 
     /// Hints the CPU to fetch what counting a leg of `lane` in bucket `b` touches.

@@ -73,8 +73,8 @@ impl Lanes {
         let partitions = r.n(usize::from(u16::MAX), "lane partitions")? as u16;
         self.published_at = r.ts()?;
         self.stats = LaneStats { legs: r.u()?, splits: r.u()?, overflow: r.u()?, publications: r.u()? };
-        let (mut models, mut places) = (Vec::new(), Places::new(partitions));
-        for partition in 0..r.n(usize::from(partitions), "lane models")? {
+        let (mut models, mut places) = (Vec::new(), Places::default());
+        for _ in 0..r.n(usize::from(partitions), "lane models")? {
             let mut m = Model::default();
             let count = r.n(MAX_LANES, "lanes")?;
             for i in 0..count {
@@ -94,7 +94,7 @@ impl Lanes {
                     *e = (if next == 0 { NONE } else { next as u32 - 1 }, r.u32()?);
                 }
                 // Saved in the order they were made, each coarse lane before its lanes.
-                if m.lane(&mut places, partition as u16, place) != Some(i as u32) {
+                if m.lane(&mut places, place) != Some(i as u32) {
                     return Err(CheckpointError::Corrupt("lanes out of order".into()));
                 }
                 m.lanes[i] = lane;

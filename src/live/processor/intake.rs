@@ -87,7 +87,9 @@ impl Processor {
         let result = if let Some(bp) = subject.strip_prefix("forewarn.facts.") {
             match (bp.parse::<u16>().ok().and_then(|bp| self.stages.get_mut(&bp)), wire::parse_fact(&message.payload)) {
                 (Some(stage), Ok(fact)) if seq > stage.pos => {
+                    let late = stage.stage.late();
                     stage.stage.add(fact);
+                    METRICS.facts_late.inc_by(stage.stage.late() - late);
                     stage.pos = seq;
                     stage.dirty = true;
                     Ok(())
