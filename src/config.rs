@@ -37,6 +37,29 @@ pub fn std_duration(span: Span) -> Duration {
     Duration::from_millis(span.0.max(0) as u64)
 }
 
+/// What a process runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Detection and dispatch.
+    #[default]
+    All,
+    /// The engines only: alerts to the stream, no message sent.
+    Detect,
+    /// The dispatcher only: alerts from the stream to messages.
+    Dispatch,
+}
+
+impl Role {
+    pub fn detects(self) -> bool {
+        self != Role::Dispatch
+    }
+
+    pub fn dispatches(self) -> bool {
+        self != Role::Detect
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -49,7 +72,7 @@ pub struct Config {
     /// `/readyz` says not ready while more input messages than this wait on the server.
     pub ready_max_pending: u64,
     /// What this process runs: `all` (detection and dispatch), `detect` or `dispatch`.
-    pub role: String,
+    pub role: Role,
     pub nats: Nats,
     pub partitions: Partitions,
     pub streams: Streams,
@@ -68,7 +91,7 @@ impl Default for Config {
             rules: "rules".into(),
             http: String::new(),
             ready_max_pending: 1_000_000,
-            role: "all".into(),
+            role: Role::All,
             nats: Nats::default(),
             partitions: Partitions::default(),
             streams: Streams::default(),
@@ -334,9 +357,6 @@ impl Config {
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), String> {
         self.owned()?;
-        if !["all", "detect", "dispatch"].contains(&self.role.as_str()) {
-            return Err(format!("role {:?}: use all, detect or dispatch", self.role));
-        }
         if self.instance.is_empty() || !self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err(format!("instance {:?}: use letters, digits, '-' and '_' only", self.instance));

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use tokio::sync::{mpsc, watch};
 
-use forewarn::config::{std_duration, Config};
+use forewarn::config::{std_duration, Config, Role};
 use forewarn::live::{self, connect, dlq, feed, Controls};
 
 /// Settings every NATS command shares.
@@ -43,8 +43,8 @@ pub struct RunArgs {
     #[arg(long)]
     rebuild: bool,
     /// What to run: all (detection and dispatch), detect, or dispatch.
-    #[arg(long, env = "FOREWARN_ROLE")]
-    role: Option<String>,
+    #[arg(long, env = "FOREWARN_ROLE", value_enum)]
+    role: Option<Role>,
     #[command(flatten)]
     channels: ChannelArgs,
 }
@@ -270,7 +270,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     args.channels.apply(&mut config.dispatch);
     config.validate().map_err(anyhow::Error::msg)?;
     let deadline = std_duration(config.shutdown.deadline);
-    let (detect, dispatch) = (config.role != "dispatch", config.role != "detect");
+    let (detect, dispatch) = (config.role.detects(), config.role.dispatches());
     // Templates, directory and channel settings are checked before anything
     // starts, so a mistake there stops the process at once, not later.
     let dispatcher = dispatch.then(|| forewarn::dispatch::Dispatcher::new(&config)).transpose()?;

@@ -114,7 +114,7 @@ fn reload_templates(config: &Config, d: &Dispatcher, senders: &super::deliver::S
         super::template::Templates::check_pack(&dir, &d.config.default_locale, &set).map_err(|p| p.join("\n"))
     });
     // A process that also detects counts its reload once, in the processor.
-    let alone = config.role == "dispatch";
+    let alone = !config.role.detects();
     match checked {
         Ok(templates) => {
             senders.replace_templates(templates);

@@ -466,7 +466,7 @@ impl Processor {
         let checked = self.rules.load().and_then(|set| {
             // The dispatcher of this process reads its templates at its start; a
             // pack whose templates are broken is refused whole, as `check` would.
-            if self.config.role == "detect" {
+            if !self.config.role.dispatches() {
                 return Ok(set);
             }
             let dir = dispatch.templates_dir(self.rules.path());
