@@ -16,9 +16,9 @@ use super::hold::Hold;
 use super::ledger::Ledger;
 use super::notice::Notice;
 use super::outcome::{Outcome, Stats};
-use super::route::{route, Routing};
+use super::route::Routing;
 use super::sending::{Done, Sending};
-use super::Dispatcher;
+use super::{stages, Dispatcher};
 use crate::live::LiveError;
 
 /// Sends the notifications of `alerts` (JSON Lines, as `replay` writes
@@ -43,7 +43,7 @@ pub async fn run(d: Dispatcher, alerts: &[u8]) -> Result<Stats, LiveError> {
             Ok(n) => Arc::new(n),
             Err(reason) => {
                 tracing::warn!(%reason, "not an alert; skipped");
-                b.stats.count(&Outcome::Skipped { audience: "any", channel: "any", reason: "invalid_alert" });
+                b.stats.count(&stages::INVALID);
                 continue;
             }
         };
@@ -81,26 +81,17 @@ impl Backtest<'_> {
     /// Routes one alert at `now`, asks the ledger, holds or starts its messages.
     async fn admit(&mut self, notice: Arc<Notice>, now: DateTime<Utc>) -> Result<(), LiveError> {
         release(&mut self.hold, &mut self.sending, now);
-        let (drafts, skips) = route(&notice, &self.routing);
-        for s in &skips {
-            self.stats.count(&Outcome::from_skip(s));
-        }
-        if drafts.iter().any(|d| d.told.is_some()) {
+        if notice.resolved {
             // A resolution asks whether its firing was sent: let every send end first.
             while let Some(done) = self.sending.next().await {
                 count(&mut self.stats, done);
             }
         }
-        let (wanted, not_told) = self.ledger.admit(&drafts).await?;
-        for s in &not_told {
+        let (wanted, skips) = stages::admit(&notice, &self.routing, &self.ledger).await?;
+        for s in &skips {
             self.stats.count(&Outcome::from_skip(s));
         }
-        for draft in wanted {
-            match self.hold.offer(draft, now) {
-                Some(batch) => self.sending.start(batch, now),
-                None => self.stats.held += 1,
-            }
-        }
+        self.stats.held += stages::offer(&mut self.hold, &mut self.sending, wanted, now);
         while self.sending.in_flight() > self.most_in_flight {
             if let Some(done) = self.sending.next().await {
                 count(&mut self.stats, done);
@@ -119,10 +110,7 @@ fn release(hold: &mut Hold, sending: &mut Sending, now: DateTime<Utc>) {
 }
 
 fn count(stats: &mut Stats, Done { batch, ending, .. }: Done) {
-    for (_, outcome) in Outcome::of_batch(&batch, &ending) {
-        if let Outcome::Failed { reason, .. } = &outcome {
-            tracing::warn!(key = %batch.primary.key, %reason, "message failed");
-        }
+    for (_, outcome) in stages::outcomes(&batch, &ending) {
         stats.count(&outcome);
     }
 }

@@ -6,8 +6,9 @@
 //! preferences) → [`ledger`] (dedup: sent once, across restarts) →
 //! [`hold`] (quiet hours, grouping, rate limits) → [`deliver`] (render with
 //! [`template`], send on a [`channel`], retry) → [`outcome`] (record,
-//! publish, count). [`sending`] runs the last stages in bounded concurrency
-//! for both drivers: [`run`] on NATS, [`backtest`] on a replay's alerts
+//! publish, count). [`stages`] writes the chain after inhibition once, and
+//! [`sending`] runs the last stages in bounded concurrency, for both
+//! drivers: [`run`] on NATS, [`backtest`] on a replay's alerts
 //! (`replay --dispatch`). [`digest`] sends each branch its daily at-risk list.
 //!
 //! The stages up to `hold` are pure (the clock is an argument); only
@@ -29,6 +30,7 @@ pub mod route;
 pub mod run;
 pub mod segments;
 pub mod sending;
+pub mod stages;
 pub mod template;
 
 use std::path::PathBuf;

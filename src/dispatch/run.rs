@@ -23,9 +23,9 @@ use super::hold::Hold;
 use super::ledger::Ledger;
 use super::notice::Notice;
 use super::outcome::{Outcome, Stats};
-use super::route::{route, Draft, Skip};
+use super::route::{Draft, Skip};
 use super::sending::{retrying, Done, Sending};
-use super::{digest, Dispatcher};
+use super::{digest, stages, Dispatcher};
 use crate::config::{std_duration, Config};
 use crate::live::clock::Clock;
 use crate::live::{connect, LiveError};
@@ -235,7 +235,7 @@ pub async fn run(
                     Err(reason) => {
                         // It stays in the alerts stream; nothing here can make it valid.
                         tracing::warn!(seq, %reason, "not an alert; skipped");
-                        stats.count(&Outcome::Skipped { audience: "any", channel: "any", reason: "invalid_alert" });
+                        stats.count(&stages::INVALID);
                         let _ = message.ack_with(AckKind::Term).await;
                         continue;
                     }
@@ -260,16 +260,9 @@ pub async fn run(
                     .or_else(|| a.message.info().ok().map(|i| i.published.into()))
                     .unwrap_or_else(SystemTime::now);
                 let (remaining, t) = (a.drafts.len(), now(&clock));
-                let mut held = false;
-                for draft in a.drafts {
-                    match hold.offer(draft, t) {
-                        Some(batch) => sending.start(batch, t),
-                        None => {
-                            stats.held += 1;
-                            held = true;
-                        }
-                    }
-                }
+                let waiting = stages::offer(&mut hold, &mut sending, a.drafts, t);
+                stats.held += waiting;
+                let held = waiting > 0;
                 let received = a.received;
                 let p = Pending { message: a.message, remaining, alive: Instant::now(), received, arrived, held, told: false };
                 pending.insert(a.seq, Some(p));
@@ -284,10 +277,7 @@ pub async fn run(
                         }
                     }
                 }
-                for (draft, outcome) in Outcome::of_batch(&batch, &ending) {
-                    if let Outcome::Failed { reason, .. } = &outcome {
-                        tracing::warn!(key = %batch.primary.key, %reason, "message failed");
-                    }
+                for (draft, outcome) in stages::outcomes(&batch, &ending) {
                     publish(&client, &draft.notice, outcome, &mut stats, now(&clock)).await;
                 }
                 if !matches!(ending, Ending::Interrupted) {
@@ -342,11 +332,10 @@ async fn lane(
         if retrying(&stop, "at-risk list update", || digest::track(&at_risk, &notice)).await.is_none() {
             return;
         }
-        let (drafts, mut skips) = route(&notice, &routing);
-        let Some((mut drafts, not_told)) = retrying(&stop, "idempotency lookup", || ledger.admit(&drafts)).await else {
+        let admission = retrying(&stop, "idempotency lookup", || stages::admit(&notice, &routing, &ledger)).await;
+        let Some((mut drafts, skips)) = admission else {
             return;
         };
-        skips.extend(not_told);
         for draft in &mut drafts {
             draft.seq = seq;
         }

@@ -1,0 +1,60 @@
+//! The stage chain after inhibition, written once for both drivers:
+//! [`admit`] (route an alert into drafts, ask the ledger which are still to
+//! send), [`offer`] (hold them for quiet hours and grouping, or start
+//! them) and [`outcomes`] (what a finished batch says, failures logged).
+//! [`super::run`] drives it from the alerts stream, in admission lanes and
+//! wall time; [`super::backtest`] from a replay's alerts, in order and in
+//! their own event time.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::deliver::Ending;
+use super::hold::{Batch, Hold};
+use super::ledger::Ledger;
+use super::notice::Notice;
+use super::outcome::Outcome;
+use super::route::{route, Draft, Routing, Skip};
+use super::sending::Sending;
+use crate::live::LiveError;
+
+/// What an alert that cannot be read counts as.
+pub const INVALID: Outcome = Outcome::Skipped { audience: "any", channel: "any", reason: "invalid_alert" };
+
+/// The messages an alert asks for that the ledger has not seen sent, and
+/// why each other one is not sent.
+pub async fn admit(
+    notice: &Arc<Notice>,
+    routing: &Routing<'_>,
+    ledger: &Ledger,
+) -> Result<(Vec<Draft>, Vec<Skip>), LiveError> {
+    let (drafts, mut skips) = route(notice, routing);
+    let (wanted, not_told) = ledger.admit(&drafts).await?;
+    skips.extend(not_told);
+    Ok((wanted, skips))
+}
+
+/// Holds each draft that must wait (quiet hours, grouping) and starts the
+/// others at `now`; returns how many wait.
+pub fn offer(hold: &mut Hold, sending: &mut Sending, drafts: Vec<Draft>, now: DateTime<Utc>) -> u64 {
+    let mut waiting = 0;
+    for draft in drafts {
+        match hold.offer(draft, now) {
+            Some(batch) => sending.start(batch, now),
+            None => waiting += 1,
+        }
+    }
+    waiting
+}
+
+/// The outcome of each message of a finished batch; failures are logged.
+pub fn outcomes<'b>(batch: &'b Batch, ending: &Ending) -> Vec<(&'b Draft, Outcome)> {
+    let outcomes = Outcome::of_batch(batch, ending);
+    for (_, outcome) in &outcomes {
+        if let Outcome::Failed { reason, .. } = outcome {
+            tracing::warn!(key = %batch.primary.key, %reason, "message failed");
+        }
+    }
+    outcomes
+}
