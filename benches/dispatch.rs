@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use forewarn::config::Config;
 use forewarn::dispatch::{self, Dispatcher};
-use forewarn::live::connect;
+use forewarn::nats::connect;
 use forewarn::time::Span;
 
 mod common;

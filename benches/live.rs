@@ -14,7 +14,8 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use forewarn::config::Config;
-use forewarn::live::{self, connect, feed, Controls};
+use forewarn::live::{self, feed, Controls};
+use forewarn::nats::connect;
 use forewarn::simulate::{self, Network};
 use forewarn::time::Ts;
 

@@ -4,14 +4,19 @@
 //! # Code map
 //!
 //! Events flow `event` → `engine` → `alert`; everything else drives or
-//! describes that flow.
+//! describes that flow. One dependency direction, from the bottom: `time`;
+//! `partition`, `event`, `clock`; `rules`; `alert`; `engine`; `metrics`,
+//! `config`; `nats`, `replay`, `cases`, `simulate`; `report`, `dispatch`;
+//! `live`; the CLI on top. A module imports only the layers below its own
+//! (`tests/it/layers.rs` checks it).
 //!
 //! - [`event`]: the v1 input contract (`shared/events.md`). Bytes in, a
 //!   validated [`event::Event`] or a [`event::Reject`] naming the field out.
 //!   The only module that knows the wire format of events.
 //! - [`rules`]: the rule model, read from `rules/*.toml` with
-//!   `file:line:column` errors ([`rules::file`]), and the rule unit tests
-//!   ([`rules::test`]).
+//!   `file:line:column` errors ([`rules::file`]), the pack's directory loaded
+//!   and watched ([`rules::dir`]).
+//! - [`cases`]: a pack's rule unit tests through the engine (`forewarn test`).
 //! - [`engine`]: the pure core. `ingest(event)` and `advance(watermark)`
 //!   return alerts. Holds the parcel [`engine::window`], the event-time
 //!   timers and the [`engine::branch`] aggregates, and saves and restores all
@@ -22,17 +27,22 @@
 //!   dispatcher and machines read).
 //! - [`replay`]: a file through the split engine (`forewarn replay`); a line dated
 //!   far ahead of the flow waits for the lines after it (`replay/ahead.rs`).
+//! - [`nats`]: what the processor and the dispatcher share on NATS: the
+//!   connection and streams, the subjects, headers and message forms, the
+//!   error a process on NATS stops with.
 //! - [`live`]: the processor on NATS JetStream (`forewarn run`): consumers,
 //!   one engine per owned [`partition`], the branch stage over JetStream,
-//!   checkpoints in the object store, alerts and dead letters; and
-//!   `forewarn dlq`, and the simulator's live publisher.
+//!   checkpoints in the object store, alerts and dead letters, health and
+//!   the agent's API; and `forewarn dlq`, and the simulator's live publisher.
 //! - [`dispatch`]: alerts into messages (`forewarn run`, `--role
 //!   dispatch`): route, dedup ledger, quiet hours, grouping, rate limits,
 //!   templates, email / SMS / webhooks with retries, outcomes, the daily
 //!   branch digest; `replay --dispatch`, the backtest that really sends.
 //! - [`metrics`]: the Prometheus metrics of both, by one naming spec,
 //!   served on `/metrics`.
-//! - [`config`]: `forewarn.toml`, strict, every field defaulted.
+//! - [`config`]: `forewarn.toml`, strict, every field defaulted (the
+//!   dispatcher's section in [`config::dispatch`]).
+//! - [`clock`]: the wall clock, or a file's, for the live shells.
 //! - [`simulate`]: a synthetic carrier network in the v1 contract
 //!   (`forewarn simulate`).
 //! - [`report`]: the proof that forewarn speaks first (`forewarn report`).
@@ -48,12 +58,12 @@
 //! - What the contract accepts: [`event`] (and `shared/events.md` first).
 //! - A field of an alert: `alert.rs` fills it, `alert/line.rs` carries it,
 //!   `dispatch/notice.rs` keeps it (its round-trip test says if one is lost).
-//! - A channel: `dispatch/channel/`, its configuration in `dispatch/config.rs`.
+//! - A channel: `dispatch/channel/`, its configuration in `config/dispatch.rs`.
 //! - A message's text: `rules/templates/<locale>/`.
 //! - A metric: [`metrics`] (one spec: `forewarn_<what>_<unit>`, closed label
 //!   sets initialised at 0), then `deploy/prometheus` and `deploy/grafana`.
-//! - A stream or subject: `live/wire.rs` (subjects, headers, message ids) and
-//!   `live/connect.rs` (stream definitions), then `deploy/nats/streams/`.
+//! - A stream or subject: `nats/wire.rs` (subjects, headers, message ids) and
+//!   `nats/connect.rs` (stream definitions), then `deploy/nats/streams/`.
 //!
 //! # Invariants
 //!
@@ -76,12 +86,15 @@
 //!   and outcomes only masked, and metric labels never.
 
 pub mod alert;
+pub mod cases;
+pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod engine;
 pub mod event;
 pub mod live;
 pub mod metrics;
+pub mod nats;
 pub mod partition;
 pub mod replay;
 pub mod report;

@@ -10,11 +10,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use forewarn::cases::run_dir;
 use forewarn::dispatch::branches::Directory;
 use forewarn::dispatch::template::Templates;
 use forewarn::engine::{Config, Split};
 use forewarn::replay::{self, Sinks, Summary};
-use forewarn::rules::{test::run_dir, RuleError, RuleSet};
+use forewarn::rules::{RuleError, RuleSet};
 use forewarn::simulate::{self, Network};
 use forewarn::time::{Span, Ts};
 

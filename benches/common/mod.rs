@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use forewarn::config::Nats;
-use forewarn::live::connect;
+use forewarn::nats::connect;
 
 /// A running nats-server, killed when dropped.
 pub struct Server {

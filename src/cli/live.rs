@@ -10,7 +10,8 @@ use clap::{Args, Subcommand};
 use tokio::sync::{mpsc, watch};
 
 use forewarn::config::{std_duration, Config, Role};
-use forewarn::live::{self, connect, dlq, feed, Controls};
+use forewarn::live::{self, dlq, feed, Controls};
+use forewarn::nats::{connect, LiveError};
 
 /// Settings every NATS command shares.
 #[derive(Args)]
@@ -330,7 +331,7 @@ async fn signals(
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    eprintln!("error: {}", live::LiveError::ShutdownDeadline(format!("{deadline:?}")));
+    eprintln!("error: {}", LiveError::ShutdownDeadline(format!("{deadline:?}")));
     std::process::exit(1);
 }
 

@@ -19,7 +19,7 @@ use super::outcome::{Outcome, Stats};
 use super::route::Routing;
 use super::sending::{Done, Sending};
 use super::{stages, Dispatcher};
-use crate::live::LiveError;
+use crate::nats::LiveError;
 
 /// Sends the notifications of `alerts` (JSON Lines, as `replay` writes
 /// them); returns what was done.

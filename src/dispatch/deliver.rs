@@ -17,12 +17,12 @@ use super::channel::email::{Mail, Mailer};
 use super::channel::sms::{Gateway, Text};
 use super::channel::webhook::Webhooks;
 use super::channel::{append_line, Failure};
-use super::config::{Links, Retry};
 use super::ledger::token;
 use super::notice::Notice;
 use super::route::{Draft, Target};
 use super::segments;
 use super::template::{BranchView, Context, Templates};
+use crate::config::dispatch::{Links, Retry};
 use crate::config::std_duration;
 
 /// How one message ended.

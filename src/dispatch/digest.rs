@@ -17,7 +17,7 @@ use super::deliver::Senders;
 use super::ledger::{entries, slot, token, Ledger, Recorded};
 use super::notice::Notice;
 use super::template::Context;
-use crate::live::clock::Clock;
+use crate::clock::Clock;
 
 /// One at-risk parcel as the digest lists it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -16,7 +16,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
 use super::route::{Draft, Skip};
-use crate::live::LiveError;
+use crate::nats::LiveError;
 
 /// A final outcome as remembered.
 #[derive(Clone, Debug, PartialEq, Eq)]

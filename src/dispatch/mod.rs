@@ -18,7 +18,6 @@ pub mod address;
 pub mod backtest;
 pub mod branches;
 pub mod channel;
-pub mod config;
 pub mod deliver;
 pub mod digest;
 pub mod hold;
@@ -41,8 +40,8 @@ use chrono_tz::Tz;
 use tokio::sync::Semaphore;
 
 use crate::config::{std_duration, Config};
-use crate::live::rules_dir::RulesDir;
-use crate::live::LiveError;
+use crate::nats::LiveError;
+use crate::rules::dir::RulesDir;
 use crate::rules::RuleSet;
 use branches::Directory;
 use channel::email::Mailer;
@@ -59,7 +58,7 @@ pub const FOLLOW_UP_RULES: &[&str] = &["stalled", "late", "customs_hold"];
 
 /// The dispatcher's checked configuration and loaded data.
 pub struct Dispatcher {
-    pub config: config::Dispatch,
+    pub config: crate::config::Dispatch,
     pub templates: Arc<Templates>,
     pub directory: Arc<Directory>,
     pub quiet: Quiet,
@@ -140,7 +139,7 @@ impl Dispatcher {
     }
 }
 
-impl config::Dispatch {
+impl crate::config::Dispatch {
     pub fn templates_dir(&self, rules: &std::path::Path) -> PathBuf {
         if self.templates.as_os_str().is_empty() {
             rules.join("templates")

@@ -26,10 +26,10 @@ use super::outcome::{Outcome, Stats};
 use super::route::{Draft, Skip};
 use super::sending::{retrying, Done, Sending};
 use super::{digest, stages, Dispatcher};
+use crate::clock::Clock;
 use crate::config::{std_duration, Config};
-use crate::live::clock::Clock;
-use crate::live::{connect, LiveError};
 use crate::metrics::METRICS;
+use crate::nats::{connect, LiveError};
 
 /// Admission lanes: an alert's lane is chosen by its id, so a firing and
 /// its resolution update the at-risk list in order; lanes run side by side.
@@ -110,7 +110,7 @@ fn now(clock: &Clock) -> DateTime<Utc> {
 /// of a start; else the ones in force stay, and the log says why.
 fn reload_templates(config: &Config, d: &Dispatcher, senders: &super::deliver::Senders) {
     let dir = d.config.templates_dir(&config.rules);
-    let checked = crate::live::rules_dir::RulesDir::new(&config.rules).load().and_then(|set| {
+    let checked = crate::rules::dir::RulesDir::new(&config.rules).load().and_then(|set| {
         super::template::Templates::check_pack(&dir, &d.config.default_locale, &set).map_err(|p| p.join("\n"))
     });
     // A process that also detects counts its reload once, in the processor.
@@ -256,7 +256,7 @@ pub async fn run(
                     continue;
                 }
                 // End to end from what made the alert (its header), else from the alert itself.
-                let arrived = crate::live::wire::arrived(a.message.headers.as_ref())
+                let arrived = crate::nats::wire::arrived(a.message.headers.as_ref())
                     .or_else(|| a.message.info().ok().map(|i| i.published.into()))
                     .unwrap_or_else(SystemTime::now);
                 let (remaining, t) = (a.drafts.len(), now(&clock));

@@ -12,11 +12,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 
-use super::config::Limits;
 use super::deliver::{Ending, Senders};
 use super::hold::{Batch, Limiter};
 use super::ledger::Ledger;
 use super::outcome::Outcome;
+use crate::config::dispatch::Limits;
 use crate::metrics::METRICS;
 
 /// A message whose sending ended, its outcome recorded.

@@ -17,7 +17,7 @@ use super::notice::Notice;
 use super::outcome::Outcome;
 use super::route::{route, Draft, Routing, Skip};
 use super::sending::Sending;
-use crate::live::LiveError;
+use crate::nats::LiveError;
 
 /// What an alert that cannot be read counts as.
 pub const INVALID: Outcome = Outcome::Skipped { audience: "any", channel: "any", reason: "invalid_alert" };

@@ -1,8 +1,8 @@
 use std::path::Path;
 
 use super::*;
+use crate::cases::run_dir;
 use crate::event::decode;
-use crate::rules::test::run_dir;
 
 fn pack() -> RuleSet {
     RuleSet::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))).expect("the default pack loads")

@@ -73,8 +73,7 @@ impl Interner {
 /// to [`MAX_SEEN`] (oldest forgotten first).
 pub const INLINE_SEEN: usize = 10;
 pub const MAX_SEEN: usize = 256;
-/// How many kinds of event a parcel counts (for `nth` rules).
-pub const COUNTED_KINDS: usize = 4;
+pub use crate::rules::COUNTED_KINDS;
 
 /// Zero marks a free inline place, so no length byte pads the struct.
 #[derive(Default)]

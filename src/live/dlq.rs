@@ -4,8 +4,8 @@
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use futures::StreamExt;
 
-use super::wire::{ORIGINAL_SUBJECT, REASON, REASON_CODE};
-use super::LiveError;
+use crate::nats::wire::{ORIGINAL_SUBJECT, REASON, REASON_CODE};
+use crate::nats::{connect, LiveError};
 
 /// One dead letter.
 #[derive(Debug, Clone)]
@@ -21,7 +21,7 @@ pub struct Letter {
 pub async fn list(js: &jetstream::Context, stream: &str) -> Result<Vec<Letter>, LiveError> {
     let mut handle = match js.get_stream(stream).await {
         Ok(handle) => handle,
-        Err(e) if super::connect::is_not_found(&e.kind()) => return Ok(Vec::new()),
+        Err(e) if connect::is_not_found(&e.kind()) => return Ok(Vec::new()),
         Err(e) => return Err(LiveError::nats("dead-letter stream", e)),
     };
     let state = handle.info().await.map_err(|e| LiveError::nats("dead-letter stream", e))?.state.clone();

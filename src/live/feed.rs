@@ -8,8 +8,8 @@ use async_nats::jetstream;
 use bytes::Bytes;
 
 use super::outbox::Outbox;
-use super::wire::Outgoing;
 use crate::event::{decode, Kind};
+use crate::nats::wire::Outgoing;
 use crate::partition;
 use crate::time::Ts;
 

@@ -10,9 +10,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 
-use super::LiveError;
 use crate::config::Config;
 use crate::metrics::METRICS;
+use crate::nats::{wire, LiveError};
 
 /// Why the processor is not ready, or `None` when it is. Besides what the
 /// processor says (starting, catching up, stopped), two faults make it
@@ -81,7 +81,7 @@ impl Readiness {
 
     /// A checkpoint or publish did not go through (retried): the reason /readyz gives.
     pub fn failing(&self, error: &str) {
-        self.with(|s| s.last_error = Some(super::wire::bounded(error, super::wire::MAX_REASON_CHARS)));
+        self.with(|s| s.last_error = Some(wire::bounded(error, wire::MAX_REASON_CHARS)));
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Faults) -> T) -> Option<T> {

@@ -8,8 +8,8 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, message::Acker};
 use futures::StreamExt;
 
-use super::LiveError;
 use crate::config::{std_duration, Config};
+use crate::nats::LiveError;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Which {

@@ -32,13 +32,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{OnceCell, Semaphore};
 
-use super::{connect, LiveError};
 use crate::config::Config;
 use crate::dispatch::address::Masked;
 use crate::dispatch::branches::Directory;
 use crate::dispatch::digest::{self, Row};
 use crate::dispatch::ledger::{entries, token};
 use crate::engine::{Engine, Lookup};
+use crate::nats::{connect, LiveError};
 use crate::partition;
 
 /// A page holds this many rows unless the request asks for fewer.

@@ -13,8 +13,8 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, Context};
 
 use super::health::Readiness;
-use super::wire::{self, Outgoing};
 use crate::metrics::METRICS;
+use crate::nats::wire::{self, Outgoing};
 
 /// Acknowledgements outstanding before the oldest are awaited.
 const MAX_PENDING: usize = 8192;

@@ -25,19 +25,20 @@ use tokio::task::JoinHandle;
 
 use checkpoint::{committed, Commit};
 
-use super::clock::Clock;
 use super::input::{next_message, open_consumer, Input, Which};
 use super::outbox::{Outbox, OutboxStats};
-use super::rules_dir::RulesDir;
-use super::wire::{self, Refusal};
-use super::{connect, health, lookup, LiveError};
+use super::{health, lookup};
 use crate::alert::Alert;
+use crate::clock::Clock;
 use crate::config::{std_duration, Config};
 use crate::dispatch::template::Templates;
 use crate::engine::{BranchStage, Engine, Fact, Judged};
 use crate::event::Reject;
 use crate::metrics::METRICS;
+use crate::nats::wire::{self, Refusal};
+use crate::nats::{connect, LiveError};
 use crate::partition::{self, Owned};
+use crate::rules::dir::RulesDir;
 use crate::time::Ts;
 
 /// Messages taken from one consumer before looking at the others and the timers.

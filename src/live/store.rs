@@ -11,7 +11,7 @@
 use async_nats::jetstream::object_store::{self, ObjectStore};
 use tokio::io::AsyncReadExt;
 
-use super::LiveError;
+use crate::nats::LiveError;
 use crate::time::Ts;
 
 const MAGIC: &[u8; 4] = b"FWLV";

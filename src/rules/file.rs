@@ -15,9 +15,8 @@ use toml::Spanned;
 
 use super::{
     Audience, BranchRule, By, ByService, DeadlineField, Filter, KindSet, Rule, RuleSet, Severity, Threshold, Trigger,
-    Voice,
+    Voice, COUNTED_KINDS,
 };
-use crate::engine::window::COUNTED_KINDS;
 use crate::event::Kind;
 use crate::time::Span;
 

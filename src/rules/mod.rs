@@ -2,12 +2,13 @@
 //! the engine can evaluate without looking anything up by name.
 //!
 //! Rules are data (`rules/*.toml`); [`mod@file`] reads and checks them with
-//! positions for every error, [`mod@test`] runs the rule unit tests. The engine
+//! positions for every error, [`dir`] loads and watches a pack's directory;
+//! [`crate::cases`] runs the rule unit tests through the engine. The engine
 //! sees only [`RuleSet`]: kinds as bit sets, durations as [`Span`]s, services
 //! as strings compared once per parcel.
 
+pub mod dir;
 pub mod file;
-pub mod test;
 
 use std::fmt;
 use std::path::Path;
@@ -16,6 +17,9 @@ use crate::event::Kind;
 use crate::time::Span;
 
 pub use file::{load_dir, RuleError};
+
+/// How many kinds of event a parcel counts, for the `nth` rules of a pack.
+pub const COUNTED_KINDS: usize = 4;
 
 /// A set of event kinds, one bit each.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

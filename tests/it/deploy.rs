@@ -119,11 +119,11 @@ fn a_three_node_cluster_from_the_deploy_config_takes_the_stream_definitions_and_
         assert_eq!(names, ["ALERTS", "CONTACTS", "DEADLETTERS", "FOREWARN_FACTS", "SCANS"]);
         // forewarn, configured for the cluster, finds them as it wants them.
         let nats = forewarn::config::Nats { url: cluster.urls(), ..Default::default() };
-        let client = forewarn::live::connect::connect(&nats, "deploy test").await.expect("forewarn connects");
-        let js = forewarn::live::connect::jetstream(client);
+        let client = forewarn::nats::connect::connect(&nats, "deploy test").await.expect("forewarn connects");
+        let js = forewarn::nats::connect::jetstream(client);
         let config = forewarn::config::Config::load(&repo("deploy/kubernetes/forewarn.toml")).expect("the k8s config");
         assert_eq!(config.streams.replicas, 3);
-        forewarn::live::connect::ensure_streams(&js, &config.streams).await.expect("the definitions match forewarn's");
+        forewarn::nats::connect::ensure_streams(&js, &config.streams).await.expect("the definitions match forewarn's");
         let mut alerts = js.get_stream("ALERTS").await.expect("ALERTS");
         let info = alerts.info().await.expect("info");
         let replicas = info.cluster.as_ref().map_or(0, |c| c.replicas.len());

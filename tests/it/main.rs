@@ -5,6 +5,7 @@ mod deploy;
 mod dispatch;
 mod fuzz;
 mod hostile;
+mod layers;
 mod live;
 mod nats;
 mod ops;

@@ -158,7 +158,7 @@ fn the_agent_sees_what_the_customer_was_told_and_the_branch_sees_its_at_risk_par
         let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
         let stream = js.get_stream("ALERTS").await.expect("the alerts stream");
         let first = stream.get_raw_message(1).await.expect("an alert");
-        let arrived = forewarn::live::wire::arrived(Some(&first.headers)).expect("a Forewarn-Arrived header");
+        let arrived = forewarn::nats::wire::arrived(Some(&first.headers)).expect("a Forewarn-Arrived header");
         let stored = std::time::SystemTime::from(first.time);
         let before = stored.duration_since(arrived).expect("the cause arrived before the alert was stored");
         assert!(before < std::time::Duration::from_secs(60), "{before:?}");

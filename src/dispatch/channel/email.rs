@@ -16,8 +16,8 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::{secret, Failure};
+use crate::config::dispatch::Email as Config;
 use crate::dispatch::address::{self, Masked};
-use crate::dispatch::config::Email as Config;
 use crate::dispatch::template::EmailText;
 
 /// One email to send.

@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use super::webhook::post_signed;
 use super::{append_line, classify, http_client, request_failure, secret, Failure};
+use crate::config::dispatch::Sms as Config;
 use crate::dispatch::address::{e164, Masked};
-use crate::dispatch::config::Sms as Config;
 use crate::dispatch::segments;
 
 /// One SMS to send.

@@ -9,9 +9,9 @@ use async_nats::jetstream::message::Acker;
 use tokio::task::JoinHandle;
 
 use super::super::store::{self, Kind, Saved};
-use super::super::{wire, LiveError};
 use super::Processor;
 use crate::metrics::METRICS;
+use crate::nats::{wire, LiveError};
 use crate::time::Ts;
 
 /// A stored snapshot, waiting to be acknowledged.

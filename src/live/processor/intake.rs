@@ -5,10 +5,10 @@
 
 use std::time::{Instant, SystemTime};
 
-use super::super::wire::{self, Refusal};
 use super::Processor;
 use crate::event::{decode, Reject};
 use crate::metrics::METRICS;
+use crate::nats::wire::{self, Refusal};
 use crate::partition;
 use crate::time::Ts;
 

@@ -10,10 +10,10 @@ use async_nats::jetstream::object_store::ObjectStore;
 
 use super::super::input::{Input, Which};
 use super::super::store::{self, Kind};
-use super::super::LiveError;
 use super::{Part, Stage};
 use crate::config::Config;
 use crate::engine::{self, BranchStage, Engine};
+use crate::nats::LiveError;
 use crate::partition::Owned;
 use crate::rules::RuleSet;
 use crate::time::Ts;

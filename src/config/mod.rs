@@ -13,10 +13,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-pub use crate::dispatch::config::Dispatch;
+pub mod dispatch;
+
 use crate::engine;
 use crate::partition::Owned;
 use crate::time::Span;
+pub use dispatch::Dispatch;
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::file::RuleError;
-use super::RuleSet;
 use crate::alert::Alert;
 use crate::engine::{Config, Engine};
 use crate::event::decode;
+use crate::rules::file::RuleError;
+use crate::rules::RuleSet;
 use crate::time::Ts;
 
 #[derive(Deserialize)]

@@ -1,0 +1,37 @@
+//! NATS JetStream plumbing that the processor ([`crate::live`]) and the
+//! dispatcher ([`crate::dispatch`]) share, below both: the connection and
+//! the streams ([`connect`]), the subjects, headers and message forms on the
+//! wire ([`wire`]), and why a process on NATS cannot start or go on
+//! ([`LiveError`]).
+
+pub mod connect;
+pub mod wire;
+
+use std::fmt;
+
+/// Why the live processor cannot start or go on. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("cannot connect to NATS at {url}: {reason}; start nats-server or pass --nats / FOREWARN_NATS_URL")]
+    Connect { url: String, reason: String },
+    #[error("stream {name} {message}")]
+    Stream { name: String, message: String },
+    #[error(
+        "checkpoint {name}: {reason}; to rebuild the state from the streams, start once with --rebuild (alerts already sent within the duplicate window are not repeated)"
+    )]
+    Checkpoint { name: String, reason: String },
+    #[error("rules: {0}")]
+    Rules(String),
+    #[error("NATS {what}: {reason}")]
+    Nats { what: &'static str, reason: String },
+    #[error("shutdown took longer than the {0} deadline")]
+    ShutdownDeadline(String),
+}
+
+impl LiveError {
+    pub fn nats(what: &'static str, e: impl fmt::Display) -> LiveError {
+        LiveError::Nats { what, reason: e.to_string() }
+    }
+}
