@@ -99,7 +99,7 @@ impl Split {
     /// steps from the slowest, so that their alerts come out about in time
     /// order.
     pub fn advance(&mut self, to: Ts, out: &mut Vec<Alert>) {
-        let started = self.engines.iter().map(Engine::watermark).filter(|&w| w > Ts::MIN).min().unwrap_or(to);
+        let started = self.watermarks.iter().copied().filter(|&w| w > Ts::MIN).min().unwrap_or(to);
         let step = Span((to.0.saturating_sub(started.0) / STEPS).max(self.engines[0].config.lateness.0).max(1));
         let mut at = started;
         loop {
@@ -144,11 +144,6 @@ impl Split {
         self.engines.iter().map(Engine::newest).max().unwrap_or(Ts::MIN)
     }
 
-    /// The slowest partition's watermark: every timer at or before it has fired.
-    pub fn watermark(&self) -> Ts {
-        self.slowest
-    }
-
     /// The contacts judged since the last call.
     pub fn take_judged(&mut self, into: &mut Vec<Judged>) {
         for engine in &mut self.engines {
@@ -164,12 +159,6 @@ impl Split {
         }
         stats.peak_parcels = self.peak_parcels;
         stats
-    }
-
-    /// Facts that reached the branch stage after it counted past them (none
-    /// when every fact is dated after its engine's step, as it is).
-    pub fn late_facts(&self) -> u64 {
-        self.stage.late()
     }
 
     pub fn parcels(&self) -> usize {
@@ -282,30 +271,29 @@ mod tests {
     fn a_replay_judges_as_a_deployment_whose_stage_hears_watermarks_late() {
         let set = RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap();
         let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").unwrap();
-        for seed in [11] {
-            let mut events = Vec::new();
-            simulate::write(&Network { parcels: 20_000, seed, start, days: 2.0 }, &mut events, |_| {}).unwrap();
-            let config = Config::default();
-            let mut split = Split::new(set.clone(), config.clone());
-            let mut out = Vec::new();
-            for line in events.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                split.ingest(&decode(line).unwrap(), &mut out);
-            }
-            let end = split.newest();
-            split.advance(end, &mut out);
-            assert_eq!(split.late_facts(), 0);
-            let replayed = lines(&out);
-            assert!(replayed.iter().any(|a| a.contains(r#""count":"#)), "seed {seed}: the case has branch episodes");
-            let live = live_shaped(&events, &set, &config, end);
-            let only_replay: Vec<&String> = replayed.iter().filter(|a| live.binary_search(a).is_err()).collect();
-            let only_live: Vec<&String> = live.iter().filter(|a| replayed.binary_search(a).is_err()).collect();
-            assert!(
-                only_replay.is_empty() && only_live.is_empty(),
-                "seed {seed}: {} alerts only in the replay, {} only live; the first: {:?}",
-                only_replay.len(),
-                only_live.len(),
-                only_replay.first().or(only_live.first())
-            );
+        let seed = 11;
+        let mut events = Vec::new();
+        simulate::write(&Network { parcels: 20_000, seed, start, days: 2.0 }, &mut events, |_| {}).unwrap();
+        let config = Config::default();
+        let mut split = Split::new(set.clone(), config.clone());
+        let mut out = Vec::new();
+        for line in events.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            split.ingest(&decode(line).unwrap(), &mut out);
         }
+        let end = split.newest();
+        split.advance(end, &mut out);
+        assert_eq!(split.stage.late(), 0, "no fact reached the stage in its past");
+        let replayed = lines(&out);
+        assert!(replayed.iter().any(|a| a.contains(r#""count":"#)), "seed {seed}: the case has branch episodes");
+        let live = live_shaped(&events, &set, &config, end);
+        let only_replay: Vec<&String> = replayed.iter().filter(|a| live.binary_search(a).is_err()).collect();
+        let only_live: Vec<&String> = live.iter().filter(|a| replayed.binary_search(a).is_err()).collect();
+        assert!(
+            only_replay.is_empty() && only_live.is_empty(),
+            "seed {seed}: {} alerts only in the replay, {} only live; the first: {:?}",
+            only_replay.len(),
+            only_live.len(),
+            only_replay.first().or(only_live.first())
+        );
     }
 }

@@ -18,8 +18,9 @@ use super::{forewarn, text};
 /// How long any awaited condition may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
-/// The live tests' lateness: generous, so that a paced publisher's
-/// partitions never fall behind each other by more.
+/// The live tests' lateness: generous, so that a contact whose stream runs
+/// behind the scans' still comes before its partition's watermark passes
+/// it, and its alert carries the parcel facts a replay gives, byte for byte.
 pub const LATENESS: &str = "6h";
 
 pub struct NatsServer {

@@ -264,7 +264,7 @@ pub(super) struct Versions {
 }
 
 impl Model {
-    /// The lane of a place in this model (`partition`), new if need be;
+    /// The lane of a place in this model, new if need be;
     /// `None` past [`MAX_LANES`] lanes or [`MAX_PLACES`] places.
     pub(super) fn lane(&mut self, places: &mut Places, place: Place) -> Option<u32> {
         let n = places.number(place)?;
