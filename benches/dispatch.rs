@@ -21,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use forewarn::config::dispatch::SmsProvider;
 use forewarn::config::Config;
 use forewarn::dispatch::{self, Dispatcher};
 use forewarn::nats::connect;
@@ -222,7 +223,7 @@ fn main() {
         let d = &mut config.dispatch;
         d.outbox = outbox.path().to_path_buf();
         d.sms.url = sms_url.clone();
-        d.sms.provider = "webhook".into();
+        d.sms.provider = SmsProvider::Webhook;
         d.email.smtp = smtp_url.clone();
         d.digest.at = String::new();
         d.limits.group_window = Span(0);

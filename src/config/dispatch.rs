@@ -151,6 +151,17 @@ impl Default for Email {
     }
 }
 
+/// Which HTTP gateway sends SMS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SmsProvider {
+    /// Twilio's Messages API (account SID and auth token).
+    Twilio,
+    /// Our JSON webhook, signed with HMAC-SHA256.
+    #[default]
+    Webhook,
+}
+
 /// SMS through an HTTP gateway. Twilio: account SID `account`, auth token in
 /// `FOREWARN_SMS_TOKEN`. Webhook: the body is signed with
 /// `FOREWARN_SMS_SECRET` (HMAC-SHA256).
@@ -159,8 +170,7 @@ impl Default for Email {
 pub struct Sms {
     /// The gateway's base URL; empty: the outbox directory.
     pub url: String,
-    /// `twilio` or `webhook`.
-    pub provider: String,
+    pub provider: SmsProvider,
     pub account: String,
     /// The sender number or name.
     pub from: String,
@@ -174,7 +184,7 @@ impl Default for Sms {
     fn default() -> Self {
         Sms {
             url: String::new(),
-            provider: "webhook".into(),
+            provider: SmsProvider::Webhook,
             account: String::new(),
             from: "+15550100000".into(),
             max_segments: 3,

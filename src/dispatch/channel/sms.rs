@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::webhook::post_signed;
 use super::{append_line, classify, http_client, request_failure, secret, Failure};
-use crate::config::dispatch::Sms as Config;
+use crate::config::dispatch::{Sms as Config, SmsProvider};
 use crate::dispatch::address::{e164, Masked};
 use crate::dispatch::segments;
 
@@ -51,8 +51,8 @@ impl Gateway {
         }
         let client = http_client(Duration::from_millis(config.timeout.0.max(1) as u64))?;
         let url = config.url.trim_end_matches('/').to_string();
-        match config.provider.as_str() {
-            "twilio" => {
+        match config.provider {
+            SmsProvider::Twilio => {
                 if config.account.is_empty() {
                     return Err("dispatch.sms.account: the Twilio account SID is needed".into());
                 }
@@ -60,8 +60,7 @@ impl Gateway {
                     .ok_or("the Twilio auth token is needed: set FOREWARN_SMS_TOKEN (or FOREWARN_SMS_TOKEN_FILE)")?;
                 Ok(Gateway::Twilio { client, url, account: config.account.clone(), token, from })
             }
-            "webhook" => Ok(Gateway::Webhook { client, url, secret: secret("FOREWARN_SMS_SECRET")?, from }),
-            other => Err(format!("dispatch.sms.provider {other:?}: use twilio or webhook")),
+            SmsProvider::Webhook => Ok(Gateway::Webhook { client, url, secret: secret("FOREWARN_SMS_SECRET")?, from }),
         }
     }
 

@@ -1,0 +1,52 @@
+//! `forewarn report`: the proof that forewarn speaks first, as text, JSON
+//! or an HTML page.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use forewarn::engine::{Config, Split};
+
+use super::load_rules;
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The events file (JSON Lines; read twice).
+    events: PathBuf,
+    /// The rules directory.
+    #[arg(long, default_value = "rules", env = "FOREWARN_RULES")]
+    rules: PathBuf,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Also write a self-contained HTML page with the charts.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// The deployment's partition count (as `partitions.count` live):
+    /// predictions learn per partition, so a replay forecasts as the live run.
+    #[arg(long, default_value_t = Config::default().partitions)]
+    partitions: u16,
+}
+
+pub fn report(args: ReportArgs) -> Result<ExitCode> {
+    let set = load_rules(&args.rules)?;
+    let mut engine = Split::new(set.clone(), Config { partitions: args.partitions, ..Config::default() });
+    let path = args.events.clone();
+    let open = || -> io::Result<Box<dyn Read>> { Ok(Box::new(File::open(&path)?)) };
+    let report = forewarn::report::run(&mut engine, &set, open)
+        .with_context(|| format!("cannot report on {}", args.events.display()))?;
+    if let Some(path) = &args.html {
+        std::fs::write(path, forewarn::report::html::page(&report))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(ExitCode::SUCCESS)
+}

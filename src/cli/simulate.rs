@@ -1,0 +1,102 @@
+//! `forewarn simulate`: a synthetic network's events to a file, or
+//! published live to NATS with `--nats`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use forewarn::config::Config;
+use forewarn::live::feed;
+use forewarn::nats::connect;
+use forewarn::simulate::{self, Network};
+use forewarn::time::Ts;
+
+use super::{instant, output, progress, runtime};
+
+#[derive(Args)]
+pub struct SimulateArgs {
+    /// How many parcels.
+    #[arg(long, default_value_t = 10_000)]
+    parcels: u64,
+    /// The random seed; the same seed gives the same file.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where to write the events; standard output by default.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// When the first label is created (RFC 3339).
+    #[arg(long, default_value = "2026-11-16T00:00:00Z", value_parser = instant)]
+    start: Ts,
+    /// Labels are created over this many days.
+    #[arg(long, default_value_t = 1.0)]
+    days: f64,
+    #[command(flatten)]
+    publish: PublishArgs,
+}
+
+/// Publishing the simulated network live.
+#[derive(Args)]
+pub struct PublishArgs {
+    /// Publish to this NATS server instead of writing a file.
+    #[arg(long, env = "FOREWARN_NATS_URL")]
+    pub nats: Option<String>,
+    /// Target events per second (default: as fast as the server takes them).
+    #[arg(long, requires = "nats", conflicts_with = "speed")]
+    pub rate: Option<f64>,
+    /// Play event time this many times faster than real time (288: a day in 5 minutes).
+    #[arg(long, requires = "nats")]
+    pub speed: Option<f64>,
+    /// The deployment's partition count.
+    #[arg(long, default_value_t = 16)]
+    pub partitions: u16,
+}
+
+pub fn simulate(args: SimulateArgs) -> Result<ExitCode> {
+    if !args.days.is_finite() || args.days <= 0.0 {
+        bail!("--days must be positive");
+    }
+    let net = Network { parcels: args.parcels, seed: args.seed, start: args.start, days: args.days };
+    let bar = progress(Some(args.parcels), "simulate");
+    if let Some(url) = args.publish.nats.clone() {
+        if args.out.is_some() {
+            bail!("--out and --nats: choose one");
+        }
+        let mut data = Vec::new();
+        simulate::write(&net, &mut data, |p| bar.set_position(p))?;
+        let total = data.iter().filter(|&&b| b == b'\n').count() as u64;
+        bar.set_length(total);
+        let sent = publish(data, url.clone(), &args.publish, |n| bar.set_position(n))?;
+        bar.finish_and_clear();
+        eprintln!("{sent} events for {} parcels published to {url}", args.parcels);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = output(args.out.as_deref())?;
+    let events = simulate::write(&net, &mut out, |p| bar.set_position(p))?;
+    out.flush()?;
+    bar.finish_and_clear();
+    if let Some(path) = &args.out {
+        eprintln!("{events} events for {} parcels written to {}", args.parcels, path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Publishes a simulated network's events to NATS.
+pub fn publish(data: Vec<u8>, url: String, args: &PublishArgs, mut progress: impl FnMut(u64)) -> Result<u64> {
+    let pace = match (args.rate, args.speed) {
+        (Some(r), _) if r > 0.0 => feed::Pace::Rate(r),
+        (_, Some(s)) if s > 0.0 => feed::Pace::Speed(s),
+        (None, None) => feed::Pace::AsFastAsPossible,
+        _ => bail!("--rate and --speed must be positive"),
+    };
+    let nats = forewarn::config::Nats { url, ..Config::default().nats };
+    let partitions = args.partitions;
+    runtime()?.block_on(async move {
+        let client = connect::connect(&nats, "forewarn simulate").await?;
+        let js = connect::jetstream(client);
+        connect::ensure_streams(&js, &Config::default().streams).await?;
+        Ok(feed::publish(js, &data, partitions, pace, &mut progress).await)
+    })
+}
