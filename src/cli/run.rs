@@ -123,7 +123,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         config.role = role;
     }
     args.channels.apply(&mut config.dispatch);
-    config.validate().map_err(anyhow::Error::msg)?;
+    config.validate()?;
     let deadline = std_duration(config.shutdown.deadline);
     let (detect, dispatch) = (config.role.detects(), config.role.dispatches());
     // Templates, directory and channel settings are checked before anything
@@ -185,6 +185,6 @@ async fn signals(
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    eprintln!("error: {}", LiveError::ShutdownDeadline(format!("{deadline:?}")));
+    eprintln!("error: {}", LiveError::ShutdownDeadline(deadline));
     std::process::exit(1);
 }

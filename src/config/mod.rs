@@ -27,6 +27,23 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Rejected { path: PathBuf, source: Invalid },
+}
+
+/// Settings that parse but cannot work together; each names the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error("{0}")]
+    Partitions(String),
+    #[error("instance {0:?}: use letters, digits, '-' and '_' only")]
+    Instance(String),
+    #[error(
+        "checkpoint.events ({events}) must be at most half of consumer.max_ack_pending ({max_ack_pending}), or the consumer stalls waiting for acknowledgements"
+    )]
+    Stall { events: u64, max_ack_pending: i64 },
+    #[error("checkpoint.interval and consumer.batch must be positive")]
+    NotPositive,
 }
 
 fn span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
@@ -352,32 +369,32 @@ impl Config {
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let config: Config = toml::from_str(&text)
             .map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
-        config.validate().map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
+        config.validate().map_err(|source| ConfigError::Rejected { path: path.to_path_buf(), source })?;
         Ok(config)
     }
 
     /// Checks what types alone cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         self.owned()?;
         if self.instance.is_empty() || !self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(format!("instance {:?}: use letters, digits, '-' and '_' only", self.instance));
+            return Err(Invalid::Instance(self.instance.clone()));
         }
         if (self.checkpoint.events as i64).saturating_mul(2) > self.consumer.max_ack_pending {
-            return Err(format!(
-                "checkpoint.events ({}) must be at most half of consumer.max_ack_pending ({}), or the consumer stalls waiting for acknowledgements",
-                self.checkpoint.events, self.consumer.max_ack_pending
-            ));
+            return Err(Invalid::Stall {
+                events: self.checkpoint.events,
+                max_ack_pending: self.consumer.max_ack_pending,
+            });
         }
         if self.checkpoint.interval.0 <= 0 || self.consumer.batch == 0 {
-            return Err("checkpoint.interval and consumer.batch must be positive".into());
+            return Err(Invalid::NotPositive);
         }
         Ok(())
     }
 
     /// The partitions this instance owns.
-    pub fn owned(&self) -> Result<Owned, String> {
-        Owned::parse(&self.partitions.owned, self.partitions.count)
+    pub fn owned(&self) -> Result<Owned, Invalid> {
+        Owned::parse(&self.partitions.owned, self.partitions.count).map_err(Invalid::Partitions)
     }
 
     /// The engine configuration of one of `partitions` engines.
@@ -418,6 +435,6 @@ mod tests {
     fn checkpoints_must_come_before_the_consumer_stalls() {
         let config =
             Config { checkpoint: Checkpoint { events: 600_000, ..Checkpoint::default() }, ..Config::default() };
-        assert!(config.validate().unwrap_err().contains("at most half of consumer.max_ack_pending"));
+        assert!(matches!(config.validate(), Err(Invalid::Stall { events: 600_000, .. })));
     }
 }

@@ -57,6 +57,38 @@ use template::Templates;
 pub const FOLLOW_UP_RULES: &[&str] = &["stalled", "late", "customs_hold"];
 
 /// The dispatcher's checked configuration and loaded data.
+/// Why a dispatcher cannot start: a file or setting of its own, named.
+/// `forewarn run` stops with it before it connects.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{}", .0.join("\n"))]
+    Templates(Vec<String>),
+    #[error("{0}")]
+    Directory(String),
+    #[error("{0}")]
+    QuietHours(String),
+    #[error("dispatch.default_tz {0:?} is not an IANA time zone")]
+    TimeZone(String),
+    #[error("dispatch.digest.at {0:?} is not a local time HH:MM (or empty: no digest)")]
+    DigestAt(String),
+    #[error("rules: {0}")]
+    Rules(String),
+    #[error("{channel}: {reason}")]
+    Channel { channel: &'static str, reason: String },
+}
+
+impl SetupError {
+    fn channel(channel: &'static str) -> impl Fn(String) -> SetupError {
+        move |reason| SetupError::Channel { channel, reason }
+    }
+}
+
+impl From<SetupError> for LiveError {
+    fn from(e: SetupError) -> LiveError {
+        LiveError::config(e)
+    }
+}
+
 pub struct Dispatcher {
     pub config: crate::config::Dispatch,
     pub templates: Arc<Templates>,
@@ -71,22 +103,18 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Loads templates and the branch directory and checks the settings;
     /// every error says which file or field.
-    pub fn new(config: &Config) -> Result<Dispatcher, LiveError> {
+    pub fn new(config: &Config) -> Result<Dispatcher, SetupError> {
         let d = config.dispatch.clone();
-        let templates = Templates::load(&d.templates_dir(&config.rules), &d.default_locale)
-            .map_err(|e| LiveError::Config(e.join("\n")))?;
-        let directory = Directory::load(&d.branches_file(&config.rules)).map_err(LiveError::Config)?;
-        let quiet = Quiet::parse(&d.quiet_hours.start, &d.quiet_hours.end).map_err(LiveError::Config)?;
-        let default_tz: Tz = d.default_tz.parse().map_err(|_| {
-            LiveError::Config(format!("dispatch.default_tz {:?} is not an IANA time zone", d.default_tz))
-        })?;
+        let templates =
+            Templates::load(&d.templates_dir(&config.rules), &d.default_locale).map_err(SetupError::Templates)?;
+        let directory = Directory::load(&d.branches_file(&config.rules)).map_err(SetupError::Directory)?;
+        let quiet = Quiet::parse(&d.quiet_hours.start, &d.quiet_hours.end).map_err(SetupError::QuietHours)?;
+        let default_tz: Tz = d.default_tz.parse().map_err(|_| SetupError::TimeZone(d.default_tz.clone()))?;
         let digest_at = match d.digest.at.as_str() {
             "" => None,
-            at => Some(NaiveTime::parse_from_str(at, "%H:%M").map_err(|_| {
-                LiveError::Config(format!("dispatch.digest.at {at:?} is not a local time HH:MM (or empty: no digest)"))
-            })?),
+            at => Some(NaiveTime::parse_from_str(at, "%H:%M").map_err(|_| SetupError::DigestAt(at.to_string()))?),
         };
-        let rules = RulesDir::new(&config.rules).load().map_err(LiveError::Config)?;
+        let rules = RulesDir::new(&config.rules).load().map_err(SetupError::Rules)?;
         Ok(Dispatcher {
             rules,
             config: d,
@@ -115,19 +143,20 @@ impl Dispatcher {
     }
 
     /// The channels, from configuration and the environment.
-    pub fn senders(&self, nats: Option<async_nats::Client>) -> Result<Senders, LiveError> {
+    pub fn senders(&self, nats: Option<async_nats::Client>) -> Result<Senders, SetupError> {
         let c = &self.config;
         let outbox = c.outbox.clone();
         Ok(Senders {
             templates: std::sync::RwLock::new(self.templates.clone()),
             directory: self.directory.clone(),
             links: c.links.clone(),
-            mailer: Mailer::new(&c.email, outbox.clone()).map_err(LiveError::Config)?,
-            sms: Gateway::new(&c.sms, outbox.clone()).map_err(LiveError::Config)?,
+            mailer: Mailer::new(&c.email, outbox.clone()).map_err(SetupError::channel("email"))?,
+            sms: Gateway::new(&c.sms, outbox.clone()).map_err(SetupError::channel("sms"))?,
             max_segments: c.sms.max_segments,
             webhooks: Webhooks {
-                client: channel::http_client(std_duration(c.webhooks.timeout)).map_err(LiveError::Config)?,
-                secret: channel::secret("FOREWARN_WEBHOOK_SECRET").map_err(LiveError::Config)?,
+                client: channel::http_client(std_duration(c.webhooks.timeout))
+                    .map_err(SetupError::channel("webhook"))?,
+                secret: channel::secret("FOREWARN_WEBHOOK_SECRET").map_err(SetupError::channel("webhook"))?,
                 outbox: outbox.clone(),
             },
             crm: c.webhooks.crm.clone(),

@@ -155,7 +155,7 @@ pub async fn run(
         super::ledger::bucket(&js, &d.config.digest.bucket, std_duration(d.config.digest.max_age), replicas).await?;
     let senders = Arc::new(d.senders(Some(client.clone()))?);
     let in_force = senders.clone();
-    let clock = Arc::new(Clock::parse(&config.watermark.clock).map_err(LiveError::Config)?);
+    let clock = Arc::new(Clock::parse(&config.watermark.clock).map_err(LiveError::config)?);
     if let Some(at) = d.digest_at {
         tokio::spawn(digest::run(
             senders.clone(),

@@ -149,7 +149,7 @@ pub async fn serve(config: &Config, readiness: Readiness) -> Result<(), LiveErro
     let addr = &config.http;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| LiveError::Config(format!("cannot listen on {addr} for health: {e}")))?;
+        .map_err(|e| LiveError::config(format!("cannot listen on {addr} for health: {e}")))?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))

@@ -120,11 +120,11 @@ const LETTERS_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs until `controls.stop` says so; then checkpoints, acknowledges and returns.
 pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Result<RunSummary, LiveError> {
-    config.validate().map_err(LiveError::Config)?;
-    let owned = config.owned().map_err(LiveError::Config)?;
+    config.validate()?;
+    let owned = config.owned()?;
     let mut rules = RulesDir::new(&config.rules);
     let set = rules.load().map_err(LiveError::Rules)?;
-    let clock = Clock::parse(&config.watermark.clock).map_err(LiveError::Config)?;
+    let clock = Clock::parse(&config.watermark.clock).map_err(LiveError::config)?;
     let readiness = health::Readiness::new("starting", std_duration(config.checkpoint.stale_after));
     for code in Reject::CODES.iter().chain(Refusal::CODES) {
         METRICS.rejected.with_label_values(&[code]);

@@ -12,7 +12,7 @@ use crate::config::{std_duration, Nats, StreamConfig, Streams};
 fn secret(path: &std::path::Path, what: &str) -> Result<String, LiveError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
-        .map_err(|e| LiveError::Config(format!("cannot read the {what} file {}: {e}", path.display())))
+        .map_err(|e| LiveError::config(format!("cannot read the {what} file {}: {e}", path.display())))
 }
 
 /// Connects with the configured identity. The client reconnects by itself
@@ -32,7 +32,7 @@ pub async fn connect(nats: &Nats, name: &str) -> Result<async_nats::Client, Live
         options = options
             .credentials_file(path)
             .await
-            .map_err(|e| LiveError::Config(format!("cannot read the credentials file {}: {e}", path.display())))?;
+            .map_err(|e| LiveError::config(format!("cannot read the credentials file {}: {e}", path.display())))?;
     }
     if let Some(path) = &nats.nkey_seed_file {
         options = options.nkey(secret(path, "nkey seed")?);
@@ -54,13 +54,13 @@ pub async fn connect(nats: &Nats, name: &str) -> Result<async_nats::Client, Live
     match (&nats.tls_cert, &nats.tls_key) {
         (Some(cert), Some(key)) => options = options.add_client_certificate(cert.clone(), key.clone()),
         (None, None) => {}
-        _ => return Err(LiveError::Config("nats.tls_cert and nats.tls_key go together".into())),
+        _ => return Err(LiveError::config("nats.tls_cert and nats.tls_key go together")),
     }
     options = options.require_tls(nats.tls_required);
     let servers: Vec<&str> = nats.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     let addrs: Vec<async_nats::ServerAddr> = servers
         .iter()
-        .map(|s| s.parse().map_err(|e| LiveError::Config(format!("NATS URL {s:?}: {e}"))))
+        .map(|s| s.parse().map_err(|e| LiveError::config(format!("NATS URL {s:?}: {e}"))))
         .collect::<Result<_, _>>()?;
     options.connect(addrs).await.map_err(|e| LiveError::Connect { url: nats.url.clone(), reason: e.to_string() })
 }
