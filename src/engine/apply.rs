@@ -96,13 +96,8 @@ impl Engine {
         let inputs = p.deadline_inputs();
         let before = self.lanes.active().then(|| (Place::of(p), p.lane, p.state_at));
         let first_branch = absorb(p, ev, &self.plan.counted, &mut self.syms, &mut self.stats);
-        if let (Kind::CustomerContact, true) = (ev.kind, p.told_at() <= ev.at) {
-            let by = p.talk.as_ref().map_or(u8::MAX, |t| t.told_by);
-            if let Some(rule) = self.plan.rules.get(usize::from(by)) {
-                let topic = ev.contact.map_or(Topic::Other, |c| c.topic);
-                let gap = ev.at.since(p.told_at());
-                self.judged.push(Judged { topic, at: ev.at, rule: rule.id.clone(), told_first: true, gap });
-            }
+        if let Some(judged) = judge::contact_after_telling(p, ev, &self.plan) {
+            self.judged.push(judged);
         }
         // A scan only pushes the stall deadline later; an unchanged wake-up stays right.
         let moved = p.wake == Ts::MAX || p.deadline_inputs() != inputs;

@@ -36,7 +36,8 @@
 use legs::{Legs, Pending};
 use model::{bucket, Forecast, Model, Places};
 
-use super::window::{Parcel, Sym};
+use super::parcel::{LaneRef, Parcel};
+use super::sym::Sym;
 use crate::event::Kind;
 use crate::partition;
 use crate::rules::{RuleSet, Trigger};
@@ -101,23 +102,6 @@ impl Place {
     /// The parcel has arrived: delivered, or waiting at a pickup point.
     fn arrived(&self) -> bool {
         matches!(self.state, Kind::Delivered | Kind::ReadyForPickup | Kind::Collected)
-    }
-}
-
-/// A parcel's lane, kept in the parcel so that the per-scan path does not
-/// look it up: [`LaneRef::NONE`], or the lane of the parcel's place in its
-/// partition's model. Not saved: a restored parcel looks its lane up again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LaneRef {
-    partition: u16,
-    lane: u16,
-}
-
-impl LaneRef {
-    pub const NONE: LaneRef = LaneRef { partition: u16::MAX, lane: u16::MAX };
-
-    fn get(self) -> Option<(u16, u32)> {
-        (self != LaneRef::NONE).then_some((self.partition, u32::from(self.lane)))
     }
 }
 
@@ -250,7 +234,7 @@ impl Lanes {
             self.stats.overflow += 1;
             return;
         };
-        p.lane = LaneRef { partition, lane: to as u16 };
+        p.lane = LaneRef::new(partition, to as u16);
         // The parcel is judged next: its lane's forecasts come in meanwhile.
         self.models[usize::from(partition)].prefetch_forecasts(to);
         self.pending.push(Pending { to_at, hash, leg: Leg { partition, from, to, from_at } });

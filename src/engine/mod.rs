@@ -7,20 +7,30 @@
 //! event-time timers (one entry per parcel at most: its next wake-up) and the
 //! [`branch`] aggregates.
 //!
-//! Events are taken in by `apply.rs`. Timer rules are judged in event time
-//! (`wake.rs`): when the watermark
-//! passes a deadline, on the events up to it. An event newer than a parcel's
+//! An event's way, file by file: `apply.rs` takes it in and folds it into
+//! its parcel (`parcel.rs`; names interned in `sym.rs`), `plan.rs` says
+//! which rules it fires, `judge.rs` judges a customer contact against what
+//! forewarn had said, `lanes.rs` learns the leg it ends. Timer rules are
+//! judged in event time (`wake.rs`, `timers.rs`): when the watermark passes
+//! a deadline, on the events up to it. An event newer than a parcel's
 //! unjudged deadline is parked until that judgment, and a contact until the
 //! watermark passes it; both then apply in event-time order, so the arrival
-//! order of events within the lateness does not change the alerts.
+//! order of events within the lateness does not change the alerts. Alerts
+//! leave through `emit` here; `split.rs` runs an engine per partition.
+//! `checkpoint.rs` orders the saved state that each part writes in
+//! `codec.rs`'s form (`*/saved.rs`).
 
 mod apply;
 pub mod branch;
 mod checkpoint;
+mod codec;
 mod frontier;
+mod judge;
 mod lanes;
+mod parcel;
 mod plan;
 mod split;
+mod sym;
 mod timers;
 mod view;
 mod wake;
@@ -29,7 +39,8 @@ pub mod window;
 use std::sync::Arc;
 
 pub use branch::{BranchStage, Fact};
-pub use checkpoint::CheckpointError;
+pub use codec::CheckpointError;
+pub use judge::Judged;
 pub use lanes::LaneStats;
 pub use split::Split;
 pub use view::{Lookup, OpenAlert, ParcelView};
@@ -40,10 +51,12 @@ use crate::partition;
 use crate::rules::{Audience, By, RuleSet, Trigger};
 use crate::time::{Span, Ts};
 use frontier::Frontier;
-use lanes::{LaneRef, Lanes, Place};
+use lanes::{Lanes, Place};
+use parcel::{event_fingerprint, take_recipient, LaneRef, Open, Parcel};
 use plan::Plan;
+use sym::{Interner, Sym};
 use timers::{Entry, Timers};
-use window::{event_fingerprint, parcel_hash, take_recipient, Interner, Open, Parcel, Sym, Tombstones, Window};
+use window::{parcel_hash, Tombstones, Window};
 
 /// The most events a parcel holds aside; beyond, events apply on arrival.
 const MAX_PARKED: usize = 64;
@@ -121,22 +134,6 @@ pub struct Stats {
     pub symbol_overflow: u64,
     /// Contacts held until the watermark passed them (counted in `parked` too).
     pub held: u64,
-}
-
-/// A customer contact judged against what forewarn had told the customer:
-/// the proof, or not, that it spoke first. Contacts on parcels no
-/// customer-facing alert has spoken about (yet) are judged when one does.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Judged {
-    pub topic: Topic,
-    /// When the customer got in touch.
-    pub at: Ts,
-    /// The rule whose customer-facing alert spoke first.
-    pub rule: Arc<str>,
-    /// Whether it spoke before the contact…
-    pub told_first: bool,
-    /// …and by how long (the lead time), or how long after the contact it spoke.
-    pub gap: Span,
 }
 
 /// What became of an applied event.
@@ -348,11 +345,7 @@ impl Engine {
         if state == AlertState::Firing && alert.audience.includes(Audience::CUSTOMER) {
             let p = self.window.get_mut(slot);
             if p.tell(at, r) {
-                // The contacts that came before it spoke (or that it meets on its way).
-                for (c, topic) in p.contacts() {
-                    let (told_first, gap) = (c >= at, if c >= at { c.since(at) } else { at.since(c) });
-                    self.judged.push(Judged { topic, at: c, rule: id.clone(), told_first, gap });
-                }
+                judge::on_telling(p, at, id, &mut self.judged);
             }
         }
         if state == AlertState::Firing {

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use super::lanes::Lanes;
-use super::window::{Interner, Parcel, Sym};
+use super::parcel::Parcel;
+use super::sym::{Interner, Sym};
 use crate::event::Kind;
 use crate::rules::{ByService, DeadlineField, Filter, KindSet, RuleSet, Trigger};
 use crate::time::{Span, Ts};

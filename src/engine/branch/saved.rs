@@ -1,7 +1,7 @@
 //! Saving and restoring the branch aggregates for the engine's checkpoints.
 
 use super::*;
-use crate::engine::checkpoint::{CheckpointError, R, W};
+use crate::engine::codec::{CheckpointError, R, W};
 
 fn put_times(w: &mut W, times: &VecDeque<Ts>) {
     w.u(times.len() as u64);

@@ -107,23 +107,3 @@ fn a_damaged_checkpoint_is_refused_with_the_way_out() {
         assert!(message.ends_with("start without it to rebuild the state from the stream"), "{message}");
     }
 }
-
-#[test]
-fn varints_and_instants_round_trip() {
-    let mut w = W::default();
-    let values = [0u64, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX];
-    let times = [Ts(0), Ts(-1), Ts::MIN, Ts::MAX, Ts(1_795_000_000_123)];
-    values.iter().for_each(|v| w.u(*v));
-    times.iter().for_each(|t| w.ts(*t));
-    w.opt_s(Some("Léa"));
-    w.opt_s(None);
-    let mut r = R { buf: &w.0, pos: 0 };
-    for v in values {
-        assert_eq!(r.u().unwrap(), v);
-    }
-    for t in times {
-        assert_eq!(r.ts().unwrap(), t);
-    }
-    assert_eq!((r.opt_s().unwrap(), r.opt_s().unwrap()), (Some("Léa"), None));
-    assert!(r.u().is_err(), "reading past the end is an error");
-}

@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock};
 use hashbrown::HashMap;
 
 use super::{Params, Place, BUCKETS, HALVE_AT, MAX_HOPS, MAX_LANES, MAX_PLACES, MEDIAN, MINUTE_MS, NEXT, NONE, STEP};
-use crate::engine::window::{prefetch, Sym};
+use crate::engine::sym::{prefetch, Sym};
 use crate::time::{Span, Ts};
 
 /// What a lane's published version says. Kept in the lane's [`Versions`]:

@@ -4,8 +4,7 @@
 
 use super::model::{Lane, Versions, NO_QUANTILE};
 use super::*;
-use crate::engine::checkpoint::{CheckpointError, R, W};
-use crate::engine::window::saved::{put_sym, sym};
+use crate::engine::codec::{CheckpointError, R, W};
 
 impl Lanes {
     pub(in crate::engine) fn save(&self, w: &mut W) {
@@ -18,11 +17,11 @@ impl Lanes {
         for m in &self.models {
             w.u(m.places.len() as u64);
             for (place, lane) in m.places.iter().zip(&m.lanes) {
-                put_sym(w, place.facility);
+                place.facility.save(w);
                 w.u(place.state as u64);
                 w.u(u64::from(u16::from_le_bytes(place.country)));
-                put_sym(w, place.branch);
-                put_sym(w, place.service);
+                place.branch.save(w);
+                place.service.save(w);
                 let used: Vec<(usize, u32)> =
                     lane.counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| (i, *c)).collect();
                 w.u(used.len() as u64);
@@ -78,11 +77,11 @@ impl Lanes {
             let mut m = Model::default();
             let count = r.n(MAX_LANES, "lanes")?;
             for i in 0..count {
-                let facility = sym(r)?;
+                let facility = Sym::load(r)?;
                 let state = r.kind()?;
                 let country =
                     u16::try_from(r.u()?).map_err(|_| CheckpointError::Corrupt("lane country".into()))?.to_le_bytes();
-                let place = Place { facility, state, country, branch: sym(r)?, service: sym(r)? };
+                let place = Place { facility, state, country, branch: Sym::load(r)?, service: Sym::load(r)? };
                 let mut lane = Lane::default();
                 for _ in 0..r.n(BUCKETS, "lane buckets")? {
                     let i = r.n(BUCKETS - 1, "lane bucket")?;

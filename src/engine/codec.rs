@@ -1,0 +1,291 @@
+//! The checkpoint's byte codec: a versioned, LZ4-compressed stream of
+//! varints (zigzag for instants) and length-prefixed strings, the one event
+//! form every component saves its held events in, and the map from a saved
+//! rule pack onto the current one. Below every `saved.rs`, which write their
+//! own state with it; `checkpoint.rs` orders them.
+
+use std::borrow::Cow;
+
+use crate::event::{Channels, Contact, ContactChannel, Event, Kind, Recipient, Topic};
+use crate::time::Ts;
+
+const MAGIC: &[u8; 4] = b"FWCK";
+const VERSION: u32 = 6;
+
+/// Why a checkpoint cannot be restored. Every variant has the same way out:
+/// start without it and rebuild the state by replaying the stream.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("not a forewarn checkpoint (bad magic); start without it to rebuild the state from the stream")]
+    NotACheckpoint,
+    #[error(
+        "checkpoint format v{0}, this forewarn reads v{VERSION}; start without it to rebuild the state from the stream"
+    )]
+    Version(u32),
+    #[error("corrupt checkpoint ({0}); start without it to rebuild the state from the stream")]
+    Corrupt(String),
+}
+
+pub(in crate::engine) fn corrupt(what: impl Into<String>) -> CheckpointError {
+    CheckpointError::Corrupt(what.into())
+}
+
+/// Writes varints, zigzag instants and length-prefixed strings.
+#[derive(Default)]
+pub(in crate::engine) struct W(Vec<u8>);
+
+impl W {
+    pub fn u(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+
+    pub fn ts(&mut self, t: Ts) {
+        self.u(((t.0 << 1) ^ (t.0 >> 63)) as u64);
+    }
+
+    pub fn s(&mut self, s: &str) {
+        self.u(s.len() as u64);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    pub fn opt_s(&mut self, s: Option<&str>) {
+        match s {
+            None => self.u(0),
+            Some(s) => {
+                self.u(s.len() as u64 + 1);
+                self.0.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+
+    pub fn opt_ts(&mut self, t: Option<Ts>) {
+        self.u(u64::from(t.is_some()));
+        if let Some(t) = t {
+            self.ts(t);
+        }
+    }
+
+    /// The written state behind the magic and version, compressed.
+    pub fn finish(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() / 3 + 16);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&lz4_flex::compress_prepend_size(&self.0));
+        out
+    }
+}
+
+/// Reads what [`W`] wrote, refusing anything out of bounds.
+pub(in crate::engine) struct R<'a> {
+    pub buf: &'a [u8],
+    pub pos: usize,
+}
+
+impl R<'_> {
+    /// Checks the magic and version of what [`W::finish`] wrote and decompresses it.
+    pub fn open(bytes: &[u8]) -> Result<Vec<u8>, CheckpointError> {
+        if bytes.len() < 8 || &bytes[..4] != MAGIC {
+            return Err(CheckpointError::NotACheckpoint);
+        }
+        let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        if version != VERSION {
+            return Err(CheckpointError::Version(version));
+        }
+        lz4_flex::decompress_size_prepended(&bytes[8..]).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Fails unless everything was read.
+    pub fn end(&self) -> Result<(), CheckpointError> {
+        if self.pos != self.buf.len() {
+            return Err(corrupt("trailing bytes"));
+        }
+        Ok(())
+    }
+}
+
+impl<'a> R<'a> {
+    pub fn u(&mut self) -> Result<u64, CheckpointError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.buf.get(self.pos).ok_or_else(|| corrupt("truncated"))?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(corrupt("varint too long"))
+    }
+
+    /// A count or index that must fit in `limit`.
+    pub fn n(&mut self, limit: usize, what: &str) -> Result<usize, CheckpointError> {
+        let v = self.u()?;
+        usize::try_from(v).ok().filter(|&v| v <= limit).ok_or_else(|| corrupt(format!("{what} out of range")))
+    }
+
+    pub fn u32(&mut self) -> Result<u32, CheckpointError> {
+        u32::try_from(self.u()?).map_err(|_| corrupt("u32 out of range"))
+    }
+
+    pub fn u8(&mut self) -> Result<u8, CheckpointError> {
+        u8::try_from(self.u()?).map_err(|_| corrupt("byte out of range"))
+    }
+
+    pub fn ts(&mut self) -> Result<Ts, CheckpointError> {
+        let v = self.u()?;
+        Ok(Ts(((v >> 1) as i64) ^ -((v & 1) as i64)))
+    }
+
+    fn bytes(&mut self, len: usize) -> Result<&'a [u8], CheckpointError> {
+        let end = self.pos.checked_add(len).filter(|&e| e <= self.buf.len()).ok_or_else(|| corrupt("truncated"))?;
+        let b = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(b)
+    }
+
+    pub fn s(&mut self) -> Result<&'a str, CheckpointError> {
+        let len = self.n(self.buf.len(), "string length")?;
+        std::str::from_utf8(self.bytes(len)?).map_err(|_| corrupt("string not UTF-8"))
+    }
+
+    pub fn opt_s(&mut self) -> Result<Option<&'a str>, CheckpointError> {
+        match self.n(self.buf.len() + 1, "string length")? {
+            0 => Ok(None),
+            n => std::str::from_utf8(self.bytes(n - 1)?).map(Some).map_err(|_| corrupt("string not UTF-8")),
+        }
+    }
+
+    pub fn opt_ts(&mut self) -> Result<Option<Ts>, CheckpointError> {
+        Ok(if self.u()? == 0 { None } else { Some(self.ts()?) })
+    }
+
+    pub fn kind(&mut self) -> Result<Kind, CheckpointError> {
+        let i = self.n(Kind::ALL.len() - 1, "kind")?;
+        Ok(Kind::ALL[i])
+    }
+}
+
+/// How saved rule positions and counter places map onto the current pack.
+pub(in crate::engine) struct Remap {
+    /// Saved rule index → current index.
+    pub rules: Vec<Option<u8>>,
+    /// Saved counter place → current place.
+    pub counts: Vec<Option<u8>>,
+}
+
+impl Remap {
+    pub fn fired(&self, saved: u64) -> u64 {
+        self.rules.iter().enumerate().fold(0, |acc, (old, new)| match new {
+            Some(new) if saved & (1 << old) != 0 => acc | 1 << new,
+            _ => acc,
+        })
+    }
+}
+
+pub(in crate::engine) fn put_event(w: &mut W, e: &Event<'_>) {
+    w.s(&e.event_id);
+    w.s(&e.parcel_id);
+    w.u(e.kind as u64);
+    w.ts(e.at);
+    for s in [&e.facility, &e.branch, &e.service, &e.reason] {
+        w.opt_s(s.as_deref());
+    }
+    w.opt_s(e.country.as_ref().and_then(|c| std::str::from_utf8(c).ok()));
+    w.opt_ts(e.promised_by);
+    w.opt_ts(e.return_by);
+    match &e.recipient {
+        None => w.u(0),
+        Some(r) => {
+            w.u(1);
+            for s in [&r.name, &r.phone, &r.email, &r.locale, &r.tz] {
+                w.opt_s(s.as_deref());
+            }
+            w.u(r.channels.map_or(0, |c| u64::from(c.0) + 1));
+        }
+    }
+    match e.contact {
+        None => w.u(0),
+        Some(c) => {
+            w.u(1);
+            w.u(c.channel.map_or(0, |ch| ch as u64 + 1));
+            w.u(c.topic as u64);
+        }
+    }
+}
+
+pub(in crate::engine) fn get_event(r: &mut R<'_>) -> Result<Event<'static>, CheckpointError> {
+    let owned = |s: Option<&str>| s.map(|s| Cow::Owned(s.to_string()));
+    let event_id = Cow::Owned(r.s()?.to_string());
+    let parcel_id = Cow::Owned(r.s()?.to_string());
+    let kind = r.kind()?;
+    let at = r.ts()?;
+    let (facility, branch, service, reason) =
+        (owned(r.opt_s()?), owned(r.opt_s()?), owned(r.opt_s()?), owned(r.opt_s()?));
+    let country = r.opt_s()?.and_then(|c| <[u8; 2]>::try_from(c.as_bytes()).ok());
+    let (promised_by, return_by) = (r.opt_ts()?, r.opt_ts()?);
+    let recipient = if r.u()? == 0 {
+        None
+    } else {
+        let (name, phone, email, locale, tz) =
+            (owned(r.opt_s()?), owned(r.opt_s()?), owned(r.opt_s()?), owned(r.opt_s()?), owned(r.opt_s()?));
+        let channels = match r.u()? {
+            0 => None,
+            c => Some(Channels(u8::try_from(c - 1).map_err(|_| corrupt("channels"))?)),
+        };
+        Some(Box::new(Recipient { name, phone, email, locale, tz, channels }))
+    };
+    let contact = if r.u()? == 0 {
+        None
+    } else {
+        let channel = match r.n(ContactChannel::ALL.len(), "contact channel")? {
+            0 => None,
+            c => Some(ContactChannel::ALL[c - 1]),
+        };
+        let topic = Topic::ALL[r.n(Topic::ALL.len() - 1, "topic")?];
+        Some(Contact { channel, topic })
+    };
+    Ok(Event {
+        event_id,
+        parcel_id,
+        kind,
+        at,
+        facility,
+        branch,
+        country,
+        promised_by,
+        service,
+        recipient,
+        reason,
+        return_by,
+        contact,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_and_instants_round_trip() {
+        let mut w = W::default();
+        let values = [0u64, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX];
+        let times = [Ts(0), Ts(-1), Ts::MIN, Ts::MAX, Ts(1_795_000_000_123)];
+        values.iter().for_each(|v| w.u(*v));
+        times.iter().for_each(|t| w.ts(*t));
+        w.opt_s(Some("Léa"));
+        w.opt_s(None);
+        let mut r = R { buf: &w.0, pos: 0 };
+        for v in values {
+            assert_eq!(r.u().unwrap(), v);
+        }
+        for t in times {
+            assert_eq!(r.ts().unwrap(), t);
+        }
+        assert_eq!((r.opt_s().unwrap(), r.opt_s().unwrap()), (Some("Léa"), None));
+        assert!(r.u().is_err(), "reading past the end is an error");
+    }
+}

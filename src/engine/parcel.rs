@@ -1,0 +1,374 @@
+//! One in-flight parcel: its state, recipient, dedup set, contacts and held
+//! events, in three cache lines. The window keeps them; the engine's fold
+//! (`apply.rs`) and the rules' plan read and change them.
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::sym::{Interner, Sym};
+use crate::event::{Channels, Event, Kind, Topic};
+use crate::time::Ts;
+
+/// Fingerprints of the events already applied to a parcel, for dedup. The
+/// first [`INLINE_SEEN`] live in the parcel itself; more spill to the heap, up
+/// to [`MAX_SEEN`] (oldest forgotten first).
+pub const INLINE_SEEN: usize = 10;
+pub const MAX_SEEN: usize = 256;
+pub use crate::rules::COUNTED_KINDS;
+
+/// Zero marks a free inline place, so no length byte pads the struct.
+#[derive(Default)]
+pub struct Seen {
+    inline: [u32; INLINE_SEEN],
+    // A boxed Vec costs each parcel one pointer instead of three words; few parcels spill.
+    #[allow(clippy::box_collection)]
+    spill: Option<Box<Vec<u32>>>,
+}
+
+impl Seen {
+    /// Records `fp`; false when it was already there.
+    pub fn insert(&mut self, fp: u32) -> bool {
+        let fp = fp.max(1);
+        if self.inline.contains(&fp) || self.spill.as_ref().is_some_and(|s| s.contains(&fp)) {
+            return false;
+        }
+        if let Some(free) = self.inline.iter_mut().find(|x| **x == 0) {
+            *free = fp;
+        } else {
+            let spill = self.spill.get_or_insert_with(Default::default);
+            if spill.len() + INLINE_SEEN >= MAX_SEEN {
+                spill.remove(0);
+            }
+            spill.push(fp);
+        }
+        true
+    }
+}
+
+/// What a few parcels need and most do not.
+#[derive(Default)]
+pub struct Aside {
+    /// Episodes of resolving rules that are open.
+    pub open: Vec<Open>,
+    /// Events newer than the parcel's pending wake-up, held until it is judged.
+    pub parked: Vec<Event<'static>>,
+}
+
+impl Parcel {
+    pub fn aside(&mut self) -> &mut Aside {
+        self.aside.get_or_insert_with(Default::default)
+    }
+
+    /// Takes the open episode of rule `r`, if any.
+    pub fn take_open(&mut self, r: u8) -> Option<Open> {
+        let open = &mut self.aside.as_mut()?.open;
+        let i = open.iter().position(|o| o.rule == r)?;
+        let taken = open.swap_remove(i);
+        self.drop_empty_aside();
+        Some(taken)
+    }
+
+    /// Holds an event back; held events stay in time order (ties in arrival order).
+    pub fn park(&mut self, ev: Event<'static>) {
+        let parked = &mut self.aside().parked;
+        let i = parked.partition_point(|e| e.at <= ev.at);
+        parked.insert(i, ev);
+    }
+
+    /// The time of the earliest held event (`Ts::MAX` if none).
+    pub fn first_parked_at(&self) -> Ts {
+        self.aside.as_ref().and_then(|a| a.parked.first()).map_or(Ts::MAX, |e| e.at)
+    }
+
+    pub fn first_parked_is_scan(&self) -> bool {
+        self.aside.as_ref().and_then(|a| a.parked.first()).is_some_and(|e| e.kind.is_scan())
+    }
+
+    /// Takes the earliest held event.
+    pub fn pop_parked(&mut self) -> Option<Event<'static>> {
+        let parked = &mut self.aside.as_mut()?.parked;
+        let ev = (!parked.is_empty()).then(|| parked.remove(0));
+        self.drop_empty_aside();
+        ev
+    }
+
+    fn drop_empty_aside(&mut self) {
+        if self.aside.as_ref().is_some_and(|a| a.open.is_empty() && a.parked.is_empty()) {
+            self.aside = None;
+        }
+    }
+
+    pub fn parked(&self) -> usize {
+        self.aside.as_ref().map_or(0, |a| a.parked.len())
+    }
+}
+
+/// An episode of a resolving rule that is open, with the instant it fired at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Open {
+    pub rule: u8,
+    pub at: Ts,
+}
+
+const HAS_RECIPIENT: u8 = 0x80;
+const CHANNELS_GIVEN: u8 = 0x40;
+
+/// One in-flight parcel: everything the rules need, nothing more. Exactly
+/// three cache lines, aligned to them, so a parcel costs three fetches.
+#[repr(align(64))]
+pub struct Parcel {
+    /// `parcel_id`, then the recipient's name, phone and email, back to back.
+    blob: Box<str>,
+    /// End offsets in `blob` of the id, name and phone (the email ends the blob).
+    ends: [u16; 3],
+    /// Tells this parcel's wake-ups from those of the slot's former parcels
+    /// (with the wake-up time: wrapping around is harmless).
+    pub gen: u16,
+    pub locale: Sym,
+    pub tz: Sym,
+    pub branch: Sym,
+    pub facility: Sym,
+    pub service: Sym,
+    pub country: [u8; 2],
+    /// The recipient's [`Channels`] bits, with [`HAS_RECIPIENT`] and [`CHANNELS_GIVEN`].
+    contact_flags: u8,
+    pub state: Kind,
+    /// Rules that fired and whose episode is still going on (one bit per rule index).
+    pub fired: u64,
+    /// When the parcel entered its current state.
+    pub state_since: Ts,
+    /// Event time of the event that set the current state.
+    pub state_at: Ts,
+    pub last_scan_at: Ts,
+    pub last_event_at: Ts,
+    pub promised_by: Ts,
+    pub promise_at: Ts,
+    pub return_by: Ts,
+    /// The key of this parcel's entry in the timer set, `Ts::MAX` when none.
+    pub wake: Ts,
+    /// Events seen of the kinds `nth` rules count (saturating), by [`COUNTED_KINDS`] place.
+    pub counts: [u8; COUNTED_KINDS],
+    /// The lane of the parcel's place, once a leg into it was learnt.
+    pub lane: LaneRef,
+    pub seen: Seen,
+    /// The customer's contacts and when forewarn first spoke to them; few
+    /// parcels have either, so it costs a pointer.
+    pub talk: Option<Box<Talk>>,
+    /// Open episodes and parked events; few parcels have any, so it costs a pointer.
+    pub aside: Option<Box<Aside>>,
+}
+
+impl Parcel {
+    pub(super) fn new(parcel_id: &str, gen: u16, at: Ts) -> Parcel {
+        let len = parcel_id.len() as u16;
+        Parcel {
+            blob: parcel_id.into(),
+            ends: [len; 3],
+            gen,
+            locale: Sym::NONE,
+            tz: Sym::NONE,
+            branch: Sym::NONE,
+            facility: Sym::NONE,
+            service: Sym::NONE,
+            country: [0; 2],
+            contact_flags: 0,
+            state: Kind::LabelCreated,
+            fired: 0,
+            state_since: Ts::MIN,
+            state_at: Ts::MIN,
+            last_scan_at: Ts::MIN,
+            last_event_at: at,
+            promised_by: Ts::MIN,
+            promise_at: Ts::MIN,
+            return_by: Ts::MIN,
+            wake: Ts::MAX,
+            counts: [0; COUNTED_KINDS],
+            lane: LaneRef::NONE,
+            seen: Seen::default(),
+            talk: None,
+            aside: None,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.blob[..self.ends[0] as usize]
+    }
+
+    fn part(&self, i: usize) -> Option<&str> {
+        let end = self.ends.get(i).map_or(self.blob.len(), |&e| usize::from(e));
+        let s = &self.blob[usize::from(self.ends[i - 1])..end];
+        (!s.is_empty()).then_some(s)
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.part(1)
+    }
+
+    pub fn phone(&self) -> Option<&str> {
+        self.part(2)
+    }
+
+    pub fn email(&self) -> Option<&str> {
+        self.part(3)
+    }
+
+    /// The customer's channel choice, `None` when they gave none.
+    pub fn channels(&self) -> Option<Channels> {
+        (self.contact_flags & CHANNELS_GIVEN != 0)
+            .then_some(Channels(self.contact_flags & !(HAS_RECIPIENT | CHANNELS_GIVEN)))
+    }
+
+    pub fn has_recipient(&self) -> bool {
+        self.contact_flags & HAS_RECIPIENT != 0
+    }
+
+    /// Records the customer's channel choice (`None`: they gave none).
+    pub fn set_channels(&mut self, channels: Option<Channels>) {
+        self.contact_flags = HAS_RECIPIENT | channels.map_or(0, |c| CHANNELS_GIVEN | c.0);
+    }
+
+    /// Replaces the recipient's strings; the rest of the recipient is set by the caller.
+    pub fn set_contact(&mut self, name: Option<&str>, phone: Option<&str>, email: Option<&str>) {
+        // Each part is capped so its end offset fits the u16 index.
+        fn cap(s: Option<&str>) -> &str {
+            let s = s.unwrap_or("");
+            let mut end = s.len().min(4096);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            &s[..end]
+        }
+        let (name, phone, email) = (cap(name), cap(phone), cap(email));
+        let id_len = self.ends[0] as usize;
+        let mut blob = String::with_capacity(id_len + name.len() + phone.len() + email.len());
+        blob.push_str(&self.blob[..id_len]);
+        for (i, part) in [name, phone].into_iter().enumerate() {
+            blob.push_str(part);
+            self.ends[i + 1] = blob.len() as u16;
+        }
+        blob.push_str(email);
+        self.blob = blob.into_boxed_str();
+        self.contact_flags |= HAS_RECIPIENT;
+    }
+
+    /// Everything but the last scan time that a deadline depends on: when
+    /// none of it changed, no deadline moved earlier (a later scan only
+    /// pushes an absence deadline later; a prediction follows the place).
+    pub fn deadline_inputs(&self) -> (Kind, Ts, Ts, Ts, Sym, Sym, Sym, [u8; 2]) {
+        let p = self;
+        (p.state, p.state_since, p.promised_by, p.return_by, p.service, p.branch, p.facility, p.country)
+    }
+
+    pub fn is_vacant(&self) -> bool {
+        self.blob.is_empty()
+    }
+
+    /// Records a contact, keeping the four most recent in time order.
+    pub fn add_contact(&mut self, at: Ts, topic: Topic) {
+        let talk = self.talk();
+        if at > talk.times[0] {
+            // Insertion into the sorted four, dropping the oldest.
+            let mut i = 0;
+            while i < 3 && talk.times[i + 1] < at {
+                talk.times[i] = talk.times[i + 1];
+                talk.topics[i] = talk.topics[i + 1];
+                i += 1;
+            }
+            (talk.times[i], talk.topics[i]) = (at, topic);
+        }
+    }
+
+    /// Contacts within `span` before the most recent one.
+    pub fn contacts_within(&self, span: crate::time::Span) -> usize {
+        self.talk.as_ref().map_or(0, |t| {
+            let newest = t.times[3];
+            t.times.iter().filter(|&&c| c != Ts::MIN && c > newest.minus(span)).count()
+        })
+    }
+
+    /// The recorded contacts, oldest first.
+    pub fn contacts(&self) -> impl Iterator<Item = (Ts, Topic)> + '_ {
+        self.talk.iter().flat_map(|t| t.times.into_iter().zip(t.topics).filter(|&(c, _)| c != Ts::MIN))
+    }
+
+    /// When a customer-facing alert first fired, `Ts::MAX` if none has.
+    pub fn told_at(&self) -> Ts {
+        self.talk.as_ref().map_or(Ts::MAX, |t| t.told_at)
+    }
+
+    /// Notes that rule `rule`'s customer-facing alert fired at `at`; true
+    /// when it is the first to speak (only the first is noted).
+    pub fn tell(&mut self, at: Ts, rule: u8) -> bool {
+        let talk = self.talk();
+        let first = talk.told_at == Ts::MAX;
+        if first {
+            (talk.told_at, talk.told_by) = (at, rule);
+        }
+        first
+    }
+
+    fn talk(&mut self) -> &mut Talk {
+        self.talk.get_or_insert_with(|| Box::new(Talk::default()))
+    }
+}
+
+/// A parcel's conversation with its customer, for the rules that count
+/// contacts and for the proof that forewarn spoke first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Talk {
+    /// The four most recent contacts, oldest first (`Ts::MIN`: none)…
+    pub times: [Ts; 4],
+    /// …and their topics (apart, so that a talk takes 48 bytes, not 80).
+    pub topics: [Topic; 4],
+    /// When a customer-facing alert about the parcel first fired (`Ts::MAX`: none yet)…
+    pub told_at: Ts,
+    /// …and the index of its rule.
+    pub told_by: u8,
+}
+
+impl Default for Talk {
+    fn default() -> Self {
+        Talk { times: [Ts::MIN; 4], topics: [Topic::Other; 4], told_at: Ts::MAX, told_by: u8::MAX }
+    }
+}
+
+/// A parcel's lane, kept in the parcel so that the per-scan path does not
+/// look it up: [`LaneRef::NONE`], or the lane of the parcel's place in its
+/// partition's model. Not saved: a restored parcel looks its lane up again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneRef {
+    partition: u16,
+    lane: u16,
+}
+
+impl LaneRef {
+    pub const NONE: LaneRef = LaneRef { partition: u16::MAX, lane: u16::MAX };
+
+    pub fn new(partition: u16, lane: u16) -> LaneRef {
+        LaneRef { partition, lane }
+    }
+
+    pub fn get(self) -> Option<(u16, u32)> {
+        (self != LaneRef::NONE).then_some((self.partition, u32::from(self.lane)))
+    }
+}
+
+/// A fingerprint of an event id for the per-parcel dedup set.
+pub fn event_fingerprint(event_id: &str) -> u32 {
+    let h = xxh3_64(event_id.as_bytes());
+    (h ^ (h >> 32)) as u32
+}
+
+/// Copies the recipient of `event` into the parcel.
+pub fn take_recipient(p: &mut Parcel, event: &Event<'_>, syms: &mut Interner) {
+    if let Some(r) = &event.recipient {
+        p.set_contact(r.name.as_deref(), r.phone.as_deref(), r.email.as_deref());
+        p.locale = r.locale.as_deref().and_then(|l| syms.intern(l)).unwrap_or(Sym::NONE);
+        p.tz = r.tz.as_deref().and_then(|t| syms.intern(t)).unwrap_or(Sym::NONE);
+        p.set_channels(r.channels);
+    }
+}
+
+pub(in crate::engine) mod saved;
+
+#[cfg(test)]
+mod tests;

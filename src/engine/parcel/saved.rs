@@ -1,0 +1,136 @@
+//! Saving and restoring a parcel for the engine's checkpoints.
+
+use super::*;
+use crate::engine::codec::{get_event, put_event, CheckpointError, Remap, R, W};
+
+impl Parcel {
+    pub(in crate::engine) fn save(&self, w: &mut W) {
+        w.s(self.id());
+        for s in [self.name(), self.phone(), self.email()] {
+            w.opt_s(s);
+        }
+        w.u(u64::from(self.contact_flags));
+        w.u(u64::from(self.gen));
+        for s in [self.locale, self.tz, self.branch, self.facility, self.service] {
+            s.save(w);
+        }
+        w.u(u64::from(self.country[0]) << 8 | u64::from(self.country[1]));
+        w.u(self.state as u64);
+        w.u(self.fired);
+        for t in [
+            self.state_since,
+            self.state_at,
+            self.last_scan_at,
+            self.last_event_at,
+            self.promised_by,
+            self.promise_at,
+            self.return_by,
+            self.wake,
+        ] {
+            w.ts(t);
+        }
+        w.u(self.counts.len() as u64);
+        for c in self.counts {
+            w.u(u64::from(c));
+        }
+        let spill = self.seen.spill.as_deref().map_or(&[][..], |s| &s[..]);
+        // Fingerprints are never 0, so 0 ends the list.
+        for fp in self.seen.inline.iter().chain(spill).filter(|fp| **fp != 0) {
+            w.u(u64::from(*fp));
+        }
+        w.u(0);
+        match &self.talk {
+            None => w.u(0),
+            Some(talk) => {
+                // 1 was the contact times alone.
+                w.u(2);
+                for (t, topic) in talk.times.into_iter().zip(talk.topics) {
+                    w.ts(t);
+                    w.u(topic as u64);
+                }
+                w.ts(talk.told_at);
+                w.u(u64::from(talk.told_by));
+            }
+        }
+        let (open, parked) = self.aside.as_ref().map_or((&[][..], &[][..]), |a| (&a.open[..], &a.parked[..]));
+        w.u(open.len() as u64);
+        for o in open {
+            w.u(u64::from(o.rule));
+            w.ts(o.at);
+        }
+        w.u(parked.len() as u64);
+        parked.iter().for_each(|e| put_event(w, e));
+    }
+
+    pub(in crate::engine) fn load(r: &mut R<'_>, remap: &Remap) -> Result<Parcel, CheckpointError> {
+        let id = r.s()?;
+        let mut p = Parcel::new(id, 0, Ts::MIN);
+        let (name, phone, email) = (r.opt_s()?, r.opt_s()?, r.opt_s()?);
+        p.set_contact(name, phone, email);
+        p.contact_flags = r.u8()?;
+        // Generations wrap: a wider one saved by an older version keeps its low bits.
+        p.gen = r.u32()? as u16;
+        p.locale = Sym::load(r)?;
+        p.tz = Sym::load(r)?;
+        p.branch = Sym::load(r)?;
+        p.facility = Sym::load(r)?;
+        p.service = Sym::load(r)?;
+        let country = r.u()?;
+        p.country = [(country >> 8) as u8, country as u8];
+        p.state = r.kind()?;
+        p.fired = remap.fired(r.u()?);
+        for t in [
+            &mut p.state_since,
+            &mut p.state_at,
+            &mut p.last_scan_at,
+            &mut p.last_event_at,
+            &mut p.promised_by,
+            &mut p.promise_at,
+            &mut p.return_by,
+            &mut p.wake,
+        ] {
+            *t = r.ts()?;
+        }
+        for saved in 0..r.n(COUNTED_KINDS, "counters")? {
+            let count = r.u8()?;
+            if let Some(Some(place)) = remap.counts.get(saved) {
+                p.counts[*place as usize] = count;
+            }
+        }
+        loop {
+            match r.u32()? {
+                0 => break,
+                fp => {
+                    p.seen.insert(fp);
+                }
+            }
+        }
+        let talk = r.u()?;
+        if talk != 0 {
+            let mut t = Talk::default();
+            for (at, topic) in t.times.iter_mut().zip(t.topics.iter_mut()) {
+                *at = r.ts()?;
+                if talk >= 2 {
+                    *topic = Topic::ALL[r.n(Topic::ALL.len() - 1, "topic")?];
+                }
+            }
+            if talk >= 2 {
+                t.told_at = r.ts()?;
+                let by = r.n(255, "rule")?;
+                t.told_by = remap.rules.get(by).copied().flatten().unwrap_or(u8::MAX);
+            }
+            p.talk = Some(Box::new(t));
+        }
+        for _ in 0..r.n(64, "open episodes")? {
+            let (rule, at) = (r.n(255, "rule")?, r.ts()?);
+            if let Some(Some(rule)) = remap.rules.get(rule) {
+                p.aside().open.push(Open { rule: *rule, at });
+            }
+        }
+        for _ in 0..r.n(4096, "parked events")? {
+            let e = get_event(r)?;
+            p.aside().parked.push(e);
+        }
+        Ok(p)
+    }
+}

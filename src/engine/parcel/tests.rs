@@ -1,0 +1,59 @@
+use super::*;
+use crate::engine::window::{parcel_hash, Window};
+
+#[test]
+fn contact_strings_share_the_id_allocation() {
+    let mut w = Window::default();
+    let s = w.insert("1Z9", parcel_hash("1Z9"), Ts(0));
+    let p = w.get_mut(s);
+    assert_eq!((p.name(), p.phone(), p.email()), (None, None, None));
+    p.set_contact(Some("Léa Martin"), None, Some("lea@example.fr"));
+    assert_eq!((p.id(), p.name(), p.phone(), p.email()), ("1Z9", Some("Léa Martin"), None, Some("lea@example.fr")));
+}
+
+#[test]
+fn seen_spills_and_forgets_the_oldest() {
+    let mut seen = Seen::default();
+    for fp in 1..=MAX_SEEN as u32 + 5 {
+        assert!(seen.insert(fp));
+    }
+    assert!(!seen.insert(3), "inline fingerprints are kept");
+    assert!(!seen.insert(MAX_SEEN as u32), "recent spilled fingerprints are kept");
+    assert!(seen.insert(INLINE_SEEN as u32 + 1), "the oldest spilled fingerprint was forgotten");
+}
+
+#[test]
+fn a_parcel_is_three_cache_lines() {
+    // Every byte here is paid a million times and every line on every event.
+    assert_eq!(std::mem::size_of::<Parcel>(), 192);
+    assert_eq!(std::mem::size_of::<Talk>(), 48, "a talk is one small allocation");
+}
+
+#[test]
+fn the_recipient_flags_keep_the_channel_choice() {
+    let mut w = Window::default();
+    let s = w.insert("P", parcel_hash("P"), Ts(0));
+    let p = w.get_mut(s);
+    assert!(!p.has_recipient());
+    p.set_channels(None);
+    assert_eq!((p.has_recipient(), p.channels()), (true, None));
+    p.set_channels(Some(Channels::default()));
+    assert_eq!(p.channels(), Some(Channels::default()));
+    p.set_channels(Some(Channels(Channels::SMS.0 | Channels::EMAIL.0)));
+    assert!(p.channels().unwrap().contains(Channels::EMAIL));
+}
+
+#[test]
+fn contacts_keep_the_newest_four() {
+    let mut w = Window::default();
+    let s = w.insert("P", parcel_hash("P"), Ts(0));
+    let p = w.get_mut(s);
+    for h in [5, 1, 9, 3, 7] {
+        p.add_contact(Ts(h * 3_600_000), crate::event::Topic::Track);
+    }
+    assert_eq!(p.contacts_within(crate::time::Span::hours(5)), 3);
+    assert_eq!(p.contacts().map(|(t, _)| t.0 / 3_600_000).collect::<Vec<_>>(), [3, 5, 7, 9]);
+    assert_eq!(p.told_at(), Ts::MAX);
+    assert!(p.tell(Ts(4), 1) && !p.tell(Ts(5), 2), "the first telling is the one noted");
+    assert_eq!((p.told_at(), p.talk.as_ref().map(|t| t.told_by)), (Ts(4), Some(1)));
+}
