@@ -75,7 +75,7 @@ fn main() {
         let (stop_tx, stop) = watch::channel(false);
         let (_reload_tx, reload) = mpsc::channel(1);
         let t = Instant::now();
-        let run = tokio::spawn(live::run(config, true, Controls { stop, reload }));
+        let run = tokio::spawn(live::run(config, true, Controls { stop, reload, readiness: live::Readiness::default() }));
         // Done when both durable consumers have acknowledged their stream's last message.
         loop {
             tokio::time::sleep(Duration::from_millis(20)).await;

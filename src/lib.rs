@@ -7,7 +7,7 @@
 //! describes that flow. One dependency direction, from the bottom: `time`;
 //! `partition`, `event`, `clock`; `rules`; `alert`; `engine`; `metrics`,
 //! `config`; `nats`, `replay`, `cases`, `simulate`; `report`, `dispatch`;
-//! `live`; the CLI on top. A module imports only the layers below its own
+//! `live`; `api`; the CLI on top. A module imports only the layers below its own
 //! (`tests/it/layers.rs` checks it).
 //!
 //! - [`event`]: the v1 input contract (`shared/events.md`). Bytes in, a
@@ -32,12 +32,16 @@
 //!   error a process on NATS stops with.
 //! - [`live`]: the processor on NATS JetStream (`forewarn run`): consumers,
 //!   one engine per owned [`partition`], the branch stage over JetStream,
-//!   checkpoints in the object store, alerts and dead letters, health and
-//!   the agent's API; and `forewarn dlq`, and the simulator's live publisher.
+//!   checkpoints in the object store, alerts and dead letters, its readiness
+//!   and its side of the agent's lookups; and `forewarn dlq`, and the
+//!   simulator's live publisher.
 //! - [`dispatch`]: alerts into messages (`forewarn run`, `--role
 //!   dispatch`): route, dedup ledger, quiet hours, grouping, rate limits,
 //!   templates, email / SMS / webhooks with retries, outcomes, the daily
 //!   branch digest; `replay --dispatch`, the backtest that really sends.
+//! - [`api`]: the HTTP face on the ops address: `/healthz`, `/readyz`,
+//!   `/metrics` and the agent's lookup API (`/v1`), reading what the
+//!   processor and the dispatcher say.
 //! - [`metrics`]: the Prometheus metrics of both, by one naming spec,
 //!   served on `/metrics`.
 //! - [`config`]: `forewarn.toml`, strict, every field defaulted (the
@@ -60,6 +64,7 @@
 //!   `dispatch/notice.rs` keeps it (its round-trip test says if one is lost).
 //! - A channel: `dispatch/channel/`, its configuration in `config/dispatch.rs`.
 //! - A message's text: `rules/templates/<locale>/`.
+//! - An HTTP endpoint: [`api`].
 //! - A metric: [`metrics`] (one spec: `forewarn_<what>_<unit>`, closed label
 //!   sets initialised at 0), then `deploy/prometheus` and `deploy/grafana`.
 //! - A stream or subject: `nats/wire.rs` (subjects, headers, message ids) and
@@ -86,6 +91,7 @@
 //!   and outcomes only masked, and metric labels never.
 
 pub mod alert;
+pub mod api;
 pub mod cases;
 pub mod clock;
 pub mod config;

@@ -10,9 +10,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tokio::sync::{mpsc, watch};
 
+use forewarn::api;
 use forewarn::config::dispatch::SmsProvider;
 use forewarn::config::{std_duration, Role};
-use forewarn::live::{self, Controls};
+use forewarn::live::{self, Controls, Readiness};
 use forewarn::nats::LiveError;
 
 use super::{config, logs, runtime, Common};
@@ -134,14 +135,18 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         let (reload_tx, reload) = mpsc::channel(1);
         let (templates_tx, templates) = watch::channel(0u64);
         tokio::spawn(signals(stop_tx, (reload_tx, templates_tx), deadline));
-        if !detect && !config.http.is_empty() {
-            // Alone, the dispatcher serves health and metrics itself.
-            live::health::serve(&config, live::health::Readiness::default()).await?;
+        // Alone, the dispatcher is ready as long as it runs.
+        let readiness = match detect {
+            true => Readiness::new("starting", std_duration(config.checkpoint.stale_after)),
+            false => Readiness::default(),
+        };
+        if !config.http.is_empty() {
+            api::serve(&config, readiness.clone()).await?;
         }
         let dispatcher =
             dispatcher.map(|d| tokio::spawn(forewarn::dispatch::run::run(config.clone(), d, stop.clone(), templates)));
         if detect {
-            let summary = live::run(config, args.rebuild, Controls { stop, reload }).await?;
+            let summary = live::run(config, args.rebuild, Controls { stop, reload, readiness }).await?;
             eprintln!(
                 "forewarn stopped: {} events, {} alerts, {} dead letters, {} checkpoints",
                 summary.events, summary.alerts, summary.dead_letters, summary.checkpoints

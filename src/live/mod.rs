@@ -10,11 +10,12 @@
 
 pub mod dlq;
 pub mod feed;
-pub mod health;
 mod input;
 pub mod lookup;
 pub mod outbox;
 pub mod processor;
+mod readiness;
 pub mod store;
 
 pub use processor::{run, Controls, RunSummary};
+pub use readiness::{lagging, Readiness, STALLS};

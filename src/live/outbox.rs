@@ -12,7 +12,7 @@ use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErro
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, Context};
 
-use super::health::Readiness;
+use super::Readiness;
 use crate::metrics::METRICS;
 use crate::nats::wire::{self, Outgoing};
 

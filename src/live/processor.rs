@@ -27,7 +27,7 @@ use checkpoint::{committed, Commit};
 
 use super::input::{next_message, open_consumer, Input, Which};
 use super::outbox::{Outbox, OutboxStats};
-use super::{health, lookup};
+use super::{lagging, lookup, Readiness};
 use crate::alert::Alert;
 use crate::clock::Clock;
 use crate::config::{std_duration, Config};
@@ -48,6 +48,8 @@ const DRAIN: usize = 512;
 pub struct Controls {
     pub stop: watch::Receiver<bool>,
     pub reload: mpsc::Receiver<()>,
+    /// What `/readyz` says ([`crate::api`] serves it); the processor keeps it true.
+    pub readiness: Readiness,
 }
 
 /// What a run did, for the closing log line and the tests.
@@ -106,7 +108,7 @@ struct Processor {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     summary: RunSummary,
-    readiness: health::Readiness,
+    readiness: Readiness,
     /// Dead letters since the last log line, by code, with one reason each.
     letters: BTreeMap<&'static str, (u64, String)>,
     letters_logged: Instant,
@@ -125,15 +127,13 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
     let mut rules = RulesDir::new(&config.rules);
     let set = rules.load().map_err(LiveError::Rules)?;
     let clock = Clock::parse(&config.watermark.clock).map_err(LiveError::config)?;
-    let readiness = health::Readiness::new("starting", std_duration(config.checkpoint.stale_after));
+    let readiness = controls.readiness.clone();
+    readiness.set(Some("starting"));
     for code in Reject::CODES.iter().chain(Refusal::CODES) {
         METRICS.rejected.with_label_values(&[code]);
     }
     for stream in [&config.streams.scans.name, &config.streams.contacts.name, &config.streams.facts.name] {
         METRICS.dead_letters.with_label_values(&[stream]);
-    }
-    if !config.http.is_empty() {
-        health::serve(&config, readiness.clone()).await?;
     }
     let client = connect::connect(&config.nats, &format!("forewarn {}", config.instance)).await?;
     readiness.watch(client.clone());
@@ -459,7 +459,7 @@ impl Processor {
                 waiting += info.num_pending;
             }
         }
-        self.readiness.set(health::lagging(waiting, self.config.ready_max_pending).as_deref());
+        self.readiness.set(lagging(waiting, self.config.ready_max_pending).as_deref());
     }
 
     fn reload(&mut self) {

@@ -62,6 +62,11 @@ impl Outgoing {
 /// The header of an alert message saying when what made it (the event, or
 /// the clock moving the watermark) arrived, in Unix milliseconds: where the
 /// dispatcher's end-to-end latency starts.
+/// The subject on which the owner of `partition` answers the agent's lookups.
+pub fn lookup_subject(partition: u16) -> String {
+    format!("forewarn.lookup.parcel.{partition}")
+}
+
 pub const ARRIVED: &str = "Forewarn-Arrived";
 
 /// When an alert's cause arrived, from its message; `None` without the header.

@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["nats", "replay", "cases", "simulate"],
     &["report", "dispatch"],
     &["live"],
+    &["api"],
 ];
 
 fn layer(module: &str) -> Option<usize> {

@@ -1,18 +1,12 @@
-//! `/healthz` and `/readyz` on the processor's HTTP address, so an
-//! orchestrator can tell a live process from a ready one, `/metrics` for
-//! Prometheus, and the agent's lookup API (`/v1`, see [`super::lookup`]).
+//! Whether the processor is ready, and if not why: what it says itself
+//! (starting, catching up, stopped) and the faults that last too long (no
+//! checkpoint stored, NATS lost). `/readyz` serves it ([`crate::api`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
-
-use crate::config::Config;
 use crate::metrics::METRICS;
-use crate::nats::{wire, LiveError};
+use crate::nats::wire;
 
 /// Why the processor is not ready, or `None` when it is. Besides what the
 /// processor says (starting, catching up, stopped), two faults make it
@@ -130,38 +124,6 @@ impl Readiness {
 /// Why an instance with `waiting` input messages on the server is not ready, if it is not.
 pub fn lagging(waiting: u64, max: u64) -> Option<String> {
     (waiting > max).then(|| format!("catching up: {waiting} messages waiting on the server (ready_max_pending {max})"))
-}
-
-async fn ready(State(readiness): State<Readiness>) -> (StatusCode, String) {
-    match readiness.get() {
-        None => (StatusCode::OK, "ready\n".into()),
-        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
-    }
-}
-
-async fn metrics(State(readiness): State<Readiness>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
-    readiness.get();
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], METRICS.render())
-}
-
-/// Serves health, metrics and the lookup API on `config.http` in the background.
-pub async fn serve(config: &Config, readiness: Readiness) -> Result<(), LiveError> {
-    let addr = &config.http;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| LiveError::config(format!("cannot listen on {addr} for health: {e}")))?;
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .with_state(readiness)
-        .merge(super::lookup::routes(config)?);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "health server stopped");
-        }
-    });
-    Ok(())
 }
 
 #[cfg(test)]
