@@ -31,9 +31,9 @@ use crate::config::{std_duration, Config};
 use crate::metrics::METRICS;
 use crate::nats::{connect, LiveError};
 
-/// Admission lanes: an alert's lane is chosen by its id, so a firing and
-/// its resolution update the at-risk list in order; lanes run side by side.
-const LANES: usize = 64;
+/// Admission workers: an alert's worker is chosen by its id, so a firing and
+/// its resolution update the at-risk list in order; workers run side by side.
+const WORKERS: usize = 64;
 
 /// An alert whose messages are not all final yet.
 struct Pending {
@@ -80,8 +80,8 @@ impl ServiceLevel {
     }
 }
 
-/// What an admission lane takes: the alert's sequence, when it was received, its message, the alert.
-type ToLane = (u64, Instant, jetstream::Message, Arc<Notice>);
+/// What an admission worker takes: the alert's sequence, when it was received, its message, the alert.
+type ToWorker = (u64, Instant, jetstream::Message, Arc<Notice>);
 
 /// An alert waiting for an episode that may speak for it.
 struct Waiting {
@@ -167,13 +167,13 @@ pub async fn run(
             stop.clone(),
         ));
     }
-    // Unbounded: the loop blocks on a full lane, never on this, so the lanes
+    // Unbounded: the loop blocks on a full worker, never on this, so the workers
     // always drain; what it holds is bounded by the consumer's ack_pending.
     let (admitted_tx, mut admitted) = mpsc::unbounded_channel::<Admitted>();
-    let lanes: Vec<_> = (0..LANES)
+    let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
             let (tx, rx) = mpsc::channel(16);
-            tokio::spawn(lane(rx, d.clone(), ledger.clone(), at_risk.clone(), admitted_tx.clone(), stop.clone()));
+            tokio::spawn(worker(rx, d.clone(), ledger.clone(), at_risk.clone(), admitted_tx.clone(), stop.clone()));
             tx
         })
         .collect();
@@ -243,7 +243,7 @@ pub async fn run(
                 pending.insert(seq, None);
                 let waiting = Waiting { seq, received: Instant::now(), message, alive: Instant::now() };
                 if let Some((notice, w)) = inhibitor.offer(notice, waiting, now(&clock)) {
-                    stopping |= !to_lane(&lanes, &hasher, notice, w).await;
+                    stopping |= !to_worker(&workers, &hasher, notice, w).await;
                 }
             }
             Some(a) = admitted.recv(), if !stopping => {
@@ -290,7 +290,7 @@ pub async fn run(
             _ = tick.tick() => {
                 let t = now(&clock);
                 for (notice, w) in inhibitor.due(t) {
-                    stopping |= !to_lane(&lanes, &hasher, notice, w).await;
+                    stopping |= !to_worker(&workers, &hasher, notice, w).await;
                 }
                 for w in inhibitor.items_mut() {
                     keep(&w.message, &mut w.alive, keep_alive).await;
@@ -316,11 +316,11 @@ pub async fn run(
     Ok(stats)
 }
 
-/// One admission lane: keeps the at-risk list in step, routes, and asks the
+/// One admission worker: keeps the at-risk list in step, routes, and asks the
 /// ledger what is still to send; waits out a NATS outage rather than drop
 /// an alert. Alerts left when stopping stay unacknowledged and come back.
-async fn lane(
-    mut alerts: mpsc::Receiver<ToLane>,
+async fn worker(
+    mut alerts: mpsc::Receiver<ToWorker>,
     d: Arc<Dispatcher>,
     ledger: Ledger,
     at_risk: kv::Store,
@@ -345,10 +345,10 @@ async fn lane(
     }
 }
 
-/// An alert to its admission lane, chosen by its id; false when the lanes are gone (stopping).
-async fn to_lane(lanes: &[mpsc::Sender<ToLane>], hasher: &RandomState, notice: Arc<Notice>, w: Waiting) -> bool {
-    let lane = hasher.hash_one(&notice.alert_id) as usize % LANES;
-    lanes[lane].send((w.seq, w.received, w.message, notice)).await.is_ok()
+/// An alert to its admission worker, chosen by its id; false when the workers are gone (stopping).
+async fn to_worker(workers: &[mpsc::Sender<ToWorker>], hasher: &RandomState, notice: Arc<Notice>, w: Waiting) -> bool {
+    let worker = hasher.hash_one(&notice.alert_id) as usize % WORKERS;
+    workers[worker].send((w.seq, w.received, w.message, notice)).await.is_ok()
 }
 
 /// Keeps an alert held here from being redelivered: a progress

@@ -2,7 +2,7 @@
 //! [`admit`] (route an alert into drafts, ask the ledger which are still to
 //! send), [`offer`] (hold them for quiet hours and grouping, or start
 //! them) and [`outcomes`] (what a finished batch says, failures logged).
-//! [`super::run`] drives it from the alerts stream, in admission lanes and
+//! [`super::run`] drives it from the alerts stream, in admission workers and
 //! wall time; [`super::backtest`] from a replay's alerts, in order and in
 //! their own event time.
 

@@ -403,4 +403,4 @@ fn branch_alert(a: &Aggregate, place: &Arc<str>, state: AlertState, at: Ts, star
     }
 }
 
-mod saved;
+mod checkpoint;

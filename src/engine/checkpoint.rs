@@ -2,7 +2,7 @@
 //!
 //! A checkpoint lets a processor restart where it stopped instead of
 //! re-reading its stream. Each component writes its own state in the
-//! codec's form (`codec.rs`, `*/saved.rs`); this file puts them in order. Rules are not saved: a checkpoint restores under the current rule
+//! codec's form (`codec.rs`, `*/checkpoint.rs`); this file puts them in order. Rules are not saved: a checkpoint restores under the current rule
 //! pack, with fired rules and counters remapped by rule id and event kind.
 //! Timers are not saved either: each parcel's wake-up is, and the wheel is
 //! rebuilt from them (stale entries die with the old process).

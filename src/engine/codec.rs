@@ -1,7 +1,7 @@
 //! The checkpoint's byte codec: a versioned, LZ4-compressed stream of
 //! varints (zigzag for instants) and length-prefixed strings, the one event
 //! form every component saves its held events in, and the map from a saved
-//! rule pack onto the current one. Below every `saved.rs`, which write their
+//! rule pack onto the current one. Below every part's `checkpoint.rs`, which write their
 //! own state with it; `checkpoint.rs` orders them.
 
 use std::borrow::Cow;

@@ -376,6 +376,6 @@ impl Lanes {
     }
 }
 
+mod checkpoint;
 mod legs;
 mod model;
-mod saved;

@@ -18,7 +18,7 @@
 //! order of events within the lateness does not change the alerts. Alerts
 //! leave through `emit` here; `split.rs` runs an engine per partition.
 //! `checkpoint.rs` orders the saved state that each part writes in
-//! `codec.rs`'s form (`*/saved.rs`).
+//! `codec.rs`'s form (`*/checkpoint.rs`).
 
 mod apply;
 pub mod branch;

@@ -368,7 +368,7 @@ pub fn take_recipient(p: &mut Parcel, event: &Event<'_>, syms: &mut Interner) {
     }
 }
 
-pub(in crate::engine) mod saved;
+pub(in crate::engine) mod checkpoint;
 
 #[cfg(test)]
 mod tests;

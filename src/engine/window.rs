@@ -222,7 +222,7 @@ impl Tombstones {
     }
 }
 
-pub(in crate::engine) mod saved;
+pub(in crate::engine) mod checkpoint;
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use bytes::Bytes;
 
-use super::outbox::Outbox;
+use super::publisher::Publisher;
 use crate::event::{decode, Kind};
 use crate::nats::wire::Outgoing;
 use crate::partition;
@@ -38,7 +38,7 @@ pub async fn publish(
     pace: Pace,
     mut progress: impl FnMut(u64),
 ) -> u64 {
-    let mut outbox = Outbox::new(js);
+    let mut publisher = Publisher::new(js);
     let started = Instant::now();
     let mut first: Option<Ts> = None;
     let mut newest = Ts::MIN;
@@ -52,7 +52,7 @@ pub async fn publish(
             }
             Err(_) => "scans.0".to_string(),
         };
-        outbox.send(Outgoing { subject, id: None, headers: Vec::new(), body: Bytes::copy_from_slice(line) }).await;
+        publisher.send(Outgoing { subject, id: None, headers: Vec::new(), body: Bytes::copy_from_slice(line) }).await;
         sent += 1;
         if sent.is_multiple_of(256) {
             progress(sent);
@@ -68,7 +68,7 @@ pub async fn publish(
             }
         }
     }
-    outbox.settle().await;
+    publisher.settle().await;
     progress(sent);
     sent
 }

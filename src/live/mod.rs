@@ -6,14 +6,14 @@
 //! facts and dead letters, runs the branch stage of the owned branch
 //! partitions, and checkpoints. Nothing is acknowledged before a checkpoint
 //! that covers it is stored, and nothing a checkpoint covers is missing from
-//! the streams ([`outbox`]).
+//! the streams ([`publisher`]).
 
 pub mod dlq;
 pub mod feed;
 mod input;
 pub mod lookup;
-pub mod outbox;
 pub mod processor;
+pub mod publisher;
 mod readiness;
 pub mod store;
 

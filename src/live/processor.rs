@@ -5,7 +5,7 @@
 //! is at or below the partition's position), refuse what breaks the contract
 //! or came on the wrong partition (dead letter), otherwise ingest and
 //! publish what the engine says. On a timer or after enough events: settle
-//! the outbox, snapshot every changed engine and stage, store the snapshot
+//! the publishes, snapshot every changed engine and stage, store the snapshot
 //! in the background, and when it is stored acknowledge (AckAll) up to the
 //! last message it covers and publish each partition's watermark mark.
 //!
@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use checkpoint::{committed, Commit};
 
 use super::input::{next_message, open_consumer, Input, Which};
-use super::outbox::{Outbox, OutboxStats};
+use super::publisher::{PublishStats, Publisher};
 use super::{lagging, lookup, Readiness};
 use crate::alert::Alert;
 use crate::clock::Clock;
@@ -63,7 +63,7 @@ pub struct RunSummary {
     pub checkpoint_failures: u64,
     pub reloads: u64,
     pub reload_failures: u64,
-    pub outbox: OutboxStats,
+    pub published: PublishStats,
 }
 
 /// One owned partition.
@@ -90,7 +90,7 @@ struct Processor {
     owned: Owned,
     js: jetstream::Context,
     store: ObjectStore,
-    outbox: Outbox,
+    publisher: Publisher,
     parts: BTreeMap<u16, Part>,
     stages: BTreeMap<u16, Stage>,
     inputs: [Input; 3],
@@ -153,7 +153,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         "forewarn running"
     );
     let mut processor = Processor {
-        outbox: Outbox::new(js.clone()).reporting_to(readiness.clone()),
+        publisher: Publisher::new(js.clone()).reporting_to(readiness.clone()),
         rules,
         config,
         owned,
@@ -283,8 +283,8 @@ impl Processor {
         let result = task.await.unwrap_or_else(|e| Err(LiveError::nats("checkpoint task", e)));
         let failed = result.is_err();
         self.commit(result).await;
-        self.outbox.settle().await;
-        self.summary.outbox = self.outbox.stats;
+        self.publisher.settle().await;
+        self.summary.published = self.publisher.stats;
         self.log_letters();
         if failed {
             return Err(LiveError::nats(
@@ -393,10 +393,10 @@ impl Processor {
             for audience in alert.audience.names() {
                 METRICS.alerts.with_label_values(&[&alert.rule, alert.state.as_str(), audience]).inc();
             }
-            self.outbox.send(wire::alert(&alert, arrived)).await;
+            self.publisher.send(wire::alert(&alert, arrived)).await;
         }
         for fact in self.facts.drain(..) {
-            self.outbox.send(wire::fact(&fact, self.owned.count)).await;
+            self.publisher.send(wire::fact(&fact, self.owned.count)).await;
         }
         METRICS.judged(&self.judged);
         self.judged.clear();

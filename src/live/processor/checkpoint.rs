@@ -1,4 +1,4 @@
-//! The processor's checkpoints: settle the outbox, snapshot what changed
+//! The processor's checkpoints: settle the publishes, snapshot what changed
 //! (on the processing task, so the snapshot is consistent), store it in the
 //! background, and only then acknowledge the messages it covers and announce
 //! each partition's watermark to the branch stages.
@@ -34,9 +34,9 @@ pub(super) async fn committed(task: &mut Option<JoinHandle<Result<Commit, LiveEr
 }
 
 impl Processor {
-    /// Settles the outbox, snapshots what changed, and stores it in the background.
+    /// Settles the publishes, snapshots what changed, and stores it in the background.
     pub(super) async fn snapshot(&mut self) -> JoinHandle<Result<Commit, LiveError>> {
-        self.outbox.settle().await;
+        self.publisher.settle().await;
         let count = self.owned.count;
         let mut objects = Vec::new();
         let mut marks = Vec::new();
@@ -110,7 +110,7 @@ impl Processor {
                 }
                 for (p, watermark) in commit.marks {
                     if watermark > Ts::MIN {
-                        self.outbox.send(wire::mark(p, self.owned.count, watermark)).await;
+                        self.publisher.send(wire::mark(p, self.owned.count, watermark)).await;
                     }
                 }
             }

@@ -68,7 +68,7 @@ impl Processor {
         seen.0 += 1;
         tracing::debug!(seq, code = why.code(), "dead letter");
         let stream = &self.inputs[which].stream;
-        self.outbox.send(wire::dead_letter(&message.subject, stream, seq, message.payload.clone(), &why)).await;
+        self.publisher.send(wire::dead_letter(&message.subject, stream, seq, message.payload.clone(), &why)).await;
     }
 
     /// One line per reason code for the dead letters since the last.

@@ -1,5 +1,5 @@
 //! Publishing into JetStream without losing anything: messages go out at
-//! once, their acknowledgements are collected later, and [`Outbox::settle`]
+//! once, their acknowledgements are collected later, and [`Publisher::settle`]
 //! does not return until the server stored every message sent so far,
 //! re-sending (same message id: no duplicates) through outages. A
 //! checkpoint is taken only after a settle, so nothing a checkpoint covers
@@ -20,7 +20,7 @@ use crate::nats::wire::{self, Outgoing};
 const MAX_PENDING: usize = 8192;
 
 #[derive(Clone, Copy, Debug, Default)]
-pub struct OutboxStats {
+pub struct PublishStats {
     pub stored: u64,
     /// Dropped by the server as copies of an earlier message (re-sent after a restart).
     pub duplicates: u64,
@@ -29,21 +29,21 @@ pub struct OutboxStats {
     pub refused: u64,
 }
 
-pub struct Outbox {
+pub struct Publisher {
     js: Context,
     pending: VecDeque<(PublishAckFuture, Outgoing)>,
-    pub stats: OutboxStats,
+    pub stats: PublishStats,
     /// Told why publishes are retried, so readiness can say it.
     readiness: Option<Readiness>,
 }
 
-impl Outbox {
-    pub fn new(js: Context) -> Outbox {
-        Outbox { js, pending: VecDeque::new(), stats: OutboxStats::default(), readiness: None }
+impl Publisher {
+    pub fn new(js: Context) -> Publisher {
+        Publisher { js, pending: VecDeque::new(), stats: PublishStats::default(), readiness: None }
     }
 
     /// Tells `readiness` why publishes are retried.
-    pub fn reporting_to(mut self, readiness: Readiness) -> Outbox {
+    pub fn reporting_to(mut self, readiness: Readiness) -> Publisher {
         self.readiness = Some(readiness);
         self
     }
@@ -57,7 +57,7 @@ impl Outbox {
         }
     }
 
-    /// Sends a message; its storage is confirmed by a later [`Outbox::settle`].
+    /// Sends a message; its storage is confirmed by a later [`Publisher::settle`].
     pub async fn send(&mut self, out: Outgoing) {
         if self.pending.len() >= MAX_PENDING {
             self.settle_oldest(MAX_PENDING / 2).await;
