@@ -1,7 +1,9 @@
 //! Live throughput, measured in one run against a real nats-server on this
-//! machine: the broker's own consume rate for the stream (pull, no
-//! processing, AckAll per batch) beside forewarn's rate from the scans
-//! stream through the engines to acknowledged (after checkpoints).
+//! machine: the broker's own consume rate for the scans stream (no
+//! processing) with the consumer kind forewarn uses (durable pull, ack
+//! policy none) and with an ordered consumer, beside forewarn's rate from
+//! the scans stream through the engines to a stored checkpoint that covers
+//! the last scan and contact (`forewarn_checkpoint_position`).
 //!
 //! `cargo bench --bench live` (needs `nats-server` on the PATH;
 //! `FOREWARN_BENCH_PARCELS` sets the network size, default 200,000 parcels,
@@ -10,11 +12,12 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use forewarn::config::Config;
 use forewarn::live::{self, feed, Controls};
+use forewarn::metrics::METRICS;
 use forewarn::nats::connect;
 use forewarn::simulate::{self, Network};
 use forewarn::time::Ts;
@@ -25,29 +28,43 @@ async fn stream_messages(js: &jetstream::Context, name: &str) -> u64 {
     js.get_stream(name).await.expect("stream").info().await.expect("info").state.messages
 }
 
-/// Pulls every message of `stream` with a throwaway consumer, acknowledging each batch's last.
-async fn raw_consume(js: &jetstream::Context, stream: &str, total: u64) -> Duration {
+/// How long taking `total` messages from `messages` takes, doing nothing with them.
+async fn drain<M, E: std::fmt::Debug>(messages: impl Stream<Item = Result<M, E>>, total: u64) -> Duration {
+    let start = Instant::now();
+    let mut messages = std::pin::pin!(messages.take(total as usize));
+    while let Some(m) = messages.next().await {
+        m.expect("a message");
+    }
+    start.elapsed()
+}
+
+/// Every message of `stream` through a durable pull consumer acknowledging nothing, as forewarn's.
+async fn pull_none(js: &jetstream::Context, stream: &str, total: u64) -> Duration {
     let consumer = js
         .get_stream(stream)
         .await
         .expect("stream")
-        .create_consumer(pull::Config { ack_policy: AckPolicy::All, max_ack_pending: 1_000_000, ..Default::default() })
+        .create_consumer(pull::Config {
+            durable_name: Some("bench-pull".into()),
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
         .await
         .expect("consumer");
-    let start = Instant::now();
-    let mut messages = consumer.stream().max_messages_per_batch(1000).messages().await.expect("messages");
-    let mut n = 0u64;
-    while let Some(m) = messages.next().await {
-        let m = m.expect("message");
-        n += 1;
-        if n.is_multiple_of(1000) || n == total {
-            m.ack().await.expect("ack");
-        }
-        if n == total {
-            break;
-        }
-    }
-    start.elapsed()
+    let messages = consumer.stream().max_messages_per_batch(1000).messages().await.expect("messages");
+    drain(messages, total).await
+}
+
+/// Every message of `stream` through an ordered consumer (ephemeral, no acknowledgements).
+async fn ordered(js: &jetstream::Context, stream: &str, total: u64) -> Duration {
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .expect("stream")
+        .create_consumer(pull::OrderedConfig::default())
+        .await
+        .expect("consumer");
+    drain(consumer.messages().await.expect("messages"), total).await
 }
 
 fn main() {
@@ -67,42 +84,37 @@ fn main() {
         let scans = stream_messages(&js, "SCANS").await;
         let contacts = stream_messages(&js, "CONTACTS").await;
 
-        let raw = raw_consume(&js, "SCANS", scans).await;
-        let raw_rate = scans as f64 / raw.as_secs_f64();
-        println!("broker consume {scans} scans in {:.2} s: {:.0} scans/s (pull, no processing, AckAll)", raw.as_secs_f64(), raw_rate);
+        let rate = |took: Duration| scans as f64 / took.as_secs_f64();
+        let pull = rate(pull_none(&js, "SCANS", scans).await);
+        println!("broker consume {scans} scans: {pull:.0} scans/s (durable pull, ack none: forewarn's kind)");
+        let fastest = rate(ordered(&js, "SCANS", scans).await);
+        println!("broker consume {scans} scans: {fastest:.0} scans/s (ordered consumer)");
 
         let config = Config { nats: nats.clone(), ..Config::default() };
         let (stop_tx, stop) = watch::channel(false);
         let (_reload_tx, reload) = mpsc::channel(1);
         let t = Instant::now();
         let run = tokio::spawn(live::run(config, true, Controls { stop, reload, readiness: live::Readiness::default() }));
-        // Done when both durable consumers have acknowledged their stream's last message.
-        loop {
+        // Done when a stored checkpoint covers each stream's last message.
+        let last = |name: &'static str| {
+            let js = js.clone();
+            async move { js.get_stream(name).await.expect("stream").info().await.expect("info").state.last_sequence }
+        };
+        let (last_scan, last_contact) = (last("SCANS").await, last("CONTACTS").await);
+        let covered = |name: &str| METRICS.checkpoint_position.with_label_values(&[name]).get() as u64;
+        while covered("SCANS") < last_scan || covered("CONTACTS") < last_contact {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let acked = |stream: &'static str, name: &'static str| {
-                let js = js.clone();
-                async move {
-                    let mut s = js.get_stream(stream).await.ok()?;
-                    let mut c: jetstream::consumer::PullConsumer = s.get_consumer(name).await.ok()?;
-                    let _ = s.info().await;
-                    Some(c.info().await.ok()?.ack_floor.stream_sequence)
-                }
-            };
-            let (a, b) = (acked("SCANS", "forewarn-forewarn-scans").await, acked("CONTACTS", "forewarn-forewarn-contacts").await);
-            if a == Some(scans) && b == Some(contacts) {
-                break;
-            }
         }
         let took = t.elapsed();
         let _ = stop_tx.send(true);
         let summary = run.await.expect("joined").expect("ran");
-        let rate = scans as f64 / took.as_secs_f64();
+        let own = rate(took);
         println!(
-            "forewarn       {scans} scans (+{contacts} contacts) to acknowledged in {:.2} s: {rate:.0} scans/s; {} alerts, {} checkpoints",
+            "forewarn       {scans} scans (+{contacts} contacts) to a stored checkpoint in {:.2} s: {own:.0} scans/s; {} alerts, {} checkpoints",
             took.as_secs_f64(),
             summary.alerts,
             summary.checkpoints
         );
-        println!("ratio          {:.2} of the broker's own consume rate", rate / raw_rate);
+        println!("ratio          {:.2} of the broker's rate with forewarn's consumer kind, {:.2} of the ordered consumer's", own / pull, own / fastest);
     });
 }

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub redeliveries: IntCounter,
+    pub input_gaps: IntCounterVec,
     pub publishes_refused: IntCounter,
     pub facts_late: IntCounter,
     pub consumer_pending: IntGaugeVec,
@@ -45,6 +46,7 @@ pub struct Metrics {
     pub checkpoint_failures: IntCounter,
     pub checkpoint_last: IntGauge,
     pub checkpoint_waiting: IntGauge,
+    pub checkpoint_position: IntGaugeVec,
     pub stalls: IntCounterVec,
     pub publish_retries: IntCounter,
     // Rules and alerts.
@@ -92,6 +94,13 @@ impl Metrics {
             dead_letters: counter(
                 "forewarn_dead_letters_total",
                 "Messages sent to the dead letters, by input stream.",
+                &["stream"],
+            ),
+            input_gaps: counter(
+                "forewarn_input_gaps_total",
+                "Times a consumer, opened after the stored checkpoints' positions, found the messages right after \
+                 them gone from its stream (its max_age or size limits): lost events. 0 unless a stream keeps \
+                 less than the longest outage.",
                 &["stream"],
             ),
             redeliveries: IntCounter::new(
@@ -145,6 +154,12 @@ impl Metrics {
                 "When the last checkpoint was stored (Unix time).",
             )
             .expect("valid"),
+            checkpoint_position: gauge(
+                "forewarn_checkpoint_position",
+                "The last message of each input stream the stored checkpoint covers (a stream sequence): a \
+                 restart resumes after it; the stream must keep what comes after.",
+                &["stream"],
+            ),
             checkpoint_waiting: IntGauge::new(
                 "forewarn_checkpoint_waiting_seconds",
                 "How long changes have waited for a stored checkpoint (0: none wait).",
@@ -230,6 +245,7 @@ impl Metrics {
             Box::new(m.rejected.clone()),
             Box::new(m.dead_letters.clone()),
             Box::new(m.redeliveries.clone()),
+            Box::new(m.input_gaps.clone()),
             Box::new(m.publishes_refused.clone()),
             Box::new(m.facts_late.clone()),
             Box::new(m.consumer_pending.clone()),
@@ -242,6 +258,7 @@ impl Metrics {
             Box::new(m.checkpoint_failures.clone()),
             Box::new(m.checkpoint_last.clone()),
             Box::new(m.checkpoint_waiting.clone()),
+            Box::new(m.checkpoint_position.clone()),
             Box::new(m.stalls.clone()),
             Box::new(m.publish_retries.clone()),
             Box::new(m.alerts.clone()),

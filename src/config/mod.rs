@@ -38,10 +38,6 @@ pub enum Invalid {
     Partitions(String),
     #[error("instance {0:?}: use letters, digits, '-' and '_' only")]
     Instance(String),
-    #[error(
-        "checkpoint.events ({events}) must be at most half of consumer.max_ack_pending ({max_ack_pending}), or the consumer stalls waiting for acknowledgements"
-    )]
-    Stall { events: u64, max_ack_pending: i64 },
     #[error("checkpoint.interval and consumer.batch must be positive")]
     NotPositive,
 }
@@ -253,8 +249,8 @@ pub struct Checkpoint {
     /// Checkpoint at least this often while events flow.
     #[serde(deserialize_with = "span")]
     pub interval: Span,
-    /// Checkpoint after this many events, whatever the interval: keep it under
-    /// half of `consumer.max_ack_pending`, or the consumer stalls.
+    /// Checkpoint after this many events, whatever the interval: the most a
+    /// restart reads again.
     pub events: u64,
     /// Not ready (`/readyz`, `forewarn_stalls_total`) when changes wait this
     /// long for a stored checkpoint, or the NATS connection is down this long.
@@ -276,17 +272,13 @@ impl Default for Checkpoint {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Consumer {
-    /// Messages delivered and not yet acknowledged (they wait for a
-    /// checkpoint): the bound on in-flight work; at it, the server stops
-    /// delivering (backpressure).
-    pub max_ack_pending: i64,
     /// Messages asked for in one pull.
     pub batch: usize,
 }
 
 impl Default for Consumer {
     fn default() -> Self {
-        Consumer { max_ack_pending: 1_000_000, batch: 1000 }
+        Consumer { batch: 1000 }
     }
 }
 
@@ -380,12 +372,6 @@ impl Config {
         {
             return Err(Invalid::Instance(self.instance.clone()));
         }
-        if (self.checkpoint.events as i64).saturating_mul(2) > self.consumer.max_ack_pending {
-            return Err(Invalid::Stall {
-                events: self.checkpoint.events,
-                max_ack_pending: self.consumer.max_ack_pending,
-            });
-        }
         if self.checkpoint.interval.0 <= 0 || self.consumer.batch == 0 {
             return Err(Invalid::NotPositive);
         }
@@ -432,9 +418,10 @@ mod tests {
     }
 
     #[test]
-    fn checkpoints_must_come_before_the_consumer_stalls() {
-        let config =
-            Config { checkpoint: Checkpoint { events: 600_000, ..Checkpoint::default() }, ..Config::default() };
-        assert!(matches!(config.validate(), Err(Invalid::Stall { events: 600_000, .. })));
+    fn settings_that_cannot_work_are_named() {
+        let config = Config { instance: "a b".into(), ..Config::default() };
+        assert!(matches!(config.validate(), Err(Invalid::Instance(i)) if i == "a b"));
+        let config = Config { consumer: Consumer { batch: 0 }, ..Config::default() };
+        assert!(matches!(config.validate(), Err(Invalid::NotPositive)));
     }
 }

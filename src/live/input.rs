@@ -1,14 +1,17 @@
 //! The processor's inputs: one durable pull consumer per stream, filtered
-//! to the owned partitions, and (re)created at the processor's own position,
-//! never at the server's acknowledgement floor.
+//! to the owned partitions, (re)created at the processor's own position.
+//! They acknowledge nothing (ack policy none): the stored checkpoint holds
+//! each partition's stream positions and a restart resumes right after
+//! them, so acknowledgements would buy nothing, and the server keeps no
+//! per-message state for us.
 
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::{self, message::Acker};
 use futures::StreamExt;
 
-use crate::config::{std_duration, Config};
+use crate::config::Config;
 use crate::nats::LiveError;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -26,8 +29,6 @@ pub struct Input {
     pub filters: Vec<String>,
     /// The highest stream sequence handled.
     pub last_seq: u64,
-    /// The newest message's acknowledgement handle (AckAll acknowledges every earlier one).
-    pub acker: Option<Acker>,
     pub consumer: Option<jetstream::consumer::PullConsumer>,
     pub messages: Option<pull::Stream>,
     pub last_message: Instant,
@@ -43,7 +44,6 @@ impl Input {
             durable,
             filters,
             last_seq: 0,
-            acker: None,
             consumer: None,
             messages: None,
             last_message: Instant::now(),
@@ -59,28 +59,35 @@ pub async fn next_message(input: &mut Input) -> Option<Result<jetstream::Message
     }
 }
 
+/// A consumer opened at `start`, and the stream's first sequence then: when
+/// it is past `start`, the stream's limits removed messages no checkpoint
+/// covered.
+pub struct Opened {
+    pub consumer: jetstream::consumer::PullConsumer,
+    pub messages: pull::Stream,
+    pub first: u64,
+}
+
 pub async fn open_consumer(
     js: &jetstream::Context,
     input: &Input,
     start: u64,
     config: &Config,
-) -> Result<(jetstream::consumer::PullConsumer, pull::Stream), LiveError> {
+) -> Result<Opened, LiveError> {
     let stream = js.get_stream(&input.stream).await.map_err(|e| LiveError::nats("stream lookup", e))?;
-    // Our position, not the server's acknowledgement floor, says where to resume.
+    let first = stream.cached_info().state.first_sequence;
+    // Our position says where to resume; the server keeps none for us.
     let _ = stream.delete_consumer(&input.durable).await;
-    let ack_wait = std_duration(config.checkpoint.interval).max(Duration::from_secs(10)) * 6;
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some(input.durable.clone()),
             filter_subjects: input.filters.clone(),
-            ack_policy: AckPolicy::All,
-            ack_wait,
+            ack_policy: AckPolicy::None,
             deliver_policy: if start <= 1 {
                 DeliverPolicy::All
             } else {
                 DeliverPolicy::ByStartSequence { start_sequence: start }
             },
-            max_ack_pending: config.consumer.max_ack_pending,
             ..Default::default()
         })
         .await
@@ -92,5 +99,5 @@ pub async fn open_consumer(
         .messages()
         .await
         .map_err(|e| LiveError::nats("consume", e))?;
-    Ok((consumer, messages))
+    Ok(Opened { consumer, messages, first })
 }

@@ -6,12 +6,13 @@
 //! or came on the wrong partition (dead letter), otherwise ingest and
 //! publish what the engine says. On a timer or after enough events: settle
 //! the publishes, snapshot every changed engine and stage, store the snapshot
-//! in the background, and when it is stored acknowledge (AckAll) up to the
-//! last message it covers and publish each partition's watermark mark.
+//! in the background, and when it is stored publish each partition's
+//! watermark mark. Nothing is acknowledged: the checkpoint's positions are
+//! where a restart resumes.
 //!
 //! Beside it: `intake.rs` takes what comes in (events, branch facts, dead
 //! letters), `restore.rs` starts each partition from its checkpoint,
-//! `checkpoint.rs` stores them and acknowledges what they cover.
+//! `checkpoint.rs` stores them.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -134,6 +135,8 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
     }
     for stream in [&config.streams.scans.name, &config.streams.contacts.name, &config.streams.facts.name] {
         METRICS.dead_letters.with_label_values(&[stream]);
+        METRICS.checkpoint_position.with_label_values(&[stream]);
+        METRICS.input_gaps.with_label_values(&[stream]);
     }
     let client = connect::connect(&config.nats, &format!("forewarn {}", config.instance)).await?;
     readiness.watch(client.clone());
@@ -319,22 +322,32 @@ impl Processor {
 
     /// (Re)creates input `i`'s durable consumer right after what we hold.
     async fn open(&mut self, i: usize, stop: &mut watch::Receiver<bool>) -> Result<(), LiveError> {
-        let held = match self.inputs[i].which {
-            Which::Scans => self.parts.values().map(|p| p.pos[0]).min(),
-            Which::Contacts => self.parts.values().map(|p| p.pos[1]).min(),
-            Which::Facts => self.stages.values().map(|s| s.pos).min(),
-        }
-        .unwrap_or(0);
+        let positions: Vec<u64> = match self.inputs[i].which {
+            Which::Scans => self.parts.values().map(|p| p.pos[0]).collect(),
+            Which::Contacts => self.parts.values().map(|p| p.pos[1]).collect(),
+            Which::Facts => self.stages.values().map(|s| s.pos).collect(),
+        };
         let input = &mut self.inputs[i];
-        let start = held.max(input.last_seq) + 1;
+        let start = positions.iter().copied().min().unwrap_or(0).max(input.last_seq) + 1;
+        // Every message up to the newest position was handled before a stored checkpoint.
+        let covered = positions.iter().copied().max().unwrap_or(0).max(input.last_seq);
         input.messages = None;
-        input.acker = None;
         let mut delay = Duration::from_millis(100);
         loop {
             match open_consumer(&self.js, input, start, &self.config).await {
-                Ok((consumer, messages)) => {
-                    input.consumer = Some(consumer);
-                    input.messages = Some(messages);
+                Ok(opened) => {
+                    if covered > 0 && opened.first > covered + 1 {
+                        METRICS.input_gaps.with_label_values(&[&input.stream]).inc();
+                        tracing::error!(
+                            stream = %input.stream,
+                            from = covered + 1,
+                            to = opened.first - 1,
+                            "messages after the stored checkpoints' positions are gone from the stream (its max_age \
+                             or size limits): their events are lost; keep the streams longer than the longest outage"
+                        );
+                    }
+                    input.consumer = Some(opened.consumer);
+                    input.messages = Some(opened.messages);
                     input.caught_up = false;
                     tracing::debug!(stream = %input.stream, start, "consuming");
                     return Ok(());
@@ -362,7 +375,7 @@ impl Processor {
                 return;
             }
         };
-        let (message, acker) = message.split();
+        let message = message.message;
         let input = &mut self.inputs[i];
         if seq <= input.last_seq {
             // A redelivery of what this consumer already gave us.
@@ -371,7 +384,6 @@ impl Processor {
             return;
         }
         input.last_seq = seq;
-        input.acker = Some(acker);
         if !self.unsaved {
             self.unsaved = true;
             self.readiness.unsaved();

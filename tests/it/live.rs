@@ -125,7 +125,8 @@ fn live_alerts_equal_a_replay_at_the_default_lateness() {
 }
 
 /// The processor killed with SIGKILL five times while events flow, and
-/// restarted: the same alerts, none published twice, every scan acknowledged.
+/// restarted: the same alerts, none published twice, every scan and contact
+/// covered by the stored checkpoints, which are all the server needs.
 #[test]
 fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
     let c = case(6000, 12);
@@ -145,16 +146,65 @@ fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
     };
     assert_eq!(got.len(), ids(&got).len(), "no alert published twice");
     assert_eq!(ids(&got), ids(&c.expected));
-    // Every scan is covered by a stored checkpoint and acknowledged.
+    // The stored checkpoints cover every scan and contact, and the server
+    // keeps no acknowledgement state: the positions are the acknowledgement.
     c.rt.block_on(async {
-        let mut scans = c.js.get_stream("SCANS").await.expect("scans");
-        let last = scans.info().await.expect("info").state.last_sequence;
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-            scans.get_consumer("forewarn-forewarn-scans").await.expect("the durable consumer");
-        let info = consumer.info().await.expect("consumer info");
-        assert_eq!(info.ack_floor.stream_sequence, last, "acknowledged up to the last scan");
-        assert_eq!(info.num_pending, 0);
+        use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
+        use forewarn::live::store::{self, Kind};
+        let bucket = c.js.get_object_store("forewarn_checkpoints").await.expect("the checkpoint bucket");
+        let mut covered = [0u64; 2];
+        for p in 0..16 {
+            let saved = store::load(&bucket, Kind::Engine, p, 16).await.expect("readable").expect("saved");
+            for (c, pos) in covered.iter_mut().zip(&saved.positions) {
+                *c = (*c).max(*pos);
+            }
+        }
+        for (i, (stream, durable)) in
+            [("SCANS", "forewarn-forewarn-scans"), ("CONTACTS", "forewarn-forewarn-contacts")].into_iter().enumerate()
+        {
+            let mut s = c.js.get_stream(stream).await.expect("the stream");
+            let last = s.info().await.expect("info").state.last_sequence;
+            assert_eq!(covered[i], last, "{stream}: the stored checkpoints cover its last message");
+            let mut consumer: PullConsumer = s.get_consumer(durable).await.expect("the durable consumer");
+            let info = consumer.info().await.expect("consumer info");
+            assert_eq!(info.config.ack_policy, AckPolicy::None, "{stream}: nothing to acknowledge");
+            assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{stream}");
+        }
     });
+}
+
+/// Messages the stream's limits removed while the processor was down,
+/// before a stored checkpoint covered them, are lost events: a restart says
+/// so, with their range, and counts it (`forewarn_input_gaps_total`).
+#[test]
+fn messages_gone_before_a_checkpoint_covered_them_are_reported() {
+    let c = case(1000, 24);
+    c.publish_all();
+    c.finish(c.start(&[]));
+    // While it is down, 40 more scans come, and the stream drops the first 30 of them.
+    let last = c.rt.block_on(async {
+        let mut scans = c.js.get_stream("SCANS").await.expect("the stream");
+        let last = scans.info().await.expect("info").state.last_sequence;
+        for i in 0..40 {
+            let id = format!("GAP{i}");
+            let body = format!(
+                r#"{{"v":1,"event_id":"gap-{i}","parcel_id":"{id}","kind":"label_created","at":"2026-11-16T01:00:00Z","promised_by":"2026-11-18T18:00:00Z"}}"#
+            );
+            let subject = format!("scans.{}", forewarn::partition::of(&id, 16));
+            c.js.publish(subject, body.into()).await.expect("sent").await.expect("stored");
+        }
+        scans.purge().sequence(last + 31).await.expect("purged");
+        last
+    });
+    let http = format!("127.0.0.1:{}", super::free_port());
+    let p = c.start(&["--http", &http]);
+    let counted = "forewarn_input_gaps_total{stream=\"SCANS\"} 1";
+    wait_until("the gap counted", || super::http_get(&http, "/metrics").contains(counted));
+    assert!(super::http_get(&http, "/metrics").contains("forewarn_input_gaps_total{stream=\"CONTACTS\"} 0"));
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    let range = format!("from={} to={}", last + 1, last + 30);
+    assert!(log.contains("gone from the stream") && log.contains(&range), "{range}:\n{log}");
 }
 
 /// The server stopped and started again while the processor works through

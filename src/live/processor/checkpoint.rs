@@ -1,11 +1,12 @@
 //! The processor's checkpoints: settle the publishes, snapshot what changed
 //! (on the processing task, so the snapshot is consistent), store it in the
-//! background, and only then acknowledge the messages it covers and announce
-//! each partition's watermark to the branch stages.
+//! background, and only then announce each partition's watermark to the
+//! branch stages and say how far each input stream is covered
+//! (`forewarn_checkpoint_position`). The positions in the checkpoint are the
+//! acknowledgement: a restart resumes right after them.
 
 use std::time::Instant;
 
-use async_nats::jetstream::message::Acker;
 use tokio::task::JoinHandle;
 
 use super::super::store::{self, Kind, Saved};
@@ -14,9 +15,10 @@ use crate::metrics::METRICS;
 use crate::nats::{wire, LiveError};
 use crate::time::Ts;
 
-/// A stored snapshot, waiting to be acknowledged.
+/// A stored snapshot, waiting to be announced.
 pub(super) struct Commit {
-    ackers: Vec<Acker>,
+    /// Each input stream and the last of its messages the snapshot covers.
+    covered: Vec<(String, u64)>,
     marks: Vec<(u16, Ts)>,
     took: std::time::Duration,
     bytes: usize,
@@ -68,7 +70,7 @@ impl Processor {
                 });
             }
         }
-        let ackers: Vec<Acker> = self.inputs.iter_mut().filter_map(|i| i.acker.take()).collect();
+        let covered = self.inputs.iter().map(|i| (i.stream.clone(), i.last_seq)).collect();
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         let store = self.store.clone();
@@ -84,11 +86,11 @@ impl Processor {
                 took_ms = started.elapsed().as_millis() as u64,
                 "checkpoint stored"
             );
-            Ok(Commit { ackers, marks, took: started.elapsed(), bytes })
+            Ok(Commit { covered, marks, took: started.elapsed(), bytes })
         })
     }
 
-    /// After a checkpoint is stored: acknowledge what it covers, announce the watermarks.
+    /// After a checkpoint is stored: say what it covers, announce the watermarks.
     pub(super) async fn commit(&mut self, result: Result<Commit, LiveError>) {
         match result {
             Ok(commit) => {
@@ -103,10 +105,8 @@ impl Processor {
                 METRICS.checkpoint_bytes.set(commit.bytes as i64);
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
                 METRICS.checkpoint_last.set(now.as_secs() as i64);
-                for acker in commit.ackers {
-                    if let Err(e) = acker.ack().await {
-                        tracing::warn!(error = %e, "acknowledgement not sent; the next checkpoint's covers it");
-                    }
+                for (stream, seq) in &commit.covered {
+                    METRICS.checkpoint_position.with_label_values(&[stream]).set(*seq as i64);
                 }
                 for (p, watermark) in commit.marks {
                     if watermark > Ts::MIN {
@@ -118,7 +118,7 @@ impl Processor {
                 self.readiness.failing(&format!("checkpoint not stored: {e}"));
                 self.summary.checkpoint_failures += 1;
                 METRICS.checkpoint_failures.inc();
-                // Nothing was acknowledged: what it covered is redelivered or re-read after a restart.
+                // The stored checkpoint is the older one: a restart re-reads what this one covered.
                 for part in self.parts.values_mut() {
                     part.dirty = true;
                 }
