@@ -118,7 +118,9 @@ pub fn backtest_dispatcher(
     };
     config.rules = rules.to_path_buf();
     channels.apply(&mut config.dispatch);
-    Ok(forewarn::dispatch::Dispatcher::new(&config)?)
+    let dispatcher = forewarn::dispatch::Dispatcher::new(&config)?;
+    runtime()?.block_on(async { dispatcher.check_channels() })?;
+    Ok(dispatcher)
 }
 
 /// `replay --dispatch`, second step: sends the notifications of the

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use tokio::sync::{mpsc, watch};
 
@@ -131,10 +131,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     // starts, so a mistake there stops the process at once, not later.
     let dispatcher = dispatch.then(|| forewarn::dispatch::Dispatcher::new(&config)).transpose()?;
     runtime()?.block_on(async move {
+        if let Some(d) = &dispatcher {
+            d.check_channels()?;
+        }
         let (stop_tx, stop) = watch::channel(false);
         let (reload_tx, reload) = mpsc::channel(1);
         let (templates_tx, templates) = watch::channel(0u64);
-        tokio::spawn(signals(stop_tx, (reload_tx, templates_tx), deadline));
+        tokio::spawn(signals(stop_tx.clone(), (reload_tx, templates_tx), deadline));
         // Alone, the dispatcher is ready as long as it runs.
         let readiness = match detect {
             true => Readiness::new("starting", std_duration(config.checkpoint.stale_after)),
@@ -143,17 +146,53 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         if !config.http.is_empty() {
             api::serve(&config, readiness.clone()).await?;
         }
-        let dispatcher =
+        let mut dispatcher =
             dispatcher.map(|d| tokio::spawn(forewarn::dispatch::run::run(config.clone(), d, stop.clone(), templates)));
+        let mut ended_first = None;
         if detect {
-            let summary = live::run(config, args.rebuild, Controls { stop, reload, readiness }).await?;
+            let controls = Controls { stop: stop.clone(), reload, readiness: readiness.clone() };
+            let mut processor = std::pin::pin!(live::run(config, args.rebuild, controls));
+            let first = match dispatcher.as_mut() {
+                Some(task) => tokio::select! {
+                    ran = &mut processor => Ok(ran),
+                    ended = task => Err(ended),
+                },
+                None => Ok(processor.as_mut().await),
+            };
+            let ran = match first {
+                Ok(ran) => ran,
+                // The dispatcher ended while detection runs: no message would
+                // leave any more, so the whole process stops, saying why.
+                Err(ended) if !*stop.borrow() => {
+                    let why = match ended {
+                        Ok(Ok(_)) => "it returned".to_string(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => format!("it panicked: {e}"),
+                    };
+                    tracing::error!(reason = %why, "the dispatcher stopped; stopping detection");
+                    readiness.set(Some(&format!("the dispatcher stopped: {why}")));
+                    let _ = stop_tx.send(true);
+                    processor.await?;
+                    bail!("the dispatcher stopped while detection ran: {why}");
+                }
+                Err(ended) => {
+                    ended_first = Some(ended);
+                    processor.await
+                }
+            };
+            let summary = ran?;
             eprintln!(
                 "forewarn stopped: {} events, {} alerts, {} dead letters, {} checkpoints",
                 summary.events, summary.alerts, summary.dead_letters, summary.checkpoints
             );
         }
-        if let Some(dispatcher) = dispatcher {
-            let stats = dispatcher.await.context("the dispatcher panicked")??;
+        let ended = match (ended_first, dispatcher) {
+            (Some(ended), _) => Some(ended),
+            (None, Some(task)) => Some(task.await),
+            (None, None) => None,
+        };
+        if let Some(ended) = ended {
+            let stats = ended.context("the dispatcher panicked")??;
             eprintln!("dispatcher stopped: {}, {} still held", summary(&stats), stats.holding);
         }
         Ok(ExitCode::SUCCESS)

@@ -126,6 +126,14 @@ impl Dispatcher {
         })
     }
 
+    /// Builds the channels once, to check them (a Twilio account, a secret
+    /// file, a TLS setting) before anything starts: a mistake there stops
+    /// the start, not the first message. Inside a tokio runtime (the SMTP
+    /// transport needs one).
+    pub fn check_channels(&self) -> Result<(), SetupError> {
+        self.senders(None).map(drop)
+    }
+
     /// The inhibition stage, from the rule pack and `inhibit_wait`.
     pub fn inhibitor<T>(&self) -> Inhibitor<T> {
         Inhibitor::new(&self.rules, chrono::Duration::milliseconds(self.config.inhibit_wait.0))

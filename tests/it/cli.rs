@@ -137,6 +137,19 @@ fn run_without_templates_stops_at_once_and_says_how_to_go_on() {
     assert!(!stderr.contains("connect"), "it failed before connecting:\n{stderr}");
 }
 
+/// A channel that cannot work (Twilio without its account SID) once let
+/// detection run for minutes with the dispatcher dead, the error printed at
+/// exit: it stops the start, before any connection.
+#[test]
+fn run_with_a_channel_that_cannot_work_stops_at_once() {
+    let args = ["run", "--nats", "nats://127.0.0.1:1", "--sms-url", "http://127.0.0.1:9", "--sms-provider", "twilio"];
+    let out = forewarn(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("dispatch.sms.account: the Twilio account SID is needed"), "{stderr}");
+    assert!(!stderr.contains("connect"), "it failed before connecting:\n{stderr}");
+}
+
 /// `deploy/systemd/forewarn.service`: systemd finds nothing to ignore in it,
 /// and forewarn accepts its command line (a flag it does not know would stop
 /// it with a usage error before it reads any file).
