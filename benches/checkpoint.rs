@@ -2,8 +2,9 @@
 //!
 //! `FOREWARN_BENCH_FILE=net.jsonl cargo bench --bench checkpoint` ingests a
 //! simulated network up to its busiest point (by default the first half of
-//! its events), then times `Engine::checkpoint` and `Engine::restore` and
-//! reports the checkpoint's size. Without the variable, 200,000 parcels are
+//! its events), then times the snapshot (what stops a live stream), its
+//! compression (beside the stream, live) and `Engine::restore`, and reports
+//! the checkpoint's size. Without the variable, 200,000 parcels are
 //! simulated in memory.
 
 use std::path::Path;
@@ -39,14 +40,20 @@ fn main() {
     println!("window: {} parcels in flight, {} timers", engine.parcels(), engine.timers());
     for round in 1..=3 {
         let t = Instant::now();
-        let saved = engine.checkpoint();
-        let save = t.elapsed().as_secs_f64();
+        let snapshot = engine.snapshot();
+        let pause = t.elapsed().as_secs_f64();
+        let raw = snapshot.len();
+        let t = Instant::now();
+        let saved = snapshot.compress();
+        let compress = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let restored = Engine::restore(&saved, rules.clone(), Config::default()).expect("restores");
         let restore = t.elapsed().as_secs_f64();
         assert_eq!(restored.parcels(), engine.parcels());
         println!(
-            "round {round}: checkpoint {save:.2} s, restore {restore:.2} s, {:.1} MiB ({:.0} bytes per parcel)",
+            "round {round}: snapshot {pause:.2} s ({:.1} MiB), compression {compress:.2} s, restore {restore:.2} s, \
+             {:.1} MiB ({:.0} bytes per parcel)",
+            raw as f64 / 1048576.0,
             saved.len() as f64 / 1048576.0,
             saved.len() as f64 / engine.parcels().max(1) as f64
         );

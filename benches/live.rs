@@ -24,6 +24,10 @@ use forewarn::time::Ts;
 
 mod common;
 
+/// The allocator `forewarn` runs with (see `main.rs`), so the bench measures what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 async fn stream_messages(js: &jetstream::Context, name: &str) -> u64 {
     js.get_stream(name).await.expect("stream").info().await.expect("info").state.messages
 }
@@ -116,5 +120,12 @@ fn main() {
             summary.checkpoints
         );
         println!("ratio          {:.2} of the broker's rate with forewarn's consumer kind, {:.2} of the ordered consumer's", own / pull, own / fastest);
+        let pause = &METRICS.checkpoint_pause;
+        let (n, stopped) = (pause.get_sample_count(), pause.get_sample_sum());
+        println!(
+            "checkpoints    {n}: the stream stopped {stopped:.2} s for them ({:.1} % of the run, {:.0} ms each on average)",
+            100.0 * stopped / took.as_secs_f64(),
+            1000.0 * stopped / n.max(1) as f64
+        );
     });
 }

@@ -82,9 +82,10 @@
 //!   leaves it is counted in [`engine::Stats`].
 //! - Contact data (names, phones, emails) lives once per parcel, in the
 //!   parcel, and leaves with it.
-//! - Live, nothing is acknowledged before a stored checkpoint covers it,
-//!   and nothing a checkpoint covers is missing from the streams (publishes
-//!   are settled before the snapshot). Only [`live`] imports tokio or
+//! - Live, the stored checkpoint's stream positions are the only
+//!   acknowledgement (the input consumers acknowledge nothing): a restart
+//!   resumes right after them, and nothing a checkpoint covers is missing
+//!   from the streams (publishes are settled before the snapshot). Only [`live`] imports tokio or
 //!   async-nats (and [`dispatch`], which runs on it).
 //! - An alert is acknowledged only when every one of its messages has a
 //!   final outcome recorded in the ledger; phones and addresses reach logs

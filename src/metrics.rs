@@ -42,6 +42,7 @@ pub struct Metrics {
     pub timers: IntGauge,
     // Checkpoints.
     pub checkpoint_seconds: Histogram,
+    pub checkpoint_pause: Histogram,
     pub checkpoint_bytes: IntGauge,
     pub checkpoint_failures: IntCounter,
     pub checkpoint_last: IntGauge,
@@ -142,6 +143,15 @@ impl Metrics {
                     .buckets(LATENCY.to_vec()),
             )
             .expect("valid"),
+            checkpoint_pause: Histogram::with_opts(
+                HistogramOpts::new(
+                    "forewarn_checkpoint_pause_seconds",
+                    "Time the stream stops for a checkpoint: publishes settled and state snapshotted (compression \
+                     and storage run beside the stream).",
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            )
+            .expect("a valid metric definition"),
             checkpoint_bytes: IntGauge::new("forewarn_checkpoint_size_bytes", "Bytes written by the last checkpoint.")
                 .expect("valid"),
             checkpoint_failures: IntCounter::new(
@@ -254,6 +264,7 @@ impl Metrics {
             Box::new(m.resident_bytes.clone()),
             Box::new(m.timers.clone()),
             Box::new(m.checkpoint_seconds.clone()),
+            Box::new(m.checkpoint_pause.clone()),
             Box::new(m.checkpoint_bytes.clone()),
             Box::new(m.checkpoint_failures.clone()),
             Box::new(m.checkpoint_last.clone()),

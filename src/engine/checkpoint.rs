@@ -8,7 +8,7 @@
 //! rebuilt from them (stale entries die with the old process).
 
 use super::branch::BranchStage;
-use super::codec::{corrupt, CheckpointError, Remap, R, W};
+use super::codec::{corrupt, CheckpointError, Remap, Snapshot, R, W};
 use super::frontier::{Flow, Frontier, RING};
 use super::lanes::Lanes;
 use super::plan::Plan;
@@ -85,6 +85,11 @@ fn get_stats(r: &mut R<'_>) -> Result<Stats, CheckpointError> {
 impl Engine {
     /// The engine's whole state, compressed.
     pub fn checkpoint(&self) -> Vec<u8> {
+        self.snapshot().compress()
+    }
+
+    /// The engine's whole state, to compress later ([`Snapshot::compress`]).
+    pub fn snapshot(&self) -> Snapshot {
         let mut w = W::default();
         w.u(self.set.rules.len() as u64);
         for r in &self.set.rules {
@@ -106,7 +111,7 @@ impl Engine {
         self.tombstones.save(&mut w);
         self.branches.save(&mut w);
         self.lanes.save(&mut w);
-        w.finish()
+        w.snapshot()
     }
 
     /// An engine in the state a [`Engine::checkpoint`] saved, under `set` and `config`.

@@ -70,12 +70,33 @@ impl W {
     }
 
     /// The written state behind the magic and version, compressed.
-    pub fn finish(self) -> Vec<u8> {
+    /// The state written, not compressed yet.
+    pub fn snapshot(self) -> Snapshot {
+        Snapshot(self.0)
+    }
+}
+
+/// A component's state as the codec wrote it, before compression: taking it
+/// is all that must stop the stream; [`Snapshot::compress`] (most of a
+/// checkpoint's time) can run elsewhere.
+pub struct Snapshot(Vec<u8>);
+
+impl Snapshot {
+    /// The checkpoint bytes: versioned and LZ4-compressed.
+    pub fn compress(self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.0.len() / 3 + 16);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&lz4_flex::compress_prepend_size(&self.0));
         out
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

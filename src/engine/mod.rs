@@ -39,7 +39,7 @@ pub mod window;
 use std::sync::Arc;
 
 pub use branch::{BranchStage, Fact};
-pub use codec::CheckpointError;
+pub use codec::{CheckpointError, Snapshot};
 pub use judge::Judged;
 pub use lanes::LaneStats;
 pub use split::Split;

@@ -1,7 +1,7 @@
 //! Saving and restoring the branch aggregates for the engine's checkpoints.
 
 use super::*;
-use crate::engine::codec::{CheckpointError, R, W};
+use crate::engine::codec::{CheckpointError, Snapshot, R, W};
 
 fn put_times(w: &mut W, times: &VecDeque<Ts>) {
     w.u(times.len() as u64);
@@ -15,9 +15,14 @@ fn times(r: &mut R<'_>) -> Result<VecDeque<Ts>, CheckpointError> {
 impl BranchStage {
     /// The whole stage, compressed, for a stage that runs apart from an engine.
     pub fn checkpoint(&self) -> Vec<u8> {
+        self.snapshot().compress()
+    }
+
+    /// The stage's state, to compress later ([`Snapshot::compress`]).
+    pub fn snapshot(&self) -> Snapshot {
         let mut w = W::default();
         self.save(&mut w);
-        w.finish()
+        w.snapshot()
     }
 
     /// A stage in the state [`BranchStage::checkpoint`] saved, under `set`.

@@ -1,6 +1,7 @@
 //! The processor's checkpoints: settle the publishes, snapshot what changed
-//! (on the processing task, so the snapshot is consistent), store it in the
-//! background, and only then announce each partition's watermark to the
+//! (on the processing task, so the snapshot is consistent: the stream stops
+//! for this only, `forewarn_checkpoint_pause_seconds`), compress and store
+//! it in the background, and only then announce each partition's watermark to the
 //! branch stages and say how far each input stream is covered
 //! (`forewarn_checkpoint_position`). The positions in the checkpoint are the
 //! acknowledgement: a restart resumes right after them.
@@ -38,44 +39,51 @@ pub(super) async fn committed(task: &mut Option<JoinHandle<Result<Commit, LiveEr
 impl Processor {
     /// Settles the publishes, snapshots what changed, and stores it in the background.
     pub(super) async fn snapshot(&mut self) -> JoinHandle<Result<Commit, LiveError>> {
+        let paused = Instant::now();
         self.publisher.settle().await;
         let count = self.owned.count;
-        let mut objects = Vec::new();
+        let mut taken = Vec::new();
         let mut marks = Vec::new();
         for (&p, part) in &mut self.parts {
             marks.push((p, part.engine.watermark()));
             if std::mem::take(&mut part.dirty) {
-                let state = part.engine.checkpoint();
-                objects.push(Saved {
+                let object = Saved {
                     kind: Kind::Engine,
                     partitions: count,
                     partition: p,
                     positions: part.pos.to_vec(),
                     marks: Vec::new(),
-                    state,
-                });
+                    state: Vec::new(),
+                };
+                taken.push((object, part.engine.snapshot()));
             }
         }
         for (&p, stage) in &mut self.stages {
             if std::mem::take(&mut stage.dirty) {
-                let state = stage.stage.checkpoint();
-                let marks = stage.marks.clone();
-                objects.push(Saved {
+                let object = Saved {
                     kind: Kind::Stage,
                     partitions: count,
                     partition: p,
                     positions: vec![stage.pos],
-                    marks,
-                    state,
-                });
+                    marks: stage.marks.clone(),
+                    state: Vec::new(),
+                };
+                taken.push((object, stage.stage.snapshot()));
             }
         }
+        METRICS.checkpoint_pause.observe(paused.elapsed().as_secs_f64());
         let covered = self.inputs.iter().map(|i| (i.stream.clone(), i.last_seq)).collect();
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         let store = self.store.clone();
         tokio::spawn(async move {
             let started = Instant::now();
+            let compress = move || -> Vec<Saved> {
+                taken.into_iter().map(|(object, snapshot)| Saved { state: snapshot.compress(), ..object }).collect()
+            };
+            let objects = tokio::task::spawn_blocking(compress)
+                .await
+                .map_err(|e| LiveError::nats("checkpoint compression", e))?;
             let bytes: usize = objects.iter().map(|o| o.state.len()).sum();
             for object in &objects {
                 store::save(&store, object).await?;
