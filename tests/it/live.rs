@@ -31,13 +31,17 @@ fn case(parcels: u64, seed: u64) -> Case {
 
 /// [`case`] with another lateness, for the processor and the replay.
 fn case_at(parcels: u64, seed: u64, lateness: &str) -> Case {
+    case_on(parcels, seed, lateness, NatsServer::start())
+}
+
+/// [`case_at`] on a server of the test's making.
+fn case_on(parcels: u64, seed: u64, lateness: &str, server: NatsServer) -> Case {
     let dir = tempfile::tempdir().expect("a temp dir");
     let events = simulate(dir.path(), "net.jsonl", parcels, seed);
     let expected = nats::replayed_at(&events, dir.path(), lateness);
     let end = nats::newest(&events);
     let clock = dir.path().join("clock");
     let config = nats::config_at(dir.path(), &clock, lateness);
-    let server = NatsServer::start();
     let rt = nats::runtime();
     let js = rt.block_on(nats::jetstream(&server.url()));
     Case { dir, parcels, seed, expected, clock, end, server, rt, js, config }
@@ -205,6 +209,31 @@ fn messages_gone_before_a_checkpoint_covered_them_are_reported() {
     assert!(status.success(), "{log}");
     let range = format!("from={} to={}", last + 1, last + 30);
     assert!(log.contains("gone from the stream") && log.contains(&range), "{range}:\n{log}");
+}
+
+/// nats-server killed (SIGKILL: nothing flushed but what it had synced,
+/// every write here, as in production) and restarted five times while the
+/// processor works through the stream: the alerts of the replay, none twice.
+#[test]
+fn a_nats_server_killed_again_and_again_loses_nothing() {
+    let conf = tempfile::NamedTempFile::new().expect("a config file");
+    std::fs::write(conf.path(), "jetstream { sync_interval: always }\n").expect("written");
+    let server = NatsServer::start_with(&["-c", conf.path().to_str().expect("utf-8")]);
+    let mut c = case_on(6000, 16, nats::LATENESS, server);
+    c.publish_all();
+    let p = c.start(&[]);
+    let kills = 5;
+    for k in 1..=kills {
+        let target = c.expected.len() as u64 * k / (kills + 2);
+        wait_until("progress before the kill", || c.count("ALERTS") >= target);
+        c.server.kill();
+        c.server.restart();
+    }
+    let (got, log) = c.finish(p);
+    assert!(log.matches("disconnected from NATS; reconnecting").count() >= kills as usize, "every outage seen:\n{log}");
+    let ids: BTreeSet<_> = got.iter().map(|a| (a["alert_id"].to_string(), a["state"].to_string())).collect();
+    assert_eq!(got.len(), ids.len(), "no alert published twice");
+    nats::assert_same(&got, &c.expected);
 }
 
 /// The server stopped and started again while the processor works through

@@ -76,6 +76,14 @@ impl NatsServer {
         wait_until("nats-server to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
     }
 
+    /// Kills the server (SIGKILL: no goodbye, nothing flushed) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the server gracefully (SIGTERM) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
