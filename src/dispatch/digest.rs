@@ -1,7 +1,9 @@
 //! The daily list of each branch's at-risk parcels: open parcel alerts are
 //! kept by branch in a key-value bucket (put on firing, removed on
 //! resolution, expiring after `digest.max_age`), and once a day at the
-//! configured local time each branch gets them as a CSV attachment.
+//! configured local time each branch gets them as a CSV attachment. A
+//! branch with none that day gets no mail: the ledger records the day's
+//! digest as skipped (`no_at_risk_parcels`), so it is decided once a day.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,18 +120,29 @@ pub async fn run(
                 if matches!(ledger.get(&record).await, Ok(Some(_))) {
                     continue;
                 }
-                match send(&senders, &store, code, email, tz, &date, &key).await {
-                    Ok(count) => {
+                let (outcome, recorded, count) = match send(&senders, &store, code, email, tz, &date, &key).await {
+                    Ok(Some(count)) => {
                         tracing::info!(branch = %code, parcels = count, "daily digest sent");
-                        let body = serde_json::json!({
-                            "outcome": "sent", "channel": "email", "audience": "branch", "branch": code,
-                            "digest": date, "parcels": count, "at": now.to_rfc3339(),
-                        });
-                        if let Err(e) = ledger.record(&record, Recorded::Sent, body.to_string().into()).await {
-                            tracing::warn!(branch = %code, error = %e, "digest sent but not recorded");
-                        }
+                        ("sent", Recorded::Sent, count)
                     }
-                    Err(e) => tracing::warn!(branch = %code, error = %e, "daily digest not sent; will try again"),
+                    Ok(None) => {
+                        tracing::info!(branch = %code, "no daily digest: no at-risk parcels");
+                        ("skipped", Recorded::Final("no_at_risk_parcels".into()), 0)
+                    }
+                    Err(e) => {
+                        tracing::warn!(branch = %code, error = %e, "daily digest not sent; will try again");
+                        continue;
+                    }
+                };
+                let mut body = serde_json::json!({
+                    "outcome": outcome, "channel": "email", "audience": "branch", "branch": code,
+                    "digest": date, "parcels": count, "at": now.to_rfc3339(),
+                });
+                if let Recorded::Final(reason) = &recorded {
+                    body["reason"] = serde_json::json!(reason);
+                }
+                if let Err(e) = ledger.record(&record, recorded, body.to_string().into()).await {
+                    tracing::warn!(branch = %code, error = %e, "digest outcome not recorded");
                 }
             }
         }
@@ -148,10 +161,10 @@ async fn send(
     tz: Tz,
     date: &str,
     key: &str,
-) -> Result<usize, String> {
+) -> Result<Option<usize>, String> {
     let (rows, more) = rows(store, code).await?;
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     if more {
         tracing::warn!(branch = %code, listed = rows.len(), "digest cut short: more at-risk parcels than it lists");
@@ -181,7 +194,7 @@ async fn send(
         key: key.to_string(),
     };
     senders.mailer.send(&mail).await.map_err(|f| f.reason().to_string())?;
-    Ok(rows.len())
+    Ok(Some(rows.len()))
 }
 
 #[cfg(test)]

@@ -339,6 +339,8 @@ fn email_speaks_the_recipients_language_and_the_digest_carries_a_csv() {
     wait_for(&p, "the digest", || smtp.messages().len() >= 4);
     let (status, log) = p.stop();
     assert!(status.success(), "{log}");
+    // Branches with nothing at risk get no mail, and the log does not say they did.
+    assert!(log.contains("no daily digest: no at-risk parcels") && !log.contains("parcels=0"), "{log}");
     let raw = smtp.messages();
     let digest = raw.iter().map(|m| parse(m)).find(|m| m.subject().is_some_and(|s| s.contains("FR-PAR-12"))).unwrap();
     assert_eq!(digest.subject(), Some("Colis à risque du jour pour FR-PAR-12 : 3"));
