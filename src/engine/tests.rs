@@ -100,18 +100,26 @@ fn a_full_window_evicts_the_earliest_timer_and_counts_it() {
     assert_eq!(stalled, ["B", "C"]);
 }
 
+/// An idle parcel leaves the window, but never before a deadline of it still
+/// to come, whatever the watermark's steps: once, the one jump past both
+/// fired the alert and steps of an hour dropped it.
 #[test]
-fn idle_parcels_expire() {
-    let config = Config { max_idle: Span::hours(48), ..Config::default() };
-    let (engine, alerts) = run(
-        config,
-        &[
-            r#""parcel_id":"A","kind":"label_created","at":"2026-11-20T08:00:00Z","promised_by":"2026-12-20T08:00:00Z","recipient":{}"#,
-        ],
-        Some("2026-11-23T00:00:00Z"),
-    );
-    assert_eq!((engine.parcels(), engine.stats().evicted_idle), (0, 1));
-    assert!(alerts.is_empty());
+fn idle_parcels_expire_after_their_due_deadlines_whatever_the_steps() {
+    let config = Config { max_idle: Span::hours(24), ..Config::default() };
+    let label = r#""parcel_id":"A","kind":"label_created","at":"2026-11-20T08:00:00Z","promised_by":"2026-11-21T08:00:00Z","recipient":{}"#;
+    let (jumped, alerts) = run(config.clone(), &[label], Some("2026-11-23T00:00:00Z"));
+    assert_eq!(alerts, ["late firing 2026-11-21T10:00:00Z A", "not_handed_over firing 2026-11-22T08:00:00Z A"]);
+    assert_eq!((jumped.parcels(), jumped.stats().evicted_idle), (0, 1));
+    let (mut stepped, _) = run(config, &[label], None);
+    let mut out = Vec::new();
+    let mut t = ts("2026-11-20T09:00:00Z");
+    while t <= ts("2026-11-23T00:00:00Z") {
+        stepped.advance(t, &mut out);
+        t = t.plus(Span::hours(1));
+    }
+    let stepped_alerts: Vec<String> = out.iter().map(|a| format!("{} {}", a.rule, a.at)).collect();
+    assert_eq!(stepped_alerts, ["late 2026-11-21T10:00:00Z", "not_handed_over 2026-11-22T08:00:00Z"]);
+    assert_eq!((stepped.parcels(), stepped.stats().evicted_idle), (0, 1));
 }
 
 #[test]

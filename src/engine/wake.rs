@@ -111,14 +111,18 @@ impl Engine {
             released = true;
         };
         let p = self.window.get(slot);
-        let leaving = (p.state.is_done() && p.state_at.plus(self.config.retention) <= wm)
-            || p.last_event_at.plus(self.config.max_idle) <= wm;
+        // A parcel leaves once its time is up and no deadline of it is still
+        // to come: a departure never drops a due alert, so what fires does
+        // not depend on how far each watermark step goes.
+        let done = p.state.is_done() && p.state_at.plus(self.config.retention) <= wm;
+        let idle = p.last_event_at.plus(self.config.max_idle) <= wm;
+        let leaving = (done || idle) && pending == Ts::MAX;
         if leaving {
             self.stats.closed += p.parked() as u64;
         }
-        if p.state.is_done() && p.state_at.plus(self.config.retention) <= wm {
+        if leaving && done {
             self.evict(slot, Eviction::Done);
-        } else if p.last_event_at.plus(self.config.max_idle) <= wm {
+        } else if leaving {
             self.evict(slot, Eviction::Idle);
         } else if !released && p.parked() == 0 {
             // Nothing changed since the deadlines were computed above.
@@ -136,13 +140,19 @@ impl Engine {
         self.arm(slot, next);
     }
 
-    /// When the parcel leaves the window if nothing more happens.
+    /// When the parcel leaves the window if nothing more happens: when it
+    /// has been done or idle long enough, but not before a deadline of it
+    /// still to come (a departure never drops a due alert).
     pub(super) fn leaves_at(&self, slot: u32) -> Ts {
         let p = self.window.get(slot);
-        if p.state.is_done() {
+        let departure = if p.state.is_done() {
             p.state_at.plus(self.config.retention)
         } else {
             p.last_event_at.plus(self.config.max_idle)
+        };
+        match self.plan.next_deadline(p, &self.lanes) {
+            Ts::MAX => departure,
+            next => departure.max(next),
         }
     }
 

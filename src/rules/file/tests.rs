@@ -26,6 +26,7 @@ fn the_default_pack_loads() {
             "stalled",
             "late",
             "predicted_late",
+            "not_handed_over",
             "delivery_failed",
             "repeated_failure",
             "pickup_reminder",
