@@ -96,6 +96,9 @@ fn a_three_node_cluster_from_the_deploy_config_takes_the_stream_definitions_and_
         let mut names = Vec::new();
         for entry in fs::read_dir(repo("deploy/nats/streams")).expect("stream definitions") {
             let path = entry.expect("an entry").path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
             let definition: Value = serde_json::from_str(&fs::read_to_string(&path).expect("read")).expect("JSON");
             let name = definition["name"].as_str().expect("a name").to_string();
             assert_eq!(definition["num_replicas"], 3, "{}", path.display());
