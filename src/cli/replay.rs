@@ -33,27 +33,29 @@ pub struct ReplayArgs {
     /// Print throughput, alerts by rule, rejects by reason and memory to standard error.
     #[arg(long)]
     stats: bool,
-    /// How far behind the newest event time the watermark runs.
-    #[arg(long, default_value = "1h", value_parser = span)]
-    lateness: Span,
+    /// How far behind the newest event time the watermark runs [default: 1h, or watermark.lateness].
+    #[arg(long, value_parser = span)]
+    lateness: Option<Span>,
     /// How far past the newest event time an event may be dated before it
     /// waits for the lines after it to show the flow followed (else it is
-    /// refused as future_event: a scanner's clock ahead).
-    #[arg(long, default_value = "1h", value_parser = span)]
-    horizon: Span,
-    /// The most parcels kept in the window.
-    #[arg(long, default_value_t = Config::default().max_parcels)]
-    max_parcels: usize,
+    /// refused as future_event: a scanner's clock ahead) [default: 1h].
+    #[arg(long, value_parser = span)]
+    horizon: Option<Span>,
+    /// The most parcels kept in the window [default: 4000000, or engine.max_parcels].
+    #[arg(long)]
+    max_parcels: Option<usize>,
     /// The deployment's partition count (as `partitions.count` live):
-    /// predictions learn per partition, so a replay forecasts as the live run.
-    #[arg(long, default_value_t = Config::default().partitions)]
-    partitions: u16,
+    /// predictions learn per partition, so a replay forecasts as the live run [default: 16].
+    #[arg(long)]
+    partitions: Option<u16>,
     /// Also send the alerts' notifications, as live but with the alerts' own times
     /// as the clock (SMTP, SMS gateway and webhooks as configured; else the outbox).
     #[arg(long)]
     dispatch: bool,
-    /// The configuration file for --dispatch (every field is documented in forewarn.toml).
-    #[arg(long, env = "FOREWARN_CONFIG", requires = "dispatch")]
+    /// The configuration file a deployment runs with (every field is documented in
+    /// forewarn.toml): the engine's settings (window, retention, lateness, partitions)
+    /// as live, and the dispatcher's for --dispatch. Flags override it.
+    #[arg(long, env = "FOREWARN_CONFIG")]
     config: Option<PathBuf>,
     #[command(flatten)]
     channels: ChannelArgs,
@@ -61,17 +63,19 @@ pub struct ReplayArgs {
 
 pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let set = load_rules(&args.rules)?;
+    let settings = args.config.as_deref().map(Settings::load).transpose()?;
+    // The whole window's bounds: the split engine shares them among its partitions.
+    let base = settings.as_ref().map_or_else(Config::default, |s| s.engine(1));
     let config = Config {
-        lateness: args.lateness,
-        horizon: args.horizon,
-        max_parcels: args.max_parcels,
-        partitions: args.partitions,
-        ..Config::default()
+        lateness: args.lateness.unwrap_or(base.lateness),
+        horizon: args.horizon.unwrap_or(base.horizon),
+        max_parcels: args.max_parcels.unwrap_or(base.max_parcels),
+        partitions: args.partitions.unwrap_or(base.partitions),
+        ..base
     };
     let mut engine = Split::new(set, config);
     let (mut input, len) = open_input(&args.input)?;
-    let dispatcher =
-        args.dispatch.then(|| backtest_dispatcher(args.config.as_deref(), &args.rules, args.channels)).transpose()?;
+    let dispatcher = args.dispatch.then(|| backtest_dispatcher(settings, &args.rules, args.channels)).transpose()?;
     let mut alerts = Tee { out: output(args.out.as_deref())?, copy: dispatcher.as_ref().map(|_| Vec::new()) };
     let mut rejects = args.rejects.as_deref().map(create).transpose()?;
     let bar = progress(len, "replay");
@@ -107,15 +111,12 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
 /// `replay --dispatch`, first step: the dispatcher, checked before the
 /// replay starts so that a mistake in its settings costs no replay.
 pub fn backtest_dispatcher(
-    config: Option<&std::path::Path>,
+    settings: Option<Settings>,
     rules: &std::path::Path,
     channels: ChannelArgs,
 ) -> Result<forewarn::dispatch::Dispatcher> {
     logs::init_logs();
-    let mut config = match config {
-        Some(path) => Settings::load(path)?,
-        None => Settings::default(),
-    };
+    let mut config = settings.unwrap_or_default();
     config.rules = rules.to_path_buf();
     channels.apply(&mut config.dispatch);
     let dispatcher = forewarn::dispatch::Dispatcher::new(&config)?;

@@ -223,3 +223,38 @@ fn the_report_judges_every_contact_about_a_problem_parcel() {
     assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("href="), "self-contained");
     assert!(html.contains(&format!("({} of {})", n("contacts_preempted"), n("contacts"))), "the figures too");
 }
+
+/// A replay runs with a deployment's own engine settings (`--config`, as
+/// `run` does; flags over it): once, its retention, idle time and window
+/// could only be the defaults, so a backtest judged another window.
+#[test]
+fn a_replay_takes_the_engine_settings_of_the_deployments_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = simulate(dir.path(), "net.jsonl", 2000, 31);
+    let config = dir.path().join("forewarn.toml");
+    std::fs::write(&config, "[engine]\nmax_parcels = 200\nretention = \"1h\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let stats = |extra: &[&str]| {
+        let args = [&["replay", events.as_str(), "--out", "/dev/null", "--stats"], extra].concat();
+        let out = forewarn(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        let window = stderr.lines().find(|l| l.starts_with("window")).expect("a window line").to_string();
+        // "… evicted N done, N idle, N for capacity"
+        let numbers: Vec<u64> = window
+            .split("evicted ")
+            .nth(1)
+            .expect("evictions")
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        (numbers[0], numbers[2])
+    };
+    let (done, capacity) = stats(&[]);
+    assert_eq!(capacity, 0, "the default window holds the network");
+    let (_, capacity_200) = stats(&["--config", config]);
+    assert!(capacity_200 > 0, "the configured window of 200 parcels overflows");
+    let (done_1h, overridden) = stats(&["--config", config, "--max-parcels", "1000000"]);
+    assert_eq!(overridden, 0, "the flag wins over the file");
+    assert!(done_1h > done, "done parcels leave after the configured hour: {done_1h} > {done}");
+}
