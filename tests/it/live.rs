@@ -128,18 +128,19 @@ fn live_alerts_equal_a_replay_at_the_default_lateness() {
     }
 }
 
-/// The processor killed with SIGKILL five times while events flow, and
-/// restarted: the same alerts, none published twice, every scan and contact
+/// The processor killed with SIGKILL ten times while a 20,000-parcel stream
+/// flows, and restarted: the same alerts, none published twice, every scan and contact
 /// covered by the stored checkpoints, which are all the server needs.
 #[test]
 fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
-    let c = case(6000, 12);
-    let publisher = c.publisher(&["--rate", "8000"]);
+    let c = case(20_000, 12);
+    let publisher = c.publisher(&["--rate", "20000"]);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    for kill in 0..5 {
+    let (kills, total) = (10, c.expected.len() as u64);
+    for kill in 0..kills {
         let p = c.start(&[]);
         // A random point: after some more of the stream has been handled.
-        let target = rng.gen_range(1..=c.expected.len() as u64 / 8) + (kill as u64) * c.expected.len() as u64 / 8;
+        let target = rng.gen_range(1..=total / (kills + 3)) + kill * total / (kills + 3);
         wait_until("progress before the kill", || c.count("ALERTS") >= target);
         p.kill();
     }
