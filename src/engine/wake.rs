@@ -96,9 +96,10 @@ impl Engine {
                 let at = p.first_parked_at();
                 let contact_waits = at > wm && !p.first_parked_is_scan();
                 // Past the parcel's departure, it is gone by then: the event dies with it.
-                let leaves = self.leaves_at(slot);
+                let next = self.plan.next_deadline(p, &self.lanes);
+                let leaves = self.leaves_at(slot, next);
                 let gone = leaves <= wm && leaves < at;
-                if at == Ts::MAX || contact_waits || gone || self.plan.next_deadline(p, &self.lanes) < at {
+                if at == Ts::MAX || contact_waits || gone || next < at {
                     break;
                 }
                 let Some(ev) = self.window.get_mut(slot).pop_parked() else { break };
@@ -126,8 +127,7 @@ impl Engine {
             self.evict(slot, Eviction::Idle);
         } else if !released && p.parked() == 0 {
             // Nothing changed since the deadlines were computed above.
-            let leaves = self.leaves_at(slot);
-            self.arm(slot, leaves.min(pending));
+            self.arm(slot, self.leaves_at(slot, pending).min(pending));
         } else {
             self.reschedule(slot);
         }
@@ -136,21 +136,22 @@ impl Engine {
     /// Sets the parcel's wake-up to its earliest pending deadline (or its departure from the window).
     pub(super) fn reschedule(&mut self, slot: u32) {
         let p = self.window.get(slot);
-        let next = self.leaves_at(slot).min(self.plan.next_deadline(p, &self.lanes)).min(p.first_parked_at());
+        let deadline = self.plan.next_deadline(p, &self.lanes);
+        let next = self.leaves_at(slot, deadline).min(deadline).min(p.first_parked_at());
         self.arm(slot, next);
     }
 
     /// When the parcel leaves the window if nothing more happens: when it
-    /// has been done or idle long enough, but not before a deadline of it
-    /// still to come (a departure never drops a due alert).
-    pub(super) fn leaves_at(&self, slot: u32) -> Ts {
+    /// has been done or idle long enough, but not before `deadline`, its
+    /// next one still to come (a departure never drops a due alert).
+    pub(super) fn leaves_at(&self, slot: u32, deadline: Ts) -> Ts {
         let p = self.window.get(slot);
         let departure = if p.state.is_done() {
             p.state_at.plus(self.config.retention)
         } else {
             p.last_event_at.plus(self.config.max_idle)
         };
-        match self.plan.next_deadline(p, &self.lanes) {
+        match deadline {
             Ts::MAX => departure,
             next => departure.max(next),
         }
