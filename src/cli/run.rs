@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use forewarn::api;
 use forewarn::config::dispatch::SmsProvider;
 use forewarn::config::{std_duration, Role};
+use forewarn::dispatch::outcome::Stats;
 use forewarn::live::{self, Controls, Readiness};
 use forewarn::nats::LiveError;
 
@@ -86,7 +87,7 @@ impl ChannelArgs {
 }
 
 /// What the dispatcher did, in one line: totals, then each channel and reason.
-pub fn summary(stats: &forewarn::dispatch::outcome::Stats) -> String {
+pub fn summary(stats: &Stats) -> String {
     let detail: Vec<String> = stats
         .outcomes
         .iter()
@@ -146,57 +147,45 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         if !config.http.is_empty() {
             api::serve(&config, readiness.clone()).await?;
         }
-        let mut dispatcher =
-            dispatcher.map(|d| tokio::spawn(forewarn::dispatch::run::run(config.clone(), d, stop.clone(), templates)));
-        let mut ended_first = None;
+        let dispatcher = dispatcher.map(|d| {
+            let task = tokio::spawn(forewarn::dispatch::run::run(config.clone(), d, stop.clone(), templates));
+            tokio::spawn(dispatcher_ended(task, stop_tx.clone(), readiness.clone()))
+        });
         if detect {
-            let controls = Controls { stop: stop.clone(), reload, readiness: readiness.clone() };
-            let mut processor = std::pin::pin!(live::run(config, args.rebuild, controls));
-            let first = match dispatcher.as_mut() {
-                Some(task) => tokio::select! {
-                    ran = &mut processor => Ok(ran),
-                    ended = task => Err(ended),
-                },
-                None => Ok(processor.as_mut().await),
-            };
-            let ran = match first {
-                Ok(ran) => ran,
-                // The dispatcher ended while detection runs: no message would
-                // leave any more, so the whole process stops, saying why.
-                Err(ended) if !*stop.borrow() => {
-                    let why = match ended {
-                        Ok(Ok(_)) => "it returned".to_string(),
-                        Ok(Err(e)) => e.to_string(),
-                        Err(e) => format!("it panicked: {e}"),
-                    };
-                    tracing::error!(reason = %why, "the dispatcher stopped; stopping detection");
-                    readiness.set(Some(&format!("the dispatcher stopped: {why}")));
-                    let _ = stop_tx.send(true);
-                    processor.await?;
-                    bail!("the dispatcher stopped while detection ran: {why}");
-                }
-                Err(ended) => {
-                    ended_first = Some(ended);
-                    processor.await
-                }
-            };
-            let summary = ran?;
+            let summary = live::run(config, args.rebuild, Controls { stop, reload, readiness }).await?;
             eprintln!(
                 "forewarn stopped: {} events, {} alerts, {} dead letters, {} checkpoints",
                 summary.events, summary.alerts, summary.dead_letters, summary.checkpoints
             );
         }
-        let ended = match (ended_first, dispatcher) {
-            (Some(ended), _) => Some(ended),
-            (None, Some(task)) => Some(task.await),
-            (None, None) => None,
-        };
-        if let Some(ended) = ended {
-            let stats = ended.context("the dispatcher panicked")??;
+        if let Some(dispatcher) = dispatcher {
+            let stats = dispatcher.await.context("the dispatcher panicked")??;
             eprintln!("dispatcher stopped: {}, {} still held", summary(&stats), stats.holding);
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The dispatcher's end. Before a stop, no message would leave any more:
+/// readiness says so and the whole process stops, with the reason.
+async fn dispatcher_ended(
+    task: tokio::task::JoinHandle<Result<Stats, LiveError>>,
+    stop: watch::Sender<bool>,
+    readiness: Readiness,
+) -> Result<Stats> {
+    let ended = task.await;
+    if *stop.borrow() {
+        return Ok(ended.context("the dispatcher panicked")??);
+    }
+    let why = match ended {
+        Ok(Ok(_)) => "it returned".to_string(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("it panicked: {e}"),
+    };
+    tracing::error!(reason = %why, "the dispatcher stopped; stopping");
+    readiness.set(Some(&format!("the dispatcher stopped: {why}")));
+    let _ = stop.send(true);
+    bail!("the dispatcher stopped before it was told to: {why}")
 }
 
 /// SIGTERM or SIGINT: stop, within the deadline or exit with an error.
