@@ -4,9 +4,9 @@
 //! The shell around the pure engine: it pulls scans and contacts of the
 //! owned partitions, feeds one engine per partition, publishes alerts, branch
 //! facts and dead letters, runs the branch stage of the owned branch
-//! partitions, and checkpoints. Nothing is acknowledged before a checkpoint
-//! that covers it is stored, and nothing a checkpoint covers is missing from
-//! the streams ([`publisher`]).
+//! partitions, and checkpoints. The stored checkpoint's stream positions are
+//! the only acknowledgement (a restart resumes right after them), and
+//! nothing a checkpoint covers is missing from the streams ([`publisher`]).
 
 pub mod dlq;
 pub mod feed;

@@ -121,7 +121,7 @@ struct Processor {
 /// not one per letter (a flood of bad input is not a flood of log lines).
 const LETTERS_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Runs until `controls.stop` says so; then checkpoints, acknowledges and returns.
+/// Runs until `controls.stop` says so; then checkpoints and returns.
 pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Result<RunSummary, LiveError> {
     config.validate()?;
     let owned = config.owned()?;
@@ -273,8 +273,8 @@ impl Processor {
                 storing = Some(self.snapshot().await);
             }
         }
-        // Stop pulling, store what was done, acknowledge it.
-        tracing::info!("stopping: checkpointing and acknowledging");
+        // Stop pulling, store what was done.
+        tracing::info!("stopping: checkpointing");
         for input in &mut self.inputs {
             input.messages = None;
         }
