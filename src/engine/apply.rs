@@ -89,10 +89,18 @@ impl Engine {
     /// and ends the episodes it ends.
     pub(super) fn apply_to(&mut self, slot: u32, ev: &Event<'_>, out: &mut Vec<Alert>) {
         let p = self.window.get_mut(slot);
-        // A scan older than the parcel's end is history: it raises nothing.
-        // A contact is not: it comes on its own stream, before or after the
-        // scans it preceded, and must count as when it happened either way.
-        let superseded = p.state.is_done() && ev.at < p.state_at && ev.kind.is_scan();
+        // A scan older than the parcel's end that comes after it is history
+        // and raises nothing when it is a step the end made moot (a failed
+        // attempt before the delivery: "we missed you" would now be false),
+        // or when it is beyond the lateness. An incident within the lateness
+        // (damage, an exception) is still news: judged as if it had come in
+        // time. A contact is never history: it comes on its own stream,
+        // before or after the scans it preceded, and counts as when it
+        // happened either way.
+        let superseded = p.state.is_done()
+            && ev.at < p.state_at
+            && ev.kind.is_scan()
+            && (ev.kind.sets_state() || ev.at < self.watermark);
         let inputs = p.deadline_inputs();
         let before = self.lanes.active().then(|| (Place::of(p), p.lane, p.state_at));
         let first_branch = absorb(p, ev, &self.plan.counted, &mut self.syms, &mut self.stats);
@@ -165,10 +173,17 @@ impl Engine {
                 continue;
             }
             p.fired |= bit;
-            let trigger = TriggerFacts {
-                kind: ev.kind,
-                event_id: ev.event_id.to_string(),
-                reason: ev.reason.as_deref().map(str::to_string),
+            let trigger = Triggered {
+                facts: TriggerFacts {
+                    kind: ev.kind,
+                    event_id: ev.event_id.to_string(),
+                    reason: ev.reason.as_deref().map(str::to_string),
+                },
+                state: p.state_when(ev),
+                facility: match ev.facility.as_deref() {
+                    Some(f) => self.syms.intern(f).unwrap_or(p.facility),
+                    None => p.facility,
+                },
             };
             self.emit(slot, r, AlertState::Firing, ev.at, &ev.event_id, Some(trigger), out);
         }
@@ -220,8 +235,7 @@ fn absorb(p: &mut Parcel, ev: &Event<'_>, counted: &[Option<u8>], syms: &mut Int
     }
     if ev.kind.sets_state() && ev.at >= p.state_at {
         if ev.kind != p.state || p.state_since == Ts::MIN {
-            p.state = ev.kind;
-            p.state_since = ev.at;
+            p.enter(ev.kind, ev.at);
         }
         p.state_at = ev.at;
     }

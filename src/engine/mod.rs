@@ -315,6 +315,9 @@ impl Engine {
         }
     }
 
+    /// Emits an alert of rule `r` about the parcel in `slot`; a timer rule's
+    /// alert tells the parcel as it is, an event rule's as it was when its
+    /// `trigger` happened.
     #[allow(clippy::too_many_arguments)]
     fn emit(
         &mut self,
@@ -323,10 +326,11 @@ impl Engine {
         state: AlertState,
         at: Ts,
         episode: &str,
-        trigger: Option<TriggerFacts>,
+        trigger: Option<Triggered>,
         out: &mut Vec<Alert>,
     ) {
         let p = self.window.get(slot);
+        let (then_state, then_facility) = trigger.as_ref().map_or((p.state, p.facility), |t| (t.state, t.facility));
         let rule = &self.set.rules[r as usize];
         let id = &self.plan.rules[r as usize].id;
         let branch = self.syms.get(p.branch).cloned();
@@ -358,8 +362,8 @@ impl Engine {
             // A parcel whose last scan was its departure is on the road, not at
             // the facility; one at its own branch is the branch rules' business.
             let p = self.window.get(slot);
-            let on_the_way = p.state != Kind::Departed && p.facility != p.branch;
-            let facility = self.syms.get(p.facility).filter(|_| on_the_way);
+            let on_the_way = then_state != Kind::Departed && then_facility != p.branch;
+            let facility = self.syms.get(then_facility).filter(|_| on_the_way);
             if let (Some(f), true) = (facility, self.branches.counts(r as usize, By::Facility)) {
                 self.facts.push(fact(branch.unwrap_or_else(|| Arc::from("")), Some(f.clone())));
             }
@@ -378,18 +382,26 @@ impl Engine {
     }
 }
 
-fn facts(p: &Parcel, syms: &Interner, trigger: Option<TriggerFacts>) -> ParcelFacts {
+/// The event that fired an event rule, and the parcel's state and place when it happened.
+pub(super) struct Triggered {
+    facts: TriggerFacts,
+    state: Kind,
+    facility: Sym,
+}
+
+fn facts(p: &Parcel, syms: &Interner, trigger: Option<Triggered>) -> ParcelFacts {
     let known = |t: Ts| (t != Ts::MIN).then_some(t);
+    let (state, facility) = trigger.as_ref().map_or((p.state, p.facility), |t| (t.state, t.facility));
     ParcelFacts {
         parcel_id: p.id().to_string(),
-        state: p.state,
-        facility: syms.get(p.facility).cloned(),
+        state,
+        facility: syms.get(facility).cloned(),
         country: (p.country != [0; 2]).then_some(p.country),
         service: syms.get(p.service).cloned(),
         promised_by: known(p.promised_by),
         return_by: known(p.return_by),
         last_scan_at: known(p.last_scan_at),
-        trigger,
+        trigger: trigger.map(|t| t.facts),
         recipient: p.has_recipient().then(|| RecipientFacts {
             name: p.name().map(str::to_string),
             phone: p.phone().map(str::to_string),

@@ -111,6 +111,10 @@ pub struct Open {
 
 const HAS_RECIPIENT: u8 = 0x80;
 const CHANNELS_GIVEN: u8 = 0x40;
+/// Bits 2 to 5 of the flags: the state before the current one (every
+/// state-setting [`Kind`] is below 16).
+const STATE_BEFORE_SHIFT: u8 = 2;
+const STATE_BEFORE: u8 = 0x0f << STATE_BEFORE_SHIFT;
 
 /// One in-flight parcel: everything the rules need, nothing more. Exactly
 /// three cache lines, aligned to them, so a parcel costs three fetches.
@@ -129,8 +133,9 @@ pub struct Parcel {
     pub facility: Sym,
     pub service: Sym,
     pub country: [u8; 2],
-    /// The recipient's [`Channels`] bits, with [`HAS_RECIPIENT`] and [`CHANNELS_GIVEN`].
-    contact_flags: u8,
+    /// The recipient's [`Channels`] bits, with [`HAS_RECIPIENT`] and
+    /// [`CHANNELS_GIVEN`], and the state before `state` ([`STATE_BEFORE`]).
+    flags: u8,
     pub state: Kind,
     /// Rules that fired and whose episode is still going on (one bit per rule index).
     pub fired: u64,
@@ -170,7 +175,7 @@ impl Parcel {
             facility: Sym::NONE,
             service: Sym::NONE,
             country: [0; 2],
-            contact_flags: 0,
+            flags: 0,
             state: Kind::LabelCreated,
             fired: 0,
             state_since: Ts::MIN,
@@ -213,17 +218,17 @@ impl Parcel {
 
     /// The customer's channel choice, `None` when they gave none.
     pub fn channels(&self) -> Option<Channels> {
-        (self.contact_flags & CHANNELS_GIVEN != 0)
-            .then_some(Channels(self.contact_flags & !(HAS_RECIPIENT | CHANNELS_GIVEN)))
+        (self.flags & CHANNELS_GIVEN != 0)
+            .then_some(Channels(self.flags & !(HAS_RECIPIENT | CHANNELS_GIVEN | STATE_BEFORE)))
     }
 
     pub fn has_recipient(&self) -> bool {
-        self.contact_flags & HAS_RECIPIENT != 0
+        self.flags & HAS_RECIPIENT != 0
     }
 
     /// Records the customer's channel choice (`None`: they gave none).
     pub fn set_channels(&mut self, channels: Option<Channels>) {
-        self.contact_flags = HAS_RECIPIENT | channels.map_or(0, |c| CHANNELS_GIVEN | c.0);
+        self.flags = (self.flags & STATE_BEFORE) | HAS_RECIPIENT | channels.map_or(0, |c| CHANNELS_GIVEN | c.0);
     }
 
     /// Replaces the recipient's strings; the rest of the recipient is set by the caller.
@@ -247,7 +252,33 @@ impl Parcel {
         }
         blob.push_str(email);
         self.blob = blob.into_boxed_str();
-        self.contact_flags |= HAS_RECIPIENT;
+        self.flags |= HAS_RECIPIENT;
+    }
+
+    /// The state the parcel was in before `state_since`.
+    pub fn state_before(&self) -> Kind {
+        Kind::ALL[usize::from((self.flags & STATE_BEFORE) >> STATE_BEFORE_SHIFT)]
+    }
+
+    /// Enters `state` at `at`, remembering the state it leaves.
+    pub fn enter(&mut self, state: Kind, at: Ts) {
+        self.flags = (self.flags & !STATE_BEFORE) | ((self.state as u8) << STATE_BEFORE_SHIFT);
+        self.state = state;
+        self.state_since = at;
+    }
+
+    /// The parcel's state when `ev` happened, as the events up to it left it:
+    /// the event's own when it sets one; the one before the current state for
+    /// an event older than it (exact when at most one state change came in
+    /// before an older event; an older one still is told the state before).
+    pub fn state_when(&self, ev: &Event<'_>) -> Kind {
+        if ev.kind.sets_state() {
+            ev.kind
+        } else if ev.at >= self.state_since {
+            self.state
+        } else {
+            self.state_before()
+        }
     }
 
     /// Everything but the last scan time that a deadline depends on: when

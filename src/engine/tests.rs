@@ -406,6 +406,7 @@ branch = { rules = ["broken"], window = "1h", min_count = 5, rate_factor = 2.0 }
     assert!(fired("flat").contains(&"11-19T09".to_string()), "a flat rate calls every morning a spike");
 }
 
+mod event_time;
 mod predicted;
 
 #[test]

@@ -9,7 +9,7 @@ impl Parcel {
         for s in [self.name(), self.phone(), self.email()] {
             w.opt_s(s);
         }
-        w.u(u64::from(self.contact_flags));
+        w.u(u64::from(self.flags));
         w.u(u64::from(self.gen));
         for s in [self.locale, self.tz, self.branch, self.facility, self.service] {
             s.save(w);
@@ -67,7 +67,7 @@ impl Parcel {
         let mut p = Parcel::new(id, 0, Ts::MIN);
         let (name, phone, email) = (r.opt_s()?, r.opt_s()?, r.opt_s()?);
         p.set_contact(name, phone, email);
-        p.contact_flags = r.u8()?;
+        p.flags = r.u8()?;
         // Generations wrap: a wider one saved by an older version keeps its low bits.
         p.gen = r.u32()? as u16;
         p.locale = Sym::load(r)?;
