@@ -191,8 +191,11 @@ impl Engine {
 
     /// Ends the episodes of fired timer rules whose condition stopped holding.
     /// True when any episode ended (its rule may now have an earlier deadline).
+    /// A rule that fires once keeps its fired bit: spent, it has no deadline.
     fn resolve_ended(&mut self, slot: u32, at: Ts, out: &mut Vec<Alert>) -> bool {
-        let mut fired = self.window.get(slot).fired & self.plan.timer_mask;
+        let p = self.window.get(slot);
+        let spent = self.plan.once_mask & !p.open_rules();
+        let mut fired = p.fired & self.plan.timer_mask & !spent;
         let mut ended = false;
         while fired != 0 {
             let r = fired.trailing_zeros() as u8;
@@ -201,8 +204,10 @@ impl Engine {
             if self.plan.deadline(r, p, &self.lanes).is_some_and(|d| d <= self.watermark) {
                 continue;
             }
-            p.fired &= !(1u64 << r);
-            ended = true;
+            if self.plan.once_mask & (1u64 << r) == 0 {
+                p.fired &= !(1u64 << r);
+                ended = true;
+            }
             if let Some(open) = p.take_open(r) {
                 self.emit(slot, r, AlertState::Resolved, at.max(open.at), &open.at.text(), None, out);
             }

@@ -67,6 +67,11 @@ impl Parcel {
         Some(taken)
     }
 
+    /// One bit per rule with an open episode.
+    pub fn open_rules(&self) -> u64 {
+        self.aside.as_ref().map_or(0, |a| a.open.iter().fold(0, |m, o| m | 1u64 << o.rule))
+    }
+
     /// Holds an event back; held events stay in time order (ties in arrival order).
     pub fn park(&mut self, ev: Event<'static>) {
         let parked = &mut self.aside().parked;

@@ -120,6 +120,9 @@ pub struct Plan {
     pub timers_in: Vec<Vec<u8>>,
     /// One bit per timer rule.
     pub timer_mask: u64,
+    /// One bit per timer rule that fires at most once per parcel: its fired
+    /// bit stays once its episode ended.
+    pub once_mask: u64,
     /// For each kind, its place in a parcel's counters, if an `nth` rule counts it.
     pub counted: [Option<u8>; Kind::ALL.len()],
 }
@@ -129,6 +132,7 @@ impl Plan {
         let mut on_kind = vec![Vec::new(); Kind::ALL.len()];
         let mut timers_in = vec![Vec::new(); Kind::ALL.len()];
         let mut timer_mask = 0u64;
+        let mut once_mask = 0u64;
         let mut counted = [None; Kind::ALL.len()];
         let mut places = 0u8;
         let mut rules = Vec::with_capacity(set.rules.len());
@@ -172,6 +176,9 @@ impl Plan {
                     timers_in[*k as usize].push(idx);
                 }
                 timer_mask |= 1 << i;
+                if rule.once {
+                    once_mask |= 1 << i;
+                }
             }
             rules.push(Compiled {
                 id: Arc::from(rule.voice.id.as_str()),
@@ -179,7 +186,7 @@ impl Plan {
                 timer,
             });
         }
-        Plan { rules, on_kind, timers_in, timer_mask, counted }
+        Plan { rules, on_kind, timers_in, timer_mask, once_mask, counted }
     }
 
     /// How many events of `kind` the parcel has had (0 for kinds no rule counts).

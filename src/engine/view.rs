@@ -49,8 +49,11 @@ impl Engine {
         };
         let p = self.window.get(slot);
         let opened = p.aside.as_ref().map(|a| a.open.as_slice()).unwrap_or_default();
+        // A resolving rule that fires once keeps its bit after its episode ended.
+        let resolved_once = self.plan.once_mask & !p.open_rules();
         let open = (0..self.set.rules.len())
             .filter(|&r| p.fired & (1u64 << r) != 0)
+            .filter(|&r| resolved_once & (1u64 << r) == 0 || !self.set.rules[r].voice.resolve)
             .map(|r| OpenAlert {
                 rule: self.plan.rules[r].id.clone(),
                 severity: self.set.rules[r].voice.severity,

@@ -155,6 +155,8 @@ struct RawRule {
     any_hour: Vec<AudienceName>,
     #[serde(default)]
     resolve: bool,
+    #[serde(default)]
+    once: bool,
     #[serde(default, rename = "where")]
     filter: RawFilter,
     #[serde(default)]
@@ -404,6 +406,12 @@ fn compile(raw: RawRule) -> Result<Compiled, Problem> {
             format!("rule `{id}`: by_service applies to absence, deadline and state_duration rules only"),
         ));
     }
+    if raw.once && !trigger.is_timer() {
+        let msg = format!(
+            "rule `{id}`: once applies to timer rules (absence, deadline, state_duration, predicted); an event rule fires once per parcel unless on.each = true"
+        );
+        return Err((None, msg));
+    }
     if !raw.filter.reason.is_empty() && trigger.is_timer() {
         let msg =
             format!("rule `{id}`: where.reason filters events; a timer rule has no event to filter (use on or nth)");
@@ -415,7 +423,7 @@ fn compile(raw: RawRule) -> Result<Compiled, Problem> {
         branches: raw.filter.branch,
         reasons: raw.filter.reason,
     };
-    Ok(Compiled::Parcel(Rule { voice, filter, trigger }))
+    Ok(Compiled::Parcel(Rule { voice, filter, trigger, once: raw.once }))
 }
 
 /// A rule a branch rule names: `true` for one it inhibits, `false` for one it counts.

@@ -172,6 +172,10 @@ pub struct Rule {
     pub voice: Voice,
     pub filter: Filter,
     pub trigger: Trigger,
+    /// A timer rule fires at most once per parcel: once its episode ended,
+    /// its condition holding again (a revised promise missed too, a second
+    /// stall) raises nothing. Without it, each episode is news.
+    pub once: bool,
 }
 
 /// A rule about a branch: how many of its parcels hit some parcel rules.

@@ -63,3 +63,47 @@ fn a_scan_of_a_done_parcel_beyond_the_lateness_is_history() {
     assert_eq!(out.len(), before, "{:?}", &out[before..]);
     assert_eq!(engine.stats().superseded, 1);
 }
+
+/// `late` alone, with `once` as given.
+fn late_pack(once: bool) -> RuleSet {
+    let toml = format!(
+        r#"
+[[rule]]
+id = "late"
+audience = ["customer"]
+severity = "warning"
+resolve = true
+once = {once}
+deadline = {{ field = "promised_by", offset = "2h", while_in = ["picked_up", "arrived", "departed"] }}
+"#
+    );
+    crate::rules::file::load_sources(&[("x.toml".into(), toml)]).expect("the pack loads")
+}
+
+#[test]
+fn a_rule_that_fires_once_stays_quiet_when_a_revised_promise_is_missed_too() {
+    let lines = [
+        r#""event_id":"p","parcel_id":"A","kind":"picked_up","at":"2026-11-20T06:00:00Z","promised_by":"2026-11-20T12:00:00Z""#,
+        r#""event_id":"r","parcel_id":"A","kind":"arrived","at":"2026-11-20T16:00:00Z","promised_by":"2026-11-21T12:00:00Z""#,
+    ];
+    let alerts = |once| {
+        let mut engine = Engine::new(late_pack(once), one_flow());
+        let mut out = Vec::new();
+        engine.ingest(&event(&format!(r#"{{"v":1,{}}}"#, lines[0])), &mut out);
+        engine.advance(ts("2026-11-20T15:00:00Z"), &mut out);
+        engine.ingest(&event(&format!(r#"{{"v":1,{}}}"#, lines[1])), &mut out);
+        engine.advance(ts("2026-11-22T00:00:00Z"), &mut out);
+        let open = match engine.lookup("A") {
+            Lookup::InFlight(view) => view.open.len(),
+            _ => panic!("A is in flight"),
+        };
+        (out.iter().map(|a| format!("{} {}", a.state.as_str(), a.at)).collect::<Vec<_>>(), open)
+    };
+    // Each promise is its own episode: missed, revised, missed again.
+    let (each, open) = alerts(false);
+    assert_eq!(each, ["firing 2026-11-20T14:00:00Z", "resolved 2026-11-20T16:00:00Z", "firing 2026-11-21T14:00:00Z"]);
+    assert_eq!(open, 1);
+    let (once, open) = alerts(true);
+    assert_eq!(once, ["firing 2026-11-20T14:00:00Z", "resolved 2026-11-20T16:00:00Z"]);
+    assert_eq!(open, 0, "a spent rule is not an open alert");
+}

@@ -62,7 +62,7 @@ fn a_misspelt_key_gets_a_suggestion() {
     );
     check_err(
         "[[rule]]\nid = \"s\"\naudiance = [\"customer\"]\n",
-        expect!["rules/x.toml:3:1: unknown field `audiance`, expected one of `id`, `summary`, `audience`, `severity`, `any_hour`, `resolve`, `where`, `by_service`, `on`, `absence`, `deadline`, `state_duration`, `nth`, `contacts`, `predicted`, `branch`; did you mean `audience`?"],
+        expect!["rules/x.toml:3:1: unknown field `audiance`, expected one of `id`, `summary`, `audience`, `severity`, `any_hour`, `resolve`, `once`, `where`, `by_service`, `on`, `absence`, `deadline`, `state_duration`, `nth`, `contacts`, `predicted`, `branch`; did you mean `audience`?"],
     );
 }
 
@@ -140,4 +140,14 @@ fn a_missing_directory_says_so_without_a_position() {
         errors[0].to_string(),
         "/nonexistent/rules: cannot read the rules directory: No such file or directory (os error 2); pass --rules DIR"
     );
+}
+
+#[test]
+fn once_is_for_timer_rules() {
+    check_err(
+        "[[rule]]\nid = \"a\"\naudience = [\"customer\"]\nseverity = \"info\"\nonce = true\non = { kind = [\"damaged\"] }\n",
+        expect!["rules/x.toml:1:1: rule `a`: once applies to timer rules (absence, deadline, state_duration, predicted); an event rule fires once per parcel unless on.each = true"],
+    );
+    let set = load("[[rule]]\nid = \"b\"\naudience = [\"customer\"]\nseverity = \"info\"\nonce = true\nstate_duration = { state = \"customs_hold\", after = \"1h\" }\n").unwrap();
+    assert!(set.rules[0].once);
 }
