@@ -111,14 +111,46 @@ pub struct BranchFacts {
     /// Hits in the window when the alert was decided.
     pub count: u32,
     pub window: Span,
-    /// The hits the branch usually has in such a window.
-    pub usual: f64,
+    /// The hits the branch usually has in such a window, and where that came from.
+    pub usual: Usual,
     /// The branch's parcels seen in the window (share thresholds).
     pub volume: Option<u32>,
     /// A facility's episode (`by = "facility"`): the facility, and the
     /// branches of the parcels it counted.
     pub facility: Option<Arc<str>>,
     pub branches: Vec<Arc<str>>,
+}
+
+/// The hits a place usually has in a branch rule's window, and where that
+/// comes from: its own history, or while it has none of its own yet (a
+/// branch seen for the first time, forewarn's first day) its peers'.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Usual {
+    /// The place's own history.
+    Own(f64),
+    /// The network's hits per parcel in the window, for the place's volume:
+    /// the other places of its facts partition (a fixed sample of the network).
+    Network(f64),
+    /// Neither is known: the rule's floor (`min_count`) alone judged.
+    Floor,
+}
+
+impl Usual {
+    pub fn value(self) -> Option<f64> {
+        match self {
+            Usual::Own(u) | Usual::Network(u) => Some(u),
+            Usual::Floor => None,
+        }
+    }
+
+    /// `own`, `network` or `floor`: the alert's `usual_from`.
+    pub fn source(self) -> &'static str {
+        match self {
+            Usual::Own(_) => "own",
+            Usual::Network(_) => "network",
+            Usual::Floor => "floor",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -186,7 +218,8 @@ impl Alert {
             }),
             count: b.map(|b| b.count),
             window: b.map(|b| Cow::Owned(b.window.to_string())),
-            usual: b.map(|b| (b.usual * 100.0).round() / 100.0),
+            usual: b.and_then(|b| b.usual.value()).map(|u| (u * 100.0).round() / 100.0),
+            usual_from: b.map(|b| Cow::Borrowed(b.usual.source())),
             volume: b.and_then(|b| b.volume),
             branches: b
                 .filter(|b| b.facility.is_some())

@@ -63,6 +63,11 @@ pub struct Line<'a> {
     pub window: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usual: Option<f64>,
+    /// What `usual` comes from: `own` (the place's history), `network` (no
+    /// history of its own yet: its peers' rate per parcel, for its volume)
+    /// or `floor` (neither: the rule's `min_count` alone judged).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub usual_from: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<u32>,
     /// A facility's alert: the branches of the parcels it counted.

@@ -131,6 +131,7 @@ impl Senders {
             count: n.count,
             window: n.window.clone(),
             usual: n.usual,
+            usual_from: n.usual_from.clone(),
             volume: n.volume,
             date: None,
             parcel,

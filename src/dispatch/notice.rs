@@ -51,6 +51,8 @@ pub struct Notice {
     pub count: Option<u32>,
     pub window: Option<String>,
     pub usual: Option<f64>,
+    /// `own` or `floor`: see [`Line::usual_from`].
+    pub usual_from: Option<String>,
     pub volume: Option<u32>,
     /// A facility's alert: the branches of the parcels it counted.
     pub branches: Vec<String>,
@@ -128,6 +130,7 @@ impl Notice {
             count: line.count,
             window: owned(line.window),
             usual: line.usual,
+            usual_from: owned(line.usual_from),
             volume: line.volume,
             branches: line.branches.unwrap_or_default().into_iter().map(Cow::into_owned).collect(),
         })
@@ -170,6 +173,7 @@ impl Notice {
             count: self.count,
             window: borrowed(&self.window),
             usual: self.usual,
+            usual_from: borrowed(&self.usual_from),
             volume: self.volume,
             branches: (!self.branches.is_empty())
                 .then(|| self.branches.iter().map(|b| Cow::Borrowed(b.as_str())).collect()),

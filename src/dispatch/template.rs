@@ -46,6 +46,9 @@ pub struct Context {
     pub count: Option<u32>,
     pub window: Option<String>,
     pub usual: Option<f64>,
+    /// `own`, `network` (a branch with no history of its own yet, against its
+    /// peers) or `floor` (no `usual`).
+    pub usual_from: Option<String>,
     pub volume: Option<u32>,
     /// Digest: its date.
     pub date: Option<String>,
@@ -334,6 +337,7 @@ pub fn samples() -> Vec<Context> {
         count: Some(14),
         window: Some("6h".into()),
         usual: Some(3.5),
+        usual_from: Some("own".into()),
         volume: Some(120),
         date: Some("2026-11-20".into()),
     };
@@ -344,6 +348,14 @@ pub fn samples() -> Vec<Context> {
     for (rule, state) in [("customs_hold", "out_for_delivery"), ("stalled", "delivered"), ("damaged", "collected")] {
         out.push(Context { rule: rule.into(), parcel_state: Some(state.into()), ..full.clone() });
     }
+    // A branch with no history of its own yet, judged by the floor.
+    out.push(Context { rule: "branch_delay_spike".into(), usual_from: Some("network".into()), ..full.clone() });
+    out.push(Context {
+        rule: "branch_delay_spike".into(),
+        usual: None,
+        usual_from: Some("floor".into()),
+        ..full.clone()
+    });
     out.push(Context {
         rule: full.rule.clone(),
         state: full.state.clone(),
@@ -408,5 +420,17 @@ mod tests {
         assert_eq!(mail.subject, "您的包裹1Z999AA10123456784被海关扣留");
         assert!(mail.text.contains("缺少的材料：报关资料"), "{}", mail.text);
         assert!(mail.text.contains("https://track.example.com/1Z999AA10123456784"));
+    }
+
+    #[test]
+    fn a_branch_warning_says_whether_it_knows_the_branch_usual() {
+        let t = pack();
+        let known = Context { rule: "branch_delay_spike".into(), ..samples().remove(0) };
+        let peers = Context { usual_from: Some("network".into()), ..known.clone() };
+        let floor = Context { usual: None, usual_from: Some("floor".into()), ..known.clone() };
+        let sms = |ctx| t.sms("en", "branch/warning", ctx).unwrap();
+        assert!(sms(&known).ends_with("(14 in 6h, usually 3.5)"), "{}", sms(&known));
+        assert!(sms(&peers).ends_with("(14 in 6h, 3.5 at its size elsewhere)"), "{}", sms(&peers));
+        assert!(sms(&floor).ends_with("(14 in 6h, no usual yet)"), "{}", sms(&floor));
     }
 }

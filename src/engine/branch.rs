@@ -19,7 +19,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use crate::alert::{Alert, AlertId, AlertState, BranchFacts};
+use crate::alert::{Alert, AlertId, AlertState, BranchFacts, Usual};
+use crate::partition;
 use crate::rules::{BranchRule, By, RuleSet, Threshold};
 use crate::time::{Span, Ts};
 
@@ -89,6 +90,50 @@ struct Aggregate {
     branches: BTreeMap<Arc<str>, BranchState>,
     /// Places with an open episode: the only ones time alone can change.
     open: Vec<Arc<str>>,
+    /// A rule that cold-starts from peers: its hits within the window, per
+    /// peer group, sorted.
+    group_hits: GroupHits,
+}
+
+type GroupHits = BTreeMap<u16, VecDeque<Ts>>;
+
+/// Whether a place with no history of its own is judged against its peers:
+/// rules comparing a branch with its own same hours (`by_hour`) by count.
+fn cold_starts(rule: &BranchRule) -> bool {
+    rule.by_hour && rule.window < DAY && rule.by == By::Branch && matches!(rule.threshold, Threshold::Count { .. })
+}
+
+/// Parcels that joined a place, by hour number, oldest first.
+type Volume = VecDeque<(i64, u32)>;
+
+/// Counts one parcel at hour `hour`, forgetting the hours before `horizon`.
+fn add_hour(v: &mut Volume, hour: i64, horizon: i64) {
+    match v.iter_mut().rev().find(|(h, _)| *h == hour) {
+        Some((_, n)) => *n += 1,
+        None => {
+            let i = v.partition_point(|(h, _)| *h < hour);
+            v.insert(i, (hour, 1));
+        }
+    }
+    while v.front().is_some_and(|(h, _)| *h < horizon) {
+        v.pop_front();
+    }
+}
+
+/// The parcels of `v` from hour `from` on.
+fn volume_since(v: Option<&Volume>, from: i64) -> u64 {
+    v.map_or(0, |v| v.iter().filter(|(h, _)| *h >= from).map(|(_, n)| u64::from(*n)).sum())
+}
+
+/// What a place's peers (the other places of its facts partition) show in
+/// the window now, for a place with no history of its own yet.
+#[derive(Clone, Copy)]
+struct Peers {
+    /// The peers' hits in the window.
+    hits: u64,
+    /// The peers' parcels, and the place's, over the baseline.
+    volume: u64,
+    own_volume: u64,
 }
 
 pub struct BranchStage {
@@ -107,6 +152,54 @@ pub struct BranchStage {
     done: Ts,
     /// Facts that came after the watermark passed them, counted late.
     late: u64,
+    volumes: Volumes,
+}
+
+/// The parcels of each branch and of its peers: what a place with no
+/// history of its own is judged by.
+struct Volumes {
+    /// Places are peers when they share a facts partition, out of this many:
+    /// so a stage sees the same peers whether it runs inside one engine or
+    /// behind the facts subject of its partition.
+    groups: u16,
+    /// Parcels that joined each branch, by hour, over `span`; and the same
+    /// per peer group.
+    by_place: BTreeMap<Arc<str>, Volume>,
+    by_group: BTreeMap<u16, Volume>,
+    /// The longest baseline of a rule that cold-starts (0 when none does).
+    span: Span,
+}
+
+impl Volumes {
+    /// The peer group of a place.
+    fn group(&self, place: &str) -> u16 {
+        partition::of(place, self.groups)
+    }
+
+    fn add(&mut self, branch: &Arc<str>, at: Ts) {
+        let (hour, horizon) = (at.0.div_euclid(HOUR.0), at.minus(self.span).0.div_euclid(HOUR.0));
+        let group = self.group(branch);
+        add_hour(self.by_place.entry(branch.clone()).or_default(), hour, horizon);
+        add_hour(self.by_group.entry(group).or_default(), hour, horizon);
+    }
+
+    /// What the peers of `place` show at `now`, for a rule that cold-starts.
+    fn peers(&self, a: (&BranchRule, &GroupHits), place: &str, own_hits: &VecDeque<Ts>, now: Ts) -> Option<Peers> {
+        let (rule, group_hits) = a;
+        if !cold_starts(rule) {
+            return None;
+        }
+        let group = self.group(place);
+        let since = now.minus(rule.window);
+        let within = |q: &VecDeque<Ts>| (q.len() - q.partition_point(|&t| t <= since)) as u64;
+        let from = now.minus(rule.baseline).0.div_euclid(HOUR.0);
+        let own_volume = volume_since(self.by_place.get(place), from);
+        Some(Peers {
+            hits: group_hits.get(&group).map_or(0, within).saturating_sub(within(own_hits)),
+            volume: volume_since(self.by_group.get(&group), from).saturating_sub(own_volume),
+            own_volume,
+        })
+    }
 }
 
 fn insert_sorted(q: &mut VecDeque<Ts>, at: Ts) {
@@ -121,7 +214,8 @@ fn prune(q: &mut VecDeque<Ts>, after: Ts) {
 }
 
 impl BranchStage {
-    pub fn new(set: &RuleSet) -> BranchStage {
+    /// A stage for `set`, its places grouped into peers by their partition among `partitions`.
+    pub fn new(set: &RuleSet, partitions: u16) -> BranchStage {
         let mut stage = BranchStage {
             aggregates: Vec::new(),
             next_check: Ts::MAX,
@@ -130,6 +224,12 @@ impl BranchStage {
             pending: BTreeSet::new(),
             done: Ts::MIN,
             late: 0,
+            volumes: Volumes {
+                groups: partitions.max(1),
+                by_place: BTreeMap::new(),
+                by_group: BTreeMap::new(),
+                span: Span(0),
+            },
         };
         stage.replace_rules(set);
         stage
@@ -142,20 +242,25 @@ impl BranchStage {
         self.member = vec![[false; 2]; set.rules.len()];
         for (i, rule) in set.branch_rules.iter().enumerate() {
             let id: Arc<str> = Arc::from(rule.voice.id.as_str());
-            let (branches, open) = old.remove(&id).map(|a| (a.branches, a.open)).unwrap_or_default();
+            let (branches, open, group_hits) =
+                old.remove(&id).map(|a| (a.branches, a.open, a.group_hits)).unwrap_or_default();
             for &m in &rule.members {
                 self.member[m][rule.by as usize] = true;
                 self.by_member.entry(Arc::from(set.rules[m].voice.id.as_str())).or_default().push(i);
             }
-            self.aggregates.push(Aggregate { id, rule: rule.clone(), branches, open });
+            self.aggregates.push(Aggregate { id, rule: rule.clone(), branches, open, group_hits });
         }
+        self.volumes.span =
+            set.branch_rules.iter().filter(|r| cold_starts(r)).map(|r| r.baseline).max().unwrap_or(Span(0));
         // The new rules may end open episodes sooner: check right after what is counted.
         self.next_check = self.next_check.min(Ts(self.done.0 + 1));
     }
 
-    /// Whether any branch rule needs intake facts.
+    /// Whether any branch rule needs intake facts (share thresholds, and
+    /// the volumes behind cold starts).
     pub fn wants_intake(&self) -> bool {
-        self.aggregates.iter().any(|a| matches!(a.rule.threshold, Threshold::Share { .. }))
+        self.volumes.span > Span(0)
+            || self.aggregates.iter().any(|a| matches!(a.rule.threshold, Threshold::Share { .. }))
     }
 
     /// Whether a branch rule counting `by` counts the hits of the pack's parcel rule `rule`.
@@ -217,6 +322,9 @@ impl BranchStage {
                 insert_sorted(&mut s.intake, at);
             }
         }
+        if self.volumes.span > Span(0) {
+            self.volumes.add(branch, at);
+        }
     }
 
     fn hit(&mut self, fact: &Fact, out: &mut Vec<Alert>) {
@@ -228,6 +336,11 @@ impl BranchStage {
             let a = &mut self.aggregates[i];
             if a.rule.by != fact.by() {
                 continue;
+            }
+            if cold_starts(&a.rule) {
+                let q = a.group_hits.entry(self.volumes.group(place)).or_default();
+                insert_sorted(q, at);
+                prune(q, at.minus(a.rule.window));
             }
             let s = a.branches.entry(place.clone()).or_default();
             if a.rule.by == By::Facility && !fact.branch.is_empty() {
@@ -251,11 +364,12 @@ impl BranchStage {
             while s.slots.front().is_some_and(|(h, _)| *h < baseline_start) {
                 s.slots.pop_front();
             }
+            let peers = self.volumes.peers((&a.rule, &a.group_hits), place, &s.hits, at);
             if s.open.is_some() {
-                if judge(&a.rule, s, at).is_some() {
+                if judge(&a.rule, s, at, peers).is_some() {
                     s.failing_since = None;
                 }
-            } else if let Some(facts) = judge(&a.rule, s, at) {
+            } else if let Some(facts) = judge(&a.rule, s, at, peers) {
                 s.open = Some(at);
                 a.open.push(place.clone());
                 // The next check finds the instant this episode may end.
@@ -288,7 +402,8 @@ impl BranchStage {
                 };
                 prune(&mut s.hits, now.minus(window));
                 prune(&mut s.intake, now.minus(window));
-                let ends = match judge(&a.rule, s, now) {
+                let peers = self.volumes.peers((&a.rule, &a.group_hits), &branch, &s.hits, now);
+                let ends = match judge(&a.rule, s, now, peers) {
                     Some(_) => {
                         s.failing_since = None;
                         Ts::MAX
@@ -303,7 +418,7 @@ impl BranchStage {
                     continue;
                 }
                 s.failing_since = None;
-                let usual = usual(&a.rule, s, now).unwrap_or(0.0);
+                let usual = usual(&a.rule, s, now, peers);
                 let started = s.open.take().unwrap_or(now);
                 let facts = facts(&a.rule, s.hits.len() as u32, usual, None);
                 a.open.remove(i);
@@ -329,16 +444,22 @@ fn ended_by(t: Ts) -> i64 {
 /// The hits a branch usually has in one window, from its history
 /// before the window (before the open episode's, if one is open): over all
 /// its hours, or (`by_hour`) in the same window of each previous day it was
-/// watched all through, on average. `None` for `by_hour` before a whole day
-/// is known: no normal, no departure from it.
-fn usual(rule: &BranchRule, s: &BranchState, now: Ts) -> Option<f64> {
+/// watched all through, on average. Before a whole day is known (`by_hour`),
+/// the place has no normal of its own yet: its peers' hits in the window
+/// per parcel, for its volume, when both are known; else none.
+fn usual(rule: &BranchRule, s: &BranchState, now: Ts, peers: Option<Peers>) -> Usual {
     let observed = s.first_seen.map_or(0, |f| now.since(f).0 / HOUR.0);
     if rule.by_hour && rule.window < DAY {
         // The same window on each previous day the branch was watched all through.
         let (start, end, first) = (now.minus(rule.window).0, now.0, s.first_seen.unwrap_or(Ts::MAX).0);
         let days: Vec<i64> = (1..=(rule.baseline.0 / DAY.0).max(1)).filter(|d| start - d * DAY.0 >= first).collect();
         if days.is_empty() {
-            return None;
+            return match peers {
+                Some(p) if p.volume > 0 && p.own_volume > 0 => {
+                    Usual::Network(p.hits as f64 * p.own_volume as f64 / p.volume as f64)
+                }
+                _ => Usual::Floor,
+            };
         }
         let mut same_window = 0.0;
         for d in &days {
@@ -348,7 +469,7 @@ fn usual(rule: &BranchRule, s: &BranchState, now: Ts) -> Option<f64> {
             let slots = ended_by(Ts(from))..ended_by(Ts(to));
             same_window += s.slots.iter().filter(|(k, _)| slots.contains(k)).map(|(_, n)| f64::from(*n)).sum::<f64>();
         }
-        return Some(same_window / days.len() as f64);
+        return Usual::Own(same_window / days.len() as f64);
     }
     // An open episode is judged against the usual from before it: a long one
     // does not become its own normal.
@@ -356,26 +477,32 @@ fn usual(rule: &BranchRule, s: &BranchState, now: Ts) -> Option<f64> {
     let before_window = ended_by(asof.minus(rule.window));
     let before: u32 = s.slots.iter().filter(|(k, _)| *k < before_window).map(|(_, n)| n).sum();
     let hours = observed.clamp(MIN_BASELINE_HOURS, (rule.baseline.0 / HOUR.0).max(MIN_BASELINE_HOURS));
-    Some(f64::from(before) / hours as f64 * (rule.window.0 as f64 / HOUR.0 as f64))
+    Usual::Own(f64::from(before) / hours as f64 * (rule.window.0 as f64 / HOUR.0 as f64))
 }
 
-/// The facts of an anomaly if the branch is in one now.
-fn judge(rule: &BranchRule, s: &BranchState, now: Ts) -> Option<BranchFacts> {
+/// The facts of an anomaly if the branch is in one now. A place with no
+/// normal of its own yet (a branch seen for the first time, or forewarn's
+/// first day) is judged against its peers' rate for its volume, or with no
+/// peers by the floor alone: `min_count` hits in the window is an anomaly
+/// anywhere, one stall is not.
+fn judge(rule: &BranchRule, s: &BranchState, now: Ts, peers: Option<Peers>) -> Option<BranchFacts> {
     let count = s.hits.len() as u32;
-    let usual = usual(rule, s, now);
+    let usual = usual(rule, s, now, peers);
     let holds = match rule.threshold {
-        Threshold::Count { min, factor } => usual.is_some_and(|u| count >= min && f64::from(count) >= factor * u),
+        Threshold::Count { min, factor } => {
+            count >= min && usual.value().is_none_or(|u| f64::from(count) >= factor * u)
+        }
         Threshold::Share { min_share, min_volume } => {
             let volume = s.intake.len() as u32;
             volume >= min_volume.max(1) && f64::from(count) / f64::from(volume) >= min_share
         }
     };
     let volume = matches!(rule.threshold, Threshold::Share { .. }).then_some(s.intake.len() as u32);
-    holds.then(|| facts(rule, count, usual.unwrap_or(0.0), volume))
+    holds.then(|| facts(rule, count, usual, volume))
 }
 
 /// What a branch alert counted; [`branch_alert`] adds where.
-fn facts(rule: &BranchRule, count: u32, usual: f64, volume: Option<u32>) -> BranchFacts {
+fn facts(rule: &BranchRule, count: u32, usual: Usual, volume: Option<u32>) -> BranchFacts {
     BranchFacts { count, window: rule.window, usual, volume, facility: None, branches: Vec::new() }
 }
 

@@ -145,7 +145,7 @@ impl Engine {
         let stats = get_stats(&mut r)?;
         let window = Window::load(&mut r, &remap)?;
         let tombstones = Tombstones::load(&mut r, config.tombstones)?;
-        let mut branches = BranchStage::new(&set);
+        let mut branches = BranchStage::new(&set, config.partitions);
         branches.load(&mut r)?;
         let mut lanes = Lanes::new(&set, config.partitions, config.lateness);
         lanes.load(&mut r)?;

@@ -188,7 +188,7 @@ impl Engine {
         let lanes = Lanes::new(&set, config.partitions, config.lateness);
         let frontier = Frontier::new(config.partitions);
         Engine {
-            branches: BranchStage::new(&set),
+            branches: BranchStage::new(&set, config.partitions),
             facts: Vec::new(),
             judged: Vec::new(),
             branch_stage_inside: true,

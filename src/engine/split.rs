@@ -39,7 +39,7 @@ impl Split {
         let n = usize::from(config.partitions.max(1));
         let share = |total: usize| total.div_ceil(n).max(1);
         let each = Config { max_parcels: share(config.max_parcels), tombstones: share(config.tombstones), ..config };
-        let stage = BranchStage::new(&set);
+        let stage = BranchStage::new(&set, config.partitions);
         let engines = (0..n).map(|_| Engine::new(set.clone(), each.clone()).without_branch_stage()).collect();
         Split {
             engines,
@@ -234,7 +234,7 @@ mod tests {
         let n = config.partitions;
         let mut engines: Vec<Engine> =
             (0..n).map(|_| Engine::new(set.clone(), config.clone()).without_branch_stage()).collect();
-        let mut stage = BranchStage::new(set);
+        let mut stage = BranchStage::new(set, n);
         let mut marks = vec![Ts::MIN; usize::from(n)];
         let (mut out, mut facts) = (Vec::new(), Vec::new());
         let mut rng = 0x2545_f491_4f6c_dd1du64;

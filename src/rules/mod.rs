@@ -189,8 +189,8 @@ pub struct BranchRule {
     /// How far back the usual rate is learnt.
     pub baseline: Span,
     /// The usual rate is that of the same hours of the previous days (a
-    /// branch's mornings against its mornings); nothing fires before a whole
-    /// day is known.
+    /// branch's mornings against its mornings); before a whole day is known,
+    /// the floor (`min_count`) alone judges.
     pub by_hour: bool,
     /// What is counted apart: each branch, or each facility the parcels are at.
     pub by: By,

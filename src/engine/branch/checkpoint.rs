@@ -25,11 +25,12 @@ impl BranchStage {
         w.snapshot()
     }
 
-    /// A stage in the state [`BranchStage::checkpoint`] saved, under `set`.
-    pub fn restore(bytes: &[u8], set: &RuleSet) -> Result<BranchStage, CheckpointError> {
+    /// A stage in the state [`BranchStage::checkpoint`] saved, under `set`
+    /// (its places' peers grouped by their partition among `partitions`).
+    pub fn restore(bytes: &[u8], set: &RuleSet, partitions: u16) -> Result<BranchStage, CheckpointError> {
         let body = R::open(bytes)?;
         let mut r = R { buf: &body, pos: 0 };
-        let mut stage = BranchStage::new(set);
+        let mut stage = BranchStage::new(set, partitions);
         stage.load(&mut r)?;
         r.end()?;
         Ok(stage)
@@ -73,6 +74,16 @@ impl BranchStage {
             w.u(a.open.len() as u64);
             a.open.iter().for_each(|b| w.s(b));
         }
+        // Per group, volumes and hits are sums of the places': rebuilt on load.
+        w.u(self.volumes.by_place.len() as u64);
+        for (name, v) in &self.volumes.by_place {
+            w.s(name);
+            w.u(v.len() as u64);
+            for (hour, n) in v {
+                w.ts(Ts(*hour));
+                w.u(u64::from(*n));
+            }
+        }
     }
 
     /// Fills the state of the branch rules that still exist; the others' is read and dropped.
@@ -114,6 +125,42 @@ impl BranchStage {
                 a.open = open;
             }
         }
+        for _ in 0..r.u()? {
+            let name: Arc<str> = Arc::from(r.s()?);
+            let mut v = Volume::new();
+            for _ in 0..r.u()? {
+                v.push_back((r.ts()?.0, r.u32()?));
+            }
+            self.volumes.by_place.insert(name, v);
+        }
+        self.rebuild_groups();
         Ok(())
+    }
+
+    /// The per-group sums of what the places hold: volumes, and the hits of
+    /// the rules that cold-start.
+    fn rebuild_groups(&mut self) {
+        let volumes = &mut self.volumes;
+        volumes.by_group.clear();
+        for (name, v) in &volumes.by_place {
+            let group = partition::of(name, volumes.groups);
+            let sum = volumes.by_group.entry(group).or_default();
+            for &(hour, n) in v {
+                let i = sum.partition_point(|(h, _)| *h < hour);
+                match sum.get_mut(i) {
+                    Some((h, total)) if *h == hour => *total += n,
+                    _ => sum.insert(i, (hour, n)),
+                }
+            }
+        }
+        for a in self.aggregates.iter_mut().filter(|a| cold_starts(&a.rule)) {
+            a.group_hits.clear();
+            for (name, s) in &a.branches {
+                a.group_hits.entry(volumes.group(name)).or_default().extend(&s.hits);
+            }
+            for q in a.group_hits.values_mut() {
+                q.make_contiguous().sort_unstable();
+            }
+        }
     }
 }

@@ -54,12 +54,14 @@ pub(super) async fn state(
         let saved = if rebuild { None } else { store::load(checkpoints, Kind::Stage, p, count).await? };
         let stage = match saved {
             Some(saved) => Stage {
-                stage: BranchStage::restore(&saved.state, set).map_err(|e| refused(Kind::Stage, p, e))?,
+                stage: BranchStage::restore(&saved.state, set, count).map_err(|e| refused(Kind::Stage, p, e))?,
                 pos: saved.positions.first().copied().unwrap_or(0),
                 marks: if saved.marks.len() == usize::from(count) { saved.marks } else { vec![Ts::MIN; count.into()] },
                 dirty: false,
             },
-            None => Stage { stage: BranchStage::new(set), pos: 0, marks: vec![Ts::MIN; count.into()], dirty: true },
+            None => {
+                Stage { stage: BranchStage::new(set, count), pos: 0, marks: vec![Ts::MIN; count.into()], dirty: true }
+            }
         };
         stages.insert(p, stage);
     }
