@@ -75,6 +75,11 @@ struct BranchState {
     first_seen: Option<Ts>,
     /// The instant the open episode fired at.
     open: Option<Ts>,
+    /// The usual the open episode fired against, when the place had no
+    /// history of its own: it is judged against it until it has (its peers'
+    /// hits come and go at instants that are not its own, and would make its
+    /// end depend on when it is checked).
+    opened_against: Option<Usual>,
     /// Since when the open episode's condition has not held: it ends after a
     /// whole window of that, so a branch at the edge does not flap.
     failing_since: Option<Ts>,
@@ -371,6 +376,7 @@ impl BranchStage {
                 }
             } else if let Some(facts) = judge(&a.rule, s, at, peers) {
                 s.open = Some(at);
+                s.opened_against = Some(facts.usual);
                 a.open.push(place.clone());
                 // The next check finds the instant this episode may end.
                 self.next_check = self.next_check.min(Ts(at.0 + 1));
@@ -420,6 +426,7 @@ impl BranchStage {
                 s.failing_since = None;
                 let usual = usual(&a.rule, s, now, peers);
                 let started = s.open.take().unwrap_or(now);
+                s.opened_against = None;
                 let facts = facts(&a.rule, s.hits.len() as u32, usual, None);
                 a.open.remove(i);
                 out.push(branch_alert(a, &branch, AlertState::Resolved, now, started, facts));
@@ -454,6 +461,9 @@ fn usual(rule: &BranchRule, s: &BranchState, now: Ts, peers: Option<Peers>) -> U
         let (start, end, first) = (now.minus(rule.window).0, now.0, s.first_seen.unwrap_or(Ts::MAX).0);
         let days: Vec<i64> = (1..=(rule.baseline.0 / DAY.0).max(1)).filter(|d| start - d * DAY.0 >= first).collect();
         if days.is_empty() {
+            if let (Some(_), Some(usual)) = (s.open, s.opened_against) {
+                return usual;
+            }
             return match peers {
                 Some(p) if p.volume > 0 && p.own_volume > 0 => {
                     Usual::Network(p.hits as f64 * p.own_volume as f64 / p.volume as f64)

@@ -12,6 +12,11 @@ fn times(r: &mut R<'_>) -> Result<VecDeque<Ts>, CheckpointError> {
     (0..r.u()?).map(|_| r.ts()).collect()
 }
 
+fn put_usual(w: &mut W, tag: u64, usual: f64) {
+    w.u(tag);
+    w.u(usual.to_bits());
+}
+
 impl BranchStage {
     /// The whole stage, compressed, for a stage that runs apart from an engine.
     pub fn checkpoint(&self) -> Vec<u8> {
@@ -65,6 +70,12 @@ impl BranchStage {
                 w.opt_ts(s.first_seen);
                 w.opt_ts(s.open);
                 w.opt_ts(s.failing_since);
+                match s.opened_against {
+                    None => w.u(0),
+                    Some(Usual::Own(u)) => put_usual(w, 1, u),
+                    Some(Usual::Network(u)) => put_usual(w, 2, u),
+                    Some(Usual::Floor) => w.u(3),
+                }
                 w.u(s.seen.len() as u64);
                 for (branch, at) in &s.seen {
                     w.s(branch);
@@ -110,11 +121,21 @@ impl BranchStage {
                     slots.push_back((r.ts()?.0, r.u32()?));
                 }
                 let (first_seen, open, failing_since) = (r.opt_ts()?, r.opt_ts()?, r.opt_ts()?);
+                let opened_against = match r.u()? {
+                    0 => None,
+                    1 => Some(Usual::Own(f64::from_bits(r.u()?))),
+                    2 => Some(Usual::Network(f64::from_bits(r.u()?))),
+                    3 => Some(Usual::Floor),
+                    tag => return Err(CheckpointError::Corrupt(format!("usual tag {tag}"))),
+                };
                 let mut seen = BTreeMap::new();
                 for _ in 0..r.u()? {
                     seen.insert(Arc::from(r.s()?), r.ts()?);
                 }
-                branches.insert(name, BranchState { hits, intake, slots, first_seen, open, failing_since, seen });
+                branches.insert(
+                    name,
+                    BranchState { hits, intake, slots, first_seen, open, opened_against, failing_since, seen },
+                );
             }
             let mut open = Vec::new();
             for _ in 0..r.u()? {
