@@ -13,7 +13,7 @@ use std::time::Instant;
 use forewarn::engine::{Config, Engine};
 use forewarn::event::decode;
 use forewarn::rules::RuleSet;
-use forewarn::simulate::{self, Network};
+use forewarn::simulate::{self, Network, Shape};
 use forewarn::time::Ts;
 
 fn main() {
@@ -22,8 +22,12 @@ fn main() {
         Err(_) => {
             let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").expect("a start time");
             let mut data = Vec::new();
-            simulate::write(&Network { parcels: 200_000, seed: 7, start, days: 1.0 }, &mut data, |_| {})
-                .expect("simulates");
+            simulate::write(
+                &Network { parcels: 200_000, seed: 7, start, days: 1.0, shape: Shape::default() },
+                &mut data,
+                |_| {},
+            )
+            .expect("simulates");
             data
         }
     };

@@ -22,7 +22,7 @@ use std::time::Instant;
 use forewarn::engine::{Config, Split};
 use forewarn::replay::{self, Run, Sinks};
 use forewarn::rules::RuleSet;
-use forewarn::simulate::{self, Network};
+use forewarn::simulate::{self, Network, Shape};
 use forewarn::time::Ts;
 
 /// How much input each side takes in turn: enough events (some 300,000)
@@ -38,8 +38,13 @@ fn main() {
         Ok(path) => std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}")),
         Err(_) => {
             let parcels = env_number("FOREWARN_BENCH_PARCELS", 200_000) as u64;
-            let net =
-                Network { parcels, seed: 7, start: Ts::parse_rfc3339("2026-11-16T00:00:00Z").unwrap(), days: 1.0 };
+            let net = Network {
+                parcels,
+                seed: 7,
+                start: Ts::parse_rfc3339("2026-11-16T00:00:00Z").unwrap(),
+                days: 1.0,
+                shape: Shape::default(),
+            };
             let mut data = Vec::new();
             simulate::write(&net, &mut data, |_| {}).unwrap();
             data

@@ -102,7 +102,7 @@ mod tests {
     use crate::engine::{Config, Split};
     use crate::replay::{run_bytes, Sinks};
     use crate::rules::RuleSet;
-    use crate::simulate::{self, Network};
+    use crate::simulate::{self, Network, Shape};
     use crate::time::Ts;
 
     /// Every alert of a simulated network's replay, parcel and branch-wide:
@@ -112,7 +112,12 @@ mod tests {
     fn every_alert_of_a_network_reads_back_as_it_was_written() {
         let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").unwrap();
         let mut events = Vec::new();
-        simulate::write(&Network { parcels: 20_000, seed: 7, start, days: 1.0 }, &mut events, |_| {}).unwrap();
+        simulate::write(
+            &Network { parcels: 20_000, seed: 7, start, days: 1.0, shape: Shape::default() },
+            &mut events,
+            |_| {},
+        )
+        .unwrap();
         let rules = RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap();
         let mut alerts = Vec::new();
         let mut sinks = Sinks { alerts: &mut alerts, rejects: None };

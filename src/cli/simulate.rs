@@ -11,7 +11,7 @@ use clap::Args;
 use forewarn::config::Config;
 use forewarn::live::feed;
 use forewarn::nats::connect;
-use forewarn::simulate::{self, Network};
+use forewarn::simulate::{self, Network, Shape, PRESETS};
 use forewarn::time::Ts;
 
 use super::{instant, output, progress, runtime};
@@ -34,7 +34,67 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 1.0)]
     days: f64,
     #[command(flatten)]
+    shape: ShapeArgs,
+    #[command(flatten)]
     publish: PublishArgs,
+}
+
+/// The network's shape: a preset, and what to change of it.
+#[derive(Args)]
+pub struct ShapeArgs {
+    /// The network: regional (a few dozen branches in FR, CN, US, DE),
+    /// national-cn (30,000 outlets, 150 hubs) or national-eu (5,000 depots,
+    /// 60 hubs in FR, DE, ES). The options below change the preset.
+    #[arg(long, default_value = "regional", value_parser = PRESETS)]
+    shape: String,
+    /// Delivery branches over all countries (up to 50,000).
+    #[arg(long)]
+    branches: Option<u32>,
+    /// Sorting hubs over all countries (up to 500).
+    #[arg(long)]
+    hubs: Option<u32>,
+    /// Countries, by code: FR, CN, US, DE, ES.
+    #[arg(long, value_delimiter = ',')]
+    countries: Option<Vec<String>>,
+    /// Share of parcels sent from another country.
+    #[arg(long)]
+    international: Option<f64>,
+    /// Share of parcels addressed to a pickup point.
+    #[arg(long)]
+    pickup_points: Option<f64>,
+    /// Scans bunch at sort waves and delivery rounds in local time.
+    #[arg(long)]
+    rhythm: Option<bool>,
+    /// Labels hours to days before pick-up; some parcels never handed over.
+    #[arg(long)]
+    pre_shipment: Option<bool>,
+    /// Share of parcels whose promise is revised a day later on the way.
+    #[arg(long)]
+    revisions: Option<f64>,
+}
+
+impl ShapeArgs {
+    fn shape(&self) -> Result<Shape> {
+        let mut shape = Shape::preset(&self.shape).map_err(anyhow::Error::msg)?;
+        if let Some(countries) = &self.countries {
+            shape.countries = Vec::new();
+            for code in countries {
+                let known = simulate::country_code(code.trim()).ok_or_else(|| {
+                    anyhow::anyhow!("--countries: unknown country {code:?}; known are FR, CN, US, DE, ES")
+                })?;
+                shape.countries.push(known);
+            }
+        }
+        shape.branches = self.branches.or(shape.branches);
+        shape.hubs = self.hubs.or(shape.hubs);
+        shape.international = self.international.unwrap_or(shape.international);
+        shape.pickup_points = self.pickup_points.unwrap_or(shape.pickup_points);
+        shape.rhythm = self.rhythm.unwrap_or(shape.rhythm);
+        shape.pre_shipment = self.pre_shipment.unwrap_or(shape.pre_shipment);
+        shape.revisions = self.revisions.unwrap_or(shape.revisions);
+        shape.check().map_err(anyhow::Error::msg)?;
+        Ok(shape)
+    }
 }
 
 /// Publishing the simulated network live.
@@ -58,7 +118,8 @@ pub fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     if !args.days.is_finite() || args.days <= 0.0 {
         bail!("--days must be positive");
     }
-    let net = Network { parcels: args.parcels, seed: args.seed, start: args.start, days: args.days };
+    let shape = args.shape.shape()?;
+    let net = Network { parcels: args.parcels, seed: args.seed, start: args.start, days: args.days, shape };
     let bar = progress(Some(args.parcels), "simulate");
     if let Some(url) = args.publish.nats.clone() {
         if args.out.is_some() {
@@ -78,7 +139,7 @@ pub fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     out.flush()?;
     bar.finish_and_clear();
     if let Some(path) = &args.out {
-        eprintln!("{events} events for {} parcels written to {}", args.parcels, path.display());
+        eprintln!("{events} events for {} parcels ({}) written to {}", args.parcels, net.shape, path.display());
     }
     Ok(ExitCode::SUCCESS)
 }

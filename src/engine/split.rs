@@ -216,7 +216,7 @@ mod tests {
 
     use super::*;
     use crate::event::decode;
-    use crate::simulate::{self, Network};
+    use crate::simulate::{self, Network, Shape};
 
     fn lines(alerts: &[Alert]) -> Vec<String> {
         let mut text = Vec::new();
@@ -273,7 +273,12 @@ mod tests {
         let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").unwrap();
         let seed = 11;
         let mut events = Vec::new();
-        simulate::write(&Network { parcels: 20_000, seed, start, days: 2.0 }, &mut events, |_| {}).unwrap();
+        simulate::write(
+            &Network { parcels: 20_000, seed, start, days: 2.0, shape: Shape::default() },
+            &mut events,
+            |_| {},
+        )
+        .unwrap();
         let config = Config::default();
         let mut split = Split::new(set.clone(), config.clone());
         let mut out = Vec::new();

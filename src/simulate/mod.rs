@@ -1,15 +1,17 @@
 //! A synthetic carrier network that writes the v1 contract: hubs and branches
-//! in FR, CN, US and DE, express/standard/economy parcels, international
-//! parcels through customs, the anomalies a real network has (stalls, late
-//! deliveries, failed attempts, damage, loss, a branch having a bad day, and
-//! half a day of failed attempts, damage and customs holds at one place each,
-//! and a hub that stops for a day),
+//! in the [`Shape`]'s countries (a regional carrier's few dozen, or a national
+//! network's tens of thousands), express/standard/economy parcels,
+//! international parcels through customs, pickup points, the anomalies a real
+//! network has (stalls, late deliveries, failed attempts, damage, loss, a
+//! branch having a bad day, and half a day of failed attempts, damage and
+//! customs holds at one place each, and a hub that stops for a day),
 //! scanners that upload late and twice, and customers who contact the call
 //! centre when their parcel goes wrong.
 //!
-//! Deterministic per seed: the same `(parcels, seed, start, days)` always
-//! gives the same bytes. Each parcel's life is drawn from its own random
-//! stream, so changing the parcel count does not change the first parcels.
+//! Deterministic per seed: the same `(parcels, seed, start, days, shape)`
+//! always gives the same bytes. Each parcel's life is drawn from its own
+//! random stream, so changing the parcel count does not change the first
+//! parcels.
 
 use std::io::{self, Write};
 
@@ -18,6 +20,16 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::event::Kind;
 use crate::time::Ts;
+
+mod shape;
+
+pub use shape::{Shape, PRESETS};
+
+/// The simulator's own spelling of a country code it knows.
+pub fn country_code(code: &str) -> Option<&'static str> {
+    COUNTRIES.iter().map(|c| c.code).find(|c| c.eq_ignore_ascii_case(code))
+}
+use shape::World;
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -28,6 +40,7 @@ pub struct Network {
     pub start: Ts,
     /// Labels are created uniformly over this many days.
     pub days: f64,
+    pub shape: Shape,
 }
 
 struct Country {
@@ -39,6 +52,8 @@ struct Country {
     digits: usize,
     names: &'static [&'static str],
     mail: &'static str,
+    /// Hours ahead of UTC (standard time), for the day's rhythm.
+    utc: i64,
     hubs: &'static [&'static str],
     branches: &'static [&'static str],
 }
@@ -50,7 +65,7 @@ impl Country {
     }
 }
 
-const COUNTRIES: [Country; 4] = [
+const COUNTRIES: [Country; 5] = [
     Country {
         code: "FR",
         locale: "fr-FR",
@@ -59,6 +74,7 @@ const COUNTRIES: [Country; 4] = [
         digits: 7,
         names: &["Léa Martin", "Hugo Bernard", "Chloé Dubois", "Théo Laurent", "Zoé Lefèvre", "Raphaël Moreau"],
         mail: "exemple.fr",
+        utc: 1,
         hubs: &["FR-LYS-HUB", "FR-PAR-HUB", "FR-MRS-HUB"],
         branches: &[
             "FR-PAR-12",
@@ -79,6 +95,7 @@ const COUNTRIES: [Country; 4] = [
         digits: 8,
         names: &["王芳", "李伟", "张敏", "刘洋", "陈静", "杨磊"],
         mail: "example.cn",
+        utc: 8,
         hubs: &["CN-SHA-HUB", "CN-SZX-HUB", "CN-PEK-HUB"],
         branches: &[
             "CN-SHA-07",
@@ -99,6 +116,7 @@ const COUNTRIES: [Country; 4] = [
         digits: 4,
         names: &["Emma Johnson", "Liam Smith", "Olivia Brown", "Noah Davis", "Ava Wilson", "Mason Clark"],
         mail: "example.com",
+        utc: -5,
         hubs: &["US-EWR-HUB", "US-ORD-HUB", "US-LAX-HUB"],
         branches: &[
             "US-NYC-14",
@@ -119,6 +137,7 @@ const COUNTRIES: [Country; 4] = [
         digits: 8,
         names: &["Lena Müller", "Jonas Schmidt", "Mia Schneider", "Felix Weber", "Hannah Becker", "Lukas Fischer"],
         mail: "beispiel.de",
+        utc: 1,
         hubs: &["DE-FRA-HUB", "DE-LEJ-HUB", "DE-HAM-HUB"],
         branches: &[
             "DE-BER-03",
@@ -129,6 +148,27 @@ const COUNTRIES: [Country; 4] = [
             "DE-FRA-04",
             "DE-STR-06",
             "DE-DUS-07",
+        ],
+    },
+    Country {
+        code: "ES",
+        locale: "es-ES",
+        tz: "Europe/Madrid",
+        phone: "+346",
+        digits: 8,
+        names: &["Lucía García", "Hugo Fernández", "Martina López", "Pablo Martínez", "Sofía Sánchez", "Álvaro Pérez"],
+        mail: "ejemplo.es",
+        utc: 1,
+        hubs: &["ES-MAD-HUB", "ES-BCN-HUB", "ES-VLC-HUB"],
+        branches: &[
+            "ES-MAD-01",
+            "ES-MAD-04",
+            "ES-BCN-02",
+            "ES-VLC-03",
+            "ES-SVQ-05",
+            "ES-ZAZ-06",
+            "ES-BIO-07",
+            "ES-AGP-08",
         ],
     },
 ];
@@ -144,18 +184,22 @@ struct Ev {
     parcel: u32,
     seq: u16,
     kind: Kind,
-    facility: Option<&'static str>,
+    /// A place of the [`World`].
+    facility: Option<u32>,
     reason: Option<&'static str>,
-    /// promised_by on label_created, return_by on ready_for_pickup.
+    /// promised_by on label_created (and a revision on a later scan),
+    /// return_by on ready_for_pickup.
     stamp: Option<i64>,
     topic: Option<&'static str>,
 }
 
 /// Static facts of one parcel, redrawn from its seed when written.
 struct Parcel {
+    /// Indexes into [`COUNTRIES`].
     origin: usize,
     dest: usize,
-    branch: &'static str,
+    /// A place of the [`World`].
+    branch: u32,
     service: &'static str,
 }
 
@@ -173,10 +217,28 @@ fn hours(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> i64 {
     (rng.gen_range(lo..hi) * HOUR as f64) as i64
 }
 
-fn parcel_facts(rng: &mut ChaCha8Rng) -> Parcel {
-    let dest = rng.gen_range(0..COUNTRIES.len());
-    let origin = if rng.gen_bool(0.15) { (dest + rng.gen_range(1..COUNTRIES.len())) % COUNTRIES.len() } else { dest };
-    let branch = pick(rng, COUNTRIES[dest].branches);
+fn parcel_facts(world: &World, international: f64, rng: &mut ChaCha8Rng) -> Parcel {
+    let countries = &world.countries;
+    let at = rng.gen_range(0..countries.len());
+    let dest = countries[at];
+    // Sent from another of the shape's countries, or from abroad when it has one.
+    let origin = if rng.gen_bool(international) {
+        if countries.len() > 1 {
+            countries[(at + rng.gen_range(1..countries.len())) % countries.len()]
+        } else {
+            (dest + rng.gen_range(1..COUNTRIES.len())) % COUNTRIES.len()
+        }
+    } else {
+        dest
+    };
+    let branches = &world.branches[dest];
+    // Named branches are alike; numbered ones range from city depots to
+    // village outlets: the first ones are the busiest.
+    let branch = if world.named {
+        pick(rng, branches)
+    } else {
+        branches[(rng.gen::<f64>().powi(2) * branches.len() as f64) as usize]
+    };
     let service = match rng.gen_range(0..100) {
         0..=24 => "express",
         25..=89 => "standard",
@@ -185,21 +247,24 @@ fn parcel_facts(rng: &mut ChaCha8Rng) -> Parcel {
     Parcel { origin, dest, branch, service }
 }
 
-/// The branch that has a bad day: everything through it stalls on day 1.
-fn disrupted(branch: &str) -> bool {
-    branch == "FR-PAR-12"
-}
-
 /// Half a day of trouble in the middle of the run (a day past its middle,
 /// so that the branches have a normal to depart from): one branch's
 /// couriers fail half their attempts, another's conveyor damages parcels,
 /// the customs at one hub hold nearly every parcel for days. And a hub
-/// stops for a whole day from the same instant: nothing leaves it.
-const FAILING_BRANCH: &str = "DE-MUC-02";
-const DAMAGING_BRANCH: &str = "US-CHI-03";
-const CUSTOMS_BACKLOG_HUB: &str = "DE-FRA-HUB";
-const STALLED_HUB: &str = "FR-LYS-HUB";
+/// stops for a whole day from the same instant: nothing leaves it. Before
+/// that, one branch has a bad first day: everything through it stalls.
+/// The [`World`] says which places.
 const HUB_STALL_LASTS: i64 = 24 * HOUR;
+
+/// The first instant at or after `t` that is one of `hours` (local, sorted)
+/// in a place `utc` hours ahead of UTC.
+fn next_local(t: i64, utc: i64, hours: &[f64]) -> i64 {
+    let local = t + utc * HOUR;
+    let day = local.div_euclid(24 * HOUR) * 24 * HOUR;
+    let at = |d: i64, h: f64| day + d * 24 * HOUR + (h * HOUR as f64) as i64;
+    let next = hours.iter().map(|&h| at(0, h)).find(|&c| c >= local).unwrap_or_else(|| at(1, hours[0]));
+    next - utc * HOUR
+}
 
 /// When the half day of trouble starts.
 fn trouble_starts(net: &Network) -> Ts {
@@ -209,10 +274,12 @@ fn trouble_starts(net: &Network) -> Ts {
 /// How long the trouble lasts.
 const TROUBLE_LASTS: i64 = 12 * HOUR;
 
-/// Draws one parcel's life into `out`.
-fn life(net: &Network, index: u64, out: &mut Vec<Ev>) {
+/// Draws one parcel's life into `out`. Every draw a shape's feature adds is
+/// made only when the feature is on, so `regional` draws what it always drew.
+fn life(net: &Network, world: &World, index: u64, out: &mut Vec<Ev>) {
+    let shape = &net.shape;
     let mut rng = parcel_rng(net.seed, index);
-    let p = parcel_facts(&mut rng);
+    let p = parcel_facts(world, shape.international, &mut rng);
     let origin = &COUNTRIES[p.origin];
     let dest = &COUNTRIES[p.dest];
     let span = (net.days * 24.0 * HOUR as f64) as i64;
@@ -227,24 +294,32 @@ fn life(net: &Network, index: u64, out: &mut Vec<Ev>) {
         (_, true) => 10,
     };
     // Promised for the evening of the last transit day, with a day of margin as carriers quote.
-    let promised = (t0 / (24 * HOUR) + transit_days + 1) * 24 * HOUR + 18 * HOUR;
+    let mut promised = (t0 / (24 * HOUR) + transit_days + 1) * 24 * HOUR + 18 * HOUR;
     let parcel = index as u32;
     let mut seq = 0u16;
     let mut t = t0;
     let mut push = |out: &mut Vec<Ev>,
                     t: i64,
                     kind: Kind,
-                    facility: Option<&'static str>,
+                    facility: Option<u32>,
                     reason: Option<&'static str>,
                     stamp: Option<i64>| {
         seq += 1;
         out.push(Ev { arrival: t, at: t, parcel, seq, kind, facility, reason, stamp, topic: None });
     };
+    // The day's rhythm: a scan waits for the next of these local hours.
+    let rhythm = |rng: &mut ChaCha8Rng, t: i64, utc: i64, hours: &[f64], spread: f64| {
+        if shape.rhythm {
+            next_local(t, utc, hours) + self::hours(rng, 0.0, spread)
+        } else {
+            t
+        }
+    };
     let first = out.len();
     push(out, t, Kind::LabelCreated, None, None, Some(promised));
     // Some parcels stall once: a leg that takes a day or two longer.
     let stall_leg = if rng.gen_bool(0.04) { rng.gen_range(0..4) } else { 99 };
-    let bad_day = disrupted(p.branch) && (t0 - net.start.0) < 24 * HOUR && rng.gen_bool(0.5);
+    let bad_day = p.branch == world.disrupted && (t0 - net.start.0) < 24 * HOUR && rng.gen_bool(0.5);
     let trouble = trouble_starts(net).0;
     let in_trouble = |t: i64| (trouble..trouble + TROUBLE_LASTS).contains(&t);
     let leg = |rng: &mut ChaCha8Rng, n: u32, lo: f64, hi: f64| -> i64 {
@@ -252,23 +327,51 @@ fn life(net: &Network, index: u64, out: &mut Vec<Ev>) {
         hours(rng, lo, hi) + extra
     };
     let express = if p.service == "express" { 0.5 } else { 1.0 };
-    t += leg(&mut rng, 9, 1.0, 6.0);
+    if shape.pre_shipment {
+        // The sender prints the label hours or days before the courier comes;
+        // some never hand the parcel over.
+        t += match rng.gen_range(0..100) {
+            0..=3 => {
+                finish(&mut rng, out, first, promised);
+                return;
+            }
+            4..=23 => hours(&mut rng, 24.0, 72.0),
+            _ => hours(&mut rng, 1.0, 18.0),
+        };
+        t = rhythm(&mut rng, t, origin.utc, &[14.0, 17.0], 2.0);
+    } else {
+        t += leg(&mut rng, 9, 1.0, 6.0);
+    }
     push(out, t, Kind::PickedUp, None, None, None);
-    let hub = pick(&mut rng, origin.hubs);
+    let hub = pick(&mut rng, &world.hubs[p.origin]);
     t += leg(&mut rng, 0, 2.0, 8.0 * express);
     push(out, t, Kind::Arrived, Some(hub), None, None);
     let at_hub = t;
     t += leg(&mut rng, 9, 1.0, 4.0);
     // What is at the stopped hub, or arrives there, leaves when it is back.
-    if hub == STALLED_HUB && at_hub < trouble + HUB_STALL_LASTS && t >= trouble {
+    if hub == world.stalled_hub && at_hub < trouble + HUB_STALL_LASTS && t >= trouble {
         t = trouble + HUB_STALL_LASTS + hours(&mut rng, 0.5, 6.0);
     }
-    push(out, t, Kind::Departed, Some(hub), None, None);
+    t = rhythm(&mut rng, t, origin.utc, &[2.0, 5.0, 22.0], 0.3);
+    // A promise revised as the parcel leaves its first hub: a day later.
+    let revised = shape.revisions > 0.0 && rng.gen_bool(shape.revisions);
+    if revised {
+        promised += 24 * HOUR;
+    }
+    push(out, t, Kind::Departed, Some(hub), None, revised.then_some(promised));
+    // The hub that serves the branch: named networks draw one per parcel.
+    let serving = |rng: &mut ChaCha8Rng| {
+        if world.named {
+            pick(rng, &world.hubs[p.dest])
+        } else {
+            world.hub_of(p.dest, p.branch)
+        }
+    };
     if international {
-        let dest_hub = pick(&mut rng, dest.hubs);
+        let dest_hub = serving(&mut rng);
         t += leg(&mut rng, 1, 10.0, 20.0);
         push(out, t, Kind::Arrived, Some(dest_hub), None, None);
-        let backlog = dest_hub == CUSTOMS_BACKLOG_HUB && in_trouble(t);
+        let backlog = dest_hub == world.backlog_hub && in_trouble(t);
         if rng.gen_bool(if backlog { 0.9 } else { 0.3 }) {
             let reason = pick(&mut rng, &["documents_missing", "duties_unpaid", "inspection"]);
             t += hours(&mut rng, 0.5, 3.0);
@@ -277,7 +380,18 @@ fn life(net: &Network, index: u64, out: &mut Vec<Ev>) {
             push(out, t, Kind::CustomsReleased, Some(dest_hub), None, None);
         }
         t += hours(&mut rng, 1.0, 4.0);
+        t = rhythm(&mut rng, t, dest.utc, &[2.0, 5.0, 22.0], 0.3);
         push(out, t, Kind::Departed, Some(dest_hub), None, None);
+    } else if !world.named {
+        // A national network sorts twice: at the sender's hub and the one serving the branch.
+        let dest_hub = serving(&mut rng);
+        if dest_hub != hub {
+            t += leg(&mut rng, 1, 4.0, 12.0 * express);
+            push(out, t, Kind::Arrived, Some(dest_hub), None, None);
+            t += hours(&mut rng, 0.5, 3.0);
+            t = rhythm(&mut rng, t, dest.utc, &[2.0, 5.0, 22.0], 0.3);
+            push(out, t, Kind::Departed, Some(dest_hub), None, None);
+        }
     }
     if rng.gen_bool(0.002) {
         t += hours(&mut rng, 6.0, 40.0);
@@ -291,18 +405,27 @@ fn life(net: &Network, index: u64, out: &mut Vec<Ev>) {
     }
     t += leg(&mut rng, 2, 4.0, 16.0 * express) + if bad_day { hours(&mut rng, 25.0, 30.0) } else { 0 };
     push(out, t, Kind::Arrived, Some(p.branch), None, None);
-    if p.branch == DAMAGING_BRANCH && in_trouble(t) && rng.gen_bool(0.15) {
+    if p.branch == world.damaging && in_trouble(t) && rng.gen_bool(0.15) {
         t += hours(&mut rng, 0.1, 1.0);
         push(out, t, Kind::Damaged, Some(p.branch), Some("major"), None);
+    }
+    if shape.pickup_points > 0.0 && rng.gen_bool(shape.pickup_points) {
+        // Addressed to a pickup point: the branch's van drops it there.
+        let point = world.pickup[p.branch as usize] + rng.gen_range(0..2);
+        t += leg(&mut rng, 3, 2.0, 10.0 * express);
+        collect(&mut rng, out, &mut push, t, point, 0.88);
+        finish(&mut rng, out, first, promised);
+        return;
     }
     // Out for delivery on the next round, a few hours to half a day after arrival.
     let mut attempts = 0;
     loop {
         t += leg(&mut rng, 3, 3.0, 14.0 * express);
+        t = rhythm(&mut rng, t, dest.utc, &[8.0, 13.0], 1.0);
         push(out, t, Kind::OutForDelivery, Some(p.branch), None, None);
         t += hours(&mut rng, 1.0, 8.0);
         attempts += 1;
-        let success = if p.branch == FAILING_BRANCH && in_trouble(t) { 0.5 } else { 0.92 };
+        let success = if p.branch == world.failing && in_trouble(t) { 0.5 } else { 0.92 };
         if rng.gen_bool(success) {
             push(out, t, Kind::Delivered, Some(p.branch), None, None);
             break;
@@ -311,18 +434,31 @@ fn life(net: &Network, index: u64, out: &mut Vec<Ev>) {
         push(out, t, Kind::DeliveryFailed, Some(p.branch), Some(reason), None);
         if attempts >= 2 || rng.gen_bool(0.3) {
             t += hours(&mut rng, 1.0, 4.0);
-            let return_by = t + 7 * 24 * HOUR;
-            push(out, t, Kind::ReadyForPickup, Some(p.branch), None, Some(return_by));
-            if rng.gen_bool(0.85) {
-                t += hours(&mut rng, 4.0, 110.0);
-                push(out, t, Kind::Collected, Some(p.branch), None, None);
-            } else {
-                push(out, return_by, Kind::Returned, Some(p.branch), None, None);
-            }
+            collect(&mut rng, out, &mut push, t, p.branch, 0.85);
             break;
         }
     }
     finish(&mut rng, out, first, promised);
+}
+
+/// A parcel waiting at `place` from `t` for a week: collected (with
+/// probability `collected`, 4 to 110 hours later) or sent back.
+fn collect(
+    rng: &mut ChaCha8Rng,
+    out: &mut Vec<Ev>,
+    push: &mut impl FnMut(&mut Vec<Ev>, i64, Kind, Option<u32>, Option<&'static str>, Option<i64>),
+    t: i64,
+    place: u32,
+    collected: f64,
+) {
+    let return_by = t + 7 * 24 * HOUR;
+    push(out, t, Kind::ReadyForPickup, Some(place), None, Some(return_by));
+    if rng.gen_bool(collected) {
+        let at = t + hours(rng, 4.0, 110.0);
+        push(out, at, Kind::Collected, Some(place), None, None);
+    } else {
+        push(out, return_by, Kind::Returned, Some(place), None, None);
+    }
 }
 
 /// Adds the uploads' disorder and the customers' calls to one parcel's events.
@@ -346,7 +482,9 @@ fn finish(rng: &mut ChaCha8Rng, out: &mut Vec<Ev>, first: usize, promised: i64) 
             problem = candidate;
         }
     }
-    if problem.is_none() && !done_on_time && last > promised {
+    // A parcel never handed over (only its label) is late too.
+    let handed_over = events_end - first > 1;
+    if problem.is_none() && !done_on_time && (last > promised || !handed_over) {
         problem = Some((promised + 2 * HOUR, "delivery_time"));
     }
     let parcel = out[first].parcel;
@@ -393,9 +531,11 @@ fn finish(rng: &mut ChaCha8Rng, out: &mut Vec<Ev>, first: usize, promised: i64) 
 /// Simulates the network and writes it as JSON Lines, in upload order.
 /// `progress` is called with the number of parcels drawn so far.
 pub fn write(net: &Network, out: &mut impl Write, mut progress: impl FnMut(u64)) -> io::Result<u64> {
+    net.shape.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let world = World::new(&net.shape);
     let mut events = Vec::with_capacity((net.parcels * 11) as usize);
     for i in 0..net.parcels {
-        life(net, i, &mut events);
+        life(net, &world, i, &mut events);
         if i % 65_536 == 0 {
             progress(i);
         }
@@ -404,21 +544,22 @@ pub fn write(net: &Network, out: &mut impl Write, mut progress: impl FnMut(u64))
     let mut line = Vec::with_capacity(512);
     for e in &events {
         line.clear();
-        format_event(net, e, &mut line);
+        format_event(net, &world, e, &mut line);
         out.write_all(&line)?;
     }
     progress(net.parcels);
     Ok(events.len() as u64)
 }
 
-fn format_event(net: &Network, e: &Ev, line: &mut Vec<u8>) {
+fn format_event(net: &Network, world: &World, e: &Ev, line: &mut Vec<u8>) {
     let mut rng = parcel_rng(net.seed, u64::from(e.parcel));
-    let p = parcel_facts(&mut rng);
+    let p = parcel_facts(world, net.shape.international, &mut rng);
     let dest = &COUNTRIES[p.dest];
     let origin = &COUNTRIES[p.origin];
+    let facility = e.facility.map(|f| world.name(f));
     let country = match e.kind {
         Kind::LabelCreated | Kind::PickedUp => origin.code,
-        _ if e.facility.is_some_and(|f| f.starts_with(origin.code)) => origin.code,
+        _ if facility.is_some_and(|f| f.starts_with(origin.code)) => origin.code,
         _ => dest.code,
     };
     let _ = write!(
@@ -430,11 +571,11 @@ fn format_event(net: &Network, e: &Ev, line: &mut Vec<u8>) {
         origin.code,
         e.kind,
         Ts(e.at),
-        p.branch,
+        world.name(p.branch),
         country,
         p.service
     );
-    if let Some(f) = e.facility {
+    if let Some(f) = facility {
         let _ = write!(line, r#","facility":"{f}""#);
     }
     if let Some(r) = e.reason {
@@ -466,6 +607,9 @@ fn format_event(net: &Network, e: &Ev, line: &mut Vec<u8>) {
         (Kind::ReadyForPickup, Some(s)) => {
             let _ = write!(line, r#","return_by":"{}""#, Ts(s));
         }
+        (_, Some(s)) => {
+            let _ = write!(line, r#","promised_by":"{}""#, Ts(s));
+        }
         _ => {}
     }
     if let Some(topic) = e.topic {
@@ -476,7 +620,69 @@ fn format_event(net: &Network, e: &Ev, line: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    fn simulate(parcels: u64, shape: Shape) -> Vec<u8> {
+        let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").unwrap();
+        let mut out = Vec::new();
+        write(&Network { parcels, seed: 3, start, days: 2.0, shape }, &mut out, |_| {}).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_regional_shape_draws_the_network_it_always_drew() {
+        // The digest of the file the simulator wrote before it had shapes:
+        // figures measured on it stay comparable.
+        let bytes = simulate(3_000, Shape::regional());
+        assert_eq!(xxhash_rust::xxh3::xxh3_64(&bytes), REGIONAL_DIGEST);
+    }
+
+    const REGIONAL_DIGEST: u64 = 2_406_016_159_449_763_239;
+
+    #[test]
+    fn each_shape_gives_the_same_bytes_for_the_same_seed() {
+        for name in PRESETS {
+            let shape = Shape::preset(name).unwrap();
+            assert_eq!(simulate(1_000, shape.clone()), simulate(1_000, shape), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_national_network_has_its_size_pickup_points_rhythm_and_forgotten_parcels() {
+        let bytes = simulate(20_000, Shape::national_cn());
+        let events: Vec<serde_json::Value> = bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        let field = |e: &serde_json::Value, f: &str| e[f].as_str().unwrap_or_default().to_string();
+        let branches: BTreeSet<String> = events.iter().map(|e| field(e, "branch")).collect();
+        let hubs: BTreeSet<String> =
+            events.iter().map(|e| field(e, "facility")).filter(|f| f.contains("-HUB")).collect();
+        assert!(branches.len() > 4_000 && branches.iter().all(|b| b.starts_with("CN-")), "{} branches", branches.len());
+        assert!(hubs.len() > 140, "{} hubs", hubs.len());
+        let kind = |k: &str| events.iter().filter(|e| e["kind"] == k).count();
+        let pickup_points =
+            events.iter().filter(|e| e["kind"] == "ready_for_pickup" && field(e, "facility").contains("-PP")).count();
+        assert!(pickup_points > 20_000 / 4, "{pickup_points} parcels to pickup points");
+        let labels = kind("label_created");
+        assert!(labels - kind("picked_up") > 20_000 / 50, "parcels never handed over");
+        let revised = events.iter().filter(|e| e["kind"] != "label_created" && e.get("promised_by").is_some()).count();
+        assert!(revised > 20_000 / 40, "{revised} revised promises");
+        // Hub departures leave in the sort waves: 22:00, 02:00, 05:00 Beijing time, within 20 minutes.
+        let departures: Vec<i64> = events
+            .iter()
+            .filter(|e| e["kind"] == "departed" && field(e, "facility").starts_with("CN-"))
+            .map(|e| Ts::parse_rfc3339(&field(e, "at")).unwrap().0 + 8 * HOUR)
+            .collect();
+        let in_wave = departures.iter().filter(|&&t| {
+            let minute = t.rem_euclid(24 * HOUR) / 60_000;
+            [22 * 60, 2 * 60, 5 * 60].iter().any(|w| (minute - w).rem_euclid(24 * 60) < 20)
+        });
+        assert_eq!(in_wave.count(), departures.len());
+    }
 
     #[test]
     fn every_country_gets_valid_phone_numbers() {

@@ -2,7 +2,7 @@ use std::path::Path;
 
 use super::*;
 use crate::event::decode;
-use crate::simulate::{self, Network};
+use crate::simulate::{self, Network, Shape};
 
 fn pack() -> RuleSet {
     RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).expect("the default pack loads")
@@ -11,7 +11,8 @@ fn pack() -> RuleSet {
 fn network(parcels: u64) -> Vec<u8> {
     let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").expect("a start time");
     let mut data = Vec::new();
-    simulate::write(&Network { parcels, seed: 5, start, days: 1.0 }, &mut data, |_| {}).expect("simulates");
+    simulate::write(&Network { parcels, seed: 5, start, days: 1.0, shape: Shape::default() }, &mut data, |_| {})
+        .expect("simulates");
     data
 }
 
