@@ -4,6 +4,9 @@
 //! configured local time each branch gets them as a CSV attachment. A
 //! branch with none that day gets no mail: the ledger records the day's
 //! digest as skipped (`no_at_risk_parcels`), so it is decided once a day.
+//! Each day's digest of a branch is claimed in the ledger before it is
+//! made (a KV `Create`), so of several dispatchers, or across restarts,
+//! exactly one sends it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +19,7 @@ use tokio::sync::watch;
 
 use super::channel::email::Mail;
 use super::deliver::Senders;
-use super::ledger::{entries, slot, token, Ledger, Recorded};
+use super::ledger::{entries, slot, token, Claim, Ledger, Recorded};
 use super::notice::Notice;
 use super::template::Context;
 use crate::clock::Clock;
@@ -117,8 +120,22 @@ pub async fn run(
                 let date = local.format("%Y-%m-%d").to_string();
                 let key = format!("digest.{}.{date}", token(code));
                 let record = slot(None, &key);
-                if matches!(ledger.get(&record).await, Ok(Some(_))) {
-                    continue;
+                let intent = serde_json::json!({
+                    "outcome": "intent", "channel": "email", "audience": "branch", "branch": code,
+                    "digest": date, "at": now.to_rfc3339(),
+                });
+                match ledger.claim(&record, intent.to_string().into()).await {
+                    Ok(Claim::Ours) => {}
+                    Ok(Claim::Theirs) => {
+                        let by = "another dispatcher, or this one before a restart";
+                        tracing::info!(branch = %code, digest = %date, by, "daily digest already claimed");
+                        continue;
+                    }
+                    Ok(Claim::Known) => continue,
+                    Err(e) => {
+                        tracing::warn!(branch = %code, error = %e, "daily digest not claimed; will try again");
+                        continue;
+                    }
                 }
                 let (outcome, recorded, count) = match send(&senders, &store, code, email, tz, &date, &key).await {
                     Ok(Some(count)) => {
@@ -131,6 +148,9 @@ pub async fn run(
                     }
                     Err(e) => {
                         tracing::warn!(branch = %code, error = %e, "daily digest not sent; will try again");
+                        if let Err(e) = ledger.release(&record).await {
+                            tracing::warn!(branch = %code, error = %e, "daily digest claim not released");
+                        }
                         continue;
                     }
                 };

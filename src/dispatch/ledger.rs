@@ -98,6 +98,17 @@ pub async fn entries(store: &kv::Store, filter: &str, max: u64) -> Result<(Vec<(
     Ok((out, pending > max))
 }
 
+/// Who holds a message's claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This instance, now: it sends the message.
+    Ours,
+    /// Another instance, or this one before a restart: seen now.
+    Theirs,
+    /// Already seen by this instance.
+    Known,
+}
+
 #[derive(Clone)]
 pub struct Ledger {
     store: Option<kv::Store>,
@@ -167,6 +178,37 @@ impl Ledger {
             wanted.push(draft.clone());
         }
         Ok((wanted, skips))
+    }
+
+    /// Claims the message at `key` (a [`slot`]) for this instance before it
+    /// is sent, with `body` (`{"outcome": "intent", …}`) as the record: a
+    /// JetStream `Create`, so of several instances (or an earlier run) only
+    /// one ever holds it. A claim whose outcome never follows (a crash
+    /// mid-send) stays: the message is not sent blindly again, and its
+    /// record says `intent`.
+    pub async fn claim(&self, key: &str, body: Bytes) -> Result<Claim, LiveError> {
+        if self.cache.get(key).await.is_some() {
+            return Ok(Claim::Known);
+        }
+        let claim = match &self.store {
+            None => Claim::Ours,
+            Some(store) => match store.create(key, body).await {
+                Ok(_) => Claim::Ours,
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Claim::Theirs,
+                Err(e) => return Err(LiveError::nats("idempotency claim", e)),
+            },
+        };
+        self.cache.insert(key.to_string(), Recorded::Final("intent".into())).await;
+        Ok(claim)
+    }
+
+    /// Gives up a claim whose message could not be sent now, so that a later try may take it.
+    pub async fn release(&self, key: &str) -> Result<(), LiveError> {
+        self.cache.invalidate(key).await;
+        if let Some(store) = &self.store {
+            store.delete(key).await.map_err(|e| LiveError::nats("idempotency release", e))?;
+        }
+        Ok(())
     }
 
     /// Records the final outcome of the message at `key` (a [`slot`]), as `body` says it.

@@ -353,6 +353,39 @@ fn email_speaks_the_recipients_language_and_the_digest_carries_a_csv() {
 }
 
 #[test]
+fn two_dispatchers_send_a_branch_its_daily_digest_once() {
+    let w = World::new(true, "10:30");
+    set_clock(&w.clock, "2026-11-20T09:00:00Z");
+    let (a, b) = (w.start(), w.start());
+    let smtp = w.smtp.as_ref().unwrap();
+    let held = |n| {
+        let to = recipient("", &format!("c{n}@example.fr"), "fr-FR", "Europe/Paris", &["email"]);
+        alert(n, "customs_hold", "warning", &["customer"], to)
+    };
+    w.publish(&[held(1), held(2)]);
+    wait_for(&a, "two mails", || smtp.messages().len() >= 2);
+    // 10:30 in Paris: both dispatchers reach FR-PAR-12's digest; one claims it.
+    set_clock(&w.clock, "2026-11-20T09:31:00Z");
+    let about = |log: &str, what: &str| log.lines().any(|l| l.contains(what) && l.contains("FR-PAR-12"));
+    wait_for(&a, "one digest sent and one claim refused", || {
+        let (la, lb) = (a.log(), b.log());
+        (about(&la, "daily digest sent") && about(&lb, "daily digest already claimed"))
+            || (about(&lb, "daily digest sent") && about(&la, "daily digest already claimed"))
+    });
+    for p in [a, b] {
+        let (status, log) = p.stop();
+        assert!(status.success(), "{log}");
+    }
+    let digests = smtp
+        .messages()
+        .iter()
+        .map(|m| parse(m))
+        .filter(|m| m.subject().is_some_and(|s| s.contains("FR-PAR-12")))
+        .count();
+    assert_eq!(digests, 1);
+}
+
+#[test]
 fn with_the_smtp_server_down_for_30_s_every_mail_arrives_once() {
     let mut w = World::new(true, "");
     w.smtp.as_mut().unwrap().stop();
