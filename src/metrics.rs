@@ -40,6 +40,11 @@ pub struct Metrics {
     pub parcels: IntGauge,
     pub resident_bytes: IntGauge,
     pub timers: IntGauge,
+    /// The lane model behind `predicted_late`: lanes learnt, legs learnt,
+    /// and legs not learnt because a partition's lane table was full.
+    pub lanes: IntGauge,
+    pub lane_legs: IntGauge,
+    pub lane_overflow: IntGauge,
     // Checkpoints.
     pub checkpoint_seconds: Histogram,
     pub checkpoint_pause: Histogram,
@@ -138,6 +143,18 @@ impl Metrics {
             .expect("valid"),
             timers: IntGauge::new("forewarn_timers_pending", "Deadlines waiting in the window's timer wheels.")
                 .expect("valid"),
+            lanes: IntGauge::new("forewarn_lanes", "Lanes the predictions learn from, over the owned partitions.")
+                .expect("valid"),
+            lane_legs: IntGauge::new(
+                "forewarn_lane_legs_learnt",
+                "Legs the lanes learnt from, since the engines' state began (checkpoints keep it).",
+            )
+            .expect("valid"),
+            lane_overflow: IntGauge::new(
+                "forewarn_lane_overflow_legs",
+                "Legs not learnt because their partition's lane table was full: predictions go silent for them.",
+            )
+            .expect("valid"),
             checkpoint_seconds: Histogram::with_opts(
                 HistogramOpts::new("forewarn_checkpoint_duration_seconds", "Time to store a checkpoint.")
                     .buckets(LATENCY.to_vec()),
@@ -263,6 +280,9 @@ impl Metrics {
             Box::new(m.parcels.clone()),
             Box::new(m.resident_bytes.clone()),
             Box::new(m.timers.clone()),
+            Box::new(m.lanes.clone()),
+            Box::new(m.lane_legs.clone()),
+            Box::new(m.lane_overflow.clone()),
             Box::new(m.checkpoint_seconds.clone()),
             Box::new(m.checkpoint_pause.clone()),
             Box::new(m.checkpoint_bytes.clone()),

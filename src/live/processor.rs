@@ -452,6 +452,15 @@ impl Processor {
         let m = &*METRICS;
         m.parcels.set(self.parts.values().map(|p| p.engine.parcels() as i64).sum());
         m.timers.set(self.parts.values().map(|p| p.engine.timers() as i64).sum());
+        let (mut lanes, mut legs, mut overflow) = (0, 0, 0);
+        for part in self.parts.values() {
+            let (stats, count) = part.engine.lane_stats();
+            (lanes, legs, overflow) =
+                (lanes + count as i64, legs + stats.legs as i64, overflow + stats.overflow as i64);
+        }
+        m.lanes.set(lanes);
+        m.lane_legs.set(legs);
+        m.lane_overflow.set(overflow);
         if let Some(rss) = crate::replay::resident_bytes() {
             m.resident_bytes.set(rss as i64);
         }
