@@ -104,7 +104,10 @@ impl Shape {
         if self.countries.is_empty() {
             return Err("--countries: name at least one country".into());
         }
-        for code in &self.countries {
+        for (i, code) in self.countries.iter().enumerate() {
+            if self.countries[..i].contains(code) {
+                return Err(format!("--countries: {code} named twice"));
+            }
             if country(code).is_none() {
                 let known: Vec<_> = COUNTRIES.iter().map(|c| c.code).collect();
                 return Err(format!("--countries: unknown country {code:?}; known are {}", known.join(", ")));

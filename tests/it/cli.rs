@@ -170,3 +170,26 @@ fn the_systemd_unit_verifies_and_its_command_line_parses() {
     assert_ne!(out.status.code(), Some(2), "usage error:\n{stderr}");
     assert!(stderr.contains("/etc/forewarn/forewarn.toml"), "it went on to read its configuration:\n{stderr}");
 }
+
+#[test]
+fn simulate_draws_the_shape_asked_for_and_refuses_one_out_of_bounds() {
+    let out =
+        forewarn(&["simulate", "--shape", "national-eu", "--branches", "600", "--parcels", "2000", "--seed", "4"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events = text(&out.stdout);
+    let branches: std::collections::BTreeSet<&str> =
+        events.lines().filter_map(|l| l.split(r#""branch":""#).nth(1)?.split('"').next()).collect();
+    assert!(branches.len() > 200 && branches.len() <= 600, "{} branches", branches.len());
+    for country in ["FR-", "DE-", "ES-"] {
+        assert!(branches.iter().any(|b| b.starts_with(country)), "no branch in {country}");
+    }
+    assert!(events.contains("-PP1\""), "pickup points");
+    for (args, says) in [
+        (&["--branches", "60000"][..], "--branches 60000: from one per country (3) to 50000"),
+        (&["--countries", "FR,FR"][..], "--countries: FR named twice"),
+        (&["--countries", "FR,XX"][..], "--countries: unknown country \"XX\""),
+    ] {
+        let out = forewarn(&[&["simulate", "--shape", "national-eu", "--parcels", "10"][..], args].concat());
+        assert!(!out.status.success() && text(&out.stderr).contains(says), "{args:?}: {}", text(&out.stderr));
+    }
+}
