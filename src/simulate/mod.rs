@@ -21,15 +21,13 @@ use rand_chacha::ChaCha8Rng;
 use crate::event::Kind;
 use crate::time::Ts;
 
+mod countries;
 mod shape;
 
-pub use shape::{Shape, PRESETS};
-
-/// The simulator's own spelling of a country code it knows.
-pub fn country_code(code: &str) -> Option<&'static str> {
-    COUNTRIES.iter().map(|c| c.code).find(|c| c.eq_ignore_ascii_case(code))
-}
+pub use countries::country_code;
+use countries::{Country, COUNTRIES};
 use shape::World;
+pub use shape::{Shape, PRESETS};
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -42,136 +40,6 @@ pub struct Network {
     pub days: f64,
     pub shape: Shape,
 }
-
-struct Country {
-    code: &'static str,
-    locale: &'static str,
-    tz: &'static str,
-    phone: &'static str,
-    /// Digits after `phone` that make a valid E.164 number.
-    digits: usize,
-    names: &'static [&'static str],
-    mail: &'static str,
-    /// Hours ahead of UTC (standard time), for the day's rhythm.
-    utc: i64,
-    hubs: &'static [&'static str],
-    branches: &'static [&'static str],
-}
-
-impl Country {
-    /// A phone number from 8 random digits.
-    fn number(&self, digits: u32) -> String {
-        format!("{}{}", self.phone, &digits.to_string()[..self.digits])
-    }
-}
-
-const COUNTRIES: [Country; 5] = [
-    Country {
-        code: "FR",
-        locale: "fr-FR",
-        tz: "Europe/Paris",
-        phone: "+3361",
-        digits: 7,
-        names: &["Léa Martin", "Hugo Bernard", "Chloé Dubois", "Théo Laurent", "Zoé Lefèvre", "Raphaël Moreau"],
-        mail: "exemple.fr",
-        utc: 1,
-        hubs: &["FR-LYS-HUB", "FR-PAR-HUB", "FR-MRS-HUB"],
-        branches: &[
-            "FR-PAR-12",
-            "FR-PAR-15",
-            "FR-LYS-03",
-            "FR-MRS-01",
-            "FR-TLS-02",
-            "FR-NTE-04",
-            "FR-LIL-05",
-            "FR-BDX-06",
-        ],
-    },
-    Country {
-        code: "CN",
-        locale: "zh-CN",
-        tz: "Asia/Shanghai",
-        phone: "+86138",
-        digits: 8,
-        names: &["王芳", "李伟", "张敏", "刘洋", "陈静", "杨磊"],
-        mail: "example.cn",
-        utc: 8,
-        hubs: &["CN-SHA-HUB", "CN-SZX-HUB", "CN-PEK-HUB"],
-        branches: &[
-            "CN-SHA-07",
-            "CN-SHA-11",
-            "CN-SZX-02",
-            "CN-PEK-05",
-            "CN-CAN-03",
-            "CN-HGH-08",
-            "CN-CTU-01",
-            "CN-WUH-04",
-        ],
-    },
-    Country {
-        code: "US",
-        locale: "en-US",
-        tz: "America/New_York",
-        phone: "+1212555",
-        digits: 4,
-        names: &["Emma Johnson", "Liam Smith", "Olivia Brown", "Noah Davis", "Ava Wilson", "Mason Clark"],
-        mail: "example.com",
-        utc: -5,
-        hubs: &["US-EWR-HUB", "US-ORD-HUB", "US-LAX-HUB"],
-        branches: &[
-            "US-NYC-14",
-            "US-NYC-22",
-            "US-CHI-03",
-            "US-LAX-09",
-            "US-BOS-02",
-            "US-SEA-05",
-            "US-ATL-07",
-            "US-DAL-01",
-        ],
-    },
-    Country {
-        code: "DE",
-        locale: "de-DE",
-        tz: "Europe/Berlin",
-        phone: "+49151",
-        digits: 8,
-        names: &["Lena Müller", "Jonas Schmidt", "Mia Schneider", "Felix Weber", "Hannah Becker", "Lukas Fischer"],
-        mail: "beispiel.de",
-        utc: 1,
-        hubs: &["DE-FRA-HUB", "DE-LEJ-HUB", "DE-HAM-HUB"],
-        branches: &[
-            "DE-BER-03",
-            "DE-BER-08",
-            "DE-MUC-02",
-            "DE-HAM-05",
-            "DE-CGN-01",
-            "DE-FRA-04",
-            "DE-STR-06",
-            "DE-DUS-07",
-        ],
-    },
-    Country {
-        code: "ES",
-        locale: "es-ES",
-        tz: "Europe/Madrid",
-        phone: "+346",
-        digits: 8,
-        names: &["Lucía García", "Hugo Fernández", "Martina López", "Pablo Martínez", "Sofía Sánchez", "Álvaro Pérez"],
-        mail: "ejemplo.es",
-        utc: 1,
-        hubs: &["ES-MAD-HUB", "ES-BCN-HUB", "ES-VLC-HUB"],
-        branches: &[
-            "ES-MAD-01",
-            "ES-MAD-04",
-            "ES-BCN-02",
-            "ES-VLC-03",
-            "ES-SVQ-05",
-            "ES-ZAZ-06",
-            "ES-BIO-07",
-            "ES-AGP-08",
-        ],
-    },
-];
 
 const HOUR: i64 = 3_600_000;
 
@@ -622,79 +490,4 @@ fn format_event(net: &Network, world: &World, e: &Ev, line: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use super::*;
-
-    fn simulate(parcels: u64, shape: Shape) -> Vec<u8> {
-        let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").unwrap();
-        let mut out = Vec::new();
-        write(&Network { parcels, seed: 3, start, days: 2.0, shape }, &mut out, |_| {}).unwrap();
-        out
-    }
-
-    #[test]
-    fn the_regional_shape_draws_the_network_it_always_drew() {
-        // The digest of the file the simulator wrote before it had shapes:
-        // figures measured on it stay comparable.
-        let bytes = simulate(3_000, Shape::regional());
-        assert_eq!(xxhash_rust::xxh3::xxh3_64(&bytes), REGIONAL_DIGEST);
-    }
-
-    const REGIONAL_DIGEST: u64 = 2_406_016_159_449_763_239;
-
-    #[test]
-    fn each_shape_gives_the_same_bytes_for_the_same_seed() {
-        for name in PRESETS {
-            let shape = Shape::preset(name).unwrap();
-            assert_eq!(simulate(1_000, shape.clone()), simulate(1_000, shape), "{name}");
-        }
-    }
-
-    #[test]
-    fn a_national_network_has_its_size_pickup_points_rhythm_and_forgotten_parcels() {
-        let bytes = simulate(20_000, Shape::national_cn());
-        let events: Vec<serde_json::Value> = bytes
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap())
-            .collect();
-        let field = |e: &serde_json::Value, f: &str| e[f].as_str().unwrap_or_default().to_string();
-        let branches: BTreeSet<String> = events.iter().map(|e| field(e, "branch")).collect();
-        let hubs: BTreeSet<String> =
-            events.iter().map(|e| field(e, "facility")).filter(|f| f.contains("-HUB")).collect();
-        assert!(branches.len() > 4_000 && branches.iter().all(|b| b.starts_with("CN-")), "{} branches", branches.len());
-        assert!(hubs.len() > 140, "{} hubs", hubs.len());
-        let kind = |k: &str| events.iter().filter(|e| e["kind"] == k).count();
-        let pickup_points =
-            events.iter().filter(|e| e["kind"] == "ready_for_pickup" && field(e, "facility").contains("-PP")).count();
-        assert!(pickup_points > 20_000 / 4, "{pickup_points} parcels to pickup points");
-        let labels = kind("label_created");
-        assert!(labels - kind("picked_up") > 20_000 / 50, "parcels never handed over");
-        let revised = events.iter().filter(|e| e["kind"] != "label_created" && e.get("promised_by").is_some()).count();
-        assert!(revised > 20_000 / 40, "{revised} revised promises");
-        // Hub departures leave in the sort waves: 22:00, 02:00, 05:00 Beijing time, within 20 minutes.
-        let departures: Vec<i64> = events
-            .iter()
-            .filter(|e| e["kind"] == "departed" && field(e, "facility").starts_with("CN-"))
-            .map(|e| Ts::parse_rfc3339(&field(e, "at")).unwrap().0 + 8 * HOUR)
-            .collect();
-        let in_wave = departures.iter().filter(|&&t| {
-            let minute = t.rem_euclid(24 * HOUR) / 60_000;
-            [22 * 60, 2 * 60, 5 * 60].iter().any(|w| (minute - w).rem_euclid(24 * 60) < 20)
-        });
-        assert_eq!(in_wave.count(), departures.len());
-    }
-
-    #[test]
-    fn every_country_gets_valid_phone_numbers() {
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        for c in &COUNTRIES {
-            for _ in 0..2000 {
-                let phone = c.number(rng.gen_range(10_000_000..99_999_999));
-                assert!(crate::dispatch::address::e164(&phone).is_ok(), "{} {phone}", c.code);
-            }
-        }
-    }
-}
+mod tests;

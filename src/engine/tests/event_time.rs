@@ -107,3 +107,25 @@ fn a_rule_that_fires_once_stays_quiet_when_a_revised_promise_is_missed_too() {
     assert_eq!(once, ["firing 2026-11-20T14:00:00Z", "resolved 2026-11-20T16:00:00Z"]);
     assert_eq!(open, 0, "a spent rule is not an open alert");
 }
+
+#[test]
+fn contacts_uploaded_after_the_delivery_count_as_when_they_happened() {
+    // Contacts come on their own stream: live, a lagging consumer brings them
+    // after scans they preceded. Judged as history ("superseded" by the
+    // delivery), two calls before it made no repeat_contact, while the same
+    // events in time order did: live and replay disagreed, run to run.
+    let config = Config { lateness: Span::hours(6), ..one_flow() };
+    let label = r#""parcel_id":"A","kind":"label_created","at":"2026-11-20T06:00:00Z","promised_by":"2026-11-22T18:00:00Z","recipient":{}"#;
+    let calls = [
+        r#""parcel_id":"A","kind":"customer_contact","at":"2026-11-20T08:00:00Z","topic":"track""#,
+        r#""parcel_id":"A","kind":"customer_contact","at":"2026-11-20T10:00:00Z","topic":"delivery_time""#,
+    ];
+    let delivered = r#""parcel_id":"A","kind":"delivered","at":"2026-11-20T12:00:00Z""#;
+    let in_time = [label, calls[0], calls[1], delivered];
+    let calls_late = [label, delivered, calls[0], calls[1]];
+    let until = Some("2026-11-21T00:00:00Z");
+    let (_, first) = run(config.clone(), &in_time, until);
+    let (_, second) = run(config, &calls_late, until);
+    assert!(first.iter().any(|a| a.starts_with("repeat_contact firing 2026-11-20T10:00:00Z")), "{first:?}");
+    assert_eq!(first, second);
+}
