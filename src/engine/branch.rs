@@ -111,15 +111,19 @@ fn cold_starts(rule: &BranchRule) -> bool {
 /// Parcels that joined a place, by hour number, oldest first.
 type Volume = VecDeque<(i64, u32)>;
 
-/// Counts one parcel at hour `hour`, forgetting the hours before `horizon`.
-fn add_hour(v: &mut Volume, hour: i64, horizon: i64) {
+/// Counts `n` parcels at hour `hour`.
+fn add_hour(v: &mut Volume, hour: i64, n: u32) {
     match v.iter_mut().rev().find(|(h, _)| *h == hour) {
-        Some((_, n)) => *n += 1,
+        Some((_, count)) => *count += n,
         None => {
             let i = v.partition_point(|(h, _)| *h < hour);
-            v.insert(i, (hour, 1));
+            v.insert(i, (hour, n));
         }
     }
+}
+
+/// Forgets the hours before `horizon`.
+fn forget_before(v: &mut Volume, horizon: i64) {
     while v.front().is_some_and(|(h, _)| *h < horizon) {
         v.pop_front();
     }
@@ -184,13 +188,21 @@ impl Volumes {
     fn add(&mut self, branch: &Arc<str>, at: Ts) {
         let (hour, horizon) = (at.0.div_euclid(HOUR.0), at.minus(self.span).0.div_euclid(HOUR.0));
         let group = self.group(branch);
-        add_hour(self.by_place.entry(branch.clone()).or_default(), hour, horizon);
-        add_hour(self.by_group.entry(group).or_default(), hour, horizon);
+        for v in [self.by_place.entry(branch.clone()).or_default(), self.by_group.entry(group).or_default()] {
+            add_hour(v, hour, 1);
+            forget_before(v, horizon);
+        }
     }
 
     /// What the peers of `place` show at `now`, for a rule that cold-starts.
-    fn peers(&self, a: (&BranchRule, &GroupHits), place: &str, own_hits: &VecDeque<Ts>, now: Ts) -> Option<Peers> {
-        let (rule, group_hits) = a;
+    fn peers(
+        &self,
+        rule: &BranchRule,
+        group_hits: &GroupHits,
+        place: &str,
+        own: &VecDeque<Ts>,
+        now: Ts,
+    ) -> Option<Peers> {
         if !cold_starts(rule) {
             return None;
         }
@@ -200,7 +212,7 @@ impl Volumes {
         let from = now.minus(rule.baseline).0.div_euclid(HOUR.0);
         let own_volume = volume_since(self.by_place.get(place), from);
         Some(Peers {
-            hits: group_hits.get(&group).map_or(0, within).saturating_sub(within(own_hits)),
+            hits: group_hits.get(&group).map_or(0, within).saturating_sub(within(own)),
             volume: volume_since(self.by_group.get(&group), from).saturating_sub(own_volume),
             own_volume,
         })
@@ -369,7 +381,7 @@ impl BranchStage {
             while s.slots.front().is_some_and(|(h, _)| *h < baseline_start) {
                 s.slots.pop_front();
             }
-            let peers = self.volumes.peers((&a.rule, &a.group_hits), place, &s.hits, at);
+            let peers = self.volumes.peers(&a.rule, &a.group_hits, place, &s.hits, at);
             if s.open.is_some() {
                 if judge(&a.rule, s, at, peers).is_some() {
                     s.failing_since = None;
@@ -408,7 +420,7 @@ impl BranchStage {
                 };
                 prune(&mut s.hits, now.minus(window));
                 prune(&mut s.intake, now.minus(window));
-                let peers = self.volumes.peers((&a.rule, &a.group_hits), &branch, &s.hits, now);
+                let peers = self.volumes.peers(&a.rule, &a.group_hits, &branch, &s.hits, now);
                 let ends = match judge(&a.rule, s, now, peers) {
                     Some(_) => {
                         s.failing_since = None;

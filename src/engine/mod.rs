@@ -330,7 +330,7 @@ impl Engine {
         out: &mut Vec<Alert>,
     ) {
         let p = self.window.get(slot);
-        let (then_state, then_facility) = trigger.as_ref().map_or((p.state, p.facility), |t| (t.state, t.facility));
+        let (then_state, then_facility) = Triggered::then(trigger.as_ref(), p);
         let rule = &self.set.rules[r as usize];
         let id = &self.plan.rules[r as usize].id;
         let branch = self.syms.get(p.branch).cloned();
@@ -389,9 +389,17 @@ pub(super) struct Triggered {
     facility: Sym,
 }
 
+impl Triggered {
+    /// The parcel's state and place an alert tells: when its event happened,
+    /// or as it is for a timer rule's.
+    fn then(trigger: Option<&Triggered>, p: &Parcel) -> (Kind, Sym) {
+        trigger.map_or((p.state, p.facility), |t| (t.state, t.facility))
+    }
+}
+
 fn facts(p: &Parcel, syms: &Interner, trigger: Option<Triggered>) -> ParcelFacts {
     let known = |t: Ts| (t != Ts::MIN).then_some(t);
-    let (state, facility) = trigger.as_ref().map_or((p.state, p.facility), |t| (t.state, t.facility));
+    let (state, facility) = Triggered::then(trigger.as_ref(), p);
     ParcelFacts {
         parcel_id: p.id().to_string(),
         state,

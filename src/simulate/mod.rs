@@ -177,9 +177,9 @@ fn life(net: &Network, world: &World, index: u64, out: &mut Vec<Ev>) {
         out.push(Ev { arrival: t, at: t, parcel, seq, kind, facility, reason, stamp, topic: None });
     };
     // The day's rhythm: a scan waits for the next of these local hours.
-    let rhythm = |rng: &mut ChaCha8Rng, t: i64, utc: i64, hours: &[f64], spread: f64| {
+    let rhythm = |rng: &mut ChaCha8Rng, t: i64, utc: i64, local: &[f64], spread: f64| {
         if shape.rhythm {
-            next_local(t, utc, hours) + self::hours(rng, 0.0, spread)
+            next_local(t, utc, local) + hours(rng, 0.0, spread)
         } else {
             t
         }

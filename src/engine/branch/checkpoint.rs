@@ -167,11 +167,7 @@ impl BranchStage {
             let group = partition::of(name, volumes.groups);
             let sum = volumes.by_group.entry(group).or_default();
             for &(hour, n) in v {
-                let i = sum.partition_point(|(h, _)| *h < hour);
-                match sum.get_mut(i) {
-                    Some((h, total)) if *h == hour => *total += n,
-                    _ => sum.insert(i, (hour, n)),
-                }
+                add_hour(sum, hour, n);
             }
         }
         for a in self.aggregates.iter_mut().filter(|a| cold_starts(&a.rule)) {
