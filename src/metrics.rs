@@ -40,9 +40,10 @@ pub struct Metrics {
     pub parcels: IntGauge,
     pub resident_bytes: IntGauge,
     pub timers: IntGauge,
-    /// The lane model behind `predicted_late`: lanes learnt, legs learnt,
-    /// and legs not learnt because a partition's lane table was full.
-    pub lanes: IntGauge,
+    /// The lane model behind `predicted_late`: lanes of every level and the
+    /// fine ones, legs learnt, and of those the legs learnt by their class
+    /// alone because a partition's fine lanes were all taken.
+    pub lanes: IntGaugeVec,
     pub lane_legs: IntGauge,
     pub lane_overflow: IntGauge,
     // Checkpoints.
@@ -143,8 +144,12 @@ impl Metrics {
             .expect("valid"),
             timers: IntGauge::new("forewarn_timers_pending", "Deadlines waiting in the window's timer wheels.")
                 .expect("valid"),
-            lanes: IntGauge::new("forewarn_lanes", "Lanes the predictions learn from, over the owned partitions.")
-                .expect("valid"),
+            lanes: gauge(
+                "forewarn_lanes",
+                "Lanes the predictions learn from, over the owned partitions: of every level (all) and the fine \
+                 ones, a place each (fine; bounded by engine.max_lanes per partition).",
+                &["level"],
+            ),
             lane_legs: IntGauge::new(
                 "forewarn_lane_legs_learnt",
                 "Legs the lanes learnt from, since the engines' state began (checkpoints keep it).",
@@ -152,7 +157,7 @@ impl Metrics {
             .expect("valid"),
             lane_overflow: IntGauge::new(
                 "forewarn_lane_overflow_legs",
-                "Legs not learnt because their partition's lane table was full: predictions go silent for them.",
+                "Legs learnt by their class alone, their partition's fine lanes being all taken (engine.max_lanes).",
             )
             .expect("valid"),
             checkpoint_seconds: Histogram::with_opts(

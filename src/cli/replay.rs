@@ -214,11 +214,11 @@ fn print_stats(s: &Summary, engine: &Split) {
     for (rule, (f, r)) in &s.alerts {
         let _ = writeln!(err, "  {rule:<22}{f:>8} {r:>8}");
     }
-    let (lanes, count) = engine.lane_stats();
+    let (lanes, (count, fine)) = engine.lane_stats();
     if count > 0 {
         let _ = writeln!(
             err,
-            "lanes         {count:>12}   {} legs learnt ({} split by late scans, {} past the lane limit), {} versions",
+            "lanes         {count:>12}   {fine} fine; {} legs learnt ({} split by late scans, {} by their class alone), {} versions",
             lanes.legs, lanes.splits, lanes.overflow, lanes.publications
         );
     }

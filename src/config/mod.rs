@@ -40,7 +40,12 @@ pub enum Invalid {
     Instance(String),
     #[error("checkpoint.interval and consumer.batch must be positive")]
     NotPositive,
+    #[error("engine.max_lanes is {0}: at most {MAX_FINE_LANES} (a partition numbers its lanes in 16 bits)")]
+    TooManyLanes(usize),
 }
+
+/// The most fine lanes a partition can have, with room for its classes.
+const MAX_FINE_LANES: usize = 60_000;
 
 fn span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
     let text = String::deserialize(d)?;
@@ -325,6 +330,7 @@ pub struct EngineLimits {
     pub max_parcels: usize,
     pub tombstones: usize,
     pub max_symbols: usize,
+    pub max_lanes: usize,
 }
 
 impl Default for EngineLimits {
@@ -336,6 +342,7 @@ impl Default for EngineLimits {
             max_parcels: e.max_parcels,
             tombstones: e.tombstones,
             max_symbols: e.max_symbols,
+            max_lanes: e.max_lanes,
         }
     }
 }
@@ -375,6 +382,9 @@ impl Config {
         if self.checkpoint.interval.0 <= 0 || self.consumer.batch == 0 {
             return Err(Invalid::NotPositive);
         }
+        if self.engine.max_lanes > MAX_FINE_LANES {
+            return Err(Invalid::TooManyLanes(self.engine.max_lanes));
+        }
         Ok(())
     }
 
@@ -396,6 +406,7 @@ impl Config {
             tombstones: (e.tombstones / partitions.max(1)).max(1),
             max_symbols: e.max_symbols,
             partitions: self.partitions.count,
+            max_lanes: e.max_lanes,
         }
     }
 }

@@ -143,11 +143,9 @@ impl Engine {
             }
         } else if ev.at >= self.watermark {
             let facility = ev.facility.as_deref().and_then(|f| self.syms.intern(f));
-            let place = |before: Place| Place {
-                facility: facility.unwrap_or(before.facility),
-                state: ev.kind,
-                country: ev.country.unwrap_or(before.country),
-                ..before
+            let branch = p.branch;
+            let place = |before: Place| {
+                before.next(facility.unwrap_or(before.facility), ev.kind, ev.country.unwrap_or(before.country), branch)
             };
             self.lanes.insert(p, hash, from_at, ev.at, place);
         }
@@ -237,6 +235,9 @@ fn absorb(p: &mut Parcel, ev: &Event<'_>, counted: &[Option<u8>], syms: &mut Int
         if let Some(c) = ev.country {
             p.country = c;
         }
+    }
+    if ev.kind == Kind::Departed {
+        p.sorts = p.sorts.saturating_add(1);
     }
     if ev.kind.sets_state() && ev.at >= p.state_at {
         if ev.kind != p.state || p.state_since == Ts::MIN {

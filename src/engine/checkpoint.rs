@@ -147,7 +147,7 @@ impl Engine {
         let tombstones = Tombstones::load(&mut r, config.tombstones)?;
         let mut branches = BranchStage::new(&set, config.partitions);
         branches.load(&mut r)?;
-        let mut lanes = Lanes::new(&set, config.partitions, config.lateness);
+        let mut lanes = Lanes::new(&set, config.partitions, config.lateness, config.max_lanes);
         lanes.load(&mut r)?;
         r.end()?;
         let mut timers = Timers::default();

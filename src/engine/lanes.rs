@@ -1,16 +1,30 @@
 //! What the rest of a parcel's route usually takes, learnt from the stream
 //! itself, for the `predicted` rules (`predicted_late`).
 //!
-//! A *lane* is a place in the network as a parcel's last state-setting scan
-//! left it (facility, state, country) for the parcels going to one branch
-//! with one service. Each lane learns, from the parcels passing through it,
-//! how long the leg to their next scan takes (64 log-spaced buckets from
-//! 1 min to three weeks, ±9 %) and where they go next. Every 12 h of event
-//! time the lanes are *published*: for each lane with enough history, the
-//! chosen quantile of its leg and the sum of the quantiles of the legs that
-//! usually follow it, down to the arrival (delivered, or ready for pickup).
-//! A parcel is expected at its last scan plus its lane's leg (or now, when
-//! the leg overruns), plus that sum.
+//! A *lane* learns the legs out of a place in the network, as a parcel's
+//! last state-setting scan left it: how long the leg to the next scan takes
+//! (64 log-spaced buckets from 1 min to three weeks, ±9 %), and which
+//! *class* of place parcels went to next. Lanes come in three levels, each
+//! a leg counts in:
+//! - a *fine* lane per place: facility, state, country, service, and
+//!   whether the facility is the parcel's own branch (its last mile: the
+//!   only place where the destination says anything the facility does not);
+//! - a *class* lane per place without its facility;
+//! - a *network* lane per state (and last mile or not).
+//!
+//! The lanes grow with the network's places, never with its destinations,
+//! and the fine lanes are bounded by configuration (`engine.max_lanes` per
+//! partition): past it a place is learnt in its class alone. A lane with too
+//! few legs backs off to its class, a class to the network, so a forecast
+//! exists as soon as the network has history.
+//!
+//! Every 12 h of event time the lanes are *published*. Each class's time to
+//! the arrival (delivered, or ready for pickup) is its leg's median plus
+//! the mean of its next classes' times, weighted by how often parcels went
+//! there; a lane's forecast is the chosen quantile of its own leg (of the
+//! legs that overran as much, when it overran) plus the time of where its
+//! parcels went next. A parcel is expected at its last scan plus its lane's
+//! leg (or now, when the leg overruns), plus that time.
 //!
 //! The alerts stay a function of the events, not of their arrival order,
 //! the watermark's steps or the deployment's split of the partitions:
@@ -28,13 +42,14 @@
 //!   not cross its promise within the two versions known is judged again
 //!   when the next one comes into force.
 //!
-//! Memory is bounded: at most [`MAX_LANES`] lanes per partition (about
-//! 400 bytes each, and 144 for each leg forecast a version holds), counts
-//! halved past [`HALVE_AT`] so a lane follows its recent times, and the
-//! legs not yet counted are those of the last hour or so of scans.
+//! Memory is bounded: the configured fine lanes per partition and the
+//! classes (about 400 bytes each, and 144 for each leg forecast a version
+//! holds), counts halved past [`HALVE_AT`] so a lane follows its recent
+//! times, and the legs not yet counted are those of the last hour or so of
+//! scans.
 
 use legs::{Legs, Pending};
-use model::{bucket, Forecast, Model, Places};
+use model::{bucket, Forecast, Model};
 
 use super::parcel::{LaneRef, Parcel};
 use super::sym::Sym;
@@ -47,19 +62,15 @@ const BUCKETS: usize = 64;
 /// The width of a bucket, in natural log of minutes: 64 buckets span 1 min to ~3 weeks.
 const STEP: f64 = 0.1668;
 const MINUTE_MS: f64 = 60_000.0;
-/// The most lanes one partition learns; legs of further lanes are counted as
-/// overflow. A lane number fits a [`LaneRef`]'s 16 bits.
-pub const MAX_LANES: usize = 1 << 14;
-/// The most places one engine's partitions know together (live and replay
-/// both run an engine a partition). Past it, legs are counted as overflow:
-/// a network has far fewer places (scans name a few thousand).
-const MAX_PLACES: usize = 1 << 16;
+/// The most lanes of all levels one partition has: a lane number fits a
+/// [`LaneRef`]'s 16 bits. The configuration bounds the fine lanes below it.
+pub const MAX_LANES: usize = u16::MAX as usize - 1;
+/// The default bound on the fine lanes of one partition.
+pub const FINE_LANES: usize = 4096;
 /// Next places remembered per lane (the most frequent wins).
 const NEXT: usize = 4;
 /// A lane's counts are halved when they pass this, at a publication.
 pub const HALVE_AT: u32 = 1 << 16;
-/// The most legs followed from a lane to the arrival.
-const MAX_HOPS: usize = 32;
 /// How far the watermark moves between two batches of legs counted.
 const SETTLE_EVERY: Span = Span::minutes(10);
 /// How often the model is published, in event time. A version is in force
@@ -80,15 +91,23 @@ pub struct Place {
     pub facility: Sym,
     pub state: Kind,
     pub country: [u8; 2],
-    pub branch: Sym,
     pub service: Sym,
+    /// The facility is the parcel's own branch: its last mile.
+    pub here: bool,
+    /// The sorts the parcel went through before (`departed` scans, up to
+    /// [`MAX_SORTS`]): a hub's first sort leads to another hub, its second
+    /// to the last mile.
+    pub sorts: u8,
 }
+
+/// The sorts a place tells apart; more count as this many.
+const MAX_SORTS: u8 = 7;
 
 impl std::hash::Hash for Place {
     /// One word for the hasher, not five fields.
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        let syms = u128::from(self.facility.index()) | u128::from(self.branch.index()) << 32;
-        let rest = u128::from(self.service.index()) | u128::from(self.state as u8) << 32;
+        let syms = u128::from(self.facility.index()) | u128::from(self.service.index()) << 32;
+        let rest = u128::from(self.here) | u128::from(self.sorts) << 8 | u128::from(self.state as u8) << 32;
         let country = u128::from(u16::from_le_bytes(self.country));
         h.write_u128(syms | rest << 64 | country << 112);
     }
@@ -96,7 +115,24 @@ impl std::hash::Hash for Place {
 
 impl Place {
     pub fn of(p: &Parcel) -> Place {
-        Place { facility: p.facility, state: p.state, country: p.country, branch: p.branch, service: p.service }
+        // The parcel's sorts count its present state's when it is a departure.
+        let sorts = p.sorts.saturating_sub(u8::from(p.state == Kind::Departed)).min(MAX_SORTS);
+        let here = p.facility != Sym::NONE && p.facility == p.branch;
+        Place { facility: p.facility, state: p.state, country: p.country, service: p.service, here, sorts }
+    }
+
+    /// The place a scan of `state` at `facility` makes of this one, for a
+    /// parcel going to `branch`.
+    pub fn next(self, facility: Sym, state: Kind, country: [u8; 2], branch: Sym) -> Place {
+        let here = facility != Sym::NONE && facility == branch;
+        let sorts = (self.sorts + u8::from(self.state == Kind::Departed)).min(MAX_SORTS);
+        Place { facility, state, country, here, sorts, ..self }
+    }
+
+    /// The same place one sort later: where a departure uploaded late puts
+    /// the places after it.
+    fn sorted_once_more(self) -> Place {
+        Place { sorts: (self.sorts + 1).min(MAX_SORTS), ..self }
     }
 
     /// The parcel has arrived: delivered, or waiting at a pickup point.
@@ -127,7 +163,8 @@ pub struct LaneStats {
     pub legs: u64,
     /// Legs split by a scan uploaded out of order.
     pub splits: u64,
-    /// Legs not learnt because their partition had `MAX_LANES` lanes.
+    /// Legs learnt in their class alone: their place had no fine lane, the
+    /// partition having `engine.max_lanes` of them.
     pub overflow: u64,
     pub publications: u64,
 }
@@ -138,8 +175,9 @@ pub struct Lanes {
     params: Option<Params>,
     partitions: u16,
     lateness: Span,
+    /// The most fine lanes of a partition.
+    max_fine: usize,
     models: Vec<Model>,
-    places: Places,
     /// The legs not counted yet, until the watermark passes their end.
     pending: Legs,
     /// The legs being counted, sorted, and their buckets (kept for their allocations).
@@ -164,13 +202,13 @@ fn floor_epoch(t: Ts) -> Ts {
 }
 
 impl Lanes {
-    pub fn new(set: &RuleSet, partitions: u16, lateness: Span) -> Lanes {
+    pub fn new(set: &RuleSet, partitions: u16, lateness: Span, max_fine: usize) -> Lanes {
         Lanes {
             params: params(set),
             partitions: partitions.max(1),
             lateness,
+            max_fine,
             models: Vec::new(),
-            places: Places::default(),
             pending: Legs::default(),
             due: Vec::new(),
             buckets: Vec::new(),
@@ -197,15 +235,15 @@ impl Lanes {
             }
             None => {
                 self.models.clear();
-                self.places = Places::default();
                 self.pending.clear();
                 true
             }
         }
     }
 
-    pub fn lanes(&self) -> usize {
-        self.models.iter().map(|m| m.lanes.len()).sum()
+    /// The lanes of every level, and how many of them are fine.
+    pub fn lanes(&self) -> (usize, usize) {
+        self.models.iter().fold((0, 0), |(all, fine), m| (all + m.lanes.len(), fine + m.fine()))
     }
 
     fn partition(&self, p: &Parcel) -> u16 {
@@ -218,22 +256,24 @@ impl Lanes {
         if self.models.len() <= i {
             self.models.resize_with(i + 1, Model::default);
         }
-        self.models[i].lane(&mut self.places, place)
+        self.models[i].lane(place, self.max_fine)
     }
 
     /// A leg of parcel `hash` ended at its present place at `to_at`; its
     /// place before was `from` (lane `known`, when the parcel had it), since
     /// `from_at`. Keeps the present place's lane in the parcel.
-    pub fn observe(&mut self, p: &mut Parcel, hash: u64, (from, known): (Place, LaneRef), from_at: Ts, to_at: Ts) {
+    pub fn observe(&mut self, p: &mut Parcel, hash: u64, (place, known): (Place, LaneRef), from_at: Ts, to_at: Ts) {
         let partition = known.get().map_or_else(|| self.partition(p), |(partition, _)| partition);
         let from = match known.get() {
             Some((_, lane)) => Some(lane),
-            None => self.lane(partition, from),
+            None => self.lane(partition, place),
         };
         let (Some(from), Some(to)) = (from, self.lane(partition, Place::of(p))) else {
-            self.stats.overflow += 1;
             return;
         };
+        if self.models[usize::from(partition)].places[from as usize] != place {
+            self.stats.overflow += 1;
+        }
         p.lane = LaneRef::new(partition, to as u16);
         // The parcel is judged next: its lane's forecasts come in meanwhile.
         self.models[usize::from(partition)].prefetch_forecasts(to);
@@ -243,16 +283,20 @@ impl Lanes {
     /// A state-setting scan at `at`, within the lateness, came after a later
     /// one of its parcel (whose latest state-setting scan is at `latest`): it
     /// splits the leg it falls in, or starts the parcel's first leg. `place`
-    /// makes its place from the place before it, as applying it in order would.
+    /// makes its place from the place before it, as applying it in order
+    /// would; a departure also moves the places after it one sort on.
     pub fn insert(&mut self, p: &Parcel, hash: u64, latest: Ts, at: Ts, place: impl Fn(Place) -> Place) {
         let (mut end, mut end_place) = (latest, Place::of(p));
+        // The legs after the scan, by their end.
+        let mut after = Vec::new();
         while let Some(&mut Pending { leg, .. }) = self.pending.find(hash, end) {
             if leg.from_at == at {
                 return;
             }
             let from = self.models[usize::from(leg.partition)].places[leg.from as usize];
             if leg.from_at < at {
-                let Some(mid) = self.lane(leg.partition, place(from)) else {
+                let mid_place = place(from);
+                let Some(mid) = self.lane(leg.partition, mid_place) else {
                     self.stats.overflow += 1;
                     return;
                 };
@@ -261,19 +305,53 @@ impl Lanes {
                 }
                 self.pending.push(Pending { to_at: at, hash, leg: Leg { to: mid, ..leg } });
                 self.stats.splits += 1;
+                if mid_place.state == Kind::Departed {
+                    after.push(end);
+                    self.sort_once_more(hash, leg.partition, &after, mid);
+                }
                 return;
             }
+            after.push(end);
             (end, end_place) = (leg.from_at, from);
         }
         // Before every leg still pending, so before the parcel's first scan:
         // the leg into `end` would still be pending, `at` being within the lateness.
-        let first = Place { facility: Sym::NONE, country: [0; 2], ..end_place };
+        let first = Place {
+            facility: Sym::NONE,
+            country: [0; 2],
+            here: false,
+            sorts: 0,
+            state: Kind::LabelCreated,
+            ..end_place
+        };
         let partition = self.partition(p);
-        let (Some(from), Some(to)) = (self.lane(partition, place(first)), self.lane(partition, end_place)) else {
+        let mid_place = place(first);
+        let moved = mid_place.state == Kind::Departed && !after.is_empty();
+        let end_place = if moved { end_place.sorted_once_more() } else { end_place };
+        let (Some(from), Some(to)) = (self.lane(partition, mid_place), self.lane(partition, end_place)) else {
             self.stats.overflow += 1;
             return;
         };
         self.pending.push(Pending { to_at: end, hash, leg: Leg { partition, from, to, from_at: at } });
+        if moved {
+            self.sort_once_more(hash, partition, &after, NONE);
+        }
+    }
+
+    /// Moves the places of the parcel's legs ending at `ends` one sort on: a
+    /// departure uploaded late came before them. The leg out of `mid` (the
+    /// departure itself) keeps its start.
+    fn sort_once_more(&mut self, hash: u64, partition: u16, ends: &[Ts], mid: u32) {
+        for &end in ends {
+            let Some(Pending { leg, .. }) = self.pending.find(hash, end).copied() else { continue };
+            let model = &self.models[usize::from(partition)];
+            let (from, to) = (model.places[leg.from as usize], model.places[leg.to as usize]);
+            let from = if leg.from == mid { Some(leg.from) } else { self.lane(partition, from.sorted_once_more()) };
+            let (Some(from), Some(to)) = (from, self.lane(partition, to.sorted_once_more())) else { continue };
+            if let Some(pending) = self.pending.find(hash, end) {
+                pending.leg = Leg { from, to, ..leg };
+            }
+        }
     }
 
     /// Counts the legs that ended at or before `upto`, in event-time order
@@ -296,14 +374,7 @@ impl Lanes {
             if let (Some(ahead), Some(&b)) = (due.get(i + PREFETCH_AHEAD), buckets.get(i + PREFETCH_AHEAD)) {
                 self.models[usize::from(ahead.leg.partition)].prefetch(ahead.leg.from, usize::from(b));
             }
-            let model = &mut self.models[usize::from(p.leg.partition)];
-            let from = p.leg.from as usize;
-            model.lanes[from].add(usize::from(b));
-            model.lanes[from].went(p.leg.to);
-            let wide = model.coarse[from] as usize;
-            if wide != from {
-                model.lanes[wide].add(usize::from(b));
-            }
+            self.models[usize::from(p.leg.partition)].count(p.leg.from, usize::from(b), p.leg.to);
         }
         self.stats.legs += due.len() as u64;
         due.clear();
@@ -330,16 +401,19 @@ impl Lanes {
         self.stats.publications += 1;
     }
 
-    /// The parcel's lane, if it has one.
+    /// The parcel's lane (its place's, or its class's), if it has one.
     fn lane_of(&self, p: &Parcel) -> Option<(&Model, usize)> {
         let (model, lane) = match p.lane.get() {
             Some((partition, lane)) => (self.models.get(usize::from(partition))?, lane),
             None => {
                 let model = self.models.get(usize::from(self.partition(p)))?;
-                (model, model.lane_at(self.places.number_of(&Place::of(p))?)?)
+                (model, model.lane_of(&Place::of(p))?)
             }
         };
-        debug_assert!(model.places.get(lane as usize) == Some(&Place::of(p)), "a parcel's lane follows its place");
+        debug_assert!(
+            model.places.get(lane as usize).is_some_and(|&at| at == Place::of(p) || at == model::class(Place::of(p))),
+            "a parcel's lane follows its place"
+        );
         Some((model, lane as usize))
     }
 

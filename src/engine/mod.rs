@@ -85,6 +85,9 @@ pub struct Config {
     /// The deployment's partition count: predictions learn per partition,
     /// so that a replay and every split of the partitions learn the same.
     pub partitions: u16,
+    /// The most places a partition's predictions learn on their own (fine
+    /// lanes); the others are learnt with their class (see `lanes.rs`).
+    pub max_lanes: usize,
 }
 
 impl Default for Config {
@@ -98,6 +101,7 @@ impl Default for Config {
             tombstones: 1 << 18,
             max_symbols: 1 << 20,
             partitions: 16,
+            max_lanes: lanes::FINE_LANES,
         }
     }
 }
@@ -185,7 +189,7 @@ impl Engine {
     pub fn new(set: RuleSet, config: Config) -> Engine {
         let mut syms = Interner::new(config.max_symbols);
         let plan = Plan::new(&set, &mut syms);
-        let lanes = Lanes::new(&set, config.partitions, config.lateness);
+        let lanes = Lanes::new(&set, config.partitions, config.lateness, config.max_lanes);
         let frontier = Frontier::new(config.partitions);
         Engine {
             branches: BranchStage::new(&set, config.partitions),
@@ -221,8 +225,8 @@ impl Engine {
         self.timers.len()
     }
 
-    /// What the lane model learnt, and how many lanes it knows.
-    pub fn lane_stats(&self) -> (&LaneStats, usize) {
+    /// The lanes' counters, with the lanes of every level and how many are fine.
+    pub fn lane_stats(&self) -> (&LaneStats, (usize, usize)) {
         (&self.lanes.stats, self.lanes.lanes())
     }
 

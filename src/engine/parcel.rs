@@ -130,8 +130,12 @@ pub struct Parcel {
     /// End offsets in `blob` of the id, name and phone (the email ends the blob).
     ends: [u16; 3],
     /// Tells this parcel's wake-ups from those of the slot's former parcels
-    /// (with the wake-up time: wrapping around is harmless).
-    pub gen: u16,
+    /// (with the wake-up time: wrapping around is harmless: a stale wake-up
+    /// taken for the parcel's own finds it at its own wake-up time).
+    pub gen: u8,
+    /// The `departed` scans seen (saturating): how many sorts the parcel
+    /// went through, which tells the lanes a first hub from a second.
+    pub sorts: u8,
     pub locale: Sym,
     pub tz: Sym,
     pub branch: Sym,
@@ -168,7 +172,7 @@ pub struct Parcel {
 }
 
 impl Parcel {
-    pub(super) fn new(parcel_id: &str, gen: u16, at: Ts) -> Parcel {
+    pub(super) fn new(parcel_id: &str, gen: u8, at: Ts) -> Parcel {
         let len = parcel_id.len() as u16;
         Parcel {
             blob: parcel_id.into(),
@@ -193,6 +197,7 @@ impl Parcel {
             wake: Ts::MAX,
             counts: [0; COUNTED_KINDS],
             lane: LaneRef::NONE,
+            sorts: 0,
             seen: Seen::default(),
             talk: None,
             aside: None,

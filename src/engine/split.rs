@@ -169,16 +169,16 @@ impl Split {
         self.engines.iter().map(Engine::timers).sum()
     }
 
-    /// What the lane models learnt, and how many lanes they know.
-    pub fn lane_stats(&self) -> (LaneStats, usize) {
+    /// What the lane models learnt, with their lanes of every level and how many are fine.
+    pub fn lane_stats(&self) -> (LaneStats, (usize, usize)) {
         let mut stats = LaneStats::default();
-        let mut lanes = 0;
+        let (mut lanes, mut fine) = (0, 0);
         for engine in &self.engines {
-            let (s, n) = engine.lane_stats();
+            let (s, (all, f)) = engine.lane_stats();
             stats += s;
-            lanes += n;
+            (lanes, fine) = (lanes + all, fine + f);
         }
-        (stats, lanes)
+        (stats, (lanes, fine))
     }
 }
 

@@ -23,7 +23,7 @@ const HORIZON: i64 = 8 * 24 * 60;
 pub struct Entry {
     pub at: Ts,
     pub slot: u32,
-    pub gen: u16,
+    pub gen: u8,
 }
 
 pub struct Timers {

@@ -27,7 +27,7 @@ pub struct Window {
     free: Vec<u32>,
     table: Vec<u64>,
     len: usize,
-    next_gen: u16,
+    next_gen: u8,
 }
 
 impl Default for Window {

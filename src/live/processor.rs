@@ -133,6 +133,9 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
     for code in Reject::CODES.iter().chain(Refusal::CODES) {
         METRICS.rejected.with_label_values(&[code]);
     }
+    for level in ["all", "fine"] {
+        METRICS.lanes.with_label_values(&[level]);
+    }
     for stream in [&config.streams.scans.name, &config.streams.contacts.name, &config.streams.facts.name] {
         METRICS.dead_letters.with_label_values(&[stream]);
         METRICS.checkpoint_position.with_label_values(&[stream]);
@@ -452,13 +455,14 @@ impl Processor {
         let m = &*METRICS;
         m.parcels.set(self.parts.values().map(|p| p.engine.parcels() as i64).sum());
         m.timers.set(self.parts.values().map(|p| p.engine.timers() as i64).sum());
-        let (mut lanes, mut legs, mut overflow) = (0, 0, 0);
+        let (mut lanes, mut fine, mut legs, mut overflow) = (0, 0, 0, 0);
         for part in self.parts.values() {
-            let (stats, count) = part.engine.lane_stats();
-            (lanes, legs, overflow) =
-                (lanes + count as i64, legs + stats.legs as i64, overflow + stats.overflow as i64);
+            let (stats, (count, f)) = part.engine.lane_stats();
+            (lanes, fine, legs, overflow) =
+                (lanes + count as i64, fine + f as i64, legs + stats.legs as i64, overflow + stats.overflow as i64);
         }
-        m.lanes.set(lanes);
+        m.lanes.with_label_values(&["all"]).set(lanes);
+        m.lanes.with_label_values(&["fine"]).set(fine);
         m.lane_legs.set(legs);
         m.lane_overflow.set(overflow);
         if let Some(rss) = crate::replay::resident_bytes() {

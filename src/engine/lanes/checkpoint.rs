@@ -20,8 +20,9 @@ impl Lanes {
                 place.facility.save(w);
                 w.u(place.state as u64);
                 w.u(u64::from(u16::from_le_bytes(place.country)));
-                place.branch.save(w);
                 place.service.save(w);
+                w.u(u64::from(place.here));
+                w.u(u64::from(place.sorts));
                 let used: Vec<(usize, u32)> =
                     lane.counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| (i, *c)).collect();
                 w.u(used.len() as u64);
@@ -72,7 +73,7 @@ impl Lanes {
         let partitions = r.n(usize::from(u16::MAX), "lane partitions")? as u16;
         self.published_at = r.ts()?;
         self.stats = LaneStats { legs: r.u()?, splits: r.u()?, overflow: r.u()?, publications: r.u()? };
-        let (mut models, mut places) = (Vec::new(), Places::default());
+        let mut models = Vec::new();
         for _ in 0..r.n(usize::from(partitions), "lane models")? {
             let mut m = Model::default();
             let count = r.n(MAX_LANES, "lanes")?;
@@ -81,7 +82,10 @@ impl Lanes {
                 let state = r.kind()?;
                 let country =
                     u16::try_from(r.u()?).map_err(|_| CheckpointError::Corrupt("lane country".into()))?.to_le_bytes();
-                let place = Place { facility, state, country, branch: Sym::load(r)?, service: Sym::load(r)? };
+                let service = Sym::load(r)?;
+                let here = r.n(1, "lane here")? == 1;
+                let sorts = r.n(usize::from(MAX_SORTS), "lane sorts")? as u8;
+                let place = Place { facility, state, country, service, here, sorts };
                 let mut lane = Lane::default();
                 for _ in 0..r.n(BUCKETS, "lane buckets")? {
                     let i = r.n(BUCKETS - 1, "lane bucket")?;
@@ -92,8 +96,10 @@ impl Lanes {
                     let next = r.n(count, "next lane")?;
                     *e = (if next == 0 { NONE } else { next as u32 - 1 }, r.u32()?);
                 }
-                // Saved in the order they were made, each coarse lane before its lanes.
-                if m.lane(&mut places, place) != Some(i as u32) {
+                // Saved in the order they were made, each class and network
+                // lane before the lanes backing off to it; every saved fine
+                // lane is kept, whatever the bound configured now.
+                if m.lane(place, usize::MAX) != Some(i as u32) {
                     return Err(CheckpointError::Corrupt("lanes out of order".into()));
                 }
                 m.lanes[i] = lane;
@@ -121,7 +127,6 @@ impl Lanes {
         }
         if partitions == self.partitions {
             self.models = models;
-            self.places = places;
             self.pending = pending;
         }
         Ok(())

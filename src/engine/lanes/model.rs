@@ -1,12 +1,11 @@
 //! One lane's legs (a histogram and where parcels went next) and one
 //! partition's lanes, which publish the forecasts the predictions read.
 
-use std::cmp::Reverse;
 use std::sync::{Arc, LazyLock};
 
 use hashbrown::HashMap;
 
-use super::{Params, Place, BUCKETS, HALVE_AT, MAX_HOPS, MAX_LANES, MAX_PLACES, MEDIAN, MINUTE_MS, NEXT, NONE, STEP};
+use super::{Params, Place, BUCKETS, HALVE_AT, MAX_LANES, MEDIAN, MINUTE_MS, NEXT, NONE, STEP};
 use crate::engine::sym::{prefetch, Sym};
 use crate::time::{Span, Ts};
 
@@ -193,57 +192,56 @@ impl Lane {
         out
     }
 
-    /// Where parcels usually go next (ties: the lower lane).
-    pub(super) fn usual_next(&self) -> Option<u32> {
-        self.next.iter().filter(|e| e.0 != NONE && e.1 > 0).max_by_key(|e| (e.1, Reverse(e.0))).map(|e| e.0)
-    }
-}
-
-/// The place with only its state and service: where a lane's rare long legs
-/// are learnt from all the lanes alike.
-pub(super) fn coarse(place: Place) -> Place {
-    Place { facility: Sym::NONE, country: [0; 2], branch: Sym::NONE, ..place }
-}
-
-/// Every place any partition of this engine has seen, numbered; each
-/// [`Model`] keeps its lane for a place at the place's number. Every
-/// state-setting scan looks its place up.
-#[derive(Default)]
-pub(super) struct Places {
-    index: HashMap<Place, u32>,
-}
-
-const NO_LANE: u16 = u16::MAX;
-
-impl Places {
-    /// The place's number, if it has one.
-    pub(super) fn number_of(&self, place: &Place) -> Option<usize> {
-        self.index.get(place).map(|&n| n as usize)
-    }
-
-    /// The place's number, new if need be; `None` when [`MAX_PLACES`] places are known.
-    fn number(&mut self, place: Place) -> Option<usize> {
-        if let Some(&n) = self.index.get(&place) {
-            return Some(n as usize);
+    /// The share of the legs out of this lane whose next class has a known
+    /// time to the arrival, and the mean of those times, weighted by how
+    /// often parcels went there (arrivals count at zero). `None` when no
+    /// next class is known.
+    fn expected_after(&self, places: &[Place], rest: &[Option<i64>]) -> Option<(f64, i64)> {
+        let (mut all, mut known, mut sum) = (0u64, 0u64, 0f64);
+        for &(class, count) in self.next.iter().filter(|e| e.0 != NONE && e.1 > 0) {
+            all += u64::from(count);
+            let time = if places[class as usize].arrived() { Some(0) } else { rest[class as usize] };
+            if let Some(t) = time {
+                known += u64::from(count);
+                sum += t as f64 * f64::from(count);
+            }
         }
-        let n = self.index.len();
-        if n >= MAX_PLACES {
-            return None;
-        }
-        self.index.insert(place, n as u32);
-        Some(n)
+        (known > 0).then(|| (known as f64 / all as f64, (sum / known as f64) as i64))
     }
 }
 
-/// One partition's lanes.
+/// The place without its facility: its *class*, where the legs of every
+/// facility alike are learnt (in one country, for one service, at the
+/// parcel's own branch or on the way to it).
+pub(super) fn class(place: Place) -> Place {
+    Place { facility: Sym::NONE, ..place }
+}
+
+/// The place with only its state, its sorts and whether it is the parcel's
+/// own branch: the whole network's legs, where a class too thin backs off to.
+pub(super) fn network(place: Place) -> Place {
+    Place { facility: Sym::NONE, country: [0; 2], service: Sym::NONE, ..place }
+}
+
+/// One partition's lanes, at three levels: a *fine* lane per place (at
+/// most the configured number, the first places seen), a lane per class
+/// and one per network-wide state. A leg counts in its lane and in the
+/// lanes it backs off to; a place past the fine lanes is learnt in its
+/// class alone. The lanes grow with the facilities, states, services and
+/// countries, never with the destinations: the destination is only in the
+/// `here` of a place (the parcel's last mile, at its own branch).
 #[derive(Default)]
 pub(super) struct Model {
-    /// By place number ([`Places`]): the place's lane here, or [`NO_LANE`].
-    by_place: Vec<u16>,
+    index: HashMap<Place, u32>,
     pub(super) places: Vec<Place>,
     pub(super) lanes: Vec<Lane>,
-    /// Each lane's coarse lane (itself for a coarse lane).
-    pub(super) coarse: Vec<u32>,
+    /// Each lane's class lane (itself for a class or network lane).
+    pub(super) class: Vec<u32>,
+    /// The lane each backs off to when its history is thin: a fine lane's
+    /// class, a class's network lane; a network lane is its own.
+    pub(super) parent: Vec<u32>,
+    /// How many lanes are fine.
+    fine: usize,
     /// Each lane's forecasts, side by side: a prediction reads both. Set
     /// with [`Model::set_versions`], which keeps `forecasting` in step.
     pub(super) versions: Vec<Versions>,
@@ -264,41 +262,89 @@ pub(super) struct Versions {
 }
 
 impl Model {
-    /// The lane of a place in this model, new if need be;
-    /// `None` past [`MAX_LANES`] lanes or [`MAX_PLACES`] places.
-    pub(super) fn lane(&mut self, places: &mut Places, place: Place) -> Option<u32> {
-        let n = places.number(place)?;
-        if let Some(lane) = self.lane_at(n) {
+    /// The lane that learns `place`: its own, new if need be while fewer
+    /// than `max_fine` lanes are fine, else its class's. `None` past
+    /// [`MAX_LANES`] lanes in all.
+    pub(super) fn lane(&mut self, place: Place, max_fine: usize) -> Option<u32> {
+        if let Some(&lane) = self.index.get(&place) {
             return Some(lane);
         }
-        let wide = coarse(place);
-        let wide = if wide == place { None } else { Some(self.lane(places, wide)?) };
+        let (class, network) = (class(place), network(place));
+        if place == network {
+            return self.push(place, None, false);
+        }
+        let wide = self.lane(network, max_fine)?;
+        if place == class {
+            return self.push(place, Some(wide), false);
+        }
+        let class = self.lane(class, max_fine)?;
+        if self.fine >= max_fine {
+            return Some(class);
+        }
+        let lane = self.push(place, Some(class), true)?;
+        self.fine += 1;
+        Some(lane)
+    }
+
+    /// A new lane for `place`, backing off to `parent` (itself when
+    /// `None`), which is its class when the lane is `fine`.
+    fn push(&mut self, place: Place, parent: Option<u32>, fine: bool) -> Option<u32> {
         if self.lanes.len() >= MAX_LANES {
             return None;
         }
         let i = self.lanes.len() as u32;
-        if self.by_place.len() <= n {
-            self.by_place.resize(n + 1, NO_LANE);
-        }
-        self.by_place[n] = i as u16;
+        self.index.insert(place, i);
         self.places.push(place);
         self.lanes.push(Lane::default());
-        self.coarse.push(wide.unwrap_or(i));
+        self.class.push(if fine { parent.unwrap_or(i) } else { i });
+        self.parent.push(parent.unwrap_or(i));
         Some(i)
     }
 
-    /// The lane of place number `n` here, if it has one.
-    pub(super) fn lane_at(&self, n: usize) -> Option<u32> {
-        self.by_place.get(n).filter(|&&lane| lane != NO_LANE).map(|&lane| u32::from(lane))
+    /// The lane of `place` here, its own or its class's, if either exists.
+    pub(super) fn lane_of(&self, place: &Place) -> Option<u32> {
+        self.index.get(place).or_else(|| self.index.get(&class(*place))).copied()
+    }
+
+    /// How many lanes are fine.
+    pub(super) fn fine(&self) -> usize {
+        self.fine
     }
 
     /// Hints the CPU to fetch what counting a leg of `lane` in bucket `b` touches.
     pub(super) fn prefetch(&self, lane: u32, b: usize) {
-        if let (Some(l), Some(wide)) = (self.lanes.get(lane as usize), self.coarse.get(lane as usize)) {
+        if let (Some(l), Some(parent)) = (self.lanes.get(lane as usize), self.parent.get(lane as usize)) {
             prefetch(&l.total);
             prefetch(&l.counts[b]);
-            prefetch(wide);
+            prefetch(parent);
         }
+    }
+
+    /// Counts a leg out of `from` in bucket `b` to lane `to`, in `from` and
+    /// in the lanes it backs off to. Each level learns where parcels went at
+    /// its own level: a fine lane or a class the next class, a network lane
+    /// the next network lane.
+    pub(super) fn count(&mut self, from: u32, b: usize, to: u32) {
+        let mut at = from as usize;
+        loop {
+            let parent = self.parent[at] as usize;
+            let next = if parent == at { self.network_of(to) } else { self.class[to as usize] };
+            self.lanes[at].add(b);
+            self.lanes[at].went(next);
+            if parent == at {
+                break;
+            }
+            at = parent;
+        }
+    }
+
+    /// The network lane a lane backs off to in the end.
+    fn network_of(&self, lane: u32) -> u32 {
+        let mut at = lane;
+        while self.parent[at as usize] != at {
+            at = self.parent[at as usize];
+        }
+        at
     }
 
     /// Halves the lanes that passed [`HALVE_AT`], then publishes their
@@ -338,54 +384,81 @@ impl Model {
         self.forecasting.get(lane).copied().unwrap_or(false).then(|| &self.versions[lane])
     }
 
-    /// Every lane's forecast from its counts. A forecast equal to the lane's
-    /// coming one is that one: it costs no memory twice.
-    fn forecasts(&self, params: Params) -> Vec<Option<Forecast>> {
-        let legs: Vec<Option<Span>> = self.lanes.iter().map(|l| l.quantile(MEDIAN, params.min_history)).collect();
-        // The time after each lane's leg, following the usual next places.
-        let mut after: Vec<Option<Option<Span>>> = vec![None; self.lanes.len()];
-        let mut path = Vec::new();
-        for start in 0..self.lanes.len() {
-            let mut at = start as u32;
-            let mut total = loop {
-                if let Some(known) = after[at as usize] {
-                    break known;
-                }
-                let next = self.lanes[at as usize].usual_next();
-                path.push(at);
-                match next {
-                    None => break None,
-                    Some(n) if self.places[n as usize].arrived() => break Some(Span::ZERO),
-                    Some(_) if path.len() > MAX_HOPS => break None,
-                    Some(n) => at = n,
-                }
-            };
-            // Walk back: each lane's after is the next lane's leg plus its after.
-            while let Some(lane) = path.pop() {
-                after[lane as usize] = Some(total);
-                if let (Some(t), Some(leg)) = (total, legs[lane as usize]) {
-                    total = Some(Span(t.0 + leg.0));
-                } else {
-                    total = None;
+    /// The lane that speaks for `lane`: itself, or the first lane it backs
+    /// off to, with at least `min` legs.
+    fn backed_off(&self, lane: usize, min: u32) -> Option<usize> {
+        let mut at = lane;
+        loop {
+            if self.lanes[at].total >= min.max(1) {
+                return Some(at);
+            }
+            let parent = self.parent[at] as usize;
+            if parent == at {
+                return None;
+            }
+            at = parent;
+        }
+    }
+
+    /// How long each class (and network lane) takes from a parcel's entry to
+    /// its arrival: its leg's median plus the mean of what its next classes
+    /// take, weighted by how often parcels went there; a class with too few
+    /// legs takes its network lane's median and next lanes. The sorts keep
+    /// the graph from going round (a first sort leads to a second), but
+    /// nothing guarantees it: it is swept until no time moves by a minute.
+    fn rests(&self, min: u32) -> Vec<Option<i64>> {
+        let classes: Vec<(usize, Span, usize)> = (0..self.lanes.len())
+            .filter(|&i| self.class[i] as usize == i)
+            .filter_map(|i| {
+                let speaks = self.backed_off(i, min)?;
+                Some((i, self.lanes[speaks].quantile(MEDIAN, min)?, speaks))
+            })
+            .collect();
+        let mut rest = vec![None; self.lanes.len()];
+        for _ in 0..MAX_SWEEPS {
+            let mut moved = false;
+            for &(i, leg, speaks) in &classes {
+                let Some((_, after)) = self.lanes[speaks].expected_after(&self.places, &rest) else { continue };
+                let time = (leg.0 + after).min(MAX_REST.0);
+                if rest[i].is_none_or(|r: i64| (r - time).abs() >= MINUTE_MS as i64) {
+                    rest[i] = Some(time);
+                    moved = true;
                 }
             }
+            if !moved {
+                break;
+            }
         }
-        // The coarse lanes' overruns, each worked out once for all its lanes.
-        let mut wides: HashMap<u32, [u16; BUCKETS]> = HashMap::new();
-        legs.iter()
-            .zip(after)
-            .enumerate()
-            .map(|(i, (leg, after))| {
-                let after = after.flatten().filter(|_| leg.is_some())?;
-                let mut overrun = self.lanes[i].overrun_quantiles(params.quantile);
-                let c = self.coarse[i];
-                let wide = wides.entry(c).or_insert_with(|| self.lanes[c as usize].overrun_quantiles(params.quantile));
-                for (own, wide) in overrun.iter_mut().zip(wide.iter()) {
-                    if *own == NO_QUANTILE {
-                        *own = *wide;
+        rest
+    }
+
+    /// Every lane's forecast from its counts: the leg's quantiles from the
+    /// lane itself, or the first lane it backs off to with `min_history`
+    /// legs (buckets with too few overruns from the lanes after it), and the
+    /// time after the leg from where its parcels went next. A forecast equal
+    /// to the lane's coming one is that one: it costs no memory twice.
+    fn forecasts(&self, params: Params) -> Vec<Option<Forecast>> {
+        let rest = self.rests(params.min_history);
+        let mut overruns: HashMap<usize, [u16; BUCKETS]> = HashMap::new();
+        (0..self.lanes.len())
+            .map(|i| {
+                let speaks = self.backed_off(i, params.min_history)?;
+                let (known, after) = self.lanes[speaks].expected_after(&self.places, &rest)?;
+                if known < MIN_KNOWN {
+                    return None;
+                }
+                let mut overrun = self.overrun(speaks, params.quantile, &mut overruns);
+                let mut at = speaks;
+                while self.parent[at] as usize != at && overrun.contains(&NO_QUANTILE) {
+                    at = self.parent[at] as usize;
+                    let wide = self.overrun(at, params.quantile, &mut overruns);
+                    for (own, wide) in overrun.iter_mut().zip(wide.iter()) {
+                        if *own == NO_QUANTILE {
+                            *own = *wide;
+                        }
                     }
                 }
-                let fresh = Forecast::new(overrun, after);
+                let fresh = Forecast::new(overrun, Span(after));
                 match self.versions.get(i).and_then(|v| v.coming.as_ref()) {
                     Some(old) if *old == fresh => Some(old.clone()),
                     _ => Some(fresh),
@@ -393,4 +466,18 @@ impl Model {
             })
             .collect()
     }
+
+    /// A lane's overrun quantiles, worked out once per publication.
+    fn overrun(&self, lane: usize, q: f64, done: &mut HashMap<usize, [u16; BUCKETS]>) -> [u16; BUCKETS] {
+        *done.entry(lane).or_insert_with(|| self.lanes[lane].overrun_quantiles(q))
+    }
 }
+
+/// How many sweeps the classes' times get to settle.
+const MAX_SWEEPS: usize = 100;
+/// A class whose parcels take longer than this to arrive has no forecast
+/// (parcels going round in circles).
+const MAX_REST: Span = Span::hours(24 * 60);
+/// The least share of a lane's next classes whose times must be known for
+/// the lane to forecast.
+const MIN_KNOWN: f64 = 0.5;

@@ -16,6 +16,7 @@ impl Parcel {
         }
         w.u(u64::from(self.country[0]) << 8 | u64::from(self.country[1]));
         w.u(self.state as u64);
+        w.u(u64::from(self.sorts));
         w.u(self.fired);
         for t in [
             self.state_since,
@@ -69,7 +70,7 @@ impl Parcel {
         p.set_contact(name, phone, email);
         p.flags = r.u8()?;
         // Generations wrap: a wider one saved by an older version keeps its low bits.
-        p.gen = r.u32()? as u16;
+        p.gen = r.u32()? as u8;
         p.locale = Sym::load(r)?;
         p.tz = Sym::load(r)?;
         p.branch = Sym::load(r)?;
@@ -78,6 +79,7 @@ impl Parcel {
         let country = r.u()?;
         p.country = [(country >> 8) as u8, country as u8];
         p.state = r.kind()?;
+        p.sorts = r.u8()?;
         p.fired = remap.fired(r.u()?);
         for t in [
             &mut p.state_since,

@@ -104,8 +104,10 @@ fn a_parcel_overrunning_its_lane_is_predicted_late_once_hours_before_its_promise
     let resolved: Vec<&String> = alerts.iter().filter(|a| a.contains(" resolved ") && a.ends_with(" P209")).collect();
     assert_eq!(resolved.len(), 1, "{alerts:#?}");
     assert!(resolved[0].contains("2026-11-24T"), "resolved on delivery: {resolved:?}");
-    let (stats, lanes) = engine.lane_stats();
-    assert!(stats.legs > 1000 && lanes >= 6 && stats.publications >= 5, "{stats:?} {lanes}");
+    // A fine lane for each place with a facility (the hub's two, the
+    // branch's three), none for a leg out of the pick-up (no facility).
+    let (stats, (lanes, fine)) = engine.lane_stats();
+    assert!(stats.legs > 1000 && fine == 5 && lanes > fine && stats.publications >= 5, "{stats:?} {lanes} {fine}");
 }
 
 #[test]
@@ -168,4 +170,40 @@ fn a_late_scan_before_two_scans_of_one_instant_splits_the_leg_it_falls_in() {
     feed_lines(&mut engine, &numbered, at(24 * 60));
     let (stats, _) = engine.lane_stats();
     assert_eq!((stats.splits, stats.legs), (1, 3), "{stats:?}");
+}
+
+#[test]
+fn a_branch_per_parcel_grows_no_lane_and_the_classes_still_foretell() {
+    // Every parcel to a branch of its own: 230 destinations, each a last mile
+    // of its own, learnt in fine lanes until the bound, then in the class.
+    let lines: Vec<(Ts, String)> = hub_network(230, &[100, 220])
+        .into_iter()
+        .map(|(at, l)| {
+            let id = l.split('"').nth(3).unwrap().to_string();
+            (at, l.replace(r#""BR""#, &format!(r#""BR-{id}""#)))
+        })
+        .collect();
+    let numbered: Vec<(usize, &str)> = lines.iter().enumerate().map(|(i, (_, l))| (i, l.as_str())).collect();
+    let set = crate::rules::file::load_sources(&[("x.toml".into(), PREDICTED.to_string())]).unwrap();
+    let mut engine = Engine::new(set, Config { partitions: 1, max_lanes: 8, ..Config::default() });
+    let alerts = feed_lines(&mut engine, &numbered, ts("2026-11-25T00:00:00Z"));
+    let (stats, (lanes, fine)) = engine.lane_stats();
+    // The bound holds, and the classes and network lanes are a few dozen
+    // (states, sorts, quoted days), not three for each of the 230 branches.
+    assert_eq!(fine, 8, "{stats:?}");
+    assert!(lanes <= fine + 40, "{lanes} lanes: {stats:?}");
+    assert!(stats.overflow > 400, "legs of branches past the bound learnt by their class: {stats:?}");
+    // The parcels stuck at the hub are foretold as with one branch.
+    for (parcel, from, to) in [
+        ("P100", "2026-11-21T21:50:00Z", "2026-11-21T23:30:00Z"),
+        ("P220", "2026-11-23T06:50:00Z", "2026-11-23T08:00:00Z"),
+    ] {
+        let fired: Vec<&String> = alerts
+            .iter()
+            .filter(|a| a.starts_with("predicted_late firing") && a.ends_with(&format!(" {parcel}")))
+            .collect();
+        assert_eq!(fired.len(), 1, "{parcel}: {alerts:#?}");
+        let at = ts(fired[0].split(' ').nth(2).unwrap());
+        assert!(at >= ts(from) && at < ts(to), "{parcel} at {at}");
+    }
 }

@@ -45,7 +45,7 @@ impl Window {
 
     /// The window as saved, every parcel in its old slot (alert order depends on slots).
     pub(in crate::engine) fn load(r: &mut R<'_>, remap: &Remap) -> Result<Window, CheckpointError> {
-        let next_gen = r.u32()? as u16;
+        let next_gen = r.u32()? as u8;
         let mut free = Vec::new();
         for _ in 0..r.u()? {
             free.push(r.u32()?);
