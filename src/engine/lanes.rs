@@ -66,7 +66,7 @@ const MINUTE_MS: f64 = 60_000.0;
 /// [`LaneRef`]'s 16 bits. The configuration bounds the fine lanes below it.
 pub const MAX_LANES: usize = u16::MAX as usize - 1;
 /// The default bound on the fine lanes of one partition.
-pub const FINE_LANES: usize = 4096;
+pub const FINE_LANES: usize = 1024;
 /// Next places remembered per lane (the most frequent wins).
 const NEXT: usize = 4;
 /// A lane's counts are halved when they pass this, at a publication.

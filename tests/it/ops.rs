@@ -42,8 +42,10 @@ fn prometheus_scrapes_events_alerts_notifications_and_the_service_level() {
     // The window's gauges, refreshed every 5 s.
     wait_until("the window's gauges", || value("forewarn_resident_memory_bytes") > 1e6);
     assert!(prometheus.value("forewarn_parcels_in_flight").is_some());
-    wait_until("the lanes learning", || value("forewarn_lane_legs_learnt") > 0.0 && value("forewarn_lanes") > 0.0);
-    assert_eq!(value("forewarn_lane_overflow_legs"), 0.0, "a regional network fits the lane table");
+    let lanes = |level: &str| value(&format!("forewarn_lanes{{level=\"{level}\"}}"));
+    wait_until("the lanes learning", || value("forewarn_lane_legs_learnt") > 0.0 && lanes("fine") > 0.0);
+    assert!(lanes("all") > lanes("fine"), "classes and network lanes beside the fine ones");
+    assert_eq!(value("forewarn_lane_overflow_legs"), 0.0, "a regional network fits the fine lanes");
     assert!(value("forewarn_checkpoint_last_success_timestamp_seconds") > 1.7e9);
     assert!(value("histogram_quantile(0.5, sum by (le) (rate(forewarn_send_duration_seconds_bucket[1m])))") >= 0.0);
     let dashboard: serde_json::Value =

@@ -270,6 +270,12 @@ impl Model {
             return Some(lane);
         }
         let (class, network) = (class(place), network(place));
+        if place != class && self.fine >= max_fine {
+            // Past the bound, most scans meet a known class: one probe more.
+            if let Some(&lane) = self.index.get(&class) {
+                return Some(lane);
+            }
+        }
         if place == network {
             return self.push(place, None, false);
         }
