@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use forewarn::config::Config as Settings;
 use forewarn::engine::{Config, Split};
 
 use super::load_rules;
@@ -27,14 +28,23 @@ pub struct ReportArgs {
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
     /// The deployment's partition count (as `partitions.count` live):
-    /// predictions learn per partition, so a replay forecasts as the live run.
-    #[arg(long, default_value_t = Config::default().partitions)]
-    partitions: u16,
+    /// predictions learn per partition, so a replay forecasts as the live run [default: 16].
+    #[arg(long)]
+    partitions: Option<u16>,
+    /// The configuration file a deployment runs with: the engine's settings
+    /// (window, retention, lateness, lanes, partitions) as live, as `replay`
+    /// takes them. `--partitions` overrides it.
+    #[arg(long, env = "FOREWARN_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 pub fn report(args: ReportArgs) -> Result<ExitCode> {
     let set = load_rules(&args.rules)?;
-    let mut engine = Split::new(set.clone(), Config { partitions: args.partitions, ..Config::default() });
+    let settings = args.config.as_deref().map(Settings::load).transpose()?;
+    // The whole window's bounds: the split engine shares them among its partitions.
+    let base = settings.as_ref().map_or_else(Config::default, |s| s.engine(1));
+    let config = Config { partitions: args.partitions.unwrap_or(base.partitions), ..base };
+    let mut engine = Split::new(set.clone(), config);
     let path = args.events.clone();
     let open = || -> io::Result<Box<dyn Read>> { Ok(Box::new(File::open(&path)?)) };
     let report = forewarn::report::run(&mut engine, &set, open)
