@@ -224,33 +224,12 @@ fn the_report_judges_every_contact_about_a_problem_parcel() {
     assert!(html.contains(&format!("({} of {})", n("contacts_preempted"), n("contacts"))), "the figures too");
 }
 
-/// The report judges with a deployment's own engine settings too: a window
-/// of 200 parcels tells fewer customers than the default window, and the
-/// example configuration (the defaults) changes nothing.
+/// A replay and a report run with a deployment's own engine settings
+/// (`--config`, as `run` does; flags over it): once, their retention, idle
+/// time and window could only be the defaults, so a backtest judged another
+/// window.
 #[test]
-fn a_report_takes_the_engine_settings_of_the_deployments_configuration() {
-    let dir = tempfile::tempdir().unwrap();
-    let events = simulate(dir.path(), "net.jsonl", 2000, 31);
-    let small = dir.path().join("small.toml");
-    std::fs::write(&small, "[engine]\nmax_parcels = 200\n").unwrap();
-    let report = |extra: &[&str]| -> serde_json::Value {
-        let out = forewarn(&[&["report", events.as_str(), "--json"], extra].concat());
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("one JSON object")
-    };
-    let default = report(&[]);
-    let example = super::repo("forewarn.toml");
-    assert_eq!(report(&["--config", example.to_str().unwrap()]), default, "the example is the defaults");
-    let told = |r: &serde_json::Value| r["problem_parcels_told"].as_u64().unwrap();
-    let small = report(&["--config", small.to_str().unwrap()]);
-    assert!(told(&small) < told(&default), "{} of {} told", told(&small), told(&default));
-}
-
-/// A replay runs with a deployment's own engine settings (`--config`, as
-/// `run` does; flags over it): once, its retention, idle time and window
-/// could only be the defaults, so a backtest judged another window.
-#[test]
-fn a_replay_takes_the_engine_settings_of_the_deployments_configuration() {
+fn a_replay_and_a_report_take_the_engine_settings_of_the_deployments_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let events = simulate(dir.path(), "net.jsonl", 2000, 31);
     let config = dir.path().join("forewarn.toml");
@@ -279,4 +258,16 @@ fn a_replay_takes_the_engine_settings_of_the_deployments_configuration() {
     let (done_1h, overridden) = stats(&["--config", config, "--max-parcels", "1000000"]);
     assert_eq!(overridden, 0, "the flag wins over the file");
     assert!(done_1h > done, "done parcels leave after the configured hour: {done_1h} > {done}");
+    // The report: the window of 200 parcels tells fewer customers; the
+    // example configuration (the defaults) changes nothing.
+    let told = |extra: &[&str]| {
+        let out = forewarn(&[&["report", events.as_str(), "--json"], extra].concat());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        r["problem_parcels_told"].as_u64().expect("problem_parcels_told")
+    };
+    let example = super::repo("forewarn.toml");
+    let default = told(&[]);
+    assert_eq!(told(&["--config", example.to_str().unwrap()]), default, "the example is the defaults");
+    assert!(told(&["--config", config]) < default, "a window of 200 parcels tells fewer");
 }
