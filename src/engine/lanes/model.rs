@@ -235,8 +235,6 @@ pub(super) struct Model {
     index: HashMap<Place, u32>,
     pub(super) places: Vec<Place>,
     pub(super) lanes: Vec<Lane>,
-    /// Each lane's class lane (itself for a class or network lane).
-    pub(super) class: Vec<u32>,
     /// The lane each backs off to when its history is thin: a fine lane's
     /// class, a class's network lane; a network lane is its own.
     pub(super) parent: Vec<u32>,
@@ -277,24 +275,23 @@ impl Model {
             }
         }
         if place == network {
-            return self.push(place, None, false);
+            return self.push(place, None);
         }
         let wide = self.lane(network, max_fine)?;
         if place == class {
-            return self.push(place, Some(wide), false);
+            return self.push(place, Some(wide));
         }
         let class = self.lane(class, max_fine)?;
         if self.fine >= max_fine {
             return Some(class);
         }
-        let lane = self.push(place, Some(class), true)?;
+        let lane = self.push(place, Some(class))?;
         self.fine += 1;
         Some(lane)
     }
 
-    /// A new lane for `place`, backing off to `parent` (itself when
-    /// `None`), which is its class when the lane is `fine`.
-    fn push(&mut self, place: Place, parent: Option<u32>, fine: bool) -> Option<u32> {
+    /// A new lane for `place`, backing off to `parent` (itself when `None`).
+    fn push(&mut self, place: Place, parent: Option<u32>) -> Option<u32> {
         if self.lanes.len() >= MAX_LANES {
             return None;
         }
@@ -302,7 +299,6 @@ impl Model {
         self.index.insert(place, i);
         self.places.push(place);
         self.lanes.push(Lane::default());
-        self.class.push(if fine { parent.unwrap_or(i) } else { i });
         self.parent.push(parent.unwrap_or(i));
         Some(i)
     }
@@ -334,13 +330,23 @@ impl Model {
         let mut at = from as usize;
         loop {
             let parent = self.parent[at] as usize;
-            let next = if parent == at { self.network_of(to) } else { self.class[to as usize] };
+            let next = if parent == at { self.network_of(to) } else { self.class_of(to) };
             self.lanes[at].add(b);
             self.lanes[at].went(next);
             if parent == at {
                 break;
             }
             at = parent;
+        }
+    }
+
+    /// A lane's class lane: a fine lane's parent (only a fine place has a
+    /// facility), else the lane itself.
+    fn class_of(&self, lane: u32) -> u32 {
+        if self.places[lane as usize].facility == Sym::NONE {
+            lane
+        } else {
+            self.parent[lane as usize]
         }
     }
 
@@ -414,7 +420,7 @@ impl Model {
     /// nothing guarantees it: it is swept until no time moves by a minute.
     fn rests(&self, min: u32) -> Vec<Option<i64>> {
         let classes: Vec<(usize, Span, usize)> = (0..self.lanes.len())
-            .filter(|&i| self.class[i] as usize == i)
+            .filter(|&i| self.class_of(i as u32) as usize == i)
             .filter_map(|i| {
                 let speaks = self.backed_off(i, min)?;
                 Some((i, self.lanes[speaks].quantile(MEDIAN, min)?, speaks))
