@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use futures::{Stream, StreamExt};
+use prometheus::core::Collector;
 use tokio::sync::{mpsc, watch};
 
 use forewarn::config::Config;
@@ -36,8 +37,11 @@ async fn stream_messages(js: &jetstream::Context, name: &str) -> u64 {
 async fn drain<M, E: std::fmt::Debug>(messages: impl Stream<Item = Result<M, E>>, total: u64) -> Duration {
     let start = Instant::now();
     let mut messages = std::pin::pin!(messages.take(total as usize));
+    let spin: u64 = std::env::var("SPIN").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     while let Some(m) = messages.next().await {
         m.expect("a message");
+        let t = Instant::now();
+        while (t.elapsed().as_nanos() as u64) < spin {}
     }
     start.elapsed()
 }
@@ -50,6 +54,7 @@ async fn pull_none(js: &jetstream::Context, stream: &str, total: u64) -> Duratio
         .expect("stream")
         .create_consumer(pull::Config {
             durable_name: Some("bench-pull".into()),
+            filter_subjects: vec!["scans.*".into()],
             ack_policy: AckPolicy::None,
             ..Default::default()
         })
@@ -95,17 +100,24 @@ fn main() {
         let fastest = rate(ordered(&js, "SCANS", scans).await);
         println!("broker consume {scans} scans: {fastest:.0} scans/s (ordered consumer)");
 
-        let config = Config { nats: nats.clone(), ..Config::default() };
+        let config = Config { nats: nats.clone(), consumer: forewarn::config::Consumer { batch: std::env::var("B").map(|b| b.parse().unwrap()).unwrap_or(1000) }, ..Config::default() };
         let (stop_tx, stop) = watch::channel(false);
         let (_reload_tx, reload) = mpsc::channel(1);
         let t = Instant::now();
         let run = tokio::spawn(live::run(config, true, Controls { stop, reload, readiness: live::Readiness::default() }));
-        // Done when a stored checkpoint covers each stream's last message.
+        // Handled when every scan and contact went through the engines
+        // (none of them is refused); done when a stored checkpoint covers
+        // each stream's last message.
         let last = |name: &'static str| {
             let js = js.clone();
             async move { js.get_stream(name).await.expect("stream").info().await.expect("info").state.last_sequence }
         };
         let (last_scan, last_contact) = (last("SCANS").await, last("CONTACTS").await);
+        let handled = || METRICS.events.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value()).sum::<f64>() as u64;
+        while handled() < scans + contacts {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let through = t.elapsed();
         let covered = |name: &str| METRICS.checkpoint_position.with_label_values(&[name]).get() as u64;
         while covered("SCANS") < last_scan || covered("CONTACTS") < last_contact {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -114,19 +126,40 @@ fn main() {
         let _ = stop_tx.send(true);
         let summary = run.await.expect("joined").expect("ran");
         let own = rate(took);
+        let engines = rate(through);
         println!(
-            "forewarn       {scans} scans (+{contacts} contacts) to a stored checkpoint in {:.2} s: {own:.0} scans/s; {} alerts, {} checkpoints",
+            "forewarn       {scans} scans (+{contacts} contacts) through the engines in {:.2} s: {engines:.0} scans/s; to a stored checkpoint in {:.2} s: {own:.0} scans/s; {} alerts, {} checkpoints",
+            through.as_secs_f64(),
             took.as_secs_f64(),
             summary.alerts,
             summary.checkpoints
         );
-        println!("ratio          {:.2} of the broker's rate with forewarn's consumer kind, {:.2} of the ordered consumer's", own / pull, own / fastest);
+        println!(
+            "ratio          to a stored checkpoint {:.2} of the broker's rate with forewarn's consumer kind, {:.2} of the ordered consumer's; through the engines {:.2} / {:.2}",
+            own / pull,
+            own / fastest,
+            engines / pull,
+            engines / fastest
+        );
+        println!("published      {:?}", summary.published);
         let pause = &METRICS.checkpoint_pause;
         let (n, stopped) = (pause.get_sample_count(), pause.get_sample_sum());
         println!(
-            "checkpoints    {n}: the stream stopped {stopped:.2} s for them ({:.1} % of the run, {:.0} ms each on average)",
+            "checkpoints    {}: the stream stopped {stopped:.2} s in {n} pauses for them ({:.1} % of the run)",
+            summary.checkpoints,
             100.0 * stopped / took.as_secs_f64(),
-            1000.0 * stopped / n.max(1) as f64
+        );
+        // The stream's pace while a checkpoint is taken and stored, and between checkpoints.
+        let end = t + through;
+        let rounds: Vec<_> = summary.rounds.iter().filter(|r| r.stored <= end).collect();
+        let (during, time): (u64, f64) =
+            rounds.iter().fold((0, 0.0), |(e, s), r| (e + r.events, s + (r.stored - r.began).as_secs_f64()));
+        let between = (scans + contacts - during) as f64 / (through.as_secs_f64() - time);
+        let during = during as f64 / time;
+        println!(
+            "during        {} checkpoints ({time:.2} s): {during:.0} events/s; between them: {between:.0} events/s; ratio {:.2}",
+            rounds.len(),
+            during / between
         );
     });
 }

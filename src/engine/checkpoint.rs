@@ -90,7 +90,8 @@ impl Engine {
 
     /// The engine's whole state, to compress later ([`Snapshot::compress`]).
     pub fn snapshot(&self) -> Snapshot {
-        let mut w = W::default();
+        let last = self.snapshot_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let mut w = W::sized(last + last / 8);
         w.u(self.set.rules.len() as u64);
         for r in &self.set.rules {
             w.s(&r.voice.id);
@@ -111,7 +112,9 @@ impl Engine {
         self.tombstones.save(&mut w);
         self.branches.save(&mut w);
         self.lanes.save(&mut w);
-        w.snapshot()
+        let snapshot = w.snapshot();
+        self.snapshot_bytes.store(snapshot.len(), std::sync::atomic::Ordering::Relaxed);
+        snapshot
     }
 
     /// An engine in the state a [`Engine::checkpoint`] saved, under `set` and `config`.
@@ -158,6 +161,7 @@ impl Engine {
             }
         }
         Ok(Engine {
+            snapshot_bytes: body.len().into(),
             set: std::sync::Arc::new(set),
             plan,
             config,

@@ -35,6 +35,12 @@ pub(in crate::engine) fn corrupt(what: impl Into<String>) -> CheckpointError {
 pub(in crate::engine) struct W(Vec<u8>);
 
 impl W {
+    /// A writer with room for `bytes`: a state about as large as the last
+    /// one is written without growing (copying) its buffer on the way.
+    pub fn sized(bytes: usize) -> W {
+        W(Vec::with_capacity(bytes))
+    }
+
     pub fn u(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.0.push(v as u8 | 0x80);
@@ -69,7 +75,6 @@ impl W {
         }
     }
 
-    /// The written state behind the magic and version, compressed.
     /// The state written, not compressed yet.
     pub fn snapshot(self) -> Snapshot {
         Snapshot(self.0)

@@ -167,6 +167,8 @@ pub struct Engine {
     /// Counts the facts below when the engine runs its own branch stage, and
     /// says which rules make facts either way.
     branches: BranchStage,
+    /// The size of the last snapshot, the room the next one starts with.
+    snapshot_bytes: std::sync::atomic::AtomicUsize,
     /// Branch facts made since the last [`Engine::advance`] (or
     /// [`Engine::take_facts`] when the branch stage runs apart).
     facts: Vec<Fact>,
@@ -194,6 +196,7 @@ impl Engine {
         Engine {
             branches: BranchStage::new(&set, config.partitions),
             facts: Vec::new(),
+            snapshot_bytes: Default::default(),
             judged: Vec::new(),
             branch_stage_inside: true,
             set: Arc::new(set),

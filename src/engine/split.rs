@@ -229,29 +229,40 @@ mod tests {
     /// Live's shape, as `live::processor` runs it: an engine per partition,
     /// the branch stage apart, hearing the facts as they are made but each
     /// partition's watermark only when that partition's checkpoint is
-    /// stored, at moments of its own.
+    /// stored, at moments of its own; and, as after a restart that cut its
+    /// batches of facts otherwise, hearing again now and then every fact a
+    /// partition made since its last mark.
     fn live_shaped(events: &[u8], set: &RuleSet, config: &Config, end: Ts) -> Vec<String> {
         let n = config.partitions;
         let mut engines: Vec<Engine> =
             (0..n).map(|_| Engine::new(set.clone(), config.clone()).without_branch_stage()).collect();
         let mut stage = BranchStage::new(set, n);
         let mut marks = vec![Ts::MIN; usize::from(n)];
+        let mut since_mark: Vec<Vec<Fact>> = vec![Vec::new(); usize::from(n)];
         let (mut out, mut facts) = (Vec::new(), Vec::new());
         let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut copies = 0;
         for line in events.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let ev = decode(line).unwrap();
             let p = usize::from(partition::of(&ev.parcel_id, n));
             engines[p].ingest(&ev, &mut out);
             engines[p].take_facts(&mut facts);
+            since_mark[p].extend(facts.iter().cloned());
             facts.drain(..).for_each(|f| stage.add(f));
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
+            if rng.is_multiple_of(701) {
+                copies += since_mark[p].len();
+                since_mark[p].iter().cloned().for_each(|f| stage.add(f));
+            }
             if rng.is_multiple_of(300) {
                 marks[p] = engines[p].watermark();
+                since_mark[p].clear();
                 stage.advance(marks.iter().copied().min().unwrap(), &mut out);
             }
         }
+        assert!(copies > 1000, "the case hears facts twice ({copies})");
         for engine in &mut engines {
             engine.advance(end, &mut out);
             engine.take_facts(&mut facts);

@@ -3,12 +3,14 @@
 //!
 //! Per message: skip what a checkpoint already covers (its stream sequence
 //! is at or below the partition's position), refuse what breaks the contract
-//! or came on the wrong partition (dead letter), otherwise ingest and
-//! publish what the engine says. On a timer or after enough events: settle
-//! the publishes, snapshot every changed engine and stage, store the snapshot
-//! in the background, and when it is stored publish each partition's
-//! watermark mark. Nothing is acknowledged: the checkpoint's positions are
-//! where a restart resumes.
+//! or came on the wrong partition (dead letter), otherwise ingest. After
+//! each run of messages, publish the alerts the engines made; branch facts
+//! wait, in batches, for the next checkpoint. On a timer, after enough
+//! events, or when a backlog was just worked off: a checkpoint round, one
+//! changed engine or stage a turn of the loop, the messages flowing between
+//! turns; its objects stored in the background, and only then each
+//! partition's watermark mark published. Nothing is acknowledged: the
+//! checkpoint's positions are where a restart resumes.
 //!
 //! Beside it: `intake.rs` takes what comes in (events, branch facts, dead
 //! letters), `restore.rs` starts each partition from its checkpoint,
@@ -44,6 +46,10 @@ use crate::time::Ts;
 
 /// Messages taken from one consumer before looking at the others and the timers.
 const DRAIN: usize = 512;
+/// Inputs this long without a message are quiet (see `worked_off`).
+const QUIET: Duration = Duration::from_millis(100);
+/// Branch facts held before they are sent (else at the next checkpoint).
+const FACTS_HELD: usize = 8192;
 
 /// What stops the processor and what makes it reload its rules.
 pub struct Controls {
@@ -65,6 +71,20 @@ pub struct RunSummary {
     pub reloads: u64,
     pub reload_failures: u64,
     pub published: PublishStats,
+    /// The last [`ROUNDS_KEPT`] stored checkpoints: from each round's
+    /// beginning to its store, and the events applied meanwhile (the
+    /// stream's pace during checkpoints).
+    pub rounds: std::collections::VecDeque<RoundSpan>,
+}
+
+pub const ROUNDS_KEPT: usize = 1024;
+
+/// A checkpoint from its round's beginning to its store.
+#[derive(Clone, Copy, Debug)]
+pub struct RoundSpan {
+    pub began: Instant,
+    pub stored: Instant,
+    pub events: u64,
 }
 
 /// One owned partition.
@@ -196,6 +216,7 @@ enum Step {
     Tick,
     Reload,
     Committed(Result<Commit, LiveError>),
+    Turn,
     Lookup(async_nats::Message),
     Message(usize, Option<Result<Box<jetstream::Message>, pull::MessagesError>>),
 }
@@ -205,6 +226,7 @@ impl Processor {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut storing: Option<JoinHandle<Result<Commit, LiveError>>> = None;
+        let mut round = None;
         let mut last_rules_look = Instant::now();
         let mut last_gauges = Instant::now() - GAUGES_EVERY;
         loop {
@@ -214,6 +236,8 @@ impl Processor {
                     _ = controls.stop.changed() => Step::Stop,
                     Some(()) = controls.reload.recv() => Step::Reload,
                     result = committed(&mut storing) => Step::Committed(result),
+                    // A round under way takes its next object whenever the loop comes round.
+                    _ = std::future::ready(()), if round.is_some() => Step::Turn,
                     _ = tick.tick() => Step::Tick,
                     Some(request) = self.lookups.next() => Step::Lookup(request),
                     m = next_message(scans) => Step::Message(0, m.map(|r| r.map(Box::new))),
@@ -225,6 +249,7 @@ impl Processor {
                 Step::Stop => break,
                 Step::Reload => self.reload(),
                 Step::Committed(result) => self.commit(result).await,
+                Step::Turn => {}
                 Step::Lookup(request) => self.lookup(request).await,
                 Step::Tick => {
                     if last_rules_look.elapsed() >= Duration::from_secs(2) {
@@ -253,6 +278,7 @@ impl Processor {
                 }
                 Step::Message(i, Some(Ok(message))) => {
                     self.handle(i, *message).await;
+                    let mut reopen = false;
                     for _ in 0..DRAIN {
                         let next = match self.inputs[i].messages.as_mut() {
                             Some(messages) => messages.next().now_or_never(),
@@ -262,18 +288,27 @@ impl Processor {
                             Some(Some(Ok(message))) => self.handle(i, message).await,
                             Some(Some(Err(e))) => {
                                 tracing::warn!(stream = %self.inputs[i].stream, error = %e, "consumer error; recreating it at our position");
-                                self.open(i, &mut controls.stop).await?;
+                                reopen = true;
                                 break;
                             }
                             _ => break,
                         }
                     }
+                    // What the messages made goes out once per run of messages, facts in batches.
+                    self.publish().await;
+                    if reopen {
+                        self.open(i, &mut controls.stop).await?;
+                    }
                 }
             }
             let due = self.since_checkpoint >= self.config.checkpoint.events
-                || (self.last_checkpoint.elapsed() >= std_duration(self.config.checkpoint.interval) && self.changed());
-            if due && storing.is_none() {
-                storing = Some(self.snapshot().await);
+                || (self.last_checkpoint.elapsed() >= std_duration(self.config.checkpoint.interval) && self.changed())
+                || self.worked_off();
+            if due && storing.is_none() && round.is_none() {
+                round = Some(self.begin_round());
+            }
+            if let Some(task) = self.turn(&mut round).await {
+                storing = Some(task);
             }
         }
         // Stop pulling, store what was done.
@@ -281,11 +316,15 @@ impl Processor {
         for input in &mut self.inputs {
             input.messages = None;
         }
+        // A round under way ends first: what it took is no longer marked changed.
+        while round.is_some() {
+            storing = self.turn(&mut round).await.or(storing);
+        }
         if let Some(task) = storing.take() {
             let result = task.await.unwrap_or_else(|e| Err(LiveError::nats("checkpoint task", e)));
             self.commit(result).await;
         }
-        let task = self.snapshot().await;
+        let task = self.checkpoint_now().await;
         let result = task.await.unwrap_or_else(|e| Err(LiveError::nats("checkpoint task", e)));
         let failed = result.is_err();
         self.commit(result).await;
@@ -317,6 +356,15 @@ impl Processor {
         if let Err(e) = self.js.client().publish(reply, answer.into()).await {
             tracing::debug!(error = %e, "lookup answer not sent");
         }
+    }
+
+    /// A backlog was just worked off: many events since the last checkpoint
+    /// and the inputs quiet. Its checkpoint is not left for the interval, so
+    /// a restart soon after reads little again and the branch stages hear
+    /// the new watermarks at once.
+    fn worked_off(&self) -> bool {
+        self.since_checkpoint >= self.config.checkpoint.events / 4
+            && self.inputs.iter().all(|i| i.last_message.elapsed() >= QUIET)
     }
 
     fn changed(&self) -> bool {
@@ -410,11 +458,21 @@ impl Processor {
             }
             self.publisher.send(wire::alert(&alert, arrived)).await;
         }
-        for fact in self.facts.drain(..) {
-            self.publisher.send(wire::fact(&fact, self.owned.count)).await;
+        if self.facts.len() >= FACTS_HELD {
+            self.send_facts().await;
         }
         METRICS.judged(&self.judged);
         self.judged.clear();
+    }
+
+    /// The branch facts made so far, in batches. Stages count facts only up
+    /// to the watermarks announced after a checkpoint, so facts wait for the
+    /// checkpoint (or [`FACTS_HELD`] of them) and go out in few messages.
+    pub(super) async fn send_facts(&mut self) {
+        for batch in wire::facts(&self.facts, self.owned.count) {
+            self.publisher.send(batch).await;
+        }
+        self.facts.clear();
     }
 
     /// Idle partitions' watermarks follow the clock, so absence rules fire on

@@ -110,27 +110,65 @@ struct FactLine<'a> {
     key: String,
 }
 
+/// The most facts one message carries (~150 bytes each, far below any `max_payload`).
+pub const FACTS_PER_MESSAGE: usize = 512;
+
 /// `forewarn.facts.<partition of the place counted>`: a branch's facts meet
-/// in one branch stage, a facility's in one too.
-pub fn fact(f: &Fact, partitions: u16) -> Outgoing {
-    let at = f.at.text();
-    let line = FactLine {
-        at: &at,
-        rule: f.rule.as_deref(),
-        branch: &f.branch,
-        facility: f.facility.as_deref(),
-        key: format!("{:032x}", f.key),
-    };
-    let scope = if f.facility.is_some() { ".facility" } else { "" };
-    Outgoing {
-        subject: format!("forewarn.facts.{}", partition::of(f.place(), partitions)),
-        id: Some(format!("{}.{}{scope}", line.key, f.rule.as_deref().unwrap_or("intake"))),
-        headers: Vec::new(),
-        body: Bytes::from(serde_json::to_vec(&line).unwrap_or_default()),
+/// in one branch stage, a facility's in one too. Facts go in batches, one
+/// JSON line each, one message per facts partition (and per
+/// [`FACTS_PER_MESSAGE`]): a fact per message cost the processor as much as
+/// the scan that made it. A message's id hashes its lines, so the same
+/// batch sent again (a publish retried, a restart that made it again) is
+/// dropped by JetStream; a batch cut otherwise after a restart repeats facts
+/// already sent, and a stage holds its pending facts in a set, where a copy
+/// is the same element (such facts are dated after the last announced
+/// watermark, so they are still pending when the copy comes).
+pub fn facts(facts: &[Fact], partitions: u16) -> Vec<Outgoing> {
+    let mut by_partition: std::collections::BTreeMap<u16, Vec<&Fact>> = std::collections::BTreeMap::new();
+    for f in facts {
+        by_partition.entry(partition::of(f.place(), partitions)).or_default().push(f);
     }
+    let mut out = Vec::new();
+    for (p, facts) in by_partition {
+        for chunk in facts.chunks(FACTS_PER_MESSAGE) {
+            let mut body = Vec::with_capacity(chunk.len() * 160);
+            for f in chunk {
+                let at = f.at.text();
+                let line = FactLine {
+                    at: &at,
+                    rule: f.rule.as_deref(),
+                    branch: &f.branch,
+                    facility: f.facility.as_deref(),
+                    key: format!("{:032x}", f.key),
+                };
+                if serde_json::to_writer(&mut body, &line).is_ok() {
+                    body.push(b'\n');
+                }
+            }
+            out.push(Outgoing {
+                subject: format!("forewarn.facts.{p}"),
+                id: Some(format!("facts.{:016x}.{}", fnv1a64(&body), chunk.len())),
+                headers: Vec::new(),
+                body: Bytes::from(body),
+            });
+        }
+    }
+    out
 }
 
-pub fn parse_fact(body: &[u8]) -> Result<Fact, String> {
+/// FNV-1a, 64 bits: a batch's identity, not a partition.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// Every fact of a message, one per line; a message with a line that is not
+/// a fact is refused whole, naming the line.
+pub fn parse_facts(body: &[u8]) -> Result<Vec<Fact>, String> {
+    let lines = body.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+    lines.enumerate().map(|(i, line)| parse_fact(line).map_err(|e| format!("line {}: {e}", i + 1))).collect()
+}
+
+fn parse_fact(body: &[u8]) -> Result<Fact, String> {
     let line: FactLine<'_> = serde_json::from_slice(body).map_err(|e| format!("branch fact: {e}"))?;
     Ok(Fact {
         at: Ts::parse_rfc3339(line.at).ok_or("branch fact: at is not an RFC 3339 timestamp")?,
@@ -308,7 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn facts_and_marks_read_back_what_was_written() {
+    fn facts_go_in_batches_per_stage_and_read_back_what_was_written() {
         let f = Fact {
             at: Ts(1_795_132_800_123),
             rule: Some("late".into()),
@@ -316,15 +354,38 @@ mod tests {
             facility: None,
             key: 7 << 70,
         };
-        let out = fact(&f, 16);
-        assert_eq!(parse_fact(&out.body).expect("reads"), f);
-        assert_eq!(out.subject, format!("forewarn.facts.{}", partition::of("FR-PAR-12", 16)));
         // A facility fact meets the facility's other facts, whatever the parcel's branch.
-        let at_hub = Fact { facility: Some("DE-FRA-HUB".into()), ..f };
-        let out_hub = fact(&at_hub, 16);
-        assert_eq!(parse_fact(&out_hub.body).expect("reads"), at_hub);
-        assert_eq!(out_hub.subject, format!("forewarn.facts.{}", partition::of("DE-FRA-HUB", 16)));
-        assert_ne!(out_hub.id, out.id);
+        let at_hub = Fact { facility: Some("DE-FRA-HUB".into()), ..f.clone() };
+        let intake = |k: u128| Fact { rule: None, key: k, ..f.clone() };
+        let mut all = vec![f.clone(), at_hub.clone()];
+        all.extend((0..FACTS_PER_MESSAGE as u128 + 1).map(intake));
+        let out = facts(&all, 16);
+        let branch = format!("forewarn.facts.{}", partition::of("FR-PAR-12", 16));
+        let hub = format!("forewarn.facts.{}", partition::of("DE-FRA-HUB", 16));
+        assert_ne!(branch, hub, "the example needs two stages");
+        let subjects: Vec<&str> = out.iter().map(|o| o.subject.as_str()).collect();
+        let mut expected = vec![branch.as_str(), branch.as_str(), hub.as_str()];
+        expected.sort();
+        assert_eq!(subjects, expected, "one message per stage, and one more past {FACTS_PER_MESSAGE} facts");
+        let read: Vec<Vec<Fact>> = out.iter().map(|o| parse_facts(&o.body).expect("reads")).collect();
+        let to_branch: Vec<Fact> =
+            read.iter().zip(&out).filter(|(_, o)| o.subject == branch).flat_map(|(r, _)| r.clone()).collect();
+        let mut wanted = vec![f.clone()];
+        wanted.extend((0..FACTS_PER_MESSAGE as u128 + 1).map(intake));
+        assert_eq!(to_branch, wanted, "in order, none lost");
+        let to_hub: Vec<&Vec<Fact>> = read.iter().zip(&out).filter(|(_, o)| o.subject == hub).map(|(r, _)| r).collect();
+        assert_eq!(to_hub, [&vec![at_hub]]);
+        // The same batch has the same id (JetStream drops the copy); another batch another.
+        assert_eq!(facts(&all, 16)[0].id, out[0].id);
+        assert_ne!(facts(&all[1..], 16).iter().find(|o| o.subject == branch).map(|o| &o.id), Some(&out[0].id));
+        // A line that is no fact refuses the message, naming the line.
+        let mut broken = out[0].body.to_vec();
+        broken.extend_from_slice(b"{\"at\":\"yesterday\"}\n");
+        assert!(parse_facts(&broken).unwrap_err().starts_with(&format!("line {}:", read[0].len() + 1)));
+    }
+
+    #[test]
+    fn marks_read_back_what_was_written() {
         let m = mark(3, 16, Ts(1_795_132_800_000));
         assert_eq!(parse_mark(&m.body, 16), Ok(Ts(1_795_132_800_000)));
         assert!(parse_mark(&m.body, 8).unwrap_err().contains("every instance must agree"));

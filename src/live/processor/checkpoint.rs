@@ -1,28 +1,46 @@
-//! The processor's checkpoints: settle the publishes, snapshot what changed
-//! (on the processing task, so the snapshot is consistent: the stream stops
-//! for this only, `forewarn_checkpoint_pause_seconds`), compress and store
-//! it in the background, and only then announce each partition's watermark to the
-//! branch stages and say how far each input stream is covered
-//! (`forewarn_checkpoint_position`). The positions in the checkpoint are the
+//! The processor's checkpoints, taken in rounds that leave the stream
+//! flowing: a round notes how far each input stream is read, then snapshots
+//! one changed engine or stage per turn of the loop (the stream stops for
+//! that one only, `forewarn_checkpoint_pause_seconds`) and compresses it
+//! beside the stream. When every object is taken, the publishes are settled
+//! (nothing a checkpoint covers can be missing from the streams), the objects
+//! are stored in the background, and only then each partition's watermark
+//! is announced to the branch stages and each input's position said
+//! (`forewarn_checkpoint_position`): everything read before the round began
+//! is in an object taken after it. The positions in the checkpoint are the
 //! acknowledgement: a restart resumes right after them.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
 use super::super::store::{self, Kind, Saved};
-use super::Processor;
+use super::{Processor, RoundSpan, ROUNDS_KEPT};
 use crate::metrics::METRICS;
 use crate::nats::{wire, LiveError};
 use crate::time::Ts;
 
-/// A stored snapshot, waiting to be announced.
+/// A stored checkpoint, waiting to be announced.
 pub(super) struct Commit {
-    /// Each input stream and the last of its messages the snapshot covers.
+    began: Instant,
+    /// The run's events when the round began.
+    events: u64,
+    /// Each input stream and the last of its messages the checkpoint covers.
     covered: Vec<(String, u64)>,
     marks: Vec<(u16, Ts)>,
-    took: std::time::Duration,
+    took: Duration,
     bytes: usize,
+}
+
+/// A checkpoint being taken, an object a turn.
+pub(super) struct Round {
+    began: Instant,
+    events: u64,
+    covered: Vec<(String, u64)>,
+    /// Engines (false) and stages (true) still to visit.
+    todo: Vec<(bool, u16)>,
+    marks: Vec<(u16, Ts)>,
+    compressing: Vec<JoinHandle<Saved>>,
 }
 
 pub(super) async fn committed(task: &mut Option<JoinHandle<Result<Commit, LiveError>>>) -> Result<Commit, LiveError> {
@@ -37,53 +55,76 @@ pub(super) async fn committed(task: &mut Option<JoinHandle<Result<Commit, LiveEr
 }
 
 impl Processor {
-    /// Settles the publishes, snapshots what changed, and stores it in the background.
-    pub(super) async fn snapshot(&mut self) -> JoinHandle<Result<Commit, LiveError>> {
-        let paused = Instant::now();
-        self.publisher.settle().await;
-        let count = self.owned.count;
-        let mut taken = Vec::new();
-        let mut marks = Vec::new();
-        for (&p, part) in &mut self.parts {
-            marks.push((p, part.engine.watermark()));
-            if std::mem::take(&mut part.dirty) {
-                let object = Saved {
-                    kind: Kind::Engine,
-                    partitions: count,
-                    partition: p,
-                    positions: part.pos.to_vec(),
-                    marks: Vec::new(),
-                    state: Vec::new(),
-                };
-                taken.push((object, part.engine.snapshot()));
-            }
-        }
-        for (&p, stage) in &mut self.stages {
-            if std::mem::take(&mut stage.dirty) {
-                let object = Saved {
-                    kind: Kind::Stage,
-                    partitions: count,
-                    partition: p,
-                    positions: vec![stage.pos],
-                    marks: stage.marks.clone(),
-                    state: Vec::new(),
-                };
-                taken.push((object, stage.stage.snapshot()));
-            }
-        }
-        METRICS.checkpoint_pause.observe(paused.elapsed().as_secs_f64());
-        let covered = self.inputs.iter().map(|i| (i.stream.clone(), i.last_seq)).collect();
+    /// Begins a round: what every input has given so far is what it covers.
+    pub(super) fn begin_round(&mut self) -> Round {
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let compress = move || -> Vec<Saved> {
-                taken.into_iter().map(|(object, snapshot)| Saved { state: snapshot.compress(), ..object }).collect()
+        let mut todo: Vec<(bool, u16)> = self.stages.keys().map(|&p| (true, p)).collect();
+        todo.extend(self.parts.keys().map(|&p| (false, p)));
+        Round {
+            began: Instant::now(),
+            events: self.summary.events,
+            covered: self.inputs.iter().map(|i| (i.stream.clone(), i.last_seq)).collect(),
+            todo,
+            marks: Vec::new(),
+            compressing: Vec::new(),
+        }
+    }
+
+    /// One turn of a round: the next object taken, or, when all are, the
+    /// publishes settled and the store begun (the round is then over).
+    pub(super) async fn turn(&mut self, ongoing: &mut Option<Round>) -> Option<JoinHandle<Result<Commit, LiveError>>> {
+        let round = ongoing.as_mut()?;
+        let paused = Instant::now();
+        let count = self.owned.count;
+        while let Some((is_stage, p)) = round.todo.pop() {
+            let taken = if is_stage {
+                let Some(stage) = self.stages.get_mut(&p) else { continue };
+                std::mem::take(&mut stage.dirty).then(|| {
+                    let object = Saved {
+                        kind: Kind::Stage,
+                        partitions: count,
+                        partition: p,
+                        positions: vec![stage.pos],
+                        marks: stage.marks.clone(),
+                        state: Vec::new(),
+                    };
+                    (object, stage.stage.snapshot())
+                })
+            } else {
+                let Some(part) = self.parts.get_mut(&p) else { continue };
+                round.marks.push((p, part.engine.watermark()));
+                std::mem::take(&mut part.dirty).then(|| {
+                    let object = Saved {
+                        kind: Kind::Engine,
+                        partitions: count,
+                        partition: p,
+                        positions: part.pos.to_vec(),
+                        marks: Vec::new(),
+                        state: Vec::new(),
+                    };
+                    (object, part.engine.snapshot())
+                })
             };
-            let objects = tokio::task::spawn_blocking(compress)
-                .await
-                .map_err(|e| LiveError::nats("checkpoint compression", e))?;
+            if let Some((object, snapshot)) = taken {
+                round
+                    .compressing
+                    .push(tokio::task::spawn_blocking(move || Saved { state: snapshot.compress(), ..object }));
+                METRICS.checkpoint_pause.observe(paused.elapsed().as_secs_f64());
+                return None;
+            }
+        }
+        // Everything the objects cover was published before they were taken.
+        self.send_facts().await;
+        self.publisher.settle().await;
+        METRICS.checkpoint_pause.observe(paused.elapsed().as_secs_f64());
+        let Round { began, events, covered, marks, compressing, .. } = ongoing.take()?;
+        let store = self.store.clone();
+        Some(tokio::spawn(async move {
+            let mut objects = Vec::with_capacity(compressing.len());
+            for task in compressing {
+                objects.push(task.await.map_err(|e| LiveError::nats("checkpoint compression", e))?);
+            }
             let bytes: usize = objects.iter().map(|o| o.state.len()).sum();
             for object in &objects {
                 store::save(&store, object).await?;
@@ -91,11 +132,21 @@ impl Processor {
             tracing::debug!(
                 objects = objects.len(),
                 bytes,
-                took_ms = started.elapsed().as_millis() as u64,
+                took_ms = began.elapsed().as_millis() as u64,
                 "checkpoint stored"
             );
-            Ok(Commit { covered, marks, took: started.elapsed(), bytes })
-        })
+            Ok(Commit { began, events, covered, marks, took: began.elapsed(), bytes })
+        }))
+    }
+
+    /// A whole round at once (when stopping).
+    pub(super) async fn checkpoint_now(&mut self) -> JoinHandle<Result<Commit, LiveError>> {
+        let mut round = Some(self.begin_round());
+        loop {
+            if let Some(task) = self.turn(&mut round).await {
+                return task;
+            }
+        }
     }
 
     /// After a checkpoint is stored: say what it covers, announce the watermarks.
@@ -109,6 +160,15 @@ impl Processor {
                     self.readiness.unsaved();
                 }
                 self.summary.checkpoints += 1;
+                let span = RoundSpan {
+                    began: commit.began,
+                    stored: Instant::now(),
+                    events: self.summary.events - commit.events,
+                };
+                if self.summary.rounds.len() == ROUNDS_KEPT {
+                    self.summary.rounds.pop_front();
+                }
+                self.summary.rounds.push_back(span);
                 METRICS.checkpoint_seconds.observe(commit.took.as_secs_f64());
                 METRICS.checkpoint_bytes.set(commit.bytes as i64);
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

@@ -56,7 +56,6 @@ impl Processor {
         if let Some(why) = refusal {
             self.dead_letter(which, seq, &message, why).await;
         }
-        self.publish().await;
     }
 
     async fn dead_letter(&mut self, which: usize, seq: u64, message: &async_nats::Message, why: Refusal) {
@@ -85,10 +84,13 @@ impl Processor {
         let subject = message.subject.as_str();
         let count = self.owned.count;
         let result = if let Some(bp) = subject.strip_prefix("forewarn.facts.") {
-            match (bp.parse::<u16>().ok().and_then(|bp| self.stages.get_mut(&bp)), wire::parse_fact(&message.payload)) {
-                (Some(stage), Ok(fact)) if seq > stage.pos => {
+            match (bp.parse::<u16>().ok().and_then(|bp| self.stages.get_mut(&bp)), wire::parse_facts(&message.payload))
+            {
+                (Some(stage), Ok(facts)) if seq > stage.pos => {
                     let late = stage.stage.late();
-                    stage.stage.add(fact);
+                    for fact in facts {
+                        stage.stage.add(fact);
+                    }
                     METRICS.facts_late.inc_by(stage.stage.late() - late);
                     stage.pos = seq;
                     stage.dirty = true;
@@ -125,6 +127,5 @@ impl Processor {
                 self.arrived.resize(self.alerts.len(), SystemTime::now());
             }
         }
-        self.publish().await;
     }
 }
