@@ -217,36 +217,23 @@ fn messages_gone_before_a_checkpoint_covered_them_are_reported() {
 }
 
 /// nats-server killed (SIGKILL: nothing flushed but what it had synced,
-/// every write here, as in production) and restarted ten times while the
-/// processor works through the stream: the alerts of the replay, none
-/// twice. Prints how long each restart took to show new alerts (the
-/// resume, measured here with the test's own client reconnecting too).
+/// every write here, as in production) and restarted five times while the
+/// processor works through the stream: the alerts of the replay, none twice.
 #[test]
 fn a_nats_server_killed_again_and_again_loses_nothing() {
     let conf = tempfile::NamedTempFile::new().expect("a config file");
     std::fs::write(conf.path(), "jetstream { sync_interval: always }\n").expect("written");
     let server = NatsServer::start_with(&["-c", conf.path().to_str().expect("utf-8")]);
-    let mut c = case_on(12_000, 16, nats::LATENESS, server);
+    let mut c = case_on(6000, 16, nats::LATENESS, server);
     c.publish_all();
     let p = c.start(&[]);
-    let kills = 10;
-    let mut resumes = Vec::new();
+    let kills = 5;
     for k in 1..=kills {
         let target = c.expected.len() as u64 * k / (kills + 2);
         wait_until("progress before the kill", || c.count("ALERTS") >= target);
-        let before = c.count("ALERTS");
         c.server.kill();
         c.server.restart();
-        let restarted = std::time::Instant::now();
-        wait_until("new alerts after the restart", || c.count("ALERTS") > before);
-        resumes.push(restarted.elapsed().as_secs_f64());
     }
-    resumes.sort_by(f64::total_cmp);
-    println!(
-        "resume after a server kill, {kills} kills: median {:.2} s, slowest {:.2} s",
-        resumes[resumes.len() / 2],
-        resumes[resumes.len() - 1]
-    );
     let (got, log) = c.finish(p);
     assert!(log.matches("disconnected from NATS; reconnecting").count() >= kills as usize, "every outage seen:\n{log}");
     let ids: BTreeSet<_> = got.iter().map(|a| (a["alert_id"].to_string(), a["state"].to_string())).collect();
