@@ -5,14 +5,49 @@
 
 use std::time::{Instant, SystemTime};
 
+use async_nats::jetstream;
+
 use super::Processor;
 use crate::event::{decode, Reject};
+use crate::live::input::Which;
 use crate::metrics::METRICS;
 use crate::nats::wire::{self, Refusal};
 use crate::partition;
 use crate::time::Ts;
 
 impl Processor {
+    /// A message of input `i`: skipped when this consumer gave it before,
+    /// else to its engine or stages.
+    pub(super) async fn handle(&mut self, i: usize, message: jetstream::Message) {
+        let (seq, arrived) = match message.info() {
+            Ok(info) => (info.stream_sequence, SystemTime::from(info.published)),
+            Err(e) => {
+                tracing::warn!(error = %e, "message without JetStream metadata; ignored");
+                return;
+            }
+        };
+        let message = message.message;
+        let input = &mut self.inputs[i];
+        if seq <= input.last_seq {
+            // A redelivery of what this consumer already gave us.
+            self.summary.skipped += 1;
+            METRICS.redeliveries.inc();
+            return;
+        }
+        input.last_seq = seq;
+        if !self.unsaved {
+            self.unsaved = true;
+            self.readiness.unsaved();
+        }
+        input.last_message = Instant::now();
+        input.caught_up = false;
+        match input.which {
+            Which::Scans => self.event(0, seq, arrived, message).await,
+            Which::Contacts => self.event(1, seq, arrived, message).await,
+            Which::Facts => self.fact(seq, message).await,
+        }
+    }
+
     /// A scan or contact (on the server since `arrived`): to its partition's
     /// engine, or to the dead letters.
     pub(super) async fn event(&mut self, which: usize, seq: u64, arrived: SystemTime, message: async_nats::Message) {
