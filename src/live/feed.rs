@@ -38,7 +38,7 @@ pub async fn publish(
     pace: Pace,
     mut progress: impl FnMut(u64),
 ) -> u64 {
-    let mut publisher = Publisher::new(js);
+    let mut publisher = Publisher::new(&js);
     let started = Instant::now();
     let mut first: Option<Ts> = None;
     let mut newest = Ts::MIN;

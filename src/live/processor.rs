@@ -115,6 +115,9 @@ struct Processor {
     parts: BTreeMap<u16, Part>,
     stages: BTreeMap<u16, Stage>,
     inputs: [Input; 3],
+    /// `js`'s connection, and the one (counted from the first) the inputs were opened on.
+    client: async_nats::Client,
+    connection: u64,
     /// The agent's lookups of parcels in the owned partitions.
     lookups: SelectAll<async_nats::Subscriber>,
     rules: RulesDir,
@@ -179,7 +182,9 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         "forewarn running"
     );
     let mut processor = Processor {
-        publisher: Publisher::new(js.clone()).reporting_to(readiness.clone()),
+        publisher: Publisher::new(&js).reporting_to(readiness.clone()),
+        client: js.client(),
+        connection: connect::connection(&js.client()),
         rules,
         config,
         owned,
@@ -252,6 +257,9 @@ impl Processor {
                 Step::Turn => {}
                 Step::Lookup(request) => self.lookup(request).await,
                 Step::Tick => {
+                    if self.reconnected() {
+                        self.reopen_all(&mut controls.stop).await?;
+                    }
                     if last_rules_look.elapsed() >= Duration::from_secs(2) {
                         last_rules_look = Instant::now();
                         if self.rules.changed() {
@@ -276,10 +284,15 @@ impl Processor {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     self.open(i, &mut controls.stop).await?;
                 }
+                Step::Message(_, Some(Ok(_))) if self.reconnected() => self.reopen_all(&mut controls.stop).await?,
                 Step::Message(i, Some(Ok(message))) => {
                     self.handle(i, *message).await;
                     let mut reopen = false;
                     for _ in 0..DRAIN {
+                        if self.reconnected() {
+                            self.reopen_all(&mut controls.stop).await?;
+                            break;
+                        }
                         let next = match self.inputs[i].messages.as_mut() {
                             Some(messages) => messages.next().now_or_never(),
                             None => None,
@@ -369,6 +382,24 @@ impl Processor {
 
     fn changed(&self) -> bool {
         self.since_checkpoint > 0 || self.parts.values().any(|p| p.dirty) || self.stages.values().any(|s| s.dirty)
+    }
+
+    /// Whether the connection was replaced since the consumers were opened.
+    /// A server that restarts may bring our consumers back at positions
+    /// other than ours (their state is written lazily), so after a new
+    /// connection nothing they deliver is taken until they are reopened.
+    fn reconnected(&self) -> bool {
+        connect::connection(&self.client) != self.connection
+    }
+
+    /// Every input reopened right after what we hold, on the current connection.
+    async fn reopen_all(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), LiveError> {
+        self.connection = connect::connection(&self.client);
+        tracing::info!("connection to NATS replaced: consumers reopened at our positions");
+        for i in 0..self.inputs.len() {
+            self.open(i, stop).await?;
+        }
+        Ok(())
     }
 
     /// (Re)creates input `i`'s durable consumer right after what we hold.

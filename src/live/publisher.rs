@@ -6,14 +6,20 @@
 //! can be missing from the streams.
 
 use std::collections::VecDeque;
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, Context};
+use futures::future::join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 
 use super::Readiness;
 use crate::metrics::METRICS;
+use crate::nats::connect;
 use crate::nats::wire::{self, Outgoing};
 
 /// Acknowledgements outstanding before the oldest are awaited.
@@ -31,15 +37,22 @@ pub struct PublishStats {
 
 pub struct Publisher {
     js: Context,
-    pending: VecDeque<(PublishAckFuture, Outgoing)>,
+    /// `js`'s connection, to know when it is replaced.
+    client: async_nats::Client,
+    pending: VecDeque<Sent>,
     pub stats: PublishStats,
     /// Told why publishes are retried, so readiness can say it.
     readiness: Option<Readiness>,
 }
 
 impl Publisher {
-    pub fn new(js: Context) -> Publisher {
-        Publisher { js, pending: VecDeque::new(), stats: PublishStats::default(), readiness: None }
+    /// Publishes on `js`'s connection, through a context that lets
+    /// [`MAX_PENDING`] acknowledgements be owed (a context allowing fewer
+    /// would wait for ever on the ones not awaited yet).
+    pub fn new(js: &Context) -> Publisher {
+        let client = js.client();
+        let js = connect::jetstream(client.clone());
+        Publisher { js, client, pending: VecDeque::new(), stats: PublishStats::default(), readiness: None }
     }
 
     /// Tells `readiness` why publishes are retried.
@@ -62,14 +75,19 @@ impl Publisher {
         if self.pending.len() >= MAX_PENDING {
             self.settle_oldest(MAX_PENDING / 2).await;
         }
-        let mut out = out;
+        if let Some(sent) = self.sent(out).await {
+            self.pending.push_back(sent);
+        }
+    }
+
+    /// `out` on its way, or its dead letter when the server can never take
+    /// it (nothing for a dead letter itself).
+    async fn sent(&mut self, mut out: Outgoing) -> Option<Sent> {
         loop {
+            let connection = connect::connection(&self.client);
             match self.publish_until_sent(&out).await {
-                Ok(ack) => return self.pending.push_back((ack, out)),
-                Err(e) => match self.refuse(&out, &e) {
-                    Some(letter) => out = letter,
-                    None => return,
-                },
+                Ok(ack) => return Some(Sent { ack, out, connection }),
+                Err(e) => out = self.refuse(&out, &e)?,
             }
         }
     }
@@ -96,39 +114,78 @@ impl Publisher {
         self.pending.len()
     }
 
+    /// Settles the `n` oldest messages. Those not stored are sent again all
+    /// together, one backoff a round, until the server has them: after an
+    /// outage the resume takes a round trip, not one per lost message.
     async fn settle_oldest(&mut self, n: usize) {
-        let (acks, outs): (Vec<_>, Vec<_>) = self.pending.drain(..n.min(self.pending.len())).unzip();
-        // Awaited together: the acks lost with a connection then time out all
-        // at once, not one ack timeout after another (thousands of them).
-        let results = futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
-        for (mut result, mut out) in results.into_iter().zip(outs) {
-            let mut backoff = Backoff::default();
-            loop {
+        let mut batch: Vec<Sent> = self.pending.drain(..n.min(self.pending.len())).collect();
+        let mut backoff = Backoff::default();
+        while !batch.is_empty() {
+            let mut again = Vec::new();
+            let mut failure = None;
+            for (result, out) in self.acks(batch).await {
                 match result {
                     Ok(ack) => {
                         self.stats.stored += 1;
                         self.stats.duplicates += u64::from(ack.duplicate);
-                        break;
                     }
-                    Err(e) if never_stored(&e) => match self.refuse(&out, &e) {
-                        Some(letter) => {
-                            out = letter;
-                            result = self.publish_and_ack(&out).await;
-                        }
-                        None => break,
-                    },
+                    Err(e) if never_stored(&e) => again.extend(self.refuse(&out, &e)),
                     Err(e) => {
                         self.retrying(&e);
-                        backoff.wait(&out.subject, &e).await;
-                        result = self.publish_and_ack(&out).await;
+                        failure.get_or_insert(e);
+                        again.push(out);
                     }
                 }
+            }
+            if let Some(e) = failure {
+                backoff.wait(again.len(), &e).await;
+            }
+            batch = Vec::with_capacity(again.len());
+            for out in again {
+                batch.extend(self.sent(out).await);
             }
         }
     }
 
-    async fn publish_and_ack(&mut self, out: &Outgoing) -> Result<jetstream::publish::PublishAck, PublishError> {
-        self.publish_until_sent(out).await?.await
+    /// The acknowledgements of `batch`, awaited together. A message with an
+    /// id whose connection is replaced before its acknowledgement came will
+    /// never hear it: it fails at once rather than after the ack timeout
+    /// (sent again, the server drops it if it had stored it). One without
+    /// an id waits for its acknowledgement or the timeout: sent again too
+    /// early, it could be stored twice.
+    async fn acks(&self, batch: Vec<Sent>) -> Vec<(Result<PublishAck, PublishError>, Outgoing)> {
+        let (with_id, without): (Vec<Sent>, Vec<Sent>) = batch.into_iter().partition(|s| s.out.id.is_some());
+        let awaited = without.into_iter().map(|sent| async move { (sent.ack.await, sent.out) });
+        let (mut results, rest) = futures::join!(self.acks_while_connected(with_id), join_all(awaited));
+        results.extend(rest);
+        results
+    }
+
+    async fn acks_while_connected(&self, batch: Vec<Sent>) -> Vec<(Result<PublishAck, PublishError>, Outgoing)> {
+        let oldest = batch.iter().map(|s| s.connection).min().unwrap_or(u64::MAX);
+        let mut results: Vec<Option<Result<PublishAck, PublishError>>> = batch.iter().map(|_| None).collect();
+        let mut outs = Vec::with_capacity(batch.len());
+        let mut waiting: FuturesUnordered<_> = batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, sent)| {
+                outs.push(sent.out);
+                sent.ack.into_future().map(move |result| (i, result))
+            })
+            .collect();
+        let replaced = connect::replaced(&self.client, oldest);
+        tokio::pin!(replaced);
+        loop {
+            tokio::select! {
+                next = waiting.next() => match next {
+                    Some((i, result)) => results[i] = Some(result),
+                    None => break,
+                },
+                () = &mut replaced => break,
+            }
+        }
+        let lost = || PublishError::with_source(PublishErrorKind::BrokenPipe, "the connection it was sent on was lost");
+        results.into_iter().zip(outs).map(|(result, out)| (result.unwrap_or_else(|| Err(lost())), out)).collect()
     }
 
     /// Sends `out`, retrying what may pass later; a message the server can
@@ -148,11 +205,18 @@ impl Publisher {
                 Err(e) if never_stored(&e) => return Err(e),
                 Err(e) => {
                     self.retrying(&e);
-                    backoff.wait(&out.subject, &e).await;
+                    backoff.wait(1, &e).await;
                 }
             }
         }
     }
+}
+
+/// A message sent, its acknowledgement owed, and the connection it went on.
+struct Sent {
+    ack: PublishAckFuture,
+    out: Outgoing,
+    connection: u64,
 }
 
 /// Whether the server will never store the message, however often it is
@@ -174,11 +238,11 @@ struct Backoff {
 }
 
 impl Backoff {
-    async fn wait(&mut self, subject: &str, error: &(dyn std::fmt::Display + Sync)) {
+    async fn wait(&mut self, messages: usize, error: &(dyn std::fmt::Display + Sync)) {
         let base = 50u64.saturating_mul(1 << self.attempt.min(7)).min(5_000);
         let jitter = rand::random::<u64>() % (base / 2 + 1);
         if self.attempt.is_multiple_of(10) {
-            tracing::warn!(subject, attempt = self.attempt + 1, %error, "publish not stored yet; retrying");
+            tracing::warn!(messages, attempt = self.attempt + 1, %error, "publishes not stored yet; retrying");
         }
         self.attempt += 1;
         tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;

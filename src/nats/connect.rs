@@ -2,6 +2,9 @@
 //! environment) and making sure the streams and the checkpoint bucket are
 //! there and are what the configuration says.
 
+use std::sync::atomic::Ordering;
+
+use async_nats::connection::State;
 use async_nats::jetstream::{self, object_store, stream};
 use async_nats::ConnectOptions;
 
@@ -63,6 +66,22 @@ pub async fn connect(nats: &Nats, name: &str) -> Result<async_nats::Client, Live
         .map(|s| s.parse().map_err(|e| LiveError::config(format!("NATS URL {s:?}: {e}"))))
         .collect::<Result<_, _>>()?;
     options.connect(addrs).await.map_err(|e| LiveError::Connect { url: nats.url.clone(), reason: e.to_string() })
+}
+
+/// The connection a request made now goes out on, counted from the first:
+/// the current one, or while reconnecting the next. A request whose
+/// connection was [`replaced`] will never hear its answer.
+pub fn connection(client: &async_nats::Client) -> u64 {
+    let connects = client.statistics().connects.load(Ordering::Relaxed);
+    connects + u64::from(client.connection_state() != State::Connected)
+}
+
+/// Returns once the client has connected again after connection `since`.
+pub async fn replaced(client: &async_nats::Client, since: u64) {
+    let statistics = client.statistics();
+    while statistics.connects.load(Ordering::Relaxed) <= since {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// A JetStream context whose publishes wait (backpressure) instead of failing

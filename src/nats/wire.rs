@@ -186,12 +186,13 @@ struct MarkLine<'a> {
 }
 
 /// `forewarn.marks.<partition>`: every fact of the partition at or before
-/// the watermark is stored.
+/// the watermark is stored. The same mark sent again (after an outage, a
+/// restart) carries the same id, and the server keeps one.
 pub fn mark(partition: u16, partitions: u16, watermark: Ts) -> Outgoing {
     let at = watermark.text();
     Outgoing {
         subject: format!("forewarn.marks.{partition}"),
-        id: None,
+        id: Some(format!("marks.{partition}.{}", &*at)),
         headers: Vec::new(),
         body: Bytes::from(serde_json::to_vec(&MarkLine { watermark: &at, partitions }).unwrap_or_default()),
     }
@@ -388,6 +389,9 @@ mod tests {
     fn marks_read_back_what_was_written() {
         let m = mark(3, 16, Ts(1_795_132_800_000));
         assert_eq!(parse_mark(&m.body, 16), Ok(Ts(1_795_132_800_000)));
+        assert_eq!(m.id, mark(3, 16, Ts(1_795_132_800_000)).id, "sent again, the server keeps one");
+        assert_ne!(m.id, mark(3, 16, Ts(1_795_132_800_001)).id);
+        assert_ne!(m.id, mark(4, 16, Ts(1_795_132_800_000)).id);
         assert!(parse_mark(&m.body, 8).unwrap_err().contains("every instance must agree"));
     }
 }

@@ -136,7 +136,6 @@ fn live_alerts_equal_a_replay_at_the_default_lateness() {
 /// not a CI test.
 #[test]
 fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
-    let env = |name, default| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let c = case(env("FOREWARN_KILL_PARCELS", 20_000), 12);
     let publisher = c.publisher(&["--rate", "20000"]);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -217,28 +216,86 @@ fn messages_gone_before_a_checkpoint_covered_them_are_reported() {
 }
 
 /// nats-server killed (SIGKILL: nothing flushed but what it had synced,
-/// every write here, as in production) and restarted five times while the
-/// processor works through the stream: the alerts of the replay, none twice.
+/// every write here, as in production) and restarted ten times while the
+/// processor works through the stream: the alerts of the replay, none
+/// twice. The events go in eleven slices, each stored whole before the
+/// next kill (so the stream keeps the file's order); a kill comes midway
+/// through the processor's work on a slice, and the next slice is published
+/// after the restart. The resume, from the restart until the processor
+/// applies events again and stores a checkpoint past the one before the
+/// kill (its publishes settled), is printed and bounded.
 #[test]
 fn a_nats_server_killed_again_and_again_loses_nothing() {
     let conf = tempfile::NamedTempFile::new().expect("a config file");
     std::fs::write(conf.path(), "jetstream { sync_interval: always }\n").expect("written");
     let server = NatsServer::start_with(&["-c", conf.path().to_str().expect("utf-8")]);
-    let mut c = case_on(6000, 16, nats::LATENESS, server);
-    c.publish_all();
-    let p = c.start(&[]);
-    let kills = 5;
+    let mut c = case_on(env("FOREWARN_SERVER_KILL_PARCELS", 6000), 16, nats::LATENESS, server);
+    let data = std::fs::read(c.dir.path().join("net.jsonl")).expect("the events");
+    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let kills = env("FOREWARN_SERVER_KILLS", 10).max(1) as usize;
+    let slice = |k: usize| lines[lines.len() * k / (kills + 1)..lines.len() * (k + 1) / (kills + 1)].join(&b'\n');
+    // A client of its own for each cycle: one left over from before a kill
+    // may send its first requests into the dead connection and wait them out.
+    let publish = |js: &async_nats::jetstream::Context, k: usize| {
+        let pace = forewarn::live::feed::Pace::AsFastAsPossible;
+        c.rt.block_on(forewarn::live::feed::publish(js.clone(), &slice(k), 16, pace, |_| {}))
+    };
+    let http = format!("127.0.0.1:{}", super::free_port());
+    let p = c.start(&["--http", &http]);
+    let mut published = publish(&c.js, 0);
+    let mut resumes = Vec::new();
     for k in 1..=kills {
-        let target = c.expected.len() as u64 * k / (kills + 2);
-        wait_until("progress before the kill", || c.count("ALERTS") >= target);
+        let midway = published - slice(k - 1).split(|&b| b == b'\n').count() as u64 / 2;
+        wait_until("midway through the slice", || applied(&http) >= midway);
         c.server.kill();
+        let (before, covered) = (applied(&http), stored(&http));
         c.server.restart();
+        let restarted = std::time::Instant::now();
+        let js = c.rt.block_on(nats::jetstream(&c.server.url()));
+        // Published before JetStream is back, events would be refused, sent
+        // again and stored out of the file's order.
+        wait_until("JetStream back", || c.rt.block_on(nats::stream_count(&js, "SCANS")) > 0);
+        published += publish(&js, k);
+        wait_until("events applied and a checkpoint stored after the restart", || {
+            applied(&http) > before && stored(&http) > covered
+        });
+        resumes.push(restarted.elapsed().as_secs_f64());
     }
+    assert_eq!(published, lines.len() as u64, "every event sent");
+    assert_eq!(c.count("SCANS") + c.count("CONTACTS"), published, "every event stored once");
+    nats::set_clock(&c.clock, &c.end);
+    resumes.sort_by(f64::total_cmp);
+    let (median, slowest) = (resumes[resumes.len() / 2], resumes[resumes.len() - 1]);
+    println!("resume after a server kill, {kills} kills: median {median:.2} s, slowest {slowest:.2} s");
     let (got, log) = c.finish(p);
-    assert!(log.matches("disconnected from NATS; reconnecting").count() >= kills as usize, "every outage seen:\n{log}");
+    assert!(log.matches("disconnected from NATS; reconnecting").count() >= kills, "every outage seen:\n{log}");
     let ids: BTreeSet<_> = got.iter().map(|a| (a["alert_id"].to_string(), a["state"].to_string())).collect();
     assert_eq!(got.len(), ids.len(), "no alert published twice");
     nats::assert_same(&got, &c.expected);
+    assert!(slowest < 5.0, "the processor applies events and stores a checkpoint within 5 s of a restart: {resumes:?}");
+}
+
+/// A size or count from the environment, for measuring at full size.
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The events the processor applied so far, from its `/metrics`.
+fn applied(http: &str) -> u64 {
+    metric(http, "forewarn_events_total{")
+}
+
+/// The scans stream's position in the newest stored checkpoint: it moves
+/// once publishes are settled and a checkpoint is stored.
+fn stored(http: &str) -> u64 {
+    metric(http, "forewarn_checkpoint_position{stream=\"SCANS\"}")
+}
+
+/// The sum of the samples whose line starts with `prefix`.
+fn metric(http: &str, prefix: &str) -> u64 {
+    let metrics = super::http_get(http, "/metrics");
+    let samples = metrics.lines().filter(|l| l.starts_with(prefix));
+    samples.filter_map(|l| l.rsplit_once(' ')).filter_map(|(_, v)| v.parse::<f64>().ok()).sum::<f64>() as u64
 }
 
 /// The server stopped and started again while the processor works through

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use super::super::store::{self, Kind, Saved};
 use super::{Processor, RoundSpan, ROUNDS_KEPT};
 use crate::metrics::METRICS;
-use crate::nats::{wire, LiveError};
+use crate::nats::{connect, wire, LiveError};
 use crate::time::Ts;
 
 /// A stored checkpoint, waiting to be announced.
@@ -120,14 +120,27 @@ impl Processor {
         METRICS.checkpoint_pause.observe(paused.elapsed().as_secs_f64());
         let Round { began, events, covered, marks, compressing, .. } = ongoing.take()?;
         let store = self.store.clone();
+        let client = self.client.clone();
+        let connection = connect::connection(&client);
         Some(tokio::spawn(async move {
             let mut objects = Vec::with_capacity(compressing.len());
             for task in compressing {
                 objects.push(task.await.map_err(|e| LiveError::nats("checkpoint compression", e))?);
             }
             let bytes: usize = objects.iter().map(|o| o.state.len()).sum();
-            for object in &objects {
-                store::save(&store, object).await?;
+            // A store cut off by an outage fails at the reconnection, not
+            // after its writes' ack timeouts: the next round starts at once.
+            let saved = async {
+                for object in &objects {
+                    store::save(&store, object).await?;
+                }
+                Ok::<(), LiveError>(())
+            };
+            tokio::select! {
+                result = saved => result?,
+                () = connect::replaced(&client, connection) => {
+                    return Err(LiveError::nats("checkpoint write", "the connection to NATS was lost"));
+                }
             }
             tracing::debug!(
                 objects = objects.len(),
