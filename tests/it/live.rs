@@ -242,6 +242,13 @@ fn a_nats_server_killed_again_and_again_loses_nothing() {
     };
     let http = format!("127.0.0.1:{}", super::free_port());
     let p = c.start(&["--http", &http]);
+    // Events sent before the processor made the streams would be refused,
+    // sent again and stored out of the file's order; so would those sent
+    // before JetStream is back after a restart.
+    let ready = |js: &async_nats::jetstream::Context| {
+        c.rt.block_on(async { js.get_stream("SCANS").await.is_ok() && js.get_stream("CONTACTS").await.is_ok() })
+    };
+    wait_until("the streams", || ready(&c.js));
     let mut published = publish(&c.js, 0);
     let mut resumes = Vec::new();
     for k in 1..=kills {
@@ -252,9 +259,7 @@ fn a_nats_server_killed_again_and_again_loses_nothing() {
         c.server.restart();
         let restarted = std::time::Instant::now();
         let js = c.rt.block_on(nats::jetstream(&c.server.url()));
-        // Published before JetStream is back, events would be refused, sent
-        // again and stored out of the file's order.
-        wait_until("JetStream back", || c.rt.block_on(nats::stream_count(&js, "SCANS")) > 0);
+        wait_until("JetStream back", || ready(&js));
         published += publish(&js, k);
         wait_until("events applied and a checkpoint stored after the restart", || {
             applied(&http) > before && stored(&http) > covered
