@@ -66,6 +66,9 @@ pub struct Metrics {
     pub first_messages: IntCounterVec,
     pub service_level: prometheus::Gauge,
     pub held: IntGauge,
+    pub dispatch_active: IntGauge,
+    pub dispatch_takeovers: IntCounter,
+    pub claimed_elsewhere: IntCounter,
     pub inhibition: IntGaugeVec,
     pub inhibited: IntCounter,
     // Proactivity.
@@ -216,7 +219,8 @@ impl Metrics {
             reloads: counter("forewarn_rules_reloads_total", "Rule pack reloads, by result (ok, failed).", &["result"]),
             notifications: counter(
                 "forewarn_notifications_total",
-                "Messages by channel, final outcome (sent, failed, skipped) and reason.",
+                "Messages by channel, final outcome (sent, failed, skipped, unknown: a dispatcher stopped \
+                 between the request and its answer) and reason.",
                 &["channel", "outcome", "reason"],
             ),
             send_seconds: histogram(
@@ -246,6 +250,21 @@ impl Metrics {
             .expect("valid"),
             held: IntGauge::new("forewarn_notifications_held", "Messages waiting for quiet hours or grouping.")
                 .expect("valid"),
+            dispatch_active: IntGauge::new(
+                "forewarn_dispatch_active",
+                "1 while this dispatcher holds its group's lease and sends; 0 while it stands by.",
+            )
+            .expect("valid"),
+            dispatch_takeovers: IntCounter::new(
+                "forewarn_dispatch_takeovers_total",
+                "Times this dispatcher took its group's lease over from a holder that stopped renewing it.",
+            )
+            .expect("valid"),
+            claimed_elsewhere: IntCounter::new(
+                "forewarn_messages_claimed_elsewhere_total",
+                "Messages not sent here because another dispatcher, or an earlier run, had claimed them first.",
+            )
+            .expect("valid"),
             inhibition: gauge(
                 "forewarn_inhibition",
                 "Hub inhibition: open episodes that speak for their parcels' customer alerts (episodes), \
@@ -305,6 +324,9 @@ impl Metrics {
             Box::new(m.first_messages.clone()),
             Box::new(m.service_level.clone()),
             Box::new(m.held.clone()),
+            Box::new(m.dispatch_active.clone()),
+            Box::new(m.dispatch_takeovers.clone()),
+            Box::new(m.claimed_elsewhere.clone()),
             Box::new(m.inhibition.clone()),
             Box::new(m.inhibited.clone()),
             Box::new(m.contacts_judged.clone()),

@@ -50,6 +50,7 @@ pub struct Dispatch {
     pub limits: Limits,
     pub retry: Retry,
     pub dedup: Dedup,
+    pub failover: Failover,
     pub digest: Digest,
     pub ops: Ops,
     pub service_level: ServiceLevel,
@@ -75,6 +76,7 @@ impl Default for Dispatch {
             limits: Limits::default(),
             retry: Retry::default(),
             dedup: Dedup::default(),
+            failover: Failover::default(),
             digest: Digest::default(),
             ops: Ops::default(),
             service_level: ServiceLevel::default(),
@@ -284,6 +286,25 @@ pub struct Dedup {
 impl Default for Dedup {
     fn default() -> Self {
         Dedup { bucket: "forewarn_sent".into(), max_age: Span::hours(24 * 30), cache: 1_000_000 }
+    }
+}
+
+/// Several dispatchers started with the same `--instance`: one lease in a
+/// key-value bucket names the one that sends; the others stand by.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Failover {
+    /// The key-value bucket of the leases.
+    pub bucket: String,
+    /// A lease not renewed for this long is taken over by a standby (the
+    /// holder renews it three times as often, and gives up sending first).
+    #[serde(deserialize_with = "span")]
+    pub lease: Span,
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        Failover { bucket: "forewarn_dispatch".into(), lease: Span(3_000) }
     }
 }
 

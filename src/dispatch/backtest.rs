@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use super::hold::Hold;
 use super::ledger::Ledger;
 use super::notice::Notice;
-use super::outcome::{Outcome, Stats};
+use super::outcome::Stats;
 use super::route::Routing;
 use super::sending::{Done, Sending};
 use super::{stages, Dispatcher};
@@ -31,7 +31,7 @@ pub async fn run(d: Dispatcher, alerts: &[u8]) -> Result<Stats, LiveError> {
     let mut b = Backtest {
         routing: d.routing(),
         hold: Hold::new(d.quiet, chrono::Duration::milliseconds(d.config.limits.group_window.0)),
-        sending: Sending::new(senders, ledger.clone(), &d.config.limits, stop),
+        sending: Sending::new(senders, ledger.clone(), "replay", &d.config.limits, stop),
         ledger,
         stats: Stats::default(),
         most_in_flight: d.config.concurrency.max(1) * 4,
@@ -87,9 +87,9 @@ impl Backtest<'_> {
                 count(&mut self.stats, done);
             }
         }
-        let (wanted, skips) = stages::admit(&notice, &self.routing, &self.ledger).await?;
-        for s in &skips {
-            self.stats.count(&Outcome::from_skip(s));
+        let (wanted, news) = stages::admit(&notice, &self.routing, &self.ledger).await?;
+        for outcome in &news {
+            self.stats.count(outcome);
         }
         self.stats.held += stages::offer(&mut self.hold, &mut self.sending, wanted, now);
         while self.sending.in_flight() > self.most_in_flight {

@@ -3,6 +3,7 @@
 //! and full jitter (never sooner than a server's `Retry-After`) until it
 //! goes, fails for good, or `give_up_after` passes.
 
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,9 @@ pub enum Ending {
     RateLimited,
     /// Stopping: not final; the alert stays unacknowledged and comes back.
     Interrupted,
+    /// Claimed by another dispatcher, or by an earlier run: not sent here,
+    /// and its outcome is the claimer's to record.
+    Elsewhere,
 }
 
 /// Everything needed to turn a draft into a sent message.
@@ -217,10 +221,21 @@ impl Senders {
         }
     }
 
-    /// Sends with retries until a final outcome, or until `stop`.
-    pub async fn deliver(&self, draft: &Draft, stop: &mut watch::Receiver<bool>) -> Ending {
+    /// Sends with retries until a final outcome, or until `stop`. `claim`
+    /// runs once, holding the first attempt's permit, just before the first
+    /// request: a message claimed is a message on its way (a claim taken
+    /// while queued would read `unknown` after a crash though never sent).
+    /// Its answer: ours to send (`Some(true)`), another's (`Some(false)`),
+    /// or stopped first (`None`).
+    pub async fn deliver(
+        &self,
+        draft: &Draft,
+        stop: &mut watch::Receiver<bool>,
+        claim: impl Future<Output = Option<bool>>,
+    ) -> Ending {
         let started = Instant::now();
         let give_up = std_duration(self.retry.give_up_after);
+        let mut claim = Some(claim);
         let mut attempts = 0u32;
         loop {
             if *stop.borrow() {
@@ -237,6 +252,13 @@ impl Senders {
                 let Ok(_permit) = permit else { return Ending::Interrupted };
                 if *stop.borrow() {
                     return Ending::Interrupted;
+                }
+                if let Some(claim) = claim.take() {
+                    match claim.await {
+                        Some(true) => {}
+                        Some(false) => return Ending::Elsewhere,
+                        None => return Ending::Interrupted,
+                    }
                 }
                 self.send_once(draft).await
             };

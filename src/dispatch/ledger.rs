@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
+use super::outcome::Outcome;
 use super::route::{Draft, Skip};
 use crate::nats::LiveError;
 
@@ -22,8 +23,12 @@ use crate::nats::LiveError;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Recorded {
     Sent,
-    /// Failed permanently, skipped or grouped: final, but nobody was told.
+    /// Failed permanently, skipped, grouped or unknown: final, but nobody
+    /// was told, or nobody knows.
     Final(String),
+    /// Claimed before its send (who and when), no outcome yet: being sent,
+    /// or its sender stopped between the request and the answer.
+    Intent(String),
 }
 
 impl Recorded {
@@ -34,9 +39,16 @@ impl Recorded {
         struct Stored {
             outcome: String,
             reason: Option<String>,
+            by: Option<String>,
+            at: Option<String>,
         }
         match serde_json::from_slice::<Stored>(bytes) {
             Ok(s) if s.outcome == "sent" => Recorded::Sent,
+            Ok(s) if s.outcome == "intent" => Recorded::Intent(format!(
+                "claimed by {} at {}",
+                s.by.as_deref().unwrap_or("?"),
+                s.at.as_deref().unwrap_or("?")
+            )),
             Ok(s) if s.outcome == "skipped" => Recorded::Final(s.reason.unwrap_or(s.outcome)),
             Ok(s) => Recorded::Final(s.outcome),
             Err(_) if bytes == b"sent" => Recorded::Sent,
@@ -156,28 +168,57 @@ impl Ledger {
         Ok(found)
     }
 
-    /// The drafts still to send: drops those already final, and
-    /// resolutions whose firing was not sent (`not_told`).
-    pub async fn admit(&self, drafts: &[Draft]) -> Result<(Vec<Draft>, Vec<Skip>), LiveError> {
+    /// The drafts still to send, and the outcomes of the others that are
+    /// news: drops those already final; resolutions whose firing was not
+    /// sent are skipped (`not_told`); a claim left without an outcome by a
+    /// sender that stopped mid-send becomes `unknown`, never sent again.
+    pub async fn admit(&self, drafts: &[Draft]) -> Result<(Vec<Draft>, Vec<Outcome>), LiveError> {
         let mut wanted = Vec::new();
-        let mut skips = Vec::new();
+        let mut outcomes = Vec::new();
         for draft in drafts {
-            if self.get(&draft.slot()).await?.is_some() {
-                continue;
+            match self.get(&draft.slot()).await? {
+                Some(Recorded::Intent(claim)) => {
+                    outcomes.extend(self.abandoned(draft, &claim).await?);
+                    continue;
+                }
+                Some(_) => continue,
+                None => {}
             }
             if let Some(told) = &draft.told {
                 if self.get(&slot(draft.notice.parcel_id.as_deref(), told)).await? != Some(Recorded::Sent) {
-                    skips.push(Skip {
-                        audience: draft.target.audience(),
-                        channel: draft.target.channel(),
-                        reason: "not_told",
-                    });
+                    let skip =
+                        Skip { audience: draft.target.audience(), channel: draft.target.channel(), reason: "not_told" };
+                    outcomes.push(Outcome::from_skip(&skip));
                     continue;
                 }
             }
             wanted.push(draft.clone());
         }
-        Ok((wanted, skips))
+        Ok((wanted, outcomes))
+    }
+
+    /// Records `draft`, found claimed (`claim`) with no outcome, as
+    /// `unknown`, unless its sender recorded the outcome meanwhile (a
+    /// compare-and-set on the claim's revision); the outcome to publish.
+    async fn abandoned(&self, draft: &Draft, claim: &str) -> Result<Option<Outcome>, LiveError> {
+        let Some(store) = &self.store else { return Ok(None) };
+        let key = draft.slot();
+        self.cache.invalidate(&key).await;
+        let entry = store.entry(&key).await.map_err(|e| LiveError::nats("idempotency lookup", e))?;
+        let Some(entry) = entry.filter(|e| matches!(Recorded::decode(&e.value), Recorded::Intent(_))) else {
+            return Ok(None);
+        };
+        let outcome = Outcome::unknown(draft, format!("{claim}, which stopped before the answer; not sent again"));
+        let body = Bytes::from(outcome.json(&draft.notice, chrono::Utc::now()));
+        match store.update(&key, body, entry.revision).await {
+            Ok(_) => {
+                tracing::warn!(key = %draft.key, %claim, "message with an unknown outcome: its sender stopped mid-send");
+                self.cache.insert(key, outcome.recorded()).await;
+                Ok(Some(outcome))
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(LiveError::nats("idempotency record", e)),
+        }
     }
 
     /// Claims the message at `key` (a [`slot`]) for this instance before it
@@ -198,7 +239,7 @@ impl Ledger {
                 Err(e) => return Err(LiveError::nats("idempotency claim", e)),
             },
         };
-        self.cache.insert(key.to_string(), Recorded::Final("intent".into())).await;
+        self.cache.insert(key.to_string(), Recorded::Intent("claimed here".into())).await;
         Ok(claim)
     }
 
@@ -262,6 +303,12 @@ mod tests {
         assert_eq!(Recorded::decode(br#"{"outcome":"failed","reason":"HTTP 400"}"#), Recorded::Final("failed".into()));
         assert_eq!(Recorded::decode(br#"{"outcome":"skipped","reason":"grouped"}"#), Recorded::Final("grouped".into()));
         assert_eq!(Recorded::decode(b"sent"), Recorded::Sent);
+        let intent = br#"{"outcome":"intent","by":"dispatch@h:7","at":"2026-11-20T10:00:00Z"}"#;
+        assert_eq!(
+            Recorded::decode(intent),
+            Recorded::Intent("claimed by dispatch@h:7 at 2026-11-20T10:00:00Z".into())
+        );
+        assert_eq!(Recorded::decode(br#"{"outcome":"unknown","reason":"r"}"#), Recorded::Final("unknown".into()));
         assert_eq!(slot(Some("1Z.9"), "ab.firing"), "1Z=2E9.ab.firing");
         assert_eq!(slot(None, "digest"), "-.digest");
     }

@@ -10,6 +10,8 @@
 //! [`sending`] runs the last stages in bounded concurrency, for both
 //! drivers: [`run`] on NATS, [`backtest`] on a replay's alerts
 //! (`replay --dispatch`). [`digest`] sends each branch its daily at-risk list.
+//! [`lease`] lets several dispatchers run for safety: one sends, the others
+//! stand by.
 //!
 //! The stages up to `hold` are pure (the clock is an argument); only
 //! `deliver`, `ledger`, `sending`, `digest` and the drivers do IO.
@@ -22,6 +24,7 @@ pub mod deliver;
 pub mod digest;
 pub mod hold;
 pub mod inhibit;
+pub mod lease;
 pub mod ledger;
 pub mod notice;
 pub mod outcome;
@@ -71,6 +74,11 @@ pub enum SetupError {
     TimeZone(String),
     #[error("dispatch.digest.at {0:?} is not a local time HH:MM (or empty: no digest)")]
     DigestAt(String),
+    #[error(
+        "dispatch.failover.lease {0} is under 1s: renewals a third of it apart would fail on any pause; \
+         use 1s or more (3s takes over in about 3s)"
+    )]
+    Lease(crate::time::Span),
     #[error("rules: {0}")]
     Rules(String),
     #[error("{channel}: {reason}")]
@@ -114,6 +122,9 @@ impl Dispatcher {
             "" => None,
             at => Some(NaiveTime::parse_from_str(at, "%H:%M").map_err(|_| SetupError::DigestAt(at.to_string()))?),
         };
+        if d.failover.lease.0 < 1_000 {
+            return Err(SetupError::Lease(d.failover.lease));
+        }
         let rules = RulesDir::new(&config.rules).load().map_err(SetupError::Rules)?;
         Ok(Dispatcher {
             rules,

@@ -17,9 +17,32 @@ use super::route::{Draft, Skip};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Sent { audience: &'static str, channel: &'static str, attempts: u32, to: Option<String> },
-    Failed { audience: &'static str, channel: &'static str, reason: String, attempts: u32, to: Option<String> },
-    Skipped { audience: &'static str, channel: &'static str, reason: &'static str },
+    Sent {
+        audience: &'static str,
+        channel: &'static str,
+        attempts: u32,
+        to: Option<String>,
+    },
+    Failed {
+        audience: &'static str,
+        channel: &'static str,
+        reason: String,
+        attempts: u32,
+        to: Option<String>,
+    },
+    Skipped {
+        audience: &'static str,
+        channel: &'static str,
+        reason: &'static str,
+    },
+    /// Claimed and never answered: its sender stopped between the request
+    /// and the answer. Never sent again.
+    Unknown {
+        audience: &'static str,
+        channel: &'static str,
+        reason: String,
+        to: Option<String>,
+    },
 }
 
 impl Outcome {
@@ -33,8 +56,23 @@ impl Outcome {
                 Outcome::Failed { audience, channel, reason: reason.clone(), attempts: *attempts, to }
             }
             Ending::RateLimited => Outcome::Skipped { audience, channel, reason: "rate_limited" },
-            Ending::Interrupted => return None,
+            Ending::Interrupted | Ending::Elsewhere => return None,
         })
+    }
+
+    /// `draft`, claimed and never answered, for `reason`.
+    pub fn unknown(draft: &Draft, reason: String) -> Outcome {
+        let to = draft.target.contact().map(|c| Masked(c).to_string());
+        Outcome::Unknown { audience: draft.target.audience(), channel: draft.target.channel(), reason, to }
+    }
+
+    /// The ledger's claim on `draft` before it is sent: by whom, when.
+    pub fn intent(draft: &Draft, by: &str, at: DateTime<Utc>) -> Vec<u8> {
+        let body = json!({
+            "outcome": "intent", "alert_id": draft.notice.alert_id, "audience": draft.target.audience(),
+            "channel": draft.target.channel(), "by": by, "at": at.to_rfc3339(),
+        });
+        serde_json::to_vec(&body).unwrap_or_default()
     }
 
     /// Every outcome of a finished message, each with its draft: the
@@ -55,9 +93,10 @@ impl Outcome {
 
     pub fn channel(&self) -> &'static str {
         match self {
-            Outcome::Sent { channel, .. } | Outcome::Failed { channel, .. } | Outcome::Skipped { channel, .. } => {
-                channel
-            }
+            Outcome::Sent { channel, .. }
+            | Outcome::Failed { channel, .. }
+            | Outcome::Skipped { channel, .. }
+            | Outcome::Unknown { channel, .. } => channel,
         }
     }
 
@@ -66,6 +105,7 @@ impl Outcome {
             Outcome::Sent { .. } => "sent",
             Outcome::Failed { .. } => "failed",
             Outcome::Skipped { .. } => "skipped",
+            Outcome::Unknown { .. } => "unknown",
         }
     }
 
@@ -75,6 +115,7 @@ impl Outcome {
             Outcome::Sent { .. } => Recorded::Sent,
             Outcome::Failed { .. } => Recorded::Final("failed".into()),
             Outcome::Skipped { reason, .. } => Recorded::Final((*reason).into()),
+            Outcome::Unknown { .. } => Recorded::Final("unknown".into()),
         }
     }
 
@@ -94,6 +135,11 @@ impl Outcome {
                 body["audience"] = json!(audience);
                 body["reason"] = json!(reason);
                 body["attempts"] = json!(attempts);
+                body["to"] = json!(to);
+            }
+            Outcome::Unknown { audience, reason, to, .. } => {
+                body["audience"] = json!(audience);
+                body["reason"] = json!(reason);
                 body["to"] = json!(to);
             }
             Outcome::Skipped { audience, reason, .. } => {
@@ -124,7 +170,7 @@ impl Stats {
         let reason = match outcome {
             Outcome::Skipped { reason, .. } => reason,
             Outcome::Failed { .. } => "failed",
-            Outcome::Sent { .. } => "",
+            Outcome::Sent { .. } | Outcome::Unknown { .. } => "",
         };
         *self.outcomes.entry((outcome.name(), outcome.channel(), reason)).or_default() += 1;
         crate::metrics::METRICS.notifications.with_label_values(&[outcome.channel(), outcome.name(), reason]).inc();

@@ -1,8 +1,8 @@
-//! The dispatcher on NATS: one loop that pulls alerts (explicit acks),
-//! routes them, holds what must wait, sends what is due in bounded
-//! concurrency, records each final outcome, publishes it on
-//! `notify.outcomes.<channel>`, and acknowledges an alert once every one of
-//! its messages is final. An alert held for hours (quiet hours, retries) is
+//! The dispatcher on NATS: while it holds its group's [`Lease`], one loop
+//! that pulls alerts (explicit acks), routes them, holds what must wait,
+//! sends what is due in bounded concurrency, records each final outcome,
+//! publishes it on `notify.outcomes.<channel>`, and acknowledges an alert
+//! once every one of its messages is final. An alert held for hours (quiet hours, retries) is
 //! kept alive with progress acknowledgements; one whose messages did not
 //! all finish when the dispatcher stops is redelivered at the next start,
 //! where the ledger drops what was already sent.
@@ -20,10 +20,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::deliver::Ending;
 use super::hold::Hold;
+use super::lease::Lease;
 use super::ledger::Ledger;
 use super::notice::Notice;
 use super::outcome::{Outcome, Stats};
-use super::route::{Draft, Skip};
+use super::route::Draft;
 use super::sending::{retrying, Done, Sending};
 use super::{digest, stages, Dispatcher};
 use crate::clock::Clock;
@@ -98,7 +99,8 @@ struct Admitted {
     message: jetstream::Message,
     notice: Arc<Notice>,
     drafts: Vec<Draft>,
-    skips: Vec<Skip>,
+    /// Outcomes of its messages that are not to send (skipped, unknown).
+    news: Vec<Outcome>,
 }
 
 fn now(clock: &Clock) -> DateTime<Utc> {
@@ -136,12 +138,16 @@ fn reload_templates(config: &Config, d: &Dispatcher, senders: &super::deliver::S
 /// create the buckets) ends it early; a server restart later on is waited
 /// out, and whatever was not final comes back from the stream.
 ///
+/// Dispatchers of the same `--instance` take turns: each waits for the
+/// group's [`Lease`], sends while it holds it, and stands by again if it
+/// loses it; the daily digest runs in each (it is claimed per branch and day).
+///
 /// Each change of `reload` (SIGHUP) loads the templates again; they take
 /// over if they pass what the start and `forewarn check` ask.
 pub async fn run(
     config: Config,
     d: Dispatcher,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     mut reload: watch::Receiver<u64>,
 ) -> Result<Stats, LiveError> {
     let d = Arc::new(d);
@@ -153,8 +159,9 @@ pub async fn run(
     let ledger = Ledger::new(Some(kv), d.config.dedup.cache);
     let at_risk =
         super::ledger::bucket(&js, &d.config.digest.bucket, std_duration(d.config.digest.max_age), replicas).await?;
+    let leases = super::ledger::bucket(&js, &d.config.failover.bucket, Duration::ZERO, replicas).await?;
+    let lease = Lease::new(leases, &config.instance, std_duration(d.config.failover.lease));
     let senders = Arc::new(d.senders(Some(client.clone()))?);
-    let in_force = senders.clone();
     let clock = Arc::new(Clock::parse(&config.watermark.clock).map_err(LiveError::config)?);
     if let Some(at) = d.digest_at {
         tokio::spawn(digest::run(
@@ -167,6 +174,40 @@ pub async fn run(
             stop.clone(),
         ));
     }
+    let shared = Shared { config, d, client, js, ledger, at_risk, senders, clock, by: lease.holder().to_string() };
+    let mut stats = Stats::default();
+    METRICS.dispatch_active.set(0);
+    tracing::info!(holder = %lease.holder(), "dispatcher standing by for its group's lease");
+    while let Some(held) = lease.acquire(&stop).await {
+        let term = super::lease::either(stop.clone(), held.lost.clone());
+        serve(&shared, term, &mut reload, &mut stats).await;
+        if *stop.borrow() {
+            held.release().await;
+            break;
+        }
+    }
+    Ok(stats)
+}
+
+/// What every term of a dispatcher works with.
+struct Shared {
+    config: Config,
+    d: Arc<Dispatcher>,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    ledger: Ledger,
+    at_risk: kv::Store,
+    senders: Arc<super::deliver::Senders>,
+    clock: Arc<Clock>,
+    /// This process, as its claims name it.
+    by: String,
+}
+
+/// Sends while this process holds the lease: until `stop` (the process
+/// stops, or the lease is lost). Holds, groups and rate limits live as long
+/// as the term; what it leaves unacknowledged comes back to the next holder.
+async fn serve(s: &Shared, mut stop: watch::Receiver<bool>, reload: &mut watch::Receiver<u64>, stats: &mut Stats) {
+    let Shared { config, d, client, js, ledger, at_risk, senders, clock, by } = s;
     // Unbounded: the loop blocks on a full worker, never on this, so the workers
     // always drain; what it holds is bounded by the consumer's ack_pending.
     let (admitted_tx, mut admitted) = mpsc::unbounded_channel::<Admitted>();
@@ -181,19 +222,18 @@ pub async fn run(
     let hasher = RandomState::new();
     let mut inhibitor = d.inhibitor::<Waiting>();
     let subjects = inhibitor.subjects();
-    let Some(kept) = retrying(&stop, "reading the open episodes", || episodes(&js, &config, &subjects)).await else {
-        return Ok(Stats::default());
+    let Some(kept) = retrying(&stop, "reading the open episodes", || episodes(js, config, &subjects)).await else {
+        return;
     };
     kept.iter().for_each(|n| inhibitor.observe(n));
-    let Some(mut messages) = retrying(&stop, "opening the alerts consumer", || open(&js, &config, &d)).await else {
-        return Ok(Stats::default());
+    let Some(mut messages) = retrying(&stop, "opening the alerts consumer", || open(js, config, d)).await else {
+        return;
     };
     let mut hold = Hold::new(d.quiet, chrono::Duration::milliseconds(d.config.limits.group_window.0));
-    let mut sending = Sending::new(senders, ledger, &d.config.limits, stop.clone());
+    let mut sending = Sending::new(senders.clone(), ledger.clone(), by, &d.config.limits, stop.clone());
     // Alerts being admitted or sent, by stream sequence: a redelivery of one
     // (an acknowledgement wait that ran out meanwhile) is not taken twice.
     let mut pending: HashMap<u64, Option<Pending>> = HashMap::new();
-    let mut stats = Stats::default();
     let sl = &d.config.service_level;
     let mut level = ServiceLevel {
         threshold: std_duration(sl.threshold),
@@ -217,7 +257,7 @@ pub async fn run(
                         if let Some(Err(e)) = failed {
                             tracing::warn!(error = %e, "alerts consumer; reopening");
                         }
-                        match retrying(&stop, "reopening the alerts consumer", || open(&js, &config, &d)).await {
+                        match retrying(&stop, "reopening the alerts consumer", || open(js, config, d)).await {
                             Some(reopened) => messages = reopened,
                             None => stopping = true,
                         }
@@ -242,13 +282,13 @@ pub async fn run(
                 };
                 pending.insert(seq, None);
                 let waiting = Waiting { seq, received: Instant::now(), message, alive: Instant::now() };
-                if let Some((notice, w)) = inhibitor.offer(notice, waiting, now(&clock)) {
+                if let Some((notice, w)) = inhibitor.offer(notice, waiting, now(clock)) {
                     stopping |= !to_worker(&workers, &hasher, notice, w).await;
                 }
             }
             Some(a) = admitted.recv(), if !stopping => {
-                for s in &a.skips {
-                    publish(&client, &a.notice, Outcome::from_skip(s), &mut stats, now(&clock)).await;
+                for outcome in a.news {
+                    publish(client, &a.notice, outcome, stats, now(clock)).await;
                 }
                 if a.drafts.is_empty() {
                     pending.remove(&a.seq);
@@ -259,7 +299,7 @@ pub async fn run(
                 let arrived = crate::nats::wire::arrived(a.message.headers.as_ref())
                     .or_else(|| a.message.info().ok().map(|i| i.published.into()))
                     .unwrap_or_else(SystemTime::now);
-                let (remaining, t) = (a.drafts.len(), now(&clock));
+                let (remaining, t) = (a.drafts.len(), now(clock));
                 let waiting = stages::offer(&mut hold, &mut sending, a.drafts, t);
                 stats.held += waiting;
                 let held = waiting > 0;
@@ -278,7 +318,7 @@ pub async fn run(
                     }
                 }
                 for (draft, outcome) in stages::outcomes(&batch, &ending) {
-                    publish(&client, &draft.notice, outcome, &mut stats, now(&clock)).await;
+                    publish(client, &draft.notice, outcome, stats, now(clock)).await;
                 }
                 if !matches!(ending, Ending::Interrupted) {
                     for draft in batch.drafts() {
@@ -286,9 +326,9 @@ pub async fn run(
                     }
                 }
             }
-            Ok(()) = reload.changed() => reload_templates(&config, &d, &in_force),
+            Ok(()) = reload.changed() => reload_templates(config, d, senders),
             _ = tick.tick() => {
-                let t = now(&clock);
+                let t = now(clock);
                 for (notice, w) in inhibitor.due(t) {
                     stopping |= !to_worker(&workers, &hasher, notice, w).await;
                 }
@@ -298,8 +338,11 @@ pub async fn run(
                 stats.inhibited = inhibitor.replaced;
                 METRICS.inhibition.with_label_values(&["waiting"]).set(inhibitor.len() as i64);
                 METRICS.inhibition.with_label_values(&["episodes"]).set(inhibitor.episodes() as i64);
-                for batch in hold.due(t) {
-                    sending.start(batch, t);
+                // Stopping, or the lease lost: what is held comes back to the next holder.
+                if !stopping {
+                    for batch in hold.due(t) {
+                        sending.start(batch, t);
+                    }
                 }
                 for p in pending.values_mut().flatten() {
                     keep(&p.message, &mut p.alive, keep_alive).await;
@@ -313,7 +356,6 @@ pub async fn run(
             }
         }
     }
-    Ok(stats)
 }
 
 /// One admission worker: keeps the at-risk list in step, routes, and asks the
@@ -333,13 +375,13 @@ async fn worker(
             return;
         }
         let admission = retrying(&stop, "idempotency lookup", || stages::admit(&notice, &routing, &ledger)).await;
-        let Some((mut drafts, skips)) = admission else {
+        let Some((mut drafts, news)) = admission else {
             return;
         };
         for draft in &mut drafts {
             draft.seq = seq;
         }
-        if admitted.send(Admitted { seq, received, message, notice, drafts, skips }).is_err() {
+        if admitted.send(Admitted { seq, received, message, notice, drafts, news }).is_err() {
             return;
         }
     }

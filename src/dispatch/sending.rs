@@ -1,10 +1,12 @@
 //! Sending in bounded concurrency, shared by the live dispatcher and the
-//! backtest: the rate limits, then one task a message that delivers it with
-//! retries and records its final outcome in the ledger before handing it
-//! back, so the driver's loop never waits on a server.
+//! backtest: the rate limits, then one task a message that claims it in the
+//! ledger (so that of several dispatchers, or runs, one only ever sends it),
+//! delivers it with retries and records its final outcome before handing
+//! it back, so the driver's loop never waits on a server.
 
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::deliver::{Ending, Senders};
 use super::hold::{Batch, Limiter};
-use super::ledger::Ledger;
+use super::ledger::{Claim, Ledger};
 use super::outcome::Outcome;
 use crate::config::dispatch::Limits;
 use crate::metrics::METRICS;
@@ -31,6 +33,8 @@ pub struct Done {
 pub struct Sending {
     senders: Arc<Senders>,
     ledger: Ledger,
+    /// Who claims the messages: this process, as its lease names it.
+    by: Arc<str>,
     per_parcel: Limiter,
     per_recipient: Limiter,
     done_tx: mpsc::UnboundedSender<Done>,
@@ -40,11 +44,18 @@ pub struct Sending {
 }
 
 impl Sending {
-    pub fn new(senders: Arc<Senders>, ledger: Ledger, limits: &Limits, stop: watch::Receiver<bool>) -> Sending {
+    pub fn new(
+        senders: Arc<Senders>,
+        ledger: Ledger,
+        by: &str,
+        limits: &Limits,
+        stop: watch::Receiver<bool>,
+    ) -> Sending {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Sending {
             senders,
             ledger,
+            by: by.into(),
             per_parcel: Limiter::new(limits.per_parcel, limits.tracked),
             per_recipient: Limiter::new(limits.per_recipient, limits.tracked),
             done_tx,
@@ -71,11 +82,34 @@ impl Sending {
             self.per_parcel.allow(&parcel, now) && self.per_recipient.allow(&contact, now)
         };
         let (senders, ledger, done) = (self.senders.clone(), self.ledger.clone(), self.done_tx.clone());
-        let mut stop = self.stop.clone();
+        let by = self.by.clone();
+        let stop = self.stop.clone();
         self.in_flight += 1;
         tokio::spawn(async move {
             let started = Instant::now();
-            let ending = if allowed { senders.deliver(&batch.primary, &mut stop).await } else { Ending::RateLimited };
+            let ending = if allowed {
+                let (key, claimed) = (batch.primary.slot(), AtomicBool::new(false));
+                let claim = async {
+                    let intent = Bytes::from(Outcome::intent(&batch.primary, &by, Utc::now()));
+                    let claim = retrying(&stop, "idempotency claim", || ledger.claim(&key, intent.clone())).await?;
+                    claimed.store(claim == Claim::Ours, Ordering::Relaxed);
+                    if claim != Claim::Ours {
+                        METRICS.claimed_elsewhere.inc();
+                        tracing::info!(key = %batch.primary.key, "claimed by another dispatcher or an earlier run; not sent here");
+                    }
+                    Some(claim == Claim::Ours)
+                };
+                let ending = senders.deliver(&batch.primary, &mut stop.clone(), claim).await;
+                if matches!(ending, Ending::Interrupted) && claimed.load(Ordering::Relaxed) {
+                    // Not sent: the next dispatcher to take the alert may send it.
+                    if let Err(e) = ledger.release(&key).await {
+                        tracing::warn!(key = %batch.primary.key, error = %e, "claim not released; its outcome will read unknown");
+                    }
+                }
+                ending
+            } else {
+                Ending::RateLimited
+            };
             let took = started.elapsed();
             if matches!(ending, Ending::Sent { .. } | Ending::Failed { .. }) {
                 METRICS.send_seconds.with_label_values(&[batch.primary.target.channel()]).observe(took.as_secs_f64());

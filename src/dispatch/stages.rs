@@ -15,24 +15,24 @@ use super::hold::{Batch, Hold};
 use super::ledger::Ledger;
 use super::notice::Notice;
 use super::outcome::Outcome;
-use super::route::{route, Draft, Routing, Skip};
+use super::route::{route, Draft, Routing};
 use super::sending::Sending;
 use crate::nats::LiveError;
 
 /// What an alert that cannot be read counts as.
 pub const INVALID: Outcome = Outcome::Skipped { audience: "any", channel: "any", reason: "invalid_alert" };
 
-/// The messages an alert asks for that the ledger has not seen sent, and
-/// why each other one is not sent.
+/// The messages an alert asks for that the ledger has not seen final, and
+/// the outcomes of the others that are news: skipped (and why), or unknown
+/// (claimed by a sender that stopped mid-send).
 pub async fn admit(
     notice: &Arc<Notice>,
     routing: &Routing<'_>,
     ledger: &Ledger,
-) -> Result<(Vec<Draft>, Vec<Skip>), LiveError> {
-    let (drafts, mut skips) = route(notice, routing);
-    let (wanted, not_told) = ledger.admit(&drafts).await?;
-    skips.extend(not_told);
-    Ok((wanted, skips))
+) -> Result<(Vec<Draft>, Vec<Outcome>), LiveError> {
+    let (drafts, skips) = route(notice, routing);
+    let (wanted, news) = ledger.admit(&drafts).await?;
+    Ok((wanted, skips.iter().map(Outcome::from_skip).chain(news).collect()))
 }
 
 /// Holds each draft that must wait (quiet hours, grouping) and starts the

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use rand::{Rng, SeedableRng};
 
-use super::nats::{self, wait_until, NatsServer, Processor};
+use super::nats::{self, env, wait_until, NatsServer, Processor};
 use super::{forewarn, simulate, text};
 
 /// A simulated network as a file and the alerts its replay gives; a
@@ -278,11 +278,6 @@ fn a_nats_server_killed_again_and_again_loses_nothing() {
     assert_eq!(got.len(), ids.len(), "no alert published twice");
     nats::assert_same(&got, &c.expected);
     assert!(slowest < 5.0, "the processor applies events and stores a checkpoint within 5 s of a restart: {resumes:?}");
-}
-
-/// A size or count from the environment, for measuring at full size.
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// The events the processor applied so far, from its `/metrics`.

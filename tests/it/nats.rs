@@ -30,6 +30,11 @@ pub struct NatsServer {
     extra: Vec<String>,
 }
 
+/// A size or count from the environment, for measuring at full size.
+pub fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// Polls `ready` until it holds; panics with `what` after [`PATIENCE`].
 pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -147,6 +152,10 @@ impl Processor {
         self.child.try_wait().is_ok_and(|s| s.is_some())
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, name: &str) {
         signal(&self.child, name);
     }
@@ -222,7 +231,10 @@ pub fn config_at(dir: &Path, clock: &Path, lateness: &str) -> PathBuf {
 
 /// Moves the test's clock: idle partitions' watermarks follow it.
 pub fn set_clock(clock: &Path, at: &str) {
-    fs::write(clock, at).expect("clock written");
+    // Whole or not at all: a reader must never see the file empty.
+    let next = clock.with_extension("next");
+    fs::write(&next, at).expect("clock written");
+    fs::rename(&next, clock).expect("clock replaced");
 }
 
 /// The newest event time of a JSON Lines file: where a replay's final

@@ -183,6 +183,11 @@ impl Gateway {
         self.shared.lock().unwrap().requests.clone()
     }
 
+    /// Requests received so far.
+    pub fn count(&self) -> usize {
+        self.shared.lock().unwrap().requests.len()
+    }
+
     /// The SMS webhook requests to `to`.
     pub fn sms_to(&self, to: &str) -> Vec<Request> {
         self.requests().into_iter().filter(|r| r.json()["to"] == to).collect()
