@@ -254,6 +254,15 @@ fn the_kubernetes_manifests_validate_and_each_pod_starts_its_own_slice() {
             assert!(found, "a Service with component {component} and an http port");
         }
     }
+    // No single dispatcher: two of one group (one --instance), a budget that keeps one.
+    let dispatch = kinds("StatefulSet").find(|s| s["metadata"]["name"] == "forewarn-dispatch").expect("dispatchers");
+    assert!(dispatch["spec"]["replicas"].as_u64() >= Some(2), "2 or more dispatchers");
+    let args = dispatch["spec"]["template"]["spec"]["containers"][0]["args"].as_array().expect("args");
+    let instance = args.iter().position(|a| a == "--instance").map(|i| &args[i + 1]);
+    assert!(instance.is_some_and(|i| !i.as_str().unwrap_or("").contains("$(")), "one group name for every pod");
+    let labels = &dispatch["spec"]["selector"]["matchLabels"];
+    let budget = kinds("PodDisruptionBudget").find(|b| b["spec"]["selector"]["matchLabels"] == *labels);
+    assert!(budget.is_some_and(|b| b["spec"]["minAvailable"].as_u64() >= Some(1)), "a budget keeping one dispatcher");
 }
 
 /// The image build: two stages, the runtime as a numeric non-root user,
