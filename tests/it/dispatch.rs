@@ -754,6 +754,8 @@ fn two_dispatchers_fail_over_under_kill_9_and_send_each_message_at_most_once() {
     }
     running.store(false, std::sync::atomic::Ordering::Relaxed);
     ticking.join().unwrap();
+    let smtp = w.smtp.as_ref().unwrap();
+    assert_eq!(smtp.messages().len(), 0, "the quiet-hour holds outlived every takeover: no email before 08:00");
     // 08:05 in Los Angeles: the held emails go.
     set_clock(&w.clock, "2026-11-20T16:05:00Z");
     w.caught_up(&dispatchers[0], true);
@@ -767,10 +769,7 @@ fn two_dispatchers_fail_over_under_kill_9_and_send_each_message_at_most_once() {
         by_outcome.entry(outcome.as_str()).or_default().push(key);
     }
     let sms_keys: Vec<String> = w.gateway.requests().iter().map(|r| r.headers["idempotency-key"].clone()).collect();
-    let mail_keys: Vec<String> = w
-        .smtp
-        .as_ref()
-        .unwrap()
+    let mail_keys: Vec<String> = smtp
         .messages()
         .iter()
         .map(|m| parse(m).message_id().unwrap().trim_matches(['<', '>']).trim_end_matches("@forewarn").to_string())
@@ -785,6 +784,7 @@ fn two_dispatchers_fail_over_under_kill_9_and_send_each_message_at_most_once() {
         by_outcome.iter().map(|(o, k)| (o, k.len())).collect::<Vec<_>>()
     );
     assert_eq!(records.len(), 5500, "one record per message, none lost");
+    assert_eq!(mail_keys.len(), 1000, "every held email went at 08:05 Los Angeles");
     assert_eq!(count("sent") + count("grouped") + count("unknown"), 5500, "every message final: {by_outcome:?}");
     assert_eq!(distinct.len(), delivered.len(), "no message delivered twice");
     let delivered: HashSet<&str> = delivered.iter().map(|k| k.as_str()).collect();
