@@ -37,11 +37,8 @@ async fn stream_messages(js: &jetstream::Context, name: &str) -> u64 {
 async fn drain<M, E: std::fmt::Debug>(messages: impl Stream<Item = Result<M, E>>, total: u64) -> Duration {
     let start = Instant::now();
     let mut messages = std::pin::pin!(messages.take(total as usize));
-    let spin: u64 = std::env::var("SPIN").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     while let Some(m) = messages.next().await {
         m.expect("a message");
-        let t = Instant::now();
-        while (t.elapsed().as_nanos() as u64) < spin {}
     }
     start.elapsed()
 }
@@ -100,7 +97,7 @@ fn main() {
         let fastest = rate(ordered(&js, "SCANS", scans).await);
         println!("broker consume {scans} scans: {fastest:.0} scans/s (ordered consumer)");
 
-        let config = Config { nats: nats.clone(), consumer: forewarn::config::Consumer { batch: std::env::var("B").map(|b| b.parse().unwrap()).unwrap_or(1000) }, ..Config::default() };
+        let config = Config { nats: nats.clone(), ..Config::default() };
         let (stop_tx, stop) = watch::channel(false);
         let (_reload_tx, reload) = mpsc::channel(1);
         let t = Instant::now();

@@ -32,7 +32,8 @@ pub struct RunArgs {
     /// The partitions this instance owns: all, a list such as 0-7 or 0,2,9-11, or K/N (slice K of N).
     #[arg(long, env = "FOREWARN_PARTITIONS")]
     partitions: Option<String>,
-    /// This instance's name: its consumers and checkpoints are its own.
+    /// This instance's name: its consumers and checkpoints are its own;
+    /// dispatchers of one name form a group (one sends, the others stand by).
     #[arg(long, env = "FOREWARN_INSTANCE")]
     instance: Option<String>,
     /// Ignore (and replace) the stored checkpoints: rebuild the state from the streams.

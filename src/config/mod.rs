@@ -83,7 +83,9 @@ impl Role {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Names this process's consumers and checkpoints: unique per running instance.
+    /// Names this process's consumers and checkpoints: unique per running
+    /// detector. Dispatchers of one name form a group: one sends, the others
+    /// stand by (`dispatch.failover`).
     pub instance: String,
     /// The rules directory.
     pub rules: PathBuf,
