@@ -797,3 +797,36 @@ fn two_dispatchers_fail_over_under_kill_9_and_send_each_message_at_most_once() {
     assert!(unknown.len() as u64 <= 4 * kills, "{} unknown", unknown.len());
     assert!(takeovers.iter().all(|&t| t <= 5.0), "the standby takes over within 5 s: {takeovers:?}");
 }
+
+/// The lease itself against a real nats-server: a holder's renewals keep a
+/// standby out; a clean release passes it at once; a holder that stopped
+/// renewing (its key left as it was) loses it after one term, not before;
+/// a holder whose key another process took learns it within a renewal.
+#[test]
+fn the_dispatch_lease_passes_on_release_at_once_and_on_silence_after_its_term() {
+    use forewarn::dispatch::lease::Lease;
+    let server = NatsServer::start();
+    runtime().block_on(async {
+        let js = jetstream(&server.url()).await;
+        let store = forewarn::dispatch::ledger::bucket(&js, "leases", Duration::ZERO, 1).await.unwrap();
+        let term = Duration::from_secs(1);
+        let (a, b) = (Lease::new(store.clone(), "group", term), Lease::new(store.clone(), "group", term));
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let held = a.acquire(&stop).await.expect("a free lease");
+        let standby = tokio::time::timeout(term * 3, b.acquire(&stop)).await;
+        assert!(standby.is_err(), "renewed three times a term, the lease stays with its holder");
+        let released = std::time::Instant::now();
+        held.release().await;
+        let mut held = b.acquire(&stop).await.expect("a released lease");
+        assert!(released.elapsed() < term / 2, "passed at once: {:?}", released.elapsed());
+        // Another process writes the key over b's: b learns it at its next renewal.
+        store.put("group", r#"{"holder":"elsewhere","pid":0}"#.into()).await.unwrap();
+        let lost = tokio::time::timeout(term, held.lost.wait_for(|lost| *lost)).await;
+        assert!(lost.is_ok(), "the holder learns within a third of a term that its lease is gone");
+        // "elsewhere" never renews: a waits a whole term from first seeing it, then takes it.
+        let silent = std::time::Instant::now();
+        let _held = a.acquire(&stop).await.expect("a lapsed lease");
+        let waited = silent.elapsed();
+        assert!(waited >= term && waited < term * 2, "taken over after one term of silence: {waited:?}");
+    });
+}
