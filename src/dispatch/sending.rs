@@ -18,6 +18,7 @@ use super::deliver::{Ending, Senders};
 use super::hold::{Batch, Limiter};
 use super::ledger::{Claim, Ledger};
 use super::outcome::Outcome;
+use super::route::Draft;
 use crate::config::dispatch::Limits;
 use crate::metrics::METRICS;
 
@@ -88,25 +89,7 @@ impl Sending {
         tokio::spawn(async move {
             let started = Instant::now();
             let ending = if allowed {
-                let (key, claimed) = (batch.primary.slot(), AtomicBool::new(false));
-                let claim = async {
-                    let intent = Bytes::from(Outcome::intent(&batch.primary, &by, Utc::now()));
-                    let claim = retrying(&stop, "idempotency claim", || ledger.claim(&key, intent.clone())).await?;
-                    claimed.store(claim == Claim::Ours, Ordering::Relaxed);
-                    if claim != Claim::Ours {
-                        METRICS.claimed_elsewhere.inc();
-                        tracing::info!(key = %batch.primary.key, "claimed by another dispatcher or an earlier run; not sent here");
-                    }
-                    Some(claim == Claim::Ours)
-                };
-                let ending = senders.deliver(&batch.primary, &mut stop.clone(), claim).await;
-                if matches!(ending, Ending::Interrupted) && claimed.load(Ordering::Relaxed) {
-                    // Not sent: the next dispatcher to take the alert may send it.
-                    if let Err(e) = ledger.release(&key).await {
-                        tracing::warn!(key = %batch.primary.key, error = %e, "claim not released; its outcome will read unknown");
-                    }
-                }
-                ending
+                claimed_delivery(&senders, &ledger, &by, &batch.primary, &stop).await
             } else {
                 Ending::RateLimited
             };
@@ -129,6 +112,36 @@ impl Sending {
         self.in_flight -= 1;
         done
     }
+}
+
+/// Delivers `draft` if this process wins its claim in the ledger, taken
+/// just before the first request; gives the claim back when stopped before
+/// sending, so that the next dispatcher to take the alert may send it.
+async fn claimed_delivery(
+    senders: &Senders,
+    ledger: &Ledger,
+    by: &str,
+    draft: &Draft,
+    stop: &watch::Receiver<bool>,
+) -> Ending {
+    let (key, claimed) = (draft.slot(), AtomicBool::new(false));
+    let claim = async {
+        let intent = Bytes::from(Outcome::intent(draft, by, Utc::now()));
+        let claim = retrying(stop, "idempotency claim", || ledger.claim(&key, intent.clone())).await?;
+        claimed.store(claim == Claim::Ours, Ordering::Relaxed);
+        if claim != Claim::Ours {
+            METRICS.claimed_elsewhere.inc();
+            tracing::info!(key = %draft.key, "claimed by another dispatcher or an earlier run; not sent here");
+        }
+        Some(claim == Claim::Ours)
+    };
+    let ending = senders.deliver(draft, &mut stop.clone(), claim).await;
+    if matches!(ending, Ending::Interrupted) && claimed.load(Ordering::Relaxed) {
+        if let Err(e) = ledger.release(&key).await {
+            tracing::warn!(key = %draft.key, error = %e, "claim not released; its outcome will read unknown");
+        }
+    }
+    ending
 }
 
 /// Records the final outcome of the message and of every draft it absorbed,
