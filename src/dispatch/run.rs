@@ -150,6 +150,7 @@ pub async fn run(
     stop: watch::Receiver<bool>,
     mut reload: watch::Receiver<u64>,
 ) -> Result<Stats, LiveError> {
+    METRICS.dispatch_at_zero();
     let d = Arc::new(d);
     let client = connect::connect(&config.nats, &format!("forewarn dispatch {}", config.instance)).await?;
     let js = connect::jetstream(client.clone());

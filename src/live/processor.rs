@@ -164,6 +164,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         METRICS.checkpoint_position.with_label_values(&[stream]);
         METRICS.input_gaps.with_label_values(&[stream]);
     }
+    METRICS.detection_at_zero(&set, &owned, &[&config.streams.scans.name, &config.streams.contacts.name]);
     let client = connect::connect(&config.nats, &format!("forewarn {}", config.instance)).await?;
     readiness.watch(client.clone());
     let lookups = lookup::subscribe(&client, &owned).await?;

@@ -20,7 +20,7 @@ fn prometheus_scrapes_events_alerts_notifications_and_the_service_level() {
     let p = Processor::start(dir.path(), &config, &["--nats", &server.url(), "--http", &http]);
     let prometheus = Prometheus::start(&http);
     wait_until("Prometheus scraping forewarn", || prometheus.value("up{job=\"forewarn\"}") == Some(1.0));
-    assert_eq!(prometheus.value("sum(forewarn_events_total)"), None, "nothing consumed yet");
+    assert_eq!(prometheus.value("sum(forewarn_events_total)"), Some(0.0), "nothing consumed yet, and said so");
 
     nats::finish(nats::publish(&server.url(), 3000, 21, &[]));
     nats::set_clock(&clock, &nats::newest(&events));
@@ -103,6 +103,17 @@ fn every_metric_the_deploy_files_use_is_exported() {
         }
     }
     assert!(used.len() > 8, "the deploy files use forewarn metrics: {used:?}");
+    // And a process that has just started serves each of them, at 0 if
+    // nothing happened yet: a family without a series shows "no data".
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let server = NatsServer::start();
+    let http = format!("127.0.0.1:{}", super::free_port());
+    let config = nats::config(dir.path(), &dir.path().join("clock"));
+    let p = Processor::start(dir.path(), &config, &["--nats", &server.url(), "--http", &http]);
+    wait_until("ready", || super::http_get(&http, "/readyz").starts_with("HTTP/1.1 200"));
+    let served = super::http_get(&http, "/metrics");
+    p.kill();
+    let mut missing = std::collections::BTreeSet::new();
     for (name, path) in used {
         let base = ["_bucket", "_sum", "_count"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
         assert!(
@@ -110,7 +121,11 @@ fn every_metric_the_deploy_files_use_is_exported() {
             "{} uses {name}, which forewarn does not export",
             path.display()
         );
+        if !served.lines().any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{"))) {
+            missing.insert(name);
+        }
     }
+    assert!(missing.is_empty(), "a fresh process serves no series of {missing:?}");
 }
 
 /// The status line and body of a response.
