@@ -7,7 +7,8 @@
 //!
 //! `cargo bench --bench live` (needs `nats-server` on the PATH;
 //! `FOREWARN_BENCH_PARCELS` sets the network size, default 200,000 parcels,
-//! about 1.56 M events).
+//! about 1.56 M events; `FOREWARN_BENCH_SHAPE` its shape, a `forewarn
+//! simulate` preset, default regional).
 
 use std::time::{Duration, Instant};
 
@@ -75,11 +76,12 @@ async fn ordered(js: &jetstream::Context, stream: &str, total: u64) -> Duration 
 
 fn main() {
     let parcels: u64 = std::env::var("FOREWARN_BENCH_PARCELS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    let shape = std::env::var("FOREWARN_BENCH_SHAPE").unwrap_or_else(|_| "regional".into());
+    let shape = Shape::preset(&shape).expect("FOREWARN_BENCH_SHAPE: regional, national-cn or national-eu");
     let server = common::Server::start();
     let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").expect("a time");
     let mut data = Vec::new();
-    simulate::write(&Network { parcels, seed: 1, start, days: 1.0, shape: Shape::default() }, &mut data, |_| {})
-        .expect("simulated");
+    simulate::write(&Network { parcels, seed: 1, start, days: 1.0, shape }, &mut data, |_| {}).expect("simulated");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
         let nats = server.ready().await;
