@@ -64,6 +64,8 @@ impl Lease {
     pub async fn acquire(&self, stop: &watch::Receiver<bool>) -> Option<Held> {
         let mut stop = stop.clone();
         let mut seen = None;
+        // Told once an outage, not ten times a term.
+        let mut failing = false;
         loop {
             if *stop.borrow_and_update() {
                 return None;
@@ -71,8 +73,11 @@ impl Lease {
             let asked = Instant::now();
             match self.try_take(&mut seen).await {
                 Ok(Some(revision)) => return Some(self.hold(revision, asked)),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "dispatch lease not readable; retrying"),
+                Ok(None) => failing = false,
+                Err(e) if !std::mem::replace(&mut failing, true) => {
+                    tracing::warn!(error = %e, "dispatch lease not readable; retrying until it is");
+                }
+                Err(_) => {}
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.term / 10) => {}
