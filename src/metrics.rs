@@ -345,54 +345,6 @@ impl Metrics {
     }
 
     /// Counts contacts judged by the engine: did forewarn speak first?
-    /// Every series of the processor's closed label sets, at 0 until
-    /// counted: event kinds, each rule's states and audiences, contact
-    /// topics, the owned partitions' watermarks and the inputs' lag. A
-    /// family without a series shows "no data" on a dashboard, not 0.
-    pub fn detection_at_zero(&self, set: &crate::rules::RuleSet, owned: &crate::partition::Owned, inputs: &[&str]) {
-        for kind in Kind::ALL {
-            self.event(*kind);
-        }
-        let voices = set.rules.iter().map(|r| &r.voice).chain(set.branch_rules.iter().map(|r| &r.voice));
-        for voice in voices {
-            let states: &[&str] = if voice.resolve { &["firing", "resolved"] } else { &["firing"] };
-            for (state, audience) in states.iter().flat_map(|s| voice.audience.names().map(move |a| (s, a))) {
-                self.alerts.with_label_values(&[voice.id.as_str(), state, audience]);
-            }
-        }
-        for topic in crate::event::Topic::ALL {
-            for first in ["true", "false"] {
-                self.contacts_judged.with_label_values(&[topic.as_str(), first]);
-            }
-        }
-        for partition in &owned.list {
-            self.watermark_delay.with_label_values(&[&partition.to_string()]);
-        }
-        for input in inputs {
-            self.consumer_pending.with_label_values(&[input]);
-        }
-    }
-
-    /// Every series of the dispatcher's closed label sets, at 0 until
-    /// counted: by channel, sent, failed and unknown messages and the
-    /// latency histograms; first messages within the threshold or not;
-    /// the inhibition gauges.
-    pub fn dispatch_at_zero(&self) {
-        for channel in ["sms", "email", "webhook", "nats", "crm"] {
-            for (outcome, reason) in [("sent", ""), ("failed", "failed"), ("unknown", "")] {
-                self.notifications.with_label_values(&[channel, outcome, reason]);
-            }
-            self.send_seconds.with_label_values(&[channel]);
-            self.event_to_accepted.with_label_values(&[channel]);
-        }
-        for within in ["true", "false"] {
-            self.first_messages.with_label_values(&[within]);
-        }
-        for what in ["waiting", "episodes"] {
-            self.inhibition.with_label_values(&[what]);
-        }
-    }
-
     pub fn judged(&self, judged: &[crate::engine::Judged]) {
         for j in judged {
             let first = if j.told_first { "true" } else { "false" };

@@ -16,7 +16,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
 use super::outcome::Outcome;
-use super::route::{Draft, Skip};
+use super::route::Draft;
 use crate::nats::LiveError;
 
 /// A final outcome as remembered.
@@ -186,9 +186,8 @@ impl Ledger {
             }
             if let Some(told) = &draft.told {
                 if self.get(&slot(draft.notice.parcel_id.as_deref(), told)).await? != Some(Recorded::Sent) {
-                    let skip =
-                        Skip { audience: draft.target.audience(), channel: draft.target.channel(), reason: "not_told" };
-                    outcomes.push(Outcome::from_skip(&skip));
+                    let (audience, channel) = (draft.target.audience(), draft.target.channel());
+                    outcomes.push(Outcome::Skipped { audience, channel, reason: "not_told" });
                     continue;
                 }
             }

@@ -42,6 +42,9 @@ pub enum Target {
 }
 
 impl Target {
+    /// Every value of [`Target::channel`].
+    pub const CHANNELS: [&'static str; 5] = ["sms", "email", "webhook", "nats", "crm"];
+
     /// The channel label of metrics and `notify.outcomes.<channel>`.
     pub fn channel(&self) -> &'static str {
         match self {

@@ -2,10 +2,10 @@
 //! that pulls alerts (explicit acks), routes them, holds what must wait,
 //! sends what is due in bounded concurrency, records each final outcome,
 //! publishes it on `notify.outcomes.<channel>`, and acknowledges an alert
-//! once every one of its messages is final. An alert held for hours (quiet hours, retries) is
-//! kept alive with progress acknowledgements; one whose messages did not
-//! all finish when the dispatcher stops is redelivered at the next start,
-//! where the ledger drops what was already sent.
+//! once every one of its messages is final. An alert held for hours (quiet
+//! hours, retries) is kept alive with progress acknowledgements; one whose
+//! messages did not all finish when the dispatcher stops is redelivered at
+//! the next start, where the ledger drops what was already sent.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -24,7 +24,7 @@ use super::lease::Lease;
 use super::ledger::Ledger;
 use super::notice::Notice;
 use super::outcome::{Outcome, Stats};
-use super::route::Draft;
+use super::route::{Draft, Target};
 use super::sending::{retrying, Done, Sending};
 use super::{digest, stages, Dispatcher};
 use crate::clock::Clock;
@@ -150,7 +150,7 @@ pub async fn run(
     stop: watch::Receiver<bool>,
     mut reload: watch::Receiver<u64>,
 ) -> Result<Stats, LiveError> {
-    METRICS.dispatch_at_zero();
+    metrics_at_zero();
     let d = Arc::new(d);
     let client = connect::connect(&config.nats, &format!("forewarn dispatch {}", config.instance)).await?;
     let js = connect::jetstream(client.clone());
@@ -188,6 +188,27 @@ pub async fn run(
         }
     }
     Ok(stats)
+}
+
+/// Every series of the dispatcher's closed label sets, at 0 until counted:
+/// by channel, sent, failed and unknown messages and the latency
+/// histograms; first messages within the threshold or not; the inhibition
+/// gauges. A family without a series shows "no data" on a dashboard, not 0.
+fn metrics_at_zero() {
+    let m = &*METRICS;
+    for channel in Target::CHANNELS {
+        for (outcome, reason) in [("sent", ""), ("failed", "failed"), ("unknown", "")] {
+            m.notifications.with_label_values(&[channel, outcome, reason]);
+        }
+        m.send_seconds.with_label_values(&[channel]);
+        m.event_to_accepted.with_label_values(&[channel]);
+    }
+    for within in ["true", "false"] {
+        m.first_messages.with_label_values(&[within]);
+    }
+    for what in ["waiting", "episodes"] {
+        m.inhibition.with_label_values(&[what]);
+    }
 }
 
 /// What every term of a dispatcher works with.

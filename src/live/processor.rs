@@ -36,12 +36,13 @@ use crate::alert::Alert;
 use crate::clock::Clock;
 use crate::config::{std_duration, Config};
 use crate::engine::{BranchStage, Engine, Fact, Judged};
-use crate::event::Reject;
+use crate::event::{Kind, Reject, Topic};
 use crate::metrics::METRICS;
 use crate::nats::wire::{self, Refusal};
 use crate::nats::{connect, LiveError};
 use crate::partition::{self, Owned};
 use crate::rules::dir::RulesDir;
+use crate::rules::RuleSet;
 use crate::time::Ts;
 
 /// Messages taken from one consumer before looking at the others and the timers.
@@ -144,6 +145,47 @@ struct Processor {
 /// not one per letter (a flood of bad input is not a flood of log lines).
 const LETTERS_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// Every series of the processor's closed label sets, at 0 until counted:
+/// reject codes, lane levels, each input's dead letters, position and gaps,
+/// event kinds, each rule's states and audiences, contact topics, the owned
+/// partitions' watermarks and the inputs' lag. A family without a series
+/// shows "no data" on a dashboard, not 0.
+fn metrics_at_zero(config: &Config, set: &RuleSet, owned: &Owned) {
+    let m = &*METRICS;
+    for code in Reject::CODES.iter().chain(Refusal::CODES) {
+        m.rejected.with_label_values(&[code]);
+    }
+    for level in ["all", "fine"] {
+        m.lanes.with_label_values(&[level]);
+    }
+    let streams = &config.streams;
+    for stream in [&streams.scans.name, &streams.contacts.name, &streams.facts.name] {
+        m.dead_letters.with_label_values(&[stream]);
+        m.checkpoint_position.with_label_values(&[stream]);
+        m.input_gaps.with_label_values(&[stream]);
+    }
+    for input in [&streams.scans.name, &streams.contacts.name] {
+        m.consumer_pending.with_label_values(&[input]);
+    }
+    for kind in Kind::ALL {
+        m.event(*kind);
+    }
+    for voice in set.rules.iter().map(|r| &r.voice).chain(set.branch_rules.iter().map(|r| &r.voice)) {
+        let states: &[&str] = if voice.resolve { &["firing", "resolved"] } else { &["firing"] };
+        for (state, audience) in states.iter().flat_map(|s| voice.audience.names().map(move |a| (s, a))) {
+            m.alerts.with_label_values(&[voice.id.as_str(), state, audience]);
+        }
+    }
+    for topic in Topic::ALL {
+        for first in ["true", "false"] {
+            m.contacts_judged.with_label_values(&[topic.as_str(), first]);
+        }
+    }
+    for partition in &owned.list {
+        m.watermark_delay.with_label_values(&[&partition.to_string()]);
+    }
+}
+
 /// Runs until `controls.stop` says so; then checkpoints and returns.
 pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Result<RunSummary, LiveError> {
     config.validate()?;
@@ -153,18 +195,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
     let clock = Clock::parse(&config.watermark.clock).map_err(LiveError::config)?;
     let readiness = controls.readiness.clone();
     readiness.set(Some("starting"));
-    for code in Reject::CODES.iter().chain(Refusal::CODES) {
-        METRICS.rejected.with_label_values(&[code]);
-    }
-    for level in ["all", "fine"] {
-        METRICS.lanes.with_label_values(&[level]);
-    }
-    for stream in [&config.streams.scans.name, &config.streams.contacts.name, &config.streams.facts.name] {
-        METRICS.dead_letters.with_label_values(&[stream]);
-        METRICS.checkpoint_position.with_label_values(&[stream]);
-        METRICS.input_gaps.with_label_values(&[stream]);
-    }
-    METRICS.detection_at_zero(&set, &owned, &[&config.streams.scans.name, &config.streams.contacts.name]);
+    metrics_at_zero(&config, &set, &owned);
     let client = connect::connect(&config.nats, &format!("forewarn {}", config.instance)).await?;
     readiness.watch(client.clone());
     let lookups = lookup::subscribe(&client, &owned).await?;
