@@ -103,7 +103,8 @@ fn main() {
         let (stop_tx, stop) = watch::channel(false);
         let (_reload_tx, reload) = mpsc::channel(1);
         let t = Instant::now();
-        let run = tokio::spawn(live::run(config, true, Controls { stop, reload, readiness: live::Readiness::default() }));
+        let mut run =
+            tokio::spawn(live::run(config, true, Controls { stop, reload, readiness: live::Readiness::default() }));
         // Handled when every scan and contact went through the engines
         // (none of them is refused); done when a stored checkpoint covers
         // each stream's last message.
@@ -114,6 +115,9 @@ fn main() {
         let (last_scan, last_contact) = (last("SCANS").await, last("CONTACTS").await);
         let handled = || METRICS.events.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value()).sum::<f64>() as u64;
         while handled() < scans + contacts {
+            if run.is_finished() {
+                panic!("forewarn stopped before the end (run from the project root, it reads rules/): {:?}", (&mut run).await);
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let through = t.elapsed();

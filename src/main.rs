@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 
 /// mimalloc: tasks allocate on one worker and free on another, where glibc's
 /// arenas contend on a lock (measured: a fifth of the dispatcher's CPU).
+/// Built without transparent huge pages (`no_thp` in Cargo.toml): with them,
+/// replay at 1 M parcels held 491-500 bytes a parcel at the peak, without
+/// them 446-452, and ran 5-8 % faster.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
