@@ -5,7 +5,8 @@
 //! sorted, and entries leave it exactly when the watermark passes them, so a
 //! timer fires on the first watermark at or past its deadline. Wake-ups
 //! further out than the wheel's horizon wait in a small ordered set and move
-//! into the wheel as it turns. Entries are not removed when a parcel's
+//! into the wheel as it turns. In the wheel, where nearly all wait, an entry
+//! takes 8 bytes, not 16: its bucket says the minute ([`Packed`]). Entries are not removed when a parcel's
 //! wake-up changes: the engine skips an entry whose time is no longer the
 //! parcel's wake-up, and wake-ups only move earlier between firings, so stale
 //! entries stay few.
@@ -26,13 +27,32 @@ pub struct Entry {
     pub gen: u8,
 }
 
+/// An [`Entry`] in the wheel, its minute left to its bucket: the
+/// millisecond in the minute (16 bits), the slot (32) and the generation
+/// (8), in that order, so that packed entries of one minute sort as the
+/// entries do.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Packed(u64);
+
+impl Packed {
+    fn new(e: &Entry) -> Packed {
+        let ms = e.at.0.rem_euclid(MINUTE) as u64;
+        Packed(ms << 40 | u64::from(e.slot) << 8 | u64::from(e.gen))
+    }
+
+    /// The entry, in minute `m`.
+    fn entry(self, m: i64) -> Entry {
+        Entry { at: Ts(m * MINUTE + (self.0 >> 40) as i64), slot: (self.0 >> 8) as u32, gen: self.0 as u8 }
+    }
+}
+
 pub struct Timers {
     /// The minute `current` stands for; entries of earlier minutes are in `current` too.
     base: i64,
     /// Entries of `base` and earlier, sorted by deadline.
     current: VecDeque<Entry>,
     /// Buckets for the minutes after `base`, indexed by minute modulo the horizon.
-    ring: Vec<Vec<Entry>>,
+    ring: Vec<Vec<Packed>>,
     in_ring: usize,
     far: BTreeSet<Entry>,
     /// No live entry is in the ring before this minute: where the search
@@ -81,11 +101,12 @@ impl Timers {
             self.current.insert(i, e);
         } else if m - self.base < HORIZON {
             let b = &mut self.ring[bucket(m)];
+            let packed = Packed::new(&e);
             if m == self.sorted {
-                let i = b.partition_point(|x| x > &e);
-                b.insert(i, e);
+                let i = b.partition_point(|x| x > &packed);
+                b.insert(i, packed);
             } else {
-                b.push(e);
+                b.push(packed);
             }
             self.in_ring += 1;
             self.earliest_from = self.earliest_from.min(m);
@@ -113,9 +134,10 @@ impl Timers {
             };
             let b = &mut self.ring[bucket(self.base)];
             self.in_ring -= b.len();
-            let mut loaded: Vec<Entry> = std::mem::take(b);
+            let mut loaded = std::mem::take(b);
             loaded.sort_unstable();
-            self.current.extend(loaded);
+            let base = self.base;
+            self.current.extend(loaded.into_iter().map(|p| p.entry(base)));
             let end = (self.base + HORIZON) * MINUTE;
             while let Some(e) = self.far.first().copied().filter(|e| e.at.0 < end) {
                 self.far.pop_first();
@@ -145,7 +167,7 @@ impl Timers {
                     b.sort_unstable_by(|x, y| y.cmp(x));
                     self.sorted = m;
                 }
-                while let Some(e) = b.pop() {
+                while let Some(e) = b.pop().map(|p| p.entry(m)) {
                     self.in_ring -= 1;
                     if live(&e) {
                         self.earliest_from = m;
@@ -202,6 +224,20 @@ mod tests {
         due.clear();
         t.drain_due(Ts(200 * MINUTE + 1), &mut due);
         assert_eq!(due, [e(50, 0, 3)]);
+    }
+
+    #[test]
+    fn a_packed_entry_is_the_entry_in_its_minute_and_sorts_as_it() {
+        let entries =
+            [e(-3, 59, 7), e(5, 0, u32::MAX), e(5, 0, 0), Entry { at: Ts(5 * MINUTE + 59_999), slot: 1, gen: 255 }];
+        for x in entries {
+            assert_eq!(Packed::new(&x).entry(minute(x.at)), x);
+        }
+        let mut minute5: Vec<Entry> = entries[1..].to_vec();
+        let mut packed: Vec<Packed> = minute5.iter().map(Packed::new).collect();
+        minute5.sort_unstable();
+        packed.sort_unstable();
+        assert_eq!(packed.into_iter().map(|p| p.entry(5)).collect::<Vec<_>>(), minute5);
     }
 
     #[test]

@@ -104,7 +104,10 @@ impl World {
     /// and made every message of them final), so that the clock moves after.
     fn caught_up(&self, p: &Processor, and_final: bool) {
         let url = self.server.url();
-        wait_for(p, "the dispatcher caught up", || {
+        // What the consumer said last, for the message when it never catches up.
+        let seen = std::cell::RefCell::new(String::from("no consumer"));
+        let start = std::time::Instant::now();
+        let caught_up = || {
             runtime().block_on(async {
                 let js = jetstream(&url).await;
                 let mut alerts = js.get_stream("ALERTS").await.unwrap();
@@ -113,10 +116,27 @@ impl World {
                     alerts.get_consumer::<async_nats::jetstream::consumer::pull::Config>("forewarn-dispatch");
                 let Ok(mut consumer) = dispatcher.await else { return false };
                 let info = consumer.info().await.unwrap();
+                *seen.borrow_mut() = format!(
+                    "last alert {last}; consumer: {} pending, delivered up to {}, {} unacknowledged, ack floor {}",
+                    info.num_pending,
+                    info.delivered.stream_sequence,
+                    info.num_ack_pending,
+                    info.ack_floor.stream_sequence
+                );
                 let delivered = info.num_pending == 0 && info.delivered.stream_sequence >= last;
                 delivered && (!and_final || (info.num_ack_pending == 0 && info.ack_floor.stream_sequence >= last))
             })
-        });
+        };
+        while !caught_up() {
+            let (gateway, mail) = (self.gateway.count(), self.smtp.as_ref().map_or(0, |s| s.messages().len()));
+            assert!(
+                start.elapsed() < super::nats::PATIENCE,
+                "timed out waiting for the dispatcher caught up ({}; {gateway} SMS and {mail} emails received); log:\n{}",
+                seen.borrow(),
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
