@@ -53,6 +53,8 @@ enum Command {
         #[arg(default_value = "rules")]
         dir: PathBuf,
     },
+    /// Show the message a rule would send a customer (sample data or a real alert line), an SMS with its segments.
+    Render(cli::render::RenderArgs),
     /// Write a realistic synthetic network's events (v1 contract), deterministic per seed;
     /// with --nats, publish them live.
     Simulate(cli::simulate::SimulateArgs),
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Report(args) => cli::report::report(args),
         Command::Check { dir } => cli::rules::check(&dir),
         Command::Test { dir } => cli::rules::test(&dir),
+        Command::Render(args) => cli::render::render(args),
         Command::Simulate(args) => cli::simulate::simulate(args),
         Command::Run(args) => cli::run::run(args),
         Command::Dlq { command } => cli::dlq::dlq(command),

@@ -4,6 +4,7 @@
 
 pub mod dlq;
 pub mod logs;
+pub mod render;
 pub mod replay;
 pub mod report;
 pub mod rules;

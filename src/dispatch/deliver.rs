@@ -88,6 +88,42 @@ pub fn url_encode(text: &str) -> String {
         .collect()
 }
 
+/// The template variables for alert `n` to a customer (`customer`) or a
+/// branch, its instants in `tz`, its branch from `directory`, its links from `links`.
+pub fn context(n: &Notice, tz: Tz, customer: bool, directory: &Directory, links: &Links) -> Context {
+    let parcel = n.parcel_id.clone();
+    let url = |t: &str| parcel.as_deref().and_then(|p| link(t, p, &n.alert_id));
+    let branch = n.branch.as_deref().and_then(|b| directory.get(b));
+    Context {
+        rule: n.rule.clone(),
+        state: n.state().into(),
+        severity: n.severity.as_str().into(),
+        name: if customer { n.recipient.as_ref().and_then(|r| r.name.clone()) } else { branch.map(|b| b.name.clone()) },
+        parcel_state: n.parcel_state.clone(),
+        reason: n.reason.clone(),
+        facility: n.facility.clone(),
+        country: n.country.clone(),
+        at: local(n.at, tz),
+        promised_by: n.promised_by.map(|t| local(t, tz)),
+        return_by: n.return_by.map(|t| local(t, tz)),
+        last_scan_at: n.last_scan_at.map(|t| local(t, tz)),
+        tracking_url: url(&links.tracking),
+        reschedule_url: url(&links.reschedule),
+        claim_url: url(&links.claim),
+        unsubscribe_url: if customer { url(&links.unsubscribe) } else { None },
+        branch: branch.map(|b| BranchView { name: b.name.clone(), address: b.address.clone(), hours: b.hours.clone() }),
+        branch_code: n.branch.clone(),
+        branch_name: branch.map(|b| b.name.clone()),
+        count: n.count,
+        window: n.window.clone(),
+        usual: n.usual,
+        usual_from: n.usual_from.clone(),
+        volume: n.volume,
+        date: None,
+        parcel,
+    }
+}
+
 impl Senders {
     /// The templates in force.
     pub fn templates(&self) -> Arc<Templates> {
@@ -101,45 +137,7 @@ impl Senders {
 
     /// The template variables for one draft.
     pub fn context(&self, n: &Notice, tz: Tz, customer: bool) -> Context {
-        let parcel = n.parcel_id.clone();
-        let url = |t: &str| parcel.as_deref().and_then(|p| link(t, p, &n.alert_id));
-        let branch = n.branch.as_deref().and_then(|b| self.directory.get(b));
-        Context {
-            rule: n.rule.clone(),
-            state: n.state().into(),
-            severity: n.severity.as_str().into(),
-            name: if customer {
-                n.recipient.as_ref().and_then(|r| r.name.clone())
-            } else {
-                branch.map(|b| b.name.clone())
-            },
-            parcel_state: n.parcel_state.clone(),
-            reason: n.reason.clone(),
-            facility: n.facility.clone(),
-            country: n.country.clone(),
-            at: local(n.at, tz),
-            promised_by: n.promised_by.map(|t| local(t, tz)),
-            return_by: n.return_by.map(|t| local(t, tz)),
-            last_scan_at: n.last_scan_at.map(|t| local(t, tz)),
-            tracking_url: url(&self.links.tracking),
-            reschedule_url: url(&self.links.reschedule),
-            claim_url: url(&self.links.claim),
-            unsubscribe_url: if customer { url(&self.links.unsubscribe) } else { None },
-            branch: branch.map(|b| BranchView {
-                name: b.name.clone(),
-                address: b.address.clone(),
-                hours: b.hours.clone(),
-            }),
-            branch_code: n.branch.clone(),
-            branch_name: branch.map(|b| b.name.clone()),
-            count: n.count,
-            window: n.window.clone(),
-            usual: n.usual,
-            usual_from: n.usual_from.clone(),
-            volume: n.volume,
-            date: None,
-            parcel,
-        }
+        context(n, tz, customer, &self.directory, &self.links)
     }
 
     /// The JSON machines get (webhooks, NATS, the CRM): the alert as the

@@ -193,3 +193,38 @@ fn simulate_draws_the_shape_asked_for_and_refuses_one_out_of_bounds() {
         assert!(!out.status.success() && text(&out.stderr).contains(says), "{args:?}: {}", text(&out.stderr));
     }
 }
+
+#[test]
+fn render_shows_a_rules_message_with_sample_data_or_a_real_alert() {
+    let out = forewarn(&["render", "--rule", "late", "--locale", "fr"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.starts_with("Votre colis 1Z999AA10123456784 est en retard"), "{stdout}");
+    let sms = stdout.lines().next().unwrap();
+    let expected = format!("-- fr/customer/late.sms: {} characters, gsm7, 2 segment(s)", sms.chars().count());
+    assert_eq!(stdout.lines().last().unwrap(), expected);
+    let out = forewarn(&["render", "--rule", "late", "--locale", "zh-CN"]);
+    assert!(text(&out.stdout).lines().last().unwrap().contains(", ucs2, "), "{}", text(&out.stdout));
+
+    let dir = tempfile::tempdir().unwrap();
+    let events = super::simulate(dir.path(), "events.jsonl", 2000, 3);
+    let alerts = dir.path().join("alerts.jsonl").to_string_lossy().into_owned();
+    let out = forewarn(&["replay", &events, "--out", &alerts]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines = fs::read_to_string(&alerts).unwrap();
+    let stalled: serde_json::Value = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .find(|a: &serde_json::Value| a["rule"] == "stalled")
+        .unwrap();
+    let out = forewarn(&["render", "--alert", &alerts, "--rule", "stalled", "--channel", "email", "--locale", "en"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.starts_with("Subject: "), "{stdout}");
+    assert!(stdout.contains(stalled["parcel_id"].as_str().unwrap()), "the alert's own parcel: {stdout}");
+    assert!(stdout.lines().last().unwrap().starts_with("-- en/customer/stalled.email: "), "{stdout}");
+
+    let out = forewarn(&["render", "--alert", &alerts, "--rule", "no_such_rule"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no alert of rule no_such_rule"), "{}", text(&out.stderr));
+}
