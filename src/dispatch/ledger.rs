@@ -232,9 +232,15 @@ impl Ledger {
         }
         let claim = match &self.store {
             None => Claim::Ours,
-            Some(store) => match store.create(key, body).await {
+            Some(store) => match store.create(key, body.clone()).await {
                 Ok(_) => Claim::Ours,
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Claim::Theirs,
+                // A claim whose reply was lost (a timeout, a reconnection)
+                // and is asked again finds itself: the same intent is ours.
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match store.get(key).await {
+                    Ok(Some(held)) if held == body => Claim::Ours,
+                    Ok(_) => Claim::Theirs,
+                    Err(e) => return Err(LiveError::nats("idempotency claim", e)),
+                },
                 Err(e) => return Err(LiveError::nats("idempotency claim", e)),
             },
         };

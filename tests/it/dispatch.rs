@@ -820,6 +820,29 @@ fn two_dispatchers_fail_over_under_kill_9_and_send_each_message_at_most_once() {
     assert!(takeovers.iter().all(|&t| t <= 5.0), "the standby takes over within 5 s: {takeovers:?}");
 }
 
+/// A claim asked again with the same intent (its first reply lost to a
+/// timeout or a reconnection, the write done) is ours: the message goes. A
+/// claim with another intent on the key is another's, and a message already
+/// claimed by this process is known.
+#[test]
+fn a_claim_asked_again_after_a_lost_reply_is_still_ours() {
+    use forewarn::dispatch::ledger::{Claim, Ledger};
+    let server = NatsServer::start();
+    runtime().block_on(async {
+        let js = jetstream(&server.url()).await;
+        let store = forewarn::dispatch::ledger::bucket(&js, "claims", Duration::ZERO, 1).await.unwrap();
+        let intent = bytes::Bytes::from(r#"{"claimed_by":"dispatch@a:1#1","at":"2026-11-20T10:00:00Z"}"#);
+        let other = bytes::Bytes::from(r#"{"claimed_by":"dispatch@b:2#2","at":"2026-11-20T10:00:00Z"}"#);
+        // The first attempt's write reached the server; its reply did not.
+        store.create("m1", intent.clone()).await.unwrap();
+        let retried = Ledger::new(Some(store.clone()), 100);
+        assert_eq!(retried.claim("m1", intent.clone()).await.unwrap(), Claim::Ours);
+        assert_eq!(retried.claim("m1", intent).await.unwrap(), Claim::Known);
+        let elsewhere = Ledger::new(Some(store), 100);
+        assert_eq!(elsewhere.claim("m1", other).await.unwrap(), Claim::Theirs);
+    });
+}
+
 /// The lease itself against a real nats-server: a holder's renewals keep a
 /// standby out; a clean release passes it at once; a holder that stopped
 /// renewing (its key left as it was) loses it after one term, not before;
