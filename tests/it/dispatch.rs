@@ -875,3 +875,86 @@ fn the_dispatch_lease_passes_on_release_at_once_and_on_silence_after_its_term() 
         assert!(waited >= term && waited < term * 2, "taken over after one term of silence: {waited:?}");
     });
 }
+
+/// An SMTP server that takes a message on its first connection and never
+/// answers it (the connection left open), and answers every later one.
+struct StallingSmtp {
+    port: u16,
+    /// Messages whose data arrived, and those answered 250.
+    received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StallingSmtp {
+    fn start() -> StallingSmtp {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, a) = (received.clone(), answered.clone());
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { return };
+                let (r, a) = (r.clone(), a.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let _ = stream.write_all(b"220 stalling ESMTP\r\n");
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|read| read > 0) {
+                        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                        let reply: &[u8] = match verb.as_str() {
+                            "EHLO" | "HELO" => b"250 stalling\r\n",
+                            "DATA" => b"354 go on\r\n",
+                            "QUIT" => b"221 bye\r\n",
+                            _ => b"250 ok\r\n",
+                        };
+                        let _ = stream.write_all(reply);
+                        if verb == "DATA" {
+                            let mut data = String::new();
+                            while data != ".\r\n" {
+                                data.clear();
+                                if reader.read_line(&mut data).map_or(true, |read| read == 0) {
+                                    return;
+                                }
+                            }
+                            r.fetch_add(1, SeqCst);
+                            if n == 0 {
+                                // Never answered; the connection stays open.
+                                std::thread::sleep(Duration::from_secs(600));
+                                return;
+                            }
+                            let _ = stream.write_all(b"250 queued\r\n");
+                            a.fetch_add(1, SeqCst);
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        StallingSmtp { port, received, answered }
+    }
+}
+
+/// A mail server that stops answering in the middle of a send: the send
+/// times out (lettre bounds the connection only), is retried on a new
+/// connection, and the message goes once, recorded sent. It used to hold
+/// its sending permit for ever.
+#[test]
+fn a_mail_server_that_stops_answering_mid_send_times_out_and_the_mail_goes_on_a_new_connection() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let smtp = StallingSmtp::start();
+    let w = World::new(false, "");
+    w.edit("smtp = \"\"", &format!("smtp = \"smtp://127.0.0.1:{}\"", smtp.port));
+    let p = w.start();
+    let to = recipient("", "lea@example.com", "fr-FR", "Europe/Paris", &["email"]);
+    w.publish(&[alert(1, "late", "warning", &["customer"], to)]);
+    wait_for(&p, "the mail answered on a second connection", || smtp.answered.load(SeqCst) == 1);
+    assert_eq!(smtp.received.load(SeqCst), 2, "the stalled send, then its retry");
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    let records = ledger(&w.server.url());
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(records[0].1 == "sent", "{records:?}");
+}

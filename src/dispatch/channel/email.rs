@@ -5,14 +5,22 @@
 //! Names and subjects come from outside: control characters are removed
 //! before lettre sees them, so CR/LF can neither add a header nor panic the
 //! builder.
+//!
+//! lettre's `timeout` bounds the connection only, not the SMTP conversation
+//! (lettre issue #1027): a server that stops answering mid-send held the
+//! send, and its sending permit, for ever. A send is bounded here as a
+//! whole; one that times out is a transient failure, and the transport's
+//! pool is replaced so that the connection left mid-conversation is never
+//! used again.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Attachment, Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::{AsyncSmtpTransportBuilder, PoolConfig};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::{secret, Failure};
@@ -53,8 +61,36 @@ impl Header for ListUnsubscribe {
 /// Where mail goes.
 #[derive(Clone)]
 pub enum Mailer {
-    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, from: Mailbox },
+    Smtp { smtp: Smtp, from: Mailbox },
     Outbox { dir: PathBuf, from: Mailbox },
+}
+
+/// An SMTP transport whose sends are bounded in time.
+#[derive(Clone)]
+pub struct Smtp {
+    builder: Arc<AsyncSmtpTransportBuilder>,
+    /// Replaced, with its pool, after a send timed out.
+    transport: Arc<Mutex<AsyncSmtpTransport<Tokio1Executor>>>,
+    timeout: Duration,
+}
+
+impl Smtp {
+    fn transport(&self) -> AsyncSmtpTransport<Tokio1Executor> {
+        self.transport.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Sends `message`; `Err(None)` when the server did not finish answering in time.
+    async fn send(&self, message: Message) -> Result<(), Option<lettre::transport::smtp::Error>> {
+        let transport = self.transport();
+        match tokio::time::timeout(self.timeout, transport.send(message)).await {
+            Ok(sent) => sent.map(|_| ()).map_err(Some),
+            Err(_) => {
+                *self.transport.lock().unwrap_or_else(PoisonError::into_inner) =
+                    AsyncSmtpTransportBuilder::clone(&self.builder).build();
+                Err(None)
+            }
+        }
+    }
 }
 
 /// Text safe for a header: no control characters, one line.
@@ -79,11 +115,10 @@ impl Mailer {
             let password = secret("FOREWARN_SMTP_PASSWORD")?.unwrap_or_default();
             builder = builder.credentials(Credentials::new(user, password));
         }
-        let transport = builder
-            .pool_config(PoolConfig::new().max_size(config.pool.max(1)))
-            .timeout(Some(Duration::from_millis(config.timeout.0.max(1) as u64)))
-            .build();
-        Ok(Mailer::Smtp { transport, from })
+        let timeout = Duration::from_millis(config.timeout.0.max(1) as u64);
+        let builder = builder.pool_config(PoolConfig::new().max_size(config.pool.max(1))).timeout(Some(timeout));
+        let transport = Arc::new(Mutex::new(builder.clone().build()));
+        Ok(Mailer::Smtp { smtp: Smtp { builder: Arc::new(builder), transport, timeout }, from })
     }
 
     fn from(&self) -> &Mailbox {
@@ -118,13 +153,14 @@ impl Mailer {
     pub async fn send(&self, mail: &Mail) -> Result<(), Failure> {
         let message = self.build(mail)?;
         match self {
-            Mailer::Smtp { transport, .. } => transport.send(message).await.map(|_| ()).map_err(|e| {
-                let reason = format!("SMTP to {}: {e}", Masked(&mail.to));
-                if e.is_permanent() {
-                    Failure::permanent(reason)
-                } else {
-                    Failure::transient(reason)
-                }
+            Mailer::Smtp { smtp, .. } => smtp.send(message).await.map_err(|e| match e {
+                Some(e) if e.is_permanent() => Failure::permanent(format!("SMTP to {}: {e}", Masked(&mail.to))),
+                Some(e) => Failure::transient(format!("SMTP to {}: {e}", Masked(&mail.to))),
+                None => Failure::transient(format!(
+                    "SMTP to {}: no answer within {} ms",
+                    Masked(&mail.to),
+                    smtp.timeout.as_millis()
+                )),
             }),
             Mailer::Outbox { dir, .. } => {
                 let write = || -> std::io::Result<()> {
