@@ -11,8 +11,9 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, ValueEnum};
 
 use forewarn::dispatch::branches::Directory;
-use forewarn::dispatch::deliver::context;
+use forewarn::dispatch::deliver::{context, customer_template};
 use forewarn::dispatch::notice::Notice;
+use forewarn::dispatch::route::zone;
 use forewarn::dispatch::segments;
 use forewarn::dispatch::template::{samples, Context, Templates};
 
@@ -48,22 +49,22 @@ pub fn render(args: RenderArgs) -> Result<ExitCode> {
     let templates_dir = defaults.templates_dir(&args.rules);
     let templates = Templates::load(&templates_dir, &defaults.default_locale)
         .map_err(|problems| anyhow!("templates at {}: {}", templates_dir.display(), problems.join("; ")))?;
-    let (ctx, tag) = match &args.alert {
+    let (ctx, tag, resolved) = match &args.alert {
         Some(file) => {
             let notice = find(file, args.rule.as_deref())?;
             let directory = Directory::load(&defaults.branches_file(&args.rules)).map_err(anyhow::Error::msg)?;
             let recipient = notice.recipient.as_ref();
-            let tz = recipient.and_then(|r| r.tz.as_deref()).and_then(|tz| tz.parse().ok()).unwrap_or(chrono_tz::UTC);
+            let tz = zone(recipient.and_then(|r| r.tz.as_deref()), chrono_tz::UTC);
             let ctx = context(&notice, tz, true, &directory, &defaults.links);
-            (ctx, args.locale.clone().or_else(|| recipient.and_then(|r| r.locale.clone())))
+            (ctx, args.locale.clone().or_else(|| recipient.and_then(|r| r.locale.clone())), notice.resolved)
         }
         None => {
             let Some(rule) = &args.rule else { bail!("--rule RULE or --alert FILE: which message to render") };
-            (Context { rule: rule.clone(), ..samples().remove(0) }, args.locale.clone())
+            (Context { rule: rule.clone(), ..samples().remove(0) }, args.locale.clone(), false)
         }
     };
     let locale = templates.locale(tag.as_deref()).to_string();
-    let name = if ctx.state == "resolved" { "customer/resolved".to_string() } else { format!("customer/{}", ctx.rule) };
+    let name = customer_template(&ctx.rule, resolved);
     match args.channel {
         Channel::Sms => {
             let text = templates.sms(&locale, &name, &ctx).map_err(|e| anyhow!("{locale}/{name}.sms: {e}"))?;

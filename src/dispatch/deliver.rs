@@ -88,6 +88,15 @@ pub fn url_encode(text: &str) -> String {
         .collect()
 }
 
+/// The template a customer's message about `rule` is rendered from.
+pub fn customer_template(rule: &str, resolved: bool) -> String {
+    if resolved {
+        "customer/resolved".into()
+    } else {
+        format!("customer/{rule}")
+    }
+}
+
 /// The template variables for alert `n` to a customer (`customer`) or a
 /// branch, its instants in `tz`, its branch from `directory`, its links from `links`.
 pub fn context(n: &Notice, tz: Tz, customer: bool, directory: &Directory, links: &Links) -> Context {
@@ -165,8 +174,7 @@ impl Senders {
     fn template_name(draft: &Draft) -> String {
         let n = &draft.notice;
         match draft.target {
-            Target::CustomerSms { .. } | Target::CustomerEmail { .. } if n.resolved => "customer/resolved".into(),
-            Target::CustomerSms { .. } | Target::CustomerEmail { .. } => format!("customer/{}", n.rule),
+            Target::CustomerSms { .. } | Target::CustomerEmail { .. } => customer_template(&n.rule, n.resolved),
             _ => "branch/warning".into(),
         }
     }

@@ -141,7 +141,8 @@ pub struct Routing<'a> {
     pub follow_up_rules: &'a [&'a str],
 }
 
-fn zone(name: Option<&str>, default: Tz) -> Tz {
+/// The zone named `name`, or `default` when there is none or it is not an IANA zone.
+pub fn zone(name: Option<&str>, default: Tz) -> Tz {
     name.and_then(|n| n.parse().ok()).unwrap_or(default)
 }
 

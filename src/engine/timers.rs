@@ -1,4 +1,5 @@
-//! Event-time timers: one wake-up per parcel, in a wheel of one-minute buckets.
+//! Event-time timers: one wake-up per parcel, in a wheel of one-minute
+//! buckets.
 //!
 //! Inserting a future wake-up is a push onto its minute's bucket (no tree to
 //! rebalance, one cache line touched). The minute the watermark is in is kept
@@ -6,10 +7,10 @@
 //! timer fires on the first watermark at or past its deadline. Wake-ups
 //! further out than the wheel's horizon wait in a small ordered set and move
 //! into the wheel as it turns. In the wheel, where nearly all wait, an entry
-//! takes 8 bytes, not 16: its bucket says the minute ([`Packed`]). Entries are not removed when a parcel's
-//! wake-up changes: the engine skips an entry whose time is no longer the
-//! parcel's wake-up, and wake-ups only move earlier between firings, so stale
-//! entries stay few.
+//! takes 8 bytes, not 16: its bucket says the minute ([`Packed`]). Entries
+//! are not removed when a parcel's wake-up changes: the engine skips an entry
+//! whose time is no longer the parcel's wake-up, and wake-ups only move
+//! earlier between firings, so stale entries stay few.
 
 use std::collections::{BTreeSet, VecDeque};
 
