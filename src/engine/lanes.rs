@@ -180,9 +180,6 @@ pub struct Lanes {
     models: Vec<Model>,
     /// The legs not counted yet, until the watermark passes their end.
     pending: Legs,
-    /// The legs being counted, sorted, and their buckets (kept for their allocations).
-    due: Vec<Pending>,
-    buckets: Vec<u8>,
     /// Legs are counted in batches, when the watermark moved this far.
     settled_to: Ts,
     /// The boundary the last version was published at, `Ts::MIN` before the first.
@@ -210,8 +207,6 @@ impl Lanes {
             max_fine,
             models: Vec::new(),
             pending: Legs::default(),
-            due: Vec::new(),
-            buckets: Vec::new(),
             settled_to: Ts::MIN,
             published_at: Ts::MIN,
             stats: LaneStats::default(),
@@ -366,9 +361,11 @@ impl Lanes {
 
     fn settle_now(&mut self, upto: Ts) {
         self.settled_to = upto;
-        let (mut due, mut buckets) = (std::mem::take(&mut self.due), std::mem::take(&mut self.buckets));
+        // A batch's lists are not kept for the next: they would keep the
+        // busiest batch's size for ever.
+        let mut due = Vec::new();
         self.pending.take_until(upto, &mut due);
-        buckets.extend(due.iter().map(|p| bucket(p.to_at.since(p.leg.from_at)) as u8));
+        let buckets: Vec<u8> = due.iter().map(|p| bucket(p.to_at.since(p.leg.from_at)) as u8).collect();
         for (i, (p, &b)) in due.iter().zip(&buckets).enumerate() {
             // The lanes are all over memory: ask for those of the legs ahead.
             if let (Some(ahead), Some(&b)) = (due.get(i + PREFETCH_AHEAD), buckets.get(i + PREFETCH_AHEAD)) {
@@ -377,9 +374,6 @@ impl Lanes {
             self.models[usize::from(p.leg.partition)].count(p.leg.from, usize::from(b), p.leg.to);
         }
         self.stats.legs += due.len() as u64;
-        due.clear();
-        buckets.clear();
-        (self.due, self.buckets) = (due, buckets);
     }
 
     /// The next boundary in `(from, to]` at which a version is due.

@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+use hashbrown::HashTable;
+use xxhash_rust::xxh3::xxh3_64;
+
 use super::codec::{CheckpointError, R, W};
 
 /// An interned string: an index into an [`Interner`].
@@ -23,30 +26,44 @@ impl Sym {
 }
 
 /// Bounded string interning for the values that repeat across parcels.
+/// Every partition's engine has its own, and a national network has tens
+/// of thousands of branches: the index holds a name's place in `names`
+/// (4 bytes), not a second handle on the name with it (20).
 pub struct Interner {
     names: Vec<Arc<str>>,
-    index: hashbrown::HashMap<Arc<str>, u32>,
+    /// Places in `names`, by the name's hash.
+    index: HashTable<u32>,
     limit: usize,
+}
+
+fn hash(name: &str) -> u64 {
+    xxh3_64(name.as_bytes())
 }
 
 impl Interner {
     pub fn new(limit: usize) -> Interner {
-        Interner { names: Vec::new(), index: hashbrown::HashMap::new(), limit }
+        Interner { names: Vec::new(), index: HashTable::new(), limit }
     }
 
     /// The symbol of `s`, or `None` when the interner is full.
     pub fn intern(&mut self, s: &str) -> Option<Sym> {
-        if let Some(&i) = self.index.get(s) {
+        let h = hash(s);
+        if let Some(&i) = self.index.find(h, |&i| &*self.names[i as usize] == s) {
             return Some(Sym(i));
         }
         if self.names.len() >= self.limit {
             return None;
         }
-        let name: Arc<str> = Arc::from(s);
+        Some(self.add(Arc::from(s), h))
+    }
+
+    /// Adds a name known not to be there.
+    fn add(&mut self, name: Arc<str>, h: u64) -> Sym {
         let i = self.names.len() as u32;
-        self.names.push(name.clone());
-        self.index.insert(name, i);
-        Some(Sym(i))
+        self.names.push(name);
+        let names = &self.names;
+        self.index.insert_unique(h, i, |&j| hash(&names[j as usize]));
+        Sym(i)
     }
 
     pub fn get(&self, sym: Sym) -> Option<&Arc<str>> {
@@ -71,8 +88,7 @@ impl Interner {
         for _ in 0..r.u()? {
             let name = r.s()?;
             // Names were interned in this order, so each gets its old symbol back.
-            syms.names.push(Arc::from(name));
-            syms.index.insert(Arc::from(name), (syms.names.len() - 1) as u32);
+            syms.add(Arc::from(name), hash(name));
         }
         Ok(syms)
     }

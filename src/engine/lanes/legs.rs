@@ -30,8 +30,6 @@ pub(super) struct Legs {
     /// The minute counted up to: a leg ending before it (a scan beyond the
     /// lateness) is filed there, to be counted with the next batch.
     floor: i64,
-    /// Emptied lists, kept for their allocations.
-    spare: Vec<Vec<Pending>>,
 }
 
 impl Legs {
@@ -46,9 +44,7 @@ impl Legs {
         match at {
             Some(i) if self.by_minute[i].0 == minute => self.by_minute[i].1.push(pending),
             _ => {
-                let mut list = self.spare.pop().unwrap_or_default();
-                list.push(pending);
-                self.by_minute.insert(at.map_or(0, |i| i + 1), (minute, list));
+                self.by_minute.insert(at.map_or(0, |i| i + 1), (minute, vec![pending]));
             }
         }
     }
@@ -89,8 +85,10 @@ impl Legs {
                     break;
                 }
             }
+            // Emptied lists are dropped, not kept for reuse: each would keep
+            // the capacity of the busiest minute it ever held, and the hour
+            // of lists many times the legs pending.
             due.append(&mut list);
-            self.spare.push(list);
         }
         self.floor = self.floor.max(last);
     }
