@@ -63,6 +63,9 @@ const MAX_PARKED: usize = 64;
 
 /// How many parcels ahead the wake-up loop asks the CPU to fetch.
 const PREFETCH_AHEAD: usize = 8;
+/// The most wake-ups taken from the timers at once: when most parcels
+/// share a deadline, judging them does not first copy them all.
+const WAKE_BATCH: usize = 4096;
 
 /// Limits and lateness. Every bound of the engine's memory is here.
 #[derive(Clone, Debug, PartialEq, Eq)]

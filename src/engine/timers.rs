@@ -6,8 +6,12 @@
 //! sorted, and entries leave it exactly when the watermark passes them, so a
 //! timer fires on the first watermark at or past its deadline. Wake-ups
 //! further out than the wheel's horizon wait in a small ordered set and move
-//! into the wheel as it turns. In the wheel, where nearly all wait, an entry
-//! takes 8 bytes, not 16: its bucket says the minute ([`Packed`]). Entries
+//! into the wheel as it turns. In the wheel and in the current minute, where
+//! nearly all wait, an entry takes 8 bytes, not 16: its bucket says the
+//! minute ([`Packed`]). A minute's bucket becomes the current minute as it
+//! is, sorted in place: when most parcels share a deadline (a network whose
+//! promises end with the day), the minute holding them all costs no second
+//! copy, and the entries leave it in batches the caller bounds. Entries
 //! are not removed when a parcel's wake-up changes: the engine skips an entry
 //! whose time is no longer the parcel's wake-up, and wake-ups only move
 //! earlier between firings, so stale entries stay few.
@@ -48,10 +52,12 @@ impl Packed {
 }
 
 pub struct Timers {
-    /// The minute `current` stands for; entries of earlier minutes are in `current` too.
+    /// The minute `current` stands for.
     base: i64,
-    /// Entries of `base` and earlier, sorted by deadline.
-    current: VecDeque<Entry>,
+    /// Entries of `base`, sorted by deadline.
+    current: VecDeque<Packed>,
+    /// Entries of minutes before `base` (a wake-up armed already due), sorted.
+    late: VecDeque<Entry>,
     /// Buckets for the minutes after `base`, indexed by minute modulo the horizon.
     ring: Vec<Vec<Packed>>,
     in_ring: usize,
@@ -69,6 +75,7 @@ impl Default for Timers {
         Timers {
             base: i64::MIN,
             current: VecDeque::new(),
+            late: VecDeque::new(),
             ring: vec![Vec::new(); HORIZON as usize],
             in_ring: 0,
             far: BTreeSet::new(),
@@ -89,7 +96,7 @@ fn bucket(m: i64) -> usize {
 impl Timers {
     /// Entries held, stale ones included.
     pub fn len(&self) -> usize {
-        self.current.len() + self.in_ring + self.far.len()
+        self.current.len() + self.late.len() + self.in_ring + self.far.len()
     }
 
     pub fn insert(&mut self, e: Entry) {
@@ -97,9 +104,13 @@ impl Timers {
         if self.base == i64::MIN {
             // The wheel starts turning at the first watermark; until then all waits aside.
             self.far.insert(e);
-        } else if m <= self.base {
-            let i = self.current.partition_point(|x| x <= &e);
-            self.current.insert(i, e);
+        } else if m < self.base {
+            let i = self.late.partition_point(|x| x <= &e);
+            self.late.insert(i, e);
+        } else if m == self.base {
+            let packed = Packed::new(&e);
+            let i = self.current.partition_point(|x| x <= &packed);
+            self.current.insert(i, packed);
         } else if m - self.base < HORIZON {
             let b = &mut self.ring[bucket(m)];
             let packed = Packed::new(&e);
@@ -116,15 +127,32 @@ impl Timers {
         }
     }
 
-    /// Moves every entry due at `watermark` into `due`, in deadline order.
-    pub fn drain_due(&mut self, watermark: Ts, due: &mut Vec<Entry>) {
+    /// The earliest entry of the current minute or before it.
+    fn first(&self) -> Option<Entry> {
+        // Every late entry is before every entry of the current minute.
+        self.late.front().copied().or_else(|| self.current.front().map(|p| p.entry(self.base)))
+    }
+
+    fn pop_first(&mut self) -> Option<Entry> {
+        self.late.pop_front().or_else(|| self.current.pop_front().map(|p| p.entry(self.base)))
+    }
+
+    /// Moves the entries due at `watermark` into `due`, in deadline order,
+    /// until `due` holds `limit`: the rest are taken by the next calls.
+    pub fn drain_due(&mut self, watermark: Ts, due: &mut Vec<Entry>, limit: usize) {
         loop {
-            while let Some(e) = self.current.front().filter(|e| e.at <= watermark) {
-                due.push(*e);
-                self.current.pop_front();
+            while due.len() < limit {
+                match self.first() {
+                    Some(e) if e.at <= watermark => {
+                        due.push(e);
+                        self.pop_first();
+                    }
+                    _ => break,
+                }
             }
             let now = minute(watermark);
-            if !self.current.is_empty() || (self.base != i64::MIN && self.base >= now) {
+            let held = !self.current.is_empty() || !self.late.is_empty();
+            if due.len() >= limit || held || (self.base != i64::MIN && self.base >= now) {
                 return;
             }
             // Turn the wheel: the next minute with entries, but not past the watermark's.
@@ -133,12 +161,10 @@ impl Timers {
             } else {
                 self.base + 1
             };
-            let b = &mut self.ring[bucket(self.base)];
-            self.in_ring -= b.len();
-            let mut loaded = std::mem::take(b);
+            let mut loaded = std::mem::take(&mut self.ring[bucket(self.base)]);
+            self.in_ring -= loaded.len();
             loaded.sort_unstable();
-            let base = self.base;
-            self.current.extend(loaded.into_iter().map(|p| p.entry(base)));
+            self.current = VecDeque::from(loaded);
             let end = (self.base + HORIZON) * MINUTE;
             while let Some(e) = self.far.first().copied().filter(|e| e.at.0 < end) {
                 self.far.pop_first();
@@ -154,7 +180,7 @@ impl Timers {
     /// of parcels made to leave: before, the evicted parcels' entries stayed
     /// and every later eviction walked past all of them again.
     pub fn take_earliest(&mut self, live: impl Fn(&Entry) -> bool) -> Option<Entry> {
-        while let Some(e) = self.current.pop_front() {
+        while let Some(e) = self.pop_first() {
             if live(&e) {
                 return Some(e);
             }
@@ -203,13 +229,13 @@ mod tests {
             t.insert(x);
         }
         let mut due = Vec::new();
-        t.drain_due(Ts(10 * MINUTE + 4_999), &mut due);
+        t.drain_due(Ts(10 * MINUTE + 4_999), &mut due, usize::MAX);
         assert_eq!(due, [e(9, 0, 5)]);
         due.clear();
-        t.drain_due(Ts(10 * MINUTE + 30_000), &mut due);
+        t.drain_due(Ts(10 * MINUTE + 30_000), &mut due, usize::MAX);
         assert_eq!(due, [e(10, 5, 2), e(10, 30, 1)]);
         due.clear();
-        t.drain_due(Ts(HORIZON * 3 * MINUTE), &mut due);
+        t.drain_due(Ts(HORIZON * 3 * MINUTE), &mut due, usize::MAX);
         assert_eq!(due, [e(11, 0, 3), e(HORIZON * 2, 0, 4)], "far entries come back in time");
         assert_eq!(t.len(), 0);
     }
@@ -219,12 +245,41 @@ mod tests {
         let mut t = Timers::default();
         t.insert(e(100, 0, 1));
         let mut due = Vec::new();
-        t.drain_due(Ts(200 * MINUTE), &mut due);
+        t.drain_due(Ts(200 * MINUTE), &mut due, usize::MAX);
         t.insert(e(300, 0, 2));
         t.insert(e(50, 0, 3));
         due.clear();
-        t.drain_due(Ts(200 * MINUTE + 1), &mut due);
+        t.drain_due(Ts(200 * MINUTE + 1), &mut due, usize::MAX);
         assert_eq!(due, [e(50, 0, 3)]);
+    }
+
+    #[test]
+    fn draining_in_batches_takes_the_entries_as_draining_at_once_does() {
+        let entries: Vec<Entry> = (0..40).map(|i| e(10 + i % 3, (i * 7) % 60, i as u32)).collect();
+        let (mut all, mut batched) = (Timers::default(), Timers::default());
+        for t in [&mut all, &mut batched] {
+            t.insert(e(5, 0, 99));
+            let mut due = Vec::new();
+            t.drain_due(Ts(5 * MINUTE), &mut due, usize::MAX);
+            entries.iter().for_each(|&x| t.insert(x));
+        }
+        let mut at_once = Vec::new();
+        all.drain_due(Ts(13 * MINUTE), &mut at_once, usize::MAX);
+        let mut in_batches = Vec::new();
+        loop {
+            let mut due = Vec::new();
+            batched.drain_due(Ts(13 * MINUTE), &mut due, 3);
+            assert!(due.len() <= 3);
+            if due.is_empty() {
+                break;
+            }
+            in_batches.extend(due);
+        }
+        let mut sorted = entries.clone();
+        sorted.sort_unstable();
+        assert_eq!(at_once, sorted);
+        assert_eq!(in_batches, sorted);
+        assert_eq!(batched.len(), 0);
     }
 
     #[test]
@@ -246,7 +301,7 @@ mod tests {
         let mut t = Timers::default();
         t.insert(e(100, 0, 0));
         let mut due = Vec::new();
-        t.drain_due(Ts(100 * MINUTE), &mut due);
+        t.drain_due(Ts(100 * MINUTE), &mut due, usize::MAX);
         for i in 1..=10 {
             t.insert(e(200 + i64::from(i % 3), 0, i));
         }

@@ -36,7 +36,7 @@ impl Engine {
         // A judgment may arm a wake-up that is already due (an event it let in
         // made a new deadline): keep draining until none is.
         loop {
-            self.timers.drain_due(wm, &mut due);
+            self.timers.drain_due(wm, &mut due, WAKE_BATCH);
             if due.is_empty() {
                 break;
             }
