@@ -23,7 +23,14 @@ fn main() {
             let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").expect("a start time");
             let mut data = Vec::new();
             simulate::write(
-                &Network { parcels: 200_000, seed: 7, start, days: 1.0, shape: Shape::default() },
+                &Network {
+                    parcels: 200_000,
+                    seed: 7,
+                    start,
+                    days: 1.0,
+                    shape: Shape::default(),
+                    reaction: Default::default(),
+                },
                 &mut data,
                 |_| {},
             )

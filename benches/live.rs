@@ -81,7 +81,12 @@ fn main() {
     let server = common::Server::start();
     let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").expect("a time");
     let mut data = Vec::new();
-    simulate::write(&Network { parcels, seed: 1, start, days: 1.0, shape }, &mut data, |_| {}).expect("simulated");
+    simulate::write(
+        &Network { parcels, seed: 1, start, days: 1.0, shape, reaction: Default::default() },
+        &mut data,
+        |_| {},
+    )
+    .expect("simulated");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
         let nats = server.ready().await;

@@ -44,6 +44,7 @@ fn main() {
                 start: Ts::parse_rfc3339("2026-11-16T00:00:00Z").unwrap(),
                 days: 1.0,
                 shape: Shape::default(),
+                reaction: Default::default(),
             };
             let mut data = Vec::new();
             simulate::write(&net, &mut data, |_| {}).unwrap();

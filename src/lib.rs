@@ -5,7 +5,7 @@
 //!
 //! Events flow `event` → `engine` → `alert`; everything else drives or
 //! describes that flow. One dependency direction, from the bottom: `time`;
-//! `partition`, `event`, `clock`; `rules`; `alert`; `engine`; `metrics`,
+//! `partition`, `holdout`, `event`, `clock`; `rules`; `alert`; `engine`; `metrics`,
 //! `config`; `nats`, `replay`, `cases`, `simulate`; `report`, `dispatch`;
 //! `live`; `api`; the CLI on top. A module imports only the layers below its own
 //! (`tests/it/layers.rs` checks it).
@@ -50,6 +50,9 @@
 //! - [`simulate`]: a synthetic carrier network in the v1 contract
 //!   (`forewarn simulate`).
 //! - [`report`]: the proof that forewarn speaks first (`forewarn report`).
+//! - [`holdout`]: whether a parcel is in the hold-out group, whose
+//!   customers are not messaged (the dispatcher, the report and the
+//!   simulator agree by its hash).
 //! - [`partition`]: which partition a parcel is in (FNV-1a, as the contract
 //!   says) and which partitions a process owns.
 //! - [`time`]: event-time instants and durations.
@@ -99,6 +102,7 @@ pub mod config;
 pub mod dispatch;
 pub mod engine;
 pub mod event;
+pub mod holdout;
 pub mod live;
 pub mod metrics;
 pub mod nats;

@@ -7,6 +7,7 @@
 use std::sync::{LazyLock, OnceLock};
 
 use crate::event::Kind;
+use crate::holdout::Draw;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -73,7 +74,12 @@ pub struct Metrics {
     // Proactivity.
     pub contacts_judged: IntCounterVec,
     pub contact_lead: Histogram,
+    pub parcels_told: IntCounterVec,
+    pub contacts_after_telling: IntCounterVec,
 }
+
+/// The hold-out measure's groups: the parcels messaged, and those held out.
+pub const GROUPS: [&str; 2] = ["messaged", "held_out"];
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric definition")
@@ -275,6 +281,18 @@ impl Metrics {
                 "Customer alerts an open episode spoke for: one regional-delay message per parcel went instead.",
             )
             .expect("valid"),
+            parcels_told: counter(
+                "forewarn_parcels_told_total",
+                "Parcels a customer-facing alert spoke about for the first time, by hold-out group \
+                 (held_out: the dispatcher kept their customer messages back, dispatch.holdout).",
+                &["group"],
+            ),
+            contacts_after_telling: counter(
+                "forewarn_contacts_after_telling_total",
+                "Customer contacts after the first customer-facing alert about their parcel, by hold-out \
+                 group: per parcel told, the two groups' rates differ by what the messages changed.",
+                &["group"],
+            ),
             contacts_judged: counter(
                 "forewarn_contacts_judged_total",
                 "Customer contacts on parcels a customer-facing alert spoke about, before or after the \
@@ -330,6 +348,8 @@ impl Metrics {
             Box::new(m.inhibited.clone()),
             Box::new(m.contacts_judged.clone()),
             Box::new(m.contact_lead.clone()),
+            Box::new(m.parcels_told.clone()),
+            Box::new(m.contacts_after_telling.clone()),
         ];
         m.events_by_kind = Kind::ALL.iter().map(|_| OnceLock::new()).collect();
         for c in collectors {
@@ -344,14 +364,21 @@ impl Metrics {
         self.events_by_kind[kind as usize].get_or_init(|| self.events.with_label_values(&[kind.as_str()]))
     }
 
-    /// Counts contacts judged by the engine: did forewarn speak first?
-    pub fn judged(&self, judged: &[crate::engine::Judged]) {
+    /// Counts contacts judged by the engine (did forewarn speak first?) and
+    /// the parcels told for the first time, in their hold-out group of
+    /// `holdout` of all parcels.
+    pub fn judged(&self, judged: &[crate::engine::Judged], told: &[Draw], holdout: f64) {
+        let group = |d: Draw| GROUPS[usize::from(d.held_out(holdout))];
         for j in judged {
             let first = if j.told_first { "true" } else { "false" };
             self.contacts_judged.with_label_values(&[j.topic.as_str(), first]).inc();
             if j.told_first {
                 self.contact_lead.observe(j.gap.0 as f64 / 1000.0);
+                self.contacts_after_telling.with_label_values(&[group(j.draw)]).inc();
             }
+        }
+        for &d in told {
+            self.parcels_told.with_label_values(&[group(d)]).inc();
         }
     }
 

@@ -126,7 +126,7 @@ impl<'r, 's> Run<'r, 's> {
             ahead: &mut self.ahead,
         };
         step.process(chunk)?;
-        self.engine.take_judged(&mut self.summary.judged);
+        self.engine.take_judged(&mut self.summary.judged, &mut Vec::new());
         Ok(())
     }
 
@@ -146,7 +146,7 @@ impl<'r, 's> Run<'r, 's> {
         }
         self.summary.events += events;
         self.engine.advance(finished.end, &mut self.out);
-        self.engine.take_judged(&mut self.summary.judged);
+        self.engine.take_judged(&mut self.summary.judged, &mut Vec::new());
         write_alerts(&mut self.out, self.sinks.alerts, &mut self.summary, &mut self.text)?;
         self.summary.elapsed = self.started.elapsed();
         Ok(self.summary)

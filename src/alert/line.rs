@@ -113,7 +113,14 @@ mod tests {
         let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").unwrap();
         let mut events = Vec::new();
         simulate::write(
-            &Network { parcels: 20_000, seed: 7, start, days: 1.0, shape: Shape::default() },
+            &Network {
+                parcels: 20_000,
+                seed: 7,
+                start,
+                days: 1.0,
+                shape: Shape::default(),
+                reaction: Default::default(),
+            },
             &mut events,
             |_| {},
         )

@@ -36,6 +36,11 @@ pub struct ReportArgs {
     /// takes them. `--partitions` overrides it.
     #[arg(long, env = "FOREWARN_CONFIG")]
     config: Option<PathBuf>,
+    /// The hold-out group's share, as `dispatch.holdout` live (the
+    /// configuration's by default): what the messages changed, the group
+    /// messaged against the group kept quiet.
+    #[arg(long, value_name = "SHARE")]
+    holdout: Option<f64>,
 }
 
 pub fn report(args: ReportArgs) -> Result<ExitCode> {
@@ -47,7 +52,11 @@ pub fn report(args: ReportArgs) -> Result<ExitCode> {
     let mut engine = Split::new(set.clone(), config);
     let path = args.events.clone();
     let open = || -> io::Result<Box<dyn Read>> { Ok(Box::new(File::open(&path)?)) };
-    let report = forewarn::report::run(&mut engine, &set, open)
+    let share = args.holdout.or(settings.as_ref().map(|s| s.dispatch.holdout)).unwrap_or(0.0);
+    if !forewarn::holdout::valid_share(share) {
+        anyhow::bail!("--holdout {share} is not a share between 0 and 0.5 (0.05: 5 % of parcels held out)");
+    }
+    let report = forewarn::report::run(&mut engine, &set, share, open)
         .with_context(|| format!("cannot report on {}", args.events.display()))?;
     if let Some(path) = &args.html {
         std::fs::write(path, forewarn::report::html::page(&report))

@@ -11,7 +11,7 @@ use clap::Args;
 use forewarn::config::Config;
 use forewarn::live::feed;
 use forewarn::nats::connect;
-use forewarn::simulate::{self, Network, Shape, PRESETS};
+use forewarn::simulate::{self, Network, Reaction, Shape, PRESETS};
 use forewarn::time::Ts;
 
 use super::{instant, output, progress, runtime};
@@ -35,6 +35,15 @@ pub struct SimulateArgs {
     days: f64,
     #[command(flatten)]
     shape: ShapeArgs,
+    /// The hold-out group's share, as `dispatch.holdout`: its customers are
+    /// not told, so they do not react (see --response).
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    holdout: f64,
+    /// The share of customers told of a problem who then do not call about
+    /// it: an assumption, to check the hold-out measure end to end. Every
+    /// problem parcel outside the hold-out counts as told. 0: nobody reacts.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    response: f64,
     #[command(flatten)]
     publish: PublishArgs,
 }
@@ -118,8 +127,15 @@ pub fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     if !args.days.is_finite() || args.days <= 0.0 {
         bail!("--days must be positive");
     }
+    if !forewarn::holdout::valid_share(args.holdout) {
+        bail!("--holdout must be a share between 0 and 0.5");
+    }
+    if !(0.0..=1.0).contains(&args.response) {
+        bail!("--response must be a share between 0 and 1");
+    }
     let shape = args.shape.shape()?;
-    let net = Network { parcels: args.parcels, seed: args.seed, start: args.start, days: args.days, shape };
+    let reaction = Reaction { holdout: args.holdout, response: args.response };
+    let net = Network { parcels: args.parcels, seed: args.seed, start: args.start, days: args.days, shape, reaction };
     let bar = progress(Some(args.parcels), "simulate");
     if let Some(url) = args.publish.nats.clone() {
         if args.out.is_some() {

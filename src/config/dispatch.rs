@@ -54,6 +54,11 @@ pub struct Dispatch {
     pub digest: Digest,
     pub ops: Ops,
     pub service_level: ServiceLevel,
+    /// The share of parcels (0 to 0.5) whose customers hear nothing, to
+    /// measure what the messages change ([`crate::holdout`]): their
+    /// messages are recorded skipped, `holdout`; branches, ops and the CRM
+    /// hear of every parcel. 0: off.
+    pub holdout: f64,
 }
 
 impl Default for Dispatch {
@@ -80,6 +85,7 @@ impl Default for Dispatch {
             digest: Digest::default(),
             ops: Ops::default(),
             service_level: ServiceLevel::default(),
+            holdout: 0.0,
         }
     }
 }

@@ -42,6 +42,11 @@ pub enum Invalid {
     NotPositive,
     #[error("engine.max_lanes is {0}: at most {MAX_FINE_LANES} (a partition numbers its lanes in 16 bits)")]
     TooManyLanes(usize),
+    #[error(
+        "dispatch.holdout {0} is not a share between 0 and 0.5: 0.05 keeps messages from 5 % of parcels \
+         to measure their effect, 0 turns the hold-out off"
+    )]
+    Holdout(f64),
 }
 
 /// The most fine lanes a partition can have, with room for its classes.
@@ -387,6 +392,9 @@ impl Config {
         if self.engine.max_lanes > MAX_FINE_LANES {
             return Err(Invalid::TooManyLanes(self.engine.max_lanes));
         }
+        if !crate::holdout::valid_share(self.dispatch.holdout) {
+            return Err(Invalid::Holdout(self.dispatch.holdout));
+        }
         Ok(())
     }
 
@@ -436,5 +444,8 @@ mod tests {
         assert!(matches!(config.validate(), Err(Invalid::Instance(i)) if i == "a b"));
         let config = Config { consumer: Consumer { batch: 0 }, ..Config::default() };
         assert!(matches!(config.validate(), Err(Invalid::NotPositive)));
+        let mut config = Config::default();
+        config.dispatch.holdout = 0.9;
+        assert!(matches!(config.validate(), Err(Invalid::Holdout(_))));
     }
 }

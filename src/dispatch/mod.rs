@@ -158,6 +158,7 @@ impl Dispatcher {
             ops_webhook: &self.config.ops.webhook,
             default_tz: self.default_tz,
             follow_up_rules: FOLLOW_UP_RULES,
+            holdout: self.config.holdout,
         }
     }
 

@@ -139,6 +139,8 @@ pub struct Routing<'a> {
     pub default_tz: Tz,
     /// Customer rules that resolve: their resolution is a follow-up.
     pub follow_up_rules: &'a [&'a str],
+    /// The hold-out group's share ([`crate::holdout`]).
+    pub holdout: f64,
 }
 
 /// The zone named `name`, or `default` when there is none or it is not an IANA zone.
@@ -173,7 +175,9 @@ pub fn route(notice: &Arc<Notice>, r: &Routing) -> (Vec<Draft>, Vec<Skip>) {
         };
     if n.audience.includes(Audience::CUSTOMER) && (!n.resolved || r.follow_up_rules.contains(&n.rule.as_str())) {
         let any_hour = n.any_hour.includes(Audience::CUSTOMER);
+        let held_out = n.parcel_id.as_deref().is_some_and(|p| crate::holdout::held_out(p, r.holdout));
         match &n.recipient {
+            _ if held_out => skips.push(Skip { audience: "customer", channel: "any", reason: "holdout" }),
             None => skips.push(Skip { audience: "customer", channel: "any", reason: "no_recipient" }),
             Some(rc) => {
                 let chosen = |c: &str| rc.channels.as_ref().is_none_or(|list| list.iter().any(|x| x == c));
@@ -273,6 +277,10 @@ mod tests {
     }
 
     fn check(n: &Arc<Notice>) -> (Vec<String>, Vec<&'static str>) {
+        check_with(n, 0.0)
+    }
+
+    fn check_with(n: &Arc<Notice>, holdout: f64) -> (Vec<String>, Vec<&'static str>) {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/directory/branches.toml");
         let directory = Directory::load(&path).unwrap();
         let claims = vec!["damaged".to_string()];
@@ -283,6 +291,7 @@ mod tests {
             ops_webhook: "",
             default_tz: Tz::UTC,
             follow_up_rules: &["late"],
+            holdout,
         };
         let (drafts, skips) = route(n, &r);
         (
@@ -295,6 +304,22 @@ mod tests {
     fn customers_get_the_channels_they_chose() {
         assert_eq!(check(&notice("late", "customer", Some(vec!["sms"]))).0, ["firing.customer.sms quiet=true"]);
         assert_eq!(check(&notice("late", "customer", None)).0.len(), 2);
+    }
+
+    #[test]
+    fn a_held_out_parcel_s_customer_hears_nothing_and_its_branch_everything() {
+        let about = |held: bool| {
+            let id = (1..).map(|i| format!("P{i}")).find(|p| crate::holdout::held_out(p, 0.05) == held).unwrap();
+            let n = notice("damaged", "customer,branch", Some(vec!["sms", "email"]));
+            Arc::new(Notice { parcel_id: Some(id), ..(*n).clone() })
+        };
+        let (drafts, skips) = check_with(&about(true), 0.05);
+        assert_eq!(skips, ["holdout"]);
+        assert!(drafts.iter().all(|d| !d.contains("customer")), "{drafts:?}");
+        assert_eq!(drafts.len(), check(&about(true)).0.len() - 2, "the branch, the CRM: as without a hold-out");
+        // Outside the group, the customer hears as usual.
+        let (drafts, skips) = check_with(&about(false), 0.05);
+        assert!(skips.is_empty() && drafts.iter().filter(|d| d.contains("customer")).count() == 2, "{drafts:?}");
     }
 
     #[test]

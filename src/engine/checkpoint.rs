@@ -174,6 +174,7 @@ impl Engine {
             branches,
             facts: Vec::new(),
             judged: Vec::new(),
+            told: Vec::new(),
             branch_stage_inside: true,
             watermark,
             facts_after: watermark,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::parcel::Parcel;
 use super::plan::Plan;
 use crate::event::{Event, Kind, Topic};
+use crate::holdout::Draw;
 use crate::time::{Span, Ts};
 
 /// A customer contact judged against what forewarn had told the customer:
@@ -16,6 +17,9 @@ use crate::time::{Span, Ts};
 /// customer-facing alert has spoken about (yet) are judged when one does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Judged {
+    /// The parcel's draw for the hold-out group: the live metrics tell the
+    /// groups apart by it.
+    pub draw: Draw,
     pub topic: Topic,
     /// When the customer got in touch.
     pub at: Ts,
@@ -36,7 +40,8 @@ pub(super) fn contact_after_telling(p: &Parcel, ev: &Event<'_>, plan: &Plan) -> 
     let by = p.talk.as_ref().map_or(u8::MAX, |t| t.told_by);
     let rule = plan.rules.get(usize::from(by))?;
     let topic = ev.contact.map_or(Topic::Other, |c| c.topic);
-    Some(Judged { topic, at: ev.at, rule: rule.id.clone(), told_first: true, gap: ev.at.since(p.told_at()) })
+    let gap = ev.at.since(p.told_at());
+    Some(Judged { draw: Draw::of(p.id()), topic, at: ev.at, rule: rule.id.clone(), told_first: true, gap })
 }
 
 /// Forewarn first spoke to the parcel's customer at `at` (rule `rule`): the
@@ -44,6 +49,6 @@ pub(super) fn contact_after_telling(p: &Parcel, ev: &Event<'_>, plan: &Plan) -> 
 pub(super) fn on_telling(p: &Parcel, at: Ts, rule: &Arc<str>, into: &mut Vec<Judged>) {
     for (c, topic) in p.contacts() {
         let (told_first, gap) = (c >= at, if c >= at { c.since(at) } else { at.since(c) });
-        into.push(Judged { topic, at: c, rule: rule.clone(), told_first, gap });
+        into.push(Judged { draw: Draw::of(p.id()), topic, at: c, rule: rule.clone(), told_first, gap });
     }
 }

@@ -47,6 +47,7 @@ pub use view::{Lookup, OpenAlert, ParcelView};
 
 use crate::alert::{Alert, AlertId, AlertState, ParcelFacts, RecipientFacts, TriggerFacts};
 use crate::event::{Event, Kind, Topic};
+use crate::holdout::Draw;
 use crate::partition;
 use crate::rules::{Audience, By, RuleSet, Trigger};
 use crate::time::{Span, Ts};
@@ -175,8 +176,11 @@ pub struct Engine {
     /// Branch facts made since the last [`Engine::advance`] (or
     /// [`Engine::take_facts`] when the branch stage runs apart).
     facts: Vec<Fact>,
-    /// Contacts judged since the last [`Engine::take_judged`].
+    /// Contacts judged since the last [`Engine::take_judged`]…
     judged: Vec<Judged>,
+    /// …and the parcels whose customer a customer-facing alert spoke to for
+    /// the first time, by their draw for the hold-out group.
+    told: Vec<Draw>,
     branch_stage_inside: bool,
     watermark: Ts,
     /// Facts made now are dated after this: the watermark as the step making
@@ -201,6 +205,7 @@ impl Engine {
             facts: Vec::new(),
             snapshot_bytes: Default::default(),
             judged: Vec::new(),
+            told: Vec::new(),
             branch_stage_inside: true,
             set: Arc::new(set),
             plan,
@@ -249,9 +254,11 @@ impl Engine {
         into.append(&mut self.facts);
     }
 
-    /// The contacts judged since the last call.
-    pub fn take_judged(&mut self, into: &mut Vec<Judged>) {
+    /// The contacts judged since the last call, and the parcels told for
+    /// the first time.
+    pub fn take_judged(&mut self, into: &mut Vec<Judged>, told: &mut Vec<Draw>) {
         into.append(&mut self.judged);
+        told.append(&mut self.told);
     }
 
     /// Every timer at or before this instant has fired.
@@ -360,6 +367,7 @@ impl Engine {
             let p = self.window.get_mut(slot);
             if p.tell(at, r) {
                 judge::on_telling(p, at, id, &mut self.judged);
+                self.told.push(Draw::of(p.id()));
             }
         }
         if state == AlertState::Firing {

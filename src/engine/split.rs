@@ -144,10 +144,11 @@ impl Split {
         self.engines.iter().map(Engine::newest).max().unwrap_or(Ts::MIN)
     }
 
-    /// The contacts judged since the last call.
-    pub fn take_judged(&mut self, into: &mut Vec<Judged>) {
+    /// The contacts judged since the last call, and the parcels told for
+    /// the first time.
+    pub fn take_judged(&mut self, into: &mut Vec<Judged>, told: &mut Vec<crate::holdout::Draw>) {
         for engine in &mut self.engines {
-            engine.take_judged(into);
+            engine.take_judged(into, told);
         }
     }
 
@@ -285,7 +286,7 @@ mod tests {
         let seed = 11;
         let mut events = Vec::new();
         simulate::write(
-            &Network { parcels: 20_000, seed, start, days: 2.0, shape: Shape::default() },
+            &Network { parcels: 20_000, seed, start, days: 2.0, shape: Shape::default(), reaction: Default::default() },
             &mut events,
             |_| {},
         )

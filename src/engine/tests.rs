@@ -258,7 +258,7 @@ fn contacts_are_judged_against_the_first_customer_alert_whichever_comes_first() 
     let (mut engine, alerts) = run(Config::default(), &lines, Some("2026-11-22T00:00:00Z"));
     assert_eq!(alerts.iter().filter(|a| a.starts_with("customs_hold firing")).count(), 2, "{alerts:?}");
     let mut judged = Vec::new();
-    engine.take_judged(&mut judged);
+    engine.take_judged(&mut judged, &mut Vec::new());
     judged.sort_by_key(|j| j.topic);
     let seen: Vec<(Topic, bool, Span, &str)> =
         judged.iter().map(|j| (j.topic, j.told_first, j.gap, &*j.rule)).collect();
@@ -269,7 +269,7 @@ fn contacts_are_judged_against_the_first_customer_alert_whichever_comes_first() 
             (Topic::Customs, true, Span::hours(6), "customs_hold"),
         ]
     );
-    engine.take_judged(&mut judged);
+    engine.take_judged(&mut judged, &mut Vec::new());
     assert_eq!(judged.len(), 2, "taken once");
 }
 

@@ -37,6 +37,7 @@ use crate::clock::Clock;
 use crate::config::{std_duration, Config};
 use crate::engine::{BranchStage, Engine, Fact, Judged};
 use crate::event::{Kind, Reject, Topic};
+use crate::holdout::Draw;
 use crate::metrics::METRICS;
 use crate::nats::wire::{self, Refusal};
 use crate::nats::{connect, LiveError};
@@ -128,8 +129,10 @@ struct Processor {
     /// clock for alerts of a moving watermark (end-to-end latency).
     arrived: Vec<SystemTime>,
     facts: Vec<Fact>,
-    /// Contacts judged since the last publish, for the proactivity metrics.
+    /// Contacts judged since the last publish, for the proactivity metrics,
+    /// and the parcels told for the first time (the hold-out measure).
     judged: Vec<Judged>,
+    told: Vec<Draw>,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     summary: RunSummary,
@@ -181,6 +184,10 @@ fn metrics_at_zero(config: &Config, set: &RuleSet, owned: &Owned) {
             m.contacts_judged.with_label_values(&[topic.as_str(), first]);
         }
     }
+    for group in crate::metrics::GROUPS {
+        m.parcels_told.with_label_values(&[group]);
+        m.contacts_after_telling.with_label_values(&[group]);
+    }
     for partition in &owned.list {
         m.watermark_delay.with_label_values(&[&partition.to_string()]);
     }
@@ -231,6 +238,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         arrived: Vec::new(),
         facts: Vec::new(),
         judged: Vec::new(),
+        told: Vec::new(),
         since_checkpoint: 0,
         last_checkpoint: Instant::now(),
         summary: RunSummary::default(),
@@ -494,8 +502,9 @@ impl Processor {
         if self.facts.len() >= FACTS_HELD {
             self.send_facts().await;
         }
-        METRICS.judged(&self.judged);
+        METRICS.judged(&self.judged, &self.told, self.config.dispatch.holdout);
         self.judged.clear();
+        self.told.clear();
     }
 
     /// The branch facts made so far, in batches. Stages count facts only up

@@ -39,6 +39,23 @@ pub struct Network {
     /// Labels are created uniformly over this many days.
     pub days: f64,
     pub shape: Shape,
+    pub reaction: Reaction,
+}
+
+/// How the customers react to forewarn's messages: an assumption of the
+/// simulator, for checking the hold-out measure end to end, not a finding.
+/// By default they do not react: each calls about a problem as if told
+/// nothing (the report then measures whether forewarn spoke first).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reaction {
+    /// The hold-out group's share ([`crate::holdout`]): its customers are
+    /// not told.
+    pub holdout: f64,
+    /// The share of customers told of their parcel's problem who then do
+    /// not call about it. Every problem parcel outside the hold-out group
+    /// counts as told, before its customer would notice: a carrier's real
+    /// response is what the hold-out measures, not this.
+    pub response: f64,
 }
 
 const HOUR: i64 = 3_600_000;
@@ -150,6 +167,11 @@ fn life(net: &Network, world: &World, index: u64, out: &mut Vec<Ev>) {
     let p = parcel_facts(world, shape.international, &mut rng);
     let origin = &COUNTRIES[p.origin];
     let dest = &COUNTRIES[p.dest];
+    // The customer is told of a problem unless the parcel is held out.
+    let response = match net.reaction.response {
+        r if r > 0.0 && !crate::holdout::held_out(&parcel_id(index, origin), net.reaction.holdout) => r,
+        _ => 0.0,
+    };
     let span = (net.days * 24.0 * HOUR as f64) as i64;
     let t0 = net.start.0 + rng.gen_range(0..span.max(1));
     let international = p.origin != p.dest;
@@ -201,7 +223,7 @@ fn life(net: &Network, world: &World, index: u64, out: &mut Vec<Ev>) {
         // some never hand the parcel over.
         t += match rng.gen_range(0..100) {
             0..=3 => {
-                finish(&mut rng, out, first, promised);
+                finish(&mut rng, out, first, promised, response);
                 return;
             }
             4..=13 => hours(&mut rng, 20.0, 48.0),
@@ -265,7 +287,7 @@ fn life(net: &Network, world: &World, index: u64, out: &mut Vec<Ev>) {
     if rng.gen_bool(0.002) {
         t += hours(&mut rng, 6.0, 40.0);
         push(out, t, Kind::Lost, None, None, None);
-        finish(&mut rng, out, first, promised);
+        finish(&mut rng, out, first, promised, response);
         return;
     }
     if rng.gen_bool(0.005) {
@@ -283,7 +305,7 @@ fn life(net: &Network, world: &World, index: u64, out: &mut Vec<Ev>) {
         let point = world.pickup[p.branch as usize] + rng.gen_range(0..2);
         t += leg(&mut rng, 3, 2.0, 10.0 * express);
         collect(&mut rng, out, &mut push, t, point, 0.88);
-        finish(&mut rng, out, first, promised);
+        finish(&mut rng, out, first, promised, response);
         return;
     }
     // Out for delivery on the next round, a few hours to half a day after arrival.
@@ -307,7 +329,7 @@ fn life(net: &Network, world: &World, index: u64, out: &mut Vec<Ev>) {
             break;
         }
     }
-    finish(&mut rng, out, first, promised);
+    finish(&mut rng, out, first, promised, response);
 }
 
 /// A parcel waiting at `place` from `t` for a week: collected (with
@@ -331,7 +353,7 @@ fn collect(
 }
 
 /// Adds the uploads' disorder and the customers' calls to one parcel's events.
-fn finish(rng: &mut ChaCha8Rng, out: &mut Vec<Ev>, first: usize, promised: i64) {
+fn finish(rng: &mut ChaCha8Rng, out: &mut Vec<Ev>, first: usize, promised: i64, response: f64) {
     let events_end = out.len();
     // Customers call when the parcel is late, stuck in customs, failed or broken,
     // some hours after they would have noticed.
@@ -375,7 +397,9 @@ fn finish(rng: &mut ChaCha8Rng, out: &mut Vec<Ev>, first: usize, promised: i64) 
         });
     };
     if let Some((noticed, topic)) = problem {
-        if rng.gen_bool(0.45) {
+        // A customer told of the problem may not call at all (no second draw
+        // when nobody reacts: the same seed, the same file as before).
+        if rng.gen_bool(0.45) && (response == 0.0 || !rng.gen_bool(response)) {
             let at = noticed + hours(rng, 3.0, 30.0);
             contact(out, at, topic);
             if rng.gen_bool(0.3) {
@@ -420,6 +444,12 @@ pub fn write(net: &Network, out: &mut impl Write, mut progress: impl FnMut(u64))
     }
     progress(net.parcels);
     Ok(events.len() as u64)
+}
+
+/// The tracking number of parcel `index`, sent from `origin`, as
+/// [`format_event`] writes it.
+fn parcel_id(index: u64, origin: &Country) -> String {
+    format!("FW{index:010}{}", origin.code)
 }
 
 fn format_event(net: &Network, world: &World, e: &Ev, line: &mut Vec<u8>) {

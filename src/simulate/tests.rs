@@ -8,7 +8,8 @@ use super::*;
 fn simulate(parcels: u64, shape: Shape) -> Vec<u8> {
     let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").unwrap();
     let mut out = Vec::new();
-    write(&Network { parcels, seed: 3, start, days: 2.0, shape }, &mut out, |_| {}).unwrap();
+    write(&Network { parcels, seed: 3, start, days: 2.0, shape, reaction: Default::default() }, &mut out, |_| {})
+        .unwrap();
     out
 }
 

@@ -11,7 +11,7 @@ use super::repo;
 /// From the bottom: a module may import the layers before its own.
 const LAYERS: &[&[&str]] = &[
     &["time"],
-    &["partition", "event", "clock"],
+    &["partition", "holdout", "event", "clock"],
     &["rules"],
     &["alert"],
     &["engine"],

@@ -1,6 +1,7 @@
 //! The ops plane against a real Prometheus: it scrapes a running forewarn
 //! fed by the simulator over a real nats-server, and its HTTP API shows the
-//! event, alert and notification counters moving and the service level.
+//! event, alert and notification counters moving, the service level and the
+//! hold-out measure.
 
 use super::nats::{self, wait_until, NatsServer, Processor};
 use super::services::Prometheus;
@@ -12,7 +13,9 @@ fn prometheus_scrapes_events_alerts_notifications_and_the_service_level() {
     let clock = dir.path().join("clock");
     let config = nats::config(dir.path(), &clock);
     let mut text = std::fs::read_to_string(&config).expect("config");
-    text.push_str("\n[dispatch.limits]\ngroup_window = \"0s\"\n\n[dispatch.service_level]\ninterval = \"1s\"\n");
+    text.push_str(
+        "holdout = 0.2\n\n[dispatch.limits]\ngroup_window = \"0s\"\n\n[dispatch.service_level]\ninterval = \"1s\"\n",
+    );
     std::fs::write(&config, text).expect("config written");
     let server = NatsServer::start();
     let port = super::free_port();
@@ -32,6 +35,13 @@ fn prometheus_scrapes_events_alerts_notifications_and_the_service_level() {
     wait_until("the service level", || prometheus.value("forewarn_service_level_ratio").is_some());
     wait_until("contacts judged", || value("sum(forewarn_contacts_judged_total{spoke_first=\"true\"})") > 0.0);
     assert!(value("sum(forewarn_contact_lead_seconds_count)") > 0.0, "lead times observed");
+    let told = |group: &str| value(&format!("forewarn_parcels_told_total{{group=\"{group}\"}}"));
+    wait_until("parcels told in the hold-out group", || told("held_out") > 0.0);
+    let share = told("held_out") / (told("held_out") + told("messaged"));
+    assert!((0.1..0.3).contains(&share), "a fifth of the parcels told is held out: {share}");
+    assert!(value("sum(forewarn_notifications_total{reason=\"holdout\"})") > 0.0, "their messages skipped, holdout");
+    assert!(prometheus.value("sum(forewarn_contacts_after_telling_total)").is_some(), "contacts by group exported");
+    held_out_customers_got_no_sms(&events, &dir.path().join("outbox/sms.jsonl"));
     assert!(value("sum(forewarn_event_to_accepted_seconds_count)") > 10.0, "end-to-end latencies observed");
 
     let delivered = value("forewarn_events_total{kind=\"delivered\"}");
@@ -68,6 +78,34 @@ fn prometheus_scrapes_events_alerts_notifications_and_the_service_level() {
     }
     let (status, log) = p.stop();
     assert!(status.success(), "{log}");
+}
+
+/// No SMS about a parcel in the hold-out group went to its customer (a
+/// branch's on-call SMS about it may; the simulator's phones repeat, so a
+/// customer is known by phone and tracking number together).
+fn held_out_customers_got_no_sms(events: &str, sms: &std::path::Path) {
+    let held_out: std::collections::HashMap<String, String> = std::fs::read_to_string(events)
+        .expect("events")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|e| Some((e["parcel_id"].as_str()?.to_string(), e["recipient"]["phone"].as_str()?.to_string())))
+        .filter(|(parcel, _)| forewarn::holdout::held_out(parcel, 0.2))
+        .collect();
+    assert!(held_out.len() > 100, "the hold-out has customers: {}", held_out.len());
+    let sent: Vec<serde_json::Value> = std::fs::read_to_string(sms)
+        .expect("SMS in the outbox")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an SMS line"))
+        .collect();
+    assert!(sent.len() > 10, "SMS went: {}", sent.len());
+    let about_held_out = |m: &serde_json::Value| {
+        let (to, text) = (m["to"].as_str().expect("to"), m["text"].as_str().expect("text"));
+        held_out.iter().any(|(parcel, phone)| phone == to && text.contains(parcel.as_str()))
+    };
+    let wrong: Vec<&serde_json::Value> = sent.iter().filter(|m| about_held_out(m)).collect();
+    assert!(wrong.is_empty(), "SMS to held-out customers: {wrong:#?}");
+    let messaged = sent.iter().filter(|m| m["text"].as_str().is_some_and(|t| t.contains("FW"))).count();
+    assert!(messaged > 10, "customers outside the hold-out were told: {messaged}");
 }
 
 #[test]

@@ -11,8 +11,12 @@ fn pack() -> RuleSet {
 fn network(parcels: u64) -> Vec<u8> {
     let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").expect("a start time");
     let mut data = Vec::new();
-    simulate::write(&Network { parcels, seed: 5, start, days: 1.0, shape: Shape::default() }, &mut data, |_| {})
-        .expect("simulates");
+    simulate::write(
+        &Network { parcels, seed: 5, start, days: 1.0, shape: Shape::default(), reaction: Default::default() },
+        &mut data,
+        |_| {},
+    )
+    .expect("simulates");
     data
 }
 
@@ -39,13 +43,13 @@ fn resuming_from_a_checkpoint_gives_the_alerts_of_an_uninterrupted_run() {
     let mut got = feed(&mut first, &lines[..half]);
     let saved = first.checkpoint();
     let mut judged = Vec::new();
-    first.take_judged(&mut judged);
+    first.take_judged(&mut judged, &mut Vec::new());
     drop(first);
     let mut resumed = Engine::restore(&saved, pack(), Config::default()).expect("restores");
     got.extend(feed(&mut resumed, &lines[half..]));
-    resumed.take_judged(&mut judged);
+    resumed.take_judged(&mut judged, &mut Vec::new());
     let mut judged_whole = Vec::new();
-    whole.take_judged(&mut judged_whole);
+    whole.take_judged(&mut judged_whole, &mut Vec::new());
     assert!(judged_whole.len() > 20, "contacts judged: {}", judged_whole.len());
     assert_eq!(judged, judged_whole, "who spoke first survives a checkpoint");
 
@@ -77,7 +81,7 @@ fn a_checkpoint_restores_under_a_reordered_pack() {
     assert_eq!(ids(&got), ids(&expected), "same alert ids and rules, whatever the rule order");
     let rules = |e: &mut Engine| {
         let mut judged = Vec::new();
-        e.take_judged(&mut judged);
+        e.take_judged(&mut judged, &mut Vec::new());
         let mut rules: Vec<String> = judged.iter().map(|j| format!("{} {}", j.at, j.rule)).collect();
         rules.sort();
         rules

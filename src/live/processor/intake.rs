@@ -83,7 +83,7 @@ impl Processor {
                     part.engine.ingest(&event, &mut self.alerts);
                     self.arrived.resize(self.alerts.len(), arrived);
                     part.engine.take_facts(&mut self.facts);
-                    part.engine.take_judged(&mut self.judged);
+                    part.engine.take_judged(&mut self.judged, &mut self.told);
                     None
                 }
             }

@@ -43,7 +43,7 @@ impl Processor {
                 part.engine.advance(target, &mut self.alerts);
                 self.arrived.resize(self.alerts.len(), SystemTime::now());
                 part.engine.take_facts(&mut self.facts);
-                part.engine.take_judged(&mut self.judged);
+                part.engine.take_judged(&mut self.judged, &mut self.told);
                 part.dirty = true;
             }
         }
