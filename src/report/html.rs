@@ -85,6 +85,42 @@ fn percent_bars(rows: impl Iterator<Item = (String, u64, u64)>) -> Vec<(String, 
         .collect()
 }
 
+/// The hold-out measure, when the report has one: contacts per 1,000
+/// parcels told in each group, and the share the messages spared.
+fn holdout(r: &Report) -> String {
+    let Some(h) = &r.holdout else { return String::new() };
+    let pct = |x: f64| format!("{:.1} %", 100.0 * x);
+    let groups = [("messaged", &h.messaged), ("held out", &h.held_out)];
+    let bars: Vec<(String, f64)> =
+        groups.iter().filter_map(|(name, g)| Some((name.to_string(), g.contacts_per_1000?))).collect();
+    let most = bars.iter().map(|(_, v)| *v).fold(1.0, f64::max);
+    let chart = svg(&Bars {
+        title: "Contacts after the first alert, per 1,000 parcels told",
+        unit: "contacts per 1,000",
+        bars,
+        max: most * 1.2,
+    });
+    let effect = match (h.reduction, h.reduction_ci95) {
+        (Some(r), Some((lo, hi))) => {
+            format!(
+                "The messages spared <strong>{}</strong> of the contacts (95 % interval {} to {}).",
+                pct(r),
+                pct(lo),
+                pct(hi)
+            )
+        }
+        (Some(r), None) => format!("The messages spared <strong>{}</strong> of the contacts.", pct(r)),
+        _ => "No effect is measurable: the held-out group had no contacts.".to_string(),
+    };
+    format!(
+        "<h2>What the messages change</h2>\n<p>{} of the parcels were held out: their customers were told \
+         nothing. {} parcels told were messaged, {} held out. {effect}</p>\n<figure>{chart}</figure>\n",
+        pct(h.share),
+        h.messaged.parcels,
+        h.held_out.parcels,
+    )
+}
+
 /// The whole page.
 pub fn page(r: &Report) -> String {
     let leads = lead_bands(&r.leads);
@@ -152,7 +188,7 @@ pub fn page(r: &Report) -> String {
          <h1>Did forewarn speak first?</h1>\n\
          <p><strong>{}</strong> of the contacts about problem parcels came after forewarn had told the customer \
          ({} of {}); median lead time <strong>{}</strong>, p10 {}. {} parcels had a problem, {} of them were told; \
-         {} parcels were told of a problem they never had.</p>\n{charts}<figure>{calibration}</figure>\n\
+         {} parcels were told of a problem they never had.</p>\n{charts}<figure>{calibration}</figure>\n{}\
          <h2>By rule</h2>\n<table><tr><th>rule</th><th>problem parcels</th><th>preempted</th><th>missed</th>\
          <th>median lead</th><th>p10 lead</th><th>noise</th></tr>\n{rules}</table>\n</body></html>\n",
         pct(r.contacts_preempted_share),
@@ -163,12 +199,41 @@ pub fn page(r: &Report) -> String {
         r.problem_parcels,
         r.problem_parcels_told,
         r.noise_parcels,
+        holdout(r),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hold_out_shows_both_groups_and_what_the_messages_spared() {
+        use crate::report::{Group, Holdout};
+        assert!(!page(&Report::default()).contains("What the messages change"), "no hold-out, no section");
+        let group = |parcels, per| Group { parcels, contacts: 0, contacts_per_1000: Some(per) };
+        let r = Report {
+            holdout: Some(Holdout {
+                share: 0.05,
+                messaged: group(52_882, 311.5),
+                held_out: group(2_779, 442.2),
+                reduction: Some(0.296),
+                reduction_ci95: Some((0.238, 0.354)),
+            }),
+            ..Report::default()
+        };
+        let html = page(&r);
+        assert!(
+            html.contains("spared <strong>29.6 %</strong> of the contacts (95 % interval 23.8 % to 35.4 %)"),
+            "{html}"
+        );
+        assert!(html.contains("52882 parcels told were messaged, 2779 held out"));
+        let chart = &html[html.find("What the messages change").unwrap()..];
+        for label in ["messaged", "held out"] {
+            assert!(chart.contains(&format!(">\n{label}\n</text>")), "a bar a group: {label}");
+        }
+        assert_eq!(chart.matches("<rect").count(), 3, "the background and the two groups' bars");
+    }
 
     #[test]
     fn lead_times_fall_in_their_bands() {
