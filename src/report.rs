@@ -13,12 +13,8 @@
 //! - `predicted_late`, when the pack has it, is scored against the parcels
 //!   that really arrived late: precision, recall, lead before the promise.
 //!
-//! - with a hold-out share (`dispatch.holdout`), the contacts after the
-//!   first customer-facing alert, per 1,000 parcels told, in the group the
-//!   dispatcher messages and in the hold-out group it keeps quiet: the
-//!   share of contacts the messages spared, with its 95 % interval. The
-//!   alert fires alike in both groups, so the two are alike but for the
-//!   messages.
+//! - with a hold-out share (`dispatch.holdout`), what the messages changed
+//!   ([`holdout`]).
 //!
 //! Times are event times, as the engine judges them (the live metrics
 //! `forewarn_contacts_judged_total` count the same way).
@@ -34,7 +30,10 @@ use crate::replay::{self, Sinks};
 use crate::rules::{Audience, RuleSet};
 use crate::time::Ts;
 
+pub mod holdout;
 pub mod html;
+
+pub use holdout::{Group, Holdout};
 
 /// The rule whose precision and recall the report measures.
 pub const PREDICTED_LATE: &str = "predicted_late";
@@ -85,6 +84,14 @@ impl Parcel {
 
     fn problem(&self) -> bool {
         self.problem_at != Ts::MAX || self.late()
+    }
+
+    /// The contacts in time order, each once (a contact uploaded twice is one).
+    fn contacts_once(&self) -> Vec<(Ts, Topic)> {
+        let mut contacts = self.contacts.clone();
+        contacts.sort_unstable();
+        contacts.dedup();
+        contacts
     }
 }
 
@@ -208,87 +215,6 @@ pub struct Prediction {
     pub median_lead_hours: Option<f64>,
 }
 
-/// One group of the hold-out measure: parcels told (a customer-facing
-/// alert fired, whether or not a message went) and their contacts after it.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct Group {
-    pub parcels: u64,
-    pub contacts: u64,
-    pub contacts_per_1000: Option<f64>,
-}
-
-/// What the messages changed: the hold-out group against the messaged one.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct Holdout {
-    pub share: f64,
-    pub messaged: Group,
-    pub held_out: Group,
-    /// The share of the held-out group's contacts rate that the messaged
-    /// group did not have (negative: the messages brought contacts)…
-    pub reduction: Option<f64>,
-    /// …and its 95 % interval (normal approximation of the difference of
-    /// the two means, over the held-out rate).
-    pub reduction_ci95: Option<(f64, f64)>,
-}
-
-/// Per-parcel contact counts of one group: count, sum, sum of squares.
-#[derive(Clone, Copy, Default)]
-struct Counts {
-    n: u64,
-    sum: u64,
-    squares: u64,
-}
-
-impl Counts {
-    fn mean(self) -> Option<f64> {
-        (self.n > 0).then(|| self.sum as f64 / self.n as f64)
-    }
-
-    /// The variance of the mean.
-    fn mean_variance(self) -> Option<f64> {
-        let mean = self.mean()?;
-        (self.n > 1).then(|| {
-            (self.squares as f64 / self.n as f64 - mean * mean) * self.n as f64 / (self.n - 1) as f64 / self.n as f64
-        })
-    }
-
-    fn group(self) -> Group {
-        Group {
-            parcels: self.n,
-            contacts: self.sum,
-            contacts_per_1000: self.mean().map(|m| (m * 10_000.0).round() / 10.0),
-        }
-    }
-}
-
-fn holdout(share: f64, parcels: &HashMap<Box<str>, Parcel>) -> Option<Holdout> {
-    if share <= 0.0 {
-        return None;
-    }
-    let mut groups = [Counts::default(); 2];
-    for (id, p) in parcels.iter().filter(|(_, p)| p.told_at != Ts::MAX) {
-        let mut after: Vec<&(Ts, Topic)> = p.contacts.iter().filter(|(at, _)| *at >= p.told_at).collect();
-        after.sort_unstable();
-        after.dedup();
-        let c = after.len() as u64;
-        let g = &mut groups[usize::from(crate::holdout::held_out(id, share))];
-        g.n += 1;
-        g.sum += c;
-        g.squares += c * c;
-    }
-    let [messaged, held] = groups;
-    let round = |x: f64| (x * 10_000.0).round() / 10_000.0;
-    let (reduction, reduction_ci95) = match (messaged.mean(), held.mean()) {
-        (Some(m), Some(h)) if h > 0.0 => {
-            let spread = messaged.mean_variance().zip(held.mean_variance()).map(|(a, b)| 1.96 * (a + b).sqrt() / h);
-            let r = (h - m) / h;
-            (Some(round(r)), spread.map(|s| (round(r - s), round(r + s))))
-        }
-        _ => (None, None),
-    };
-    Some(Holdout { share, messaged: messaged.group(), held_out: held.group(), reduction, reduction_ci95 })
-}
-
 /// The whole report.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Report {
@@ -331,6 +257,11 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     Some((value * 100.0).round() / 100.0)
 }
 
+/// A share as the text report prints it.
+fn percent(x: Option<f64>) -> String {
+    x.map_or("-".to_string(), |v| format!("{:.1} %", v * 100.0))
+}
+
 fn share(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| (part as f64 / whole as f64 * 10_000.0).round() / 10_000.0)
 }
@@ -350,7 +281,7 @@ pub fn run(
         replay::run(&mut open()?, engine, &mut sinks, &mut |_| {})?;
     }
     truth(io::BufReader::with_capacity(1 << 20, open()?), &mut parcels)?;
-    Ok(Report { holdout: holdout(holdout_share, &parcels), ..judge(set, &parcels) })
+    Ok(Report { holdout: holdout::measure(holdout_share, &parcels), ..judge(set, &parcels) })
 }
 
 fn judge(set: &RuleSet, parcels: &HashMap<Box<str>, Parcel>) -> Report {
@@ -391,10 +322,7 @@ fn judge(set: &RuleSet, parcels: &HashMap<Box<str>, Parcel>) -> Report {
             r.problem_parcels_told += 1;
             r.rules.entry(rule.clone()).or_default().problem_parcels += 1;
         }
-        let mut contacts = p.contacts.clone();
-        contacts.sort_unstable();
-        contacts.dedup();
-        for (at, topic) in contacts {
+        for (at, topic) in p.contacts_once() {
             r.contacts += 1;
             let by_topic = r.topics.entry(topic.as_str()).or_default();
             by_topic.contacts += 1;
@@ -437,7 +365,6 @@ fn judge(set: &RuleSet, parcels: &HashMap<Box<str>, Parcel>) -> Report {
 impl Report {
     /// The report as a person reads it.
     pub fn text(&self) -> String {
-        let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1} %", v * 100.0));
         let h = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1} h"));
         let mut out = format!(
             "parcels {}, with a problem {} (told {}), contacts about them {}\n\
@@ -450,7 +377,7 @@ impl Report {
             self.contacts,
             self.contacts_preempted,
             self.contacts,
-            pct(self.contacts_preempted_share),
+            percent(self.contacts_preempted_share),
             h(self.median_lead_hours),
             h(self.p10_lead_hours),
             self.misses_by_topic.iter().map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", "),
@@ -479,33 +406,15 @@ impl Report {
                 "\npredicted_late: {} predicted, {} late; precision {}, recall {}, median lead before the promise {}\n",
                 p.predicted,
                 p.late,
-                pct(p.precision),
-                pct(p.recall),
+                percent(p.precision),
+                percent(p.recall),
                 h(p.median_lead_hours)
             ));
         } else {
             out.push_str(&format!("\npredicted_late: not in the rule pack ({} parcels were late)\n", p.late));
         }
         if let Some(h) = &self.holdout {
-            let per = |g: &Group| g.contacts_per_1000.map_or("-".to_string(), |x| format!("{x:.1}"));
-            let effect = match (h.reduction, h.reduction_ci95) {
-                (Some(r), ci) => {
-                    let interval = ci.map_or(String::new(), |(lo, hi)| {
-                        format!(" (95 % interval {} to {})", pct(Some(lo)), pct(Some(hi)))
-                    });
-                    format!("the messages spared {} of the contacts{interval}", pct(Some(r)))
-                }
-                _ => "no effect measurable: the held-out group has no contacts".to_string(),
-            };
-            out.push_str(&format!(
-                "hold-out ({} of parcels): messaged {} parcels told, {} contacts per 1,000 after the first alert; \
-                 held out {}, {} per 1,000: {effect}\n",
-                pct(Some(h.share)),
-                h.messaged.parcels,
-                per(&h.messaged),
-                h.held_out.parcels,
-                per(&h.held_out),
-            ));
+            out.push_str(&h.text());
         }
         out
     }
@@ -514,38 +423,6 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The hold-out measure on a simulated network whose told customers
-    /// react by `response`, a fifth of the parcels held out.
-    fn measured(response: f64) -> Holdout {
-        use crate::simulate::{write, Network, Reaction, Shape};
-        let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").unwrap();
-        let reaction = Reaction { holdout: 0.2, response };
-        let net = Network { parcels: 20_000, seed: 5, start, days: 1.0, shape: Shape::default(), reaction };
-        let mut bytes = Vec::new();
-        write(&net, &mut bytes, |_| {}).unwrap();
-        let set = RuleSet::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))).unwrap();
-        let mut engine = Split::new(set.clone(), crate::engine::Config::default());
-        let r = run(&mut engine, &set, 0.2, || Ok(Box::new(io::Cursor::new(bytes.clone())))).unwrap();
-        r.holdout.unwrap()
-    }
-
-    #[test]
-    fn the_hold_out_measures_the_customers_reaction_and_no_effect_where_there_is_none() {
-        let none = measured(0.0);
-        let (lo, hi) = none.reduction_ci95.unwrap();
-        assert!(lo < 0.0 && 0.0 < hi, "customers who do not react: no effect measured, {none:?}");
-        let share = none.held_out.parcels as f64 / (none.held_out.parcels + none.messaged.parcels) as f64;
-        assert!((0.17..0.23).contains(&share), "a fifth of the parcels told is held out: {none:?}");
-        // Half the customers told do not call about their problem; contacts
-        // before the first alert and about parcels without a problem are
-        // not spared, so the measure is below a half, and well above none.
-        let half = measured(0.5);
-        let (lo, hi) = half.reduction_ci95.unwrap();
-        assert!(lo > 0.1 && hi < 0.7, "{half:?}");
-        assert!(half.messaged.contacts_per_1000 < none.messaged.contacts_per_1000);
-        assert_eq!(half.held_out, none.held_out, "the held-out customers are told nothing: they call as before");
-    }
 
     fn report(events: &str) -> Report {
         let set = RuleSet::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))).unwrap();
