@@ -225,7 +225,8 @@ impl Metrics {
             notifications: counter(
                 "forewarn_notifications_total",
                 "Messages by channel, final outcome (sent, failed, skipped, unknown: a dispatcher stopped \
-                 between the request and its answer) and reason.",
+                 between the request and its answer) and reason (fallback: sent instead of the customer's \
+                 first channel).",
                 &["channel", "outcome", "reason"],
             ),
             send_seconds: histogram(

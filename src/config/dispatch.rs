@@ -59,6 +59,23 @@ pub struct Dispatch {
     /// messages are recorded skipped, `holdout`; branches, ops and the CRM
     /// hear of every parcel. 0: off.
     pub holdout: f64,
+    /// Which of a customer's channels carry a message.
+    pub customer_channels: CustomerChannels,
+}
+
+/// Which of a customer's channels carry a message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CustomerChannels {
+    /// Every channel the customer chose (every one they can be reached on
+    /// when they chose none).
+    #[default]
+    All,
+    /// One: the first the customer chose that they can be reached on (SMS,
+    /// then email, when they chose none). When it fails for good (an
+    /// invalid number, a gateway's 4xx, retries given up), the message goes
+    /// once by the next, recorded `instead_of` the first.
+    First,
 }
 
 impl Default for Dispatch {
@@ -86,6 +103,7 @@ impl Default for Dispatch {
             ops: Ops::default(),
             service_level: ServiceLevel::default(),
             holdout: 0.0,
+            customer_channels: CustomerChannels::All,
         }
     }
 }

@@ -60,9 +60,12 @@ pub async fn run(d: Dispatcher, alerts: &[u8]) -> Result<Stats, LiveError> {
         b.admit(ready, now).await?;
     }
     b.stats.inhibited = inhibitor.replaced;
-    release(&mut b.hold, &mut b.sending, DateTime::<Utc>::MAX_UTC);
-    while let Some(done) = b.sending.next().await {
-        count(&mut b.stats, done);
+    // What is held goes now; a fallback may be offered, and held, meanwhile.
+    while !(b.hold.is_empty() && b.sending.in_flight() == 0) {
+        release(&mut b.hold, &mut b.sending, DateTime::<Utc>::MAX_UTC);
+        if let Some(done) = b.sending.next().await {
+            b.finished(done);
+        }
     }
     Ok(b.stats)
 }
@@ -84,7 +87,7 @@ impl Backtest<'_> {
         if notice.resolved {
             // A resolution asks whether its firing was sent: let every send end first.
             while let Some(done) = self.sending.next().await {
-                count(&mut self.stats, done);
+                self.finished(done);
             }
         }
         let (wanted, news) = stages::admit(&notice, &self.routing, &self.ledger).await?;
@@ -94,7 +97,7 @@ impl Backtest<'_> {
         self.stats.held += stages::offer(&mut self.hold, &mut self.sending, wanted, now);
         while self.sending.in_flight() > self.most_in_flight {
             if let Some(done) = self.sending.next().await {
-                count(&mut self.stats, done);
+                self.finished(done);
             }
         }
         Ok(())
@@ -109,8 +112,14 @@ fn release(hold: &mut Hold, sending: &mut Sending, now: DateTime<Utc>) {
     }
 }
 
-fn count(stats: &mut Stats, Done { batch, ending, .. }: Done) {
-    for (_, outcome) in stages::outcomes(&batch, &ending) {
-        stats.count(&outcome);
+impl Backtest<'_> {
+    /// Counts a finished message's outcomes and offers its fallbacks, at the
+    /// time it went.
+    fn finished(&mut self, Done { batch, ending, .. }: Done) {
+        for (_, outcome) in stages::outcomes(&batch, &ending) {
+            self.stats.count(&outcome);
+        }
+        let next = stages::fallbacks(&batch, &ending);
+        self.stats.held += stages::offer(&mut self.hold, &mut self.sending, next, batch.due);
     }
 }

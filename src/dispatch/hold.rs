@@ -214,6 +214,8 @@ mod tests {
             tz: "Europe/Paris".parse().unwrap(),
             locale: None,
             seq: 0,
+            fallback: None,
+            instead_of: None,
         }
     }
 

@@ -171,27 +171,43 @@ impl Ledger {
     /// The drafts still to send, and the outcomes of the others that are
     /// news: drops those already final; resolutions whose firing was not
     /// sent are skipped (`not_told`); a claim left without an outcome by a
-    /// sender that stopped mid-send becomes `unknown`, never sent again.
+    /// sender that stopped mid-send becomes `unknown`, never sent again. A
+    /// draft with a fallback whose own message failed (its fallback not sent
+    /// before a restart), or whose firing went by the fallback's channel,
+    /// gives way to its fallback.
     pub async fn admit(&self, drafts: &[Draft]) -> Result<(Vec<Draft>, Vec<Outcome>), LiveError> {
         let mut wanted = Vec::new();
         let mut outcomes = Vec::new();
-        for draft in drafts {
-            match self.get(&draft.slot()).await? {
-                Some(Recorded::Intent(claim)) => {
-                    outcomes.extend(self.abandoned(draft, &claim).await?);
-                    continue;
+        'drafts: for first in drafts {
+            let mut draft = first;
+            loop {
+                let fallback = draft.fallback.as_deref();
+                match (self.get(&draft.slot()).await?, fallback) {
+                    (Some(Recorded::Intent(claim)), _) => {
+                        outcomes.extend(self.abandoned(draft, &claim).await?);
+                        continue 'drafts;
+                    }
+                    (Some(Recorded::Final(why)), Some(next)) if why == "failed" => {
+                        draft = next;
+                        continue;
+                    }
+                    (Some(_), _) => continue 'drafts,
+                    (None, _) => {}
                 }
-                Some(_) => continue,
-                None => {}
-            }
-            if let Some(told) = &draft.told {
-                if self.get(&slot(draft.notice.parcel_id.as_deref(), told)).await? != Some(Recorded::Sent) {
-                    let (audience, channel) = (draft.target.audience(), draft.target.channel());
-                    outcomes.push(Outcome::Skipped { audience, channel, reason: "not_told" });
-                    continue;
+                if let Some(told) = &draft.told {
+                    if self.get(&slot(draft.notice.parcel_id.as_deref(), told)).await? != Some(Recorded::Sent) {
+                        if let Some(next) = fallback {
+                            draft = next;
+                            continue;
+                        }
+                        let (audience, channel) = (draft.target.audience(), draft.target.channel());
+                        outcomes.push(Outcome::Skipped { audience, channel, reason: "not_told" });
+                        continue 'drafts;
+                    }
                 }
+                wanted.push(draft.clone());
+                continue 'drafts;
             }
-            wanted.push(draft.clone());
         }
         Ok((wanted, outcomes))
     }
@@ -301,6 +317,43 @@ pub fn token(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::dispatch::CustomerChannels;
+    use crate::dispatch::notice::Notice;
+    use crate::dispatch::route::tests::{notice, routed};
+
+    /// The channels of the customer drafts the ledger admits of `n`'s, with one channel wanted.
+    async fn admitted(ledger: &Ledger, n: &std::sync::Arc<Notice>) -> Vec<&'static str> {
+        let (drafts, _) = routed(n, 0.0, CustomerChannels::First);
+        let (wanted, _) = ledger.admit(&drafts).await.unwrap();
+        wanted.iter().filter(|d| d.target.audience() == "customer").map(|d| d.target.channel()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_failed_first_channel_gives_way_to_its_fallback_once_and_the_follow_up_goes_where_it_went() {
+        let ledger = Ledger::new(None, 100);
+        let late = notice("late", "customer", Some(vec!["sms", "email"]));
+        assert_eq!(admitted(&ledger, &late).await, ["sms"]);
+        let (drafts, _) = routed(&late, 0.0, CustomerChannels::First);
+        let record = |d: &Draft, r: Recorded| {
+            let ledger = ledger.clone();
+            let key = d.slot();
+            async move { ledger.record(&key, r, Bytes::new()).await.unwrap() }
+        };
+        record(&drafts[0], Recorded::Final("failed".into())).await;
+        // A restart between the failure and the fallback: the email is still to send.
+        assert_eq!(admitted(&ledger, &late).await, ["email"]);
+        record(drafts[0].fallback.as_deref().unwrap(), Recorded::Sent).await;
+        assert!(admitted(&ledger, &late).await.is_empty(), "once");
+        // It is delivered: the follow-up goes where the customer was told.
+        let resolved = std::sync::Arc::new(Notice { resolved: true, ..(*late).clone() });
+        assert_eq!(admitted(&ledger, &resolved).await, ["email"]);
+        // Told by SMS: the follow-up by SMS, not by email.
+        let other = std::sync::Arc::new(Notice { alert_id: "f".repeat(32), ..(*late).clone() });
+        let (drafts, _) = routed(&other, 0.0, CustomerChannels::First);
+        record(&drafts[0], Recorded::Sent).await;
+        let resolved = std::sync::Arc::new(Notice { resolved: true, ..(*other).clone() });
+        assert_eq!(admitted(&ledger, &resolved).await, ["sms"]);
+    }
 
     #[test]
     fn records_read_back_from_outcomes_and_bare_words() {

@@ -159,6 +159,7 @@ impl Dispatcher {
             default_tz: self.default_tz,
             follow_up_rules: FOLLOW_UP_RULES,
             holdout: self.config.holdout,
+            customer_channels: self.config.customer_channels,
         }
     }
 

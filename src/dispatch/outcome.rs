@@ -22,6 +22,8 @@ pub enum Outcome {
         channel: &'static str,
         attempts: u32,
         to: Option<String>,
+        /// The customer's channel it went instead of ([`Draft::instead_of`]).
+        instead_of: Option<&'static str>,
     },
     Failed {
         audience: &'static str,
@@ -29,6 +31,7 @@ pub enum Outcome {
         reason: String,
         attempts: u32,
         to: Option<String>,
+        instead_of: Option<&'static str>,
     },
     Skipped {
         audience: &'static str,
@@ -49,11 +52,11 @@ impl Outcome {
     /// The outcome of a send; `None` when it is not final (interrupted).
     pub fn of(draft: &Draft, ending: &Ending) -> Option<Outcome> {
         let (audience, channel) = (draft.target.audience(), draft.target.channel());
-        let to = draft.target.contact().map(|c| Masked(c).to_string());
+        let (to, instead_of) = (draft.target.contact().map(|c| Masked(c).to_string()), draft.instead_of);
         Some(match ending {
-            Ending::Sent { attempts } => Outcome::Sent { audience, channel, attempts: *attempts, to },
+            Ending::Sent { attempts } => Outcome::Sent { audience, channel, attempts: *attempts, to, instead_of },
             Ending::Failed { reason, attempts } => {
-                Outcome::Failed { audience, channel, reason: reason.clone(), attempts: *attempts, to }
+                Outcome::Failed { audience, channel, reason: reason.clone(), attempts: *attempts, to, instead_of }
             }
             Ending::RateLimited => Outcome::Skipped { audience, channel, reason: "rate_limited" },
             Ending::Interrupted | Ending::Elsewhere => return None,
@@ -126,16 +129,22 @@ impl Outcome {
             "branch": n.branch, "outcome": self.name(), "channel": self.channel(), "at": at.to_rfc3339(),
         });
         match self {
-            Outcome::Sent { audience, attempts, to, .. } => {
+            Outcome::Sent { audience, attempts, to, instead_of, .. } => {
                 body["audience"] = json!(audience);
                 body["attempts"] = json!(attempts);
                 body["to"] = json!(to);
+                if let Some(first) = instead_of {
+                    body["instead_of"] = json!(first);
+                }
             }
-            Outcome::Failed { audience, reason, attempts, to, .. } => {
+            Outcome::Failed { audience, reason, attempts, to, instead_of, .. } => {
                 body["audience"] = json!(audience);
                 body["reason"] = json!(reason);
                 body["attempts"] = json!(attempts);
                 body["to"] = json!(to);
+                if let Some(first) = instead_of {
+                    body["instead_of"] = json!(first);
+                }
             }
             Outcome::Unknown { audience, reason, to, .. } => {
                 body["audience"] = json!(audience);
@@ -161,7 +170,8 @@ pub struct Stats {
     pub holding: u64,
     /// Customer alerts a regional-delay message spoke for.
     pub inhibited: u64,
-    /// (outcome, channel, reason) → count; reason is empty for sent.
+    /// (outcome, channel, reason) → count; reason is empty for sent,
+    /// `fallback` for sent instead of the customer's first channel.
     pub outcomes: BTreeMap<(&'static str, &'static str, &'static str), u64>,
 }
 
@@ -170,6 +180,7 @@ impl Stats {
         let reason = match outcome {
             Outcome::Skipped { reason, .. } => reason,
             Outcome::Failed { .. } => "failed",
+            Outcome::Sent { instead_of: Some(_), .. } => "fallback",
             Outcome::Sent { .. } | Outcome::Unknown { .. } => "",
         };
         *self.outcomes.entry((outcome.name(), outcome.channel(), reason)).or_default() += 1;

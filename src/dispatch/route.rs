@@ -8,7 +8,8 @@ use std::sync::Arc;
 use chrono_tz::Tz;
 
 use super::branches::Directory;
-use super::notice::Notice;
+use super::notice::{Notice, Recipient};
+use crate::config::dispatch::CustomerChannels;
 use crate::rules::{Audience, Severity};
 
 /// Where one message goes.
@@ -113,6 +114,12 @@ pub struct Draft {
     pub locale: Option<String>,
     /// The alert's stream sequence, set by whoever acknowledges it.
     pub seq: u64,
+    /// The customer's next channel, should this one fail for good
+    /// (`dispatch.customer_channels = "first"`); it has none of its own.
+    pub fallback: Option<Box<Draft>>,
+    /// The customer's channel this message goes instead of: it failed, or
+    /// the customer cannot be reached on it.
+    pub instead_of: Option<&'static str>,
 }
 
 impl Draft {
@@ -141,6 +148,7 @@ pub struct Routing<'a> {
     pub follow_up_rules: &'a [&'a str],
     /// The hold-out group's share ([`crate::holdout`]).
     pub holdout: f64,
+    pub customer_channels: CustomerChannels,
 }
 
 /// The zone named `name`, or `default` when there is none or it is not an IANA zone.
@@ -148,65 +156,115 @@ pub fn zone(name: Option<&str>, default: Tz) -> Tz {
     name.and_then(|n| n.parse().ok()).unwrap_or(default)
 }
 
+/// The message to `target` about `notice` (`n`, or a copy of it naming one
+/// of its branches), in `tz` and `locale`; `qualifier` tells apart several
+/// receivers of one audience and channel.
+fn draft(
+    n: &Notice,
+    notice: &Arc<Notice>,
+    target: Target,
+    tz: Tz,
+    locale: Option<String>,
+    any_hour: bool,
+    qualifier: &str,
+) -> Draft {
+    let slug = target.slug(qualifier);
+    let told = n.resolved.then(|| format!("{}.firing.{slug}", n.alert_id));
+    let human = target.human();
+    let group = (human && n.severity != Severity::Urgent)
+        .then(|| n.parcel_id.as_ref().map(|p| format!("{p}\u{0}{slug}")))
+        .flatten();
+    Draft {
+        key: format!("{}.{}.{slug}", n.alert_id, n.state()),
+        notice: notice.clone(),
+        quiet: human && !any_hour,
+        group,
+        target,
+        told,
+        tz,
+        locale,
+        seq: 0,
+        fallback: None,
+        instead_of: None,
+    }
+}
+
+/// The customer's channels in the order they ranked them (SMS, then email,
+/// when they chose none); channels forewarn does not send are left out.
+fn ranked(rc: &Recipient) -> Vec<&'static str> {
+    const SENT: [&str; 2] = ["sms", "email"];
+    match &rc.channels {
+        None => SENT.to_vec(),
+        Some(list) => {
+            let mut out: Vec<&'static str> = Vec::new();
+            for c in list.iter().filter_map(|c| SENT.iter().find(|s| **s == c.as_str())) {
+                if !out.contains(c) {
+                    out.push(c);
+                }
+            }
+            out
+        }
+    }
+}
+
+/// The customer's messages about `notice`: on every channel they chose, or
+/// (`CustomerChannels::First`) on the first they can be reached on, the
+/// next one kept as its fallback.
+fn customer(notice: &Arc<Notice>, rc: &Recipient, r: &Routing, drafts: &mut Vec<Draft>, skips: &mut Vec<Skip>) {
+    let n = notice.as_ref();
+    if rc.channels.as_ref().is_some_and(|l| l.is_empty()) {
+        skips.push(Skip { audience: "customer", channel: "any", reason: "opted_out" });
+    }
+    let first = r.customer_channels == CustomerChannels::First;
+    let any_hour = n.any_hour.includes(Audience::CUSTOMER);
+    let tz = zone(rc.tz.as_deref(), r.default_tz);
+    let mut reachable: Vec<Draft> = Vec::new();
+    let mut unreachable = None;
+    for channel in ranked(rc) {
+        let target = match channel {
+            "sms" => rc.phone.clone().map(|phone| Target::CustomerSms { phone }),
+            _ => rc.email.clone().map(|email| Target::CustomerEmail { email }),
+        };
+        match target {
+            Some(target) => reachable.push(draft(n, notice, target, tz, rc.locale.clone(), any_hour, "")),
+            // With one channel wanted, those after the first reachable do not matter.
+            None if rc.channels.is_some() && (!first || reachable.is_empty()) => {
+                unreachable.get_or_insert(channel);
+                skips.push(Skip { audience: "customer", channel, reason: "no_contact" })
+            }
+            None => {}
+        }
+    }
+    if !first {
+        drafts.extend(reachable);
+        return;
+    }
+    let mut reachable = reachable.into_iter();
+    let Some(mut chosen) = reachable.next() else { return };
+    chosen.instead_of = unreachable;
+    chosen.fallback = reachable.next().map(|mut next| {
+        next.instead_of = Some(chosen.target.channel());
+        Box::new(next)
+    });
+    drafts.push(chosen);
+}
+
 /// Every message an alert asks for, and every one it cannot have.
 pub fn route(notice: &Arc<Notice>, r: &Routing) -> (Vec<Draft>, Vec<Skip>) {
     let mut drafts = Vec::new();
     let mut skips = Vec::new();
     let n = notice.as_ref();
-    let mut add =
-        |notice: &Arc<Notice>, target: Target, tz: Tz, locale: Option<String>, any_hour: bool, qualifier: &str| {
-            let slug = target.slug(qualifier);
-            let told = n.resolved.then(|| format!("{}.firing.{slug}", n.alert_id));
-            let human = target.human();
-            let group = (human && n.severity != Severity::Urgent)
-                .then(|| n.parcel_id.as_ref().map(|p| format!("{p}\u{0}{slug}")))
-                .flatten();
-            drafts.push(Draft {
-                key: format!("{}.{}.{slug}", n.alert_id, n.state()),
-                notice: notice.clone(),
-                quiet: human && !any_hour,
-                group,
-                target,
-                told,
-                tz,
-                locale,
-                seq: 0,
-            });
-        };
     if n.audience.includes(Audience::CUSTOMER) && (!n.resolved || r.follow_up_rules.contains(&n.rule.as_str())) {
-        let any_hour = n.any_hour.includes(Audience::CUSTOMER);
         let held_out = n.parcel_id.as_deref().is_some_and(|p| crate::holdout::held_out(p, r.holdout));
         match &n.recipient {
             _ if held_out => skips.push(Skip { audience: "customer", channel: "any", reason: "holdout" }),
             None => skips.push(Skip { audience: "customer", channel: "any", reason: "no_recipient" }),
-            Some(rc) => {
-                let chosen = |c: &str| rc.channels.as_ref().is_none_or(|list| list.iter().any(|x| x == c));
-                if rc.channels.as_ref().is_some_and(|l| l.is_empty()) {
-                    skips.push(Skip { audience: "customer", channel: "any", reason: "opted_out" });
-                }
-                let tz = zone(rc.tz.as_deref(), r.default_tz);
-                for (channel, contact) in [("sms", &rc.phone), ("email", &rc.email)] {
-                    if !chosen(channel) {
-                        continue;
-                    }
-                    match contact {
-                        Some(c) => {
-                            let target = if channel == "sms" {
-                                Target::CustomerSms { phone: c.clone() }
-                            } else {
-                                Target::CustomerEmail { email: c.clone() }
-                            };
-                            add(notice, target, tz, rc.locale.clone(), any_hour, "");
-                        }
-                        None if rc.channels.is_some() => {
-                            skips.push(Skip { audience: "customer", channel, reason: "no_contact" })
-                        }
-                        None => {}
-                    }
-                }
-            }
+            Some(rc) => customer(notice, rc, r, &mut drafts, &mut skips),
         }
     }
+    let mut add = |notice: &Arc<Notice>, target: Target, tz: Tz, locale: Option<String>, any_hour: bool, q: &str| {
+        drafts.push(draft(n, notice, target, tz, locale, any_hour, q))
+    };
     if n.audience.includes(Audience::BRANCH) && !n.resolved {
         let any_hour = n.any_hour.includes(Audience::BRANCH);
         // A facility's alert goes to each branch whose parcels it counted, under its own key.
@@ -253,11 +311,12 @@ pub fn route(notice: &Arc<Notice>, r: &Routing) -> (Vec<Draft>, Vec<Skip>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::dispatch::notice::Recipient;
 
-    fn notice(rule: &str, audience: &str, channels: Option<Vec<&str>>) -> Arc<Notice> {
+    /// An alert about parcel P1 to Léa (phone, email, French, Paris) on `channels`.
+    pub(crate) fn notice(rule: &str, audience: &str, channels: Option<Vec<&str>>) -> Arc<Notice> {
         let line = serde_json::json!({
             "alert_id": "0123456789abcdef0123456789abcdef", "rule": rule, "state": "firing",
             "at": "2026-11-20T01:00:00Z", "severity": if rule == "damaged" { "urgent" } else { "warning" },
@@ -280,7 +339,13 @@ mod tests {
         check_with(n, 0.0)
     }
 
-    fn check_with(n: &Arc<Notice>, holdout: f64) -> (Vec<String>, Vec<&'static str>) {
+    /// `n` routed with the default pack's branches, `damaged` claims and
+    /// `late` follow-ups.
+    pub(crate) fn routed(
+        n: &Arc<Notice>,
+        holdout: f64,
+        customer_channels: CustomerChannels,
+    ) -> (Vec<Draft>, Vec<Skip>) {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/directory/branches.toml");
         let directory = Directory::load(&path).unwrap();
         let claims = vec!["damaged".to_string()];
@@ -292,8 +357,13 @@ mod tests {
             default_tz: Tz::UTC,
             follow_up_rules: &["late"],
             holdout,
+            customer_channels,
         };
-        let (drafts, skips) = route(n, &r);
+        route(n, &r)
+    }
+
+    fn check_with(n: &Arc<Notice>, holdout: f64) -> (Vec<String>, Vec<&'static str>) {
+        let (drafts, skips) = routed(n, holdout, CustomerChannels::All);
         (
             drafts.iter().map(|d| format!("{} quiet={}", d.key.split_once('.').unwrap().1, d.quiet)).collect(),
             skips.iter().map(|s| s.reason).collect(),
@@ -340,5 +410,42 @@ mod tests {
                 "firing.crm.crm quiet=false",
             ]
         );
+    }
+
+    /// A customer's message: its channel, the channel it goes instead of, its fallback's channel.
+    type Sent = (&'static str, Option<&'static str>, Option<&'static str>);
+
+    /// With one channel wanted: the customer's messages and the skips.
+    fn first(n: &Arc<Notice>) -> (Vec<Sent>, Vec<&'static str>) {
+        let (drafts, skips) = routed(n, 0.0, CustomerChannels::First);
+        let customer = drafts.iter().filter(|d| d.target.audience() == "customer");
+        let fallback =
+            |d: &Draft| d.fallback.as_ref().map(|f| (f.target.channel(), f.instead_of, f.fallback.is_none()));
+        let seen = customer
+            .map(|d| {
+                let f = fallback(d);
+                assert!(f.is_none_or(|(_, of, last)| of == Some(d.target.channel()) && last), "{f:?}");
+                (d.target.channel(), d.instead_of, f.map(|(c, _, _)| c))
+            })
+            .collect();
+        (seen, skips.iter().map(|s| s.reason).collect())
+    }
+
+    #[test]
+    fn with_one_channel_wanted_the_customer_s_first_goes_and_the_next_waits_as_its_fallback() {
+        let late = |channels: Option<Vec<&str>>| notice("late", "customer", channels);
+        assert_eq!(first(&late(Some(vec!["email", "sms"]))).0, [("email", None, Some("sms"))]);
+        assert_eq!(first(&late(None)).0, [("sms", None, Some("email"))], "SMS first when they did not say");
+        assert_eq!(first(&late(Some(vec!["sms"]))).0, [("sms", None, None)], "never a channel they did not choose");
+        assert_eq!(first(&late(Some(vec!["push", "email", "email"]))).0, [("email", None, None)]);
+        // No number: the email goes instead, and the skip says why.
+        let mut no_phone = (*late(Some(vec!["sms", "email"]))).clone();
+        no_phone.recipient.as_mut().unwrap().phone = None;
+        assert_eq!(first(&Arc::new(no_phone)), (vec![("email", Some("sms"), None)], vec!["no_contact"]));
+        // No email after a reachable first: nothing to say about it.
+        let mut no_email = (*late(Some(vec!["sms", "email"]))).clone();
+        no_email.recipient.as_mut().unwrap().email = None;
+        assert_eq!(first(&Arc::new(no_email)), (vec![("sms", None, None)], vec![]));
+        assert_eq!(first(&late(Some(vec![]))), (vec![], vec!["opted_out"]));
     }
 }

@@ -191,7 +191,8 @@ pub async fn run(
 }
 
 /// Every series of the dispatcher's closed label sets, at 0 until counted:
-/// by channel, sent, failed and unknown messages and the latency
+/// by channel, sent, failed and unknown messages (and sent by fallback
+/// for the customer's channels) and the latency
 /// histograms; first messages within the threshold or not; the inhibition
 /// gauges. A family without a series shows "no data" on a dashboard, not 0.
 fn metrics_at_zero() {
@@ -199,6 +200,9 @@ fn metrics_at_zero() {
     for channel in Target::CHANNELS {
         for (outcome, reason) in [("sent", ""), ("failed", "failed"), ("unknown", "")] {
             m.notifications.with_label_values(&[channel, outcome, reason]);
+        }
+        if ["sms", "email"].contains(&channel) {
+            m.notifications.with_label_values(&[channel, "sent", "fallback"]);
         }
         m.send_seconds.with_label_values(&[channel]);
         m.event_to_accepted.with_label_values(&[channel]);
@@ -342,11 +346,14 @@ async fn serve(s: &Shared, mut stop: watch::Receiver<bool>, reload: &mut watch::
                 for (draft, outcome) in stages::outcomes(&batch, &ending) {
                     publish(client, &draft.notice, outcome, stats, now(clock)).await;
                 }
+                // A draft whose fallback goes in its place keeps its alert unacknowledged.
+                let next = stages::fallbacks(&batch, &ending);
                 if !matches!(ending, Ending::Interrupted) {
-                    for draft in batch.drafts() {
+                    for draft in batch.drafts().filter(|d| next.is_empty() || d.fallback.is_none()) {
                         finish(&mut pending, draft.seq);
                     }
                 }
+                stats.held += stages::offer(&mut hold, &mut sending, next, now(clock));
             }
             Ok(()) = reload.changed() => reload_templates(config, d, senders),
             _ = tick.tick() => {

@@ -1,7 +1,8 @@
 //! The stage chain after inhibition, written once for both drivers:
 //! [`admit`] (route an alert into drafts, ask the ledger which are still to
 //! send), [`offer`] (hold them for quiet hours and grouping, or start
-//! them) and [`outcomes`] (what a finished batch says, failures logged).
+//! them), [`outcomes`] (what a finished batch says, failures logged) and
+//! [`fallbacks`] (what goes by the customer's next channel when it failed).
 //! [`super::run`] drives it from the alerts stream, in admission workers and
 //! wall time; [`super::backtest`] from a replay's alerts, in order and in
 //! their own event time.
@@ -57,4 +58,19 @@ pub fn outcomes<'b>(batch: &'b Batch, ending: &Ending) -> Vec<(&'b Draft, Outcom
         }
     }
     outcomes
+}
+
+/// What goes by the customer's next channel because `batch` failed for
+/// good: the fallback of each of its drafts, to offer as new drafts of the
+/// same alerts (quiet hours, grouping and rate limits apply to them too).
+pub fn fallbacks(batch: &Batch, ending: &Ending) -> Vec<Draft> {
+    if !matches!(ending, Ending::Failed { .. }) {
+        return Vec::new();
+    }
+    let next: Vec<Draft> =
+        batch.drafts().filter_map(|d| d.fallback.as_deref().map(|f| Draft { seq: d.seq, ..f.clone() })).collect();
+    for draft in &next {
+        tracing::info!(key = %draft.key, instead_of = ?draft.instead_of, "the customer's channel failed; trying the next");
+    }
+    next
 }

@@ -306,6 +306,62 @@ fn quiet_hours_defer_customer_messages_to_local_morning_and_opt_outs_get_nothing
     drop(outcomes.0);
 }
 
+/// With one channel wanted (`customer_channels = "first"`), each customer
+/// hears once, on the first channel of their list that works: a gateway's
+/// 400 or an invalid number sends the email instead, recorded `instead_of`
+/// the SMS; never a channel they did not choose.
+#[test]
+fn a_customer_whose_sms_fails_for_good_gets_the_email_instead_once() {
+    let w = World::new(true, "");
+    w.edit("inhibit_wait = \"0s\"\n", "inhibit_wait = \"0s\"\ncustomer_channels = \"first\"\n");
+    w.gateway.script("+33633333333", &[Answer::Status(400)]);
+    w.gateway.script("+33644444444", &[Answer::Status(400)]);
+    let p = w.start();
+    let smtp = w.smtp.as_ref().unwrap();
+    let late = |n, phone: &str, channels: &[&str]| {
+        let email = format!("client{n}@example.fr");
+        alert(n, "late", "warning", &["customer"], recipient(phone, &email, "fr-FR", "Europe/Paris", channels))
+    };
+    w.publish(&[
+        late(1, "+33633333333", &["sms", "email"]),
+        late(2, "06 12", &["sms", "email"]),
+        late(3, "+33611111111", &["sms", "email"]),
+        late(4, "+33622222222", &["email", "sms"]),
+        late(5, "+33644444444", &["sms"]),
+    ]);
+    wait_for(&p, "three mails", || smtp.messages().len() >= 3);
+    w.caught_up(&p, true);
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    let raw = smtp.messages();
+    let mut to: Vec<String> = raw
+        .iter()
+        .map(|m| parse(m).to().and_then(|t| t.first()).and_then(|a| a.address()).unwrap().to_string())
+        .collect();
+    to.sort();
+    assert_eq!(to, ["client1@example.fr", "client2@example.fr", "client4@example.fr"]);
+    let fallback = parse(raw.iter().find(|m| parse(m).subject().unwrap_or("").contains("FW0000000001")).unwrap())
+        .body_text(0)
+        .unwrap()
+        .into_owned();
+    assert!(fallback.contains("devait être livré"), "the message itself, in French: {fallback}");
+    let sms: Vec<usize> = ["+33633333333", "+33611111111", "+33622222222", "+33644444444"]
+        .iter()
+        .map(|n| w.gateway.sms_to(n).len())
+        .collect();
+    assert_eq!(sms, [1, 1, 0, 1], "the 400s tried once, the email-first customer never texted");
+    assert_eq!(w.gateway.count(), 3, "the invalid number never left");
+    let records = records(&w.server.url());
+    let outcome = |n: u32, channel: &str| {
+        let key = format!("{n:032x}.firing.customer.{channel}");
+        records.iter().find(|(k, _)| *k == key).map(|(_, v)| (v["outcome"].clone(), v["instead_of"].clone()))
+    };
+    assert_eq!(outcome(1, "sms"), Some((json!("failed"), Value::Null)));
+    assert_eq!(outcome(1, "email"), Some((json!("sent"), json!("sms"))), "recorded as a fallback");
+    assert_eq!(outcome(2, "email"), Some((json!("sent"), json!("sms"))));
+    assert_eq!((outcome(3, "email"), outcome(4, "sms"), outcome(5, "email")), (None, None, None));
+}
+
 fn parse(raw: &[u8]) -> mail_parser::Message<'_> {
     mail_parser::MessageParser::default().parse(raw).expect("a mail")
 }
@@ -679,6 +735,20 @@ fn lease_holder(url: &str) -> Option<u32> {
 /// Every ledger record: the message's idempotency key (the ledger key
 /// without its parcel token) and its outcome.
 fn ledger(url: &str) -> Vec<(String, String)> {
+    records(url)
+        .into_iter()
+        .map(|(key, value)| {
+            let outcome = match (value["outcome"].as_str().unwrap(), value["reason"].as_str()) {
+                ("skipped", Some(reason)) => reason.to_string(),
+                (outcome, _) => outcome.to_string(),
+            };
+            (key, outcome)
+        })
+        .collect()
+}
+
+/// Every ledger record: the message's idempotency key and the outcome's JSON.
+fn records(url: &str) -> Vec<(String, Value)> {
     runtime().block_on(async {
         let js = jetstream(url).await;
         let store = js.get_key_value("forewarn_sent").await.unwrap();
@@ -686,12 +756,7 @@ fn ledger(url: &str) -> Vec<(String, String)> {
         let mut records = Vec::new();
         for key in keys {
             let Some(value) = store.get(&key).await.unwrap() else { continue };
-            let value: Value = serde_json::from_slice(&value).unwrap();
-            let outcome = match (value["outcome"].as_str().unwrap(), value["reason"].as_str()) {
-                ("skipped", Some(reason)) => reason.to_string(),
-                (outcome, _) => outcome.to_string(),
-            };
-            records.push((key.split_once('.').unwrap().1.to_string(), outcome));
+            records.push((key.split_once('.').unwrap().1.to_string(), serde_json::from_slice(&value).unwrap()));
         }
         records
     })
