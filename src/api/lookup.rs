@@ -1,8 +1,6 @@
 //! The agent's API: when a customer does call, the agent sees what
-//! forewarn knows of the parcel and what the customer was told.
-//!
-//! The agent's view: when a customer does call, the agent sees what
-//! forewarn knows of the parcel and what the customer was told.
+//! forewarn knows of the parcel and what the customer was told. The agent's
+//! page ([`super::agent`]) shows the same, read the same way.
 //!
 //! - `GET /v1/parcels/{id}`: the parcel as the window holds it (state, last
 //!   scan, open alerts, contacts) and every message about it with its
@@ -59,7 +57,7 @@ pub struct Api {
     slots: Semaphore,
 }
 
-/// The `/v1` routes, to merge into the health server.
+/// The `/v1` routes and the agent's page (`/agent`), to merge into the health server.
 pub fn routes(config: &Config) -> Result<Router, LiveError> {
     let token = crate::dispatch::channel::secret("FOREWARN_API_TOKEN").map_err(LiveError::config)?;
     let directory = Directory::load(&config.dispatch.branches_file(&config.rules)).ok();
@@ -73,13 +71,14 @@ pub fn routes(config: &Config) -> Result<Router, LiveError> {
     Ok(Router::new()
         .route("/v1/parcels/{id}", get(parcel))
         .route("/v1/branches/{id}/at-risk", get(at_risk))
+        .merge(super::agent::routes())
         .with_state(api))
 }
 
 /// A request not answered, and why, as a JSON `{"error": …}`.
-struct Failure {
-    status: StatusCode,
-    message: String,
+pub struct Failure {
+    pub status: StatusCode,
+    pub message: String,
     /// `WWW-Authenticate` or `Retry-After`, when the status calls for one.
     header: Option<(header::HeaderName, &'static str)>,
 }
@@ -99,24 +98,40 @@ impl IntoResponse for Failure {
 }
 
 impl Api {
-    /// Checks the token and takes a slot; the failure to answer otherwise.
-    fn admit(&self, headers: &HeaderMap) -> Result<tokio::sync::SemaphorePermit<'_>, Failure> {
-        if let Some(token) = &self.token {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-                return Err(Failure {
-                    header: Some((header::WWW_AUTHENTICATE, "Bearer")),
-                    ..failure(StatusCode::UNAUTHORIZED, "a bearer token is required")
-                });
-            }
-        }
+    /// The token requests need, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Whether `headers` carry the bearer token.
+    pub fn bearer(&self, headers: &HeaderMap) -> bool {
+        let given =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        self.token.as_ref().is_none_or(|token| given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())))
+    }
+
+    /// A slot among the requests served at once; "busy" when none is free.
+    pub fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Failure> {
         self.slots.try_acquire().map_err(|_| Failure {
             header: Some((header::RETRY_AFTER, "1")),
             ..failure(StatusCode::TOO_MANY_REQUESTS, "busy: try again in a second")
         })
+    }
+
+    /// Checks the token and takes a slot; the failure to answer otherwise.
+    fn admit(&self, headers: &HeaderMap) -> Result<tokio::sync::SemaphorePermit<'_>, Failure> {
+        if !self.bearer(headers) {
+            return Err(Failure {
+                header: Some((header::WWW_AUTHENTICATE, "Bearer")),
+                ..failure(StatusCode::UNAUTHORIZED, "a bearer token is required")
+            });
+        }
+        self.slot()
+    }
+
+    /// The branch directory, when it loaded.
+    pub fn directory(&self) -> Option<&Directory> {
+        self.directory.as_ref()
     }
 
     /// The NATS connection, made on first use (and again after a failure).
@@ -138,7 +153,8 @@ impl Api {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets in a time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -153,47 +169,70 @@ async fn parcel(State(api): State<Arc<Api>>, headers: HeaderMap, Path(id): Path<
         Ok(slot) => slot,
         Err(f) => return f.into_response(),
     };
-    // Characters, as the contract counts them: a 40-character id in Chinese is 120 bytes.
-    if id.is_empty() || id.chars().count() > crate::event::MAX_ID_CHARS {
-        return failure(StatusCode::BAD_REQUEST, "parcel_id: 1 to 64 characters").into_response();
+    match api.parcel(&id).await {
+        Ok(body) => json_response(StatusCode::OK, HeaderMap::new(), body),
+        Err(f) => f.into_response(),
     }
-    let js = match api.nats().await {
-        Ok(js) => js,
-        Err(f) => return f.into_response(),
-    };
-    let p = partition::of(&id, api.config.partitions.count);
-    let asked = tokio::time::timeout(TIMEOUT, js.client().request(wire::lookup_subject(p), id.clone().into())).await;
-    let window = match asked {
-        Ok(Ok(reply)) => serde_json::from_slice(&reply.payload)
-            .unwrap_or_else(|e| json!({ "status": "unavailable", "reason": format!("bad answer: {e}") })),
-        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-            json!({ "status": "unavailable", "reason": format!("no processor answers for partition {p}") })
+}
+
+impl Api {
+    /// What forewarn knows of parcel `id`: `{"parcel_id", "partition",
+    /// "window", "messages", "messages_truncated"}`, the messages oldest first.
+    pub async fn parcel(&self, id: &str) -> Result<Value, Failure> {
+        // Characters, as the contract counts them: a 40-character id in Chinese is 120 bytes.
+        if id.is_empty() || id.chars().count() > crate::event::MAX_ID_CHARS {
+            return Err(failure(StatusCode::BAD_REQUEST, "parcel_id: 1 to 64 characters"));
         }
-        Ok(Err(e)) => json!({ "status": "unavailable", "reason": e.to_string() }),
-        Err(_) => {
-            json!({ "status": "unavailable", "reason": format!("partition {p}'s processor did not answer in time") })
+        let js = self.nats().await?;
+        let p = partition::of(id, self.config.partitions.count);
+        let client = js.client();
+        let asked = tokio::time::timeout(TIMEOUT, client.request(wire::lookup_subject(p), id.to_string().into()));
+        let window = match asked.await {
+            Ok(Ok(reply)) => serde_json::from_slice(&reply.payload)
+                .unwrap_or_else(|e| json!({ "status": "unavailable", "reason": format!("bad answer: {e}") })),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                json!({ "status": "unavailable", "reason": format!("no processor answers for partition {p}") })
+            }
+            Ok(Err(e)) => json!({ "status": "unavailable", "reason": e.to_string() }),
+            Err(_) => {
+                json!({ "status": "unavailable", "reason": format!("partition {p}'s processor did not answer in time") })
+            }
+        };
+        let (mut messages, truncated) = match self.bucket(js, &self.config.dispatch.dedup.bucket).await {
+            Some(store) => match entries(&store, &format!("{}.>", token(id)), MAX_PAGE as u64).await {
+                Ok((found, more)) => {
+                    (found.iter().filter_map(|(_, b)| serde_json::from_slice::<Value>(b).ok()).collect(), more)
+                }
+                Err(e) => return Err(failure(StatusCode::SERVICE_UNAVAILABLE, format!("messages unavailable: {e}"))),
+            },
+            None => (Vec::new(), false),
+        };
+        messages.sort_by(|a: &Value, b: &Value| a["at"].as_str().cmp(&b["at"].as_str()));
+        if window["status"] == "unknown" && messages.is_empty() {
+            return Err(failure(StatusCode::NOT_FOUND, format!("{id}: not in flight and no message about it")));
         }
-    };
-    let (mut messages, truncated) = match api.bucket(js, &api.config.dispatch.dedup.bucket).await {
-        Some(store) => match entries(&store, &format!("{}.>", token(&id)), MAX_PAGE as u64).await {
-            Ok((found, more)) => {
-                (found.iter().filter_map(|(_, b)| serde_json::from_slice::<Value>(b).ok()).collect(), more)
-            }
-            Err(e) => {
-                return failure(StatusCode::SERVICE_UNAVAILABLE, format!("messages unavailable: {e}")).into_response()
-            }
-        },
-        None => (Vec::new(), false),
-    };
-    messages.sort_by(|a: &Value, b: &Value| a["at"].as_str().cmp(&b["at"].as_str()));
-    if window["status"] == "unknown" && messages.is_empty() {
-        return failure(StatusCode::NOT_FOUND, format!("{id}: not in flight and no message about it")).into_response();
+        Ok(json!({
+            "parcel_id": id, "partition": p, "window": window,
+            "messages": messages, "messages_truncated": truncated,
+        }))
     }
-    let body = json!({
-        "parcel_id": id, "partition": p, "window": window,
-        "messages": messages, "messages_truncated": truncated,
-    });
-    json_response(StatusCode::OK, HeaderMap::new(), body)
+
+    /// Branch `branch`'s open parcel alerts (alert id, row), oldest first,
+    /// and whether the list was cut short.
+    pub async fn at_risk(&self, branch: &str) -> Result<(Vec<(String, Row)>, bool), Failure> {
+        let js = self.nats().await?;
+        match self.bucket(js, &self.config.dispatch.digest.bucket).await {
+            Some(store) => digest::rows(&store, branch)
+                .await
+                .map_err(|e| failure(StatusCode::SERVICE_UNAVAILABLE, format!("at-risk list unavailable: {e}"))),
+            None => Ok((Vec::new(), false)),
+        }
+    }
+
+    /// The branch directory's zone of `branch`.
+    pub fn branch_zone(&self, branch: &str) -> Option<Tz> {
+        self.directory.as_ref()?.get(branch)?.tz.parse().ok()
+    }
 }
 
 #[derive(Deserialize)]
@@ -232,19 +271,9 @@ async fn at_risk(
                 .into_response()
         }
     };
-    let js = match api.nats().await {
-        Ok(js) => js,
+    let (rows, cut) = match api.at_risk(&branch).await {
+        Ok(found) => found,
         Err(f) => return f.into_response(),
-    };
-    let (rows, cut) = match api.bucket(js, &api.config.dispatch.digest.bucket).await {
-        Some(store) => match digest::rows(&store, &branch).await {
-            Ok(found) => found,
-            Err(e) => {
-                return failure(StatusCode::SERVICE_UNAVAILABLE, format!("at-risk list unavailable: {e}"))
-                    .into_response()
-            }
-        },
-        None => (Vec::new(), false),
     };
     let total = rows.len();
     let rest: Vec<&(String, Row)> = rows
@@ -265,8 +294,7 @@ async fn at_risk(
     }
     let wants_csv = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/csv"));
     if wants_csv {
-        let tz: Tz =
-            api.directory.as_ref().and_then(|d| d.get(&branch)).and_then(|b| b.tz.parse().ok()).unwrap_or(Tz::UTC);
+        let tz = api.branch_zone(&branch).unwrap_or(Tz::UTC);
         let page: Vec<Row> = items.iter().map(|(_, r)| r.clone()).collect();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
         return (StatusCode::OK, h, digest::csv(&page, tz)).into_response();

@@ -1,10 +1,11 @@
 //! The HTTP face of a process, on its ops address: `/healthz` and
 //! `/readyz`, so an orchestrator can tell a live process from a ready one,
-//! `/metrics` for Prometheus, and the agent's lookup API (`/v1`, see
-//! [`lookup`]). Above the processor and the dispatcher: it reads what they
+//! `/metrics` for Prometheus, the agent's lookup API (`/v1`, see
+//! [`lookup`]) and the agent's page (`/agent`, see [`agent`]). Above the processor and the dispatcher: it reads what they
 //! say (readiness, metrics, the window over NATS, the ledger), never the
 //! other way round.
 
+pub mod agent;
 pub mod lookup;
 
 use axum::extract::State;

@@ -272,7 +272,8 @@ fn the_agent_sees_what_the_customer_was_told_and_the_branch_sees_its_at_risk_par
     // The lists change while alerts flow: read them once the dispatcher has
     // been delivered every alert the network makes (some it holds for the
     // morning, unacknowledged).
-    let expected = nats::replayed(&events, dir.path()).len() as u64;
+    let replayed = nats::replayed(&events, dir.path());
+    let expected = replayed.len() as u64;
     let js =
         rt.block_on(async { async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect")) });
     wait_until("every alert stored and delivered to the dispatcher", || {
@@ -324,7 +325,118 @@ fn the_agent_sees_what_the_customer_was_told_and_the_branch_sees_its_at_risk_par
     let bad = super::http_get_with(&http, &format!("/v1/branches/{branch}/at-risk?after=zzz"), &[&auth]);
     assert!(split(&bad).0.contains(" 400 ") && bad.contains("cursor"), "{bad}");
 
+    the_agent_s_page_says_the_same_in_a_browser(&AgentPage {
+        http: &http,
+        token: TOKEN,
+        parcel,
+        sent: &sent,
+        branch: &branch,
+        at_risk: total.unwrap_or(0),
+        replayed: &replayed,
+        events: &data,
+        dir: dir.path(),
+    });
+
     let (status, log) = p.stop();
     assert!(status.success(), "{log}");
     assert!(!log.contains(TOKEN), "the token is never logged");
+}
+
+/// What the agent's page is checked against: the API's answers.
+struct AgentPage<'a> {
+    http: &'a str,
+    token: &'a str,
+    parcel: &'a str,
+    /// A customer message about `parcel` that went out.
+    sent: &'a serde_json::Value,
+    branch: &'a str,
+    at_risk: u64,
+    /// The alerts `forewarn replay` makes of the events.
+    replayed: &'a [serde_json::Value],
+    /// The events published, as JSON lines.
+    events: &'a str,
+    dir: &'a std::path::Path,
+}
+
+/// Debian's Chromium, headless, with nothing reaching out of the machine;
+/// `args` end with the URL.
+fn chromium(profile: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium runs (scripts/test installs Debian's chromium)");
+    assert!(out.status.success(), "chromium {args:?}: {}", super::text(&out.stderr));
+    super::text(&out.stdout)
+}
+
+/// The agent's page (`/agent`), rendered by a real browser: the parcel's
+/// page shows the message the customer got, its contacts masked, times in
+/// the customer's zone; the branch's page its at-risk parcels as the API
+/// counts them; the search box leads to both; no token, no page.
+fn the_agent_s_page_says_the_same_in_a_browser(a: &AgentPage) {
+    let (profile, url) = (a.dir.join("chromium"), format!("http://agent:{}@{}", a.token, a.http));
+    let page = chromium(&profile, &["--dump-dom", &format!("{url}/agent/parcels/{}", a.parcel)]);
+    assert!(page.contains(&format!("Parcel {}", a.parcel)), "{page}");
+    let rule = a.sent["rule"].as_str().expect("a rule");
+    let row = format!("{} · firing", rule);
+    assert!(page.contains(&row) && page.contains(">sent<"), "the message sent, {row}, is listed: {page}");
+    let label = a
+        .events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["parcel_id"] == a.parcel && e["recipient"].is_object())
+        .expect("the parcel's label");
+    let recipient = &label["recipient"];
+    for contact in [&recipient["phone"], &recipient["email"]].into_iter().filter_map(|c| c.as_str()) {
+        assert!(!page.contains(contact), "{contact} is masked: {page}");
+    }
+    if let Some(tz) = recipient["tz"].as_str() {
+        assert!(page.contains(tz), "times in the customer's zone, {tz}: {page}");
+    }
+    // A parcel in flight with alerts open: the page lists each the API does.
+    let auth = format!("Authorization: Bearer {}", a.token);
+    let parcels: std::collections::BTreeSet<&str> = a.replayed.iter().filter_map(|x| x["parcel_id"].as_str()).collect();
+    let (at_risk, open) = parcels
+        .into_iter()
+        .find_map(|id| {
+            let response = super::http_get_with(a.http, &format!("/v1/parcels/{id}"), &[&auth]);
+            let view: serde_json::Value = serde_json::from_str(split(&response).1).ok()?;
+            let open = view["window"]["open_alerts"].as_array().filter(|o| !o.is_empty())?.clone();
+            Some((id, open))
+        })
+        .expect("a parcel in flight with an open alert");
+    let page = chromium(&profile, &["--dump-dom", &format!("{url}/agent/parcels/{at_risk}")]);
+    assert!(page.contains("in flight") && !page.contains("None"), "{page}");
+    for alert in open {
+        let row = format!("<td>{}</td><td><span class=\"badge", alert["rule"].as_str().expect("a rule"));
+        assert!(page.contains(&row), "{row} among the open alerts: {page}");
+    }
+    let shot = a.dir.join("agent.png");
+    let screenshot = format!("--screenshot={}", shot.display());
+    chromium(&profile, &["--window-size=1280,1200", &screenshot, &format!("{url}/agent/parcels/{at_risk}")]);
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real picture: {} bytes", png.len());
+    if let Ok(keep) = std::env::var("FOREWARN_AGENT_SCREENSHOT") {
+        std::fs::copy(&shot, keep).expect("the screenshot kept");
+    }
+
+    let branch = chromium(&profile, &["--dump-dom", &format!("{url}/agent/branches/{}", a.branch)]);
+    assert!(branch.contains(&format!("Parcels at risk: {}", a.at_risk)), "as the API counts them: {branch}");
+    assert_eq!(branch.matches("href=\"/agent/parcels/").count() as u64, a.at_risk.min(500), "{branch}");
+    // The search box: a branch code to its page, anything else to a parcel's.
+    let found = super::http_get_with(a.http, &format!("/agent?q={}", a.branch), &[&auth]);
+    assert!(found.contains(&format!("location: /agent/branches/{}", a.branch)), "{found}");
+    let found = super::http_get_with(a.http, &format!("/agent?q=+{}+", a.parcel), &[&auth]);
+    assert!(found.contains(&format!("location: /agent/parcels/{}", a.parcel)), "{found}");
+    // No token, no page: the browser asks for it.
+    let anonymous = super::http_get(a.http, &format!("/agent/parcels/{}", a.parcel));
+    assert!(split(&anonymous).0.contains(" 401 ") && anonymous.contains("www-authenticate: Basic"), "{anonymous}");
+    assert!(!anonymous.contains(rule), "{anonymous}");
+    // What is typed is shown escaped.
+    let typed = super::http_get_with(a.http, "/agent/parcels/%3Cscript%3E", &[&auth]);
+    assert!(split(&typed).0.contains(" 404 ") && typed.contains("&lt;script&gt;"), "{typed}");
+    assert!(!typed.contains("<script>"), "{typed}");
 }
