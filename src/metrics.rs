@@ -69,6 +69,7 @@ pub struct Metrics {
     pub dispatch_active: IntGauge,
     pub dispatch_takeovers: IntCounter,
     pub claimed_elsewhere: IntCounter,
+    pub at_risk_ended: IntCounter,
     pub inhibition: IntGaugeVec,
     pub inhibited: IntCounter,
     // Proactivity.
@@ -271,6 +272,12 @@ impl Metrics {
                 "Messages not sent here because another dispatcher, or an earlier run, had claimed them first.",
             )
             .expect("valid"),
+            at_risk_ended: IntCounter::new(
+                "forewarn_at_risk_rows_ended_total",
+                "At-risk rows a daily digest left out and removed: their parcel was delivered, collected or \
+                 returned, or left the window, since the alert.",
+            )
+            .expect("valid"),
             inhibition: gauge(
                 "forewarn_inhibition",
                 "Hub inhibition: open episodes that speak for their parcels' customer alerts (episodes), \
@@ -345,6 +352,7 @@ impl Metrics {
             Box::new(m.dispatch_active.clone()),
             Box::new(m.dispatch_takeovers.clone()),
             Box::new(m.claimed_elsewhere.clone()),
+            Box::new(m.at_risk_ended.clone()),
             Box::new(m.inhibition.clone()),
             Box::new(m.inhibited.clone()),
             Box::new(m.contacts_judged.clone()),

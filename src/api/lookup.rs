@@ -10,7 +10,8 @@
 //!   messages come from the dispatcher's ledger, listed by the parcel's key
 //!   prefix.
 //! - `GET /v1/branches/{id}/at-risk`: the branch's open parcel alerts from
-//!   the at-risk bucket, oldest first, by pages (`limit`, `after`), as JSON
+//!   the at-risk bucket whose parcels are still on their way (as the
+//!   digest lists them), oldest first, by pages (`limit`, `after`), as JSON
 //!   or as CSV with `Accept: text/csv`.
 //!
 //! Read-only and bounded (page sizes, a few requests at a time, timeouts on
@@ -217,16 +218,18 @@ impl Api {
         }))
     }
 
-    /// Branch `branch`'s open parcel alerts (alert id, row), oldest first,
-    /// and whether the list was cut short.
+    /// Branch `branch`'s open parcel alerts (alert id, row) whose parcel is
+    /// still on its way, as its digest would list them, oldest first, and
+    /// whether the list was cut short.
     pub async fn at_risk(&self, branch: &str) -> Result<(Vec<(String, Row)>, bool), Failure> {
         let js = self.nats().await?;
-        match self.bucket(js, &self.config.dispatch.digest.bucket).await {
-            Some(store) => digest::rows(&store, branch)
-                .await
-                .map_err(|e| failure(StatusCode::SERVICE_UNAVAILABLE, format!("at-risk list unavailable: {e}"))),
-            None => Ok((Vec::new(), false)),
-        }
+        let Some(store) = self.bucket(js, &self.config.dispatch.digest.bucket).await else {
+            return Ok((Vec::new(), false));
+        };
+        let (rows, cut) = digest::rows(&store, branch)
+            .await
+            .map_err(|e| failure(StatusCode::SERVICE_UNAVAILABLE, format!("at-risk list unavailable: {e}")))?;
+        Ok((digest::standing(&js.client(), self.config.partitions.count, rows).await.open, cut))
     }
 
     /// The branch directory's zone of `branch`.

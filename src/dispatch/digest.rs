@@ -1,7 +1,11 @@
 //! The daily list of each branch's at-risk parcels: open parcel alerts are
 //! kept by branch in a key-value bucket (put on firing, removed on
 //! resolution, expiring after `digest.max_age`), and once a day at the
-//! configured local time each branch gets them as a CSV attachment. A
+//! configured local time each branch gets them as a CSV attachment. Most
+//! alerts never resolve (a failed attempt, a customs notice, a damage): a
+//! row is listed only while its parcel is on its way, as the processors'
+//! windows say ([`standing`]); the rows of parcels delivered, collected or
+//! returned since, or gone from the window, end there. A
 //! branch with none that day gets no mail: the ledger records the day's
 //! digest as skipped (`no_at_risk_parcels`), so it is decided once a day.
 //! Each day's digest of a branch is claimed in the ledger before it is
@@ -23,6 +27,7 @@ use super::ledger::{entries, slot, token, Claim, Ledger, Recorded};
 use super::notice::Notice;
 use super::template::Context;
 use crate::clock::Clock;
+use crate::metrics::METRICS;
 
 /// One at-risk parcel as the digest lists it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -70,6 +75,64 @@ pub async fn rows(store: &kv::Store, branch: &str) -> Result<(Vec<(String, Row)>
     Ok((out, more))
 }
 
+/// A parcel's at-risk rows end when the window says it is in one of these
+/// states, or has left: it reached its recipient, or went back.
+const ENDED: [&str; 4] = ["delivered", "collected", "returned", "closed"];
+/// Tracking numbers asked about in one request.
+const ASKED: usize = 1_000;
+/// How long a partition's owner has to answer.
+const ANSWER: Duration = Duration::from_secs(3);
+
+/// At-risk rows sorted by where their parcels stand.
+#[derive(Debug, Default)]
+pub struct Standing {
+    /// Parcels still on their way, or that no window could place: listed.
+    pub open: Vec<(String, Row)>,
+    /// Alert ids of rows whose parcel was delivered, collected or returned,
+    /// or left the window.
+    pub ended: Vec<String>,
+    /// Requests no processor answered in time: their rows stay listed.
+    pub unanswered: usize,
+}
+
+/// Asks the processors that own the rows' parcels (`partitions` of them,
+/// by the parcel's partition, [`ASKED`] tracking numbers a request, all at
+/// once) where each parcel stands, and sorts the rows, keeping their order.
+pub async fn standing(client: &async_nats::Client, partitions: u16, rows: Vec<(String, Row)>) -> Standing {
+    let mut by_partition: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+    for (i, (_, row)) in rows.iter().enumerate() {
+        by_partition.entry(crate::partition::of(&row.parcel_id, partitions)).or_default().push(i);
+    }
+    let requests = by_partition.iter().flat_map(|(&p, rows)| rows.chunks(ASKED).map(move |chunk| (p, chunk)));
+    let asked = futures::future::join_all(requests.map(|(p, chunk)| {
+        let ids: Vec<&str> = chunk.iter().map(|&i| rows[i].1.parcel_id.as_str()).collect();
+        let request = client.request(crate::nats::wire::standing_subject(p), ids.join("\n").into());
+        async move {
+            let answer = tokio::time::timeout(ANSWER, request).await.ok().and_then(Result::ok);
+            let states = answer.and_then(|m| serde_json::from_slice::<Vec<String>>(&m.payload).ok());
+            (chunk, states.filter(|s| s.len() == chunk.len()))
+        }
+    }))
+    .await;
+    let mut ended = vec![false; rows.len()];
+    let mut unanswered = 0;
+    for (chunk, states) in asked {
+        match states {
+            Some(states) => chunk.iter().zip(states).for_each(|(&i, s)| ended[i] = ENDED.contains(&s.as_str())),
+            None => unanswered += 1,
+        }
+    }
+    let mut out = Standing { unanswered, ..Standing::default() };
+    for ((alert, row), ended) in rows.into_iter().zip(ended) {
+        if ended {
+            out.ended.push(alert);
+        } else {
+            out.open.push((alert, row));
+        }
+    }
+    out
+}
+
 fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
@@ -96,22 +159,34 @@ pub fn csv(rows: &[Row], tz: Tz) -> String {
     out
 }
 
-/// Every `check` interval: each branch past its digest time today that has
-/// not had today's digest gets it.
+/// When the digests go, and how to ask where their parcels stand.
+pub struct Daily {
+    /// The local time of each branch's digest.
+    pub at: NaiveTime,
+    /// How often the branches are looked over.
+    pub check: Duration,
+    /// The deployment's partition count: which processor to ask about a parcel.
+    pub partitions: u16,
+}
+
+/// Every `daily.check` interval: each branch past its digest time today that
+/// has not had today's digest gets it.
 pub async fn run(
     senders: Arc<Senders>,
     store: kv::Store,
     ledger: Ledger,
-    at: NaiveTime,
+    daily: Daily,
     clock: Arc<Clock>,
-    check: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Daily { at, check, partitions } = daily;
     loop {
         if let Some(now) = clock.now() {
             let now = DateTime::<Utc>::from_timestamp_millis(now.0).unwrap_or_default();
             for (code, branch) in senders.directory.iter() {
-                let Some(email) = &branch.email else { continue };
+                if branch.email.is_none() {
+                    continue;
+                }
                 let tz: Tz = branch.tz.parse().unwrap_or(Tz::UTC);
                 let local = now.with_timezone(&tz);
                 if local.time() < at {
@@ -137,7 +212,7 @@ pub async fn run(
                         continue;
                     }
                 }
-                let (outcome, recorded, count) = match send(&senders, &store, code, email, tz, &date, &key).await {
+                let (outcome, recorded, count) = match send(&senders, &store, partitions, code, tz, &date, &key).await {
                     Ok(Some(count)) => {
                         tracing::info!(branch = %code, parcels = count, "daily digest sent");
                         ("sent", Recorded::Sent, count)
@@ -173,24 +248,43 @@ pub async fn run(
     }
 }
 
+/// Sends branch `code` its digest of the day `date` (the ledger's `key`),
+/// after removing the rows whose parcel's story ended; `None` when no row
+/// is left, or the branch has no address.
 async fn send(
     senders: &Senders,
     store: &kv::Store,
+    partitions: u16,
     code: &str,
-    email: &str,
     tz: Tz,
     date: &str,
     key: &str,
 ) -> Result<Option<usize>, String> {
+    let branch = senders.directory.get(code);
+    let Some(email) = branch.and_then(|b| b.email.as_deref()) else { return Ok(None) };
     let (rows, more) = rows(store, code).await?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
     if more {
         tracing::warn!(branch = %code, listed = rows.len(), "digest cut short: more at-risk parcels than it lists");
     }
+    let rows = match &senders.nats {
+        Some(client) if !rows.is_empty() => {
+            let standing = standing(client, partitions, rows).await;
+            if standing.unanswered > 0 {
+                let unanswered = standing.unanswered;
+                tracing::warn!(branch = %code, unanswered, "no processor said where some parcels stand; listed");
+            }
+            for alert in &standing.ended {
+                store.purge(format!("{}.{alert}", token(code))).await.map_err(|e| e.to_string())?;
+                METRICS.at_risk_ended.inc();
+            }
+            standing.open
+        }
+        _ => rows,
+    };
+    if rows.is_empty() {
+        return Ok(None);
+    }
     let rows: Vec<Row> = rows.into_iter().map(|(_, row)| row).collect();
-    let branch = senders.directory.get(code);
     let ctx = Context {
         rule: "digest".into(),
         state: "firing".into(),

@@ -169,9 +169,8 @@ pub async fn run(
             senders.clone(),
             at_risk.clone(),
             ledger.clone(),
-            at,
+            digest::Daily { at, check: Duration::from_secs(1), partitions: config.partitions.count },
             clock.clone(),
-            Duration::from_secs(1),
             stop.clone(),
         ));
     }

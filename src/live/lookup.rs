@@ -2,6 +2,9 @@
 //! the owner of a parcel's partition answers what its window holds of the
 //! parcel, asked over NATS (`forewarn.lookup.parcel.<partition>`), so any
 //! instance's API answers for any parcel. Phones and emails leave masked.
+//! It also answers where many parcels stand at once
+//! (`forewarn.lookup.standing.<partition>`), so that the at-risk lists drop
+//! parcels that were delivered ([`crate::dispatch::digest`]).
 
 use futures::stream::SelectAll;
 use serde_json::{json, Value};
@@ -19,9 +22,9 @@ pub async fn subscribe(
     owned: &partition::Owned,
 ) -> Result<SelectAll<async_nats::Subscriber>, LiveError> {
     let subjects: Vec<String> = if owned.list.len() == usize::from(owned.count) {
-        vec!["forewarn.lookup.parcel.*".into()]
+        vec!["forewarn.lookup.parcel.*".into(), "forewarn.lookup.standing.*".into()]
     } else {
-        owned.list.iter().map(|&p| wire::lookup_subject(p)).collect()
+        owned.list.iter().flat_map(|&p| [wire::lookup_subject(p), wire::standing_subject(p)]).collect()
     };
     let mut all = SelectAll::new();
     for s in subjects {
@@ -37,6 +40,24 @@ pub fn answer(engine: Option<&Engine>, payload: &[u8]) -> Vec<u8> {
     let id = String::from_utf8_lossy(payload);
     let lookup = engine.map_or(Lookup::Unknown, |e| e.lookup(&id));
     window_json(&lookup).to_string().into_bytes()
+}
+
+/// Where each parcel of `payload` (tracking numbers, one a line) stands, as
+/// a JSON array in the same order: its state while the window holds it
+/// (`delivered` for one delivered and not yet gone), `closed` once it left,
+/// `unknown` when never seen; `engine` finds the engine of a parcel's
+/// partition.
+pub fn standing<'e>(engine: impl Fn(&str) -> Option<&'e Engine>, payload: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(payload);
+    let answers: Vec<&str> = text
+        .lines()
+        .map(|id| match engine(id).map_or(Lookup::Unknown, |e| e.lookup(id)) {
+            Lookup::InFlight(v) => v.facts.state.as_str(),
+            Lookup::Closed => "closed",
+            Lookup::Unknown => "unknown",
+        })
+        .collect();
+    serde_json::to_vec(&answers).unwrap_or_default()
 }
 
 fn window_json(lookup: &Lookup) -> Value {
@@ -94,5 +115,24 @@ mod tests {
         assert_eq!((v["status"].as_str(), v["state"].as_str()), (Some("in_flight"), Some("label_created")));
         assert!(!text.contains("12345678") && !text.contains("lea@"), "{text}");
         assert_eq!(v["recipient"]["channels"], json!(["sms"]));
+    }
+
+    #[test]
+    fn where_parcels_stand_comes_in_the_order_asked() {
+        let mut engine = Engine::new(
+            crate::rules::RuleSet::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))).unwrap(),
+            crate::engine::Config::default(),
+        );
+        for ev in [
+            r#"{"v":1,"event_id":"a1","parcel_id":"A","kind":"label_created","at":"2026-11-20T08:00:00Z","promised_by":"2026-11-22T18:00:00Z","recipient":{}}"#,
+            r#"{"v":1,"event_id":"b1","parcel_id":"B","kind":"label_created","at":"2026-11-20T08:00:00Z","promised_by":"2026-11-22T18:00:00Z","recipient":{}}"#,
+            r#"{"v":1,"event_id":"b2","parcel_id":"B","kind":"delivered","at":"2026-11-20T15:00:00Z"}"#,
+        ] {
+            engine.ingest(&crate::event::decode(ev.as_bytes()).unwrap(), &mut Vec::new());
+        }
+        let answer: Vec<String> = serde_json::from_slice(&standing(|_| Some(&engine), b"B\nC\nA")).unwrap();
+        assert_eq!(answer, ["delivered", "unknown", "label_created"]);
+        let none: Vec<String> = serde_json::from_slice(&standing(|_| None, b"A")).unwrap();
+        assert_eq!(none, ["unknown"], "a partition not held here");
     }
 }

@@ -400,12 +400,16 @@ impl Processor {
         Ok(())
     }
 
-    /// Answers an agent's lookup from the engine of the parcel's partition.
+    /// Answers an agent's lookup, or where parcels stand, from the engine of
+    /// each parcel's partition.
     async fn lookup(&self, request: async_nats::Message) {
         let Some(reply) = request.reply else { return };
-        let id = String::from_utf8_lossy(&request.payload);
-        let engine = self.parts.get(&partition::of(&id, self.owned.count)).map(|p| &p.engine);
-        let answer = lookup::answer(engine, &request.payload);
+        let engine = |id: &str| self.parts.get(&partition::of(id, self.owned.count)).map(|p| &p.engine);
+        let answer = if request.subject.starts_with("forewarn.lookup.standing.") {
+            lookup::standing(engine, &request.payload)
+        } else {
+            lookup::answer(engine(&String::from_utf8_lossy(&request.payload)), &request.payload)
+        };
         if let Err(e) = self.js.client().publish(reply, answer.into()).await {
             tracing::debug!(error = %e, "lookup answer not sent");
         }

@@ -56,17 +56,20 @@ impl Outgoing {
     }
 }
 
-/// `alerts.parcel.<rule>` or `alerts.branch.<rule>`; the id of the message
-/// is the alert id with its state, so a firing and its resolution are two
-/// messages and a re-emitted one is dropped by JetStream.
-/// The header of an alert message saying when what made it (the event, or
-/// the clock moving the watermark) arrived, in Unix milliseconds: where the
-/// dispatcher's end-to-end latency starts.
 /// The subject on which the owner of `partition` answers the agent's lookups.
 pub fn lookup_subject(partition: u16) -> String {
     format!("forewarn.lookup.parcel.{partition}")
 }
 
+/// The subject on which the owner of `partition` answers where parcels
+/// stand, many at once (the at-risk lists ask it).
+pub fn standing_subject(partition: u16) -> String {
+    format!("forewarn.lookup.standing.{partition}")
+}
+
+/// The header of an alert message saying when what made it (the event, or
+/// the clock moving the watermark) arrived, in Unix milliseconds: where the
+/// dispatcher's end-to-end latency starts.
 pub const ARRIVED: &str = "Forewarn-Arrived";
 
 /// When an alert's cause arrived, from its message; `None` without the header.
@@ -75,6 +78,9 @@ pub fn arrived(headers: Option<&HeaderMap>) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms))
 }
 
+/// `alerts.parcel.<rule>`, `alerts.facility.<rule>` or `alerts.branch.<rule>`;
+/// the id of the message is the alert id with its state, so a firing and its
+/// resolution are two messages and a re-emitted one is dropped by JetStream.
 pub fn alert(a: &Alert, arrived: SystemTime) -> Outgoing {
     let mut line = Vec::with_capacity(512);
     a.write_json_line(&mut line);
