@@ -100,6 +100,14 @@ fn signed_in(api: &Api, headers: &HeaderMap) -> bool {
     api.bearer(headers) || basic_password(headers).is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()))
 }
 
+/// A slot for a signed-in request; otherwise the page that answers it.
+fn admit<'a>(api: &'a Api, headers: &HeaderMap) -> Result<tokio::sync::SemaphorePermit<'a>, Box<Response>> {
+    if !signed_in(api, headers) {
+        return Err(Box::new(sign_in()));
+    }
+    api.slot().map_err(|f| Box::new(failed(f)))
+}
+
 /// The answer to a request without the token: the browser asks for it.
 fn sign_in() -> Response {
     let heading = "Sign in";
@@ -198,12 +206,9 @@ fn timeline(w: &Value, messages: &[Value], tz: Tz) -> Vec<minijinja::Value> {
 
 /// The parcel's page.
 async fn parcel(State(api): State<Arc<Api>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if !signed_in(&api, &headers) {
-        return sign_in();
-    }
-    let _slot = match api.slot() {
+    let _slot = match admit(&api, &headers) {
         Ok(slot) => slot,
-        Err(f) => return failed(f),
+        Err(page) => return *page,
     };
     let found = match api.parcel(&id).await {
         Ok(found) => found,
@@ -276,12 +281,9 @@ const ROWS: usize = 500;
 
 /// The branch's page: its parcels at risk, oldest first.
 async fn branch(State(api): State<Arc<Api>>, headers: HeaderMap, Path(code): Path<String>) -> Response {
-    if !signed_in(&api, &headers) {
-        return sign_in();
-    }
-    let _slot = match api.slot() {
+    let _slot = match admit(&api, &headers) {
         Ok(slot) => slot,
-        Err(f) => return failed(f),
+        Err(page) => return *page,
     };
     let (rows, cut) = match api.at_risk(&code).await {
         Ok(found) => found,
