@@ -17,7 +17,7 @@ use super::ledger::Ledger;
 use super::notice::Notice;
 use super::outcome::Stats;
 use super::route::Routing;
-use super::sending::{Done, Sending};
+use super::sending::{record_outcome, Done, Sending};
 use super::{stages, Dispatcher};
 use crate::nats::LiveError;
 
@@ -88,6 +88,11 @@ impl Backtest<'_> {
             // A resolution asks whether its firing was sent: let every send end first.
             while let Some(done) = self.sending.next().await {
                 self.finished(done);
+            }
+            let (_, stop) = watch::channel(false);
+            for (draft, outcome) in stages::withdrawn(&mut self.hold, &notice) {
+                record_outcome(&self.ledger, &draft, &outcome, now, &stop).await;
+                self.stats.count(&outcome);
             }
         }
         let (wanted, news) = stages::admit(&notice, &self.routing, &self.ledger).await?;

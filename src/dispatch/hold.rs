@@ -77,27 +77,91 @@ pub struct Hold {
     timers: BTreeSet<(DateTime<Utc>, u64)>,
     batches: HashMap<u64, Batch>,
     groups: HashMap<String, u64>,
+    /// The batches holding drafts of each alert's firing, by alert id: its
+    /// resolution withdraws them.
+    firings: HashMap<String, Vec<u64>>,
     next: u64,
+}
+
+/// Whether `d` is a draft of alert `alert_id`'s firing.
+fn firing_of(d: &Draft, alert_id: &str) -> bool {
+    !d.notice.resolved && d.notice.alert_id == alert_id
 }
 
 impl Hold {
     pub fn new(quiet: Quiet, window: Duration) -> Hold {
-        Hold { quiet, window, timers: BTreeSet::new(), batches: HashMap::new(), groups: HashMap::new(), next: 0 }
+        Hold {
+            quiet,
+            window,
+            timers: BTreeSet::new(),
+            batches: HashMap::new(),
+            groups: HashMap::new(),
+            firings: HashMap::new(),
+            next: 0,
+        }
+    }
+
+    /// Notes that batch `id` holds `draft`, if it is a firing's.
+    fn index(&mut self, draft: &Draft, id: u64) {
+        if !draft.notice.resolved {
+            self.firings.entry(draft.notice.alert_id.clone()).or_default().push(id);
+        }
+    }
+
+    /// Takes out the held drafts of alert `alert_id`'s firing, whose
+    /// resolution came before they could go: a customer is not told of a
+    /// delay that is over. A group they spoke for goes on, its most severe
+    /// draft left speaking (the latest on a tie).
+    pub fn withdraw(&mut self, alert_id: &str) -> Vec<Draft> {
+        let mut out = Vec::new();
+        for id in self.firings.remove(alert_id).unwrap_or_default() {
+            let Some(batch) = self.batches.get_mut(&id) else { continue };
+            let (gone, kept) = std::mem::take(&mut batch.absorbed).into_iter().partition(|d| firing_of(d, alert_id));
+            batch.absorbed = kept;
+            out.extend::<Vec<Draft>>(gone);
+            if !firing_of(&batch.primary, alert_id) {
+                continue;
+            }
+            let speaker =
+                batch.absorbed.iter().enumerate().max_by_key(|(i, d)| (d.notice.severity, *i)).map(|(i, _)| i);
+            match speaker {
+                Some(i) => {
+                    let next = batch.absorbed.remove(i);
+                    out.push(std::mem::replace(&mut batch.primary, next));
+                }
+                None => {
+                    if let Some(batch) = self.batches.remove(&id) {
+                        self.timers.remove(&(batch.due, id));
+                        if let Some(group) = &batch.primary.group {
+                            self.groups.remove(group);
+                        }
+                        out.push(batch.primary);
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Takes a draft: returns it as a batch when it may go now, or holds it.
     pub fn offer(&mut self, draft: Draft, now: DateTime<Utc>) -> Option<Batch> {
         let mut due = if draft.quiet { self.quiet.release(now, draft.tz) } else { now };
         if let Some(group) = draft.group.clone().filter(|_| self.window > Duration::zero()) {
-            if let Some(batch) = self.groups.get(&group).and_then(|id| self.batches.get_mut(id)) {
-                // The most severe alert speaks for the group; on a tie, the latest.
-                if draft.notice.severity >= batch.primary.notice.severity {
-                    let old = std::mem::replace(&mut batch.primary, draft);
-                    batch.absorbed.push(old);
-                } else {
-                    batch.absorbed.push(draft);
+            if let Some(&id) = self.groups.get(&group) {
+                if let Some(batch) = self.batches.get_mut(&id) {
+                    let firing = (!draft.notice.resolved).then(|| draft.notice.alert_id.clone());
+                    let absorbed = if draft.notice.severity >= batch.primary.notice.severity {
+                        // The most severe alert speaks for the group; on a tie, the latest.
+                        std::mem::replace(&mut batch.primary, draft)
+                    } else {
+                        draft
+                    };
+                    batch.absorbed.push(absorbed);
+                    if let Some(alert) = firing {
+                        self.firings.entry(alert).or_default().push(id);
+                    }
+                    return None;
                 }
-                return None;
             }
             due = due.max(now + self.window);
             let id = self.hold(Batch { primary: draft, absorbed: Vec::new(), due });
@@ -115,6 +179,7 @@ impl Hold {
         let id = self.next;
         self.next += 1;
         self.timers.insert((batch.due, id));
+        self.index(&batch.primary, id);
         self.batches.insert(id, batch);
         id
     }
@@ -130,6 +195,14 @@ impl Hold {
             if let Some(batch) = self.batches.remove(&id) {
                 if let Some(group) = &batch.primary.group {
                     self.groups.remove(group);
+                }
+                for d in batch.drafts() {
+                    if let Some(ids) = self.firings.get_mut(&d.notice.alert_id) {
+                        ids.retain(|&i| i != id);
+                        if ids.is_empty() {
+                            self.firings.remove(&d.notice.alert_id);
+                        }
+                    }
                 }
                 out.push(batch);
             }
@@ -200,9 +273,15 @@ mod tests {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
+    /// One alert per rule.
+    fn alert(rule: &str) -> String {
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(rule.as_bytes()))
+    }
+
     fn draft(rule: &str, severity: &str, group: bool) -> Draft {
         let line = format!(
-            r#"{{"alert_id":"0123456789abcdef0123456789abcdef","rule":"{rule}","state":"firing","at":"2026-11-20T01:00:00Z","severity":"{severity}","audience":["customer"],"parcel_id":"P1"}}"#
+            r#"{{"alert_id":"{}","rule":"{rule}","state":"firing","at":"2026-11-20T01:00:00Z","severity":"{severity}","audience":["customer"],"parcel_id":"P1"}}"#,
+            alert(rule)
         );
         Draft {
             key: format!("{rule}.firing.customer.sms"),
@@ -255,6 +334,32 @@ mod tests {
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].primary.notice.rule, "late");
         assert_eq!(batches[0].absorbed.len(), 2);
+    }
+
+    #[test]
+    fn a_resolution_takes_back_its_firing_s_held_messages_and_the_group_goes_on() {
+        let mut hold = Hold::new(Quiet::parse("21:00", "08:00").unwrap(), Duration::minutes(2));
+        let night = at("2026-11-20T01:00:00Z");
+        // Held for the morning: its resolution comes at 05:00, before 08:00 in Paris.
+        assert!(hold.offer(draft("stalled", "warning", false), night).is_none());
+        // A group led by `late`, with a failed attempt in it.
+        assert!(hold.offer(draft("delivery_failed", "info", true), night).is_none());
+        assert!(hold.offer(draft("late", "warning", true), night).is_none());
+        let rules = |drafts: Vec<Draft>| drafts.iter().map(|d| d.notice.rule.clone()).collect::<Vec<_>>();
+        assert_eq!(rules(hold.withdraw(&alert("stalled"))), ["stalled"]);
+        assert_eq!(rules(hold.withdraw(&alert("late"))), ["late"]);
+        assert!(hold.withdraw(&alert("late")).is_empty(), "once");
+        let batches = hold.due(at("2026-11-20T07:00:00Z"));
+        assert_eq!(batches.len(), 1, "the stalled message is gone");
+        assert_eq!((batches[0].primary.notice.rule.as_str(), batches[0].absorbed.len()), ("delivery_failed", 0));
+        // Released: nothing of it left to withdraw.
+        assert!(hold.withdraw(&alert("delivery_failed")).is_empty() && hold.is_empty());
+        // A lone grouped draft withdrawn: its group is free for the next alert.
+        assert!(hold.offer(draft("late", "warning", true), night).is_none());
+        assert_eq!(rules(hold.withdraw(&alert("late"))), ["late"]);
+        assert!(hold.is_empty() && hold.due(at("2026-11-21T07:00:00Z")).is_empty());
+        assert!(hold.offer(draft("late", "warning", true), night).is_none());
+        assert_eq!(hold.due(at("2026-11-20T07:00:00Z")).len(), 1);
     }
 
     #[test]

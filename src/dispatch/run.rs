@@ -25,7 +25,7 @@ use super::ledger::Ledger;
 use super::notice::Notice;
 use super::outcome::{Outcome, Stats};
 use super::route::{Draft, Target};
-use super::sending::{retrying, Done, Sending};
+use super::sending::{record_outcome, retrying, Done, Sending};
 use super::{digest, stages, Dispatcher};
 use crate::clock::Clock;
 use crate::config::{std_duration, Config};
@@ -314,6 +314,14 @@ async fn serve(s: &Shared, mut stop: watch::Receiver<bool>, reload: &mut watch::
             Some(a) = admitted.recv(), if !stopping => {
                 for outcome in a.news {
                     publish(client, &a.notice, outcome, stats, now(clock)).await;
+                }
+                let t = now(clock);
+                for (draft, outcome) in stages::withdrawn(&mut hold, &a.notice) {
+                    // Recorded before its firing is acknowledged: never sent after a restart either.
+                    if record_outcome(ledger, &draft, &outcome, t, &stop).await {
+                        publish(client, &draft.notice, outcome, stats, t).await;
+                        finish(&mut pending, draft.seq);
+                    }
                 }
                 if a.drafts.is_empty() {
                     pending.remove(&a.seq);

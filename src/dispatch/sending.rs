@@ -150,12 +150,25 @@ async fn claimed_delivery(
 /// again unless that fails too.
 async fn record(ledger: &Ledger, batch: &Batch, ending: &Ending, at: DateTime<Utc>, stop: &watch::Receiver<bool>) {
     for (draft, outcome) in Outcome::of_batch(batch, ending) {
-        let (key, recorded, body) = (draft.slot(), outcome.recorded(), Bytes::from(outcome.json(&draft.notice, at)));
-        if retrying(stop, "idempotency record", || ledger.record(&key, recorded.clone(), body.clone())).await.is_none()
-        {
-            tracing::warn!(key = %draft.key, "stopped before the outcome was recorded");
-        }
+        record_outcome(ledger, draft, &outcome, at, stop).await;
     }
+}
+
+/// Records `draft`'s final `outcome` at `at`, retrying until it is stored
+/// or `stop`; false (and logged) when stopped first.
+pub async fn record_outcome(
+    ledger: &Ledger,
+    draft: &Draft,
+    outcome: &Outcome,
+    at: DateTime<Utc>,
+    stop: &watch::Receiver<bool>,
+) -> bool {
+    let (key, recorded, body) = (draft.slot(), outcome.recorded(), Bytes::from(outcome.json(&draft.notice, at)));
+    let stored = retrying(stop, "idempotency record", || ledger.record(&key, recorded.clone(), body.clone())).await;
+    if stored.is_none() {
+        tracing::warn!(key = %draft.key, "stopped before the outcome was recorded");
+    }
+    stored.is_some()
 }
 
 /// Runs `attempt` until it succeeds, waiting 100 ms doubling to 5 s between

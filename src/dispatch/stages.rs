@@ -1,8 +1,9 @@
 //! The stage chain after inhibition, written once for both drivers:
 //! [`admit`] (route an alert into drafts, ask the ledger which are still to
 //! send), [`offer`] (hold them for quiet hours and grouping, or start
-//! them), [`outcomes`] (what a finished batch says, failures logged) and
-//! [`fallbacks`] (what goes by the customer's next channel when it failed).
+//! them), [`outcomes`] (what a finished batch says, failures logged),
+//! [`fallbacks`] (what goes by the customer's next channel when it failed)
+//! and [`withdrawn`] (what a resolution takes back before it was sent).
 //! [`super::run`] drives it from the alerts stream, in admission workers and
 //! wall time; [`super::backtest`] from a replay's alerts, in order and in
 //! their own event time.
@@ -16,7 +17,7 @@ use super::hold::{Batch, Hold};
 use super::ledger::Ledger;
 use super::notice::Notice;
 use super::outcome::Outcome;
-use super::route::{route, Draft, Routing};
+use super::route::{route, Draft, Routing, Skip};
 use super::sending::Sending;
 use crate::nats::LiveError;
 
@@ -73,4 +74,27 @@ pub fn fallbacks(batch: &Batch, ending: &Ending) -> Vec<Draft> {
         tracing::info!(key = %draft.key, instead_of = ?draft.instead_of, "the customer's channel failed; trying the next");
     }
     next
+}
+
+/// The held drafts of `notice`'s firing when `notice` is its resolution:
+/// taken out of `hold` and never sent ("your parcel is late" to a customer
+/// whose parcel came during the night), each with its outcome, skipped
+/// `resolved_first`, for the driver to record before it acknowledges the
+/// firing.
+pub fn withdrawn(hold: &mut Hold, notice: &Notice) -> Vec<(Draft, Outcome)> {
+    if !notice.resolved {
+        return Vec::new();
+    }
+    let withdrawn = hold.withdraw(&notice.alert_id);
+    if !withdrawn.is_empty() {
+        let (alert, count) = (&notice.alert_id, withdrawn.len());
+        tracing::info!(%alert, count, "resolved while held: its messages are not sent");
+    }
+    withdrawn
+        .into_iter()
+        .map(|d| {
+            let skip = Skip { audience: d.target.audience(), channel: d.target.channel(), reason: "resolved_first" };
+            (d, Outcome::from_skip(&skip))
+        })
+        .collect()
 }

@@ -362,6 +362,37 @@ fn a_customer_whose_sms_fails_for_good_gets_the_email_instead_once() {
     assert_eq!((outcome(3, "email"), outcome(4, "sms"), outcome(5, "email")), (None, None, None));
 }
 
+/// A delay over before the morning is never announced: two customers'
+/// `stalled` alerts at 02:00 in Paris wait for 08:00; one parcel moves at
+/// 05:00, and its resolution takes its message back (recorded
+/// `resolved_first`, and no follow-up: that customer was never told); the
+/// other customer hears at 08:00.
+#[test]
+fn a_delay_over_before_the_morning_is_never_announced() {
+    let w = World::new(false, "");
+    set_clock(&w.clock, "2026-11-20T01:00:00Z");
+    let p = w.start();
+    let stalled = |n, phone: &str| {
+        alert(n, "stalled", "warning", &["customer"], recipient(phone, "", "fr-FR", "Europe/Paris", &["sms"]))
+    };
+    let over = stalled(1, "+33611111111");
+    w.publish(&[over.clone(), stalled(2, "+33622222222")]);
+    w.caught_up(&p, false);
+    let mut resolved = over;
+    resolved["state"] = json!("resolved");
+    resolved["at"] = json!("2026-11-20T04:00:00Z");
+    w.publish(&[resolved]);
+    let url = w.server.url();
+    let taken_back = (format!("{:032x}.firing.customer.sms", 1), "resolved_first".to_string());
+    wait_for(&p, "the held message taken back", || ledger(&url).contains(&taken_back));
+    set_clock(&w.clock, "2026-11-20T07:00:00Z");
+    wait_for(&p, "the other customer's SMS at 08:00", || w.gateway.sms_to("+33622222222").len() == 1);
+    w.caught_up(&p, true);
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    assert!(w.gateway.sms_to("+33611111111").is_empty(), "neither the delay nor a follow-up:\n{log}");
+}
+
 fn parse(raw: &[u8]) -> mail_parser::Message<'_> {
     mail_parser::MessageParser::default().parse(raw).expect("a mail")
 }
