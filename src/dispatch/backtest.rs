@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use super::hold::Hold;
 use super::ledger::Ledger;
 use super::notice::Notice;
-use super::outcome::Stats;
-use super::route::Routing;
+use super::outcome::{Outcome, Stats};
+use super::route::{Draft, Routing};
 use super::sending::{record_outcome, Done, Sending};
 use super::{stages, Dispatcher};
 use crate::nats::LiveError;
@@ -51,6 +51,9 @@ pub async fn run(d: Dispatcher, alerts: &[u8]) -> Result<Stats, LiveError> {
         now = now.max(notice.at);
         for (ready, ()) in inhibitor.due(now) {
             b.admit(ready, now).await?;
+        }
+        for (firing, ()) in inhibitor.withdraw(&notice) {
+            b.take_back(&firing, now).await;
         }
         if let Some((ready, ())) = inhibitor.offer(notice, (), now) {
             b.admit(ready, now).await?;
@@ -89,11 +92,8 @@ impl Backtest<'_> {
             while let Some(done) = self.sending.next().await {
                 self.finished(done);
             }
-            let (_, stop) = watch::channel(false);
-            for (draft, outcome) in stages::withdrawn(&mut self.hold, &notice) {
-                record_outcome(&self.ledger, &draft, &outcome, now, &stop).await;
-                self.stats.count(&outcome);
-            }
+            let withdrawn = stages::withdrawn(&mut self.hold, &notice);
+            self.record(withdrawn, now).await;
         }
         let (wanted, news) = stages::admit(&notice, &self.routing, &self.ledger).await?;
         for outcome in &news {
@@ -118,6 +118,22 @@ fn release(hold: &mut Hold, sending: &mut Sending, now: DateTime<Utc>) {
 }
 
 impl Backtest<'_> {
+    /// The messages of `firing`, which its resolution took back while it
+    /// waited for an episode, recorded as such.
+    async fn take_back(&mut self, firing: &Arc<Notice>, now: DateTime<Utc>) {
+        let taken = stages::taken_back(firing, &self.routing);
+        self.record(taken, now).await;
+    }
+
+    /// Records and counts messages that end here, unsent.
+    async fn record(&mut self, ended: Vec<(Draft, Outcome)>, now: DateTime<Utc>) {
+        let (_, stop) = watch::channel(false);
+        for (draft, outcome) in ended {
+            record_outcome(&self.ledger, &draft, &outcome, now, &stop).await;
+            self.stats.count(&outcome);
+        }
+    }
+
     /// Counts a finished message's outcomes and offers its fallbacks, at the
     /// time it went.
     fn finished(&mut self, Done { batch, ending, .. }: Done) {

@@ -84,6 +84,19 @@ impl<T> Inhibitor<T> {
         self.waiting.iter_mut().map(|(_, _, t)| t)
     }
 
+    /// The firings waiting here that `resolution` ends before they were
+    /// decided: their delay is over, so nothing is to be said of it.
+    pub fn withdraw(&mut self, resolution: &Notice) -> Vec<(Arc<Notice>, T)> {
+        if !resolution.resolved || self.waiting.is_empty() {
+            return Vec::new();
+        }
+        let (gone, kept) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(_, n, _)| !n.resolved && n.alert_id == resolution.alert_id);
+        self.waiting = kept;
+        gone.into_iter().map(|(_, n, item): (_, Arc<Notice>, T)| (n, item)).collect()
+    }
+
     /// Takes an alert at `now`; returns it (replaced or not) when it need
     /// not wait. Episodes open and close as their alerts pass.
     pub fn offer(&mut self, notice: Arc<Notice>, item: T, now: DateTime<Utc>) -> Option<(Arc<Notice>, T)> {
@@ -270,5 +283,21 @@ branch = { rules = ["stalled"], by = "facility", window = "2h", min_count = 2, i
             ..(*alert("stalled", "firing", Some("P1"), "FR-LYS-HUB", 1)).clone()
         };
         assert_eq!(i.offer(Arc::new(left), 1, at(1)).unwrap().0.rule, "stalled");
+    }
+
+    #[test]
+    fn a_firing_resolved_while_it_waits_is_taken_back_and_only_that_one() {
+        let mut i = inhibitor(10);
+        let stalled = alert("stalled", "firing", Some("P1"), "FR-LYS-HUB", 0);
+        assert!(i.offer(stalled.clone(), 0, at(0)).is_none(), "it waits for an episode");
+        assert!(i.offer(alert("stalled", "firing", Some("P2"), "FR-LYS-HUB", 1), 1, at(1)).is_none());
+        let moved = Notice { resolved: true, ..(*stalled).clone() };
+        let taken: Vec<u32> = i.withdraw(&moved).into_iter().map(|(_, item)| item).collect();
+        assert_eq!(taken, [0]);
+        assert!(i.withdraw(&moved).is_empty(), "once");
+        assert!(i.withdraw(&stalled).is_empty(), "a firing takes nothing back");
+        assert_eq!(i.offer(Arc::new(moved), 2, at(2)).map(|(_, item)| item), Some(2), "the resolution goes on");
+        let due: Vec<u32> = i.due(at(11)).into_iter().map(|(_, item)| item).collect();
+        assert_eq!(due, [1], "the other parcel's alert still waits its turn");
     }
 }

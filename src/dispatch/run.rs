@@ -246,6 +246,7 @@ async fn serve(s: &Shared, mut stop: watch::Receiver<bool>, reload: &mut watch::
     drop(admitted_tx);
     let hasher = RandomState::new();
     let mut inhibitor = d.inhibitor::<Waiting>();
+    let routing = d.routing();
     let subjects = inhibitor.subjects();
     let Some(kept) = retrying(&stop, "reading the open episodes", || episodes(js, config, &subjects)).await else {
         return;
@@ -306,8 +307,20 @@ async fn serve(s: &Shared, mut stop: watch::Receiver<bool>, reload: &mut watch::
                     }
                 };
                 pending.insert(seq, None);
+                let t = now(clock);
+                for (firing, w) in inhibitor.withdraw(&notice) {
+                    let mut recorded = true;
+                    for (draft, outcome) in stages::taken_back(&firing, &routing) {
+                        recorded &= record_outcome(ledger, &draft, &outcome, t, &stop).await;
+                        publish(client, &draft.notice, outcome, stats, t).await;
+                    }
+                    if recorded {
+                        pending.remove(&w.seq);
+                        acknowledge(w.message);
+                    }
+                }
                 let waiting = Waiting { seq, received: Instant::now(), message, alive: Instant::now() };
-                if let Some((notice, w)) = inhibitor.offer(notice, waiting, now(clock)) {
+                if let Some((notice, w)) = inhibitor.offer(notice, waiting, t) {
                     stopping |= !to_worker(&workers, &hasher, notice, w).await;
                 }
             }

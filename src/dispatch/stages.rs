@@ -3,7 +3,8 @@
 //! send), [`offer`] (hold them for quiet hours and grouping, or start
 //! them), [`outcomes`] (what a finished batch says, failures logged),
 //! [`fallbacks`] (what goes by the customer's next channel when it failed)
-//! and [`withdrawn`] (what a resolution takes back before it was sent).
+//! and [`withdrawn`] and [`taken_back`] (what a resolution takes back before
+//! it was sent).
 //! [`super::run`] drives it from the alerts stream, in admission workers and
 //! wall time; [`super::backtest`] from a replay's alerts, in order and in
 //! their own event time.
@@ -90,11 +91,19 @@ pub fn withdrawn(hold: &mut Hold, notice: &Notice) -> Vec<(Draft, Outcome)> {
         let (alert, count) = (&notice.alert_id, withdrawn.len());
         tracing::info!(%alert, count, "resolved while held: its messages are not sent");
     }
-    withdrawn
-        .into_iter()
-        .map(|d| {
-            let skip = Skip { audience: d.target.audience(), channel: d.target.channel(), reason: "resolved_first" };
-            (d, Outcome::from_skip(&skip))
-        })
-        .collect()
+    withdrawn.into_iter().map(resolved_first).collect()
+}
+
+/// The messages `firing` would have had, taken back by its resolution
+/// before they were routed (the firing waited for an episode), each with
+/// its outcome, skipped `resolved_first`, for the driver to record before it
+/// acknowledges the firing: a redelivery of it is then never sent.
+pub fn taken_back(firing: &Arc<Notice>, routing: &Routing<'_>) -> Vec<(Draft, Outcome)> {
+    tracing::info!(alert = %firing.alert_id, "resolved while waiting for an episode: not sent");
+    route(firing, routing).0.into_iter().map(resolved_first).collect()
+}
+
+fn resolved_first(d: Draft) -> (Draft, Outcome) {
+    let skip = Skip { audience: d.target.audience(), channel: d.target.channel(), reason: "resolved_first" };
+    (d, Outcome::from_skip(&skip))
 }

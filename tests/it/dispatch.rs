@@ -393,6 +393,29 @@ fn a_delay_over_before_the_morning_is_never_announced() {
     assert!(w.gateway.sms_to("+33611111111").is_empty(), "neither the delay nor a follow-up:\n{log}");
 }
 
+/// A customer alert waiting for a hub's episode (`inhibit_wait`) whose
+/// resolution comes first is never sent either: the parcel moved on.
+#[test]
+fn a_delay_over_while_it_waits_for_an_episode_is_never_announced() {
+    let w = World::new(false, "");
+    w.edit("inhibit_wait = \"0s\"\n", "inhibit_wait = \"30s\"\n");
+    let p = w.start();
+    let stalled =
+        alert(1, "stalled", "warning", &["customer"], recipient("+33611111111", "", "fr-FR", "Europe/Paris", &["sms"]));
+    let mut resolved = stalled.clone();
+    resolved["state"] = json!("resolved");
+    w.publish(&[stalled, resolved]);
+    let url = w.server.url();
+    let taken_back = (format!("{:032x}.firing.customer.sms", 1), "resolved_first".to_string());
+    wait_for(&p, "the waiting alert taken back", || ledger(&url).contains(&taken_back));
+    // The wait runs out: nothing is left to send.
+    set_clock(&w.clock, "2026-11-20T10:01:00Z");
+    w.caught_up(&p, true);
+    let (status, log) = p.stop();
+    assert!(status.success(), "{log}");
+    assert!(w.gateway.sms_to("+33611111111").is_empty(), "{log}");
+}
+
 fn parse(raw: &[u8]) -> mail_parser::Message<'_> {
     mail_parser::MessageParser::default().parse(raw).expect("a mail")
 }
