@@ -46,6 +46,9 @@ pub struct Inhibitor<T> {
     open: HashMap<(By, String), Episode>,
     /// Alerts waiting for an episode to open, in arrival order, with when they go on.
     waiting: VecDeque<(DateTime<Utc>, Arc<Notice>, T)>,
+    /// How many of `waiting` each alert id has: a resolution looks there
+    /// first, and goes through the queue only when its firing waits.
+    waiting_ids: HashMap<String, u32>,
     /// Alerts replaced so far.
     pub replaced: u64,
 }
@@ -62,7 +65,14 @@ impl<T> Inhibitor<T> {
                 (b.voice.id.clone(), Inhibiting { by: b.by, rules })
             })
             .collect();
-        Inhibitor { inhibiting, wait, open: HashMap::new(), waiting: VecDeque::new(), replaced: 0 }
+        Inhibitor {
+            inhibiting,
+            wait,
+            open: HashMap::new(),
+            waiting: VecDeque::new(),
+            waiting_ids: HashMap::new(),
+            replaced: 0,
+        }
     }
 
     /// Open episodes.
@@ -87,7 +97,7 @@ impl<T> Inhibitor<T> {
     /// The firings waiting here that `resolution` ends before they were
     /// decided: their delay is over, so nothing is to be said of it.
     pub fn withdraw(&mut self, resolution: &Notice) -> Vec<(Arc<Notice>, T)> {
-        if !resolution.resolved || self.waiting.is_empty() {
+        if !resolution.resolved || self.waiting_ids.remove(&resolution.alert_id).is_none() {
             return Vec::new();
         }
         let (gone, kept) = std::mem::take(&mut self.waiting)
@@ -97,11 +107,22 @@ impl<T> Inhibitor<T> {
         gone.into_iter().map(|(_, n, item): (_, Arc<Notice>, T)| (n, item)).collect()
     }
 
+    /// Forgets one waiting alert of `alert_id`.
+    fn gone(&mut self, alert_id: &str) {
+        if let Some(n) = self.waiting_ids.get_mut(alert_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.waiting_ids.remove(alert_id);
+            }
+        }
+    }
+
     /// Takes an alert at `now`; returns it (replaced or not) when it need
     /// not wait. Episodes open and close as their alerts pass.
     pub fn offer(&mut self, notice: Arc<Notice>, item: T, now: DateTime<Utc>) -> Option<(Arc<Notice>, T)> {
         self.observe(&notice);
         if self.wait > Duration::zero() && self.may_inhibit(&notice) {
+            *self.waiting_ids.entry(notice.alert_id.clone()).or_default() += 1;
             self.waiting.push_back((now + self.wait, notice, item));
             return None;
         }
@@ -113,6 +134,7 @@ impl<T> Inhibitor<T> {
         let mut out = Vec::new();
         while self.waiting.front().is_some_and(|(due, _, _)| *due <= now) {
             if let Some((_, notice, item)) = self.waiting.pop_front() {
+                self.gone(&notice.alert_id);
                 out.push((self.apply(notice), item));
             }
         }
