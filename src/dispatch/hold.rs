@@ -83,16 +83,9 @@ pub struct Hold {
     next: u64,
 }
 
-/// The alerts whose resolution takes `d` back: its firing's, and the one
-/// a regional delay message speaks for.
-fn taken_back_by(d: &Draft) -> impl Iterator<Item = &String> {
-    let n = &d.notice;
-    std::iter::once(&n.alert_id).chain(&n.speaks_for).filter(|_| !n.resolved)
-}
-
-/// Whether `d` is a draft of alert `alert_id`'s firing, or speaks for it.
+/// Whether `d` is a draft of alert `alert_id`'s firing.
 fn firing_of(d: &Draft, alert_id: &str) -> bool {
-    taken_back_by(d).any(|id| id == alert_id)
+    !d.notice.resolved && d.notice.alert_id == alert_id
 }
 
 impl Hold {
@@ -110,8 +103,8 @@ impl Hold {
 
     /// Notes that batch `id` holds `draft`, if it is a firing's.
     fn index(&mut self, draft: &Draft, id: u64) {
-        for alert in taken_back_by(draft) {
-            self.firings.entry(alert.clone()).or_default().push(id);
+        if !draft.notice.resolved {
+            self.firings.entry(draft.notice.alert_id.clone()).or_default().push(id);
         }
     }
 
@@ -156,7 +149,7 @@ impl Hold {
         if let Some(group) = draft.group.clone().filter(|_| self.window > Duration::zero()) {
             if let Some(&id) = self.groups.get(&group) {
                 if let Some(batch) = self.batches.get_mut(&id) {
-                    let firings: Vec<String> = taken_back_by(&draft).cloned().collect();
+                    let firing = (!draft.notice.resolved).then(|| draft.notice.alert_id.clone());
                     let absorbed = if draft.notice.severity >= batch.primary.notice.severity {
                         // The most severe alert speaks for the group; on a tie, the latest.
                         std::mem::replace(&mut batch.primary, draft)
@@ -164,7 +157,7 @@ impl Hold {
                         draft
                     };
                     batch.absorbed.push(absorbed);
-                    for alert in firings {
+                    if let Some(alert) = firing {
                         self.firings.entry(alert).or_default().push(id);
                     }
                     return None;
@@ -203,11 +196,11 @@ impl Hold {
                 if let Some(group) = &batch.primary.group {
                     self.groups.remove(group);
                 }
-                for alert in batch.drafts().flat_map(taken_back_by) {
-                    if let Some(ids) = self.firings.get_mut(alert) {
+                for d in batch.drafts() {
+                    if let Some(ids) = self.firings.get_mut(&d.notice.alert_id) {
                         ids.retain(|&i| i != id);
                         if ids.is_empty() {
-                            self.firings.remove(alert);
+                            self.firings.remove(&d.notice.alert_id);
                         }
                     }
                 }
@@ -367,12 +360,6 @@ mod tests {
         assert!(hold.is_empty() && hold.due(at("2026-11-21T07:00:00Z")).is_empty());
         assert!(hold.offer(draft("late", "warning", true), night).is_none());
         assert_eq!(hold.due(at("2026-11-20T07:00:00Z")).len(), 1);
-        // A regional delay message speaking for the parcel's stall: the stall's resolution takes it back.
-        let mut regional = draft("regional_delay", "warning", false);
-        regional.notice = Arc::new(Notice { speaks_for: Some(alert("stalled")), ..(*regional.notice).clone() });
-        assert!(hold.offer(regional, night).is_none());
-        assert_eq!(rules(hold.withdraw(&alert("stalled"))), ["regional_delay"]);
-        assert!(hold.is_empty());
     }
 
     #[test]

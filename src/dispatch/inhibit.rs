@@ -198,12 +198,7 @@ impl<T> Inhibitor<T> {
         let id = xxh3_128(format!("{}\u{0}{parcel}", e.alert_id).as_bytes());
         self.replaced += 1;
         crate::metrics::METRICS.inhibited.inc();
-        Arc::new(Notice {
-            alert_id: format!("{id:032x}"),
-            rule: REGIONAL_DELAY.into(),
-            speaks_for: Some(notice.alert_id.clone()),
-            ..(*notice).clone()
-        })
+        Arc::new(Notice { alert_id: format!("{id:032x}"), rule: REGIONAL_DELAY.into(), ..(*notice).clone() })
     }
 }
 
@@ -287,10 +282,8 @@ branch = { rules = ["stalled"], by = "facility", window = "2h", min_count = 2, i
         let mut i = inhibitor(0);
         let firing = alert("facility_stall", "firing", None, "FR-LYS-HUB", 0);
         i.offer(firing.clone(), 0, at(0));
-        let stalled = alert("stalled", "firing", Some("P1"), "FR-LYS-HUB", 1);
-        let first = i.offer(stalled.clone(), 1, at(1)).unwrap();
+        let first = i.offer(alert("stalled", "firing", Some("P1"), "FR-LYS-HUB", 1), 1, at(1)).unwrap();
         assert_eq!(first.0.rule, REGIONAL_DELAY);
-        assert_eq!(first.0.speaks_for.as_ref(), Some(&stalled.alert_id), "the stall's resolution takes it back");
         let resolved = Notice { resolved: true, ..(*firing).clone() };
         i.offer(Arc::new(resolved), 2, at(2));
         assert_eq!(i.episodes(), 0);

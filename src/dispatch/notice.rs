@@ -56,9 +56,6 @@ pub struct Notice {
     pub volume: Option<u32>,
     /// A facility's alert: the branches of the parcels it counted.
     pub branches: Vec<String>,
-    /// A regional delay message ([`super::inhibit`]): the id of the
-    /// parcel's own alert it speaks for, whose resolution takes it back.
-    pub speaks_for: Option<String>,
 }
 
 fn instant(field: &str, text: &str) -> Result<DateTime<Utc>, String> {
@@ -136,7 +133,6 @@ impl Notice {
             usual_from: owned(line.usual_from),
             volume: line.volume,
             branches: line.branches.unwrap_or_default().into_iter().map(Cow::into_owned).collect(),
-            speaks_for: None,
         })
     }
 
