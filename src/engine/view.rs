@@ -42,6 +42,18 @@ pub struct OpenAlert {
 }
 
 impl Engine {
+    /// Where a parcel stands, as the lookup names it, without building its
+    /// view: its state while the window holds it, `closed` once it left,
+    /// `unknown` when never seen (or forgotten).
+    pub fn standing(&self, parcel_id: &str) -> &'static str {
+        let hash = parcel_hash(parcel_id);
+        match self.window.find(parcel_id, hash) {
+            Some(slot) => self.window.get(slot).state.as_str(),
+            None if self.tombstones.contains(hash) => "closed",
+            None => "unknown",
+        }
+    }
+
     pub fn lookup(&self, parcel_id: &str) -> Lookup {
         let hash = parcel_hash(parcel_id);
         let Some(slot) = self.window.find(parcel_id, hash) else {

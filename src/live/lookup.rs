@@ -49,14 +49,7 @@ pub fn answer(engine: Option<&Engine>, payload: &[u8]) -> Vec<u8> {
 /// partition.
 pub fn standing<'e>(engine: impl Fn(&str) -> Option<&'e Engine>, payload: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(payload);
-    let answers: Vec<&str> = text
-        .lines()
-        .map(|id| match engine(id).map_or(Lookup::Unknown, |e| e.lookup(id)) {
-            Lookup::InFlight(v) => v.facts.state.as_str(),
-            Lookup::Closed => "closed",
-            Lookup::Unknown => "unknown",
-        })
-        .collect();
+    let answers: Vec<&str> = text.lines().map(|id| engine(id).map_or("unknown", |e| e.standing(id))).collect();
     serde_json::to_vec(&answers).unwrap_or_default()
 }
 
