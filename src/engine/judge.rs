@@ -45,10 +45,11 @@ pub(super) fn contact_after_telling(p: &Parcel, ev: &Event<'_>, plan: &Plan) -> 
 }
 
 /// Forewarn first spoke to the parcel's customer at `at` (rule `rule`): the
-/// contacts it meets, before it or on its way, each judged.
-pub(super) fn on_telling(p: &Parcel, at: Ts, rule: &Arc<str>, into: &mut Vec<Judged>) {
+/// contacts it meets, before it or on its way, each judged. `draw` is the
+/// parcel's ([`Draw::of`]).
+pub(super) fn on_telling(p: &Parcel, draw: Draw, at: Ts, rule: &Arc<str>, into: &mut Vec<Judged>) {
     for (c, topic) in p.contacts() {
         let (told_first, gap) = (c >= at, if c >= at { c.since(at) } else { at.since(c) });
-        into.push(Judged { draw: Draw::of(p.id()), topic, at: c, rule: rule.clone(), told_first, gap });
+        into.push(Judged { draw, topic, at: c, rule: rule.clone(), told_first, gap });
     }
 }

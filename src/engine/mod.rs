@@ -366,8 +366,9 @@ impl Engine {
         if state == AlertState::Firing && alert.audience.includes(Audience::CUSTOMER) {
             let p = self.window.get_mut(slot);
             if p.tell(at, r) {
-                judge::on_telling(p, at, id, &mut self.judged);
-                self.told.push(Draw::of(p.id()));
+                let draw = Draw::of(p.id());
+                judge::on_telling(p, draw, at, id, &mut self.judged);
+                self.told.push(draw);
             }
         }
         if state == AlertState::Firing {
