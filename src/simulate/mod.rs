@@ -169,7 +169,7 @@ fn life(net: &Network, world: &World, index: u64, out: &mut Vec<Ev>) {
     let dest = &COUNTRIES[p.dest];
     // The customer is told of a problem unless the parcel is held out.
     let response = match net.reaction.response {
-        r if r > 0.0 && !crate::holdout::held_out(&parcel_id(index, origin), net.reaction.holdout) => r,
+        r if r > 0.0 && !crate::holdout::held_out(&ParcelId(index, origin).to_string(), net.reaction.holdout) => r,
         _ => 0.0,
     };
     let span = (net.days * 24.0 * HOUR as f64) as i64;
@@ -446,10 +446,14 @@ pub fn write(net: &Network, out: &mut impl Write, mut progress: impl FnMut(u64))
     Ok(events.len() as u64)
 }
 
-/// The tracking number of parcel `index`, sent from `origin`, as
-/// [`format_event`] writes it.
-fn parcel_id(index: u64, origin: &Country) -> String {
-    format!("FW{index:010}{}", origin.code)
+/// The tracking number of parcel `index`, sent from `origin`: what
+/// [`format_event`] writes, and what the hold-out group is drawn from.
+struct ParcelId<'a>(u64, &'a Country);
+
+impl std::fmt::Display for ParcelId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FW{:010}{}", self.0, self.1.code)
+    }
 }
 
 fn format_event(net: &Network, world: &World, e: &Ev, line: &mut Vec<u8>) {
@@ -465,11 +469,10 @@ fn format_event(net: &Network, world: &World, e: &Ev, line: &mut Vec<u8>) {
     };
     let _ = write!(
         line,
-        r#"{{"v":1,"event_id":"ev-{:08x}-{:03}","parcel_id":"FW{:010}{}","kind":"{}","at":"{}","branch":"{}","country":"{}","service":"{}""#,
+        r#"{{"v":1,"event_id":"ev-{:08x}-{:03}","parcel_id":"{}","kind":"{}","at":"{}","branch":"{}","country":"{}","service":"{}""#,
         e.parcel,
         e.seq,
-        e.parcel,
-        origin.code,
+        ParcelId(u64::from(e.parcel), origin),
         e.kind,
         Ts(e.at),
         world.name(p.branch),
