@@ -31,7 +31,8 @@ pub async fn run(d: Dispatcher, alerts: &[u8]) -> Result<Stats, LiveError> {
     let mut b = Backtest {
         routing: d.routing(),
         hold: Hold::new(d.quiet, chrono::Duration::milliseconds(d.config.limits.group_window.0)),
-        sending: Sending::new(senders, ledger.clone(), "replay", &d.config.limits, stop),
+        sending: Sending::new(senders, ledger.clone(), "replay", &d.config.limits, stop.clone()),
+        stop,
         ledger,
         stats: Stats::default(),
         most_in_flight: d.config.concurrency.max(1) * 4,
@@ -81,6 +82,8 @@ struct Backtest<'a> {
     sending: Sending,
     stats: Stats,
     most_in_flight: usize,
+    /// Never set: a backtest runs to the end.
+    stop: watch::Receiver<bool>,
 }
 
 impl Backtest<'_> {
@@ -127,9 +130,8 @@ impl Backtest<'_> {
 
     /// Records and counts messages that end here, unsent.
     async fn record(&mut self, ended: Vec<(Draft, Outcome)>, now: DateTime<Utc>) {
-        let (_, stop) = watch::channel(false);
         for (draft, outcome) in ended {
-            record_outcome(&self.ledger, &draft, &outcome, now, &stop).await;
+            record_outcome(&self.ledger, &draft, &outcome, now, &self.stop).await;
             self.stats.count(&outcome);
         }
     }

@@ -309,12 +309,7 @@ async fn serve(s: &Shared, mut stop: watch::Receiver<bool>, reload: &mut watch::
                 pending.insert(seq, None);
                 let t = now(clock);
                 for (firing, w) in inhibitor.withdraw(&notice) {
-                    let mut recorded = true;
-                    for (draft, outcome) in stages::taken_back(&firing, &routing) {
-                        recorded &= record_outcome(ledger, &draft, &outcome, t, &stop).await;
-                        publish(client, &draft.notice, outcome, stats, t).await;
-                    }
-                    if recorded {
+                    if unsent(client, ledger, &stop, stats, stages::taken_back(&firing, &routing), t).await {
                         pending.remove(&w.seq);
                         acknowledge(w.message);
                     }
@@ -328,13 +323,10 @@ async fn serve(s: &Shared, mut stop: watch::Receiver<bool>, reload: &mut watch::
                 for outcome in a.news {
                     publish(client, &a.notice, outcome, stats, now(clock)).await;
                 }
-                let t = now(clock);
-                for (draft, outcome) in stages::withdrawn(&mut hold, &a.notice) {
-                    // Recorded before its firing is acknowledged: never sent after a restart either.
-                    if record_outcome(ledger, &draft, &outcome, t, &stop).await {
-                        publish(client, &draft.notice, outcome, stats, t).await;
-                        finish(&mut pending, draft.seq);
-                    }
+                let withdrawn = stages::withdrawn(&mut hold, &a.notice);
+                let seqs: Vec<u64> = withdrawn.iter().map(|(d, _)| d.seq).collect();
+                if unsent(client, ledger, &stop, stats, withdrawn, now(clock)).await {
+                    seqs.into_iter().for_each(|seq| finish(&mut pending, seq));
                 }
                 if a.drafts.is_empty() {
                     pending.remove(&a.seq);
@@ -440,6 +432,27 @@ async fn worker(
 async fn to_worker(workers: &[mpsc::Sender<ToWorker>], hasher: &RandomState, notice: Arc<Notice>, w: Waiting) -> bool {
     let worker = hasher.hash_one(&notice.alert_id) as usize % WORKERS;
     workers[worker].send((w.seq, w.received, w.message, notice)).await.is_ok()
+}
+
+/// Records and publishes the outcomes of messages that end here unsent (a
+/// resolution took them back), before their alerts are acknowledged, so a
+/// redelivery is never sent either; false when stopping came first: their
+/// alerts stay unacknowledged.
+async fn unsent(
+    client: &async_nats::Client,
+    ledger: &Ledger,
+    stop: &watch::Receiver<bool>,
+    stats: &mut Stats,
+    ended: Vec<(Draft, Outcome)>,
+    at: DateTime<Utc>,
+) -> bool {
+    for (draft, outcome) in ended {
+        if !record_outcome(ledger, &draft, &outcome, at, stop).await {
+            return false;
+        }
+        publish(client, &draft.notice, outcome, stats, at).await;
+    }
+    true
 }
 
 /// Keeps an alert held here from being redelivered: a progress
