@@ -155,14 +155,14 @@ fn local(text: Option<&str>, tz: Tz) -> Option<String> {
     instant(text).map(|t| shown(t, tz))
 }
 
-/// The parts of `values` that are text, joined by " · ".
-fn joined<'a>(values: impl IntoIterator<Item = &'a Value>) -> String {
-    values.into_iter().filter_map(Value::as_str).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" · ")
+/// The parts of `values` that are text, joined by `sep`.
+fn joined<'a>(values: impl IntoIterator<Item = &'a Value>, sep: &str) -> String {
+    values.into_iter().filter_map(Value::as_str).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(sep)
 }
 
 /// Where a scan was made: its facility and country, as known.
 fn place(scan: &Value) -> String {
-    joined([&scan["facility"], &scan["country"]])
+    joined([&scan["facility"], &scan["country"]], " · ")
 }
 
 /// What happened to the parcel and what was said, oldest first: its last
@@ -214,7 +214,7 @@ async fn parcel(State(api): State<Arc<Api>>, headers: HeaderMap, Path(id): Path<
         Ok(found) => found,
         Err(f) => return failed(f),
     };
-    let (w, messages) = (&found["window"], found["messages"].as_array().cloned().unwrap_or_default());
+    let (w, messages) = (&found["window"], found["messages"].as_array().map_or(&[][..], Vec::as_slice));
     let branch = w["branch"].as_str().or_else(|| messages.iter().find_map(|m| m["branch"].as_str()));
     let tz = w["recipient"]["tz"]
         .as_str()
@@ -228,8 +228,8 @@ async fn parcel(State(api): State<Arc<Api>>, headers: HeaderMap, Path(id): Path<
         _ => "window unavailable",
     };
     let r = &w["recipient"];
-    let channels = r["channels"].as_array().map(|c| joined(c).replace(" · ", ", "));
-    let customer = joined([&r["phone"], &r["email"], &r["locale"]])
+    let channels = r["channels"].as_array().map(|c| joined(c, ", "));
+    let customer = joined([&r["phone"], &r["email"], &r["locale"]], " · ")
         + &channels
             .map(|c| format!(" · channels: {}", if c.is_empty() { "none (opted out)" } else { &c }))
             .unwrap_or_default();
@@ -271,7 +271,7 @@ async fn parcel(State(api): State<Arc<Api>>, headers: HeaderMap, Path(id): Path<
         branch, branch_href => branch.map(|b| format!("/agent/branches/{}", url_encode(b))),
         service => w["service"].as_str(), customer => (!customer.is_empty()).then_some(customer),
         zone => tz.name(), open_alerts => alerts, messages => listed, truncated => found["messages_truncated"].as_bool(),
-        contacts, timeline => timeline(w, &messages, tz),
+        contacts, timeline => timeline(w, messages, tz),
     };
     page(StatusCode::OK, "parcel.html", ctx)
 }
