@@ -102,6 +102,9 @@ pub struct ParcelFacts {
     pub return_by: Option<Ts>,
     pub last_scan_at: Option<Ts>,
     pub trigger: Option<TriggerFacts>,
+    /// When the parcel is expected to arrive: between these two instants
+    /// (a range, or the midnights around whole days; see `engine/expected.rs`).
+    pub expected: Option<(Ts, Ts)>,
     pub recipient: Option<RecipientFacts>,
 }
 
@@ -184,6 +187,7 @@ impl Alert {
             p.and_then(|p| p.return_by).map(Ts::text),
             p.and_then(|p| p.last_scan_at).map(Ts::text),
         );
+        let expected = p.and_then(|p| p.expected).map(|(from, to)| (from.text(), to.text()));
         let line = Line {
             alert_id: Cow::Borrowed(std::str::from_utf8(&hex).unwrap_or("")),
             rule: Cow::Borrowed(&self.rule),
@@ -207,6 +211,8 @@ impl Alert {
             promised_by: promised_by.as_deref().map(Cow::Borrowed),
             return_by: return_by.as_deref().map(Cow::Borrowed),
             last_scan_at: last_scan_at.as_deref().map(Cow::Borrowed),
+            expected_from: expected.as_ref().map(|(from, _)| Cow::Borrowed(&**from)),
+            expected_to: expected.as_ref().map(|(_, to)| Cow::Borrowed(&**to)),
             locale: recipient.and_then(|r| r.locale.as_deref()).map(Cow::Borrowed),
             recipient: recipient.map(|r| RecipientLine {
                 name: r.name.as_deref().map(Cow::Borrowed),

@@ -48,6 +48,13 @@ pub struct Line<'a> {
     pub service: Option<Cow<'a, str>>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub promised_by: Option<Cow<'a, str>>,
+    /// When the parcel is expected to arrive, from and to (RFC 3339, UTC):
+    /// a range within a day of the customer's, or the midnights around the
+    /// whole days told.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub expected_from: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub expected_to: Option<Cow<'a, str>>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub return_by: Option<Cow<'a, str>>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]

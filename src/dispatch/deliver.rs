@@ -22,7 +22,7 @@ use super::ledger::token;
 use super::notice::Notice;
 use super::route::{Draft, Target};
 use super::segments;
-use super::template::{BranchView, Context, Templates};
+use super::template::{BranchView, Context, Expected, Templates};
 use crate::config::dispatch::{Links, Retry};
 use crate::config::std_duration;
 
@@ -65,6 +65,40 @@ pub struct Senders {
 
 fn local(t: DateTime<Utc>, tz: Tz) -> String {
     t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string()
+}
+
+/// The expected arrival between `from` and `to` as the recipient reads it:
+/// in `tz`, with day and month names in `locale`'s language (English when
+/// chrono has none for it).
+pub fn expected((from, to): (DateTime<Utc>, DateTime<Utc>), tz: Tz, locale: &str) -> Expected {
+    let (from, to) = (from.with_timezone(&tz), to.with_timezone(&tz));
+    let midnight = |t: &DateTime<Tz>| t.time() == chrono::NaiveTime::MIN;
+    // Whole days end at the midnight after the last one.
+    let whole = midnight(&from) && midnight(&to) && to > from;
+    let last = if whole { to - chrono::Duration::milliseconds(1) } else { to };
+    let language = locale.split(['-', '_']).next().unwrap_or("en");
+    let (chrono_locale, long, short) = match language {
+        "fr" => (chrono::Locale::fr_FR, "%A %-d %B", "%a %-d %b"),
+        "zh" => (chrono::Locale::zh_CN, "%-m月%-d日（%A）", "%-m月%-d日"),
+        "de" => (chrono::Locale::de_DE, "%A, %-d. %B", "%a, %-d. %b"),
+        "es" => (chrono::Locale::es_ES, "%A %-d de %B", "%a %-d %b"),
+        _ => (chrono::Locale::en_GB, "%A %-d %B", "%a %-d %b"),
+    };
+    let day = |t: &DateTime<Tz>, pattern: &str| t.format_localized(pattern, chrono_locale).to_string();
+    let kind = match (whole, from.date_naive() == last.date_naive()) {
+        (false, true) => "hours",
+        (true, true) => "day",
+        _ => "days",
+    };
+    Expected {
+        kind,
+        day: day(&from, long),
+        last_day: day(&last, long),
+        short_day: day(&from, short),
+        short_last_day: day(&last, short),
+        from: from.format("%H:%M").to_string(),
+        to: to.format("%H:%M").to_string(),
+    }
 }
 
 /// A link with `{parcel}` and `{alert}` filled in.
@@ -116,6 +150,10 @@ pub fn context(n: &Notice, tz: Tz, customer: bool, directory: &Directory, links:
         promised_by: n.promised_by.map(|t| local(t, tz)),
         return_by: n.return_by.map(|t| local(t, tz)),
         last_scan_at: n.last_scan_at.map(|t| local(t, tz)),
+        expected: n.expected.map(|range| {
+            let locale = n.recipient.as_ref().and_then(|r| r.locale.as_deref()).unwrap_or("en");
+            expected(range, tz, locale)
+        }),
         tracking_url: url(&links.tracking),
         reschedule_url: url(&links.reschedule),
         claim_url: url(&links.claim),
@@ -318,5 +356,38 @@ mod tests {
     fn links_encode_the_tracking_number() {
         assert_eq!(link("https://t.example/{parcel}", "A B/1", "x").unwrap(), "https://t.example/A%20B%2F1");
         assert_eq!(link("", "P", "x"), None);
+    }
+
+    #[test]
+    fn the_expected_arrival_reads_in_the_recipient_s_zone_and_language() {
+        let utc = |text: &str| DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc);
+        let paris: Tz = "Europe/Paris".parse().unwrap();
+        // A range within a Paris day: its hours.
+        let hours = expected((utc("2026-11-19T09:00:00Z"), utc("2026-11-19T17:00:00Z")), paris, "fr-FR");
+        assert_eq!(
+            (hours.kind, hours.day.as_str(), hours.from.as_str(), hours.to.as_str()),
+            ("hours", "jeudi 19 novembre", "10:00", "18:00")
+        );
+        assert_eq!(hours.short_day, "jeu. 19 nov.");
+        // The midnights around one Paris day: that day, whole.
+        let day = expected((utc("2026-11-19T23:00:00Z"), utc("2026-11-20T23:00:00Z")), paris, "en-GB");
+        assert_eq!(
+            (day.kind, day.day.as_str(), day.last_day.as_str()),
+            ("day", "Friday 20 November", "Friday 20 November")
+        );
+        // Around two Shanghai days, in Chinese; an unknown language reads English.
+        let shanghai: Tz = "Asia/Shanghai".parse().unwrap();
+        let days = expected((utc("2026-11-18T16:00:00Z"), utc("2026-11-20T16:00:00Z")), shanghai, "zh-CN");
+        assert_eq!(
+            (days.kind, days.day.as_str(), days.last_day.as_str()),
+            ("days", "11月19日（星期四）", "11月20日（星期五）")
+        );
+        assert_eq!(
+            expected((utc("2026-11-19T09:00:00Z"), utc("2026-11-19T17:00:00Z")), paris, "xx").day,
+            "Thursday 19 November"
+        );
+        // The same range told in another zone than the engine's days: still true.
+        let elsewhere = expected((utc("2026-11-19T23:00:00Z"), utc("2026-11-20T23:00:00Z")), Tz::UTC, "en");
+        assert_eq!((elsewhere.kind, elsewhere.from.as_str(), elsewhere.to.as_str()), ("days", "23:00", "23:00"));
     }
 }

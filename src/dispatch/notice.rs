@@ -46,6 +46,8 @@ pub struct Notice {
     pub promised_by: Option<DateTime<Utc>>,
     pub return_by: Option<DateTime<Utc>>,
     pub last_scan_at: Option<DateTime<Utc>>,
+    /// When the parcel is expected to arrive: from, to.
+    pub expected: Option<(DateTime<Utc>, DateTime<Utc>)>,
     pub recipient: Option<Recipient>,
     /// Branch-wide alerts: hits, window, the usual count and the volume.
     pub count: Option<u32>,
@@ -126,6 +128,14 @@ impl Notice {
             promised_by: optional("promised_by", line.promised_by)?,
             return_by: optional("return_by", line.return_by)?,
             last_scan_at: optional("last_scan_at", line.last_scan_at)?,
+            expected: match (optional("expected_from", line.expected_from)?, optional("expected_to", line.expected_to)?)
+            {
+                (Some(from), Some(to)) if from <= to => Some((from, to)),
+                (None, None) => None,
+                (Some(_), Some(_)) => return Err("expected_to: before expected_from".into()),
+                (Some(_), None) => return Err("expected_to: missing, with expected_from given".into()),
+                (None, Some(_)) => return Err("expected_from: missing, with expected_to given".into()),
+            },
             recipient: line.recipient.map(Recipient::from),
             count: line.count,
             window: owned(line.window),
@@ -161,6 +171,8 @@ impl Notice {
             promised_by: self.promised_by.map(text),
             return_by: self.return_by.map(text),
             last_scan_at: self.last_scan_at.map(text),
+            expected_from: self.expected.map(|(from, _)| text(from)),
+            expected_to: self.expected.map(|(_, to)| text(to)),
             locale: self.recipient.as_ref().and_then(|r| borrowed(&r.locale)),
             recipient: self.recipient.as_ref().map(|r| RecipientLine {
                 name: borrowed(&r.name),

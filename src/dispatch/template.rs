@@ -35,6 +35,8 @@ pub struct Context {
     pub promised_by: Option<String>,
     pub return_by: Option<String>,
     pub last_scan_at: Option<String>,
+    /// When the parcel is now expected, in the recipient's zone and language.
+    pub expected: Option<Expected>,
     pub tracking_url: Option<String>,
     pub reschedule_url: Option<String>,
     pub claim_url: Option<String>,
@@ -52,6 +54,24 @@ pub struct Context {
     pub volume: Option<u32>,
     /// Digest: its date.
     pub date: Option<String>,
+}
+
+/// The expected arrival as a template writes it: `kind` says which of the
+/// fields the sentence needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Expected {
+    /// `hours` (on `day`, between `from` and `to`), `day` (on `day`) or
+    /// `days` (between `day` and `last_day`).
+    pub kind: &'static str,
+    /// The (first) day, in the recipient's language: "Thursday 19 November".
+    pub day: String,
+    pub last_day: String,
+    /// The same, short, for SMS: "Thu 19 Nov".
+    pub short_day: String,
+    pub short_last_day: String,
+    /// `HH:MM`, for `hours`.
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -323,6 +343,15 @@ pub fn samples() -> Vec<Context> {
         promised_by: Some("2026-11-20 18:00".into()),
         return_by: Some("2026-11-27 19:00".into()),
         last_scan_at: Some("2026-11-19 22:40".into()),
+        expected: Some(Expected {
+            kind: "hours",
+            day: "Saturday 21 November".into(),
+            last_day: "Saturday 21 November".into(),
+            short_day: "Sat 21 Nov".into(),
+            short_last_day: "Sat 21 Nov".into(),
+            from: "10:00".into(),
+            to: "18:00".into(),
+        }),
         tracking_url: Some("https://track.example.com/1Z999AA10123456784".into()),
         reschedule_url: Some("https://track.example.com/1Z999AA10123456784/reschedule".into()),
         claim_url: Some("https://track.example.com/1Z999AA10123456784/claim".into()),
@@ -347,6 +376,10 @@ pub fn samples() -> Vec<Context> {
     }
     for (rule, state) in [("customs_hold", "out_for_delivery"), ("stalled", "delivered"), ("damaged", "collected")] {
         out.push(Context { rule: rule.into(), parcel_state: Some(state.into()), ..full.clone() });
+    }
+    for kind in ["day", "days"] {
+        let expected = full.expected.clone().map(|e| Expected { kind, last_day: "Monday 23 November".into(), ..e });
+        out.push(Context { expected, ..full.clone() });
     }
     // A branch with no history of its own yet, judged by the floor.
     out.push(Context { rule: "branch_delay_spike".into(), usual_from: Some("network".into()), ..full.clone() });

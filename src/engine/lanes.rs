@@ -136,7 +136,7 @@ impl Place {
     }
 
     /// The parcel has arrived: delivered, or waiting at a pickup point.
-    fn arrived(&self) -> bool {
+    pub(super) fn arrived(&self) -> bool {
         matches!(self.state, Kind::Delivered | Kind::ReadyForPickup | Kind::Collected)
     }
 }
@@ -187,12 +187,28 @@ pub struct Lanes {
     pub stats: LaneStats,
 }
 
+/// The `predicted` rule's parameters; a pack with none whose rules tell
+/// an `estimate` learns the lanes all the same, judging a lane by its
+/// median and with [`MIN_HISTORY`] legs.
 fn params(set: &RuleSet) -> Option<Params> {
-    set.rules.iter().find_map(|r| match r.trigger {
+    let predicted = set.rules.iter().find_map(|r| match r.trigger {
         Trigger::Predicted { quantile, min_history, .. } => Some(Params { quantile, min_history }),
         _ => None,
+    });
+    predicted.or_else(|| {
+        set.rules.iter().any(|r| r.estimate).then_some(Params { quantile: MEDIAN, min_history: MIN_HISTORY })
     })
 }
+
+/// The publications (4 days) before the spreads are told: a leg is learnt
+/// when it ends, so the first days' history holds the short legs and not
+/// yet the long ones, and estimates drawn from it come too early (on the
+/// simulator, 17 % to 66 % of parcels arrived within the range told on the
+/// first three days, 83 % to 87 % from the fourth).
+const WARM_UP: u64 = 8;
+
+/// The legs a lane needs to speak for itself, without a `predicted` rule to say.
+const MIN_HISTORY: u32 = 50;
 
 fn floor_epoch(t: Ts) -> Ts {
     Ts(t.0 - t.0.rem_euclid(EPOCH.0))
@@ -411,6 +427,28 @@ impl Lanes {
         Some((model, lane as usize))
     }
 
+    /// When the parcel is expected to arrive, as judged at `at`: instants
+    /// with their shares, in time order, from its class's spread in the
+    /// version in force then. `None` in the model's first days
+    /// ([`WARM_UP`]), for a parcel that arrived, or when no history says
+    /// how its leg goes on.
+    pub fn arrival(&self, p: &Parcel, at: Ts) -> Option<Vec<(Ts, f64)>> {
+        if self.stats.publications < WARM_UP || Place::of(p).arrived() {
+            return None;
+        }
+        let (model, lane) = self.lane_of(p)?;
+        let coming = at >= self.published_at.plus(EPOCH);
+        let spread = |lane: usize| {
+            let versions = model.forecasts_of(lane)?;
+            let version = if coming { &versions.coming } else { &versions.in_force };
+            version.as_ref()?.spread.clone()
+        };
+        let spread = spread(lane).or_else(|| spread(model.class_of(lane as u32) as usize))?;
+        let now = at.max(p.state_at);
+        let times = spread.arrival(now.since(p.state_at))?;
+        Some(times.into_iter().map(|(ms, share)| (now.plus(Span(ms)), share)).collect())
+    }
+
     /// When the parcel's expected arrival passes `limit`, judged no later
     /// than `latest`: the instant, or the boundary at which a version not
     /// published yet comes into force (it may say). `None` when neither
@@ -447,3 +485,4 @@ impl Lanes {
 mod checkpoint;
 mod legs;
 mod model;
+mod spread;

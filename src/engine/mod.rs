@@ -24,6 +24,7 @@ mod apply;
 pub mod branch;
 mod checkpoint;
 mod codec;
+mod expected;
 mod frontier;
 mod judge;
 mod lanes;
@@ -351,6 +352,11 @@ impl Engine {
         let rule = &self.set.rules[r as usize];
         let id = &self.plan.rules[r as usize].id;
         let branch = self.syms.get(p.branch).cloned();
+        let mut facts = facts(p, &self.syms, trigger);
+        if state == AlertState::Firing && rule.estimate {
+            let tz = self.syms.get(p.tz).and_then(|tz| tz.parse().ok()).unwrap_or(chrono_tz::Tz::UTC);
+            facts.expected = self.lanes.arrival(p, at).and_then(|arrival| expected::claim(&arrival, tz));
+        }
         let alert = Alert {
             id: AlertId::new(id, p.id(), episode),
             rule: id.clone(),
@@ -359,7 +365,7 @@ impl Engine {
             severity: rule.voice.severity,
             audience: rule.voice.audience,
             any_hour: rule.voice.any_hour,
-            parcel: Some(facts(p, &self.syms, trigger)),
+            parcel: Some(facts),
             branch: branch.clone(),
             branch_facts: None,
         };
@@ -429,6 +435,7 @@ fn facts(p: &Parcel, syms: &Interner, trigger: Option<Triggered>) -> ParcelFacts
         return_by: known(p.return_by),
         last_scan_at: known(p.last_scan_at),
         trigger: trigger.map(|t| t.facts),
+        expected: None,
         recipient: p.has_recipient().then(|| RecipientFacts {
             name: p.name().map(str::to_string),
             phone: p.phone().map(str::to_string),

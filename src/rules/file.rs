@@ -157,6 +157,8 @@ struct RawRule {
     resolve: bool,
     #[serde(default)]
     once: bool,
+    #[serde(default)]
+    estimate: bool,
     #[serde(default, rename = "where")]
     filter: RawFilter,
     #[serde(default)]
@@ -397,6 +399,10 @@ fn compile(raw: RawRule) -> Result<Compiled, Problem> {
         return Err((None, msg));
     }
     if let Some(b) = raw.branch {
+        if raw.estimate {
+            let msg = format!("rule `{id}`: estimate tells one parcel's expected arrival; a branch rule has none");
+            return Err((None, msg));
+        }
         return branch_rule(voice, b).map(|(r, m)| Compiled::Branch(r, m));
     }
     let (_, trigger) = triggers.remove(0);
@@ -423,7 +429,7 @@ fn compile(raw: RawRule) -> Result<Compiled, Problem> {
         branches: raw.filter.branch,
         reasons: raw.filter.reason,
     };
-    Ok(Compiled::Parcel(Rule { voice, filter, trigger, once: raw.once }))
+    Ok(Compiled::Parcel(Rule { voice, filter, trigger, once: raw.once, estimate: raw.estimate }))
 }
 
 /// A rule a branch rule names: `true` for one it inhibits, `false` for one it counts.

@@ -176,6 +176,9 @@ pub struct Rule {
     /// its condition holding again (a revised promise missed too, a second
     /// stall) raises nothing. Without it, each episode is news.
     pub once: bool,
+    /// Its firings tell the parcel's expected arrival (`expected_from` and
+    /// `expected_to`), from the lane model, when it has a forecast.
+    pub estimate: bool,
 }
 
 /// A rule about a branch: how many of its parcels hit some parcel rules.

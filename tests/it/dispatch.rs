@@ -376,7 +376,11 @@ fn a_delay_over_before_the_morning_is_never_announced() {
         alert(n, "stalled", "warning", &["customer"], recipient(phone, "", "fr-FR", "Europe/Paris", &["sms"]))
     };
     let over = stalled(1, "+33611111111");
-    w.publish(&[over.clone(), stalled(2, "+33622222222")]);
+    // The other one is told when its parcel is now expected, in Paris time.
+    let mut told = stalled(2, "+33622222222");
+    told["expected_from"] = json!("2026-11-21T09:00:00Z");
+    told["expected_to"] = json!("2026-11-21T17:00:00Z");
+    w.publish(&[over.clone(), told]);
     w.caught_up(&p, false);
     let mut resolved = over;
     resolved["state"] = json!("resolved");
@@ -391,6 +395,8 @@ fn a_delay_over_before_the_morning_is_never_announced() {
     let (status, log) = p.stop();
     assert!(status.success(), "{log}");
     assert!(w.gateway.sms_to("+33611111111").is_empty(), "neither the delay nor a follow-up:\n{log}");
+    let text = w.gateway.sms_to("+33622222222")[0].json()["text"].as_str().unwrap().to_string();
+    assert!(text.contains("Attendu le sam. 21 nov., 10:00-18:00."), "{text}");
 }
 
 /// A customer alert waiting for a hub's episode (`inhibit_wait`) whose

@@ -105,8 +105,8 @@ fn a_damaged_checkpoint_is_refused_with_the_way_out() {
     };
     assert!(refusal(b"{\"v\":1}").starts_with("not a forewarn checkpoint"));
     let mut future = saved.clone();
-    future[4] = 9;
-    assert!(refusal(&future).starts_with("checkpoint format v9, this forewarn reads v8"));
+    future[4] = 10;
+    assert!(refusal(&future).starts_with("checkpoint format v10, this forewarn reads v9"));
     assert!(refusal(&saved[..saved.len() / 2]).starts_with("corrupt checkpoint"));
     for message in [refusal(b"{\"v\":1}"), refusal(&future), refusal(&saved[..saved.len() / 2])] {
         assert!(message.ends_with("start without it to rebuild the state from the stream"), "{message}");

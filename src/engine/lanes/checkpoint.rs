@@ -2,7 +2,10 @@
 //! the versions in force and coming as they were published (the counts
 //! moved on since), and the legs not counted yet.
 
-use super::model::{Lane, Versions, NO_QUANTILE};
+use std::sync::Arc;
+
+use super::model::{Lane, Versions, BANDS, NO_QUANTILE};
+use super::spread::Spread;
 use super::*;
 use crate::engine::codec::{CheckpointError, R, W};
 
@@ -30,9 +33,10 @@ impl Lanes {
                     w.u(i as u64);
                     w.u(u64::from(c));
                 }
-                for (next, count) in lane.next {
-                    w.u(if next == NONE { 0 } else { u64::from(next) + 1 });
-                    w.u(u64::from(count));
+                for ((next, count), bands) in lane.next.iter().zip(&lane.bands) {
+                    w.u(if *next == NONE { 0 } else { u64::from(*next) + 1 });
+                    w.u(u64::from(*count));
+                    bands.iter().for_each(|&c| w.u(u64::from(c)));
                 }
             }
             // The versions as they were published: the counts moved on since.
@@ -49,6 +53,7 @@ impl Lanes {
                             w.u(1);
                             w.u(f.after.0 as u64);
                             f.leg.iter().for_each(|&v| w.u(if v == NO_QUANTILE { 0 } else { u64::from(v) + 1 }));
+                            save_spread(w, f.spread.as_deref());
                         }
                     }
                 }
@@ -92,9 +97,12 @@ impl Lanes {
                     lane.counts[i] = r.u32()?;
                 }
                 lane.total = lane.counts.iter().sum();
-                for e in lane.next.iter_mut() {
+                for (e, bands) in lane.next.iter_mut().zip(lane.bands.iter_mut()) {
                     let next = r.n(count, "next lane")?;
                     *e = (if next == 0 { NONE } else { next as u32 - 1 }, r.u32()?);
+                    for c in bands.iter_mut() {
+                        *c = r.u32()?;
+                    }
                 }
                 // Saved in the order they were made, each class and network
                 // lane before the lanes backing off to it; every saved fine
@@ -161,5 +169,41 @@ fn read_forecast(r: &mut R<'_>) -> Result<Forecast, CheckpointError> {
                 .ok_or_else(|| CheckpointError::Corrupt("forecast minutes".into()))?,
         };
     }
-    Ok(Forecast::new(leg, after))
+    Ok(Forecast::new(leg, after, read_spread(r)?))
+}
+
+fn save_spread(w: &mut W, spread: Option<&Spread>) {
+    let Some(s) = spread else { return w.u(0) };
+    w.u(1);
+    w.u(u64::from(s.thin_from));
+    s.leg.iter().for_each(|&c| w.u(u64::from(c)));
+    w.u(s.next.len() as u64);
+    for (time, bands) in &s.next {
+        time.iter().for_each(|&t| w.u(u64::from(t)));
+        bands.iter().for_each(|&c| w.u(u64::from(c)));
+    }
+}
+
+fn read_spread(r: &mut R<'_>) -> Result<Option<Spread>, CheckpointError> {
+    if r.n(1, "spread")? == 0 {
+        return Ok(None);
+    }
+    let thin_from = r.n(BUCKETS, "spread tail")? as u8;
+    let mut leg = [0u32; BUCKETS];
+    for c in leg.iter_mut() {
+        *c = r.u32()?;
+    }
+    let mut next = Vec::new();
+    for _ in 0..r.n(NEXT, "spread places")? {
+        let mut time = [0u16; BUCKETS];
+        for t in time.iter_mut() {
+            *t = u16::try_from(r.u()?).map_err(|_| CheckpointError::Corrupt("spread share".into()))?;
+        }
+        let mut bands = [0u32; BANDS];
+        for c in bands.iter_mut() {
+            *c = r.u32()?;
+        }
+        next.push((Arc::new(time), bands));
+    }
+    Ok(Some(Spread { leg, thin_from, next }))
 }

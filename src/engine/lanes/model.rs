@@ -5,6 +5,7 @@ use std::sync::{Arc, LazyLock};
 
 use hashbrown::HashMap;
 
+use super::spread::{self, Dist, Spread};
 use super::{Params, Place, BUCKETS, HALVE_AT, MAX_LANES, MEDIAN, MINUTE_MS, NEXT, NONE, STEP};
 use crate::engine::sym::{prefetch, Sym};
 use crate::time::{Span, Ts};
@@ -13,7 +14,7 @@ use crate::time::{Span, Ts};
 /// most judgments need only `after` and `longest`, read there with no
 /// further miss; the leg quantiles are behind a pointer, shared by the
 /// versions that did not change.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) struct Forecast {
     /// The sum of the quantiles of the legs after it, to the arrival.
     pub(super) after: Span,
@@ -27,12 +28,15 @@ pub(super) struct Forecast {
     /// judged by the legs that overran as much: a parcel a day late at a
     /// branch is likely to stay.
     pub(super) leg: Arc<[u16; BUCKETS]>,
+    /// A class's or network lane's time to the arrival as a distribution
+    /// (fine lanes tell their class's), for the expected arrival told.
+    pub(super) spread: Option<Arc<Spread>>,
 }
 
 impl Forecast {
-    pub(super) fn new(leg: [u16; BUCKETS], after: Span) -> Forecast {
+    pub(super) fn new(leg: [u16; BUCKETS], after: Span, spread: Option<Spread>) -> Forecast {
         let longest = leg.iter().filter(|&&m| m != NO_QUANTILE).max().map_or(0, |&m| i64::from(m) * 60_000);
-        Forecast { after, longest, leg: Arc::new(leg) }
+        Forecast { after, longest, leg: Arc::new(leg), spread: spread.map(Arc::new) }
     }
 
     /// The same published forecast: one version carried over to the next.
@@ -121,12 +125,27 @@ pub(super) struct Lane {
     /// The places parcels went next, with how often; `NONE` marks a free entry.
     pub(super) next: [(u32, u32); NEXT],
     pub(super) counts: [u32; BUCKETS],
+    /// For each `next` place, how often parcels went there after a leg of
+    /// each [`BANDS`] band: where a parcel goes depends on how long its
+    /// leg lasted (a hub's long legs are the ones abroad).
+    pub(super) bands: [[u32; BANDS]; NEXT],
 }
 
 impl Default for Lane {
     fn default() -> Self {
-        Lane { counts: [0; BUCKETS], total: 0, next: [(NONE, 0); NEXT] }
+        Lane { counts: [0; BUCKETS], total: 0, next: [(NONE, 0); NEXT], bands: [[0; BANDS]; NEXT] }
     }
+}
+
+/// The bands of leg durations the next places are counted by: eight of
+/// eight buckets each (1 min, 4 min, 14 min, 55 min, 3.5 h, 13 h, 2 days,
+/// 8 days, and longer).
+pub(super) const BANDS: usize = BUCKETS / BAND;
+const BAND: usize = 8;
+
+/// The band of bucket `b`.
+pub(super) fn band(b: usize) -> usize {
+    b / BAND
 }
 
 impl Lane {
@@ -136,12 +155,16 @@ impl Lane {
         self.total += 1;
     }
 
-    pub(super) fn went(&mut self, next: u32) {
-        if let Some(e) = self.next.iter_mut().find(|e| e.0 == next) {
-            e.1 += 1;
-        } else if let Some(e) = self.next.iter_mut().min_by_key(|e| (e.0 != NONE, e.1)) {
+    /// Counts a leg in bucket `b` that led to `next`.
+    pub(super) fn went(&mut self, next: u32, b: usize) {
+        if let Some(i) = self.next.iter().position(|e| e.0 == next) {
+            self.next[i].1 += 1;
+            self.bands[i][band(b)] += 1;
+        } else if let Some(i) = (0..NEXT).min_by_key(|&i| (self.next[i].0 != NONE, self.next[i].1)) {
             // A new place takes a free entry, or the rarest one's.
-            *e = (next, 1);
+            self.next[i] = (next, 1);
+            self.bands[i] = [0; BANDS];
+            self.bands[i][band(b)] = 1;
         }
     }
 
@@ -149,6 +172,7 @@ impl Lane {
         self.counts.iter_mut().for_each(|c| *c /= 2);
         self.total = self.counts.iter().sum();
         self.next.iter_mut().for_each(|e| e.1 /= 2);
+        self.bands.iter_mut().flatten().for_each(|c| *c /= 2);
     }
 
     /// The `q` quantile of the legs, if there are at least `min`.
@@ -332,7 +356,7 @@ impl Model {
             let parent = self.parent[at] as usize;
             let next = if parent == at { self.network_of(to) } else { self.class_of(to) };
             self.lanes[at].add(b);
-            self.lanes[at].went(next);
+            self.lanes[at].went(next, b);
             if parent == at {
                 break;
             }
@@ -342,7 +366,7 @@ impl Model {
 
     /// A lane's class lane: a fine lane's parent (only a fine place has a
     /// facility), else the lane itself.
-    fn class_of(&self, lane: u32) -> u32 {
+    pub(super) fn class_of(&self, lane: u32) -> u32 {
         if self.places[lane as usize].facility == Sym::NONE {
             lane
         } else {
@@ -451,6 +475,7 @@ impl Model {
     /// to the lane's coming one is that one: it costs no memory twice.
     fn forecasts(&self, params: Params) -> Vec<Option<Forecast>> {
         let rest = self.rests(params.min_history);
+        let mut spreads = self.spreads(params.min_history);
         let mut overruns: HashMap<usize, [u16; BUCKETS]> = HashMap::new();
         (0..self.lanes.len())
             .map(|i| {
@@ -470,7 +495,7 @@ impl Model {
                         }
                     }
                 }
-                let fresh = Forecast::new(overrun, Span(after));
+                let fresh = Forecast::new(overrun, Span(after), spreads[i].take());
                 match self.versions.get(i).and_then(|v| v.coming.as_ref()) {
                     Some(old) if *old == fresh => Some(old.clone()),
                     _ => Some(fresh),
@@ -479,12 +504,75 @@ impl Model {
             .collect()
     }
 
+    /// Each class's and network lane's [`Spread`], from its leg (the first
+    /// lane it backs off to with `min` legs speaks, as for its median, and
+    /// alone: the tail of a wider lane is not the class's, a whole
+    /// network's 13 h legs are not what an express parcel's 13 h mean) and
+    /// its next classes' times to the arrival as distributions, swept as
+    /// [`Model::rests`] sweeps the medians.
+    fn spreads(&self, min: u32) -> Vec<Option<Spread>> {
+        let n = self.lanes.len();
+        let classes: Vec<(usize, usize, Dist)> = (0..n)
+            .filter(|&i| self.places[i].facility == Sym::NONE)
+            .filter_map(|i| {
+                let speaks = self.backed_off(i, min)?;
+                let lane = &self.lanes[speaks];
+                Some((i, speaks, lane.counts.map(|c| f64::from(c) / f64::from(lane.total))))
+            })
+            .collect();
+        let mut rest: Vec<Option<Dist>> = vec![None; n];
+        for _ in 0..MAX_SPREAD_SWEEPS {
+            let mut moved = false;
+            // Where parcels go next was mostly seen later, so made later:
+            // the last classes first settle a route in a sweep or two.
+            for (i, speaks, leg) in classes.iter().rev() {
+                let Some(next) = spread::known_next(&self.lanes[*speaks], &self.places, &rest, 0.0) else { continue };
+                let next: Vec<_> = next.into_iter().map(|(d, bands, _)| (d, bands)).collect();
+                let time = spread::through(leg, &next);
+                let same = |r: &Dist| r.iter().zip(&time).all(|(a, b)| (a - b).abs() < SETTLED);
+                if !rest[*i].as_ref().is_some_and(same) {
+                    rest[*i] = Some(time);
+                    moved = true;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        // Each place's time published once, shared by the spreads leading there.
+        let arrived = Arc::new(spread::shares(&spread::ARRIVED));
+        let published: Vec<Option<Arc<[u16; BUCKETS]>>> =
+            rest.iter().map(|r| r.as_ref().map(|d| Arc::new(spread::shares(d)))).collect();
+        let mut spreads = vec![None; n];
+        for &(i, speaks, _) in classes.iter().filter(|(i, speaks, _)| i == speaks) {
+            let Some(next) = spread::known_next(&self.lanes[speaks], &self.places, &rest, MIN_KNOWN) else { continue };
+            let next = next
+                .into_iter()
+                .filter_map(|(_, bands, class)| {
+                    let time = if self.places[class as usize].arrived() {
+                        Some(Arc::clone(&arrived))
+                    } else {
+                        published[class as usize].clone()
+                    };
+                    Some((time?, bands))
+                })
+                .collect();
+            spreads[i] = Some(Spread::new(&self.lanes[speaks], next));
+        }
+        spreads
+    }
+
     /// A lane's overrun quantiles, worked out once per publication.
     fn overrun(&self, lane: usize, q: f64, done: &mut HashMap<usize, [u16; BUCKETS]>) -> [u16; BUCKETS] {
         *done.entry(lane).or_insert_with(|| self.lanes[lane].overrun_quantiles(q))
     }
 }
 
+/// How many sweeps the classes' distributions get to settle: routes are
+/// shorter, and each sweep convolves every class.
+const MAX_SPREAD_SWEEPS: usize = 16;
+/// A distribution moving less than this in every bucket has settled.
+const SETTLED: f64 = 1e-4;
 /// How many sweeps the classes' times get to settle.
 const MAX_SWEEPS: usize = 100;
 /// A class whose parcels take longer than this to arrive has no forecast

@@ -62,7 +62,7 @@ fn a_misspelt_key_gets_a_suggestion() {
     );
     check_err(
         "[[rule]]\nid = \"s\"\naudiance = [\"customer\"]\n",
-        expect!["rules/x.toml:3:1: unknown field `audiance`, expected one of `id`, `summary`, `audience`, `severity`, `any_hour`, `resolve`, `once`, `where`, `by_service`, `on`, `absence`, `deadline`, `state_duration`, `nth`, `contacts`, `predicted`, `branch`; did you mean `audience`?"],
+        expect!["rules/x.toml:3:1: unknown field `audiance`, expected one of `id`, `summary`, `audience`, `severity`, `any_hour`, `resolve`, `once`, `estimate`, `where`, `by_service`, `on`, `absence`, `deadline`, `state_duration`, `nth`, `contacts`, `predicted`, `branch`; did you mean `audience`?"],
     );
 }
 
