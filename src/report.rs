@@ -57,8 +57,9 @@ struct Parcel {
     problem_at: Ts,
     last_scan_at: Ts,
     contacts: Vec<(Ts, Topic)>,
-    /// The expected arrivals told: rule index, from, to.
-    estimates: Vec<(u16, Ts, Ts)>,
+    /// The firings of rules that tell an expected arrival: rule index, and
+    /// from and to when one was told.
+    estimates: Vec<(u16, Option<(Ts, Ts)>)>,
 }
 
 impl Default for Parcel {
@@ -129,10 +130,9 @@ impl Tally<'_> {
         if a.rule == PREDICTED_LATE {
             p.predicted_at = p.predicted_at.min(at);
         }
-        if let (Some(from), Some(to)) =
-            (a.expected_from.and_then(Ts::parse_rfc3339), a.expected_to.and_then(Ts::parse_rfc3339))
-        {
-            p.estimates.push((rule as u16, from, to));
+        if self.set.rules[rule].estimate {
+            let told = a.expected_from.and_then(Ts::parse_rfc3339).zip(a.expected_to.and_then(Ts::parse_rfc3339));
+            p.estimates.push((rule as u16, told));
         }
         if a.audience.iter().any(|x| Audience::parse(x) == Some(Audience::CUSTOMER)) {
             p.customer_rules |= 1u64 << rule.min(63);
@@ -231,6 +231,9 @@ pub struct Prediction {
 /// How many expected arrivals told came true.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Within {
+    /// Firings of the rules that tell one (`estimate = true`; not counted by kind).
+    pub firings: u64,
+    /// Those that told one: the lanes had enough history of the parcel's place.
     pub told: u64,
     /// The parcel arrived (delivered, or ready at a pickup point) between the two instants told.
     pub within: u64,
@@ -343,10 +346,14 @@ fn judge(set: &RuleSet, parcels: &HashMap<Box<str>, Parcel>) -> Report {
     let mut predicted_leads = Vec::new();
     let (mut predicted, mut late, mut hits) = (0u64, 0u64, 0u64);
     for p in parcels.values() {
-        for &(rule, from, to) in &p.estimates {
+        for &(rule, told) in &p.estimates {
+            let by_rule = r.estimates.by_rule.entry(name(rule)).or_default();
+            by_rule.firings += 1;
+            r.estimates.all.firings += 1;
+            let Some((from, to)) = told else { continue };
             let within = (from..=to).contains(&p.arrived_at);
+            by_rule.add(within);
             r.estimates.all.add(within);
-            r.estimates.by_rule.entry(name(rule)).or_default().add(within);
             r.estimates.by_kind.entry(told_kind(from, to)).or_default().add(within);
         }
         let problem = p.problem();
@@ -473,11 +480,13 @@ impl Report {
         let e = &self.estimates;
         if e.all.told > 0 {
             let within = |w: &Within| format!("{} of {} ({})", w.within, w.told, percent(w.share));
+            let told = |w: &Within| format!("{} of {} firings", w.told, w.firings);
             let by = |m: &mut dyn Iterator<Item = (&str, &Within)>| {
                 m.map(|(k, w)| format!("{k} {}", within(w))).collect::<Vec<_>>().join(", ")
             };
             out.push_str(&format!(
-                "\nexpected arrivals told: {} arrived within\n  by what was told: {}\n  by rule: {}\n",
+                "\nexpected arrivals told ({}): {} arrived within\n  by what was told: {}\n  by rule: {}\n",
+                told(&e.all),
                 within(&e.all),
                 by(&mut e.by_kind.iter().map(|(k, w)| (*k, w))),
                 by(&mut e.by_rule.iter().map(|(k, w)| (k.as_str(), w))),
@@ -588,7 +597,10 @@ mod tests {
             within += u64::from(at.is_some_and(|&at| from <= at && at <= to));
         }
         assert_eq!((r.estimates.all.told, r.estimates.all.within), (told, within));
-        assert_eq!(r.estimates.by_rule.keys().cloned().collect::<std::collections::BTreeSet<_>>(), rules);
+        let told_by: std::collections::BTreeSet<String> =
+            r.estimates.by_rule.iter().filter(|(_, w)| w.told > 0).map(|(k, _)| k.clone()).collect();
+        assert_eq!(told_by, rules);
+        assert!(r.estimates.all.firings > told, "firings without an estimate are counted too");
         assert_eq!(r.estimates.by_kind.values().map(|w| w.told).sum::<u64>(), told);
         // Only rules the pack marks `estimate` tell one, and most came true.
         let marked: Vec<&str> = set.rules.iter().filter(|r| r.estimate).map(|r| r.voice.id.as_str()).collect();

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, ValueEnum};
 
 use forewarn::dispatch::branches::Directory;
-use forewarn::dispatch::deliver::{context, customer_template};
+use forewarn::dispatch::deliver::{context, customer_template, expected};
 use forewarn::dispatch::notice::Notice;
 use forewarn::dispatch::route::zone;
 use forewarn::dispatch::segments;
@@ -49,21 +49,25 @@ pub fn render(args: RenderArgs) -> Result<ExitCode> {
     let templates_dir = defaults.templates_dir(&args.rules);
     let templates = Templates::load(&templates_dir, &defaults.default_locale)
         .map_err(|problems| anyhow!("templates at {}: {}", templates_dir.display(), problems.join("; ")))?;
-    let (ctx, tag, resolved) = match &args.alert {
-        Some(file) => {
-            let notice = find(file, args.rule.as_deref())?;
+    let notice = args.alert.as_ref().map(|file| find(file, args.rule.as_deref())).transpose()?;
+    let recipient = notice.as_ref().and_then(|n| n.recipient.as_ref());
+    let tag = args.locale.clone().or_else(|| recipient.and_then(|r| r.locale.clone()));
+    let locale = templates.locale(tag.as_deref()).to_string();
+    let (ctx, resolved) = match &notice {
+        Some(notice) => {
             let directory = Directory::load(&defaults.branches_file(&args.rules)).map_err(anyhow::Error::msg)?;
-            let recipient = notice.recipient.as_ref();
             let tz = zone(recipient.and_then(|r| r.tz.as_deref()), chrono_tz::UTC);
-            let ctx = context(&notice, tz, true, &directory, &defaults.links);
-            (ctx, args.locale.clone().or_else(|| recipient.and_then(|r| r.locale.clone())), notice.resolved)
+            (context(notice, tz, &locale, true, &directory, &defaults.links), notice.resolved)
         }
         None => {
             let Some(rule) = &args.rule else { bail!("--rule RULE or --alert FILE: which message to render") };
-            (Context { rule: rule.clone(), ..samples().remove(0) }, args.locale.clone(), false)
+            // The sample's expected arrival, in the language rendered.
+            // Saturday 21 November 2026, 09:00 to 17:00 UTC.
+            let at = |seconds| chrono::DateTime::from_timestamp(seconds, 0).unwrap_or_default();
+            let expected = Some(expected((at(1_795_251_600), at(1_795_280_400)), chrono_tz::Europe::Paris, &locale));
+            (Context { rule: rule.clone(), expected, ..samples().remove(0) }, false)
         }
     };
-    let locale = templates.locale(tag.as_deref()).to_string();
     let name = customer_template(&ctx.rule, resolved);
     match args.channel {
         Channel::Sms => {

@@ -78,7 +78,7 @@ pub fn expected((from, to): (DateTime<Utc>, DateTime<Utc>), tz: Tz, locale: &str
     let last = if whole { to - chrono::Duration::milliseconds(1) } else { to };
     let language = locale.split(['-', '_']).next().unwrap_or("en");
     let (chrono_locale, long, short) = match language {
-        "fr" => (chrono::Locale::fr_FR, "%A %-d %B", "%a %-d %b"),
+        "fr" => (chrono::Locale::fr_FR, "%A %-d %B", "%a %-d/%m"),
         "zh" => (chrono::Locale::zh_CN, "%-m月%-d日（%A）", "%-m月%-d日"),
         "de" => (chrono::Locale::de_DE, "%A, %-d. %B", "%a, %-d. %b"),
         "es" => (chrono::Locale::es_ES, "%A %-d de %B", "%a %-d %b"),
@@ -132,8 +132,9 @@ pub fn customer_template(rule: &str, resolved: bool) -> String {
 }
 
 /// The template variables for alert `n` to a customer (`customer`) or a
-/// branch, its instants in `tz`, its branch from `directory`, its links from `links`.
-pub fn context(n: &Notice, tz: Tz, customer: bool, directory: &Directory, links: &Links) -> Context {
+/// branch, its instants in `tz` (and its dates in the language of the
+/// templates' `locale`), its branch from `directory`, its links from `links`.
+pub fn context(n: &Notice, tz: Tz, locale: &str, customer: bool, directory: &Directory, links: &Links) -> Context {
     let parcel = n.parcel_id.clone();
     let url = |t: &str| parcel.as_deref().and_then(|p| link(t, p, &n.alert_id));
     let branch = n.branch.as_deref().and_then(|b| directory.get(b));
@@ -150,10 +151,7 @@ pub fn context(n: &Notice, tz: Tz, customer: bool, directory: &Directory, links:
         promised_by: n.promised_by.map(|t| local(t, tz)),
         return_by: n.return_by.map(|t| local(t, tz)),
         last_scan_at: n.last_scan_at.map(|t| local(t, tz)),
-        expected: n.expected.map(|range| {
-            let locale = n.recipient.as_ref().and_then(|r| r.locale.as_deref()).unwrap_or("en");
-            expected(range, tz, locale)
-        }),
+        expected: n.expected.map(|range| expected(range, tz, locale)),
         tracking_url: url(&links.tracking),
         reschedule_url: url(&links.reschedule),
         claim_url: url(&links.claim),
@@ -182,9 +180,9 @@ impl Senders {
         *self.templates.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(templates);
     }
 
-    /// The template variables for one draft.
-    pub fn context(&self, n: &Notice, tz: Tz, customer: bool) -> Context {
-        context(n, tz, customer, &self.directory, &self.links)
+    /// The template variables for one draft, rendered with `locale`'s templates.
+    pub fn context(&self, n: &Notice, tz: Tz, locale: &str, customer: bool) -> Context {
+        context(n, tz, locale, customer, &self.directory, &self.links)
     }
 
     /// The JSON machines get (webhooks, NATS, the CRM): the alert as the
@@ -226,13 +224,13 @@ impl Senders {
         let name = Self::template_name(draft);
         match &draft.target {
             Target::CustomerSms { phone } | Target::BranchSms { phone } => {
-                let ctx = self.context(n, draft.tz, customer);
+                let ctx = self.context(n, draft.tz, &locale, customer);
                 let body = templates.sms(&locale, &name, &ctx).map_err(Failure::permanent)?;
                 let body = segments::cap(&body, self.max_segments);
                 self.sms.send(&Text { to: phone.clone(), body, key: draft.key.clone() }).await
             }
             Target::CustomerEmail { email } | Target::BranchEmail { email } | Target::OpsEmail { email } => {
-                let ctx = self.context(n, draft.tz, customer);
+                let ctx = self.context(n, draft.tz, &locale, customer);
                 let content = templates.email(&locale, &name, &ctx).map_err(Failure::permanent)?;
                 let mail = Mail {
                     to_name: ctx.name.clone(),
@@ -368,7 +366,7 @@ mod tests {
             (hours.kind, hours.day.as_str(), hours.from.as_str(), hours.to.as_str()),
             ("hours", "jeudi 19 novembre", "10:00", "18:00")
         );
-        assert_eq!(hours.short_day, "jeu. 19 nov.");
+        assert_eq!(hours.short_day, "jeu. 19/11");
         // The midnights around one Paris day: that day, whole.
         let day = expected((utc("2026-11-19T23:00:00Z"), utc("2026-11-20T23:00:00Z")), paris, "en-GB");
         assert_eq!(

@@ -396,7 +396,7 @@ fn a_delay_over_before_the_morning_is_never_announced() {
     assert!(status.success(), "{log}");
     assert!(w.gateway.sms_to("+33611111111").is_empty(), "neither the delay nor a follow-up:\n{log}");
     let text = w.gateway.sms_to("+33622222222")[0].json()["text"].as_str().unwrap().to_string();
-    assert!(text.contains("Attendu le sam. 21 nov., 10:00-18:00."), "{text}");
+    assert!(text.contains("Attendu le sam. 21/11, 10:00-18:00."), "{text}");
 }
 
 /// A customer alert waiting for a hub's episode (`inhibit_wait`) whose
