@@ -342,6 +342,9 @@ impl Model {
         if let (Some(l), Some(parent)) = (self.lanes.get(lane as usize), self.parent.get(lane as usize)) {
             prefetch(&l.total);
             prefetch(&l.counts[b]);
+            // Where it went next, by band: two lines, the entry not known yet.
+            prefetch(&l.bands[0]);
+            prefetch(&l.bands[NEXT / 2]);
             prefetch(parent);
         }
     }
@@ -569,10 +572,11 @@ impl Model {
 }
 
 /// How many sweeps the classes' distributions get to settle: routes are
-/// shorter, and each sweep convolves every class.
-const MAX_SPREAD_SWEEPS: usize = 16;
+/// shorter, and each sweep convolves every class (a delivery's retries go
+/// round, and would take every sweep given).
+const MAX_SPREAD_SWEEPS: usize = 8;
 /// A distribution moving less than this in every bucket has settled.
-const SETTLED: f64 = 1e-4;
+const SETTLED: f64 = 1e-3;
 /// How many sweeps the classes' times get to settle.
 const MAX_SWEEPS: usize = 100;
 /// A class whose parcels take longer than this to arrive has no forecast
