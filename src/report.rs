@@ -33,9 +33,11 @@ use crate::replay::{self, Sinks};
 use crate::rules::{Audience, RuleSet};
 use crate::time::Ts;
 
+pub mod estimates;
 pub mod holdout;
 pub mod html;
 
+pub use estimates::{Estimates, Within};
 pub use holdout::{Group, Holdout};
 
 /// The rule whose precision and recall the report measures.
@@ -228,46 +230,6 @@ pub struct Prediction {
     pub median_lead_hours: Option<f64>,
 }
 
-/// How many expected arrivals told came true.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct Within {
-    /// Firings of the rules that tell one (`estimate = true`; not counted by kind).
-    pub firings: u64,
-    /// Those that told one: the lanes had enough history of the parcel's place.
-    pub told: u64,
-    /// The parcel arrived (delivered, or ready at a pickup point) between the two instants told.
-    pub within: u64,
-    pub share: Option<f64>,
-}
-
-impl Within {
-    fn add(&mut self, within: bool) {
-        self.told += 1;
-        self.within += u64::from(within);
-        self.share = share(self.within, self.told);
-    }
-}
-
-/// The expected arrivals told, against the real arrivals.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct Estimates {
-    pub all: Within,
-    pub by_rule: BTreeMap<String, Within>,
-    /// `hours` (a range within a day, the goal 90 %), `day` (one whole
-    /// day, the goal 80 %) or `days` (whole days, 90 %).
-    pub by_kind: BTreeMap<&'static str, Within>,
-}
-
-/// What an expected arrival from `from` to `to` told, by its length: whole
-/// days are 23 to 25 h each (a change of clocks), a range within a day less.
-fn told_kind(from: Ts, to: Ts) -> &'static str {
-    match to.0 - from.0 {
-        d if d < 23 * 3_600_000 => "hours",
-        d if d <= 25 * 3_600_000 => "day",
-        _ => "days",
-    }
-}
-
 /// The whole report.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Report {
@@ -347,14 +309,7 @@ fn judge(set: &RuleSet, parcels: &HashMap<Box<str>, Parcel>) -> Report {
     let (mut predicted, mut late, mut hits) = (0u64, 0u64, 0u64);
     for p in parcels.values() {
         for &(rule, told) in &p.estimates {
-            let by_rule = r.estimates.by_rule.entry(name(rule)).or_default();
-            by_rule.firings += 1;
-            r.estimates.all.firings += 1;
-            let Some((from, to)) = told else { continue };
-            let within = (from..=to).contains(&p.arrived_at);
-            by_rule.add(within);
-            r.estimates.all.add(within);
-            r.estimates.by_kind.entry(told_kind(from, to)).or_default().add(within);
+            r.estimates.add(name(rule), told, p.arrived_at);
         }
         let problem = p.problem();
         if p.late() {
@@ -477,21 +432,7 @@ impl Report {
         } else {
             out.push_str(&format!("\npredicted_late: not in the rule pack ({} parcels were late)\n", p.late));
         }
-        let e = &self.estimates;
-        if e.all.told > 0 {
-            let within = |w: &Within| format!("{} of {} ({})", w.within, w.told, percent(w.share));
-            let told = |w: &Within| format!("{} of {} firings", w.told, w.firings);
-            let by = |m: &mut dyn Iterator<Item = (&str, &Within)>| {
-                m.map(|(k, w)| format!("{k} {}", within(w))).collect::<Vec<_>>().join(", ")
-            };
-            out.push_str(&format!(
-                "\nexpected arrivals told ({}): {} arrived within\n  by what was told: {}\n  by rule: {}\n",
-                told(&e.all),
-                within(&e.all),
-                by(&mut e.by_kind.iter().map(|(k, w)| (*k, w))),
-                by(&mut e.by_rule.iter().map(|(k, w)| (k.as_str(), w))),
-            ));
-        }
+        out.push_str(&self.estimates.text());
         if let Some(h) = &self.holdout {
             out.push_str(&h.text());
         }
@@ -546,65 +487,5 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["contacts_preempted_share"], 0.5);
         assert!(json["predicted_late"]["recall"].is_null());
-    }
-
-    /// The estimate accuracy against a slow, obvious count: every firing
-    /// line of the replay with an expected arrival, joined by parcel with the
-    /// first delivered, ready or collected scan of the events. Six simulated
-    /// days, so that the lanes are past their warm-up (a network this small
-    /// tells few: most classes have too few legs of their own).
-    #[test]
-    fn the_expected_arrivals_told_are_checked_against_the_real_arrivals() {
-        use crate::simulate::{self, Network, Shape};
-        let set = RuleSet::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))).unwrap();
-        let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").unwrap();
-        let net = Network {
-            parcels: 20_000,
-            seed: 7,
-            start,
-            days: 6.0,
-            shape: Shape::default(),
-            reaction: Default::default(),
-        };
-        let mut events = Vec::new();
-        simulate::write(&net, &mut events, |_| {}).unwrap();
-        let open = || -> io::Result<Box<dyn Read>> { Ok(Box::new(io::Cursor::new(events.clone()))) };
-        let r = run(&mut Split::new(set.clone(), crate::engine::Config::default()), &set, 0.0, open).unwrap();
-
-        let mut alerts = Vec::new();
-        let mut sinks = Sinks { alerts: &mut alerts, rejects: None };
-        let mut engine = Split::new(set.clone(), crate::engine::Config::default());
-        replay::run(&mut io::Cursor::new(events.clone()), &mut engine, &mut sinks, &mut |_| {}).unwrap();
-        let mut arrived: HashMap<String, Ts> = HashMap::new();
-        for line in events.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let e: serde_json::Value = serde_json::from_slice(line).unwrap();
-            if ["delivered", "ready_for_pickup", "collected"].contains(&e["kind"].as_str().unwrap()) {
-                let at = Ts::parse_rfc3339(e["at"].as_str().unwrap()).unwrap();
-                let first = arrived.entry(e["parcel_id"].as_str().unwrap().to_string()).or_insert(at);
-                *first = (*first).min(at);
-            }
-        }
-        let (mut told, mut within, mut rules) = (0u64, 0u64, std::collections::BTreeSet::new());
-        for line in alerts.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let a: serde_json::Value = serde_json::from_slice(line).unwrap();
-            let (Some(from), Some(to)) = (a["expected_from"].as_str(), a["expected_to"].as_str()) else { continue };
-            assert_eq!(a["state"], "firing", "only firings tell an expected arrival");
-            let (from, to) = (Ts::parse_rfc3339(from).unwrap(), Ts::parse_rfc3339(to).unwrap());
-            assert!(from < to, "{a}");
-            told += 1;
-            rules.insert(a["rule"].as_str().unwrap().to_string());
-            let at = arrived.get(a["parcel_id"].as_str().unwrap());
-            within += u64::from(at.is_some_and(|&at| from <= at && at <= to));
-        }
-        assert_eq!((r.estimates.all.told, r.estimates.all.within), (told, within));
-        let told_by: std::collections::BTreeSet<String> =
-            r.estimates.by_rule.iter().filter(|(_, w)| w.told > 0).map(|(k, _)| k.clone()).collect();
-        assert_eq!(told_by, rules);
-        assert!(r.estimates.all.firings > told, "firings without an estimate are counted too");
-        assert_eq!(r.estimates.by_kind.values().map(|w| w.told).sum::<u64>(), told);
-        // Only rules the pack marks `estimate` tell one, and most came true.
-        let marked: Vec<&str> = set.rules.iter().filter(|r| r.estimate).map(|r| r.voice.id.as_str()).collect();
-        assert!(rules.iter().all(|r| marked.contains(&r.as_str())), "{rules:?} vs {marked:?}");
-        assert!(told > 100 && within as f64 > 0.8 * told as f64, "{within} of {told}");
     }
 }
