@@ -437,13 +437,10 @@ impl Lanes {
             return None;
         }
         let (model, lane) = self.lane_of(p)?;
-        let coming = at >= self.published_at.plus(EPOCH);
-        let spread = |lane: usize| {
-            let versions = model.forecasts_of(lane)?;
-            let version = if coming { &versions.coming } else { &versions.in_force };
-            version.as_ref()?.spread.clone()
-        };
-        let spread = spread(lane).or_else(|| spread(model.class_of(lane as u32) as usize))?;
+        // Only classes and network lanes have spreads: a fine lane tells its class's.
+        let versions = model.forecasts_of(model.class_of(lane as u32) as usize)?;
+        let version = if at >= self.published_at.plus(EPOCH) { &versions.coming } else { &versions.in_force };
+        let spread = version.as_ref()?.spread.as_ref()?;
         let now = at.max(p.state_at);
         let times = spread.arrival(now.since(p.state_at))?;
         Some(times.into_iter().map(|(ms, share)| (now.plus(Span(ms)), share)).collect())

@@ -516,7 +516,7 @@ impl Model {
     fn spreads(&self, min: u32) -> Vec<Option<Spread>> {
         let n = self.lanes.len();
         let classes: Vec<(usize, usize, Dist)> = (0..n)
-            .filter(|&i| self.places[i].facility == Sym::NONE)
+            .filter(|&i| self.class_of(i as u32) as usize == i)
             .filter_map(|i| {
                 let speaks = self.backed_off(i, min)?;
                 let lane = &self.lanes[speaks];
