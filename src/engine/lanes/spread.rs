@@ -100,15 +100,13 @@ const PRIOR: f64 = 5.0;
 /// The time to the arrival of a parcel entering a place: its leg, then
 /// where parcels went after a leg as long, each band convolved apart.
 pub(super) fn through(leg: &Dist, next: &[(&Dist, [u32; BANDS])]) -> Dist {
+    let mut parts = [[0.0; BUCKETS]; BANDS];
+    for (i, &x) in leg.iter().enumerate() {
+        parts[band(i)][i] = x;
+    }
     let mut out = [0.0; BUCKETS];
-    for b in 0..BANDS {
-        let mut part = [0.0; BUCKETS];
-        part[b * BUCKETS / BANDS..(b + 1) * BUCKETS / BANDS]
-            .copy_from_slice(&leg[b * BUCKETS / BANDS..(b + 1) * BUCKETS / BANDS]);
-        if part.iter().all(|&x| x == 0.0) {
-            continue;
-        }
-        let time = convolve(&part, &mixture(next, b));
+    for (b, part) in parts.iter().enumerate().filter(|(_, part)| part.iter().any(|&x| x > 0.0)) {
+        let time = convolve(part, &mixture(next, b));
         out.iter_mut().zip(time).for_each(|(o, t)| *o += t);
     }
     out
