@@ -127,11 +127,20 @@ impl World {
                 delivered && (!and_final || (info.num_ack_pending == 0 && info.ack_floor.stream_sequence >= last))
             })
         };
+        // The patience runs from the last progress: a dispatcher slowed by a
+        // loaded machine still sending is waited for, one that stopped is not.
+        let (mut progress, mut since) = ((0, 0, String::new()), start);
         while !caught_up() {
             let (gateway, mail) = (self.gateway.count(), self.smtp.as_ref().map_or(0, |s| s.messages().len()));
+            let now = (gateway, mail, seen.borrow().clone());
+            if now != progress {
+                (progress, since) = (now, std::time::Instant::now());
+            }
             assert!(
-                start.elapsed() < super::nats::PATIENCE,
-                "timed out waiting for the dispatcher caught up ({}; {gateway} SMS and {mail} emails received); log:\n{}",
+                since.elapsed() < super::nats::PATIENCE,
+                "timed out waiting for the dispatcher caught up, nothing moved for {:?} of {:?} ({}; {gateway} SMS and {mail} emails received); log:\n{}",
+                since.elapsed(),
+                start.elapsed(),
                 seen.borrow(),
                 p.log()
             );
