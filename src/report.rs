@@ -305,12 +305,19 @@ fn judge(set: &RuleSet, parcels: &HashMap<Box<str>, Parcel>) -> Report {
     let mut r = Report { parcels: parcels.len() as u64, ..Report::default() };
     let mut leads_by_rule: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let predicted_rule = set.find(PREDICTED_LATE);
+    let revised: Vec<u16> = (0..set.rules.len())
+        .filter(|&i| matches!(set.rules[i].trigger, crate::rules::Trigger::Revised { .. }))
+        .map(|i| i as u16)
+        .collect();
     let mut predicted_leads = Vec::new();
     let (mut predicted, mut late, mut hits) = (0u64, 0u64, 0u64);
     for p in parcels.values() {
         for &(rule, told) in &p.estimates {
             r.estimates.add(name(rule), told, p.arrived_at);
         }
+        let told: Vec<(bool, (Ts, Ts))> =
+            p.estimates.iter().filter_map(|&(rule, told)| Some((revised.contains(&rule), told?))).collect();
+        r.estimates.add_parcel(&told, p.arrived_at);
         let problem = p.problem();
         if p.late() {
             late += 1;

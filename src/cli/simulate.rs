@@ -44,6 +44,11 @@ pub struct SimulateArgs {
     /// problem parcel outside the hold-out counts as told. 0: nobody reacts.
     #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
     response: f64,
+    /// The share of customers told a revised date who then do not call
+    /// (those of parcels arriving a day or more after their promise): an
+    /// assumption, at least --response.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    revised_response: f64,
     #[command(flatten)]
     publish: PublishArgs,
 }
@@ -130,11 +135,13 @@ pub fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     if !forewarn::holdout::valid_share(args.holdout) {
         bail!("--holdout must be a share between 0 and 0.5");
     }
-    if !(0.0..=1.0).contains(&args.response) {
-        bail!("--response must be a share between 0 and 1");
+    for (flag, share) in [("--response", args.response), ("--revised-response", args.revised_response)] {
+        if !(0.0..=1.0).contains(&share) {
+            bail!("{flag} must be a share between 0 and 1");
+        }
     }
     let shape = args.shape.shape()?;
-    let reaction = Reaction { holdout: args.holdout, response: args.response };
+    let reaction = Reaction { holdout: args.holdout, response: args.response, revised: args.revised_response };
     let net = Network { parcels: args.parcels, seed: args.seed, start: args.start, days: args.days, shape, reaction };
     let bar = progress(Some(args.parcels), "simulate");
     if let Some(url) = args.publish.nats.clone() {

@@ -165,6 +165,15 @@ impl Engine {
                 Trigger::Contacts { count, within } => {
                     p.fired & bit == 0 && p.contacts_within(*within) >= usize::from(*count)
                 }
+                // Judged by the scan that set the parcel's state: the leg it begins.
+                Trigger::Revised { days } => {
+                    let told = p.told_estimate();
+                    told.on != 0 && p.state_at == ev.at && {
+                        let tz = zone(&self.syms, p);
+                        let now = self.lanes.arrival(p, ev.at).and_then(|a| expected::claim(&a, tz));
+                        now.is_some_and(|claim| told.revised_by(Told::new(claim, ev.at, tz), *days))
+                    }
+                }
                 _ => false,
             };
             if !fire {

@@ -10,7 +10,7 @@ use crate::event::{Channels, Contact, ContactChannel, Event, Kind, Recipient, To
 use crate::time::Ts;
 
 const MAGIC: &[u8; 4] = b"FWCK";
-const VERSION: u32 = 9;
+const VERSION: u32 = 10;
 
 /// Why a checkpoint cannot be restored. Every variant has the same way out:
 /// start without it and rebuild the state by replaying the stream.

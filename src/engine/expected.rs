@@ -57,6 +57,35 @@ pub fn claim(arrival: &[(Ts, f64)], tz: Tz) -> Option<(Ts, Ts)> {
     Some((start_of(first, tz), start_of(last.succ_opt()?, tz)))
 }
 
+/// An expected arrival told to a customer, in their days (counted from
+/// 1970-01-01 in their zone): the first and last day of what was told, and
+/// the day it was told on. `on` is 0 until one is told.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Told {
+    pub first: u16,
+    pub last: u16,
+    pub on: u16,
+}
+
+impl Told {
+    /// The days of `claim` (its end excluded: a day claimed ends at the
+    /// next midnight), told at `at`.
+    pub fn new(claim: (Ts, Ts), at: Ts, tz: Tz) -> Told {
+        let number = |t: Ts| (day_of(t, tz) - NaiveDate::default()).num_days().clamp(1, i64::from(u16::MAX)) as u16;
+        Told { first: number(claim.0), last: number(claim.1.minus(Span(1)).max(claim.0)), on: number(at) }
+    }
+
+    /// Whether `now` is news after `self`, on a day it was not told on: it
+    /// begins `days` or more after the last day told, or ends `days` or
+    /// more before the first. A range that still shares a day with the one
+    /// told is not: measured on the simulator, half the revisions sent when
+    /// the last day alone moved replaced an estimate that came true.
+    pub fn revised_by(self, now: Told, days: u8) -> bool {
+        let days = u16::from(days);
+        self.on != 0 && now.on != self.on && (now.first >= self.last + days || now.last + days <= self.first)
+    }
+}
+
 fn day_of(t: Ts, tz: Tz) -> NaiveDate {
     DateTime::from_timestamp_millis(t.0).unwrap_or_default().with_timezone(&tz).date_naive()
 }
@@ -102,5 +131,33 @@ mod tests {
         assert_eq!(claim(&late_night, utc), Some((Ts(THURSDAY + 15 * HOUR), Ts(THURSDAY + 17 * HOUR))));
         assert_eq!(claim(&late_night, shanghai), Some((Ts(THURSDAY - 8 * HOUR), Ts(THURSDAY + 40 * HOUR))));
         assert_eq!(claim(&[], utc), None);
+    }
+
+    #[test]
+    fn an_estimate_is_revised_when_it_moves_a_day_on_another_day_than_it_was_told() {
+        let shanghai: Tz = "Asia/Shanghai".parse().unwrap();
+        let day = |d: i64| Ts(THURSDAY + d * 24 * HOUR - 8 * HOUR);
+        // Told on Thursday (Shanghai): Friday, whole.
+        let told = Told::new((day(1), day(2)), day(0).plus(Span::hours(10)), shanghai);
+        assert_eq!((told.last - told.first, told.on + 1), (0, told.first));
+        // 23:30 UTC on Thursday is Friday in Shanghai: the days are the customer's.
+        assert_eq!(Told::new((day(1), day(2)), Ts(THURSDAY + 23 * HOUR + HOUR / 2), shanghai).on, told.first);
+        let on_friday = |from: i64, to: i64| Told::new((day(from), day(to)), day(1).plus(Span::hours(9)), shanghai);
+        // Saturday instead of Friday: a day later.
+        assert!(told.revised_by(on_friday(2, 3), 1));
+        assert!(!told.revised_by(on_friday(2, 3), 2), "two days asked, one moved");
+        assert!(told.revised_by(on_friday(3, 4), 2), "Sunday is two days after Friday");
+        // Thursday to Saturday still holds Friday: not news.
+        assert!(!told.revised_by(on_friday(0, 3), 1));
+        // Wednesday: a day earlier.
+        assert!(told.revised_by(on_friday(-1, 0), 1));
+        // Friday between 14:00 and 18:00: within what was told.
+        let hours = Told::new((day(1).plus(Span::hours(14)), day(1).plus(Span::hours(18))), day(1), shanghai);
+        assert!(!told.revised_by(hours, 1));
+        // Told the same day: never twice a day, however far it moved.
+        let same_day = Told::new((day(3), day(4)), day(0).plus(Span::hours(20)), shanghai);
+        assert!(!told.revised_by(same_day, 1));
+        // Nothing told, nothing revised.
+        assert!(!Told::default().revised_by(on_friday(2, 3), 1));
     }
 }

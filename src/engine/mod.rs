@@ -52,6 +52,7 @@ use crate::holdout::Draw;
 use crate::partition;
 use crate::rules::{Audience, By, RuleSet, Trigger};
 use crate::time::{Span, Ts};
+use expected::Told;
 use frontier::Frontier;
 use lanes::{Lanes, Place};
 use parcel::{event_fingerprint, take_recipient, LaneRef, Open, Parcel};
@@ -353,9 +354,11 @@ impl Engine {
         let id = &self.plan.rules[r as usize].id;
         let branch = self.syms.get(p.branch).cloned();
         let mut facts = facts(p, &self.syms, trigger);
+        let mut told = None;
         if state == AlertState::Firing && rule.estimate {
-            let tz = self.syms.get(p.tz).and_then(|tz| tz.parse().ok()).unwrap_or(chrono_tz::Tz::UTC);
+            let tz = zone(&self.syms, p);
             facts.expected = self.lanes.arrival(p, at).and_then(|arrival| expected::claim(&arrival, tz));
+            told = facts.expected.map(|claim| Told::new(claim, at, tz));
         }
         let alert = Alert {
             id: AlertId::new(id, p.id(), episode),
@@ -371,6 +374,9 @@ impl Engine {
         };
         if state == AlertState::Firing && alert.audience.includes(Audience::CUSTOMER) {
             let p = self.window.get_mut(slot);
+            if let Some(told) = told {
+                p.tell_estimate(told);
+            }
             if p.tell(at, r) {
                 let draw = Draw::of(p.id());
                 judge::on_telling(p, draw, at, id, &mut self.judged);
@@ -420,6 +426,11 @@ impl Triggered {
     fn then(trigger: Option<&Triggered>, p: &Parcel) -> (Kind, Sym) {
         trigger.map_or((p.state, p.facility), |t| (t.state, t.facility))
     }
+}
+
+/// The customer's zone, UTC when they gave none (or one unknown).
+fn zone(syms: &Interner, p: &Parcel) -> chrono_tz::Tz {
+    syms.get(p.tz).and_then(|tz| tz.parse().ok()).unwrap_or(chrono_tz::Tz::UTC)
 }
 
 fn facts(p: &Parcel, syms: &Interner, trigger: Option<Triggered>) -> ParcelFacts {

@@ -4,6 +4,7 @@
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::expected::Told;
 use super::sym::{Interner, Sym};
 use crate::event::{Channels, Event, Kind, Topic};
 use crate::time::Ts;
@@ -347,13 +348,23 @@ impl Parcel {
         first
     }
 
+    /// The expected arrival last told to the customer (`on` 0: none).
+    pub fn told_estimate(&self) -> Told {
+        self.talk.as_ref().map_or_else(Told::default, |t| t.estimate)
+    }
+
+    /// Notes the expected arrival told to the customer.
+    pub fn tell_estimate(&mut self, told: Told) {
+        self.talk().estimate = told;
+    }
+
     fn talk(&mut self) -> &mut Talk {
         self.talk.get_or_insert_with(|| Box::new(Talk::default()))
     }
 }
 
 /// A parcel's conversation with its customer, for the rules that count
-/// contacts and for the proof that forewarn spoke first.
+/// contacts, the proof that forewarn spoke first and the revised estimates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Talk {
     /// The four most recent contacts, oldest first (`Ts::MIN`: none)…
@@ -364,11 +375,19 @@ pub struct Talk {
     pub told_at: Ts,
     /// …and the index of its rule.
     pub told_by: u8,
+    /// The expected arrival last told, for the `revised` rules.
+    pub estimate: Told,
 }
 
 impl Default for Talk {
     fn default() -> Self {
-        Talk { times: [Ts::MIN; 4], topics: [Topic::Other; 4], told_at: Ts::MAX, told_by: u8::MAX }
+        Talk {
+            times: [Ts::MIN; 4],
+            topics: [Topic::Other; 4],
+            told_at: Ts::MAX,
+            told_by: u8::MAX,
+            estimate: Told::default(),
+        }
     }
 }
 

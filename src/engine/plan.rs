@@ -114,7 +114,7 @@ pub struct Compiled {
 /// The whole pack, compiled.
 pub struct Plan {
     pub rules: Vec<Compiled>,
-    /// Event-driven rules (on, nth, contacts) by the kind that can trigger them.
+    /// Event-driven rules (on, nth, contacts, revised) by the kind that can trigger them.
     pub on_kind: Vec<Vec<u8>>,
     /// For each state, the timer rules that can have a deadline in it, in rule order.
     pub timers_in: Vec<Vec<u8>>,
@@ -156,6 +156,12 @@ impl Plan {
                 }
                 Trigger::Contacts { .. } => {
                     on_kind[Kind::CustomerContact as usize].push(idx);
+                    None
+                }
+                Trigger::Revised { .. } => {
+                    for k in Kind::ALL.iter().filter(|k| k.sets_state()) {
+                        on_kind[*k as usize].push(idx);
+                    }
                     None
                 }
                 Trigger::Absence { after, while_in } => {

@@ -1,7 +1,9 @@
 //! How often the expected arrivals told came true: every estimate of a
 //! rule marked `estimate = true`, against the parcel's first delivered,
 //! ready or collected scan, by rule and by what was told (a range within a
-//! day, a day, or days; see `engine/expected.rs`).
+//! day, a day, or days; see `engine/expected.rs`); and what the revised
+//! estimates changed: whether the one they replaced was wrong, and whether
+//! the last told came true more often than the first.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +32,44 @@ impl Within {
     }
 }
 
+/// What the revised estimates changed for the customers told one.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Revisions {
+    /// Parcels whose customer was told an expected arrival…
+    pub parcels: u64,
+    /// …whose first one came true…
+    pub first_within: Option<f64>,
+    /// …and whose last one did, after the revisions (and later delay messages)…
+    pub last_within: Option<f64>,
+    /// …and whose last but for the revisions did.
+    pub last_unrevised_within: Option<f64>,
+    /// Revised estimates told (firings of a `revised` rule)…
+    pub revised: u64,
+    /// …that replaced one that would not have come true: the news was needed.
+    pub replaced_wrong: u64,
+    pub replaced_wrong_share: Option<f64>,
+}
+
+impl Revisions {
+    /// Counts one parcel's estimates told, in the order told (whether each
+    /// is a revision, and its range), against its arrival.
+    fn add(&mut self, told: &[(bool, (Ts, Ts))], arrived_at: Ts, tally: &mut [u64; 3]) {
+        let (Some(first), Some(last)) = (told.first(), told.last()) else { return };
+        let unrevised = told.iter().rev().find(|(revision, _)| !revision).unwrap_or(first);
+        let within = |(from, to): (Ts, Ts)| (from..=to).contains(&arrived_at);
+        self.parcels += 1;
+        for (n, (_, range)) in tally.iter_mut().zip([first, last, unrevised]) {
+            *n += u64::from(within(*range));
+        }
+        for pair in told.windows(2).filter(|pair| pair[1].0) {
+            self.revised += 1;
+            self.replaced_wrong += u64::from(!within(pair[0].1));
+        }
+        [self.first_within, self.last_within, self.last_unrevised_within] = tally.map(|n| share(n, self.parcels));
+        self.replaced_wrong_share = share(self.replaced_wrong, self.revised);
+    }
+}
+
 /// The expected arrivals told, against the real arrivals.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Estimates {
@@ -38,6 +78,10 @@ pub struct Estimates {
     /// `hours` (a range within a day, the goal 90 %), `day` (one whole
     /// day, the goal 80 %) or `days` (whole days, 90 %).
     pub by_kind: BTreeMap<&'static str, Within>,
+    pub revisions: Revisions,
+    /// The parcels whose first, last, and last unrevised estimates came true.
+    #[serde(skip)]
+    came_true: [u64; 3],
 }
 
 /// What an expected arrival from `from` to `to` told, by its length: whole
@@ -64,6 +108,12 @@ impl Estimates {
         self.by_kind.entry(told_kind(from, to)).or_default().add(within);
     }
 
+    /// Counts one parcel's estimates told, in the order told, each with
+    /// whether it is a revision.
+    pub(super) fn add_parcel(&mut self, told: &[(bool, (Ts, Ts))], arrived_at: Ts) {
+        self.revisions.add(told, arrived_at, &mut self.came_true);
+    }
+
     /// The report's lines about them; none when none was told.
     pub(super) fn text(&self) -> String {
         if self.all.told == 0 {
@@ -73,13 +123,23 @@ impl Estimates {
         let by = |m: &mut dyn Iterator<Item = (&str, &Within)>| {
             m.map(|(k, w)| format!("{k} {}", within(w))).collect::<Vec<_>>().join(", ")
         };
+        let v = &self.revisions;
         format!(
-            "\nexpected arrivals told ({} of {} firings): {} arrived within\n  by what was told: {}\n  by rule: {}\n",
+            "\nexpected arrivals told ({} of {} firings): {} arrived within\n  by what was told: {}\n  by rule: {}\n  \
+             revised {} times, {} of them ({}) replacing one that would not have come true; \
+             of the {} parcels told one, the first came true for {}, the last for {} ({} but for the revisions)\n",
             self.all.told,
             self.all.firings,
             within(&self.all),
             by(&mut self.by_kind.iter().map(|(k, w)| (*k, w))),
             by(&mut self.by_rule.iter().map(|(k, w)| (k.as_str(), w))),
+            v.revised,
+            v.replaced_wrong,
+            percent(v.replaced_wrong_share),
+            v.parcels,
+            percent(v.first_within),
+            percent(v.last_within),
+            percent(v.last_unrevised_within),
         )
     }
 }
@@ -132,6 +192,8 @@ mod tests {
             }
         }
         let (mut told, mut within, mut rules) = (0u64, 0u64, BTreeSet::new());
+        // Each parcel's estimates in the order told: a revision?, from, to, told at.
+        let mut by_parcel: HashMap<String, Vec<(bool, Ts, Ts, Ts)>> = HashMap::new();
         for line in alerts.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let a: serde_json::Value = serde_json::from_slice(line).unwrap();
             let (Some(from), Some(to)) = (a["expected_from"].as_str(), a["expected_to"].as_str()) else { continue };
@@ -140,9 +202,14 @@ mod tests {
             assert!(from < to, "{a}");
             told += 1;
             rules.insert(a["rule"].as_str().unwrap().to_string());
-            let at = arrived.get(a["parcel_id"].as_str().unwrap());
+            let id = a["parcel_id"].as_str().unwrap();
+            let at = arrived.get(id);
             within += u64::from(at.is_some_and(|&at| from <= at && at <= to));
+            let revision = a["rule"] == "revised_estimate";
+            let told_at = Ts::parse_rfc3339(a["at"].as_str().unwrap()).unwrap();
+            by_parcel.entry(id.to_string()).or_default().push((revision, from, to, told_at));
         }
+        revisions_agree(&r.estimates.revisions, &events, &arrived, &by_parcel);
         assert_eq!((r.estimates.all.told, r.estimates.all.within), (told, within));
         let told_by: BTreeSet<String> =
             r.estimates.by_rule.iter().filter(|(_, w)| w.told > 0).map(|(k, _)| k.clone()).collect();
@@ -153,5 +220,56 @@ mod tests {
         let marked: Vec<&str> = set.rules.iter().filter(|r| r.estimate).map(|r| r.voice.id.as_str()).collect();
         assert!(rules.iter().all(|r| marked.contains(&r.as_str())), "{rules:?} vs {marked:?}");
         assert!(told > 100 && within as f64 > 0.8 * told as f64, "{within} of {told}");
+    }
+
+    /// Every revision told follows an estimate told on another of the
+    /// customer's days and shares no day with it; the report's revision
+    /// figures are those of the same lines, counted the slow way.
+    fn revisions_agree(
+        got: &super::Revisions,
+        events: &[u8],
+        arrived: &HashMap<String, Ts>,
+        by_parcel: &HashMap<String, Vec<(bool, Ts, Ts, Ts)>>,
+    ) {
+        let mut zones: HashMap<String, chrono_tz::Tz> = HashMap::new();
+        for line in events.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let e: serde_json::Value = serde_json::from_slice(line).unwrap();
+            if let Some(tz) = e["recipient"]["tz"].as_str() {
+                zones.insert(e["parcel_id"].as_str().unwrap().to_string(), tz.parse().unwrap());
+            }
+        }
+        let (mut revised, mut replaced_wrong, mut first, mut last, mut unrevised) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        for (id, told) in by_parcel {
+            let tz = zones.get(id).copied().unwrap_or(chrono_tz::Tz::UTC);
+            let day = |t: Ts| chrono::DateTime::from_timestamp_millis(t.0).unwrap().with_timezone(&tz).date_naive();
+            let came_true =
+                |&(_, from, to, _): &(bool, Ts, Ts, Ts)| arrived.get(id).is_some_and(|&at| from <= at && at <= to);
+            assert!(!told[0].0, "{id}: a revision with nothing told before it");
+            for i in 1..told.len() {
+                let ((_, from, to, at), (revision, new_from, new_to, new_at)) = (told[i - 1], told[i]);
+                if !revision {
+                    continue;
+                }
+                revised += 1;
+                replaced_wrong += u64::from(!came_true(&told[i - 1]));
+                assert_ne!(day(new_at), day(at), "{id}: two estimates told on one day");
+                let (new_last, last) = (day(Ts(new_to.0 - 1)), day(Ts(to.0 - 1)));
+                assert!(
+                    day(new_from) > last || new_last < day(from),
+                    "{id}: a revision sharing a day with what was told"
+                );
+            }
+            first += u64::from(came_true(&told[0]));
+            last += u64::from(came_true(told.last().unwrap()));
+            unrevised += u64::from(told.iter().rev().find(|t| !t.0).is_some_and(came_true));
+        }
+        let parcels = by_parcel.len() as u64;
+        assert!(revised > 0, "the network has revisions to check");
+        assert_eq!((got.parcels, got.revised, got.replaced_wrong), (parcels, revised, replaced_wrong));
+        let share = |n: u64| Some((n as f64 / parcels as f64 * 10_000.0).round() / 10_000.0);
+        assert_eq!(
+            (got.first_within, got.last_within, got.last_unrevised_within),
+            (share(first), share(last), share(unrevised))
+        );
     }
 }

@@ -129,11 +129,12 @@ mod tests {
     use crate::rules::RuleSet;
 
     /// The hold-out measure on a simulated network whose told customers
-    /// react by `response`, a fifth of the parcels held out.
-    fn measured(response: f64) -> Holdout {
+    /// react by `response` (to a revised date by `revised`), a fifth of the
+    /// parcels held out.
+    fn measured(response: f64, revised: f64) -> Holdout {
         use crate::simulate::{write, Network, Reaction, Shape};
         let start = Ts::parse_rfc3339("2026-11-16T00:00:00Z").unwrap();
-        let reaction = Reaction { holdout: 0.2, response };
+        let reaction = Reaction { holdout: 0.2, response, revised };
         let net = Network { parcels: 20_000, seed: 5, start, days: 1.0, shape: Shape::default(), reaction };
         let mut bytes = Vec::new();
         write(&net, &mut bytes, |_| {}).unwrap();
@@ -145,7 +146,7 @@ mod tests {
 
     #[test]
     fn the_hold_out_measures_the_customers_reaction_and_no_effect_where_there_is_none() {
-        let none = measured(0.0);
+        let none = measured(0.0, 0.0);
         let (lo, hi) = none.reduction_ci95.unwrap();
         assert!(lo < 0.0 && 0.0 < hi, "customers who do not react: no effect measured, {none:?}");
         let share = none.held_out.parcels as f64 / (none.held_out.parcels + none.messaged.parcels) as f64;
@@ -153,10 +154,15 @@ mod tests {
         // Half the customers told do not call about their problem; contacts
         // before the first alert and about parcels without a problem are
         // not spared, so the measure is below a half, and well above none.
-        let half = measured(0.5);
+        let half = measured(0.5, 0.0);
         let (lo, hi) = half.reduction_ci95.unwrap();
         assert!(lo > 0.1 && hi < 0.7, "{half:?}");
         assert!(half.messaged.contacts_per_1000 < none.messaged.contacts_per_1000);
         assert_eq!(half.held_out, none.held_out, "the held-out customers are told nothing: they call as before");
+        // Customers told a new date for a parcel a day late or more call
+        // less still: the told group's rate falls, the held-out's does not move.
+        let revised = measured(0.5, 0.9);
+        assert!(revised.messaged.contacts_per_1000 < half.messaged.contacts_per_1000, "{revised:?} vs {half:?}");
+        assert_eq!(revised.held_out, none.held_out);
     }
 }

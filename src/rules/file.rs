@@ -170,6 +170,7 @@ struct RawRule {
     nth: Option<RawNth>,
     contacts: Option<RawContacts>,
     predicted: Option<RawPredicted>,
+    revised: Option<RawRevised>,
     branch: Option<RawBranch>,
 }
 
@@ -248,6 +249,12 @@ struct RawPredicted {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawRevised {
+    days: Option<Spanned<u8>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawBranch {
     rules: Spanned<Vec<String>>,
     window: Dur,
@@ -275,7 +282,7 @@ fn one() -> f64 {
     1.0
 }
 
-const TRIGGERS: &str = "on, absence, deadline, state_duration, nth, contacts, predicted or branch";
+const TRIGGERS: &str = "on, absence, deadline, state_duration, nth, contacts, predicted, revised or branch";
 
 /// One file's rules before cross-file checks: parcel rules, and branch rules
 /// whose member names are still to be resolved.
@@ -387,6 +394,14 @@ fn compile(raw: RawRule) -> Result<Compiled, Problem> {
         };
         triggers.push(("predicted", trigger));
     }
+    if let Some(v) = raw.revised {
+        let days = v.days.as_ref().map_or(1, |d| *d.get_ref());
+        if days == 0 {
+            let at = v.days.map(|d| d.span().start);
+            return Err((at, "revised: days counts from 1 (a move within the day is no news)".into()));
+        }
+        triggers.push(("revised", Trigger::Revised { days }));
+    }
     let is_branch = raw.branch.is_some();
     let count = triggers.len() + usize::from(is_branch);
     if count != 1 {
@@ -429,7 +444,8 @@ fn compile(raw: RawRule) -> Result<Compiled, Problem> {
         branches: raw.filter.branch,
         reasons: raw.filter.reason,
     };
-    Ok(Compiled::Parcel(Rule { voice, filter, trigger, once: raw.once, estimate: raw.estimate }))
+    let estimate = raw.estimate || matches!(trigger, Trigger::Revised { .. });
+    Ok(Compiled::Parcel(Rule { voice, filter, trigger, once: raw.once, estimate }))
 }
 
 /// A rule a branch rule names: `true` for one it inhibits, `false` for one it counts.

@@ -129,6 +129,10 @@ pub enum Trigger {
     /// while the promise is still at least `min_lead` away. Lanes with less
     /// than `min_history` legs do not forecast.
     Predicted { quantile: f64, min_lead: Span, min_history: u32, margin: Span, while_in: KindSet },
+    /// The expected arrival last told to the customer (by a customer rule
+    /// with `estimate`) moved by `days` or more of their days, judged at
+    /// each scan that sets the parcel's state; at most once a day of theirs.
+    Revised { days: u8 },
 }
 
 impl Trigger {
@@ -177,7 +181,8 @@ pub struct Rule {
     /// stall) raises nothing. Without it, each episode is news.
     pub once: bool,
     /// Its firings tell the parcel's expected arrival (`expected_from` and
-    /// `expected_to`), from the lane model, when it has a forecast.
+    /// `expected_to`), from the lane model, when it has a forecast (always
+    /// for a `revised` rule).
     pub estimate: bool,
 }
 

@@ -56,6 +56,24 @@ pub struct Reaction {
     /// counts as told, before its customer would notice: a carrier's real
     /// response is what the hold-out measures, not this.
     pub response: f64,
+    /// The share of customers told a revised date who then do not call
+    /// (at least `response`): those of the parcels arriving a day or more
+    /// after their promise, whose expected date moved after the first
+    /// message; a customer with a new date has less to ask.
+    pub revised: f64,
+}
+
+impl Reaction {
+    /// The responses of a customer of parcel `id`: to a problem, and to a
+    /// revised date; none for the hold-out group.
+    fn of(&self, id: &str) -> (f64, f64) {
+        let told = (self.response > 0.0 || self.revised > 0.0) && !crate::holdout::held_out(id, self.holdout);
+        if told {
+            (self.response, self.revised.max(self.response))
+        } else {
+            (0.0, 0.0)
+        }
+    }
 }
 
 const HOUR: i64 = 3_600_000;
@@ -168,10 +186,7 @@ fn life(net: &Network, world: &World, index: u64, out: &mut Vec<Ev>) {
     let origin = &COUNTRIES[p.origin];
     let dest = &COUNTRIES[p.dest];
     // The customer is told of a problem unless the parcel is held out.
-    let response = match net.reaction.response {
-        r if r > 0.0 && !crate::holdout::held_out(&ParcelId(index, origin).to_string(), net.reaction.holdout) => r,
-        _ => 0.0,
-    };
+    let response = net.reaction.of(&ParcelId(index, origin).to_string());
     let span = (net.days * 24.0 * HOUR as f64) as i64;
     let t0 = net.start.0 + rng.gen_range(0..span.max(1));
     let international = p.origin != p.dest;
@@ -353,7 +368,10 @@ fn collect(
 }
 
 /// Adds the uploads' disorder and the customers' calls to one parcel's events.
-fn finish(rng: &mut ChaCha8Rng, out: &mut Vec<Ev>, first: usize, promised: i64, response: f64) {
+/// Ends a parcel's life with its customer's contacts: about its problem if
+/// it had one, and less often when told of it (`response`: to a problem,
+/// and to a revised date).
+fn finish(rng: &mut ChaCha8Rng, out: &mut Vec<Ev>, first: usize, promised: i64, response: (f64, f64)) {
     let events_end = out.len();
     // Customers call when the parcel is late, stuck in customs, failed or broken,
     // some hours after they would have noticed.
@@ -397,6 +415,11 @@ fn finish(rng: &mut ChaCha8Rng, out: &mut Vec<Ev>, first: usize, promised: i64, 
         });
     };
     if let Some((noticed, topic)) = problem {
+        // Arriving a day or more after the promise, the date moved: a told
+        // customer heard the new one.
+        let arrived = out[first..events_end].iter().find(|e| e.kind.is_done() || e.kind == Kind::ReadyForPickup);
+        let moved = topic == "delivery_time" && arrived.map_or(last, |e| e.at) >= promised + 24 * HOUR;
+        let response = if moved { response.1 } else { response.0 };
         // A customer told of the problem may not call at all (no second draw
         // when nobody reacts: the same seed, the same file as before).
         if rng.gen_bool(0.45) && (response == 0.0 || !rng.gen_bool(response)) {

@@ -105,10 +105,28 @@ fn a_damaged_checkpoint_is_refused_with_the_way_out() {
     };
     assert!(refusal(b"{\"v\":1}").starts_with("not a forewarn checkpoint"));
     let mut future = saved.clone();
-    future[4] = 10;
-    assert!(refusal(&future).starts_with("checkpoint format v10, this forewarn reads v9"));
+    future[4] = 11;
+    assert!(refusal(&future).starts_with("checkpoint format v11, this forewarn reads v10"));
     assert!(refusal(&saved[..saved.len() / 2]).starts_with("corrupt checkpoint"));
     for message in [refusal(b"{\"v\":1}"), refusal(&future), refusal(&saved[..saved.len() / 2])] {
         assert!(message.ends_with("start without it to rebuild the state from the stream"), "{message}");
     }
+}
+
+/// The estimate last told to a customer is what a `revised` rule compares
+/// with: a restart must not forget it (a revision would be missed) or
+/// garble it (one would be sent for nothing).
+#[test]
+fn the_estimate_told_survives_a_checkpoint() {
+    let data = network(50);
+    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let mut engine = Engine::new(pack(), Config::default());
+    feed(&mut engine, &lines);
+    let told = crate::engine::expected::Told { first: 20_775, last: 20_777, on: 20_774 };
+    let slot = engine.window.live_slots()[7];
+    engine.window.get_mut(slot).tell_estimate(told);
+    let id = engine.window.get(slot).id().to_string();
+    let restored = Engine::restore(&engine.checkpoint(), pack(), Config::default()).expect("restores");
+    let slot = restored.window.find(&id, crate::engine::window::parcel_hash(&id)).expect("the parcel is restored");
+    assert_eq!(restored.window.get(slot).told_estimate(), told);
 }

@@ -43,14 +43,16 @@ impl Parcel {
         match &self.talk {
             None => w.u(0),
             Some(talk) => {
-                // 1 was the contact times alone.
-                w.u(2);
+                // 1 was the contact times alone, 2 without the estimate told.
+                w.u(3);
                 for (t, topic) in talk.times.into_iter().zip(talk.topics) {
                     w.ts(t);
                     w.u(topic as u64);
                 }
                 w.ts(talk.told_at);
                 w.u(u64::from(talk.told_by));
+                let Told { first, last, on } = talk.estimate;
+                [first, last, on].into_iter().for_each(|d| w.u(u64::from(d)));
             }
         }
         let (open, parked) = self.aside.as_ref().map_or((&[][..], &[][..]), |a| (&a.open[..], &a.parked[..]));
@@ -120,6 +122,10 @@ impl Parcel {
                 t.told_at = r.ts()?;
                 let by = r.n(255, "rule")?;
                 t.told_by = remap.rules.get(by).copied().flatten().unwrap_or(u8::MAX);
+            }
+            if talk >= 3 {
+                let mut day = || r.n(usize::from(u16::MAX), "day").map(|d| d as u16);
+                t.estimate = Told { first: day()?, last: day()?, on: day()? };
             }
             p.talk = Some(Box::new(t));
         }
