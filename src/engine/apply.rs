@@ -170,8 +170,10 @@ impl Engine {
                     let told = p.told_estimate();
                     told.on != 0 && p.state_at == ev.at && {
                         let tz = zone(&self.syms, p);
-                        let now = self.lanes.arrival(p, ev.at).and_then(|a| expected::claim(&a, tz));
-                        now.is_some_and(|claim| told.revised_by(Told::new(claim, ev.at, tz), *days))
+                        self.lanes.arrival(p, ev.at).is_some_and(|a| {
+                            expected::range(&a).is_some_and(|r| expected::may_revise(r, told, ev.at, tz, *days))
+                                && expected::revision(&a, told, ev.at, tz, *days).is_some()
+                        })
                     }
                 }
                 _ => false,

@@ -50,6 +50,7 @@
 
 use legs::{Legs, Pending};
 use model::{bucket, Forecast, Model};
+use spread::Spread;
 
 use super::parcel::{LaneRef, Parcel};
 use super::sym::Sym;
@@ -432,7 +433,23 @@ impl Lanes {
     /// version in force then. `None` in the model's first days
     /// ([`WARM_UP`]), for a parcel that arrived, or when no history says
     /// how its leg goes on.
+    /// A leg just begun (a scan that sets the state asks for every parcel
+    /// told an estimate) is drawn once a version.
     pub fn arrival(&self, p: &Parcel, at: Ts) -> Option<Vec<(Ts, f64)>> {
+        let spread = self.spread(p, at)?;
+        if at <= p.state_at {
+            let times = spread.fresh()?;
+            return Some(
+                times.iter().map(|&(s, share)| (p.state_at.plus(Span(i64::from(s) * 1000)), share.into())).collect(),
+            );
+        }
+        let times = spread.arrival(at.since(p.state_at))?;
+        Some(times.into_iter().map(|(ms, share)| (at.plus(Span(ms)), share)).collect())
+    }
+
+    /// The spread of the parcel's class in the version in force at `at`;
+    /// none in the model's first days or for a parcel that arrived.
+    fn spread(&self, p: &Parcel, at: Ts) -> Option<&Spread> {
         if self.stats.publications < WARM_UP || Place::of(p).arrived() {
             return None;
         }
@@ -440,10 +457,7 @@ impl Lanes {
         // Only classes and network lanes have spreads: a fine lane tells its class's.
         let versions = model.forecasts_of(model.class_of(lane as u32) as usize)?;
         let version = if at >= self.published_at.plus(EPOCH) { &versions.coming } else { &versions.in_force };
-        let spread = version.as_ref()?.spread.as_ref()?;
-        let now = at.max(p.state_at);
-        let times = spread.arrival(now.since(p.state_at))?;
-        Some(times.into_iter().map(|(ms, share)| (now.plus(Span(ms)), share)).collect())
+        version.as_ref()?.spread.as_deref()
     }
 
     /// When the parcel's expected arrival passes `limit`, judged no later

@@ -205,5 +205,5 @@ fn read_spread(r: &mut R<'_>) -> Result<Option<Spread>, CheckpointError> {
         }
         next.push((Arc::new(time), bands));
     }
-    Ok(Some(Spread { leg, thin_from, next }))
+    Ok(Some(Spread { leg, thin_from, next, fresh: Default::default() }))
 }

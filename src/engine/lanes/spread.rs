@@ -14,7 +14,7 @@
 //! The legs after the present one are taken as independent of it and of
 //! each other: what the report's estimate accuracy measures, on every shape.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use super::model::{band, bucket, bucket_span, Lane, BANDS, STARTS};
 use super::{Place, BUCKETS, NONE};
@@ -35,6 +35,25 @@ pub(super) struct Spread {
     /// known: that time (in shares of [`SCALE`]; an arrival is at zero), and
     /// how often they went there after a leg of each band.
     pub(super) next: Vec<(Arc<[u16; BUCKETS]>, [u32; BANDS])>,
+    /// The arrival of a parcel whose leg has just begun, once asked.
+    pub(super) fresh: Fresh,
+}
+
+/// The time to the arrival of a parcel whose leg has just begun: what each
+/// scan that sets a told parcel's state asks (the `revised` rules), so it
+/// is drawn once a version, not once a scan; in seconds and `f32` shares,
+/// 8 bytes a point. Not part of what a spread is: equal spreads are equal
+/// whether or not it was drawn.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Fresh(OnceLock<Option<Box<[Second]>>>);
+
+/// Seconds to the arrival, and their share.
+type Second = (i32, f32);
+
+impl PartialEq for Fresh {
+    fn eq(&self, _: &Fresh) -> bool {
+        true
+    }
 }
 
 /// The legs that must have lasted as long as a parcel's for its leg to be
@@ -151,7 +170,7 @@ impl Spread {
             }
             reached -= c;
         }
-        Spread { leg: lane.counts, thin_from: thin_from as u8, next }
+        Spread { leg: lane.counts, thin_from: thin_from as u8, next, fresh: Fresh::default() }
     }
 
     /// The time from now to the arrival of a parcel whose leg has lasted
@@ -191,6 +210,22 @@ impl Spread {
             }
         }
         binned(&out)
+    }
+}
+
+impl Spread {
+    /// [`Spread::arrival`] for a leg just begun (to the second).
+    pub(super) fn fresh(&self) -> Option<&[Second]> {
+        let drawn = || {
+            let times = self.arrival(Span::ZERO)?;
+            Some(
+                times
+                    .into_iter()
+                    .map(|(ms, share)| ((ms / 1000).min(i64::from(i32::MAX)) as i32, share as f32))
+                    .collect(),
+            )
+        };
+        self.fresh.0.get_or_init(drawn).as_deref()
     }
 }
 

@@ -27,6 +27,7 @@ fn the_default_pack_loads() {
             "late",
             "predicted_late",
             "not_handed_over",
+            "revised_estimate",
             "delivery_failed",
             "repeated_failure",
             "pickup_reminder",
@@ -62,7 +63,7 @@ fn a_misspelt_key_gets_a_suggestion() {
     );
     check_err(
         "[[rule]]\nid = \"s\"\naudiance = [\"customer\"]\n",
-        expect!["rules/x.toml:3:1: unknown field `audiance`, expected one of `id`, `summary`, `audience`, `severity`, `any_hour`, `resolve`, `once`, `estimate`, `where`, `by_service`, `on`, `absence`, `deadline`, `state_duration`, `nth`, `contacts`, `predicted`, `branch`; did you mean `audience`?"],
+        expect!["rules/x.toml:3:1: unknown field `audiance`, expected one of `id`, `summary`, `audience`, `severity`, `any_hour`, `resolve`, `once`, `estimate`, `where`, `by_service`, `on`, `absence`, `deadline`, `state_duration`, `nth`, `contacts`, `predicted`, `revised`, `branch`; did you mean `audience`?"],
     );
 }
 
@@ -97,8 +98,19 @@ fn a_rule_has_exactly_one_trigger() {
     check_err(
         "[[rule]]\nid = \"a\"\naudience = [\"customer\"]\nseverity = \"info\"\n\n[[rule]]\nid = \"b\"\naudience = [\"customer\"]\nseverity = \"info\"\non = { kind = [\"lost\"] }\nnth = { kind = \"lost\", n = 2 }\n",
         expect![[r#"
-            rules/x.toml:1:1: rule `a` has no trigger; give it one of on, absence, deadline, state_duration, nth, contacts, predicted or branch
+            rules/x.toml:1:1: rule `a` has no trigger; give it one of on, absence, deadline, state_duration, nth, contacts, predicted, revised or branch
             rules/x.toml:6:1: rule `b` has 2 triggers (on, nth); a rule has exactly one"#]],
+    );
+}
+
+#[test]
+fn a_revised_rule_tells_its_estimate_and_moves_by_whole_days() {
+    let set = load("[[rule]]\nid = \"r\"\naudience = [\"customer\"]\nseverity = \"info\"\nrevised = {}\n").unwrap();
+    assert_eq!(set.rules[0].trigger, Trigger::Revised { days: 1 });
+    assert!(set.rules[0].estimate, "a revision always tells the new estimate");
+    check_err(
+        "[[rule]]\nid = \"r\"\naudience = [\"customer\"]\nseverity = \"info\"\nrevised = { days = 0 }\n",
+        expect!["rules/x.toml:5:20: revised: days counts from 1 (a move within the day is no news)"],
     );
 }
 
