@@ -10,7 +10,7 @@ fn the_default_rules_check_and_their_tests_pass() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "rules: 18 rules ok\nrules/templates: templates ok in en, fr, zh\nrules/directory/branches.toml: 32 branches ok\n"
+        "rules: 19 rules ok\nrules/templates: templates ok in en, fr, zh\nrules/directory/branches.toml: 32 branches ok\n"
     );
     let out = forewarn(&["test", "rules"]);
     let stdout = text(&out.stdout);
