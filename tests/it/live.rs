@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use rand::{Rng, SeedableRng};
 
 use super::nats::{self, env, wait_until, NatsServer, Processor};
-use super::{forewarn, simulate, text};
+use super::{forewarn, simulate_over, text};
 
 /// A simulated network as a file and the alerts its replay gives; a
 /// nats-server of its own; the processors' configuration, whose idle clock
@@ -16,6 +16,8 @@ struct Case {
     dir: tempfile::TempDir,
     parcels: u64,
     seed: u64,
+    /// Labels are created over this many days.
+    days: &'static str,
     expected: Vec<serde_json::Value>,
     clock: std::path::PathBuf,
     end: String,
@@ -36,21 +38,27 @@ fn case_at(parcels: u64, seed: u64, lateness: &str) -> Case {
 
 /// [`case_at`] on a server of the test's making.
 fn case_on(parcels: u64, seed: u64, lateness: &str, server: NatsServer) -> Case {
+    case_over(parcels, seed, "1", lateness, server)
+}
+
+/// [`case_on`], labels created over `days` days.
+fn case_over(parcels: u64, seed: u64, days: &'static str, lateness: &str, server: NatsServer) -> Case {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let events = simulate(dir.path(), "net.jsonl", parcels, seed);
+    let events = simulate_over(dir.path(), "net.jsonl", parcels, seed, days);
     let expected = nats::replayed_at(&events, dir.path(), lateness);
     let end = nats::newest(&events);
     let clock = dir.path().join("clock");
     let config = nats::config_at(dir.path(), &clock, lateness);
     let rt = nats::runtime();
     let js = rt.block_on(nats::jetstream(&server.url()));
-    Case { dir, parcels, seed, expected, clock, end, server, rt, js, config }
+    Case { dir, parcels, seed, days, expected, clock, end, server, rt, js, config }
 }
 
 impl Case {
     /// Publishes the network with `forewarn simulate --nats` (`extra`: its pace).
     fn publisher(&self, extra: &[&str]) -> std::process::Child {
-        nats::publish(&self.server.url(), self.parcels, self.seed, extra)
+        let args: Vec<&str> = extra.iter().copied().chain(["--days", self.days]).collect();
+        nats::publish(&self.server.url(), self.parcels, self.seed, &args)
     }
 
     /// Waits for the publisher; then idle partitions may judge up to the end.
@@ -110,6 +118,21 @@ fn live_alerts_equal_a_replay_of_the_same_events() {
     c.publish_all();
     let (got, _) = c.finish(c.start(&[]));
     assert!(c.expected.iter().any(|a| a["rule"] == "stall_burst"), "the case has branch alerts");
+    nats::assert_same(&got, &c.expected);
+}
+
+/// Six days of a network: the lanes past their warm-up tell expected
+/// arrivals, and revise some. Each is drawn from the lanes' version in
+/// force at its alert's time, live as in the replay: the same alerts, byte
+/// for byte, estimates and revisions included.
+#[test]
+fn live_estimates_and_revisions_equal_a_replay() {
+    let c = case_over(20_000, 7, "6", nats::LATENESS, NatsServer::start());
+    let told = c.expected.iter().filter(|a| a.get("expected_from").is_some()).count();
+    let revised = c.expected.iter().filter(|a| a["rule"] == "revised_estimate").count();
+    assert!(told > 50 && revised > 0, "the case tells estimates ({told}) and revises some ({revised})");
+    c.publish_all();
+    let (got, _) = c.finish(c.start(&[]));
     nats::assert_same(&got, &c.expected);
 }
 

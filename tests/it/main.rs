@@ -34,8 +34,14 @@ pub fn repo(path: &str) -> PathBuf {
 
 /// Simulates `parcels` parcels into `dir/name` and returns its path as text.
 pub fn simulate(dir: &Path, name: &str, parcels: u64, seed: u64) -> String {
+    simulate_over(dir, name, parcels, seed, "1")
+}
+
+/// [`simulate`], labels created over `days` days.
+pub fn simulate_over(dir: &Path, name: &str, parcels: u64, seed: u64, days: &str) -> String {
     let path = dir.join(name).to_string_lossy().into_owned();
-    let out = forewarn(&["simulate", "--parcels", &parcels.to_string(), "--seed", &seed.to_string(), "--out", &path]);
+    let (parcels, seed) = (parcels.to_string(), seed.to_string());
+    let out = forewarn(&["simulate", "--parcels", &parcels, "--seed", &seed, "--days", days, "--out", &path]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     path
 }
