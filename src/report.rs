@@ -59,9 +59,18 @@ struct Parcel {
     problem_at: Ts,
     last_scan_at: Ts,
     contacts: Vec<(Ts, Topic)>,
-    /// The firings of rules that tell an expected arrival: rule index, and
-    /// from and to when one was told.
-    estimates: Vec<(u16, Option<(Ts, Ts)>)>,
+    /// The firings of rules that tell an expected arrival.
+    estimates: Vec<Estimate>,
+}
+
+/// A firing of a rule that tells an expected arrival.
+#[derive(Clone, Copy)]
+struct Estimate {
+    rule: u16,
+    /// The parcel's state: the kind of leg it was on.
+    state: Option<Kind>,
+    /// From and to, when one was told.
+    told: Option<(Ts, Ts)>,
 }
 
 impl Default for Parcel {
@@ -121,6 +130,7 @@ struct AlertLine<'a> {
     parcel_id: Option<&'a str>,
     expected_from: Option<&'a str>,
     expected_to: Option<&'a str>,
+    parcel_state: Option<&'a str>,
 }
 
 impl Tally<'_> {
@@ -134,7 +144,7 @@ impl Tally<'_> {
         }
         if self.set.rules[rule].estimate {
             let told = a.expected_from.and_then(Ts::parse_rfc3339).zip(a.expected_to.and_then(Ts::parse_rfc3339));
-            p.estimates.push((rule as u16, told));
+            p.estimates.push(Estimate { rule: rule as u16, state: a.parcel_state.and_then(Kind::parse), told });
         }
         if a.audience.iter().any(|x| Audience::parse(x) == Some(Audience::CUSTOMER)) {
             p.customer_rules |= 1u64 << rule.min(63);
@@ -312,11 +322,11 @@ fn judge(set: &RuleSet, parcels: &HashMap<Box<str>, Parcel>) -> Report {
     let mut predicted_leads = Vec::new();
     let (mut predicted, mut late, mut hits) = (0u64, 0u64, 0u64);
     for p in parcels.values() {
-        for &(rule, told) in &p.estimates {
-            r.estimates.add(name(rule), told, p.arrived_at);
+        for e in &p.estimates {
+            r.estimates.add(name(e.rule), e.state, e.told, p.arrived_at);
         }
         let told: Vec<(bool, (Ts, Ts))> =
-            p.estimates.iter().filter_map(|&(rule, told)| Some((revised.contains(&rule), told?))).collect();
+            p.estimates.iter().filter_map(|e| Some((revised.contains(&e.rule), e.told?))).collect();
         r.estimates.add_parcel(&told, p.arrived_at);
         let problem = p.problem();
         if p.late() {

@@ -1,7 +1,8 @@
 //! How often the expected arrivals told came true: every estimate of a
 //! rule marked `estimate = true`, against the parcel's first delivered,
-//! ready or collected scan, by rule and by what was told (a range within a
-//! day, a day, or days; see `engine/expected.rs`); and what the revised
+//! ready or collected scan, by rule, by what was told (a range within a
+//! day, a day, or days; see `engine/expected.rs`) and by the kind of leg
+//! the parcel was on (its state); and what the revised
 //! estimates changed: whether the one they replaced was wrong, and whether
 //! the last told came true more often than the first.
 
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{percent, share};
+use crate::event::Kind;
 use crate::time::Ts;
 
 /// How many expected arrivals told came true.
@@ -78,6 +80,9 @@ pub struct Estimates {
     /// `hours` (a range within a day, the goal 90 %), `day` (one whole
     /// day, the goal 80 %) or `days` (whole days, 90 %).
     pub by_kind: BTreeMap<&'static str, Within>,
+    /// By the kind of lane the parcel was on: its state when told (in
+    /// transit, at a hub or branch, in customs, out for delivery…).
+    pub by_state: BTreeMap<&'static str, Within>,
     pub revisions: Revisions,
     /// The parcels whose first, last, and last unrevised estimates came true.
     #[serde(skip)]
@@ -97,7 +102,7 @@ fn told_kind(from: Ts, to: Ts) -> &'static str {
 impl Estimates {
     /// Counts a firing of `rule`, and what it told (from, to) against the
     /// parcel's arrival (`Ts::MAX`: never).
-    pub(super) fn add(&mut self, rule: String, told: Option<(Ts, Ts)>, arrived_at: Ts) {
+    pub(super) fn add(&mut self, rule: String, state: Option<Kind>, told: Option<(Ts, Ts)>, arrived_at: Ts) {
         let by_rule = self.by_rule.entry(rule).or_default();
         by_rule.firings += 1;
         self.all.firings += 1;
@@ -106,6 +111,7 @@ impl Estimates {
         by_rule.add(within);
         self.all.add(within);
         self.by_kind.entry(told_kind(from, to)).or_default().add(within);
+        self.by_state.entry(state.map_or("unknown", Kind::as_str)).or_default().add(within);
     }
 
     /// Counts one parcel's estimates told, in the order told, each with
@@ -126,6 +132,7 @@ impl Estimates {
         let v = &self.revisions;
         format!(
             "\nexpected arrivals told ({} of {} firings): {} arrived within\n  by what was told: {}\n  by rule: {}\n  \
+             by the parcel's state: {}\n  \
              revised {} times, {} of them ({}) replacing one that would not have come true; \
              of the {} parcels told one, the first came true for {}, the last for {} ({} but for the revisions)\n",
             self.all.told,
@@ -133,6 +140,7 @@ impl Estimates {
             within(&self.all),
             by(&mut self.by_kind.iter().map(|(k, w)| (*k, w))),
             by(&mut self.by_rule.iter().map(|(k, w)| (k.as_str(), w))),
+            by(&mut self.by_state.iter().map(|(k, w)| (*k, w))),
             v.revised,
             v.replaced_wrong,
             percent(v.replaced_wrong_share),
@@ -194,6 +202,7 @@ mod tests {
         let (mut told, mut within, mut rules) = (0u64, 0u64, BTreeSet::new());
         // Each parcel's estimates in the order told: a revision?, from, to, told at.
         let mut by_parcel: HashMap<String, Vec<(bool, Ts, Ts, Ts)>> = HashMap::new();
+        let mut by_state: std::collections::BTreeMap<String, super::Within> = Default::default();
         for line in alerts.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let a: serde_json::Value = serde_json::from_slice(line).unwrap();
             let (Some(from), Some(to)) = (a["expected_from"].as_str(), a["expected_to"].as_str()) else { continue };
@@ -205,6 +214,10 @@ mod tests {
             let id = a["parcel_id"].as_str().unwrap();
             let at = arrived.get(id);
             within += u64::from(at.is_some_and(|&at| from <= at && at <= to));
+            let came_true = at.is_some_and(|&at| from <= at && at <= to);
+            let state = by_state.entry(a["parcel_state"].as_str().unwrap().to_string()).or_default();
+            (state.told, state.within) = (state.told + 1, state.within + u64::from(came_true));
+            state.share = Some((state.within as f64 / state.told as f64 * 10_000.0).round() / 10_000.0);
             let revision = a["rule"] == "revised_estimate";
             let told_at = Ts::parse_rfc3339(a["at"].as_str().unwrap()).unwrap();
             by_parcel.entry(id.to_string()).or_default().push((revision, from, to, told_at));
@@ -216,6 +229,9 @@ mod tests {
         assert_eq!(told_by, rules);
         assert!(r.estimates.all.firings > told, "firings without an estimate are counted too");
         assert_eq!(r.estimates.by_kind.values().map(|w| w.told).sum::<u64>(), told);
+        let got: std::collections::BTreeMap<String, super::Within> =
+            r.estimates.by_state.iter().map(|(k, w)| (k.to_string(), w.clone())).collect();
+        assert_eq!(got, by_state, "by the parcel's state when told");
         // Only rules the pack marks `estimate` tell one, and most came true.
         let marked: Vec<&str> = set.rules.iter().filter(|r| r.estimate).map(|r| r.voice.id.as_str()).collect();
         assert!(rules.iter().all(|r| marked.contains(&r.as_str())), "{rules:?} vs {marked:?}");
