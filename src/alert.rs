@@ -105,6 +105,8 @@ pub struct ParcelFacts {
     /// When the parcel is expected to arrive: between these two instants
     /// (a range, or the midnights around whole days; see `engine/expected.rs`).
     pub expected: Option<(Ts, Ts)>,
+    /// A revised estimate: the alert whose estimate it revises.
+    pub revises: Option<AlertId>,
     pub recipient: Option<RecipientFacts>,
 }
 
@@ -188,6 +190,7 @@ impl Alert {
             p.and_then(|p| p.last_scan_at).map(Ts::text),
         );
         let expected = p.and_then(|p| p.expected).map(|(from, to)| (from.text(), to.text()));
+        let revises = p.and_then(|p| p.revises).map(AlertId::hex);
         let line = Line {
             alert_id: Cow::Borrowed(std::str::from_utf8(&hex).unwrap_or("")),
             rule: Cow::Borrowed(&self.rule),
@@ -213,6 +216,7 @@ impl Alert {
             last_scan_at: last_scan_at.as_deref().map(Cow::Borrowed),
             expected_from: expected.as_ref().map(|(from, _)| Cow::Borrowed(&**from)),
             expected_to: expected.as_ref().map(|(_, to)| Cow::Borrowed(&**to)),
+            revises: revises.as_ref().map(|hex| Cow::Borrowed(std::str::from_utf8(hex).unwrap_or(""))),
             locale: recipient.and_then(|r| r.locale.as_deref()).map(Cow::Borrowed),
             recipient: recipient.map(|r| RecipientLine {
                 name: r.name.as_deref().map(Cow::Borrowed),

@@ -55,6 +55,10 @@ pub struct Line<'a> {
     pub expected_from: Option<Cow<'a, str>>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub expected_to: Option<Cow<'a, str>>,
+    /// A revised estimate: the `alert_id` whose estimate it revises (its
+    /// messages go only where that alert's went).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub revises: Option<Cow<'a, str>>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub return_by: Option<Cow<'a, str>>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]

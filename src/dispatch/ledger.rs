@@ -355,6 +355,35 @@ mod tests {
         assert_eq!(admitted(&ledger, &resolved).await, ["sms"]);
     }
 
+    /// A revised estimate goes only where the estimate it revises went: a
+    /// customer whose first message was taken back (its delay over before
+    /// the morning) or never sent is not told "the date we gave you has
+    /// changed".
+    #[tokio::test]
+    async fn a_revision_goes_only_where_the_estimate_it_revises_went() {
+        let ledger = Ledger::new(None, 100);
+        let record = |n: &std::sync::Arc<Notice>, r: Recorded| {
+            let (ledger, (drafts, _)) = (ledger.clone(), routed(n, 0.0, CustomerChannels::First));
+            async move { ledger.record(&drafts[0].slot(), r, Bytes::new()).await.unwrap() }
+        };
+        let revision = |of: &std::sync::Arc<Notice>| {
+            let mut n = (*notice("revised_estimate", "customer", Some(vec!["sms", "email"]))).clone();
+            (n.alert_id, n.revises) = ("e".repeat(32), Some(of.alert_id.clone()));
+            std::sync::Arc::new(n)
+        };
+        let stalled = notice("stalled", "customer", Some(vec!["sms", "email"]));
+        record(&stalled, Recorded::Sent).await;
+        assert_eq!(admitted(&ledger, &revision(&stalled)).await, ["sms"]);
+        let taken_back = std::sync::Arc::new(Notice { alert_id: "d".repeat(32), ..(*stalled).clone() });
+        record(&taken_back, Recorded::Final("resolved_first".into())).await;
+        let (drafts, _) = routed(&revision(&taken_back), 0.0, CustomerChannels::First);
+        let (wanted, outcomes) = ledger.admit(&drafts).await.unwrap();
+        assert!(wanted.iter().all(|d| d.target.audience() != "customer"), "no customer message: {wanted:?}");
+        assert!(outcomes.iter().any(|o| matches!(o, Outcome::Skipped { reason: "not_told", .. })), "{outcomes:?}");
+        let never = std::sync::Arc::new(Notice { alert_id: "c".repeat(32), ..(*stalled).clone() });
+        assert!(admitted(&ledger, &revision(&never)).await.is_empty(), "nothing told, nothing revised");
+    }
+
     #[test]
     fn records_read_back_from_outcomes_and_bare_words() {
         assert_eq!(Recorded::decode(br#"{"outcome":"sent","channel":"sms"}"#), Recorded::Sent);

@@ -48,6 +48,8 @@ pub struct Notice {
     pub last_scan_at: Option<DateTime<Utc>>,
     /// When the parcel is expected to arrive: from, to.
     pub expected: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// A revised estimate: the alert whose estimate it revises.
+    pub revises: Option<String>,
     pub recipient: Option<Recipient>,
     /// Branch-wide alerts: hits, window, the usual count and the volume.
     pub count: Option<u32>,
@@ -99,8 +101,13 @@ impl Notice {
     /// Decodes one alert; the error names the field.
     pub fn decode(bytes: &[u8]) -> Result<Notice, String> {
         let line: Line<'_> = serde_json::from_slice(bytes).map_err(|e| format!("not an alert: {e}"))?;
-        if line.alert_id.len() != 32 || !line.alert_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("alert_id: {:?} is not 32 hex digits", line.alert_id));
+        let id = |field: &str, id: &str| match id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            true => Ok(()),
+            false => Err(format!("{field}: {id:?} is not 32 hex digits")),
+        };
+        id("alert_id", &line.alert_id)?;
+        if let Some(revises) = &line.revises {
+            id("revises", revises)?;
         }
         let resolved = match &*line.state {
             "firing" => false,
@@ -136,6 +143,7 @@ impl Notice {
                 (Some(_), None) => return Err("expected_to: missing, with expected_from given".into()),
                 (None, Some(_)) => return Err("expected_from: missing, with expected_to given".into()),
             },
+            revises: owned(line.revises),
             recipient: line.recipient.map(Recipient::from),
             count: line.count,
             window: owned(line.window),
@@ -173,6 +181,7 @@ impl Notice {
             last_scan_at: self.last_scan_at.map(text),
             expected_from: self.expected.map(|(from, _)| text(from)),
             expected_to: self.expected.map(|(_, to)| text(to)),
+            revises: borrowed(&self.revises),
             locale: self.recipient.as_ref().and_then(|r| borrowed(&r.locale)),
             recipient: self.recipient.as_ref().map(|r| RecipientLine {
                 name: borrowed(&r.name),

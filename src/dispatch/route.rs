@@ -169,7 +169,13 @@ fn draft(
     qualifier: &str,
 ) -> Draft {
     let slug = target.slug(qualifier);
-    let told = n.resolved.then(|| format!("{}.firing.{slug}", n.alert_id));
+    // A follow-up, or a revised estimate, goes only where its firing, or
+    // the estimate it revises, went.
+    let told = match (&n.revises, n.resolved) {
+        (_, true) => Some(format!("{}.firing.{slug}", n.alert_id)),
+        (Some(revised), false) => Some(format!("{revised}.firing.{slug}")),
+        (None, false) => None,
+    };
     let human = target.human();
     let group = (human && n.severity != Severity::Urgent)
         .then(|| n.parcel_id.as_ref().map(|p| format!("{p}\u{0}{slug}")))

@@ -15,6 +15,7 @@
 use chrono::{DateTime, NaiveDate, TimeZone};
 use chrono_tz::Tz;
 
+use crate::alert::AlertId;
 use crate::time::{Span, Ts};
 
 const HOUR: i64 = 3_600_000;
@@ -79,12 +80,15 @@ pub fn revision(arrival: &[(Ts, f64)], told: Told, at: Ts, tz: Tz, days: u8) -> 
 
 /// An expected arrival told to a customer, in their days (counted from
 /// 1970-01-01 in their zone): the first and last day of what was told, and
-/// the day it was told on. `on` is 0 until one is told.
+/// the day it was told on (0 until one is told); and the alert that told
+/// it, which a revision names so that it goes only where that one did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Told {
     pub first: u16,
     pub last: u16,
     pub on: u16,
+    /// The telling alert's id, in two halves (a `u128` would align the talk to 16 bytes).
+    pub by: [u64; 2],
 }
 
 impl Told {
@@ -92,7 +96,17 @@ impl Told {
     /// next midnight), told at `at`.
     pub fn new(claim: (Ts, Ts), at: Ts, tz: Tz) -> Told {
         let number = |t: Ts| day_number(t, tz);
-        Told { first: number(claim.0), last: number(claim.1.minus(Span(1)).max(claim.0)), on: number(at) }
+        Told { first: number(claim.0), last: number(claim.1.minus(Span(1)).max(claim.0)), on: number(at), by: [0; 2] }
+    }
+
+    /// Told by the alert `id`.
+    pub fn told_by(self, id: AlertId) -> Told {
+        Told { by: [(id.0 >> 64) as u64, id.0 as u64], ..self }
+    }
+
+    /// The alert that told it.
+    pub fn by(self) -> AlertId {
+        AlertId(u128::from(self.by[0]) << 64 | u128::from(self.by[1]))
     }
 
     /// Whether `now` is news after `self`, on a day it was not told on: it
@@ -204,7 +218,8 @@ mod tests {
                 let arrival: Vec<(Ts, f64)> =
                     points.iter().map(|&(h, w)| (at.plus(Span((h * HOUR as f64) as i64)), w / total)).collect();
                 let first = Told::new((at, at.plus(Span(1))), at, tz).on + rng.gen_range(0..5);
-                let told = Told { first, last: first + rng.gen_range(0..3), on: first - rng.gen_range(0..3) };
+                let told =
+                    Told { first, last: first + rng.gen_range(0..3), on: first - rng.gen_range(0..3), by: [0; 2] };
                 let days = rng.gen_range(1..3);
                 let slow = claim(&arrival, tz).filter(|&c| told.revised_by(Told::new(c, at, tz), days));
                 let may = range(&arrival).is_some_and(|r| may_revise(r, told, at, tz, days));

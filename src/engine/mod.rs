@@ -354,14 +354,18 @@ impl Engine {
         let id = &self.plan.rules[r as usize].id;
         let branch = self.syms.get(p.branch).cloned();
         let mut facts = facts(p, &self.syms, trigger);
+        let alert_id = AlertId::new(id, p.id(), episode);
         let mut told = None;
         if state == AlertState::Firing && rule.estimate {
             let tz = zone(&self.syms, p);
             facts.expected = self.lanes.arrival(p, at).and_then(|arrival| expected::claim(&arrival, tz));
-            told = facts.expected.map(|claim| Told::new(claim, at, tz));
+            told = facts.expected.map(|claim| Told::new(claim, at, tz).told_by(alert_id));
+            if matches!(rule.trigger, Trigger::Revised { .. }) {
+                facts.revises = Some(p.told_estimate().by());
+            }
         }
         let alert = Alert {
-            id: AlertId::new(id, p.id(), episode),
+            id: alert_id,
             rule: id.clone(),
             state,
             at,
@@ -447,6 +451,7 @@ fn facts(p: &Parcel, syms: &Interner, trigger: Option<Triggered>) -> ParcelFacts
         last_scan_at: known(p.last_scan_at),
         trigger: trigger.map(|t| t.facts),
         expected: None,
+        revises: None,
         recipient: p.has_recipient().then(|| RecipientFacts {
             name: p.name().map(str::to_string),
             phone: p.phone().map(str::to_string),

@@ -203,6 +203,7 @@ mod tests {
         // Each parcel's estimates in the order told: a revision?, from, to, told at.
         let mut by_parcel: HashMap<String, Vec<(bool, Ts, Ts, Ts)>> = HashMap::new();
         let mut by_state: std::collections::BTreeMap<String, super::Within> = Default::default();
+        let mut last_told: HashMap<String, String> = HashMap::new();
         for line in alerts.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let a: serde_json::Value = serde_json::from_slice(line).unwrap();
             let (Some(from), Some(to)) = (a["expected_from"].as_str(), a["expected_to"].as_str()) else { continue };
@@ -212,13 +213,17 @@ mod tests {
             told += 1;
             rules.insert(a["rule"].as_str().unwrap().to_string());
             let id = a["parcel_id"].as_str().unwrap();
-            let at = arrived.get(id);
-            within += u64::from(at.is_some_and(|&at| from <= at && at <= to));
-            let came_true = at.is_some_and(|&at| from <= at && at <= to);
+            let came_true = arrived.get(id).is_some_and(|&at| from <= at && at <= to);
+            within += u64::from(came_true);
             let state = by_state.entry(a["parcel_state"].as_str().unwrap().to_string()).or_default();
             (state.told, state.within) = (state.told + 1, state.within + u64::from(came_true));
             state.share = Some((state.within as f64 / state.told as f64 * 10_000.0).round() / 10_000.0);
             let revision = a["rule"] == "revised_estimate";
+            if revision {
+                let last = last_told.get(id).map(String::as_str);
+                assert_eq!(a["revises"].as_str(), last, "{a}: a revision names the estimate it revises");
+            }
+            last_told.insert(id.to_string(), a["alert_id"].as_str().unwrap().to_string());
             let told_at = Ts::parse_rfc3339(a["at"].as_str().unwrap()).unwrap();
             by_parcel.entry(id.to_string()).or_default().push((revision, from, to, told_at));
         }

@@ -122,7 +122,7 @@ fn the_estimate_told_survives_a_checkpoint() {
     let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
     let mut engine = Engine::new(pack(), Config::default());
     feed(&mut engine, &lines);
-    let told = crate::engine::expected::Told { first: 20_775, last: 20_777, on: 20_774 };
+    let told = crate::engine::expected::Told { first: 20_775, last: 20_777, on: 20_774, by: [u64::MAX - 7, 42] };
     let slot = engine.window.live_slots()[7];
     engine.window.get_mut(slot).tell_estimate(told);
     let id = engine.window.get(slot).id().to_string();

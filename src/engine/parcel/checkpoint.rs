@@ -51,8 +51,9 @@ impl Parcel {
                 }
                 w.ts(talk.told_at);
                 w.u(u64::from(talk.told_by));
-                let Told { first, last, on } = talk.estimate;
+                let Told { first, last, on, by } = talk.estimate;
                 [first, last, on].into_iter().for_each(|d| w.u(u64::from(d)));
+                by.into_iter().for_each(|half| w.u(half));
             }
         }
         let (open, parked) = self.aside.as_ref().map_or((&[][..], &[][..]), |a| (&a.open[..], &a.parked[..]));
@@ -125,7 +126,8 @@ impl Parcel {
             }
             if talk >= 3 {
                 let mut day = || r.n(usize::from(u16::MAX), "day").map(|d| d as u16);
-                t.estimate = Told { first: day()?, last: day()?, on: day()? };
+                t.estimate = Told { first: day()?, last: day()?, on: day()?, by: [0; 2] };
+                t.estimate.by = [r.u()?, r.u()?];
             }
             p.talk = Some(Box::new(t));
         }
