@@ -164,4 +164,16 @@ mod tests {
         assert_eq!((notice.count, notice.usual, notice.volume), (Some(31), Some(4.25), Some(900)));
         assert_eq!(notice.window.as_deref(), Some("2h"));
     }
+
+    #[test]
+    fn a_revised_estimate_reads_back_with_the_alert_it_revises_and_a_bad_one_is_refused() {
+        let text = r#"{"alert_id":"0123456789abcdef0123456789abcdef","rule":"revised_estimate","state":"firing","at":"2026-11-21T09:00:00Z","severity":"info","audience":["customer"],"parcel_id":"P1","expected_from":"2026-11-23T00:00:00Z","expected_to":"2026-11-24T00:00:00Z","revises":"fedcba9876543210fedcba9876543210"}"#;
+        let line: Line<'_> = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_string(&line).unwrap(), text);
+        let notice = Notice::decode(text.as_bytes()).unwrap();
+        assert_eq!(notice.line(), line);
+        assert_eq!(notice.revises.as_deref(), Some("fedcba9876543210fedcba9876543210"));
+        let bad = text.replace("fedcba9876543210fedcba9876543210", "stalled");
+        assert_eq!(Notice::decode(bad.as_bytes()).unwrap_err(), r#"revises: "stalled" is not 32 hex digits"#);
+    }
 }
