@@ -322,12 +322,8 @@ fn judge(set: &RuleSet, parcels: &HashMap<Box<str>, Parcel>) -> Report {
     let mut predicted_leads = Vec::new();
     let (mut predicted, mut late, mut hits) = (0u64, 0u64, 0u64);
     for p in parcels.values() {
-        for e in &p.estimates {
-            r.estimates.add(name(e.rule), e.state, e.told, p.arrived_at);
-        }
-        let told: Vec<(bool, (Ts, Ts))> =
-            p.estimates.iter().filter_map(|e| Some((revised.contains(&e.rule), e.told?))).collect();
-        r.estimates.add_parcel(&told, p.arrived_at);
+        let firings = p.estimates.iter().map(|e| (name(e.rule), e.state, e.told, revised.contains(&e.rule)));
+        r.estimates.add_parcel(firings, p.arrived_at);
         let problem = p.problem();
         if p.late() {
             late += 1;

@@ -170,10 +170,8 @@ impl Engine {
                     let told = p.told_estimate();
                     told.on != 0 && p.state_at == ev.at && {
                         let tz = zone(&self.syms, p);
-                        self.lanes.arrival(p, ev.at).is_some_and(|a| {
-                            expected::range(&a).is_some_and(|r| expected::may_revise(r, told, ev.at, tz, *days))
-                                && expected::revision(&a, told, ev.at, tz, *days).is_some()
-                        })
+                        let arrival = self.lanes.arrival(p, ev.at);
+                        arrival.is_some_and(|a| expected::revision(&a, told, ev.at, tz, *days).is_some())
                     }
                 }
                 _ => false,

@@ -52,7 +52,7 @@ pub fn claim(arrival: &[(Ts, f64)], tz: Tz) -> Option<(Ts, Ts)> {
 }
 
 /// The 5 % and 95 % quantiles of `arrival`: every claim lies within their days.
-pub(super) fn range<T: Copy>(arrival: &[(T, f64)]) -> Option<(T, T)> {
+fn range(arrival: &[(Ts, f64)]) -> Option<(Ts, Ts)> {
     let quantile = |q: f64| {
         let mut seen = 0.0;
         arrival.iter().find(|(_, share)| {
@@ -65,16 +65,21 @@ pub(super) fn range<T: Copy>(arrival: &[(T, f64)]) -> Option<(T, T)> {
 
 /// Whether an estimate whose 5–95 % range is `(low, high)`, judged at
 /// `at`, may be news after `told`: most stay within what was told, and
-/// their claim need not be drawn ([`revision`]).
-pub fn may_revise((low, high): (Ts, Ts), told: Told, at: Ts, tz: Tz, days: u8) -> bool {
+/// their claim need not be drawn.
+fn may_revise((low, high): (Ts, Ts), told: Told, at: Ts, tz: Tz, days: u8) -> bool {
     // A claim's days lie within its range's (its first may be one earlier
     // in a zone half an hour off UTC, whose whole hours cross midnight).
     let (earliest, latest, days) = (day_number(low, tz) - 1, day_number(high, tz), u16::from(days));
     (latest >= told.last + days || earliest + days <= told.first) && day_number(at, tz) != told.on
 }
 
-/// The claim of `arrival`, judged at `at`, when it is news after `told` ([`Told::revised_by`]).
+/// The claim of `arrival`, judged at `at`, when it is news after `told`
+/// ([`Told::revised_by`]); drawn only when the days of its 5–95 % range
+/// may be ([`may_revise`]).
 pub fn revision(arrival: &[(Ts, f64)], told: Told, at: Ts, tz: Tz, days: u8) -> Option<(Ts, Ts)> {
+    if !may_revise(range(arrival)?, told, at, tz, days) {
+        return None;
+    }
     claim(arrival, tz).filter(|&c| told.revised_by(Told::new(c, at, tz), days))
 }
 

@@ -432,9 +432,8 @@ impl Lanes {
     /// with their shares, in time order, from its class's spread in the
     /// version in force then. `None` in the model's first days
     /// ([`WARM_UP`]), for a parcel that arrived, or when no history says
-    /// how its leg goes on.
-    /// A leg just begun (a scan that sets the state asks for every parcel
-    /// told an estimate) is drawn once a version.
+    /// how its leg goes on. A leg just begun (a scan that sets the state
+    /// asks for every parcel told an estimate) is drawn once a version.
     pub fn arrival(&self, p: &Parcel, at: Ts) -> Option<Vec<(Ts, f64)>> {
         let spread = self.spread(p, at)?;
         if at <= p.state_at {

@@ -100,9 +100,25 @@ fn told_kind(from: Ts, to: Ts) -> &'static str {
 }
 
 impl Estimates {
+    /// Counts one parcel's firings of the rules that tell an estimate, in
+    /// the order told: rule, the parcel's state, what it told (from, to),
+    /// and whether it is a revision; against its arrival (`Ts::MAX`: never).
+    pub(super) fn add_parcel(
+        &mut self,
+        firings: impl Iterator<Item = (String, Option<Kind>, Option<(Ts, Ts)>, bool)>,
+        arrived_at: Ts,
+    ) {
+        let mut told = Vec::new();
+        for (rule, state, range, revision) in firings {
+            self.add(rule, state, range, arrived_at);
+            told.extend(range.map(|range| (revision, range)));
+        }
+        self.revisions.add(&told, arrived_at, &mut self.came_true);
+    }
+
     /// Counts a firing of `rule`, and what it told (from, to) against the
-    /// parcel's arrival (`Ts::MAX`: never).
-    pub(super) fn add(&mut self, rule: String, state: Option<Kind>, told: Option<(Ts, Ts)>, arrived_at: Ts) {
+    /// parcel's arrival.
+    fn add(&mut self, rule: String, state: Option<Kind>, told: Option<(Ts, Ts)>, arrived_at: Ts) {
         let by_rule = self.by_rule.entry(rule).or_default();
         by_rule.firings += 1;
         self.all.firings += 1;
@@ -112,12 +128,6 @@ impl Estimates {
         self.all.add(within);
         self.by_kind.entry(told_kind(from, to)).or_default().add(within);
         self.by_state.entry(state.map_or("unknown", Kind::as_str)).or_default().add(within);
-    }
-
-    /// Counts one parcel's estimates told, in the order told, each with
-    /// whether it is a revision.
-    pub(super) fn add_parcel(&mut self, told: &[(bool, (Ts, Ts))], arrived_at: Ts) {
-        self.revisions.add(told, arrived_at, &mut self.came_true);
     }
 
     /// The report's lines about them; none when none was told.

@@ -64,10 +64,11 @@ pub struct Reaction {
 }
 
 impl Reaction {
-    /// The responses of a customer of parcel `id`: to a problem, and to a
-    /// revised date; none for the hold-out group.
-    fn of(&self, id: &str) -> (f64, f64) {
-        let told = (self.response > 0.0 || self.revised > 0.0) && !crate::holdout::held_out(id, self.holdout);
+    /// The responses of a customer of parcel `id` (its tracking number,
+    /// written only when someone reacts): to a problem, and to a revised
+    /// date; none for the hold-out group.
+    fn of(&self, id: impl FnOnce() -> String) -> (f64, f64) {
+        let told = (self.response > 0.0 || self.revised > 0.0) && !crate::holdout::held_out(&id(), self.holdout);
         if told {
             (self.response, self.revised.max(self.response))
         } else {
@@ -186,7 +187,7 @@ fn life(net: &Network, world: &World, index: u64, out: &mut Vec<Ev>) {
     let origin = &COUNTRIES[p.origin];
     let dest = &COUNTRIES[p.dest];
     // The customer is told of a problem unless the parcel is held out.
-    let response = net.reaction.of(&ParcelId(index, origin).to_string());
+    let response = net.reaction.of(|| ParcelId(index, origin).to_string());
     let span = (net.days * 24.0 * HOUR as f64) as i64;
     let t0 = net.start.0 + rng.gen_range(0..span.max(1));
     let international = p.origin != p.dest;

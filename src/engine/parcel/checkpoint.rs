@@ -126,8 +126,8 @@ impl Parcel {
             }
             if talk >= 3 {
                 let mut day = || r.n(usize::from(u16::MAX), "day").map(|d| d as u16);
-                t.estimate = Told { first: day()?, last: day()?, on: day()?, by: [0; 2] };
-                t.estimate.by = [r.u()?, r.u()?];
+                let (first, last, on) = (day()?, day()?, day()?);
+                t.estimate = Told { first, last, on, by: [r.u()?, r.u()?] };
             }
             p.talk = Some(Box::new(t));
         }
