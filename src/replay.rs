@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::alert::{Alert, AlertState};
-use crate::engine::window::parcel_hash;
+use crate::engine::window::{parcel_hash, prefetch_staged};
 use crate::engine::{Judged, Split};
 use crate::event::{decode, Event, Reject, MAX_EVENT_BYTES};
 use crate::time::Span;
@@ -24,7 +24,6 @@ use ahead::{Ahead, Settled};
 
 const CHUNK: usize = 4 << 20;
 const BATCH: usize = 32;
-const STAGE_DISTANCE: usize = 8;
 
 /// What a replay did, for `--stats`.
 #[derive(Debug, Default)]
@@ -278,15 +277,7 @@ impl Step<'_, '_, '_> {
                     break;
                 }
             }
-            // Stage 1 runs a few events ahead of stage 2, which needs its result in cache.
-            for i in 0..batch.len() + STAGE_DISTANCE {
-                if let Some(p) = batch.get(i) {
-                    self.engine.prefetch(p.partition, 1, p.hash);
-                }
-                if let Some(p) = i.checked_sub(STAGE_DISTANCE).and_then(|j| batch.get(j)) {
-                    self.engine.prefetch(p.partition, 2, p.hash);
-                }
-            }
+            prefetch_staged(&batch, |p, stage| self.engine.prefetch(p.partition, stage, p.hash));
             for Pending { number, line, decoded, partition, hash } in &batch {
                 match decoded {
                     Ok(event) => self.event((*number, line), event, (*partition, *hash))?,

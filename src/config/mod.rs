@@ -284,13 +284,13 @@ impl Default for Checkpoint {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Consumer {
-    /// Messages asked for in one pull.
+    /// Messages asked for in one pull; the next goes out when half are taken.
     pub batch: usize,
 }
 
 impl Default for Consumer {
     fn default() -> Self {
-        Consumer { batch: 1000 }
+        Consumer { batch: 10_000 }
     }
 }
 

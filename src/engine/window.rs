@@ -21,6 +21,23 @@ pub fn parcel_hash(parcel_id: &str) -> u64 {
 
 const EMPTY: u64 = u64::MAX;
 
+/// How many events of a batch stage 1 of [`Window::prefetch`] runs ahead of
+/// stage 2, which needs its result in cache.
+const STAGE_DISTANCE: usize = 8;
+
+/// Runs stages 1 and 2 of [`Window::prefetch`] over a batch whose stage 0
+/// was hinted as it was decoded; `stage` hints one item's stage.
+pub fn prefetch_staged<T>(batch: &[T], mut stage: impl FnMut(&T, u8)) {
+    for i in 0..batch.len() + STAGE_DISTANCE {
+        if let Some(item) = batch.get(i) {
+            stage(item, 1);
+        }
+        if let Some(item) = i.checked_sub(STAGE_DISTANCE).and_then(|j| batch.get(j)) {
+            stage(item, 2);
+        }
+    }
+}
+
 /// The parcels, with lookup by id in one probe of an 8-byte-entry table.
 pub struct Window {
     slots: Vec<Parcel>,

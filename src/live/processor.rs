@@ -274,6 +274,7 @@ impl Processor {
         let mut round = None;
         let mut last_rules_look = Instant::now();
         let mut last_gauges = Instant::now() - GAUGES_EVERY;
+        let mut batch = Vec::with_capacity(DRAIN);
         loop {
             let step = {
                 let [scans, contacts, facts] = &mut self.inputs;
@@ -326,19 +327,12 @@ impl Processor {
                 }
                 Step::Message(_, Some(Ok(_))) if self.reconnected() => self.reopen_all(&mut controls.stop).await?,
                 Step::Message(i, Some(Ok(message))) => {
-                    self.handle(i, *message).await;
+                    // The run of messages ready now, taken together.
+                    batch.push(*message);
                     let mut reopen = false;
-                    for _ in 0..DRAIN {
-                        if self.reconnected() {
-                            self.reopen_all(&mut controls.stop).await?;
-                            break;
-                        }
-                        let next = match self.inputs[i].messages.as_mut() {
-                            Some(messages) => messages.next().now_or_never(),
-                            None => None,
-                        };
-                        match next {
-                            Some(Some(Ok(message))) => self.handle(i, message).await,
+                    while batch.len() < DRAIN && !self.reconnected() {
+                        match self.inputs[i].messages.as_mut().and_then(|m| m.next().now_or_never()) {
+                            Some(Some(Ok(message))) => batch.push(message),
                             Some(Some(Err(e))) => {
                                 tracing::warn!(stream = %self.inputs[i].stream, error = %e, "consumer error; recreating it at our position");
                                 reopen = true;
@@ -347,9 +341,13 @@ impl Processor {
                             _ => break,
                         }
                     }
+                    self.handle(i, &batch).await;
+                    batch.clear();
                     // What the messages made goes out once per run of messages, facts in batches.
                     self.publish().await;
-                    if reopen {
+                    if self.reconnected() {
+                        self.reopen_all(&mut controls.stop).await?;
+                    } else if reopen {
                         self.open(i, &mut controls.stop).await?;
                     }
                 }

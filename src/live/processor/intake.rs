@@ -8,89 +8,137 @@ use std::time::{Instant, SystemTime};
 use async_nats::jetstream;
 
 use super::Processor;
-use crate::event::{decode, Reject};
+use crate::engine::window::{parcel_hash, prefetch_staged};
+use crate::event::{decode, Event, Reject};
 use crate::live::input::Which;
 use crate::metrics::METRICS;
 use crate::nats::wire::{self, Refusal};
 use crate::partition;
 use crate::time::Ts;
 
+/// Events decoded together before the first of them is applied.
+const BATCH: usize = 32;
+
+/// A scan or contact admitted to its partition's engine, its parcel's
+/// memory hinted to the CPU.
+struct Ready<'m> {
+    partition: u16,
+    /// When it reached the server.
+    arrived: SystemTime,
+    event: Event<'m>,
+    hash: u64,
+}
+
 impl Processor {
-    /// A message of input `i`: skipped when this consumer gave it before,
-    /// else to its engine or stages.
-    pub(super) async fn handle(&mut self, i: usize, message: jetstream::Message) {
+    /// Messages of input `i`, in order: each skipped when this consumer gave
+    /// it before, else to its engine or stages. Scans and contacts are
+    /// decoded [`BATCH`] at a time and their parcels prefetched before any of
+    /// them is applied, so the cache misses of a large window overlap (as in
+    /// replay) instead of queueing one event after another.
+    pub(super) async fn handle(&mut self, i: usize, messages: &[jetstream::Message]) {
+        for chunk in messages.chunks(BATCH) {
+            let now = Instant::now();
+            let mut ready = Vec::with_capacity(chunk.len());
+            for message in chunk {
+                let Some((seq, arrived)) = self.take(i, message, now) else { continue };
+                match self.inputs[i].which {
+                    Which::Scans => ready.extend(self.admit(0, (seq, arrived, now), &message.message).await),
+                    Which::Contacts => ready.extend(self.admit(1, (seq, arrived, now), &message.message).await),
+                    Which::Facts => self.fact(seq, &message.message).await,
+                }
+            }
+            let parts = &self.parts;
+            prefetch_staged(&ready, |r, stage| parts[&r.partition].engine.prefetch(stage, r.hash));
+            for r in ready {
+                self.apply(r);
+            }
+        }
+    }
+
+    /// The message's stream sequence and when it reached the server, unless
+    /// this consumer gave it before; `now` is when its batch was taken.
+    fn take(&mut self, i: usize, message: &jetstream::Message, now: Instant) -> Option<(u64, SystemTime)> {
         let (seq, arrived) = match message.info() {
             Ok(info) => (info.stream_sequence, SystemTime::from(info.published)),
             Err(e) => {
                 tracing::warn!(error = %e, "message without JetStream metadata; ignored");
-                return;
+                return None;
             }
         };
-        let message = message.message;
         let input = &mut self.inputs[i];
         if seq <= input.last_seq {
             // A redelivery of what this consumer already gave us.
             self.summary.skipped += 1;
             METRICS.redeliveries.inc();
-            return;
+            return None;
         }
         input.last_seq = seq;
         if !self.unsaved {
             self.unsaved = true;
             self.readiness.unsaved();
         }
-        input.last_message = Instant::now();
+        input.last_message = now;
         input.caught_up = false;
-        match input.which {
-            Which::Scans => self.event(0, seq, arrived, message).await,
-            Which::Contacts => self.event(1, seq, arrived, message).await,
-            Which::Facts => self.fact(seq, message).await,
-        }
+        Some((seq, arrived))
     }
 
-    /// A scan or contact (on the server since `arrived`): to its partition's
-    /// engine, or to the dead letters.
-    pub(super) async fn event(&mut self, which: usize, seq: u64, arrived: SystemTime, message: async_nats::Message) {
+    /// A scan or contact (stream sequence `seq`, on the server since
+    /// `arrived`, taken `now`), ready for its partition's engine; or to the
+    /// dead letters. Its partition's position moves past it either way.
+    async fn admit<'m>(
+        &mut self,
+        which: usize,
+        (seq, arrived, now): (u64, SystemTime, Instant),
+        message: &'m async_nats::Message,
+    ) -> Option<Ready<'m>> {
         let subject = message.subject.as_str();
         let partition = subject.split_once('.').and_then(|(_, p)| p.parse::<u16>().ok());
         let Some(p) = partition.filter(|p| self.owned.contains(*p)) else {
             let why = Refusal::Subject(subject.to_string());
-            return self.dead_letter(which, seq, &message, why).await;
+            self.dead_letter(which, seq, message, why).await;
+            return None;
         };
-        let Some(part) = self.parts.get_mut(&p) else { return };
+        let part = self.parts.get_mut(&p)?;
         if seq <= part.pos[which] {
             self.summary.skipped += 1;
             METRICS.redeliveries.inc();
-            return;
+            return None;
         }
         part.pos[which] = seq;
-        part.last_input = Instant::now();
+        part.last_input = now;
         part.dirty = true;
         self.since_checkpoint += 1;
         let refusal = match decode(&message.payload) {
-            Err(reject) => Some(Refusal::Contract(reject)),
+            Err(reject) => Refusal::Contract(reject),
             Ok(event) => {
                 let expected = partition::of(&event.parcel_id, self.owned.count);
                 // Nothing happened after it reached the server: a scanner's clock is wrong.
                 let ahead = event.at.since(Ts::from(arrived));
                 if expected != p {
-                    Some(Refusal::Misrouted { subject: subject.to_string(), expected })
+                    Refusal::Misrouted { subject: subject.to_string(), expected }
                 } else if ahead > self.config.watermark.max_skew {
-                    Some(Refusal::Contract(Reject::Future { ahead: ahead.in_minutes() }))
+                    Refusal::Contract(Reject::Future { ahead: ahead.in_minutes() })
                 } else {
-                    self.summary.events += 1;
-                    METRICS.event(event.kind).inc();
-                    part.engine.ingest(&event, &mut self.alerts);
-                    self.arrived.resize(self.alerts.len(), arrived);
-                    part.engine.take_facts(&mut self.facts);
-                    part.engine.take_judged(&mut self.judged, &mut self.told);
-                    None
+                    let hash = parcel_hash(&event.parcel_id);
+                    part.engine.prefetch(0, hash);
+                    return Some(Ready { partition: p, arrived, event, hash });
                 }
             }
         };
-        if let Some(why) = refusal {
-            self.dead_letter(which, seq, &message, why).await;
-        }
+        self.dead_letter(which, seq, message, refusal).await;
+        None
+    }
+
+    /// An admitted event into its engine, and what the engine said out.
+    fn apply(&mut self, ready: Ready<'_>) {
+        let Some(part) = self.parts.get_mut(&ready.partition) else { return };
+        self.summary.events += 1;
+        METRICS.event(ready.event.kind).inc();
+        part.engine.apply(&ready.event, ready.hash, &mut self.alerts);
+        part.engine.catch_up(&mut self.alerts);
+        self.arrived.resize(self.alerts.len(), ready.arrived);
+        part.engine.take_facts(&mut self.facts);
+        part.engine.take_judged(&mut self.judged, &mut self.told);
     }
 
     async fn dead_letter(&mut self, which: usize, seq: u64, message: &async_nats::Message, why: Refusal) {
@@ -115,7 +163,7 @@ impl Processor {
     }
 
     /// A branch fact or a watermark mark, for the owned branch stages.
-    pub(super) async fn fact(&mut self, seq: u64, message: async_nats::Message) {
+    pub(super) async fn fact(&mut self, seq: u64, message: &async_nats::Message) {
         let subject = message.subject.as_str();
         let count = self.owned.count;
         let result = if let Some(bp) = subject.strip_prefix("forewarn.facts.") {
@@ -153,7 +201,7 @@ impl Processor {
             Err(format!("{subject}: not a facts subject"))
         };
         if let Err(reason) = result {
-            self.dead_letter(2, seq, &message, Refusal::BranchInput(reason)).await;
+            self.dead_letter(2, seq, message, Refusal::BranchInput(reason)).await;
         }
         for stage in self.stages.values_mut() {
             let watermark = stage.marks.iter().copied().min().unwrap_or(Ts::MIN);
