@@ -1,7 +1,8 @@
 //! Live throughput, measured in one run against a real nats-server on this
 //! machine: the broker's own consume rate for the scans stream (no
 //! processing) with the consumer kind forewarn uses (durable pull, ack
-//! policy none) and with an ordered consumer, beside forewarn's rate from
+//! policy none) read with the client's stream and with forewarn's own
+//! reader, and with an ordered consumer, beside forewarn's rate from
 //! the scans stream through the engines to a stored checkpoint that covers
 //! the last scan and contact (`forewarn_checkpoint_position`).
 //!
@@ -18,6 +19,7 @@ use prometheus::core::Collector;
 use tokio::sync::{mpsc, watch};
 
 use forewarn::config::Config;
+use forewarn::live::pull::Pull;
 use forewarn::live::{self, feed, Controls};
 use forewarn::metrics::METRICS;
 use forewarn::nats::connect;
@@ -62,6 +64,26 @@ async fn pull_none(js: &jetstream::Context, stream: &str, total: u64) -> Duratio
     drain(messages, total).await
 }
 
+/// Every message of `stream` through forewarn's own reader ([`Pull`]) of a
+/// durable pull consumer acknowledging nothing: what forewarn consumes with.
+async fn pull_reader(js: &jetstream::Context, stream: &str, total: u64) -> Duration {
+    js.get_stream(stream)
+        .await
+        .expect("stream")
+        .create_consumer(pull::Config {
+            durable_name: Some("bench-reader".into()),
+            filter_subjects: vec!["scans.*".into()],
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let batch = Config::default().consumer.batch;
+    let messages =
+        Pull::open(&js.client(), stream, "bench-reader", batch, Duration::from_secs(5)).await.expect("subscribed");
+    drain(messages, total).await
+}
+
 /// Every message of `stream` through an ordered consumer (ephemeral, no acknowledgements).
 async fn ordered(js: &jetstream::Context, stream: &str, total: u64) -> Duration {
     let consumer = js
@@ -101,6 +123,8 @@ fn main() {
         let rate = |took: Duration| scans as f64 / took.as_secs_f64();
         let pull = rate(pull_none(&js, "SCANS", scans).await);
         println!("broker consume {scans} scans: {pull:.0} scans/s (durable pull, ack none: forewarn's kind)");
+        let reader = rate(pull_reader(&js, "SCANS", scans).await);
+        println!("broker consume {scans} scans: {reader:.0} scans/s (the same, read with forewarn's reader)");
         let fastest = rate(ordered(&js, "SCANS", scans).await);
         println!("broker consume {scans} scans: {fastest:.0} scans/s (ordered consumer)");
 
@@ -143,10 +167,12 @@ fn main() {
             summary.checkpoints
         );
         println!(
-            "ratio          to a stored checkpoint {:.2} of the broker's rate with forewarn's consumer kind, {:.2} of the ordered consumer's; through the engines {:.2} / {:.2}",
+            "ratio          to a stored checkpoint {:.2} of the broker's rate with forewarn's consumer kind, {:.2} read with forewarn's reader, {:.2} of the ordered consumer's; through the engines {:.2} / {:.2} / {:.2}",
             own / pull,
+            own / reader,
             own / fastest,
             engines / pull,
+            engines / reader,
             engines / fastest
         );
         println!("published      {:?}", summary.published);

@@ -3,7 +3,8 @@
 //! They acknowledge nothing (ack policy none): the stored checkpoint holds
 //! each partition's stream positions and a restart resumes right after
 //! them, so acknowledgements would buy nothing, and the server keeps no
-//! per-message state for us.
+//! per-message state for us. Their messages are read off the connection
+//! by [`Pull`].
 
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,12 @@ use async_nats::jetstream;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use futures::StreamExt;
 
+use super::pull::{Delivery, Pull, PullError};
 use crate::config::Config;
 use crate::nats::LiveError;
+
+/// How often the server says it is there while it has no message for us.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Which {
@@ -30,7 +35,7 @@ pub struct Input {
     /// The highest stream sequence handled.
     pub last_seq: u64,
     pub consumer: Option<jetstream::consumer::PullConsumer>,
-    pub messages: Option<pull::Stream>,
+    pub messages: Option<Pull>,
     pub last_message: Instant,
     /// The server had nothing more for us when we last asked.
     pub caught_up: bool,
@@ -52,7 +57,7 @@ impl Input {
     }
 }
 
-pub async fn next_message(input: &mut Input) -> Option<Result<jetstream::Message, pull::MessagesError>> {
+pub async fn next_message(input: &mut Input) -> Option<Result<Delivery, PullError>> {
     match input.messages.as_mut() {
         Some(messages) => messages.next().await,
         None => std::future::pending().await,
@@ -64,7 +69,7 @@ pub async fn next_message(input: &mut Input) -> Option<Result<jetstream::Message
 /// covered.
 pub struct Opened {
     pub consumer: jetstream::consumer::PullConsumer,
-    pub messages: pull::Stream,
+    pub messages: Pull,
     pub first: u64,
 }
 
@@ -92,11 +97,7 @@ pub async fn open_consumer(
         })
         .await
         .map_err(|e| LiveError::nats("consumer create", e))?;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(config.consumer.batch)
-        .heartbeat(Duration::from_secs(5))
-        .messages()
+    let messages = Pull::open(&js.client(), &input.stream, &input.durable, config.consumer.batch, HEARTBEAT)
         .await
         .map_err(|e| LiveError::nats("consume", e))?;
     Ok(Opened { consumer, messages, first })

@@ -14,6 +14,7 @@ mod input;
 pub mod lookup;
 pub mod processor;
 pub mod publisher;
+pub mod pull;
 mod readiness;
 pub mod store;
 

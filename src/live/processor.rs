@@ -20,7 +20,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{self, object_store::ObjectStore};
 use futures::stream::SelectAll;
 use futures::{FutureExt, StreamExt};
@@ -31,6 +30,7 @@ use checkpoint::{committed, Commit};
 
 use super::input::{next_message, open_consumer, Input, Which};
 use super::publisher::{PublishStats, Publisher};
+use super::pull::{Delivery, PullError};
 use super::{lookup, Readiness};
 use crate::alert::Alert;
 use crate::clock::Clock;
@@ -263,7 +263,7 @@ enum Step {
     Committed(Result<Commit, LiveError>),
     Turn,
     Lookup(async_nats::Message),
-    Message(usize, Option<Result<Box<jetstream::Message>, pull::MessagesError>>),
+    Message(usize, Option<Result<Box<Delivery>, PullError>>),
 }
 
 impl Processor {

@@ -588,3 +588,83 @@ fn a_broken_template_is_refused_on_sighup_with_its_file() {
     let (status, log) = p.stop();
     assert!(status.success(), "{log}");
 }
+
+/// The processor's consumer reader against a real server: every message in
+/// stream order with the sequence and storage time the server gives it,
+/// over many pulls; quiet on heartbeats while nothing comes; an error, not a
+/// silent stall, once the consumer is deleted or the server is gone.
+#[test]
+fn the_pull_reader_gives_every_message_in_order_with_its_place_and_fails_loudly() {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    use forewarn::live::pull::{Pull, PullError};
+    use futures::StreamExt;
+    use std::time::{Duration, SystemTime};
+
+    let mut server = NatsServer::start();
+    let rt = nats::runtime();
+    rt.block_on(async {
+        let client = async_nats::connect(server.url()).await.expect("connects");
+        let js = async_nats::jetstream::new(client.clone());
+        let stream = js
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "T".into(),
+                subjects: vec!["t.*".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        let before = SystemTime::now() - Duration::from_secs(1);
+        const N: u64 = 2_500;
+        for i in 0..N {
+            js.publish(format!("t.{}", i % 3), i.to_string().into()).await.expect("sent").await.expect("stored");
+        }
+        let after = SystemTime::now() + Duration::from_secs(1);
+        let open = |durable: &'static str| {
+            let (stream, client) = (stream.clone(), client.clone());
+            async move {
+                stream
+                    .create_consumer(pull::Config {
+                        durable_name: Some(durable.into()),
+                        ack_policy: AckPolicy::None,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("consumer");
+                // Pulls of 100: the 2,500 messages take 25 of them and more.
+                Pull::open(&client, "T", durable, 100, Duration::from_millis(500)).await.expect("subscribed")
+            }
+        };
+        let mut messages = open("reader").await;
+        for seq in 1..=N {
+            let d = tokio::time::timeout(Duration::from_secs(10), messages.next())
+                .await
+                .expect("the next message comes")
+                .expect("the stream goes on")
+                .expect("a message");
+            assert_eq!((d.seq, &d.message.payload[..]), (seq, (seq - 1).to_string().as_bytes()));
+            assert!(d.published > before && d.published < after, "{:?}", d.published);
+            if seq % 500 == 0 {
+                let stored = stream.get_raw_message(seq).await.expect("stored");
+                assert_eq!(d.published, SystemTime::from(stored.time), "seq {seq}");
+            }
+        }
+        // Nothing more: heartbeats keep it quiet, well past two intervals.
+        assert!(tokio::time::timeout(Duration::from_secs(3), messages.next()).await.is_err(), "nothing to give");
+        js.publish("t.1", "late".into()).await.expect("sent").await.expect("stored");
+        let d = messages.next().await.expect("goes on").expect("the late message");
+        assert_eq!((d.seq, &d.message.payload[..]), (N + 1, &b"late"[..]));
+
+        stream.delete_consumer("reader").await.expect("deleted");
+        let ended = tokio::time::timeout(Duration::from_secs(5), messages.next()).await.expect("told at once");
+        assert!(matches!(ended, Some(Err(_))), "{:?}", ended.map(|r| r.map(|d| d.seq)));
+
+        let mut messages = open("second").await;
+        for _ in 0..=N {
+            messages.next().await.expect("goes on").expect("a message");
+        }
+        server.kill();
+        let ended =
+            tokio::time::timeout(Duration::from_secs(5), messages.next()).await.expect("told within 2 heartbeats");
+        assert!(matches!(ended, Some(Err(PullError::MissedHeartbeats(_)))), "{:?}", ended.map(|r| r.map(|d| d.seq)));
+    });
+}

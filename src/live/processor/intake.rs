@@ -5,12 +5,11 @@
 
 use std::time::{Instant, SystemTime};
 
-use async_nats::jetstream;
-
 use super::Processor;
 use crate::engine::window::{parcel_hash, prefetch_staged};
 use crate::event::{decode, Event, Reject};
 use crate::live::input::Which;
+use crate::live::pull::Delivery;
 use crate::metrics::METRICS;
 use crate::nats::wire::{self, Refusal};
 use crate::partition;
@@ -35,7 +34,7 @@ impl Processor {
     /// decoded [`BATCH`] at a time and their parcels prefetched before any of
     /// them is applied, so the cache misses of a large window overlap (as in
     /// replay) instead of queueing one event after another.
-    pub(super) async fn handle(&mut self, i: usize, messages: &[jetstream::Message]) {
+    pub(super) async fn handle(&mut self, i: usize, messages: &[Delivery]) {
         for chunk in messages.chunks(BATCH) {
             let now = Instant::now();
             let mut ready = Vec::with_capacity(chunk.len());
@@ -57,14 +56,8 @@ impl Processor {
 
     /// The message's stream sequence and when it reached the server, unless
     /// this consumer gave it before; `now` is when its batch was taken.
-    fn take(&mut self, i: usize, message: &jetstream::Message, now: Instant) -> Option<(u64, SystemTime)> {
-        let (seq, arrived) = match message.info() {
-            Ok(info) => (info.stream_sequence, SystemTime::from(info.published)),
-            Err(e) => {
-                tracing::warn!(error = %e, "message without JetStream metadata; ignored");
-                return None;
-            }
-        };
+    fn take(&mut self, i: usize, message: &Delivery, now: Instant) -> Option<(u64, SystemTime)> {
+        let (seq, arrived) = (message.seq, message.published);
         let input = &mut self.inputs[i];
         if seq <= input.last_seq {
             // A redelivery of what this consumer already gave us.
