@@ -1,10 +1,12 @@
 //! `forewarn run`: one loop that owns the engines, the branch stages and the
 //! consumers, so no lock is needed and the order of work is plain.
 //!
-//! Per message: skip what a checkpoint already covers (its stream sequence
-//! is at or below the partition's position), refuse what breaks the contract
-//! or came on the wrong partition (dead letter), otherwise ingest. After
-//! each run of messages, publish the alerts the engines made; branch facts
+//! Messages come in runs: what the input has ready, up to `DRAIN`. Per
+//! message: skip what a checkpoint already covers (its stream sequence is
+//! at or below the partition's position), refuse what breaks the contract
+//! or came on the wrong partition (dead letter), otherwise ingest (decoded
+//! and prefetched in batches, `intake.rs`). After each run of messages,
+//! publish the alerts the engines made; branch facts
 //! wait, in batches, for the next checkpoint. On a timer, after enough
 //! events, or when a backlog was just worked off: a checkpoint round, one
 //! changed engine or stage a turn of the loop, the messages flowing between
