@@ -6,8 +6,8 @@
 //! at or below the partition's position), refuse what breaks the contract
 //! or came on the wrong partition (dead letter), otherwise ingest (decoded
 //! and prefetched in batches, `intake.rs`). After each run of messages,
-//! publish the alerts the engines made; branch facts
-//! wait, in batches, for the next checkpoint. On a timer, after enough
+//! publish the alerts the engines made; branch facts wait, in batches, for
+//! the next checkpoint. On a timer, after enough
 //! events, or when a backlog was just worked off: a checkpoint round, one
 //! changed engine or stage a turn of the loop, the messages flowing between
 //! turns; its objects stored in the background, and only then each
