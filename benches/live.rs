@@ -46,38 +46,31 @@ async fn drain<M, E: std::fmt::Debug>(messages: impl Stream<Item = Result<M, E>>
     start.elapsed()
 }
 
-/// Every message of `stream` through a durable pull consumer acknowledging nothing, as forewarn's.
-async fn pull_none(js: &jetstream::Context, stream: &str, total: u64) -> Duration {
-    let consumer = js
-        .get_stream(stream)
-        .await
-        .expect("stream")
-        .create_consumer(pull::Config {
-            durable_name: Some("bench-pull".into()),
-            filter_subjects: vec!["scans.*".into()],
-            ack_policy: AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let messages = consumer.stream().max_messages_per_batch(1000).messages().await.expect("messages");
-    drain(messages, total).await
-}
-
-/// Every message of `stream` through forewarn's own reader ([`Pull`]) of a
-/// durable pull consumer acknowledging nothing: what forewarn consumes with.
-async fn pull_reader(js: &jetstream::Context, stream: &str, total: u64) -> Duration {
+/// A durable pull consumer of `stream`'s scans acknowledging nothing: the kind forewarn uses.
+async fn durable_none(js: &jetstream::Context, stream: &str, durable: &str) -> jetstream::consumer::PullConsumer {
     js.get_stream(stream)
         .await
         .expect("stream")
         .create_consumer(pull::Config {
-            durable_name: Some("bench-reader".into()),
+            durable_name: Some(durable.into()),
             filter_subjects: vec!["scans.*".into()],
             ack_policy: AckPolicy::None,
             ..Default::default()
         })
         .await
-        .expect("consumer");
+        .expect("consumer")
+}
+
+/// Every message of `stream` through forewarn's consumer kind, read with the client's stream.
+async fn pull_none(js: &jetstream::Context, stream: &str, total: u64) -> Duration {
+    let consumer = durable_none(js, stream, "bench-pull").await;
+    drain(consumer.stream().max_messages_per_batch(1000).messages().await.expect("messages"), total).await
+}
+
+/// Every message of `stream` through forewarn's consumer kind, read with
+/// forewarn's own reader ([`Pull`]), as forewarn consumes.
+async fn pull_reader(js: &jetstream::Context, stream: &str, total: u64) -> Duration {
+    durable_none(js, stream, "bench-reader").await;
     let batch = Config::default().consumer.batch;
     let messages =
         Pull::open(&js.client(), stream, "bench-reader", batch, Duration::from_secs(5)).await.expect("subscribed");
