@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer};
 pub mod dispatch;
 
 use crate::engine;
+use crate::nats::connect::SUBSCRIPTION_CAPACITY;
 use crate::partition::Owned;
 use crate::time::Span;
 pub use dispatch::Dispatch;
@@ -27,8 +28,9 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
-    #[error("{path}: {source}")]
-    Rejected { path: PathBuf, source: Invalid },
+    /// (Not a `source`: the message says it once, not again as its cause.)
+    #[error("{path}: {invalid}")]
+    Rejected { path: PathBuf, invalid: Invalid },
 }
 
 /// Settings that parse but cannot work together; each names the settings.
@@ -40,6 +42,11 @@ pub enum Invalid {
     Instance(String),
     #[error("checkpoint.interval and consumer.batch must be positive")]
     NotPositive,
+    #[error(
+        "consumer.batch is {0}: at most {MAX_BATCH} (a pull and a half of messages are in hand at once and must fit \
+         the client's subscription buffer of {SUBSCRIPTION_CAPACITY}, or it drops messages)"
+    )]
+    BatchTooLarge(usize),
     #[error("engine.max_lanes is {0}: at most {MAX_FINE_LANES} (a partition numbers its lanes in 16 bits)")]
     TooManyLanes(usize),
     #[error(
@@ -51,6 +58,9 @@ pub enum Invalid {
 
 /// The most fine lanes a partition can have, with room for its classes.
 const MAX_FINE_LANES: usize = 60_000;
+/// The largest pull: the next is asked for when half of one is left, so a
+/// pull and a half can be in hand.
+const MAX_BATCH: usize = SUBSCRIPTION_CAPACITY * 2 / 3;
 
 fn span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
     let text = String::deserialize(d)?;
@@ -375,7 +385,7 @@ impl Config {
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let config: Config = toml::from_str(&text)
             .map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
-        config.validate().map_err(|source| ConfigError::Rejected { path: path.to_path_buf(), source })?;
+        config.validate().map_err(|invalid| ConfigError::Rejected { path: path.to_path_buf(), invalid })?;
         Ok(config)
     }
 
@@ -388,6 +398,9 @@ impl Config {
         }
         if self.checkpoint.interval.0 <= 0 || self.consumer.batch == 0 {
             return Err(Invalid::NotPositive);
+        }
+        if self.consumer.batch > MAX_BATCH {
+            return Err(Invalid::BatchTooLarge(self.consumer.batch));
         }
         if self.engine.max_lanes > MAX_FINE_LANES {
             return Err(Invalid::TooManyLanes(self.engine.max_lanes));
@@ -444,6 +457,10 @@ mod tests {
         assert!(matches!(config.validate(), Err(Invalid::Instance(i)) if i == "a b"));
         let config = Config { consumer: Consumer { batch: 0 }, ..Config::default() };
         assert!(matches!(config.validate(), Err(Invalid::NotPositive)));
+        let config = Config { consumer: Consumer { batch: MAX_BATCH }, ..Config::default() };
+        assert!(config.validate().is_ok());
+        let config = Config { consumer: Consumer { batch: MAX_BATCH + 1 }, ..Config::default() };
+        assert!(matches!(config.validate(), Err(Invalid::BatchTooLarge(b)) if b == MAX_BATCH + 1));
         let mut config = Config::default();
         config.dispatch.holdout = 0.9;
         assert!(matches!(config.validate(), Err(Invalid::Holdout(_))));

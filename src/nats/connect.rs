@@ -18,19 +18,24 @@ fn secret(path: &std::path::Path, what: &str) -> Result<String, LiveError> {
         .map_err(|e| LiveError::config(format!("cannot read the {what} file {}: {e}", path.display())))
 }
 
+/// Messages a subscription holds before the client drops what comes next
+/// for it (silently: a slow subscriber loses messages).
+pub const SUBSCRIPTION_CAPACITY: usize = 1 << 16;
+
 /// Connects with the configured identity. The client reconnects by itself
 /// after an outage, for ever; a first connection that fails is an error.
 pub async fn connect(nats: &Nats, name: &str) -> Result<async_nats::Client, LiveError> {
-    let mut options =
-        ConnectOptions::new().name(name).max_reconnects(None).subscription_capacity(1 << 16).event_callback(
-            |event| async move {
-                match event {
-                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    other => tracing::warn!(event = %other, "NATS connection"),
-                }
-            },
-        );
+    let mut options = ConnectOptions::new()
+        .name(name)
+        .max_reconnects(None)
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                other => tracing::warn!(event = %other, "NATS connection"),
+            }
+        });
     if let Some(path) = &nats.credentials {
         options = options
             .credentials_file(path)

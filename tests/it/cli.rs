@@ -228,3 +228,18 @@ fn render_shows_a_rules_message_with_sample_data_or_a_real_alert() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no alert of rule no_such_rule"), "{}", text(&out.stderr));
 }
+
+/// A configuration that parses but cannot work stops the start with the
+/// file, the setting and the way out, said once; a pull too large for the
+/// client's subscription buffer is one (the client would drop messages).
+#[test]
+fn a_configuration_that_cannot_work_is_refused_once_with_the_setting_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("forewarn.toml");
+    fs::write(&path, "[consumer]\nbatch = 50000\n").unwrap();
+    let out = forewarn(&["run", "--config", path.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+    assert_eq!(stderr.matches("consumer.batch is 50000: at most 43690").count(), 1, "{stderr}");
+}
