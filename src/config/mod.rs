@@ -16,7 +16,6 @@ use serde::{Deserialize, Deserializer};
 pub mod dispatch;
 
 use crate::engine;
-use crate::nats::connect::SUBSCRIPTION_CAPACITY;
 use crate::partition::Owned;
 use crate::time::Span;
 pub use dispatch::Dispatch;
@@ -58,6 +57,9 @@ pub enum Invalid {
 
 /// The most fine lanes a partition can have, with room for its classes.
 const MAX_FINE_LANES: usize = 60_000;
+/// Messages a NATS subscription holds before the client drops what comes
+/// next for it (silently: a slow subscriber loses messages).
+pub const SUBSCRIPTION_CAPACITY: usize = 1 << 16;
 /// The largest pull: the next is asked for when half of one is left, so a
 /// pull and a half can be in hand.
 const MAX_BATCH: usize = SUBSCRIPTION_CAPACITY * 2 / 3;

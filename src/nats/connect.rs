@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, object_store, stream};
 use async_nats::ConnectOptions;
 
 use super::LiveError;
-use crate::config::{std_duration, Nats, StreamConfig, Streams};
+use crate::config::{std_duration, Nats, StreamConfig, Streams, SUBSCRIPTION_CAPACITY};
 
 /// Reads a secret from a file, trimmed; its content never reaches an error or a log.
 fn secret(path: &std::path::Path, what: &str) -> Result<String, LiveError> {
@@ -17,10 +17,6 @@ fn secret(path: &std::path::Path, what: &str) -> Result<String, LiveError> {
         .map(|s| s.trim().to_string())
         .map_err(|e| LiveError::config(format!("cannot read the {what} file {}: {e}", path.display())))
 }
-
-/// Messages a subscription holds before the client drops what comes next
-/// for it (silently: a slow subscriber loses messages).
-pub const SUBSCRIPTION_CAPACITY: usize = 1 << 16;
 
 /// Connects with the configured identity. The client reconnects by itself
 /// after an outage, for ever; a first connection that fails is an error.
