@@ -177,23 +177,40 @@ fn ends_consumer(description: &str) -> bool {
 /// <consumer seq>.<nanoseconds>.<pending>`, or with `<domain>.<account>.`
 /// before the stream and any tokens after (ADR-15).
 pub fn position(reply: &str) -> Option<(u64, SystemTime)> {
-    let rest = reply.strip_prefix("$JS.ACK.")?;
-    let mut tokens = [""; 9];
-    let mut n = 0;
-    for token in rest.split('.') {
-        if let Some(t) = tokens.get_mut(n) {
-            *t = token;
+    // One pass over the bytes: `str::split` costs a search per token, and
+    // this runs for every message.
+    let rest = reply.strip_prefix("$JS.ACK.")?.as_bytes();
+    let mut starts = [0; 8];
+    let mut tokens = 1;
+    for (i, &b) in rest.iter().enumerate() {
+        if b == b'.' {
+            if let Some(start) = starts.get_mut(tokens) {
+                *start = i + 1;
+            }
+            tokens += 1;
         }
-        n += 1;
     }
-    let first = match n {
+    let first = match tokens {
         7 => 0,
         n if n >= 9 => 2,
         _ => return None,
     };
-    let seq = tokens[first + 3].parse().ok()?;
-    let nanos = tokens[first + 5].parse().ok()?;
+    let token = |k: usize| {
+        let start = starts[k];
+        let end = rest[start..].iter().position(|&b| b == b'.').map_or(rest.len(), |p| start + p);
+        &rest[start..end]
+    };
+    let seq = digits(token(first + 3))?;
+    let nanos = digits(token(first + 5))?;
     Some((seq, UNIX_EPOCH + Duration::from_nanos(nanos)))
+}
+
+/// A decimal number of up to 19 digits (no overflow, no sign).
+fn digits(token: &[u8]) -> Option<u64> {
+    if token.is_empty() || token.len() > 19 {
+        return None;
+    }
+    token.iter().try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
 }
 
 #[cfg(test)]
@@ -218,6 +235,8 @@ mod tests {
             "$JS.ACK.SCANS.forewarn-0.1.x.17.1764950400123456789.42",
             "$JS.ACK.SCANS.forewarn-0.1.4711.17.-5.42",
             "$JS.ACK._.ACC.SCANS.forewarn-0.1.4712.18.1764950400123456789",
+            "$JS.ACK.SCANS.forewarn-0.1.4711.17.99999999999999999999.42",
+            "$JS.ACK.SCANS.forewarn-0.1..17.1764950400123456789.42",
         ] {
             assert_eq!(position(bad), None, "{bad}");
         }
