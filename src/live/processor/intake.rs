@@ -38,12 +38,14 @@ impl Processor {
         for chunk in messages.chunks(BATCH) {
             let now = Instant::now();
             let mut ready = Vec::with_capacity(chunk.len());
-            for message in chunk {
-                let Some((seq, arrived)) = self.take(i, message, now) else { continue };
+            for delivery in chunk {
+                if !self.take(i, delivery.seq, now) {
+                    continue;
+                }
                 match self.inputs[i].which {
-                    Which::Scans => ready.extend(self.admit(0, (seq, arrived, now), &message.message).await),
-                    Which::Contacts => ready.extend(self.admit(1, (seq, arrived, now), &message.message).await),
-                    Which::Facts => self.fact(seq, &message.message).await,
+                    Which::Scans => ready.extend(self.admit(0, delivery, now).await),
+                    Which::Contacts => ready.extend(self.admit(1, delivery, now).await),
+                    Which::Facts => self.fact(delivery.seq, &delivery.message).await,
                 }
             }
             let parts = &self.parts;
@@ -54,16 +56,15 @@ impl Processor {
         }
     }
 
-    /// The message's stream sequence and when it reached the server, unless
-    /// this consumer gave it before; `now` is when its batch was taken.
-    fn take(&mut self, i: usize, message: &Delivery, now: Instant) -> Option<(u64, SystemTime)> {
-        let (seq, arrived) = (message.seq, message.published);
+    /// Whether input `i` gives the message at stream sequence `seq` for the
+    /// first time (`now`: when its batch was taken).
+    fn take(&mut self, i: usize, seq: u64, now: Instant) -> bool {
         let input = &mut self.inputs[i];
         if seq <= input.last_seq {
             // A redelivery of what this consumer already gave us.
             self.summary.skipped += 1;
             METRICS.redeliveries.inc();
-            return None;
+            return false;
         }
         input.last_seq = seq;
         if !self.unsaved {
@@ -72,18 +73,15 @@ impl Processor {
         }
         input.last_message = now;
         input.caught_up = false;
-        Some((seq, arrived))
+        true
     }
 
-    /// A scan or contact (stream sequence `seq`, on the server since
-    /// `arrived`, taken `now`), ready for its partition's engine; or to the
-    /// dead letters. Its partition's position moves past it either way.
-    async fn admit<'m>(
-        &mut self,
-        which: usize,
-        (seq, arrived, now): (u64, SystemTime, Instant),
-        message: &'m async_nats::Message,
-    ) -> Option<Ready<'m>> {
+    /// A scan or contact (its batch taken `now`), ready for its partition's
+    /// engine; or to the dead letters. Its partition's position moves past
+    /// it either way.
+    async fn admit<'m>(&mut self, which: usize, delivery: &'m Delivery, now: Instant) -> Option<Ready<'m>> {
+        let Delivery { message, seq, published: arrived } = delivery;
+        let (seq, arrived) = (*seq, *arrived);
         let subject = message.subject.as_str();
         let partition = subject.split_once('.').and_then(|(_, p)| p.parse::<u16>().ok());
         let Some(p) = partition.filter(|p| self.owned.contains(*p)) else {
