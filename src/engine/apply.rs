@@ -73,7 +73,7 @@ impl Engine {
                 || ev.at > p.first_parked_at()
                 || contact_ahead)
         {
-            p.park(ev.clone().into_owned());
+            p.park(ev);
             self.stats.parked += 1;
             if contact_ahead {
                 self.stats.held += 1;

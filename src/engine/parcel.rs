@@ -8,6 +8,7 @@ use super::expected::Told;
 use super::sym::{Interner, Sym};
 use crate::event::{Channels, Event, Kind, Topic};
 use crate::time::Ts;
+pub use held::Held;
 
 /// Fingerprints of the events already applied to a parcel, for dedup. The
 /// first [`INLINE_SEEN`] live in the parcel itself; more spill to the heap, up
@@ -51,7 +52,7 @@ pub struct Aside {
     /// Episodes of resolving rules that are open.
     pub open: Vec<Open>,
     /// Events newer than the parcel's pending wake-up, held until it is judged.
-    pub parked: Vec<Event<'static>>,
+    pub parked: Vec<Held>,
 }
 
 impl Parcel {
@@ -74,10 +75,10 @@ impl Parcel {
     }
 
     /// Holds an event back; held events stay in time order (ties in arrival order).
-    pub fn park(&mut self, ev: Event<'static>) {
+    pub fn park(&mut self, ev: &Event<'_>) {
         let parked = &mut self.aside().parked;
         let i = parked.partition_point(|e| e.at <= ev.at);
-        parked.insert(i, ev);
+        parked.insert(i, Held::new(ev));
     }
 
     /// The time of the earliest held event (`Ts::MAX` if none).
@@ -90,7 +91,7 @@ impl Parcel {
     }
 
     /// Takes the earliest held event.
-    pub fn pop_parked(&mut self) -> Option<Event<'static>> {
+    pub fn pop_parked(&mut self) -> Option<Held> {
         let parked = &mut self.aside.as_mut()?.parked;
         let ev = (!parked.is_empty()).then(|| parked.remove(0));
         self.drop_empty_aside();
@@ -429,6 +430,7 @@ pub fn take_recipient(p: &mut Parcel, event: &Event<'_>, syms: &mut Interner) {
 }
 
 pub(in crate::engine) mod checkpoint;
+mod held;
 
 #[cfg(test)]
 mod tests;

@@ -102,8 +102,8 @@ impl Engine {
                 if at == Ts::MAX || contact_waits || gone || next < at {
                     break;
                 }
-                let Some(ev) = self.window.get_mut(slot).pop_parked() else { break };
-                self.apply_to(slot, &ev, out);
+                let Some(held) = self.window.get_mut(slot).pop_parked() else { break };
+                self.apply_to(slot, &held.event(), out);
                 progressed = true;
             }
             if !progressed {

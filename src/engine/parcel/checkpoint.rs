@@ -63,7 +63,7 @@ impl Parcel {
             w.ts(o.at);
         }
         w.u(parked.len() as u64);
-        parked.iter().for_each(|e| put_event(w, e));
+        parked.iter().for_each(|e| put_event(w, &e.event()));
     }
 
     pub(in crate::engine) fn load(r: &mut R<'_>, remap: &Remap) -> Result<Parcel, CheckpointError> {
@@ -139,7 +139,7 @@ impl Parcel {
         }
         for _ in 0..r.n(4096, "parked events")? {
             let e = get_event(r)?;
-            p.aside().parked.push(e);
+            p.aside().parked.push(Held::new(&e));
         }
         Ok(p)
     }
