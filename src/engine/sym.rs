@@ -1,8 +1,9 @@
 //! Interned names: the facility, branch, service, locale and zone strings
-//! that repeat across parcels are kept once and named by a 4-byte [`Sym`];
-//! and the prefetch hint the window and the lanes use to overlap cache misses.
+//! that repeat across parcels are kept once and named by a 4-byte [`Sym`],
+//! and their text once in the process whatever the engines naming it; and
+//! the prefetch hint the window and the lanes use to overlap cache misses.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use hashbrown::HashTable;
 use xxhash_rust::xxh3::xxh3_64;
@@ -54,7 +55,7 @@ impl Interner {
         if self.names.len() >= self.limit {
             return None;
         }
-        Some(self.add(Arc::from(s), h))
+        Some(self.add(shared(s, h), h))
     }
 
     /// Adds a name known not to be there.
@@ -88,7 +89,8 @@ impl Interner {
         for _ in 0..r.u()? {
             let name = r.s()?;
             // Names were interned in this order, so each gets its old symbol back.
-            syms.add(Arc::from(name), hash(name));
+            let h = hash(name);
+            syms.add(shared(name, h), h);
         }
         Ok(syms)
     }
@@ -107,6 +109,51 @@ impl Sym {
     }
 }
 
+/// The text of every name some engine of the process holds. A national
+/// network's 30,000 branches are named in each of its 16 partitions: each
+/// engine keeps its own symbols (its checkpoint stands alone), but one copy
+/// of each text, some 40 bytes a name. Taken only when an engine meets a
+/// name new to it, never for a name it knows.
+struct Pool {
+    names: HashTable<Arc<str>>,
+    /// The size after the last sweep: the next sweep comes at twice it.
+    swept: usize,
+}
+
+static POOL: LazyLock<Mutex<Pool>> = LazyLock::new(|| Mutex::new(Pool::default()));
+
+/// The process's copy of `name` (its hash `h`).
+fn shared(name: &str, h: u64) -> Arc<str> {
+    // The pool is never left half-changed, so a panic elsewhere holding it changes nothing.
+    POOL.lock().unwrap_or_else(PoisonError::into_inner).share(name, h)
+}
+
+/// Sweeps start past this many names.
+const FIRST_SWEEP: usize = 1024;
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool { names: HashTable::new(), swept: FIRST_SWEEP }
+    }
+}
+
+impl Pool {
+    /// The copy of `name` (its hash `h`), made when no engine holds one.
+    fn share(&mut self, name: &str, h: u64) -> Arc<str> {
+        if let Some(known) = self.names.find(h, |n| &**n == name) {
+            return known.clone();
+        }
+        if self.names.len() >= 2 * self.swept {
+            // Names no engine holds any more (engines dropped, rules replaced) go.
+            self.names.retain(|n| Arc::strong_count(n) > 1);
+            self.swept = self.names.len().max(FIRST_SWEEP);
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.names.insert_unique(h, name.clone(), |n| hash(n));
+        name
+    }
+}
+
 /// A hint to load the cache line holding `p`; it never faults, whatever the address.
 #[inline]
 pub(super) fn prefetch<T>(p: *const T) {
@@ -117,4 +164,40 @@ pub(super) fn prefetch<T>(p: *const T) {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_naming_one_place_share_its_text_and_keep_their_own_symbols() {
+        let (mut a, mut b) = (Interner::new(8), Interner::new(8));
+        let only_a = a.intern("sym-test-only-a").expect("room");
+        let place = (a.intern("sym-test-Évry").expect("room"), b.intern("sym-test-Évry").expect("room"));
+        assert_eq!((only_a.index(), place.0.index(), place.1.index()), (0, 1, 0), "symbols are each engine's own");
+        let (in_a, in_b) = (a.get(place.0).expect("named"), b.get(place.1).expect("named"));
+        assert!(Arc::ptr_eq(in_a, in_b), "one copy of the text");
+        let mut w = W::default();
+        a.save(&mut w);
+        let opened = R::open(&w.snapshot().compress()).expect("opens");
+        let restored = Interner::load(&mut R { buf: &opened, pos: 0 }, 8).expect("loads");
+        assert!(Arc::ptr_eq(restored.get(place.0).expect("named"), in_b), "a restored engine shares it too");
+    }
+
+    #[test]
+    fn the_pool_forgets_names_no_engine_holds_once_it_doubles() {
+        let mut pool = Pool::default();
+        let held: Vec<Arc<str>> = (0..10).map(|i| format!("held-{i}")).map(|n| pool.share(&n, hash(&n))).collect();
+        let share_and_drop =
+            |pool: &mut Pool, i: usize| drop(pool.share(&format!("gone-{i}"), hash(&format!("gone-{i}"))));
+        for i in 0..2 * FIRST_SWEEP - held.len() {
+            share_and_drop(&mut pool, i);
+        }
+        assert_eq!(pool.names.len(), 2 * FIRST_SWEEP, "no sweep before the pool doubles");
+        share_and_drop(&mut pool, usize::MAX);
+        assert_eq!(pool.names.len(), 11, "the held names and the one made after the sweep");
+        assert_eq!(pool.swept, FIRST_SWEEP);
+        assert!(Arc::ptr_eq(&pool.share("held-3", hash("held-3")), &held[3]), "a held name is still shared");
+    }
 }
