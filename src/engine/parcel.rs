@@ -78,7 +78,13 @@ impl Parcel {
     pub fn park(&mut self, ev: &Event<'_>) {
         let parked = &mut self.aside().parked;
         let i = parked.partition_point(|e| e.at <= ev.at);
-        parked.insert(i, Held::new(ev));
+        insert_few(parked, i, Held::new(ev));
+    }
+
+    /// Opens an episode of rule `open.rule`.
+    pub fn open(&mut self, open: Open) {
+        let list = &mut self.aside().open;
+        insert_few(list, list.len(), open);
     }
 
     /// The time of the earliest held event (`Ts::MAX` if none).
@@ -107,6 +113,15 @@ impl Parcel {
     pub fn parked(&self) -> usize {
         self.aside.as_ref().map_or(0, |a| a.parked.len())
     }
+}
+
+/// Inserts into a list most parcels keep one long: the first element takes
+/// room for itself alone, not for the four a `Vec` starts with.
+fn insert_few<T>(list: &mut Vec<T>, i: usize, item: T) {
+    if list.is_empty() {
+        list.reserve_exact(1);
+    }
+    list.insert(i, item);
 }
 
 /// An episode of a resolving rule that is open, with the instant it fired at.

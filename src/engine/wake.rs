@@ -86,7 +86,7 @@ impl Engine {
                 }
                 p.fired |= bit;
                 if self.set.rules[r as usize].voice.resolve {
-                    p.aside().open.push(Open { rule: r, at: deadline });
+                    p.open(Open { rule: r, at: deadline });
                 }
                 self.emit(slot, r, AlertState::Firing, deadline, &deadline.text(), None, out);
             }

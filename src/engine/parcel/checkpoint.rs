@@ -134,12 +134,11 @@ impl Parcel {
         for _ in 0..r.n(64, "open episodes")? {
             let (rule, at) = (r.n(255, "rule")?, r.ts()?);
             if let Some(Some(rule)) = remap.rules.get(rule) {
-                p.aside().open.push(Open { rule: *rule, at });
+                p.open(Open { rule: *rule, at });
             }
         }
         for _ in 0..r.n(4096, "parked events")? {
-            let e = get_event(r)?;
-            p.aside().parked.push(Held::new(&e));
+            p.park(&get_event(r)?);
         }
         Ok(p)
     }
