@@ -71,7 +71,7 @@ struct BranchState {
     /// Intake times within the window, sorted (share thresholds).
     intake: VecDeque<Ts>,
     /// Hits per hour over the baseline, oldest first: (hour number, count).
-    slots: VecDeque<(i64, u32)>,
+    slots: VecDeque<(Number, u32)>,
     first_seen: Option<Ts>,
     /// The instant the open episode fired at.
     open: Option<Ts>,
@@ -109,10 +109,10 @@ fn cold_starts(rule: &BranchRule) -> bool {
 }
 
 /// Parcels that joined a place, by hour number, oldest first.
-type Volume = VecDeque<(i64, u32)>;
+type Volume = VecDeque<(Number, u32)>;
 
 /// Counts `n` parcels at hour `hour`.
-fn add_hour(v: &mut Volume, hour: i64, n: u32) {
+fn add_hour(v: &mut Volume, hour: Number, n: u32) {
     match v.iter_mut().rev().find(|(h, _)| *h == hour) {
         Some((_, count)) => *count += n,
         None => {
@@ -123,14 +123,14 @@ fn add_hour(v: &mut Volume, hour: i64, n: u32) {
 }
 
 /// Forgets the hours before `horizon`.
-fn forget_before(v: &mut Volume, horizon: i64) {
+fn forget_before(v: &mut Volume, horizon: Number) {
     while v.front().is_some_and(|(h, _)| *h < horizon) {
         v.pop_front();
     }
 }
 
 /// The parcels of `v` from hour `from` on.
-fn volume_since(v: Option<&Volume>, from: i64) -> u64 {
+fn volume_since(v: Option<&Volume>, from: Number) -> u64 {
     v.map_or(0, |v| v.iter().filter(|(h, _)| *h >= from).map(|(_, n)| u64::from(*n)).sum())
 }
 
@@ -186,7 +186,7 @@ impl Volumes {
     }
 
     fn add(&mut self, branch: &Arc<str>, at: Ts) {
-        let (hour, horizon) = (at.0.div_euclid(HOUR.0), at.minus(self.span).0.div_euclid(HOUR.0));
+        let (hour, horizon) = (hour_of(at), hour_of(at.minus(self.span)));
         let group = self.group(branch);
         for v in [self.by_place.entry(branch.clone()).or_default(), self.by_group.entry(group).or_default()] {
             add_hour(v, hour, 1);
@@ -209,7 +209,7 @@ impl Volumes {
         let group = self.group(place);
         let since = now.minus(rule.window);
         let within = |q: &VecDeque<Ts>| (q.len() - q.partition_point(|&t| t <= since)) as u64;
-        let from = now.minus(rule.baseline).0.div_euclid(HOUR.0);
+        let from = hour_of(now.minus(rule.baseline));
         let own_volume = volume_since(self.by_place.get(place), from);
         Some(Peers {
             hits: group_hits.get(&group).map_or(0, within).saturating_sub(within(own)),
@@ -451,13 +451,28 @@ impl BranchStage {
 /// The slot a hit counts in: slot `k` holds the hits in `(k, k + 1]` slots, as a
 /// window holds those in `(now - window, now]`. Hits on the hour (parcels
 /// all promised for one time) then count in the same windows as today's.
-fn slot_of(at: Ts) -> i64 {
-    (at.0 - 1).div_euclid(SLOT.0)
+fn slot_of(at: Ts) -> Number {
+    number((at.0 - 1).div_euclid(SLOT.0))
 }
 
 /// The slots that end at or before `t` are those numbered below this.
-fn ended_by(t: Ts) -> i64 {
-    t.0.div_euclid(SLOT.0)
+fn ended_by(t: Ts) -> Number {
+    number(t.0.div_euclid(SLOT.0))
+}
+
+/// The hour `at` falls in.
+fn hour_of(at: Ts) -> Number {
+    number(at.0.div_euclid(HOUR.0))
+}
+
+/// A slot's or an hour's number since 1970. Events are dated up to 2099
+/// (some 7 million slots), so four bytes hold it; a place's history keeps
+/// hundreds of them, and a national network has tens of thousands of places.
+type Number = i32;
+
+/// `n` as a [`Number`], the far past and future at its ends.
+fn number(n: i64) -> Number {
+    n.clamp(Number::MIN.into(), Number::MAX.into()) as Number
 }
 
 /// The hits a branch usually has in one window, from its history

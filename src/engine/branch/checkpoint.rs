@@ -1,11 +1,16 @@
 //! Saving and restoring the branch aggregates for the engine's checkpoints.
 
 use super::*;
-use crate::engine::codec::{CheckpointError, Snapshot, R, W};
+use crate::engine::codec::{corrupt, CheckpointError, Snapshot, R, W};
 
 fn put_times(w: &mut W, times: &VecDeque<Ts>) {
     w.u(times.len() as u64);
     times.iter().for_each(|t| w.ts(*t));
+}
+
+/// A slot's or an hour's number, written as an instant is.
+fn read_number(r: &mut R<'_>) -> Result<Number, CheckpointError> {
+    Number::try_from(r.ts()?.0).map_err(|_| corrupt("a slot or hour number out of range"))
 }
 
 fn times(r: &mut R<'_>) -> Result<VecDeque<Ts>, CheckpointError> {
@@ -64,7 +69,7 @@ impl BranchStage {
                 put_times(w, &s.intake);
                 w.u(s.slots.len() as u64);
                 for (slot, n) in &s.slots {
-                    w.ts(Ts(*slot));
+                    w.ts(Ts((*slot).into()));
                     w.u(u64::from(*n));
                 }
                 w.opt_ts(s.first_seen);
@@ -91,7 +96,7 @@ impl BranchStage {
             w.s(name);
             w.u(v.len() as u64);
             for (hour, n) in v {
-                w.ts(Ts(*hour));
+                w.ts(Ts((*hour).into()));
                 w.u(u64::from(*n));
             }
         }
@@ -118,7 +123,7 @@ impl BranchStage {
                 let (hits, intake) = (times(r)?, times(r)?);
                 let mut slots = VecDeque::new();
                 for _ in 0..r.u()? {
-                    slots.push_back((r.ts()?.0, r.u32()?));
+                    slots.push_back((read_number(r)?, r.u32()?));
                 }
                 let (first_seen, open, failing_since) = (r.opt_ts()?, r.opt_ts()?, r.opt_ts()?);
                 let opened_against = match r.u()? {
@@ -150,7 +155,7 @@ impl BranchStage {
             let name: Arc<str> = Arc::from(r.s()?);
             let mut v = Volume::new();
             for _ in 0..r.u()? {
-                v.push_back((r.ts()?.0, r.u32()?));
+                v.push_back((read_number(r)?, r.u32()?));
             }
             self.volumes.by_place.insert(name, v);
         }
