@@ -136,6 +136,10 @@ struct Processor {
     judged: Vec<Judged>,
     told: Vec<Draw>,
     since_checkpoint: u64,
+    /// The last round was begun for its count of events: a backlog is
+    /// being worked off, and its tail is stored as soon as the inputs go
+    /// quiet, however short (see `worked_off`).
+    backlog: bool,
     last_checkpoint: Instant,
     summary: RunSummary,
     readiness: Readiness,
@@ -242,6 +246,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         judged: Vec::new(),
         told: Vec::new(),
         since_checkpoint: 0,
+        backlog: false,
         last_checkpoint: Instant::now(),
         summary: RunSummary::default(),
         readiness: readiness.clone(),
@@ -354,10 +359,12 @@ impl Processor {
                     }
                 }
             }
-            let due = self.since_checkpoint >= self.config.checkpoint.events
+            let by_count = self.since_checkpoint >= self.config.checkpoint.events;
+            let due = by_count
                 || (self.last_checkpoint.elapsed() >= std_duration(self.config.checkpoint.interval) && self.changed())
                 || self.worked_off();
             if due && storing.is_none() && round.is_none() {
+                self.backlog = by_count;
                 round = Some(self.begin_round());
             }
             if let Some(task) = self.turn(&mut round).await {
@@ -415,13 +422,15 @@ impl Processor {
         }
     }
 
-    /// A backlog was just worked off: many events since the last checkpoint
-    /// and the inputs quiet. Its checkpoint is not left for the interval, so
-    /// a restart soon after reads little again and the branch stages hear
-    /// the new watermarks at once.
+    /// A backlog was just worked off: the inputs quiet, and many events
+    /// since the last checkpoint or the tail of a run of rounds begun for
+    /// their count. Its checkpoint is not left for the interval, so a
+    /// restart soon after reads little again and the branch stages hear the
+    /// new watermarks at once. A trickle of events checkpoints on the
+    /// interval: its rounds are not begun for their count.
     fn worked_off(&self) -> bool {
-        self.since_checkpoint >= self.config.checkpoint.events / 4
-            && self.inputs.iter().all(|i| i.last_message.elapsed() >= QUIET)
+        let quiet = self.inputs.iter().all(|i| i.last_message.elapsed() >= QUIET);
+        worked_off(quiet, self.backlog, self.since_checkpoint, self.config.checkpoint.events)
     }
 
     fn changed(&self) -> bool {
@@ -528,3 +537,24 @@ mod restore;
 mod upkeep;
 
 use upkeep::GAUGES_EVERY;
+
+/// See [`Processor::worked_off`]: `since` events since the last checkpoint,
+/// whose rounds begin at `events`.
+fn worked_off(quiet: bool, backlog: bool, since: u64, events: u64) -> bool {
+    quiet && ((backlog && since > 0) || since >= events / 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worked_off;
+
+    #[test]
+    fn a_backlog_s_tail_is_stored_once_the_inputs_go_quiet_and_a_trickle_waits_for_the_interval() {
+        let events = 250_000;
+        assert!(worked_off(true, true, 1, events), "the tail after rounds begun for their count");
+        assert!(!worked_off(false, true, 1, events), "not while messages still come");
+        assert!(!worked_off(true, true, 0, events), "nothing new since the last round");
+        assert!(!worked_off(true, false, events / 4 - 1, events), "a trickle: its rounds are the interval's");
+        assert!(worked_off(true, false, events / 4, events), "a backlog no count round had begun for");
+    }
+}
