@@ -11,18 +11,21 @@ use crate::event::{Channels, Contact, Event, Kind, Recipient};
 use crate::time::Ts;
 
 /// The strings, in the order they are kept: the event's own, then its recipient's.
-const EVENT_ID: usize = 0;
-const PARCEL_ID: usize = 1;
-const FACILITY: usize = 2;
-const BRANCH: usize = 3;
-const SERVICE: usize = 4;
-const REASON: usize = 5;
-const NAME: usize = 6;
-const PHONE: usize = 7;
-const EMAIL: usize = 8;
-const LOCALE: usize = 9;
-const TZ: usize = 10;
-const TEXTS: usize = 11;
+#[derive(Clone, Copy)]
+enum Text {
+    EventId,
+    ParcelId,
+    Facility,
+    Branch,
+    Service,
+    Reason,
+    Name,
+    Phone,
+    Email,
+    Locale,
+    Tz,
+}
+const TEXTS: usize = Text::Tz as usize + 1;
 
 /// Bits of `present` past one a string (a string given empty is not a string absent).
 const PROMISED_BY: u16 = 1 << TEXTS;
@@ -52,6 +55,7 @@ pub struct Held {
 impl Held {
     pub fn new(ev: &Event<'_>) -> Held {
         let r = ev.recipient.as_deref();
+        // In [`Text`] order.
         let texts: [Option<&str>; TEXTS] = [
             Some(&ev.event_id),
             Some(&ev.parcel_id),
@@ -97,36 +101,37 @@ impl Held {
 
     /// The event as it came, its strings borrowed from here.
     pub fn event(&self) -> Event<'_> {
-        let text = |i: usize| (self.present & 1 << i != 0).then(|| Cow::Borrowed(self.part(i)));
+        let text = |t: Text| (self.present & 1 << t as usize != 0).then(|| Cow::Borrowed(self.part(t)));
         let given = |bit: u16, t: Ts| (self.present & bit != 0).then_some(t);
         let recipient = (self.present & RECIPIENT != 0).then(|| {
             Box::new(Recipient {
-                name: text(NAME),
-                phone: text(PHONE),
-                email: text(EMAIL),
-                locale: text(LOCALE),
-                tz: text(TZ),
+                name: text(Text::Name),
+                phone: text(Text::Phone),
+                email: text(Text::Email),
+                locale: text(Text::Locale),
+                tz: text(Text::Tz),
                 channels: self.channels,
             })
         });
         Event {
-            event_id: Cow::Borrowed(self.part(EVENT_ID)),
-            parcel_id: Cow::Borrowed(self.part(PARCEL_ID)),
+            event_id: Cow::Borrowed(self.part(Text::EventId)),
+            parcel_id: Cow::Borrowed(self.part(Text::ParcelId)),
             kind: self.kind,
             at: self.at,
-            facility: text(FACILITY),
-            branch: text(BRANCH),
+            facility: text(Text::Facility),
+            branch: text(Text::Branch),
             country: (self.country != [0; 2]).then_some(self.country),
             promised_by: given(PROMISED_BY, self.promised_by),
-            service: text(SERVICE),
+            service: text(Text::Service),
             recipient,
-            reason: text(REASON),
+            reason: text(Text::Reason),
             return_by: given(RETURN_BY, self.return_by),
             contact: self.contact,
         }
     }
 
-    fn part(&self, i: usize) -> &str {
+    fn part(&self, t: Text) -> &str {
+        let i = t as usize;
         let start = if i == 0 { 0 } else { usize::from(self.ends[i - 1]) };
         self.text.get(start..usize::from(self.ends[i])).unwrap_or_default()
     }
