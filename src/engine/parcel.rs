@@ -8,7 +8,7 @@ use super::expected::Told;
 use super::sym::{Interner, Sym};
 use crate::event::{Channels, Event, Kind, Topic};
 use crate::time::Ts;
-pub use held::Held;
+use held::Held;
 
 /// Fingerprints of the events already applied to a parcel, for dedup. The
 /// first [`INLINE_SEEN`] live in the parcel itself; more spill to the heap, up

@@ -189,8 +189,10 @@ mod tests {
     fn the_pool_forgets_names_no_engine_holds_once_it_doubles() {
         let mut pool = Pool::default();
         let held: Vec<Arc<str>> = (0..10).map(|i| format!("held-{i}")).map(|n| pool.share(&n, hash(&n))).collect();
-        let share_and_drop =
-            |pool: &mut Pool, i: usize| drop(pool.share(&format!("gone-{i}"), hash(&format!("gone-{i}"))));
+        let share_and_drop = |pool: &mut Pool, i: usize| {
+            let name = format!("gone-{i}");
+            drop(pool.share(&name, hash(&name)));
+        };
         for i in 0..2 * FIRST_SWEEP - held.len() {
             share_and_drop(&mut pool, i);
         }
