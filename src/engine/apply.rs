@@ -7,7 +7,13 @@ use super::*;
 impl Engine {
     /// Applies an event, then moves the watermark as the input allows.
     pub fn ingest(&mut self, event: &Event<'_>, out: &mut Vec<Alert>) -> Applied {
-        let applied = self.apply(event, parcel_hash(&event.parcel_id), out);
+        self.ingest_hashed(event, parcel_hash(&event.parcel_id), out)
+    }
+
+    /// [`Engine::ingest`] of an event whose [`parcel_hash`] is known (a
+    /// batch computed it to prefetch the parcel).
+    pub fn ingest_hashed(&mut self, event: &Event<'_>, hash: u64, out: &mut Vec<Alert>) -> Applied {
+        let applied = self.apply(event, hash, out);
         self.catch_up(out);
         applied
     }

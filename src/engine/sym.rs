@@ -55,13 +55,13 @@ impl Interner {
         if self.names.len() >= self.limit {
             return None;
         }
-        Some(self.add(shared(s, h), h))
+        Some(self.add(s, h))
     }
 
-    /// Adds a name known not to be there.
-    fn add(&mut self, name: Arc<str>, h: u64) -> Sym {
+    /// Adds a name (its hash `h`) known not to be there, its text the process's copy.
+    fn add(&mut self, name: &str, h: u64) -> Sym {
         let i = self.names.len() as u32;
-        self.names.push(name);
+        self.names.push(shared(name, h));
         let names = &self.names;
         self.index.insert_unique(h, i, |&j| hash(&names[j as usize]));
         Sym(i)
@@ -89,8 +89,7 @@ impl Interner {
         for _ in 0..r.u()? {
             let name = r.s()?;
             // Names were interned in this order, so each gets its old symbol back.
-            let h = hash(name);
-            syms.add(shared(name, h), h);
+            syms.add(name, hash(name));
         }
         Ok(syms)
     }

@@ -125,8 +125,7 @@ impl Processor {
         let Some(part) = self.parts.get_mut(&ready.partition) else { return };
         self.summary.events += 1;
         METRICS.event(ready.event.kind).inc();
-        part.engine.apply(&ready.event, ready.hash, &mut self.alerts);
-        part.engine.catch_up(&mut self.alerts);
+        part.engine.ingest_hashed(&ready.event, ready.hash, &mut self.alerts);
         self.arrived.resize(self.alerts.len(), ready.arrived);
         part.engine.take_facts(&mut self.facts);
         part.engine.take_judged(&mut self.judged, &mut self.told);
