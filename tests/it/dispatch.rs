@@ -114,8 +114,10 @@ impl World {
                 let last = alerts.info().await.unwrap().state.last_sequence;
                 let dispatcher =
                     alerts.get_consumer::<async_nats::jetstream::consumer::pull::Config>("forewarn-dispatch");
+                // The dispatcher deletes and recreates its consumer as it
+                // (re)opens it: gone between the two calls is not there yet.
                 let Ok(mut consumer) = dispatcher.await else { return false };
-                let info = consumer.info().await.unwrap();
+                let Ok(info) = consumer.info().await else { return false };
                 *seen.borrow_mut() = format!(
                     "last alert {last}; consumer: {} pending, delivered up to {}, {} unacknowledged, ack floor {}",
                     info.num_pending,
