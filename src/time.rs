@@ -190,6 +190,54 @@ impl Ts {
     }
 }
 
+/// An instant in 6 bytes, for what is kept per parcel: milliseconds within
+/// ±2^47 (±4,400 years around 1970; events are dated 1970 to 2099), with
+/// [`Ts::MIN`] and [`Ts::MAX`] kept as themselves. An instant beyond the
+/// range reads as the nearer of the two: earlier than any event, or never.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Ts48([u16; 3]);
+
+impl Ts48 {
+    const LOW: i64 = -(1 << 47);
+    const HIGH: i64 = (1 << 47) - 1;
+    pub const MIN: Ts48 = Ts48::new(Ts::MIN);
+    pub const MAX: Ts48 = Ts48::new(Ts::MAX);
+
+    pub const fn new(t: Ts) -> Ts48 {
+        let v = if t.0 < Ts48::LOW {
+            Ts48::LOW
+        } else if t.0 > Ts48::HIGH {
+            Ts48::HIGH
+        } else {
+            t.0
+        };
+        Ts48([v as u16, (v >> 16) as u16, (v >> 32) as u16])
+    }
+
+    pub const fn get(self) -> Ts {
+        let [a, b, c] = self.0;
+        // Sign-extends the 48 bits.
+        let v = ((a as i64) | (b as i64) << 16 | (c as i64) << 32) << 16 >> 16;
+        match v {
+            Ts48::LOW => Ts::MIN,
+            Ts48::HIGH => Ts::MAX,
+            v => Ts(v),
+        }
+    }
+}
+
+impl From<Ts> for Ts48 {
+    fn from(t: Ts) -> Ts48 {
+        Ts48::new(t)
+    }
+}
+
+impl fmt::Debug for Ts48 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 impl Span {
     pub const ZERO: Span = Span(0);
 
@@ -305,6 +353,19 @@ mod tests {
 
     fn chrono_ms(s: &str) -> i64 {
         chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+    }
+
+    #[test]
+    fn an_instant_packed_in_6_bytes_reads_back() {
+        assert_eq!(std::mem::size_of::<Ts48>(), 6);
+        let edge = 1i64 << 47;
+        for t in [0, 1, -1, 4_102_444_799_999, -86_400_000, edge - 2, -edge + 1, 1_763_625_600_123] {
+            assert_eq!(Ts48::new(Ts(t)).get(), Ts(t), "{t}");
+        }
+        for (t, read) in [(Ts::MIN, Ts::MIN), (Ts::MAX, Ts::MAX), (Ts(-edge), Ts::MIN), (Ts(edge - 1), Ts::MAX)] {
+            assert_eq!(Ts48::new(t).get(), read, "{t:?}");
+        }
+        assert_eq!((Ts48::MIN.get(), Ts48::MAX.get()), (Ts::MIN, Ts::MAX));
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl Engine {
         // the watermark, so it meets the parcel as the scans up to it left it.
         let contact_ahead = !ev.kind.is_scan() && ev.at > self.watermark;
         if p.parked() < MAX_PARKED
-            && ((ev.at > p.wake && self.plan.next_deadline(p, &self.lanes) < ev.at)
+            && ((ev.at > p.wake.get() && self.plan.next_deadline(p, &self.lanes) < ev.at)
                 || ev.at > p.first_parked_at()
                 || contact_ahead)
         {
@@ -104,17 +104,17 @@ impl Engine {
         // before or after the scans it preceded, and counts as when it
         // happened either way.
         let superseded = p.state.is_done()
-            && ev.at < p.state_at
+            && ev.at < p.state_at.get()
             && ev.kind.is_scan()
             && (ev.kind.sets_state() || ev.at < self.watermark);
         let inputs = p.deadline_inputs();
-        let before = self.lanes.active().then(|| (Place::of(p), p.lane, p.state_at));
+        let before = self.lanes.active().then(|| (Place::of(p), p.lane, p.state_at.get()));
         let first_branch = absorb(p, ev, &self.plan.counted, &mut self.syms, &mut self.stats);
         if let Some(judged) = judge::contact_after_telling(p, ev, &self.plan) {
             self.judged.push(judged);
         }
         // A scan only pushes the stall deadline later; an unchanged wake-up stays right.
-        let moved = p.wake == Ts::MAX || p.deadline_inputs() != inputs;
+        let moved = p.wake.get() == Ts::MAX || p.deadline_inputs() != inputs;
         if let (true, Some(b)) = (first_branch && self.branches.wants_intake(), self.syms.get(p.branch)) {
             let key = u128::from(parcel_hash(p.id()));
             self.facts.push(Fact { at: self.fact_at(ev.at), rule: None, branch: b.clone(), facility: None, key });
@@ -174,7 +174,7 @@ impl Engine {
                 // Judged by the scan that set the parcel's state: the leg it begins.
                 Trigger::Revised { days } => {
                     let told = p.told_estimate();
-                    told.on != 0 && p.state_at == ev.at && {
+                    told.on != 0 && p.state_at.get() == ev.at && {
                         let tz = zone(&self.syms, p);
                         let arrival = self.lanes.arrival(p, ev.at);
                         arrival.is_some_and(|a| expected::revision(&a, told, ev.at, tz, *days).is_some())
@@ -240,12 +240,12 @@ fn absorb(p: &mut Parcel, ev: &Event<'_>, counted: &[Option<u8>], syms: &mut Int
             current
         }),
     };
-    p.last_event_at = p.last_event_at.max(ev.at);
+    p.last_event_at = Ts48::from(p.last_event_at.get().max(ev.at));
     if let Some(i) = counted[ev.kind as usize] {
         p.counts[i as usize] = p.counts[i as usize].saturating_add(1);
     }
-    if ev.kind.is_scan() && ev.at >= p.last_scan_at {
-        p.last_scan_at = ev.at;
+    if ev.kind.is_scan() && ev.at >= p.last_scan_at.get() {
+        p.last_scan_at = Ts48::from(ev.at);
         p.facility = intern(&ev.facility, p.facility);
         if let Some(c) = ev.country {
             p.country = c;
@@ -254,20 +254,20 @@ fn absorb(p: &mut Parcel, ev: &Event<'_>, counted: &[Option<u8>], syms: &mut Int
     if ev.kind == Kind::Departed {
         p.sorts = p.sorts.saturating_add(1);
     }
-    if ev.kind.sets_state() && ev.at >= p.state_at {
-        if ev.kind != p.state || p.state_since == Ts::MIN {
+    if ev.kind.sets_state() && ev.at >= p.state_at.get() {
+        if ev.kind != p.state || p.state_since.get() == Ts::MIN {
             p.enter(ev.kind, ev.at);
         }
-        p.state_at = ev.at;
+        p.state_at = Ts48::from(ev.at);
     }
     if let Some(t) = ev.promised_by {
-        if ev.at >= p.promise_at {
-            p.promised_by = t;
-            p.promise_at = ev.at;
+        if ev.at >= p.promise_at.get() {
+            p.promised_by = Ts48::from(t);
+            p.promise_at = Ts48::from(ev.at);
         }
     }
     if let Some(t) = ev.return_by {
-        p.return_by = t;
+        p.return_by = Ts48::from(t);
     }
     let had_branch = !p.branch.is_none();
     p.branch = intern(&ev.branch, p.branch);

@@ -156,8 +156,8 @@ impl Engine {
         let mut timers = Timers::default();
         for slot in window.live_slots() {
             let p = window.get(slot);
-            if p.wake != Ts::MAX {
-                timers.insert(Entry { at: p.wake, slot, gen: p.gen });
+            if p.wake.get() != Ts::MAX {
+                timers.insert(Entry { at: p.wake.get(), slot, gen: p.gen });
             }
         }
         Ok(Engine {

@@ -436,13 +436,16 @@ impl Lanes {
     /// asks for every parcel told an estimate) is drawn once a version.
     pub fn arrival(&self, p: &Parcel, at: Ts) -> Option<Vec<(Ts, f64)>> {
         let spread = self.spread(p, at)?;
-        if at <= p.state_at {
+        if at <= p.state_at.get() {
             let times = spread.fresh()?;
             return Some(
-                times.iter().map(|&(s, share)| (p.state_at.plus(Span(i64::from(s) * 1000)), share.into())).collect(),
+                times
+                    .iter()
+                    .map(|&(s, share)| (p.state_at.get().plus(Span(i64::from(s) * 1000)), share.into()))
+                    .collect(),
             );
         }
-        let times = spread.arrival(at.since(p.state_at))?;
+        let times = spread.arrival(at.since(p.state_at.get()))?;
         Some(times.into_iter().map(|(ms, share)| (at.plus(Span(ms)), share)).collect())
     }
 
@@ -470,7 +473,7 @@ impl Lanes {
         if self.published_at == Ts::MIN {
             // Nothing is published: the first version comes into force an
             // epoch after the boundary the watermark crosses first.
-            let first = floor_epoch(p.last_scan_at.minus(self.lateness)).plus(EPOCH);
+            let first = floor_epoch(p.last_scan_at.get().minus(self.lateness)).plus(EPOCH);
             return (first <= latest).then_some(first);
         }
         let (now, next, after) =
@@ -479,7 +482,7 @@ impl Lanes {
             let versions = model.forecasts_of(lane);
             let (in_force, coming) =
                 (versions.and_then(|v| v.in_force.as_ref()), versions.and_then(|v| v.coming.as_ref()));
-            let crossing = |f: &Forecast| f.crossing(p.state_at, limit).map(|at| at.max(p.last_scan_at));
+            let crossing = |f: &Forecast| f.crossing(p.state_at.get(), limit).map(|at| at.max(p.last_scan_at.get()));
             let first = in_force.and_then(crossing);
             let second = match (in_force, coming) {
                 (Some(a), Some(b)) if a.same(b) => first,

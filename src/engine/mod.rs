@@ -51,7 +51,7 @@ use crate::event::{Event, Kind, Topic};
 use crate::holdout::Draw;
 use crate::partition;
 use crate::rules::{Audience, By, RuleSet, Trigger};
-use crate::time::{Span, Ts};
+use crate::time::{Span, Ts, Ts48};
 use expected::Told;
 use frontier::Frontier;
 use lanes::{Lanes, Place};
@@ -329,7 +329,7 @@ impl Engine {
         }
         // New deadlines may fall earlier than the wake-ups already set.
         for slot in self.window.live_slots() {
-            self.window.get_mut(slot).wake = Ts::MAX;
+            self.window.get_mut(slot).wake = Ts48::MAX;
             self.reschedule(slot);
         }
     }
@@ -446,9 +446,9 @@ fn facts(p: &Parcel, syms: &Interner, trigger: Option<Triggered>) -> ParcelFacts
         facility: syms.get(facility).cloned(),
         country: (p.country != [0; 2]).then_some(p.country),
         service: syms.get(p.service).cloned(),
-        promised_by: known(p.promised_by),
-        return_by: known(p.return_by),
-        last_scan_at: known(p.last_scan_at),
+        promised_by: known(p.promised_by.get()),
+        return_by: known(p.return_by.get()),
+        last_scan_at: known(p.last_scan_at.get()),
         trigger: trigger.map(|t| t.facts),
         expected: None,
         revises: None,

@@ -7,7 +7,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::expected::Told;
 use super::sym::{Interner, Sym};
 use crate::event::{Channels, Event, Kind, Topic};
-use crate::time::Ts;
+use crate::time::{Ts, Ts48};
 use held::Held;
 
 /// Fingerprints of the events already applied to a parcel, for dedup. The
@@ -166,16 +166,16 @@ pub struct Parcel {
     /// Rules that fired and whose episode is still going on (one bit per rule index).
     pub fired: u64,
     /// When the parcel entered its current state.
-    pub state_since: Ts,
+    pub state_since: Ts48,
     /// Event time of the event that set the current state.
-    pub state_at: Ts,
-    pub last_scan_at: Ts,
-    pub last_event_at: Ts,
-    pub promised_by: Ts,
-    pub promise_at: Ts,
-    pub return_by: Ts,
+    pub state_at: Ts48,
+    pub last_scan_at: Ts48,
+    pub last_event_at: Ts48,
+    pub promised_by: Ts48,
+    pub promise_at: Ts48,
+    pub return_by: Ts48,
     /// The key of this parcel's entry in the timer set, `Ts::MAX` when none.
-    pub wake: Ts,
+    pub wake: Ts48,
     /// Events seen of the kinds `nth` rules count (saturating), by [`COUNTED_KINDS`] place.
     pub counts: [u8; COUNTED_KINDS],
     /// The lane of the parcel's place, once a leg into it was learnt.
@@ -204,14 +204,14 @@ impl Parcel {
             flags: 0,
             state: Kind::LabelCreated,
             fired: 0,
-            state_since: Ts::MIN,
-            state_at: Ts::MIN,
-            last_scan_at: Ts::MIN,
-            last_event_at: at,
-            promised_by: Ts::MIN,
-            promise_at: Ts::MIN,
-            return_by: Ts::MIN,
-            wake: Ts::MAX,
+            state_since: Ts48::MIN,
+            state_at: Ts48::MIN,
+            last_scan_at: Ts48::MIN,
+            last_event_at: at.into(),
+            promised_by: Ts48::MIN,
+            promise_at: Ts48::MIN,
+            return_by: Ts48::MIN,
+            wake: Ts48::MAX,
             counts: [0; COUNTED_KINDS],
             lane: LaneRef::NONE,
             sorts: 0,
@@ -291,7 +291,7 @@ impl Parcel {
     pub fn enter(&mut self, state: Kind, at: Ts) {
         self.flags = (self.flags & !STATE_BEFORE) | ((self.state as u8) << STATE_BEFORE_SHIFT);
         self.state = state;
-        self.state_since = at;
+        self.state_since = Ts48::from(at);
     }
 
     /// The parcel's state when `ev` happened, as the events up to it left it:
@@ -301,7 +301,7 @@ impl Parcel {
     pub fn state_when(&self, ev: &Event<'_>) -> Kind {
         if ev.kind.sets_state() {
             ev.kind
-        } else if ev.at >= self.state_since {
+        } else if ev.at >= self.state_since.get() {
             self.state
         } else {
             self.state_before()
@@ -313,7 +313,16 @@ impl Parcel {
     /// pushes an absence deadline later; a prediction follows the place).
     pub fn deadline_inputs(&self) -> (Kind, Ts, Ts, Ts, Sym, Sym, Sym, [u8; 2]) {
         let p = self;
-        (p.state, p.state_since, p.promised_by, p.return_by, p.service, p.branch, p.facility, p.country)
+        (
+            p.state,
+            p.state_since.get(),
+            p.promised_by.get(),
+            p.return_by.get(),
+            p.service,
+            p.branch,
+            p.facility,
+            p.country,
+        )
     }
 
     pub fn is_vacant(&self) -> bool {

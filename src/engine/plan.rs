@@ -217,25 +217,24 @@ impl Plan {
     pub fn deadline(&self, r: u8, p: &Parcel, lanes: &Lanes) -> Option<Ts> {
         let rule = &self.rules[r as usize];
         let due = match rule.timer.as_ref()? {
-            Timer::Absence { after, while_in } => (while_in.contains(p.state) && p.last_scan_at != Ts::MIN)
-                .then(|| p.last_scan_at.plus(after.get(p.service))),
+            Timer::Absence { after, while_in } => (while_in.contains(p.state) && p.last_scan_at.get() != Ts::MIN)
+                .then(|| p.last_scan_at.get().plus(after.get(p.service))),
             Timer::Deadline { field, offset, while_in } => {
                 let base = match field {
-                    DeadlineField::PromisedBy => p.promised_by,
-                    DeadlineField::ReturnBy => p.return_by,
+                    DeadlineField::PromisedBy => p.promised_by.get(),
+                    DeadlineField::ReturnBy => p.return_by.get(),
                 };
                 (while_in.contains(p.state) && base != Ts::MIN).then(|| base.plus(offset.get(p.service)))
             }
-            Timer::StateDuration { state, after } => {
-                (p.state == *state && p.state_since != Ts::MIN).then(|| p.state_since.plus(after.get(p.service)))
-            }
+            Timer::StateDuration { state, after } => (p.state == *state && p.state_since.get() != Ts::MIN)
+                .then(|| p.state_since.get().plus(after.get(p.service))),
             Timer::Predicted { min_lead, margin, while_in } => {
-                if !while_in.contains(p.state) || p.promised_by == Ts::MIN {
+                if !while_in.contains(p.state) || p.promised_by.get() == Ts::MIN {
                     None
                 } else if p.fired & (1u64 << r) != 0 {
                     Some(Ts::MIN)
                 } else {
-                    lanes.late_at(p, p.promised_by.plus(*margin), p.promised_by.minus(*min_lead))
+                    lanes.late_at(p, p.promised_by.get().plus(*margin), p.promised_by.get().minus(*min_lead))
                 }
             }
         }?;

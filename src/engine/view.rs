@@ -76,8 +76,8 @@ impl Engine {
         Lookup::InFlight(Box::new(ParcelView {
             facts: facts(p, &self.syms, None),
             branch: self.syms.get(p.branch).cloned(),
-            state_since: known(p.state_since),
-            last_event_at: p.last_event_at,
+            state_since: known(p.state_since.get()),
+            last_event_at: p.last_event_at.get(),
             open,
             contacts: p.contacts().map(|(t, _)| t).collect(),
         }))

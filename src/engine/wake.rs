@@ -49,11 +49,11 @@ impl Engine {
                     self.window.prefetch_slot(ahead.slot);
                 }
                 let p = self.window.get_mut(slot);
-                if p.is_vacant() || p.gen != gen || p.wake != wake {
+                if p.is_vacant() || p.gen != gen || p.wake.get() != wake {
                     continue;
                 }
                 self.stats.wakes += 1;
-                p.wake = Ts::MAX;
+                p.wake = Ts48::MAX;
                 self.wake(slot, wm, out);
             }
             due.clear();
@@ -115,8 +115,8 @@ impl Engine {
         // A parcel leaves once its time is up and no deadline of it is still
         // to come: a departure never drops a due alert, so what fires does
         // not depend on how far each watermark step goes.
-        let done = p.state.is_done() && p.state_at.plus(self.config.retention) <= wm;
-        let idle = p.last_event_at.plus(self.config.max_idle) <= wm;
+        let done = p.state.is_done() && p.state_at.get().plus(self.config.retention) <= wm;
+        let idle = p.last_event_at.get().plus(self.config.max_idle) <= wm;
         let leaving = (done || idle) && pending == Ts::MAX;
         if leaving {
             self.stats.closed += p.parked() as u64;
@@ -147,9 +147,9 @@ impl Engine {
     pub(super) fn leaves_at(&self, slot: u32, deadline: Ts) -> Ts {
         let p = self.window.get(slot);
         let departure = if p.state.is_done() {
-            p.state_at.plus(self.config.retention)
+            p.state_at.get().plus(self.config.retention)
         } else {
-            p.last_event_at.plus(self.config.max_idle)
+            p.last_event_at.get().plus(self.config.max_idle)
         };
         match deadline {
             Ts::MAX => departure,
@@ -160,10 +160,12 @@ impl Engine {
     /// Wakes the parcel at `next` unless it already wakes earlier.
     pub(super) fn arm(&mut self, slot: u32, next: Ts) {
         let p = self.window.get_mut(slot);
-        // A later deadline keeps the earlier wake-up: it will re-evaluate and come back.
-        if next < p.wake {
+        // A later deadline keeps the earlier wake-up: it will re-evaluate and
+        // come back. The timer is keyed by the instant as the parcel keeps it.
+        let next = Ts48::from(next);
+        if next.get() < p.wake.get() {
             p.wake = next;
-            self.timers.insert(Entry { at: next, slot, gen: p.gen });
+            self.timers.insert(Entry { at: next.get(), slot, gen: p.gen });
         }
     }
 
@@ -183,7 +185,7 @@ impl Engine {
         let window = &self.window;
         let live = |e: &Entry| {
             let p = window.get(e.slot);
-            !p.is_vacant() && p.gen == e.gen && p.wake == e.at
+            !p.is_vacant() && p.gen == e.gen && p.wake.get() == e.at
         };
         if let Some(e) = self.timers.take_earliest(live) {
             self.evict(e.slot, Eviction::Capacity);

@@ -19,14 +19,14 @@ impl Parcel {
         w.u(u64::from(self.sorts));
         w.u(self.fired);
         for t in [
-            self.state_since,
-            self.state_at,
-            self.last_scan_at,
-            self.last_event_at,
-            self.promised_by,
-            self.promise_at,
-            self.return_by,
-            self.wake,
+            self.state_since.get(),
+            self.state_at.get(),
+            self.last_scan_at.get(),
+            self.last_event_at.get(),
+            self.promised_by.get(),
+            self.promise_at.get(),
+            self.return_by.get(),
+            self.wake.get(),
         ] {
             w.ts(t);
         }
@@ -94,7 +94,7 @@ impl Parcel {
             &mut p.return_by,
             &mut p.wake,
         ] {
-            *t = r.ts()?;
+            *t = Ts48::from(r.ts()?);
         }
         for saved in 0..r.n(COUNTED_KINDS, "counters")? {
             let count = r.u8()?;
