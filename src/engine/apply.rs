@@ -64,7 +64,7 @@ impl Engine {
             }
         };
         let p = self.window.get_mut(slot);
-        if !p.see(event_fingerprint(&ev.event_id)) {
+        if !p.seen.insert(event_fingerprint(&ev.event_id)) {
             self.stats.duplicates += 1;
             return Applied::Duplicate;
         }

@@ -11,16 +11,40 @@ use crate::time::{Ts, Ts48};
 use held::Held;
 
 /// Fingerprints of the events already applied to a parcel, for dedup. The
-/// first [`INLINE_SEEN`] live in the parcel itself (95 % of the parcels in
-/// flight have seen no more); more spill to its [`Aside`], up to
-/// [`MAX_SEEN`] (oldest forgotten first).
-pub const INLINE_SEEN: usize = 8;
+/// first [`INLINE_SEEN`] live in the parcel itself; more spill to the heap, up
+/// to [`MAX_SEEN`] (oldest forgotten first).
+pub const INLINE_SEEN: usize = 10;
 pub const MAX_SEEN: usize = 256;
 pub use crate::rules::COUNTED_KINDS;
 
-/// Zero marks a free place, so no length byte pads the struct.
+/// Zero marks a free inline place, so no length byte pads the struct.
 #[derive(Default)]
-pub struct Seen([u32; INLINE_SEEN]);
+pub struct Seen {
+    inline: [u32; INLINE_SEEN],
+    // A boxed Vec costs each parcel one pointer instead of three words; few parcels spill.
+    #[allow(clippy::box_collection)]
+    spill: Option<Box<Vec<u32>>>,
+}
+
+impl Seen {
+    /// Records `fp`; false when it was already there.
+    pub fn insert(&mut self, fp: u32) -> bool {
+        let fp = fp.max(1);
+        if self.inline.contains(&fp) || self.spill.as_ref().is_some_and(|s| s.contains(&fp)) {
+            return false;
+        }
+        if let Some(free) = self.inline.iter_mut().find(|x| **x == 0) {
+            *free = fp;
+        } else {
+            let spill = self.spill.get_or_insert_with(Default::default);
+            if spill.len() + INLINE_SEEN >= MAX_SEEN {
+                spill.remove(0);
+            }
+            spill.push(fp);
+        }
+        true
+    }
+}
 
 /// What a few parcels need and most do not.
 #[derive(Default)]
@@ -29,8 +53,6 @@ pub struct Aside {
     pub open: Vec<Open>,
     /// Events newer than the parcel's pending wake-up, held until it is judged.
     pub parked: Vec<Held>,
-    /// The fingerprints of events seen beyond the parcel's [`Seen`].
-    pub seen: Vec<u32>,
 }
 
 impl Parcel {
@@ -82,33 +104,8 @@ impl Parcel {
         ev
     }
 
-    /// Records the fingerprint of an event applied; false when it was seen already.
-    pub fn see(&mut self, fp: u32) -> bool {
-        let fp = fp.max(1);
-        let spilled = self.aside.as_ref().map_or(&[][..], |a| &a.seen[..]);
-        if self.seen.0.contains(&fp) || spilled.contains(&fp) {
-            return false;
-        }
-        if let Some(free) = self.seen.0.iter_mut().find(|x| **x == 0) {
-            *free = fp;
-        } else {
-            let spill = &mut self.aside().seen;
-            if spill.len() + INLINE_SEEN >= MAX_SEEN {
-                spill.remove(0);
-            }
-            insert_few(spill, spill.len(), fp);
-        }
-        true
-    }
-
-    /// The fingerprints of the events seen, oldest first.
-    pub fn seen(&self) -> impl Iterator<Item = u32> + '_ {
-        let spilled = self.aside.as_ref().map_or(&[][..], |a| &a.seen[..]);
-        self.seen.0.iter().chain(spilled).copied().filter(|&fp| fp != 0)
-    }
-
     fn drop_empty_aside(&mut self) {
-        if self.aside.as_ref().is_some_and(|a| a.open.is_empty() && a.parked.is_empty() && a.seen.is_empty()) {
+        if self.aside.as_ref().is_some_and(|a| a.open.is_empty() && a.parked.is_empty()) {
             self.aside = None;
         }
     }
@@ -141,10 +138,9 @@ const CHANNELS_GIVEN: u8 = 0x40;
 const STATE_BEFORE_SHIFT: u8 = 2;
 const STATE_BEFORE: u8 = 0x0f << STATE_BEFORE_SHIFT;
 
-/// One in-flight parcel: everything the rules need, nothing more. 160
-/// bytes aligned to 32: three cache lines wherever it starts, so a parcel
-/// costs three fetches.
-#[repr(align(32))]
+/// One in-flight parcel: everything the rules need, nothing more. Exactly
+/// three cache lines, aligned to them, so a parcel costs three fetches.
+#[repr(align(64))]
 pub struct Parcel {
     /// `parcel_id`, then the recipient's name, phone and email, back to back.
     blob: Box<str>,

@@ -34,9 +34,10 @@ impl Parcel {
         for c in self.counts {
             w.u(u64::from(c));
         }
+        let spill = self.seen.spill.as_deref().map_or(&[][..], |s| &s[..]);
         // Fingerprints are never 0, so 0 ends the list.
-        for fp in self.seen() {
-            w.u(u64::from(fp));
+        for fp in self.seen.inline.iter().chain(spill).filter(|fp| **fp != 0) {
+            w.u(u64::from(*fp));
         }
         w.u(0);
         match &self.talk {
@@ -105,7 +106,7 @@ impl Parcel {
             match r.u32()? {
                 0 => break,
                 fp => {
-                    p.see(fp);
+                    p.seen.insert(fp);
                 }
             }
         }
