@@ -317,15 +317,7 @@ impl Engine {
             if let Some(talk) = p.talk.as_mut().filter(|t| t.told_by != u8::MAX) {
                 talk.told_by = remap.get(usize::from(talk.told_by)).copied().flatten().unwrap_or(u8::MAX);
             }
-            if let Some(aside) = p.aside.as_mut() {
-                aside.open.retain_mut(|o| match remap[o.rule as usize] {
-                    Some(new) => {
-                        o.rule = new;
-                        true
-                    }
-                    None => false,
-                });
-            }
+            p.remap_opens(&remap);
         }
         // New deadlines may fall earlier than the wake-ups already set.
         for slot in self.window.live_slots() {

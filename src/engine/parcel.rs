@@ -62,6 +62,10 @@ impl Parcel {
 
     /// Takes the open episode of rule `r`, if any.
     pub fn take_open(&mut self, r: u8) -> Option<Open> {
+        if self.open_rule == r && r != NO_RULE {
+            self.open_rule = NO_RULE;
+            return Some(Open { rule: r, at: self.open_at.get() });
+        }
         let open = &mut self.aside.as_mut()?.open;
         let i = open.iter().position(|o| o.rule == r)?;
         let taken = open.swap_remove(i);
@@ -69,9 +73,33 @@ impl Parcel {
         Some(taken)
     }
 
+    /// The open episodes, the one kept in the parcel first.
+    pub fn opens(&self) -> impl Iterator<Item = Open> + '_ {
+        let first = (self.open_rule != NO_RULE).then(|| Open { rule: self.open_rule, at: self.open_at.get() });
+        first.into_iter().chain(self.aside.iter().flat_map(|a| a.open.iter().copied()))
+    }
+
     /// One bit per rule with an open episode.
     pub fn open_rules(&self) -> u64 {
-        self.aside.as_ref().map_or(0, |a| a.open.iter().fold(0, |m, o| m | 1u64 << o.rule))
+        self.opens().fold(0, |m, o| m | 1u64 << o.rule)
+    }
+
+    /// Gives each open episode its rule's place in a new pack, and ends
+    /// those of rules the pack no longer has.
+    pub fn remap_opens(&mut self, remap: &[Option<u8>]) {
+        if self.open_rule != NO_RULE {
+            self.open_rule = remap[usize::from(self.open_rule)].unwrap_or(NO_RULE);
+        }
+        if let Some(aside) = self.aside.as_mut() {
+            aside.open.retain_mut(|o| match remap[usize::from(o.rule)] {
+                Some(new) => {
+                    o.rule = new;
+                    true
+                }
+                None => false,
+            });
+        }
+        self.drop_empty_aside();
     }
 
     /// Holds an event back; held events stay in time order (ties in arrival order).
@@ -81,8 +109,13 @@ impl Parcel {
         insert_few(parked, i, Held::new(ev));
     }
 
-    /// Opens an episode of rule `open.rule`.
+    /// Opens an episode of rule `open.rule`: in the parcel if it has none
+    /// open there (most parcels with any have one), else set aside.
     pub fn open(&mut self, open: Open) {
+        if self.open_rule == NO_RULE {
+            (self.open_rule, self.open_at) = (open.rule, open.at.into());
+            return;
+        }
         let list = &mut self.aside().open;
         insert_few(list, list.len(), open);
     }
@@ -123,6 +156,9 @@ fn insert_few<T>(list: &mut Vec<T>, i: usize, item: T) {
     }
     list.insert(i, item);
 }
+
+/// No rule: the parcel keeps no open episode in itself.
+const NO_RULE: u8 = u8::MAX;
 
 /// An episode of a resolving rule that is open, with the instant it fired at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,6 +201,11 @@ pub struct Parcel {
     pub state: Kind,
     /// Rules that fired and whose episode is still going on (one bit per rule index).
     pub fired: u64,
+    /// The rule of an open episode and when it fired ([`NO_RULE`] when none):
+    /// in the room the 6-byte instants left, so that most parcels with an
+    /// episode open need no [`Aside`].
+    open_rule: u8,
+    open_at: Ts48,
     /// When the parcel entered its current state.
     pub state_since: Ts48,
     /// Event time of the event that set the current state.
@@ -204,6 +245,8 @@ impl Parcel {
             flags: 0,
             state: Kind::LabelCreated,
             fired: 0,
+            open_rule: NO_RULE,
+            open_at: Ts48::MIN,
             state_since: Ts48::MIN,
             state_at: Ts48::MIN,
             last_scan_at: Ts48::MIN,

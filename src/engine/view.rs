@@ -60,7 +60,6 @@ impl Engine {
             return if self.tombstones.contains(hash) { Lookup::Closed } else { Lookup::Unknown };
         };
         let p = self.window.get(slot);
-        let opened = p.aside.as_ref().map(|a| a.open.as_slice()).unwrap_or_default();
         // A resolving rule that fires once keeps its bit after its episode ended.
         let resolved_once = self.plan.once_mask & !p.open_rules();
         let open = (0..self.set.rules.len())
@@ -69,7 +68,7 @@ impl Engine {
             .map(|r| OpenAlert {
                 rule: self.plan.rules[r].id.clone(),
                 severity: self.set.rules[r].voice.severity,
-                since: opened.iter().find(|o| usize::from(o.rule) == r).map(|o| o.at),
+                since: p.opens().find(|o| usize::from(o.rule) == r).map(|o| o.at),
             })
             .collect();
         let known = |t: Ts| (t != Ts::MIN).then_some(t);

@@ -56,12 +56,12 @@ impl Parcel {
                 by.into_iter().for_each(|half| w.u(half));
             }
         }
-        let (open, parked) = self.aside.as_ref().map_or((&[][..], &[][..]), |a| (&a.open[..], &a.parked[..]));
-        w.u(open.len() as u64);
-        for o in open {
+        w.u(self.opens().count() as u64);
+        for o in self.opens() {
             w.u(u64::from(o.rule));
             w.ts(o.at);
         }
+        let parked = self.aside.as_ref().map_or(&[][..], |a| &a.parked[..]);
         w.u(parked.len() as u64);
         parked.iter().for_each(|e| put_event(w, &e.event()));
     }

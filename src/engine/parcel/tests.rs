@@ -59,3 +59,27 @@ fn contacts_keep_the_newest_four() {
     assert!(p.tell(Ts(4), 1) && !p.tell(Ts(5), 2), "the first telling is the one noted");
     assert_eq!((p.told_at(), p.talk.as_ref().map(|t| t.told_by)), (Ts(4), Some(1)));
 }
+
+#[test]
+fn the_first_open_episode_needs_no_aside() {
+    let mut w = Window::default();
+    let s = w.insert("P", parcel_hash("P"), Ts(0));
+    let p = w.get_mut(s);
+    p.open(Open { rule: 3, at: Ts(10) });
+    assert!(p.aside.is_none(), "one episode open stays in the parcel");
+    p.open(Open { rule: 5, at: Ts(20) });
+    assert_eq!(p.open_rules(), 1 << 3 | 1 << 5);
+    assert_eq!(p.take_open(3), Some(Open { rule: 3, at: Ts(10) }));
+    assert_eq!(p.take_open(3), None);
+    p.open(Open { rule: 7, at: Ts(30) });
+    let opens: Vec<Open> = p.opens().collect();
+    assert_eq!(opens, [Open { rule: 7, at: Ts(30) }, Open { rule: 5, at: Ts(20) }]);
+    // A new pack without rule 5, and rule 7 moved to place 0.
+    let mut remap = vec![None; 8];
+    remap[7] = Some(0);
+    p.remap_opens(&remap);
+    assert_eq!(p.opens().collect::<Vec<_>>(), [Open { rule: 0, at: Ts(30) }]);
+    assert!(p.aside.is_none(), "an aside left empty is dropped");
+    assert_eq!(p.take_open(0), Some(Open { rule: 0, at: Ts(30) }));
+    assert_eq!(p.open_rules(), 0);
+}
