@@ -375,43 +375,43 @@ impl Parcel {
     /// Records a contact, keeping the four most recent in time order.
     pub fn add_contact(&mut self, at: Ts, topic: Topic) {
         let talk = self.talk();
-        if at > talk.times[0] {
+        if at > talk.times[0].get() {
             // Insertion into the sorted four, dropping the oldest.
             let mut i = 0;
-            while i < 3 && talk.times[i + 1] < at {
+            while i < 3 && talk.times[i + 1].get() < at {
                 talk.times[i] = talk.times[i + 1];
                 talk.topics[i] = talk.topics[i + 1];
                 i += 1;
             }
-            (talk.times[i], talk.topics[i]) = (at, topic);
+            (talk.times[i], talk.topics[i]) = (at.into(), topic);
         }
     }
 
     /// Contacts within `span` before the most recent one.
     pub fn contacts_within(&self, span: crate::time::Span) -> usize {
         self.talk.as_ref().map_or(0, |t| {
-            let newest = t.times[3];
-            t.times.iter().filter(|&&c| c != Ts::MIN && c > newest.minus(span)).count()
+            let newest = t.times[3].get();
+            t.times.iter().map(|c| c.get()).filter(|&c| c != Ts::MIN && c > newest.minus(span)).count()
         })
     }
 
     /// The recorded contacts, oldest first.
     pub fn contacts(&self) -> impl Iterator<Item = (Ts, Topic)> + '_ {
-        self.talk.iter().flat_map(|t| t.times.into_iter().zip(t.topics).filter(|&(c, _)| c != Ts::MIN))
+        self.talk.iter().flat_map(|t| t.times.map(Ts48::get).into_iter().zip(t.topics).filter(|&(c, _)| c != Ts::MIN))
     }
 
     /// When a customer-facing alert first fired, `Ts::MAX` if none has.
     pub fn told_at(&self) -> Ts {
-        self.talk.as_ref().map_or(Ts::MAX, |t| t.told_at)
+        self.talk.as_ref().map_or(Ts::MAX, |t| t.told_at.get())
     }
 
     /// Notes that rule `rule`'s customer-facing alert fired at `at`; true
     /// when it is the first to speak (only the first is noted).
     pub fn tell(&mut self, at: Ts, rule: u8) -> bool {
         let talk = self.talk();
-        let first = talk.told_at == Ts::MAX;
+        let first = talk.told_at == Ts48::MAX;
         if first {
-            (talk.told_at, talk.told_by) = (at, rule);
+            (talk.told_at, talk.told_by) = (at.into(), rule);
         }
         first
     }
@@ -436,11 +436,11 @@ impl Parcel {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Talk {
     /// The four most recent contacts, oldest first (`Ts::MIN`: none)…
-    pub times: [Ts; 4],
-    /// …and their topics (apart, so that a talk takes 48 bytes, not 80).
+    pub times: [Ts48; 4],
+    /// …and their topics (apart, so that no padding follows each).
     pub topics: [Topic; 4],
     /// When a customer-facing alert about the parcel first fired (`Ts::MAX`: none yet)…
-    pub told_at: Ts,
+    pub told_at: Ts48,
     /// …and the index of its rule.
     pub told_by: u8,
     /// The expected arrival last told, for the `revised` rules.
@@ -450,9 +450,9 @@ pub struct Talk {
 impl Default for Talk {
     fn default() -> Self {
         Talk {
-            times: [Ts::MIN; 4],
+            times: [Ts48::MIN; 4],
             topics: [Topic::Other; 4],
-            told_at: Ts::MAX,
+            told_at: Ts48::MAX,
             told_by: u8::MAX,
             estimate: Told::default(),
         }

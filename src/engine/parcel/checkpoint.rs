@@ -46,10 +46,10 @@ impl Parcel {
                 // 1 was the contact times alone, 2 without the estimate told.
                 w.u(3);
                 for (t, topic) in talk.times.into_iter().zip(talk.topics) {
-                    w.ts(t);
+                    w.ts(t.get());
                     w.u(topic as u64);
                 }
-                w.ts(talk.told_at);
+                w.ts(talk.told_at.get());
                 w.u(u64::from(talk.told_by));
                 let Told { first, last, on, by } = talk.estimate;
                 [first, last, on].into_iter().for_each(|d| w.u(u64::from(d)));
@@ -114,13 +114,13 @@ impl Parcel {
         if talk != 0 {
             let mut t = Talk::default();
             for (at, topic) in t.times.iter_mut().zip(t.topics.iter_mut()) {
-                *at = r.ts()?;
+                *at = r.ts()?.into();
                 if talk >= 2 {
                     *topic = Topic::ALL[r.n(Topic::ALL.len() - 1, "topic")?];
                 }
             }
             if talk >= 2 {
-                t.told_at = r.ts()?;
+                t.told_at = r.ts()?.into();
                 let by = r.n(255, "rule")?;
                 t.told_by = remap.rules.get(by).copied().flatten().unwrap_or(u8::MAX);
             }
