@@ -307,17 +307,7 @@ impl Engine {
             if lanes_forgotten {
                 p.lane = LaneRef::NONE;
             }
-            let mut fired = 0u64;
-            for (old, new) in remap.iter().enumerate() {
-                if let (true, Some(new)) = (p.fired & (1 << old) != 0, new) {
-                    fired |= 1 << new;
-                }
-            }
-            p.fired = fired;
-            if let Some(talk) = p.talk.as_mut().filter(|t| t.told_by != u8::MAX) {
-                talk.told_by = remap.get(usize::from(talk.told_by)).copied().flatten().unwrap_or(u8::MAX);
-            }
-            p.remap_opens(&remap);
+            p.remap_rules(&remap);
         }
         // New deadlines may fall earlier than the wake-ups already set.
         for slot in self.window.live_slots() {

@@ -84,9 +84,20 @@ impl Parcel {
         self.opens().fold(0, |m, o| m | 1u64 << o.rule)
     }
 
-    /// Gives each open episode its rule's place in a new pack, and ends
-    /// those of rules the pack no longer has.
-    pub fn remap_opens(&mut self, remap: &[Option<u8>]) {
+    /// Gives what the parcel keeps by rule (the rules fired, the one that
+    /// told the customer, the open episodes) its rule's place in a new pack
+    /// (`remap[old]`), and forgets what was of rules the pack no longer has.
+    pub fn remap_rules(&mut self, remap: &[Option<u8>]) {
+        let mut fired = 0u64;
+        for (old, new) in remap.iter().enumerate() {
+            if let (true, Some(new)) = (self.fired & (1 << old) != 0, new) {
+                fired |= 1 << new;
+            }
+        }
+        self.fired = fired;
+        if let Some(talk) = self.talk.as_mut().filter(|t| t.told_by != NO_RULE) {
+            talk.told_by = remap.get(usize::from(talk.told_by)).copied().flatten().unwrap_or(NO_RULE);
+        }
         if self.open_rule != NO_RULE {
             self.open_rule = remap[usize::from(self.open_rule)].unwrap_or(NO_RULE);
         }
@@ -157,7 +168,7 @@ fn insert_few<T>(list: &mut Vec<T>, i: usize, item: T) {
     list.insert(i, item);
 }
 
-/// No rule: the parcel keeps no open episode in itself.
+/// No rule: no open episode kept in the parcel, no rule told the customer.
 const NO_RULE: u8 = u8::MAX;
 
 /// An episode of a resolving rule that is open, with the instant it fired at.
@@ -453,7 +464,7 @@ impl Default for Talk {
             times: [Ts48::MIN; 4],
             topics: [Topic::Other; 4],
             told_at: Ts48::MAX,
-            told_by: u8::MAX,
+            told_by: NO_RULE,
             estimate: Told::default(),
         }
     }

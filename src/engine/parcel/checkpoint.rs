@@ -122,7 +122,7 @@ impl Parcel {
             if talk >= 2 {
                 t.told_at = r.ts()?.into();
                 let by = r.n(255, "rule")?;
-                t.told_by = remap.rules.get(by).copied().flatten().unwrap_or(u8::MAX);
+                t.told_by = remap.rules.get(by).copied().flatten().unwrap_or(NO_RULE);
             }
             if talk >= 3 {
                 let mut day = || r.n(usize::from(u16::MAX), "day").map(|d| d as u16);

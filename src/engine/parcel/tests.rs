@@ -78,7 +78,7 @@ fn the_first_open_episode_needs_no_aside() {
     // A new pack without rule 5, and rule 7 moved to place 0.
     let mut remap = vec![None; 8];
     remap[7] = Some(0);
-    p.remap_opens(&remap);
+    p.remap_rules(&remap);
     assert_eq!(p.opens().collect::<Vec<_>>(), [Open { rule: 0, at: Ts(30) }]);
     assert!(p.aside.is_none(), "an aside left empty is dropped");
     assert_eq!(p.take_open(0), Some(Open { rule: 0, at: Ts(30) }));
