@@ -108,7 +108,7 @@ fn main() {
         let js = connect::jetstream(connect::connect(&nats, "bench").await.expect("connects"));
         connect::ensure_streams(&js, &Config::default().streams).await.expect("streams");
         let t = Instant::now();
-        let sent = feed::publish(js.clone(), &data, 16, feed::Pace::AsFastAsPossible, |_| {}).await;
+        let sent = feed::publish(js.clone(), &data, 16, feed::Pace::AsFastAsPossible, |_| {}).await.expect("published");
         println!("published      {sent} events in {:.2} s", t.elapsed().as_secs_f64());
         let scans = stream_messages(&js, "SCANS").await;
         let contacts = stream_messages(&js, "CONTACTS").await;

@@ -181,6 +181,6 @@ pub fn publish(data: Vec<u8>, url: String, args: &PublishArgs, mut progress: imp
         let client = connect::connect(&nats, "forewarn simulate").await?;
         let js = connect::jetstream(client);
         connect::ensure_streams(&js, &Config::default().streams).await?;
-        Ok(feed::publish(js, &data, partitions, pace, &mut progress).await)
+        Ok(feed::publish(js, &data, partitions, pace, &mut progress).await?)
     })
 }

@@ -10,8 +10,12 @@ use bytes::Bytes;
 use super::publisher::Publisher;
 use crate::event::{decode, Kind};
 use crate::nats::wire::Outgoing;
+use crate::nats::LiveError;
 use crate::partition;
 use crate::time::Ts;
+
+/// Events handed to the publisher together, and between looks at the pace.
+const STEP: usize = 256;
 
 /// How fast to publish.
 #[derive(Clone, Copy, Debug)]
@@ -37,8 +41,9 @@ pub async fn publish(
     partitions: u16,
     pace: Pace,
     mut progress: impl FnMut(u64),
-) -> u64 {
-    let mut publisher = Publisher::new(&js);
+) -> Result<u64, LiveError> {
+    let publisher = Publisher::start(&js, None);
+    let mut batch = Vec::with_capacity(STEP);
     let started = Instant::now();
     let mut first: Option<Ts> = None;
     let mut newest = Ts::MIN;
@@ -52,9 +57,10 @@ pub async fn publish(
             }
             Err(_) => "scans.0".to_string(),
         };
-        publisher.send(Outgoing { subject, id: None, headers: Vec::new(), body: Bytes::copy_from_slice(line) }).await;
+        batch.push(Outgoing { subject, id: None, headers: Vec::new(), body: Bytes::copy_from_slice(line) });
         sent += 1;
-        if sent.is_multiple_of(256) {
+        if sent.is_multiple_of(STEP as u64) {
+            publisher.send_all(std::mem::replace(&mut batch, Vec::with_capacity(STEP))).await?;
             progress(sent);
             let due = match (pace, first) {
                 (Pace::Rate(rate), _) => Some(Duration::from_secs_f64(sent as f64 / rate)),
@@ -68,7 +74,8 @@ pub async fn publish(
             }
         }
     }
-    publisher.settle().await;
+    publisher.send_all(batch).await?;
+    publisher.settle().await?;
     progress(sent);
-    sent
+    Ok(sent)
 }

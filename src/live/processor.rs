@@ -6,8 +6,9 @@
 //! at or below the partition's position), refuse what breaks the contract
 //! or came on the wrong partition (dead letter), otherwise ingest (decoded
 //! and prefetched in batches, `intake.rs`). After each run of messages,
-//! publish the alerts the engines made; branch facts wait, in batches, for
-//! the next checkpoint. On a timer, after enough
+//! the alerts the engines made go to the outbox ([`Publisher`], a task of
+//! its own on a connection of its own); branch facts wait, in batches, for
+//! the next checkpoint. The loop runs on a thread of its own. On a timer, after enough
 //! events, or when a backlog was just worked off: a checkpoint round, one
 //! changed engine or stage a turn of the loop, the messages flowing between
 //! turns; its objects stored in the background, and only then each
@@ -41,7 +42,7 @@ use crate::engine::{BranchStage, Engine, Fact, Judged};
 use crate::event::{Kind, Reject, Topic};
 use crate::holdout::Draw;
 use crate::metrics::METRICS;
-use crate::nats::wire::{self, Refusal};
+use crate::nats::wire::{self, Outgoing, Refusal};
 use crate::nats::{connect, LiveError};
 use crate::partition::{self, Owned};
 use crate::rules::dir::RulesDir;
@@ -127,6 +128,8 @@ struct Processor {
     rules: RulesDir,
     clock: Clock,
     alerts: Vec<Alert>,
+    /// Dead letters and watermark marks, for the outbox with the next alerts.
+    outgoing: Vec<Outgoing>,
     /// When what made each alert arrived on the server: its event, or the
     /// clock for alerts of a moving watermark (end-to-end latency).
     arrived: Vec<SystemTime>,
@@ -214,6 +217,9 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
     let lookups = lookup::subscribe(&client, &owned).await?;
     let js = connect::jetstream(client);
     connect::ensure_streams(&js, &config.streams).await?;
+    // The outbox on a connection of its own: its publishes and their
+    // acknowledgements do not queue behind the inputs' deliveries.
+    let outbox = connect::connect(&config.nats, &format!("forewarn {} outbox", config.instance)).await?;
     let store = connect::bucket(&js, &config.checkpoint.bucket, config.streams.replicas).await?;
 
     let (parts, stages) = restore::state(&store, &owned, &set, config.engine(owned.list.len()), rebuild).await?;
@@ -227,7 +233,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         "forewarn running"
     );
     let mut processor = Processor {
-        publisher: Publisher::new(&js).reporting_to(readiness.clone()),
+        publisher: Publisher::start(&connect::jetstream(outbox), Some(readiness.clone())),
         client: js.client(),
         connection: connect::connection(&js.client()),
         rules,
@@ -241,6 +247,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         lookups,
         clock,
         alerts: Vec::new(),
+        outgoing: Vec::new(),
         arrived: Vec::new(),
         facts: Vec::new(),
         judged: Vec::new(),
@@ -258,7 +265,17 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         processor.open(i, &mut controls.stop).await?;
     }
     readiness.set(None);
-    processor.serve(&mut controls).await?;
+    // The loop on a thread of its own, the runtime's workers left to the
+    // connections, the outbox and the checkpoints' compression: a task the
+    // loop woke would otherwise wait in its worker's slot until it yields.
+    let runtime = tokio::runtime::Handle::current();
+    let (processor, result) = tokio::task::spawn_blocking(move || {
+        let result = runtime.block_on(processor.serve(&mut controls));
+        (processor, result)
+    })
+    .await
+    .map_err(|e| LiveError::nats("processor thread", e))?;
+    result?;
     readiness.set(Some("stopped"));
     Ok(processor.summary)
 }
@@ -301,7 +318,7 @@ impl Processor {
             match step {
                 Step::Stop => break,
                 Step::Reload => self.reload(),
-                Step::Committed(result) => self.commit(result).await,
+                Step::Committed(result) => self.commit(result).await?,
                 Step::Turn => {}
                 Step::Lookup(request) => self.lookup(request).await,
                 Step::Tick => {
@@ -314,7 +331,7 @@ impl Processor {
                             self.reload();
                         }
                     }
-                    self.follow_clock().await;
+                    self.follow_clock().await?;
                     if self.letters_logged.elapsed() >= LETTERS_LOG_EVERY {
                         self.log_letters();
                     }
@@ -348,10 +365,10 @@ impl Processor {
                             _ => break,
                         }
                     }
-                    self.handle(i, &batch).await;
+                    self.handle(i, &batch);
                     batch.clear();
                     // What the messages made goes out once per run of messages, facts in batches.
-                    self.publish().await;
+                    self.publish().await?;
                     if self.reconnected() {
                         self.reopen_all(&mut controls.stop).await?;
                     } else if reopen {
@@ -382,14 +399,13 @@ impl Processor {
         }
         if let Some(task) = storing.take() {
             let result = task.await.unwrap_or_else(|e| Err(LiveError::nats("checkpoint task", e)));
-            self.commit(result).await;
+            self.commit(result).await?;
         }
         let task = self.checkpoint_now().await;
         let result = task.await.unwrap_or_else(|e| Err(LiveError::nats("checkpoint task", e)));
         let failed = result.is_err();
-        self.commit(result).await;
-        self.publisher.settle().await;
-        self.summary.published = self.publisher.stats;
+        self.commit(result).await?;
+        self.summary.published = self.publisher.settle().await?;
         self.log_letters();
         if failed {
             return Err(LiveError::nats(
@@ -502,31 +518,32 @@ impl Processor {
         }
     }
 
-    /// Sends what the engines and stages said.
-    async fn publish(&mut self) {
+    /// Hands what the engines and stages said to the outbox, in one batch.
+    async fn publish(&mut self) -> Result<(), LiveError> {
         self.arrived.resize(self.alerts.len(), SystemTime::now());
-        for (alert, arrived) in self.alerts.drain(..).zip(self.arrived.drain(..)) {
-            self.summary.alerts += 1;
-            for audience in alert.audience.names() {
-                METRICS.alerts.with_label_values(&[&alert.rule, alert.state.as_str(), audience]).inc();
-            }
-            self.publisher.send(wire::alert(&alert, arrived)).await;
-        }
+        self.summary.alerts += self.alerts.len() as u64;
+        let (alerts, arrived) = (std::mem::take(&mut self.alerts), std::mem::take(&mut self.arrived));
+        self.publisher.send_alerts(alerts, arrived).await?;
         if self.facts.len() >= FACTS_HELD {
-            self.send_facts().await;
+            self.facts_out();
         }
         METRICS.judged(&self.judged, &self.told, self.config.dispatch.holdout);
         self.judged.clear();
         self.told.clear();
+        self.flush().await
     }
 
-    /// The branch facts made so far, in batches. Stages count facts only up
-    /// to the watermarks announced after a checkpoint, so facts wait for the
-    /// checkpoint (or [`FACTS_HELD`] of them) and go out in few messages.
-    pub(super) async fn send_facts(&mut self) {
-        for batch in wire::facts(&self.facts, self.owned.count) {
-            self.publisher.send(batch).await;
-        }
+    /// What waits in `outgoing`, to the outbox.
+    async fn flush(&mut self) -> Result<(), LiveError> {
+        self.publisher.send_all(std::mem::take(&mut self.outgoing)).await
+    }
+
+    /// The branch facts made so far, in batches, to go out with the next
+    /// flush. Stages count facts only up to the watermarks announced after
+    /// a checkpoint, so facts wait for the checkpoint (or [`FACTS_HELD`] of
+    /// them) and go out in few messages.
+    pub(super) fn facts_out(&mut self) {
+        self.outgoing.extend(wire::facts(&self.facts, self.owned.count));
         self.facts.clear();
     }
 }

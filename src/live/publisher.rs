@@ -1,13 +1,15 @@
-//! Publishing into JetStream without losing anything: messages go out at
-//! once, their acknowledgements are collected later, and [`Publisher::settle`]
-//! does not return until the server stored every message sent so far,
-//! re-sending (same message id: no duplicates) through outages. A
-//! checkpoint is taken only after a settle, so nothing a checkpoint covers
-//! can be missing from the streams.
+//! Publishing into JetStream without losing anything, beside the work that
+//! makes the messages: [`Publisher`] hands them to a task of their own
+//! (the outbox) that sends them at once and collects their
+//! acknowledgements later. [`Publisher::barrier`] resolves when the server
+//! stored every message handed over before it, re-sending (same message
+//! id: no duplicates) through outages. A checkpoint is stored only after
+//! such a barrier, so nothing a checkpoint covers can be missing from the
+//! streams; the stream is not stopped while the acknowledgements come.
 
 use std::collections::VecDeque;
 use std::future::IntoFuture;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
@@ -16,14 +18,19 @@ use async_nats::jetstream::{self, Context};
 use futures::future::join_all;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Readiness;
+use crate::alert::Alert;
 use crate::metrics::METRICS;
-use crate::nats::connect;
 use crate::nats::wire::{self, Outgoing};
+use crate::nats::{connect, LiveError};
 
 /// Acknowledgements outstanding before the oldest are awaited.
 const MAX_PENDING: usize = 8192;
+/// Batches of messages handed over and not yet sent before a sender waits.
+const QUEUED: usize = 256;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PublishStats {
@@ -35,30 +42,138 @@ pub struct PublishStats {
     pub refused: u64,
 }
 
+/// The sending side of the outbox: cheap to use from a hot loop, one
+/// hand-over a batch of messages.
 pub struct Publisher {
+    jobs: mpsc::Sender<Job>,
+}
+
+enum Job {
+    Send(Vec<Outgoing>),
+    /// Alerts, each with when what made it arrived: counted and made
+    /// messages by the outbox, beside the loop that made them.
+    Alerts(Vec<Alert>, Vec<SystemTime>),
+    /// Answered when every message handed over before it is stored.
+    Barrier(oneshot::Sender<PublishStats>),
+}
+
+/// The outbox has stopped (only if its task died): what it held is not known to be stored.
+fn gone() -> LiveError {
+    LiveError::nats("publishing", "the outbox task stopped")
+}
+
+impl Publisher {
+    /// Starts the outbox on `js`'s connection, telling `readiness` (if
+    /// any) why publishes are retried.
+    pub fn start(js: &Context, readiness: Option<Readiness>) -> Publisher {
+        let (jobs, queue) = mpsc::channel(QUEUED);
+        tokio::spawn(Outbox::new(js, readiness).work(queue));
+        Publisher { jobs }
+    }
+
+    /// Hands `outs` over together (nothing if empty); their storage is
+    /// confirmed by a later barrier.
+    pub async fn send_all(&self, outs: Vec<Outgoing>) -> Result<(), LiveError> {
+        if outs.is_empty() {
+            return Ok(());
+        }
+        self.jobs.send(Job::Send(outs)).await.map_err(|_| gone())
+    }
+
+    /// Hands `alerts` over, `arrived[i]` when what made `alerts[i]` arrived.
+    pub async fn send_alerts(&self, alerts: Vec<Alert>, arrived: Vec<SystemTime>) -> Result<(), LiveError> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        self.jobs.send(Job::Alerts(alerts, arrived)).await.map_err(|_| gone())
+    }
+
+    /// What resolves, with the counts so far, once every message handed
+    /// over until now is stored (or, refused for good, dead-lettered). The
+    /// outbox goes on sending meanwhile.
+    pub async fn barrier(
+        &self,
+    ) -> Result<impl std::future::Future<Output = Result<PublishStats, LiveError>> + Send + 'static, LiveError> {
+        let (done, settled) = oneshot::channel();
+        self.jobs.send(Job::Barrier(done)).await.map_err(|_| gone())?;
+        Ok(settled.map(|r| r.map_err(|_| gone())))
+    }
+
+    /// Returns when every message handed over so far is stored.
+    pub async fn settle(&self) -> Result<PublishStats, LiveError> {
+        self.barrier().await?.await
+    }
+}
+
+/// In the outbox's queue: a message sent, or a barrier answered once all
+/// before it are stored.
+enum Entry {
+    Sent(Sent),
+    Barrier(oneshot::Sender<PublishStats>),
+}
+
+/// The outbox task's state: messages sent, their acknowledgements owed.
+struct Outbox {
     js: Context,
     /// `js`'s connection, to know when it is replaced.
     client: async_nats::Client,
-    pending: VecDeque<Sent>,
-    pub stats: PublishStats,
+    pending: VecDeque<Entry>,
+    /// Barriers in `pending`.
+    barriers: usize,
+    stats: PublishStats,
     /// Told why publishes are retried, so readiness can say it.
     readiness: Option<Readiness>,
 }
 
-impl Publisher {
+impl Outbox {
     /// Publishes on `js`'s connection, through a context that lets
     /// [`MAX_PENDING`] acknowledgements be owed (a context allowing fewer
     /// would wait for ever on the ones not awaited yet).
-    pub fn new(js: &Context) -> Publisher {
+    fn new(js: &Context, readiness: Option<Readiness>) -> Outbox {
         let client = js.client();
         let js = connect::jetstream(client.clone());
-        Publisher { js, client, pending: VecDeque::new(), stats: PublishStats::default(), readiness: None }
+        Outbox { js, client, pending: VecDeque::new(), barriers: 0, stats: PublishStats::default(), readiness }
     }
 
-    /// Tells `readiness` why publishes are retried.
-    pub fn reporting_to(mut self, readiness: Readiness) -> Publisher {
-        self.readiness = Some(readiness);
-        self
+    /// Takes jobs until every [`Publisher`] is gone, then settles. A
+    /// barrier waits in the queue of messages sent: it is answered when
+    /// the messages before it are settled, when the queue is full or
+    /// nothing else waits, and sending goes on meanwhile.
+    async fn work(mut self, mut queue: mpsc::Receiver<Job>) {
+        loop {
+            let job = match queue.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Empty) if self.barriers > 0 => {
+                    self.settle().await;
+                    continue;
+                }
+                Err(TryRecvError::Empty) => match queue.recv().await {
+                    Some(job) => job,
+                    None => break,
+                },
+                Err(TryRecvError::Disconnected) => break,
+            };
+            match job {
+                Job::Send(outs) => {
+                    for out in outs {
+                        self.send(out).await;
+                    }
+                }
+                Job::Alerts(alerts, arrived) => {
+                    for (alert, arrived) in alerts.iter().zip(arrived) {
+                        for audience in alert.audience.names() {
+                            METRICS.alerts.with_label_values(&[&alert.rule, alert.state.as_str(), audience]).inc();
+                        }
+                        self.send(wire::alert(alert, arrived)).await;
+                    }
+                }
+                Job::Barrier(done) => {
+                    self.pending.push_back(Entry::Barrier(done));
+                    self.barriers += 1;
+                }
+            }
+        }
+        self.settle().await;
     }
 
     /// A publish not stored yet, to be sent again: counted and reported.
@@ -70,13 +185,13 @@ impl Publisher {
         }
     }
 
-    /// Sends a message; its storage is confirmed by a later [`Publisher::settle`].
-    pub async fn send(&mut self, out: Outgoing) {
+    /// Sends a message; its storage is confirmed by a later settle.
+    async fn send(&mut self, out: Outgoing) {
         if self.pending.len() >= MAX_PENDING {
             self.settle_oldest(MAX_PENDING / 2).await;
         }
         if let Some(sent) = self.sent(out).await {
-            self.pending.push_back(sent);
+            self.pending.push_back(Entry::Sent(sent));
         }
     }
 
@@ -104,21 +219,24 @@ impl Publisher {
 
     /// Returns when every message sent so far is stored (or, refused for
     /// good, dead-lettered).
-    pub async fn settle(&mut self) {
+    async fn settle(&mut self) {
         while !self.pending.is_empty() {
             self.settle_oldest(self.pending.len()).await;
         }
-    }
-
-    pub fn pending(&self) -> usize {
-        self.pending.len()
     }
 
     /// Settles the `n` oldest messages. Those not stored are sent again all
     /// together, one backoff a round, until the server has them: after an
     /// outage the resume takes a round trip, not one per lost message.
     async fn settle_oldest(&mut self, n: usize) {
-        let mut batch: Vec<Sent> = self.pending.drain(..n.min(self.pending.len())).collect();
+        let mut barriers = Vec::new();
+        let mut batch = Vec::with_capacity(n);
+        for entry in self.pending.drain(..n.min(self.pending.len())) {
+            match entry {
+                Entry::Sent(sent) => batch.push(sent),
+                Entry::Barrier(done) => barriers.push(done),
+            }
+        }
         let mut backoff = Backoff::default();
         while !batch.is_empty() {
             let mut again = Vec::new();
@@ -144,6 +262,10 @@ impl Publisher {
             for out in again {
                 batch.extend(self.sent(out).await);
             }
+        }
+        self.barriers -= barriers.len();
+        for done in barriers {
+            let _ = done.send(self.stats);
         }
     }
 

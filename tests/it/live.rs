@@ -272,7 +272,7 @@ fn a_nats_server_killed_again_and_again_loses_nothing() {
     // may send its first requests into the dead connection and wait them out.
     let publish = |js: &async_nats::jetstream::Context, k: usize| {
         let pace = forewarn::live::feed::Pace::AsFastAsPossible;
-        c.rt.block_on(forewarn::live::feed::publish(js.clone(), &slice(k), 16, pace, |_| {}))
+        c.rt.block_on(forewarn::live::feed::publish(js.clone(), &slice(k), 16, pace, |_| {})).expect("published")
     };
     let http = format!("127.0.0.1:{}", super::free_port());
     let p = c.start(&["--http", &http]);
@@ -666,5 +666,52 @@ fn the_pull_reader_gives_every_message_in_order_with_its_place_and_fails_loudly(
         let ended =
             tokio::time::timeout(Duration::from_secs(5), messages.next()).await.expect("told within 2 heartbeats");
         assert!(matches!(ended, Some(Err(PullError::MissedHeartbeats(_)))), "{:?}", ended.map(|r| r.map(|d| d.seq)));
+    });
+}
+
+/// The outbox answers a barrier only once every message handed over before
+/// it is stored, while what is handed over after it goes on: the checkpoint
+/// after a barrier can never cover an alert the streams lack.
+#[test]
+fn the_outbox_answers_a_barrier_once_what_came_before_is_stored() {
+    use forewarn::live::publisher::Publisher;
+    use forewarn::nats::wire::Outgoing;
+
+    let server = NatsServer::start();
+    let rt = nats::runtime();
+    rt.block_on(async {
+        let js = nats::jetstream(&server.url()).await;
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "T".into(),
+            subjects: vec!["t.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("a stream");
+        let publisher = Publisher::start(&js, None);
+        let batch = |from: usize, n: usize| -> Vec<Outgoing> {
+            (from..from + n)
+                .map(|i| Outgoing {
+                    subject: format!("t.{}", i % 7),
+                    id: Some(format!("m-{i}")),
+                    headers: Vec::new(),
+                    body: format!("{i}").into(),
+                })
+                .collect()
+        };
+        for k in 0..10 {
+            publisher.send_all(batch(k * 1000, 1000)).await.expect("handed over");
+        }
+        let barrier = publisher.barrier().await.expect("a barrier");
+        for k in 10..30 {
+            publisher.send_all(batch(k * 1000, 1000)).await.expect("handed over");
+        }
+        let at_barrier = barrier.await.expect("answered");
+        let stored = nats::stream_count(&js, "T").await;
+        assert!(at_barrier.stored >= 10_000, "the barrier came before its messages were stored: {at_barrier:?}");
+        assert!(stored >= 10_000, "the stream holds {stored} messages when the barrier is answered");
+        let end = publisher.settle().await.expect("settled");
+        assert_eq!((end.stored, end.duplicates, end.retries), (30_000, 0, 0));
+        assert_eq!(nats::stream_count(&js, "T").await, 30_000);
     });
 }

@@ -2,13 +2,14 @@
 //! flowing: a round notes how far each input stream is read, then snapshots
 //! one changed engine or stage per turn of the loop (the stream stops for
 //! that one only, `forewarn_checkpoint_pause_seconds`) and compresses it
-//! beside the stream. When every object is taken, the publishes are settled
-//! (nothing a checkpoint covers can be missing from the streams), the objects
-//! are stored in the background, and only then each partition's watermark
-//! is announced to the branch stages and each input's position said
-//! (`forewarn_checkpoint_position`): everything read before the round began
-//! is in an object taken after it. The positions in the checkpoint are the
-//! acknowledgement: a restart resumes right after them.
+//! beside the stream. When every object is taken, a barrier goes to the
+//! outbox; the objects are stored in the background once it is answered
+//! (nothing a checkpoint covers can be missing from the streams, and the
+//! stream does not wait for the acknowledgements), and only then each
+//! partition's watermark is announced to the branch stages and each input's
+//! position said (`forewarn_checkpoint_position`): everything read before
+//! the round began is in an object taken after it. The positions in the
+//! checkpoint are the acknowledgement: a restart resumes right after them.
 
 use std::time::{Duration, Instant};
 
@@ -72,7 +73,7 @@ impl Processor {
     }
 
     /// One turn of a round: the next object taken, or, when all are, the
-    /// publishes settled and the store begun (the round is then over).
+    /// store begun behind an outbox barrier (the round is then over).
     pub(super) async fn turn(&mut self, ongoing: &mut Option<Round>) -> Option<JoinHandle<Result<Commit, LiveError>>> {
         let round = ongoing.as_mut()?;
         let paused = Instant::now();
@@ -114,15 +115,20 @@ impl Processor {
                 return None;
             }
         }
-        // Everything the objects cover was published before they were taken.
-        self.send_facts().await;
-        self.publisher.settle().await;
+        // Everything the objects cover was handed to the outbox before they
+        // were taken; they are stored once the outbox has stored all of it.
+        self.facts_out();
+        let settled = match self.flush().await {
+            Ok(()) => self.publisher.barrier().await,
+            Err(e) => Err(e),
+        };
         METRICS.checkpoint_pause.observe(paused.elapsed().as_secs_f64());
         let Round { began, events, covered, marks, compressing, .. } = ongoing.take()?;
         let store = self.store.clone();
         let client = self.client.clone();
-        let connection = connect::connection(&client);
         Some(tokio::spawn(async move {
+            settled?.await?;
+            let connection = connect::connection(&client);
             let mut objects = Vec::with_capacity(compressing.len());
             for task in compressing {
                 objects.push(task.await.map_err(|e| LiveError::nats("checkpoint compression", e))?);
@@ -163,7 +169,7 @@ impl Processor {
     }
 
     /// After a checkpoint is stored: say what it covers, announce the watermarks.
-    pub(super) async fn commit(&mut self, result: Result<Commit, LiveError>) {
+    pub(super) async fn commit(&mut self, result: Result<Commit, LiveError>) -> Result<(), LiveError> {
         match result {
             Ok(commit) => {
                 self.readiness.saved();
@@ -189,11 +195,10 @@ impl Processor {
                 for (stream, seq) in &commit.covered {
                     METRICS.checkpoint_position.with_label_values(&[stream]).set(*seq as i64);
                 }
-                for (p, watermark) in commit.marks {
-                    if watermark > Ts::MIN {
-                        self.publisher.send(wire::mark(p, self.owned.count, watermark)).await;
-                    }
-                }
+                let count = self.owned.count;
+                let marks = commit.marks.into_iter().filter(|(_, watermark)| *watermark > Ts::MIN);
+                self.outgoing.extend(marks.map(|(p, watermark)| wire::mark(p, count, watermark)));
+                self.flush().await?;
             }
             Err(e) => {
                 self.readiness.failing(&format!("checkpoint not stored: {e}"));
@@ -209,5 +214,6 @@ impl Processor {
                 tracing::error!(error = %e, "checkpoint not stored; retrying at the next one");
             }
         }
+        Ok(())
     }
 }

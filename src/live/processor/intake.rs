@@ -34,7 +34,7 @@ impl Processor {
     /// decoded [`BATCH`] at a time and their parcels prefetched before any of
     /// them is applied, so the cache misses of a large window overlap (as in
     /// replay) instead of queueing one event after another.
-    pub(super) async fn handle(&mut self, i: usize, messages: &[Delivery]) {
+    pub(super) fn handle(&mut self, i: usize, messages: &[Delivery]) {
         for chunk in messages.chunks(BATCH) {
             let now = Instant::now();
             let mut ready = Vec::with_capacity(chunk.len());
@@ -43,9 +43,9 @@ impl Processor {
                     continue;
                 }
                 match self.inputs[i].which {
-                    Which::Scans => ready.extend(self.admit(0, delivery, now).await),
-                    Which::Contacts => ready.extend(self.admit(1, delivery, now).await),
-                    Which::Facts => self.fact(delivery.seq, &delivery.message).await,
+                    Which::Scans => ready.extend(self.admit(0, delivery, now)),
+                    Which::Contacts => ready.extend(self.admit(1, delivery, now)),
+                    Which::Facts => self.fact(delivery.seq, &delivery.message),
                 }
             }
             let parts = &self.parts;
@@ -79,14 +79,14 @@ impl Processor {
     /// A scan or contact (its batch taken `now`), ready for its partition's
     /// engine; or to the dead letters. Its partition's position moves past
     /// it either way.
-    async fn admit<'m>(&mut self, which: usize, delivery: &'m Delivery, now: Instant) -> Option<Ready<'m>> {
+    fn admit<'m>(&mut self, which: usize, delivery: &'m Delivery, now: Instant) -> Option<Ready<'m>> {
         let Delivery { message, seq, published: arrived } = delivery;
         let (seq, arrived) = (*seq, *arrived);
         let subject = message.subject.as_str();
         let partition = subject.split_once('.').and_then(|(_, p)| p.parse::<u16>().ok());
         let Some(p) = partition.filter(|p| self.owned.contains(*p)) else {
             let why = Refusal::Subject(subject.to_string());
-            self.dead_letter(which, seq, message, why).await;
+            self.dead_letter(which, seq, message, why);
             return None;
         };
         let part = self.parts.get_mut(&p)?;
@@ -116,7 +116,7 @@ impl Processor {
                 }
             }
         };
-        self.dead_letter(which, seq, message, refusal).await;
+        self.dead_letter(which, seq, message, refusal);
         None
     }
 
@@ -131,7 +131,7 @@ impl Processor {
         part.engine.take_judged(&mut self.judged, &mut self.told);
     }
 
-    async fn dead_letter(&mut self, which: usize, seq: u64, message: &async_nats::Message, why: Refusal) {
+    fn dead_letter(&mut self, which: usize, seq: u64, message: &async_nats::Message, why: Refusal) {
         self.summary.dead_letters += 1;
         METRICS.rejected.with_label_values(&[why.code()]).inc();
         METRICS.dead_letters.with_label_values(&[&self.inputs[which].stream]).inc();
@@ -140,7 +140,7 @@ impl Processor {
         seen.0 += 1;
         tracing::debug!(seq, code = why.code(), "dead letter");
         let stream = &self.inputs[which].stream;
-        self.publisher.send(wire::dead_letter(&message.subject, stream, seq, message.payload.clone(), &why)).await;
+        self.outgoing.push(wire::dead_letter(&message.subject, stream, seq, message.payload.clone(), &why));
     }
 
     /// One line per reason code for the dead letters since the last.
@@ -153,7 +153,7 @@ impl Processor {
     }
 
     /// A branch fact or a watermark mark, for the owned branch stages.
-    pub(super) async fn fact(&mut self, seq: u64, message: &async_nats::Message) {
+    pub(super) fn fact(&mut self, seq: u64, message: &async_nats::Message) {
         let subject = message.subject.as_str();
         let count = self.owned.count;
         let result = if let Some(bp) = subject.strip_prefix("forewarn.facts.") {
@@ -191,7 +191,7 @@ impl Processor {
             Err(format!("{subject}: not a facts subject"))
         };
         if let Err(reason) = result {
-            self.dead_letter(2, seq, message, Refusal::BranchInput(reason)).await;
+            self.dead_letter(2, seq, message, Refusal::BranchInput(reason));
         }
         for stage in self.stages.values_mut() {
             let watermark = stage.marks.iter().copied().min().unwrap_or(Ts::MIN);

@@ -11,6 +11,7 @@ use crate::dispatch::template::Templates;
 use crate::live::input::Which;
 use crate::live::lagging;
 use crate::metrics::METRICS;
+use crate::nats::LiveError;
 use crate::time::Ts;
 
 /// How often the gauges are refreshed.
@@ -20,7 +21,7 @@ impl Processor {
     /// Idle partitions' watermarks follow the clock, so absence rules fire on
     /// a quiet night. Idle means caught up: no input for `idle_after` and
     /// nothing left on the server, so a restart's backlog is never skipped.
-    pub(super) async fn follow_clock(&mut self) {
+    pub(super) async fn follow_clock(&mut self) -> Result<(), LiveError> {
         let idle = std_duration(self.config.watermark.idle_after);
         for input in self.inputs.iter_mut().filter(|i| i.which != Which::Facts) {
             if !input.caught_up && input.last_message.elapsed() >= idle {
@@ -33,9 +34,9 @@ impl Processor {
             }
         }
         if !self.inputs.iter().filter(|i| i.which != Which::Facts).all(|i| i.caught_up) {
-            return;
+            return Ok(());
         }
-        let Some(now) = self.clock.now() else { return };
+        let Some(now) = self.clock.now() else { return Ok(()) };
         let target = now.minus(self.config.watermark.max_skew);
         for part in self.parts.values_mut() {
             if part.last_input.elapsed() >= idle && part.engine.watermark() < target {
@@ -47,7 +48,7 @@ impl Processor {
                 part.dirty = true;
             }
         }
-        self.publish().await;
+        self.publish().await
     }
 
     /// The window's and the consumers' gauges (a server round trip per input).
