@@ -16,9 +16,11 @@
 //! checkpoint's positions are where a restart resumes.
 //!
 //! Beside it: `intake.rs` takes what comes in (events, branch facts, dead
-//! letters), `checkpoint.rs` takes and stores the rounds, `restore.rs`
-//! starts each partition from its checkpoint, `upkeep.rs` does the timer's
-//! work (idle watermarks, gauges, rule reloads).
+//! letters), `outgoing.rs` hands what the engines said to the outbox,
+//! `consumers.rs` (re)opens the inputs at the processor's positions,
+//! `checkpoint.rs` takes and stores the rounds, `restore.rs` starts each
+//! partition from its checkpoint, `upkeep.rs` does the timer's work (idle
+//! watermarks, gauges, rule reloads).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -31,7 +33,7 @@ use tokio::task::JoinHandle;
 
 use checkpoint::{committed, Commit};
 
-use super::input::{next_message, open_consumer, Input, Which};
+use super::input::{next_message, Input};
 use super::publisher::{PublishStats, Publisher};
 use super::pull::{Delivery, PullError};
 use super::{lookup, Readiness};
@@ -42,7 +44,7 @@ use crate::engine::{BranchStage, Engine, Fact, Judged};
 use crate::event::{Kind, Reject, Topic};
 use crate::holdout::Draw;
 use crate::metrics::METRICS;
-use crate::nats::wire::{self, Outgoing, Refusal};
+use crate::nats::wire::{Outgoing, Refusal};
 use crate::nats::{connect, LiveError};
 use crate::partition::{self, Owned};
 use crate::rules::dir::RulesDir;
@@ -452,104 +454,12 @@ impl Processor {
     fn changed(&self) -> bool {
         self.since_checkpoint > 0 || self.parts.values().any(|p| p.dirty) || self.stages.values().any(|s| s.dirty)
     }
-
-    /// Whether the connection was replaced since the consumers were opened.
-    /// A server that restarts may bring our consumers back at positions
-    /// other than ours (their state is written lazily), so after a new
-    /// connection nothing they deliver is taken until they are reopened.
-    fn reconnected(&self) -> bool {
-        connect::connection(&self.client) != self.connection
-    }
-
-    /// Every input reopened right after what we hold, on the current connection.
-    async fn reopen_all(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), LiveError> {
-        self.connection = connect::connection(&self.client);
-        tracing::info!("connection to NATS replaced: consumers reopened at our positions");
-        for i in 0..self.inputs.len() {
-            self.open(i, stop).await?;
-        }
-        Ok(())
-    }
-
-    /// (Re)creates input `i`'s durable consumer right after what we hold.
-    async fn open(&mut self, i: usize, stop: &mut watch::Receiver<bool>) -> Result<(), LiveError> {
-        let positions: Vec<u64> = match self.inputs[i].which {
-            Which::Scans => self.parts.values().map(|p| p.pos[0]).collect(),
-            Which::Contacts => self.parts.values().map(|p| p.pos[1]).collect(),
-            Which::Facts => self.stages.values().map(|s| s.pos).collect(),
-        };
-        let input = &mut self.inputs[i];
-        let start = positions.iter().copied().min().unwrap_or(0).max(input.last_seq) + 1;
-        // Every message up to the newest position was handled before a stored checkpoint.
-        let covered = positions.iter().copied().max().unwrap_or(0).max(input.last_seq);
-        input.messages = None;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match open_consumer(&self.js, input, start, &self.config).await {
-                Ok(opened) => {
-                    if covered > 0 && opened.first > covered + 1 {
-                        METRICS.input_gaps.with_label_values(&[&input.stream]).inc();
-                        tracing::error!(
-                            stream = %input.stream,
-                            from = covered + 1,
-                            to = opened.first - 1,
-                            "messages after the stored checkpoints' positions are gone from the stream (its max_age \
-                             or size limits): their events are lost; keep the streams longer than the longest outage"
-                        );
-                    }
-                    input.consumer = Some(opened.consumer);
-                    input.messages = Some(opened.messages);
-                    input.caught_up = false;
-                    tracing::debug!(stream = %input.stream, start, "consuming");
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(stream = %input.stream, error = %e, "cannot open the consumer yet; retrying");
-                    if *stop.borrow() {
-                        return Err(e);
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.changed() => return Err(e),
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    /// Hands what the engines and stages said to the outbox, in one batch.
-    async fn publish(&mut self) -> Result<(), LiveError> {
-        self.arrived.resize(self.alerts.len(), SystemTime::now());
-        self.summary.alerts += self.alerts.len() as u64;
-        let (alerts, arrived) = (std::mem::take(&mut self.alerts), std::mem::take(&mut self.arrived));
-        self.publisher.send_alerts(alerts, arrived).await?;
-        if self.facts.len() >= FACTS_HELD {
-            self.facts_out();
-        }
-        METRICS.judged(&self.judged, &self.told, self.config.dispatch.holdout);
-        self.judged.clear();
-        self.told.clear();
-        self.flush().await
-    }
-
-    /// What waits in `outgoing`, to the outbox.
-    async fn flush(&mut self) -> Result<(), LiveError> {
-        self.publisher.send_all(std::mem::take(&mut self.outgoing)).await
-    }
-
-    /// The branch facts made so far, in batches, to go out with the next
-    /// flush. Stages count facts only up to the watermarks announced after
-    /// a checkpoint, so facts wait for the checkpoint (or [`FACTS_HELD`] of
-    /// them) and go out in few messages.
-    pub(super) fn facts_out(&mut self) {
-        self.outgoing.extend(wire::facts(&self.facts, self.owned.count));
-        self.facts.clear();
-    }
 }
 
 mod checkpoint;
+mod consumers;
 mod intake;
+mod outgoing;
 mod restore;
 mod upkeep;
 

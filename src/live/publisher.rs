@@ -136,9 +136,9 @@ impl Outbox {
     }
 
     /// Takes jobs until every [`Publisher`] is gone, then settles. A
-    /// barrier waits in the queue of messages sent: it is answered when
-    /// the messages before it are settled, when the queue is full or
-    /// nothing else waits, and sending goes on meanwhile.
+    /// barrier waits among the messages sent: it is answered once those
+    /// before it are settled, which happens when [`MAX_PENDING`]
+    /// acknowledgements are owed or no job waits; sending goes on meanwhile.
     async fn work(mut self, mut queue: mpsc::Receiver<Job>) {
         loop {
             let job = match queue.try_recv() {

@@ -117,11 +117,7 @@ impl Processor {
         }
         // Everything the objects cover was handed to the outbox before they
         // were taken; they are stored once the outbox has stored all of it.
-        self.facts_out();
-        let settled = match self.flush().await {
-            Ok(()) => self.publisher.barrier().await,
-            Err(e) => Err(e),
-        };
+        let settled = self.barrier().await;
         METRICS.checkpoint_pause.observe(paused.elapsed().as_secs_f64());
         let Round { began, events, covered, marks, compressing, .. } = ongoing.take()?;
         let store = self.store.clone();
