@@ -37,7 +37,7 @@ pub(super) fn contact_after_telling(p: &Parcel, ev: &Event<'_>, plan: &Plan) -> 
     if ev.kind != Kind::CustomerContact || p.told_at() > ev.at {
         return None;
     }
-    let rule = plan.rules.get(usize::from(p.talk.as_ref()?.told_by))?;
+    let rule = plan.rules.get(usize::from(p.told_by()))?;
     let topic = ev.contact.map_or(Topic::Other, |c| c.topic);
     let gap = ev.at.since(p.told_at());
     Some(Judged { draw: Draw::of(p.id()), topic, at: ev.at, rule: rule.id.clone(), told_first: true, gap })

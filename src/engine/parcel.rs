@@ -9,6 +9,7 @@ use super::sym::{Interner, Sym};
 use crate::event::{Channels, Event, Kind, Topic};
 use crate::time::{Ts, Ts48};
 use held::Held;
+use thin::ThinStr;
 
 /// Fingerprints of the events already applied to a parcel, for dedup. The
 /// first [`INLINE_SEEN`] live in the parcel itself; more spill to the heap, up
@@ -62,9 +63,11 @@ impl Parcel {
 
     /// Takes the open episode of rule `r`, if any.
     pub fn take_open(&mut self, r: u8) -> Option<Open> {
-        if self.open_rule == r && r != NO_RULE {
-            self.open_rule = NO_RULE;
-            return Some(Open { rule: r, at: self.open_at.get() });
+        if r != NO_RULE {
+            if let Some(i) = self.open_rule.iter().position(|&o| o == r) {
+                self.open_rule[i] = NO_RULE;
+                return Some(Open { rule: r, at: self.open_at[i].get() });
+            }
         }
         let open = &mut self.aside.as_mut()?.open;
         let i = open.iter().position(|o| o.rule == r)?;
@@ -73,10 +76,11 @@ impl Parcel {
         Some(taken)
     }
 
-    /// The open episodes, the one kept in the parcel first.
+    /// The open episodes, those kept in the parcel first.
     pub fn opens(&self) -> impl Iterator<Item = Open> + '_ {
-        let first = (self.open_rule != NO_RULE).then(|| Open { rule: self.open_rule, at: self.open_at.get() });
-        first.into_iter().chain(self.aside.iter().flat_map(|a| a.open.iter().copied()))
+        let kept = self.open_rule.iter().zip(&self.open_at).filter(|(&rule, _)| rule != NO_RULE);
+        kept.map(|(&rule, at)| Open { rule, at: at.get() })
+            .chain(self.aside.iter().flat_map(|a| a.open.iter().copied()))
     }
 
     /// One bit per rule with an open episode.
@@ -95,11 +99,11 @@ impl Parcel {
             }
         }
         self.fired = fired;
-        if let Some(talk) = self.talk.as_mut().filter(|t| t.told_by != NO_RULE) {
-            talk.told_by = remap.get(usize::from(talk.told_by)).copied().flatten().unwrap_or(NO_RULE);
+        if self.told_by != NO_RULE {
+            self.told_by = remap.get(usize::from(self.told_by)).copied().flatten().unwrap_or(NO_RULE);
         }
-        if self.open_rule != NO_RULE {
-            self.open_rule = remap[usize::from(self.open_rule)].unwrap_or(NO_RULE);
+        for rule in self.open_rule.iter_mut().filter(|r| **r != NO_RULE) {
+            *rule = remap[usize::from(*rule)].unwrap_or(NO_RULE);
         }
         if let Some(aside) = self.aside.as_mut() {
             aside.open.retain_mut(|o| match remap[usize::from(o.rule)] {
@@ -120,11 +124,12 @@ impl Parcel {
         insert_few(parked, i, Held::new(ev));
     }
 
-    /// Opens an episode of rule `open.rule`: in the parcel if it has none
-    /// open there (most parcels with any have one), else set aside.
+    /// Opens an episode of rule `open.rule`: in the parcel if one of its
+    /// [`OPEN_KEPT`] places is free (most parcels with any have one or two
+    /// open), else set aside.
     pub fn open(&mut self, open: Open) {
-        if self.open_rule == NO_RULE {
-            (self.open_rule, self.open_at) = (open.rule, open.at.into());
+        if let Some(i) = self.open_rule.iter().position(|&r| r == NO_RULE) {
+            (self.open_rule[i], self.open_at[i]) = (open.rule, open.at.into());
             return;
         }
         let list = &mut self.aside().open;
@@ -178,6 +183,9 @@ pub struct Open {
     pub at: Ts,
 }
 
+/// Open episodes a parcel keeps in itself; more go to its [`Aside`].
+pub const OPEN_KEPT: usize = 2;
+
 const HAS_RECIPIENT: u8 = 0x80;
 const CHANNELS_GIVEN: u8 = 0x40;
 /// Bits 2 to 5 of the flags: the state before the current one (every
@@ -190,7 +198,7 @@ const STATE_BEFORE: u8 = 0x0f << STATE_BEFORE_SHIFT;
 #[repr(align(64))]
 pub struct Parcel {
     /// `parcel_id`, then the recipient's name, phone and email, back to back.
-    blob: Box<str>,
+    blob: ThinStr,
     /// End offsets in `blob` of the id, name and phone (the email ends the blob).
     ends: [u16; 3],
     /// Tells this parcel's wake-ups from those of the slot's former parcels
@@ -212,13 +220,19 @@ pub struct Parcel {
     pub state: Kind,
     /// Rules that fired and whose episode is still going on (one bit per rule index).
     pub fired: u64,
-    /// The rule of an open episode and when it fired ([`NO_RULE`] when none):
-    /// in the room the 6-byte instants left, so that most parcels with an
-    /// episode open need no [`Aside`].
-    open_rule: u8,
-    open_at: Ts48,
+    /// The rules of open episodes and when they fired ([`NO_RULE`] when
+    /// none): in the room the 6-byte instants left, so that most parcels with
+    /// episodes open need no [`Aside`] (on the national shapes a third of
+    /// those in flight have two open, `stalled` and `late`, at the peak).
+    open_rule: [u8; OPEN_KEPT],
+    open_at: [Ts48; OPEN_KEPT],
     /// When the parcel entered its current state.
     pub state_since: Ts48,
+    /// When a customer-facing alert about the parcel first fired (`Ts::MAX`:
+    /// none yet), and the index of its rule: in the parcel, as half of those
+    /// in flight are told and most of them never call.
+    told_at: Ts48,
+    told_by: u8,
     /// Event time of the event that set the current state.
     pub state_at: Ts48,
     pub last_scan_at: Ts48,
@@ -244,7 +258,7 @@ impl Parcel {
     pub(super) fn new(parcel_id: &str, gen: u8, at: Ts) -> Parcel {
         let len = parcel_id.len() as u16;
         Parcel {
-            blob: parcel_id.into(),
+            blob: ThinStr::concat([parcel_id]),
             ends: [len; 3],
             gen,
             locale: Sym::NONE,
@@ -256,9 +270,11 @@ impl Parcel {
             flags: 0,
             state: Kind::LabelCreated,
             fired: 0,
-            open_rule: NO_RULE,
-            open_at: Ts48::MIN,
+            open_rule: [NO_RULE; OPEN_KEPT],
+            open_at: [Ts48::MIN; OPEN_KEPT],
             state_since: Ts48::MIN,
+            told_at: Ts48::MAX,
+            told_by: NO_RULE,
             state_at: Ts48::MIN,
             last_scan_at: Ts48::MIN,
             last_event_at: at.into(),
@@ -324,15 +340,10 @@ impl Parcel {
             &s[..end]
         }
         let (name, phone, email) = (cap(name), cap(phone), cap(email));
-        let id_len = self.ends[0] as usize;
-        let mut blob = String::with_capacity(id_len + name.len() + phone.len() + email.len());
-        blob.push_str(&self.blob[..id_len]);
-        for (i, part) in [name, phone].into_iter().enumerate() {
-            blob.push_str(part);
-            self.ends[i + 1] = blob.len() as u16;
-        }
-        blob.push_str(email);
-        self.blob = blob.into_boxed_str();
+        let id = self.id();
+        let (name_end, phone_end) = (id.len() + name.len(), id.len() + name.len() + phone.len());
+        self.blob = ThinStr::concat([id, name, phone, email]);
+        self.ends[1..].copy_from_slice(&[name_end as u16, phone_end as u16]);
         self.flags |= HAS_RECIPIENT;
     }
 
@@ -413,16 +424,20 @@ impl Parcel {
 
     /// When a customer-facing alert first fired, `Ts::MAX` if none has.
     pub fn told_at(&self) -> Ts {
-        self.talk.as_ref().map_or(Ts::MAX, |t| t.told_at.get())
+        self.told_at.get()
+    }
+
+    /// The index of the rule whose alert spoke first ([`NO_RULE`] if none has).
+    pub fn told_by(&self) -> u8 {
+        self.told_by
     }
 
     /// Notes that rule `rule`'s customer-facing alert fired at `at`; true
     /// when it is the first to speak (only the first is noted).
     pub fn tell(&mut self, at: Ts, rule: u8) -> bool {
-        let talk = self.talk();
-        let first = talk.told_at == Ts48::MAX;
+        let first = self.told_at == Ts48::MAX;
         if first {
-            (talk.told_at, talk.told_by) = (at.into(), rule);
+            (self.told_at, self.told_by) = (at.into(), rule);
         }
         first
     }
@@ -450,23 +465,13 @@ pub struct Talk {
     pub times: [Ts48; 4],
     /// …and their topics (apart, so that no padding follows each).
     pub topics: [Topic; 4],
-    /// When a customer-facing alert about the parcel first fired (`Ts::MAX`: none yet)…
-    pub told_at: Ts48,
-    /// …and the index of its rule.
-    pub told_by: u8,
     /// The expected arrival last told, for the `revised` rules.
     pub estimate: Told,
 }
 
 impl Default for Talk {
     fn default() -> Self {
-        Talk {
-            times: [Ts48::MIN; 4],
-            topics: [Topic::Other; 4],
-            told_at: Ts48::MAX,
-            told_by: NO_RULE,
-            estimate: Told::default(),
-        }
+        Talk { times: [Ts48::MIN; 4], topics: [Topic::Other; 4], estimate: Told::default() }
     }
 }
 
@@ -509,6 +514,7 @@ pub fn take_recipient(p: &mut Parcel, event: &Event<'_>, syms: &mut Interner) {
 
 pub(in crate::engine) mod checkpoint;
 mod held;
+mod thin;
 
 #[cfg(test)]
 mod tests;

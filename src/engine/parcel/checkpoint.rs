@@ -40,7 +40,8 @@ impl Parcel {
             w.u(u64::from(*fp));
         }
         w.u(0);
-        match &self.talk {
+        let blank = Talk::default();
+        match self.talk.as_deref().or((self.told_at != Ts48::MAX).then_some(&blank)) {
             None => w.u(0),
             Some(talk) => {
                 // 1 was the contact times alone, 2 without the estimate told.
@@ -49,8 +50,8 @@ impl Parcel {
                     w.ts(t.get());
                     w.u(topic as u64);
                 }
-                w.ts(talk.told_at.get());
-                w.u(u64::from(talk.told_by));
+                w.ts(self.told_at.get());
+                w.u(u64::from(self.told_by));
                 let Told { first, last, on, by } = talk.estimate;
                 [first, last, on].into_iter().for_each(|d| w.u(u64::from(d)));
                 by.into_iter().for_each(|half| w.u(half));
@@ -120,16 +121,17 @@ impl Parcel {
                 }
             }
             if talk >= 2 {
-                t.told_at = r.ts()?.into();
+                p.told_at = r.ts()?.into();
                 let by = r.n(255, "rule")?;
-                t.told_by = remap.rules.get(by).copied().flatten().unwrap_or(NO_RULE);
+                p.told_by = remap.rules.get(by).copied().flatten().unwrap_or(NO_RULE);
             }
             if talk >= 3 {
                 let mut day = || r.n(usize::from(u16::MAX), "day").map(|d| d as u16);
                 let (first, last, on) = (day()?, day()?, day()?);
                 t.estimate = Told { first, last, on, by: [r.u()?, r.u()?] };
             }
-            p.talk = Some(Box::new(t));
+            // A parcel told but never contacted, with no estimate, keeps nothing more.
+            p.talk = (t != Talk::default()).then(|| Box::new(t));
         }
         for _ in 0..r.n(64, "open episodes")? {
             let (rule, at) = (r.n(255, "rule")?, r.ts()?);

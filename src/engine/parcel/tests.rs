@@ -26,10 +26,10 @@ fn seen_spills_and_forgets_the_oldest() {
 fn a_parcel_is_three_cache_lines() {
     // Every byte here is paid a million times and every line on every event.
     assert_eq!(std::mem::size_of::<Parcel>(), 192);
-    // Only parcels contacted or told have one (half of those in flight late
-    // on the national shapes): the estimate told (its days and the alert that
-    // told it) costs them 24 bytes, and the instants are 6 bytes each.
-    assert_eq!(std::mem::size_of::<Talk>(), 64, "a talk is one small allocation");
+    // Only parcels contacted or given an estimate have one: the estimate
+    // told (its days and the alert that told it) costs them 24 bytes, and
+    // the instants are 6 bytes each.
+    assert_eq!(std::mem::size_of::<Talk>(), 56, "a talk is one small allocation");
 }
 
 #[test]
@@ -58,24 +58,51 @@ fn contacts_keep_the_newest_four() {
     assert_eq!(p.contacts().map(|(t, _)| t.0 / 3_600_000).collect::<Vec<_>>(), [3, 5, 7, 9]);
     assert_eq!(p.told_at(), Ts::MAX);
     assert!(p.tell(Ts(4), 1) && !p.tell(Ts(5), 2), "the first telling is the one noted");
-    assert_eq!((p.told_at(), p.talk.as_ref().map(|t| t.told_by)), (Ts(4), Some(1)));
+    assert_eq!((p.told_at(), p.told_by()), (Ts(4), 1));
 }
 
 #[test]
-fn the_first_open_episode_needs_no_aside() {
+fn a_parcel_told_and_never_contacted_keeps_its_telling_in_itself_through_a_checkpoint() {
+    use crate::engine::codec::{Remap, R, W};
+    let mut w = Window::default();
+    let s = w.insert("P", parcel_hash("P"), Ts(0));
+    let p = w.get_mut(s);
+    p.set_contact(Some("Zoé"), Some("+33612345678"), None);
+    assert!(p.tell(Ts(7), 2));
+    assert!(p.talk.is_none(), "a telling alone allocates nothing");
+    let mut out = W::default();
+    p.save(&mut out);
+    let bytes = R::open(&out.snapshot().compress()).expect("opens");
+    let remap = Remap { rules: (0..4).map(Some).collect(), counts: Vec::new() };
+    let back = Parcel::load(&mut R { buf: &bytes, pos: 0 }, &remap).expect("loads");
+    assert_eq!((back.id(), back.name(), back.phone()), ("P", Some("Zoé"), Some("+33612345678")));
+    assert_eq!((back.told_at(), back.told_by(), back.talk.is_none()), (Ts(7), 2, true));
+    let mut contacted = back;
+    contacted.add_contact(Ts(9), crate::event::Topic::Track);
+    let mut out = W::default();
+    contacted.save(&mut out);
+    let bytes = R::open(&out.snapshot().compress()).expect("opens");
+    let back = Parcel::load(&mut R { buf: &bytes, pos: 0 }, &remap).expect("loads");
+    assert_eq!((back.told_at(), back.contacts().count()), (Ts(7), 1), "a contact keeps its talk");
+}
+
+#[test]
+fn the_first_two_open_episodes_need_no_aside() {
     let mut w = Window::default();
     let s = w.insert("P", parcel_hash("P"), Ts(0));
     let p = w.get_mut(s);
     p.open(Open { rule: 3, at: Ts(10) });
-    assert!(p.aside.is_none(), "one episode open stays in the parcel");
     p.open(Open { rule: 5, at: Ts(20) });
-    assert_eq!(p.open_rules(), 1 << 3 | 1 << 5);
+    assert!(p.aside.is_none(), "two episodes open stay in the parcel");
+    p.open(Open { rule: 6, at: Ts(25) });
+    assert!(p.aside.is_some(), "a third is set aside");
+    assert_eq!(p.open_rules(), 1 << 3 | 1 << 5 | 1 << 6);
     assert_eq!(p.take_open(3), Some(Open { rule: 3, at: Ts(10) }));
     assert_eq!(p.take_open(3), None);
     p.open(Open { rule: 7, at: Ts(30) });
     let opens: Vec<Open> = p.opens().collect();
-    assert_eq!(opens, [Open { rule: 7, at: Ts(30) }, Open { rule: 5, at: Ts(20) }]);
-    // A new pack without rule 5, and rule 7 moved to place 0.
+    assert_eq!(opens, [Open { rule: 7, at: Ts(30) }, Open { rule: 5, at: Ts(20) }, Open { rule: 6, at: Ts(25) }]);
+    // A new pack without rules 5 and 6, and rule 7 moved to place 0.
     let mut remap = vec![None; 8];
     remap[7] = Some(0);
     p.remap_rules(&remap);
