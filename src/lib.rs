@@ -4,7 +4,7 @@
 //! # Code map
 //!
 //! Events flow `event` → `engine` → `alert`; everything else drives or
-//! describes that flow. One dependency direction, from the bottom: `time`;
+//! describes that flow. One dependency direction, from the bottom: `time`, `buffer`;
 //! `partition`, `holdout`, `event`, `clock`; `rules`; `alert`; `engine`; `metrics`,
 //! `config`; `nats`, `replay`, `cases`, `simulate`; `report`, `dispatch`;
 //! `live`; `api`; the CLI on top. A module imports only the layers below its own
@@ -96,6 +96,7 @@
 
 pub mod alert;
 pub mod api;
+pub mod buffer;
 pub mod cases;
 pub mod clock;
 pub mod config;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::alert::{Alert, AlertState};
+use crate::buffer;
 use crate::engine::window::{parcel_hash, prefetch_staged};
 use crate::engine::{Judged, Split};
 use crate::event::{decode, Event, Reject, MAX_EVENT_BYTES};
@@ -359,7 +360,11 @@ pub fn write_alerts(
             AlertState::Resolved => counts.1 += 1,
         }
     }
-    sink.write_all(text)
+    buffer::release(out);
+    sink.write_all(text)?;
+    text.clear();
+    buffer::release(text);
+    Ok(())
 }
 
 fn write_reject(

@@ -47,6 +47,7 @@ pub use split::Split;
 pub use view::{Lookup, OpenAlert, ParcelView};
 
 use crate::alert::{Alert, AlertId, AlertState, ParcelFacts, RecipientFacts, TriggerFacts};
+use crate::buffer;
 use crate::event::{Event, Kind, Topic};
 use crate::holdout::Draw;
 use crate::partition;
@@ -254,6 +255,7 @@ impl Engine {
     /// The branch facts made since the last call, when the stage runs apart.
     pub fn take_facts(&mut self, into: &mut Vec<Fact>) {
         into.append(&mut self.facts);
+        buffer::release(&mut self.facts);
     }
 
     /// The contacts judged since the last call, and the parcels told for
@@ -261,6 +263,8 @@ impl Engine {
     pub fn take_judged(&mut self, into: &mut Vec<Judged>, told: &mut Vec<Draw>) {
         into.append(&mut self.judged);
         told.append(&mut self.told);
+        buffer::release(&mut self.judged);
+        buffer::release(&mut self.told);
     }
 
     /// Every timer at or before this instant has fired.

@@ -122,6 +122,7 @@ impl Split {
         for fact in self.facts.drain(..) {
             self.stage.add(fact);
         }
+        buffer::release(&mut self.facts);
         let slowest = self.watermarks.iter().copied().min().unwrap_or(Ts::MIN);
         if slowest > self.slowest {
             self.slowest = slowest;

@@ -10,7 +10,7 @@ use super::repo;
 
 /// From the bottom: a module may import the layers before its own.
 const LAYERS: &[&[&str]] = &[
-    &["time"],
+    &["time", "buffer"],
     &["partition", "holdout", "event", "clock"],
     &["rules"],
     &["alert"],

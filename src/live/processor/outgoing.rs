@@ -6,6 +6,7 @@
 use std::time::SystemTime;
 
 use super::{Processor, FACTS_HELD};
+use crate::buffer;
 use crate::live::publisher::PublishStats;
 use crate::metrics::METRICS;
 use crate::nats::{wire, LiveError};
@@ -23,6 +24,8 @@ impl Processor {
         METRICS.judged(&self.judged, &self.told, self.config.dispatch.holdout);
         self.judged.clear();
         self.told.clear();
+        buffer::release(&mut self.judged);
+        buffer::release(&mut self.told);
         self.flush().await
     }
 
@@ -48,5 +51,6 @@ impl Processor {
     fn facts_out(&mut self) {
         self.outgoing.extend(wire::facts(&self.facts, self.owned.count));
         self.facts.clear();
+        buffer::release(&mut self.facts);
     }
 }
