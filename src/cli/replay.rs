@@ -178,10 +178,11 @@ fn open_input(path: &Path) -> Result<(Input, Option<u64>)> {
     Ok((Input::Mapped(map), Some(meta.len())))
 }
 
-/// Gives back the pages of the input already replayed, 8 MiB at a time, so a
-/// long replay does not keep its whole input resident. Returns the new mark.
+/// Gives back the pages of the input already replayed, 2 MiB at a time, so a
+/// long replay does not keep its whole input resident (nor more of it than
+/// a few bytes a parcel at the peak). Returns the new mark.
 fn release(map: &memmap2::Mmap, released: usize, done: usize) -> usize {
-    const STEP: usize = 8 << 20;
+    const STEP: usize = 2 << 20;
     if done - released < STEP {
         return released;
     }

@@ -1,6 +1,6 @@
 //! The in-memory window of in-flight parcels, laid out for a million of them.
 //!
-//! Parcels live in a slab (`Vec<Parcel>`, slots reused) found through an
+//! Parcels live in a slab (chunks that never move, `slab.rs`; slots reused) found through an
 //! open-addressing table of 8-byte entries (32-bit hash tag + slot). The
 //! parcel id and the recipient's strings share one allocation; repeated
 //! strings (facility, branch, service, locale, time zone) are interned.
@@ -13,6 +13,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::parcel::Parcel;
 use super::sym::prefetch;
 use crate::time::Ts;
+use slab::Slab;
 
 /// Hashes a parcel id; the same function keys the table and the tombstones.
 pub fn parcel_hash(parcel_id: &str) -> u64 {
@@ -40,7 +41,7 @@ pub fn prefetch_staged<T>(batch: &[T], mut stage: impl FnMut(&T, u8)) {
 
 /// The parcels, with lookup by id in one probe of an 8-byte-entry table.
 pub struct Window {
-    slots: Vec<Parcel>,
+    slots: Slab,
     free: Vec<u32>,
     table: Vec<u64>,
     len: usize,
@@ -49,7 +50,7 @@ pub struct Window {
 
 impl Default for Window {
     fn default() -> Self {
-        Window { slots: Vec::new(), free: Vec::new(), table: vec![EMPTY; 1024], len: 0, next_gen: 0 }
+        Window { slots: Slab::default(), free: Vec::new(), table: vec![EMPTY; 1024], len: 0, next_gen: 0 }
     }
 }
 
@@ -136,10 +137,7 @@ impl Window {
                 self.slots[s as usize] = parcel;
                 s
             }
-            None => {
-                self.slots.push(parcel);
-                (self.slots.len() - 1) as u32
-            }
+            None => self.slots.push(parcel),
         };
         self.place(hash >> 32, slot);
         self.len += 1;
@@ -240,6 +238,7 @@ impl Tombstones {
 }
 
 pub(in crate::engine) mod checkpoint;
+mod slab;
 
 #[cfg(test)]
 mod tests;

@@ -33,7 +33,7 @@ impl Window {
         w.u(self.free.len() as u64);
         self.free.iter().for_each(|f| w.u(u64::from(*f)));
         w.u(self.slots.len() as u64);
-        for p in &self.slots {
+        for p in self.slots.iter() {
             if p.is_vacant() {
                 w.u(0);
             } else {
@@ -51,7 +51,7 @@ impl Window {
             free.push(r.u32()?);
         }
         let count = r.n(u32::MAX as usize, "slots")?;
-        let mut slots = Vec::with_capacity(count);
+        let mut slots = Slab::default();
         for _ in 0..count {
             slots.push(if r.u()? == 0 { Parcel::new("", 0, Ts::MIN) } else { Parcel::load(r, remap)? });
         }
