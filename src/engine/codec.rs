@@ -88,11 +88,15 @@ pub struct Snapshot(Vec<u8>);
 
 impl Snapshot {
     /// The checkpoint bytes: versioned and LZ4-compressed.
+    /// Sized exactly: a checkpoint round holds every object it took until
+    /// they are stored, and LZ4's own buffer has room for the worst case.
     pub fn compress(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.0.len() / 3 + 16);
+        let compressed = lz4_flex::compress_prepend_size(&self.0);
+        drop(self);
+        let mut out = Vec::with_capacity(MAGIC.len() + 4 + compressed.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&lz4_flex::compress_prepend_size(&self.0));
+        out.extend_from_slice(&compressed);
         out
     }
 
