@@ -351,7 +351,7 @@ pub fn write_alerts(
     if out.is_empty() {
         return Ok(());
     }
-    text.clear();
+    // `text` is left empty by every call: one write of this batch.
     for a in out.drain(..) {
         a.write_json_line(text);
         let counts = summary.alerts.entry(Arc::clone(&a.rule)).or_default();
@@ -361,10 +361,10 @@ pub fn write_alerts(
         }
     }
     buffer::release(out);
-    sink.write_all(text)?;
+    let written = sink.write_all(text);
     text.clear();
     buffer::release(text);
-    Ok(())
+    written
 }
 
 fn write_reject(

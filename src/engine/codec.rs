@@ -92,6 +92,7 @@ impl Snapshot {
     /// they are stored, and LZ4's own buffer has room for the worst case.
     pub fn compress(self) -> Vec<u8> {
         let compressed = lz4_flex::compress_prepend_size(&self.0);
+        // The raw state goes before the copy is made: one large buffer less at once.
         drop(self);
         let mut out = Vec::with_capacity(MAGIC.len() + 4 + compressed.len());
         out.extend_from_slice(MAGIC);

@@ -1,7 +1,8 @@
 //! The in-memory window of in-flight parcels, laid out for a million of them.
 //!
-//! Parcels live in a slab (chunks that never move, `slab.rs`; slots reused) found through an
-//! open-addressing table of 8-byte entries (32-bit hash tag + slot). The
+//! Parcels live in a slab (chunks that never move, `slab.rs`; slots
+//! reused) found through an open-addressing table of 8-byte entries (32-bit
+//! hash tag + slot). The
 //! parcel id and the recipient's strings share one allocation; repeated
 //! strings (facility, branch, service, locale, time zone) are interned.
 //! Measured alternatives (moka: ~335 B/entry and wall-clock expiry only;
