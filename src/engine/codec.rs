@@ -88,17 +88,27 @@ pub struct Snapshot(Vec<u8>);
 
 impl Snapshot {
     /// The checkpoint bytes: versioned and LZ4-compressed.
-    /// Sized exactly: a checkpoint round holds every object it took until
-    /// they are stored, and LZ4's own buffer has room for the worst case.
     pub fn compress(self) -> Vec<u8> {
-        let compressed = lz4_flex::compress_prepend_size(&self.0);
-        // The raw state goes before the copy is made: one large buffer less at once.
-        drop(self);
-        let mut out = Vec::with_capacity(MAGIC.len() + 4 + compressed.len());
+        let mut out = Vec::new();
+        self.compress_into(&mut out);
+        out
+    }
+
+    /// Appends the checkpoint bytes to `out`, whose room is reused: a
+    /// checkpoint round compresses object after object into one buffer.
+    pub fn compress_into(self, out: &mut Vec<u8>) {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&compressed);
-        out
+        // The size first, as `lz4_flex::decompress_size_prepended` reads it.
+        out.extend_from_slice(&(self.0.len() as u32).to_le_bytes());
+        let start = out.len();
+        let room = lz4_flex::block::get_maximum_output_size(self.0.len());
+        // Exactly: a doubled buffer would hold twice the largest object for the whole round.
+        out.reserve_exact(room);
+        out.resize(start + room, 0);
+        let written = lz4_flex::block::compress_into(&self.0, &mut out[start..])
+            .expect("LZ4 always fits in its maximum output size");
+        out.truncate(start + written);
     }
 
     pub fn len(&self) -> usize {

@@ -11,8 +11,9 @@
 //! the next checkpoint. The loop runs on a thread of its own. On a timer, after enough
 //! events, or when a backlog was just worked off: a checkpoint round, one
 //! changed engine or stage a turn of the loop, the messages flowing between
-//! turns; its objects stored in the background, and only then each
-//! partition's watermark mark published. Nothing is acknowledged: the
+//! turns; each object stored in the background as soon as the outbox has
+//! stored what it covers, and once all are, each partition's watermark mark
+//! published. Nothing is acknowledged: the
 //! checkpoint's positions are where a restart resumes.
 //!
 //! Beside it: `intake.rs` takes what comes in (events, branch facts, dead
@@ -31,7 +32,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use checkpoint::{committed, Commit};
+use checkpoint::{committed, next_turn, Commit, Permit};
 
 use super::input::{next_message, Input};
 use super::publisher::{PublishStats, Publisher};
@@ -287,7 +288,7 @@ enum Step {
     Tick,
     Reload,
     Committed(Result<Commit, LiveError>),
-    Turn,
+    Turn(Permit),
     Lookup(async_nats::Message),
     Message(usize, Option<Result<Box<Delivery>, PullError>>),
 }
@@ -308,8 +309,8 @@ impl Processor {
                     _ = controls.stop.changed() => Step::Stop,
                     Some(()) = controls.reload.recv() => Step::Reload,
                     result = committed(&mut storing) => Step::Committed(result),
-                    // A round under way takes its next object whenever the loop comes round.
-                    _ = std::future::ready(()), if round.is_some() => Step::Turn,
+                    // A round under way takes its next object once its store task can take it.
+                    permit = next_turn(&round) => Step::Turn(permit),
                     _ = tick.tick() => Step::Tick,
                     Some(request) = self.lookups.next() => Step::Lookup(request),
                     m = next_message(scans) => Step::Message(0, m.map(|r| r.map(Box::new))),
@@ -321,7 +322,13 @@ impl Processor {
                 Step::Stop => break,
                 Step::Reload => self.reload(),
                 Step::Committed(result) => self.commit(result).await?,
-                Step::Turn => {}
+                Step::Turn(permit) => {
+                    if let Some(ongoing) = round.as_mut() {
+                        if self.turn(ongoing, permit).await {
+                            storing = round.take().map(checkpoint::Round::end);
+                        }
+                    }
+                }
                 Step::Lookup(request) => self.lookup(request).await,
                 Step::Tick => {
                     if self.reconnected() {
@@ -386,9 +393,6 @@ impl Processor {
                 self.backlog = by_count;
                 round = Some(self.begin_round());
             }
-            if let Some(task) = self.turn(&mut round).await {
-                storing = Some(task);
-            }
         }
         // Stop pulling, store what was done.
         tracing::info!("stopping: checkpointing");
@@ -396,8 +400,8 @@ impl Processor {
             input.messages = None;
         }
         // A round under way ends first: what it took is no longer marked changed.
-        while round.is_some() {
-            storing = self.turn(&mut round).await.or(storing);
+        if let Some(ongoing) = round.take() {
+            storing = Some(self.finish_round(ongoing).await);
         }
         if let Some(task) = storing.take() {
             let result = task.await.unwrap_or_else(|e| Err(LiveError::nats("checkpoint task", e)));

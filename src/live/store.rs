@@ -46,6 +46,13 @@ pub fn object_name(kind: Kind, partition: u16) -> String {
 impl Saved {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.state.len() + 64);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the object to `out`: a state left empty here can be
+    /// appended after it, straight into the same buffer.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.push(match self.kind {
@@ -59,7 +66,6 @@ impl Saved {
         out.extend_from_slice(&(self.marks.len() as u32).to_le_bytes());
         self.marks.iter().for_each(|m| out.extend_from_slice(&m.0.to_le_bytes()));
         out.extend_from_slice(&self.state);
-        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Saved, String> {
@@ -132,11 +138,10 @@ pub async fn load(
     Ok(Some(saved))
 }
 
-/// Stores a checkpoint object; the previous one stays readable until this one is whole.
-pub async fn save(store: &ObjectStore, saved: &Saved) -> Result<(), LiveError> {
-    let bytes = saved.encode();
-    let name = object_name(saved.kind, saved.partition);
-    store.put(name.as_str(), &mut bytes.as_slice()).await.map_err(|e| LiveError::nats("checkpoint write", e))?;
+/// Stores an encoded checkpoint object under `name`; the previous one stays
+/// readable until this one is whole.
+pub async fn save(store: &ObjectStore, name: &str, bytes: &[u8]) -> Result<(), LiveError> {
+    store.put(name, &mut &bytes[..]).await.map_err(|e| LiveError::nats("checkpoint write", e))?;
     Ok(())
 }
 

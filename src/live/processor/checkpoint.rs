@@ -1,22 +1,32 @@
 //! The processor's checkpoints, taken in rounds that leave the stream
 //! flowing: a round notes how far each input stream is read, then snapshots
 //! one changed engine or stage per turn of the loop (the stream stops for
-//! that one only, `forewarn_checkpoint_pause_seconds`) and compresses it
-//! beside the stream. When every object is taken, a barrier goes to the
-//! outbox; the objects are stored in the background once it is answered
-//! (nothing a checkpoint covers can be missing from the streams, and the
-//! stream does not wait for the acknowledgements), and only then each
-//! partition's watermark is announced to the branch stages and each input's
-//! position said (`forewarn_checkpoint_position`): everything read before
-//! the round began is in an object taken after it. The positions in the
-//! checkpoint are the acknowledgement: a restart resumes right after them.
+//! that one only, `forewarn_checkpoint_pause_seconds`) and puts a barrier in
+//! the outbox behind everything the engines said until then. The round's
+//! store task takes the objects one by one: it compresses one beside the
+//! stream, waits for its barrier (nothing an object covers can be missing
+//! from the streams) and stores it, while the loop takes the next; a turn
+//! waits until the task is ready for another object, so a round holds two
+//! objects at most, whatever the number of partitions. Each object holds
+//! its own positions, so one stored early is as good as one stored last.
+//! Once all are stored, each partition's watermark is announced to the
+//! branch stages and each input's position said
+//! (`forewarn_checkpoint_position`): everything read before the round began
+//! is in an object taken after it. The positions in the checkpoint are the
+//! acknowledgement: a restart resumes right after them.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::object_store::ObjectStore;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::super::store::{self, Kind, Saved};
 use super::{Processor, RoundSpan, ROUNDS_KEPT};
+use crate::engine::Snapshot;
+use crate::live::publisher::PublishStats;
 use crate::metrics::METRICS;
 use crate::nats::{connect, wire, LiveError};
 use crate::time::Ts;
@@ -33,6 +43,21 @@ pub(super) struct Commit {
     bytes: usize,
 }
 
+/// Resolves once the outbox stored everything said before an object was taken.
+type Settled = Pin<Box<dyn Future<Output = Result<PublishStats, LiveError>> + Send>>;
+
+/// An object taken on the loop, on its way to the store: its header (the
+/// state left empty), the state, and its barrier.
+pub(super) struct Taken {
+    object: Saved,
+    snapshot: Snapshot,
+    settled: Result<Settled, LiveError>,
+}
+
+/// A turn's leave to take an object: the store task is ready for it.
+/// `None` when the task has ended early (its error ends the round).
+pub(super) type Permit = Option<mpsc::OwnedPermit<Taken>>;
+
 /// A checkpoint being taken, an object a turn.
 pub(super) struct Round {
     began: Instant,
@@ -41,7 +66,71 @@ pub(super) struct Round {
     /// Engines (false) and stages (true) still to visit.
     todo: Vec<(bool, u16)>,
     marks: Vec<(u16, Ts)>,
-    compressing: Vec<JoinHandle<Saved>>,
+    /// To the store task: one object waits there while another is stored.
+    taken: mpsc::Sender<Taken>,
+    stored: JoinHandle<Result<Stored, LiveError>>,
+}
+
+impl Round {
+    /// Resolves when the store task can take the next object.
+    pub(super) fn permit(&self) -> impl Future<Output = Permit> + 'static {
+        let taken = self.taken.clone();
+        async move { taken.reserve_owned().await.ok() }
+    }
+
+    /// Every object taken: what this returns resolves once they are stored.
+    pub(super) fn end(self) -> JoinHandle<Result<Commit, LiveError>> {
+        let Round { began, events, covered, marks, taken, stored, .. } = self;
+        drop(taken);
+        tokio::spawn(async move {
+            let Stored { objects, bytes } =
+                stored.await.unwrap_or_else(|e| Err(LiveError::nats("checkpoint task", e)))?;
+            tracing::debug!(objects, bytes, took_ms = began.elapsed().as_millis() as u64, "checkpoint stored");
+            Ok(Commit { began, events, covered, marks, took: began.elapsed(), bytes })
+        })
+    }
+}
+
+/// What a round's store task stored.
+#[derive(Default)]
+struct Stored {
+    objects: usize,
+    bytes: usize,
+}
+
+/// A round's store task: each object compressed (into one buffer, reused),
+/// then stored once its barrier is answered.
+async fn store_objects(
+    store: ObjectStore,
+    client: async_nats::Client,
+    mut taken: mpsc::Receiver<Taken>,
+) -> Result<Stored, LiveError> {
+    let mut stored = Stored::default();
+    let mut buffer = Vec::new();
+    while let Some(Taken { object, snapshot, settled }) = taken.recv().await {
+        let name = store::object_name(object.kind, object.partition);
+        buffer = tokio::task::spawn_blocking(move || {
+            buffer.clear();
+            object.encode_into(&mut buffer);
+            snapshot.compress_into(&mut buffer);
+            buffer
+        })
+        .await
+        .map_err(|e| LiveError::nats("checkpoint compression", e))?;
+        settled?.await?;
+        // A store cut off by an outage fails at the reconnection, not
+        // after its writes' ack timeouts: the next round starts at once.
+        let connection = connect::connection(&client);
+        tokio::select! {
+            result = store::save(&store, &name, &buffer) => result?,
+            () = connect::replaced(&client, connection) => {
+                return Err(LiveError::nats("checkpoint write", "the connection to NATS was lost"));
+            }
+        }
+        stored.objects += 1;
+        stored.bytes += buffer.len();
+    }
+    Ok(stored)
 }
 
 pub(super) async fn committed(task: &mut Option<JoinHandle<Result<Commit, LiveError>>>) -> Result<Commit, LiveError> {
@@ -55,6 +144,14 @@ pub(super) async fn committed(task: &mut Option<JoinHandle<Result<Commit, LiveEr
     }
 }
 
+/// Resolves with the next turn's permit of the round under way, if any.
+pub(super) async fn next_turn(round: &Option<Round>) -> Permit {
+    match round {
+        Some(round) => round.permit().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Processor {
     /// Begins a round: what every input has given so far is what it covers.
     pub(super) fn begin_round(&mut self) -> Round {
@@ -62,20 +159,23 @@ impl Processor {
         self.last_checkpoint = Instant::now();
         let mut todo: Vec<(bool, u16)> = self.stages.keys().map(|&p| (true, p)).collect();
         todo.extend(self.parts.keys().map(|&p| (false, p)));
+        let (taken, objects) = mpsc::channel(1);
         Round {
             began: Instant::now(),
             events: self.summary.events,
             covered: self.inputs.iter().map(|i| (i.stream.clone(), i.last_seq)).collect(),
             todo,
             marks: Vec::new(),
-            compressing: Vec::new(),
+            taken,
+            stored: tokio::spawn(store_objects(self.store.clone(), self.client.clone(), objects)),
         }
     }
 
-    /// One turn of a round: the next object taken, or, when all are, the
-    /// store begun behind an outbox barrier (the round is then over).
-    pub(super) async fn turn(&mut self, ongoing: &mut Option<Round>) -> Option<JoinHandle<Result<Commit, LiveError>>> {
-        let round = ongoing.as_mut()?;
+    /// One turn of a round, once the store task can take an object: the
+    /// next changed one taken. True when there is none left to take (or the
+    /// store task has ended): the round is over.
+    pub(super) async fn turn(&mut self, round: &mut Round, permit: Permit) -> bool {
+        let Some(permit) = permit else { return true };
         let paused = Instant::now();
         let count = self.owned.count;
         while let Some((is_stage, p)) = round.todo.pop() {
@@ -108,60 +208,30 @@ impl Processor {
                 })
             };
             if let Some((object, snapshot)) = taken {
-                round
-                    .compressing
-                    .push(tokio::task::spawn_blocking(move || Saved { state: snapshot.compress(), ..object }));
+                // Everything the object covers was handed to the outbox before it was taken.
+                let settled = self.barrier().await.map(|settled| Box::pin(settled) as Settled);
+                permit.send(Taken { object, snapshot, settled });
                 METRICS.checkpoint_pause.observe(paused.elapsed().as_secs_f64());
-                return None;
+                return false;
             }
         }
-        // Everything the objects cover was handed to the outbox before they
-        // were taken; they are stored once the outbox has stored all of it.
-        let settled = self.barrier().await;
-        METRICS.checkpoint_pause.observe(paused.elapsed().as_secs_f64());
-        let Round { began, events, covered, marks, compressing, .. } = ongoing.take()?;
-        let store = self.store.clone();
-        let client = self.client.clone();
-        Some(tokio::spawn(async move {
-            settled?.await?;
-            let connection = connect::connection(&client);
-            let mut objects = Vec::with_capacity(compressing.len());
-            for task in compressing {
-                objects.push(task.await.map_err(|e| LiveError::nats("checkpoint compression", e))?);
+        true
+    }
+
+    /// A round taken to its end (when stopping).
+    pub(super) async fn finish_round(&mut self, mut round: Round) -> JoinHandle<Result<Commit, LiveError>> {
+        loop {
+            let permit = round.permit().await;
+            if self.turn(&mut round, permit).await {
+                return round.end();
             }
-            let bytes: usize = objects.iter().map(|o| o.state.len()).sum();
-            // A store cut off by an outage fails at the reconnection, not
-            // after its writes' ack timeouts: the next round starts at once.
-            let saved = async {
-                for object in &objects {
-                    store::save(&store, object).await?;
-                }
-                Ok::<(), LiveError>(())
-            };
-            tokio::select! {
-                result = saved => result?,
-                () = connect::replaced(&client, connection) => {
-                    return Err(LiveError::nats("checkpoint write", "the connection to NATS was lost"));
-                }
-            }
-            tracing::debug!(
-                objects = objects.len(),
-                bytes,
-                took_ms = began.elapsed().as_millis() as u64,
-                "checkpoint stored"
-            );
-            Ok(Commit { began, events, covered, marks, took: began.elapsed(), bytes })
-        }))
+        }
     }
 
     /// A whole round at once (when stopping).
     pub(super) async fn checkpoint_now(&mut self) -> JoinHandle<Result<Commit, LiveError>> {
-        let mut round = Some(self.begin_round());
-        loop {
-            if let Some(task) = self.turn(&mut round).await {
-                return task;
-            }
-        }
+        let round = self.begin_round();
+        self.finish_round(round).await
     }
 
     /// After a checkpoint is stored: say what it covers, announce the watermarks.
