@@ -56,6 +56,7 @@ pub struct Metrics {
     pub checkpoint_position: IntGaugeVec,
     pub stalls: IntCounterVec,
     pub publish_retries: IntCounter,
+    pub outbox_alerts: IntGauge,
     // Rules and alerts.
     pub alerts: IntCounterVec,
     pub reloads: IntCounterVec,
@@ -217,6 +218,11 @@ impl Metrics {
                 "Publishes into JetStream sent again (not stored yet: an outage, a full disk, a timeout).",
             )
             .expect("valid"),
+            outbox_alerts: IntGauge::new(
+                "forewarn_outbox_alerts",
+                "Alerts handed to the outbox and not sent yet; the processor waits past 65,536.",
+            )
+            .expect("valid"),
             alerts: counter(
                 "forewarn_alerts_total",
                 "Alerts published, by rule, state (firing, resolved) and audience.",
@@ -341,6 +347,7 @@ impl Metrics {
             Box::new(m.checkpoint_position.clone()),
             Box::new(m.stalls.clone()),
             Box::new(m.publish_retries.clone()),
+            Box::new(m.outbox_alerts.clone()),
             Box::new(m.alerts.clone()),
             Box::new(m.reloads.clone()),
             Box::new(m.notifications.clone()),

@@ -56,6 +56,8 @@ use crate::time::Ts;
 const DRAIN: usize = 512;
 /// Inputs this long without a message are quiet (see `worked_off`).
 const QUIET: Duration = Duration::from_millis(100);
+/// Alerts made in a run of messages before they go to the outbox, mid-run.
+const ALERTS_HELD: usize = 16_384;
 /// Branch facts held before they are sent (else at the next checkpoint).
 const FACTS_HELD: usize = 8192;
 
@@ -374,7 +376,15 @@ impl Processor {
                             _ => break,
                         }
                     }
-                    self.handle(i, &batch);
+                    // A burst of alerts (a deadline crossing fires a day's
+                    // deadlines at once) goes out as it comes, the outbox
+                    // holding at most its room of them.
+                    for run in batch.chunks(intake::BATCH) {
+                        self.handle(i, run);
+                        if self.alerts.len() >= ALERTS_HELD {
+                            self.publish().await?;
+                        }
+                    }
                     batch.clear();
                     // What the messages made goes out once per run of messages, facts in batches.
                     self.publish().await?;

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::future::IntoFuture;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
@@ -19,7 +20,7 @@ use futures::future::join_all;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::Readiness;
 use crate::alert::Alert;
@@ -31,6 +32,11 @@ use crate::nats::{connect, LiveError};
 const MAX_PENDING: usize = 8192;
 /// Batches of messages handed over and not yet sent before a sender waits.
 const QUEUED: usize = 256;
+/// Alerts handed over and not yet sent before a sender waits: a burst (a
+/// deadline crossing fires a day's deadlines at once, 100,000 alerts of
+/// 480 bytes on a national network of 1 M parcels) waits in the engines,
+/// not in the queue.
+pub const QUEUED_ALERTS: usize = 65_536;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PublishStats {
@@ -46,13 +52,16 @@ pub struct PublishStats {
 /// hand-over a batch of messages.
 pub struct Publisher {
     jobs: mpsc::Sender<Job>,
+    /// Room for [`QUEUED_ALERTS`] alerts not yet sent.
+    room: Arc<Semaphore>,
 }
 
 enum Job {
     Send(Vec<Outgoing>),
     /// Alerts, each with when what made it arrived: counted and made
     /// messages by the outbox, beside the loop that made them.
-    Alerts(Vec<Alert>, Vec<SystemTime>),
+    /// The permit holds their room in the queue until they are sent.
+    Alerts(Vec<Alert>, Vec<SystemTime>, OwnedSemaphorePermit),
     /// Answered when every message handed over before it is stored.
     Barrier(oneshot::Sender<PublishStats>),
 }
@@ -68,7 +77,7 @@ impl Publisher {
     pub fn start(js: &Context, readiness: Option<Readiness>) -> Publisher {
         let (jobs, queue) = mpsc::channel(QUEUED);
         tokio::spawn(Outbox::new(js, readiness).work(queue));
-        Publisher { jobs }
+        Publisher { jobs, room: Arc::new(Semaphore::new(QUEUED_ALERTS)) }
     }
 
     /// Hands `outs` over together (nothing if empty); their storage is
@@ -85,7 +94,11 @@ impl Publisher {
         if alerts.is_empty() {
             return Ok(());
         }
-        self.jobs.send(Job::Alerts(alerts, arrived)).await.map_err(|_| gone())
+        // A batch larger than the room takes all of it: it waits for the queue to empty.
+        let room = alerts.len().min(QUEUED_ALERTS) as u32;
+        let permit = self.room.clone().acquire_many_owned(room).await.map_err(|_| gone())?;
+        METRICS.outbox_alerts.add(alerts.len() as i64);
+        self.jobs.send(Job::Alerts(alerts, arrived, permit)).await.map_err(|_| gone())
     }
 
     /// What resolves, with the counts so far, once every message handed
@@ -159,13 +172,16 @@ impl Outbox {
                         self.send(out).await;
                     }
                 }
-                Job::Alerts(alerts, arrived) => {
-                    for (alert, arrived) in alerts.iter().zip(arrived) {
+                Job::Alerts(alerts, arrived, room) => {
+                    // Each alert dropped once sent: a large batch gives back as it goes.
+                    for (alert, arrived) in alerts.into_iter().zip(arrived) {
                         for audience in alert.audience.names() {
                             METRICS.alerts.with_label_values(&[&alert.rule, alert.state.as_str(), audience]).inc();
                         }
-                        self.send(wire::alert(alert, arrived)).await;
+                        self.send(wire::alert(&alert, arrived)).await;
+                        METRICS.outbox_alerts.dec();
                     }
+                    drop(room);
                 }
                 Job::Barrier(done) => {
                     self.pending.push_back(Entry::Barrier(done));

@@ -16,7 +16,7 @@ use crate::partition;
 use crate::time::Ts;
 
 /// Events decoded together before the first of them is applied.
-const BATCH: usize = 32;
+pub(super) const BATCH: usize = 32;
 
 /// A scan or contact admitted to its partition's engine, its parcel's
 /// memory hinted to the CPU.
