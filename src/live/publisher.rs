@@ -36,7 +36,7 @@ const QUEUED: usize = 256;
 /// deadline crossing fires a day's deadlines at once, 100,000 alerts of
 /// 480 bytes on a national network of 1 M parcels) waits in the engines,
 /// not in the queue.
-pub const QUEUED_ALERTS: usize = 65_536;
+const QUEUED_ALERTS: usize = 65_536;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PublishStats {

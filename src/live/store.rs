@@ -44,12 +44,6 @@ pub fn object_name(kind: Kind, partition: u16) -> String {
 }
 
 impl Saved {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.state.len() + 64);
-        self.encode_into(&mut out);
-        out
-    }
-
     /// Appends the object to `out`: a state left empty here can be
     /// appended after it, straight into the same buffer.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
@@ -159,7 +153,8 @@ mod tests {
             marks: vec![Ts(1), Ts(-5)],
             state: b"engine bytes".to_vec(),
         };
-        let bytes = saved.encode();
+        let mut bytes = Vec::new();
+        saved.encode_into(&mut bytes);
         assert_eq!(Saved::decode(&bytes), Ok(saved));
         assert_eq!(Saved::decode(&bytes[..10]).unwrap_err(), "truncated");
         let mut future = bytes.clone();

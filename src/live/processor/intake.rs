@@ -29,30 +29,29 @@ struct Ready<'m> {
 }
 
 impl Processor {
-    /// Messages of input `i`, in order: each skipped when this consumer gave
-    /// it before, else to its engine or stages. Scans and contacts are
-    /// decoded [`BATCH`] at a time and their parcels prefetched before any of
-    /// them is applied, so the cache misses of a large window overlap (as in
-    /// replay) instead of queueing one event after another.
-    pub(super) fn handle(&mut self, i: usize, messages: &[Delivery]) {
-        for chunk in messages.chunks(BATCH) {
-            let now = Instant::now();
-            let mut ready = Vec::with_capacity(chunk.len());
-            for delivery in chunk {
-                if !self.take(i, delivery.seq, now) {
-                    continue;
-                }
-                match self.inputs[i].which {
-                    Which::Scans => ready.extend(self.admit(0, delivery, now)),
-                    Which::Contacts => ready.extend(self.admit(1, delivery, now)),
-                    Which::Facts => self.fact(delivery.seq, &delivery.message),
-                }
+    /// A run of at most [`BATCH`] messages of input `i`, in order: each
+    /// skipped when this consumer gave it before, else to its engine or
+    /// stages. Scans and contacts are decoded together and their parcels
+    /// prefetched before any of them is applied, so the cache misses of a
+    /// large window overlap (as in replay) instead of queueing one event
+    /// after another.
+    pub(super) fn handle(&mut self, i: usize, run: &[Delivery]) {
+        let now = Instant::now();
+        let mut ready = Vec::with_capacity(run.len());
+        for delivery in run {
+            if !self.take(i, delivery.seq, now) {
+                continue;
             }
-            let parts = &self.parts;
-            prefetch_staged(&ready, |r, stage| parts[&r.partition].engine.prefetch(stage, r.hash));
-            for r in ready {
-                self.apply(r);
+            match self.inputs[i].which {
+                Which::Scans => ready.extend(self.admit(0, delivery, now)),
+                Which::Contacts => ready.extend(self.admit(1, delivery, now)),
+                Which::Facts => self.fact(delivery.seq, &delivery.message),
             }
+        }
+        let parts = &self.parts;
+        prefetch_staged(&ready, |r, stage| parts[&r.partition].engine.prefetch(stage, r.hash));
+        for r in ready {
+            self.apply(r);
         }
     }
 
