@@ -171,10 +171,15 @@ fn main() {
         println!("published      {:?}", summary.published);
         let pause = &METRICS.checkpoint_pause;
         let (n, stopped) = (pause.get_sample_count(), pause.get_sample_sum());
+        let objects = |kind: &str| METRICS.checkpoint_objects.with_label_values(&[kind]).get();
         println!(
-            "checkpoints    {}: the stream stopped {stopped:.2} s in {n} pauses for them ({:.1} % of the run)",
+            "checkpoints    {}: the stream stopped {stopped:.2} s in {n} pauses for them ({:.1} % of the run); \
+             objects: {} engines whole, {} as changes, {} stages",
             summary.checkpoints,
             100.0 * stopped / took.as_secs_f64(),
+            objects("engine"),
+            objects("changes"),
+            objects("stage"),
         );
         // The stream's pace while a checkpoint is taken and stored, and between checkpoints.
         let end = t + through;

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub checkpoint_last: IntGauge,
     pub checkpoint_waiting: IntGauge,
     pub checkpoint_position: IntGaugeVec,
+    pub checkpoint_objects: IntCounterVec,
     pub stalls: IntCounterVec,
     pub publish_retries: IntCounter,
     pub outbox_alerts: IntGauge,
@@ -202,6 +203,12 @@ impl Metrics {
                  restart resumes after it; the stream must keep what comes after.",
                 &["stream"],
             ),
+            checkpoint_objects: counter(
+                "forewarn_checkpoint_objects_total",
+                "Checkpoint objects stored, by kind: an engine whole (engine), an engine's changes since its \
+                 whole object (changes, while they are at most half its slots), a branch stage (stage).",
+                &["kind"],
+            ),
             checkpoint_waiting: IntGauge::new(
                 "forewarn_checkpoint_waiting_seconds",
                 "How long changes have waited for a stored checkpoint (0: none wait).",
@@ -345,6 +352,7 @@ impl Metrics {
             Box::new(m.checkpoint_last.clone()),
             Box::new(m.checkpoint_waiting.clone()),
             Box::new(m.checkpoint_position.clone()),
+            Box::new(m.checkpoint_objects.clone()),
             Box::new(m.stalls.clone()),
             Box::new(m.publish_retries.clone()),
             Box::new(m.outbox_alerts.clone()),

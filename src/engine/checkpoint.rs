@@ -82,6 +82,47 @@ fn get_stats(r: &mut R<'_>) -> Result<Stats, CheckpointError> {
     })
 }
 
+/// What a snapshot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// The whole state; the window's changes count from it.
+    Whole,
+    /// The window's slots written since the last whole snapshot, the rest of
+    /// the state whole: restored on top of that one ([`Engine::restore_changes`]).
+    Changes,
+}
+
+/// The rule ids and counter places a checkpoint was saved under.
+struct SavedRules {
+    rules: Vec<Option<u8>>,
+    counted: Vec<(Kind, usize)>,
+}
+
+impl SavedRules {
+    fn read(r: &mut R<'_>, set: &RuleSet) -> Result<SavedRules, CheckpointError> {
+        let saved_rules = r.n(r.buf.len(), "rule count")?;
+        let mut rules = Vec::with_capacity(saved_rules);
+        for _ in 0..saved_rules {
+            rules.push(set.find(r.s()?).map(|i| i as u8));
+        }
+        let mut counted = Vec::new();
+        for _ in 0..r.n(Kind::ALL.len(), "counted kinds")? {
+            let (kind, place) = (r.kind()?, r.n(255, "counter place")?);
+            counted.push((kind, place));
+        }
+        Ok(SavedRules { rules, counted })
+    }
+
+    /// The map from the saved rules and counters onto the current `plan`'s.
+    fn remap(self, plan: &Plan) -> Remap {
+        let mut counts = vec![None; self.counted.iter().map(|(_, p)| p + 1).max().unwrap_or(0)];
+        for (kind, place) in self.counted {
+            counts[place] = plan.counted[kind as usize];
+        }
+        Remap { rules: self.rules, counts }
+    }
+}
+
 impl Engine {
     /// The engine's whole state, compressed.
     pub fn checkpoint(&self) -> Vec<u8> {
@@ -90,8 +131,28 @@ impl Engine {
 
     /// The engine's whole state, to compress later ([`Snapshot::compress`]).
     pub fn snapshot(&self) -> Snapshot {
+        self.write(Vec::new(), Form::Whole)
+    }
+
+    /// A snapshot in `form`, written into `buffer` (its room reused); after
+    /// a whole one, the window's changes count from it.
+    pub fn snapshot_into(&mut self, buffer: Vec<u8>, form: Form) -> Snapshot {
+        let snapshot = self.write(buffer, form);
+        if form == Form::Whole {
+            self.window.forget_changes();
+        }
+        snapshot
+    }
+
+    /// The window's slots written since the last whole snapshot, and all
+    /// its slots: what a snapshot of the changes would hold, against a whole one.
+    pub fn changes(&self) -> (usize, usize) {
+        self.window.changes()
+    }
+
+    fn write(&self, buffer: Vec<u8>, form: Form) -> Snapshot {
         let last = self.snapshot_bytes.load(std::sync::atomic::Ordering::Relaxed);
-        let mut w = W::sized(last + last / 8);
+        let mut w = W::reusing(buffer, last + last / 8);
         w.u(self.set.rules.len() as u64);
         for r in &self.set.rules {
             w.s(&r.voice.id);
@@ -108,36 +169,48 @@ impl Engine {
         put_frontier(&mut w, &self.frontier);
         w.ts(self.max_contact_at);
         put_stats(&mut w, &self.stats);
-        self.window.save(&mut w);
+        match form {
+            Form::Whole => self.window.save(&mut w),
+            Form::Changes => self.window.save_changes(&mut w),
+        }
         self.tombstones.save(&mut w);
         self.branches.save(&mut w);
         self.lanes.save(&mut w);
         let snapshot = w.snapshot();
-        self.snapshot_bytes.store(snapshot.len(), std::sync::atomic::Ordering::Relaxed);
+        if form == Form::Whole {
+            self.snapshot_bytes.store(snapshot.len(), std::sync::atomic::Ordering::Relaxed);
+        }
         snapshot
     }
 
     /// An engine in the state a [`Engine::checkpoint`] saved, under `set` and `config`.
     pub fn restore(bytes: &[u8], set: RuleSet, config: Config) -> Result<Engine, CheckpointError> {
+        Engine::restore_from(None, bytes, set, config)
+    }
+
+    /// An engine in the state of a [`Form::Changes`] snapshot (`changes`)
+    /// taken after the [`Form::Whole`] one `whole`.
+    pub fn restore_changes(
+        whole: &[u8],
+        changes: &[u8],
+        set: RuleSet,
+        config: Config,
+    ) -> Result<Engine, CheckpointError> {
+        Engine::restore_from(Some(whole), changes, set, config)
+    }
+
+    fn restore_from(
+        whole: Option<&[u8]>,
+        bytes: &[u8],
+        set: RuleSet,
+        config: Config,
+    ) -> Result<Engine, CheckpointError> {
         let body = R::open(bytes)?;
         let mut r = R { buf: &body, pos: 0 };
-        let saved_rules = r.n(body.len(), "rule count")?;
-        let mut rules = Vec::with_capacity(saved_rules);
-        for _ in 0..saved_rules {
-            rules.push(set.find(r.s()?).map(|i| i as u8));
-        }
-        let mut counted_saved = Vec::new();
-        for _ in 0..r.n(Kind::ALL.len(), "counted kinds")? {
-            let (kind, place) = (r.kind()?, r.n(255, "counter place")?);
-            counted_saved.push((kind, place));
-        }
+        let saved = SavedRules::read(&mut r, &set)?;
         let mut syms = Interner::load(&mut r, config.max_symbols)?;
         let plan = Plan::new(&set, &mut syms);
-        let mut counts = vec![None; counted_saved.iter().map(|(_, p)| p + 1).max().unwrap_or(0)];
-        for (kind, place) in counted_saved {
-            counts[place] = plan.counted[kind as usize];
-        }
-        let remap = Remap { rules, counts };
+        let remap = saved.remap(&plan);
         let watermark = r.ts()?;
         let mut frontier = Frontier::new(config.partitions);
         let flows = get_flows(&mut r)?;
@@ -146,7 +219,25 @@ impl Engine {
             .map_err(|saved| corrupt(format!("{saved} partitions' flows saved, {} configured", config.partitions)))?;
         let max_contact_at = r.ts()?;
         let stats = get_stats(&mut r)?;
-        let window = Window::load(&mut r, &remap)?;
+        let window = match whole {
+            None => Window::load(&mut r, &remap)?,
+            Some(whole) => {
+                // The whole snapshot's window (its parcels under its own
+                // rules), the changes written over it; the rest is the changes'.
+                let body = R::open(whole)?;
+                let mut w = R { buf: &body, pos: 0 };
+                let saved = SavedRules::read(&mut w, &set)?;
+                // Its names and counters, which the changes hold as they are now.
+                Interner::load(&mut w, config.max_symbols)?;
+                w.ts()?;
+                get_flows(&mut w)?;
+                w.ts()?;
+                get_stats(&mut w)?;
+                let mut window = Window::read(&mut w, &saved.remap(&plan))?;
+                window.apply_changes(&mut r, &remap)?;
+                window.indexed()?
+            }
+        };
         let tombstones = Tombstones::load(&mut r, config.tombstones)?;
         let mut branches = BranchStage::new(&set, config.partitions);
         branches.load(&mut r)?;

@@ -35,10 +35,14 @@ pub(in crate::engine) fn corrupt(what: impl Into<String>) -> CheckpointError {
 pub(in crate::engine) struct W(Vec<u8>);
 
 impl W {
-    /// A writer with room for `bytes`: a state about as large as the last
-    /// one is written without growing (copying) its buffer on the way.
-    pub fn sized(bytes: usize) -> W {
-        W(Vec::with_capacity(bytes))
+    /// A writer into `buffer` (emptied), with room for `bytes`: a state
+    /// about as large as the last one is written without growing (copying)
+    /// its buffer on the way, and a buffer used before is written without
+    /// the kernel giving it fresh pages again (half a snapshot's time).
+    pub fn reusing(mut buffer: Vec<u8>, bytes: usize) -> W {
+        buffer.clear();
+        buffer.reserve(bytes);
+        W(buffer)
     }
 
     pub fn u(&mut self, mut v: u64) {
@@ -96,7 +100,7 @@ impl Snapshot {
 
     /// Appends the checkpoint bytes to `out`, whose room is reused: a
     /// checkpoint round compresses object after object into one buffer.
-    pub fn compress_into(self, out: &mut Vec<u8>) {
+    pub fn compress_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         // The size first, as `lz4_flex::decompress_size_prepended` reads it.
@@ -113,6 +117,11 @@ impl Snapshot {
 
     pub fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// The buffer the state was written in, for the next snapshot to reuse.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.0
     }
 
     pub fn is_empty(&self) -> bool {

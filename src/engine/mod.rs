@@ -40,6 +40,7 @@ pub mod window;
 use std::sync::Arc;
 
 pub use branch::{BranchStage, Fact};
+pub use checkpoint::Form;
 pub use codec::{CheckpointError, Snapshot};
 pub use judge::Judged;
 pub use lanes::LaneStats;

@@ -47,11 +47,60 @@ pub struct Window {
     table: Vec<u64>,
     len: usize,
     next_gen: u8,
+    changed: Changed,
 }
 
 impl Default for Window {
     fn default() -> Self {
-        Window { slots: Slab::default(), free: Vec::new(), table: vec![EMPTY; 1024], len: 0, next_gen: 0 }
+        Window {
+            slots: Slab::default(),
+            free: Vec::new(),
+            table: vec![EMPTY; 1024],
+            len: 0,
+            next_gen: 0,
+            changed: Changed::default(),
+        }
+    }
+}
+
+/// The slots written since the window was last saved whole, a bit each:
+/// what a checkpoint of the window's changes holds (`checkpoint.rs`).
+#[derive(Default)]
+struct Changed {
+    bits: Vec<u64>,
+    count: usize,
+}
+
+impl Changed {
+    #[inline]
+    fn mark(&mut self, slot: u32) {
+        let (word, bit) = (slot as usize / 64, 1u64 << (slot % 64));
+        if word >= self.bits.len() {
+            self.bits.resize(word + 1, 0);
+        }
+        if self.bits[word] & bit == 0 {
+            self.bits[word] |= bit;
+            self.count += 1;
+        }
+    }
+
+    /// The changed slots, in order.
+    fn slots(&self) -> impl Iterator<Item = u32> + Clone + '_ {
+        self.bits.iter().enumerate().flat_map(|(word, &bits)| {
+            let mut rest = bits;
+            std::iter::from_fn(move || {
+                (rest != 0).then(|| {
+                    let bit = rest.trailing_zeros();
+                    rest &= rest - 1;
+                    word as u32 * 64 + bit
+                })
+            })
+        })
+    }
+
+    fn clear(&mut self) {
+        self.bits.fill(0);
+        self.count = 0;
     }
 }
 
@@ -140,6 +189,7 @@ impl Window {
             }
             None => self.slots.push(parcel),
         };
+        self.changed.mark(slot);
         self.place(hash >> 32, slot);
         self.len += 1;
         slot
@@ -182,6 +232,7 @@ impl Window {
         }
         self.table[hole] = EMPTY;
         self.slots[slot as usize] = Parcel::new("", 0, Ts::MIN);
+        self.changed.mark(slot);
         self.free.push(slot);
         self.len -= 1;
     }
@@ -191,12 +242,22 @@ impl Window {
     }
 
     pub fn get_mut(&mut self, slot: u32) -> &mut Parcel {
+        self.changed.mark(slot);
         &mut self.slots[slot as usize]
     }
 
     /// Every live parcel, in slot order.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Parcel> {
-        self.slots.iter_mut().filter(|p| !p.is_vacant())
+        let changed = &mut self.changed;
+        self.slots.iter_mut().enumerate().filter(|(_, p)| !p.is_vacant()).map(move |(slot, p)| {
+            changed.mark(slot as u32);
+            p
+        })
+    }
+
+    /// The slots written since the window was last saved whole, and all of them.
+    pub fn changes(&self) -> (usize, usize) {
+        (self.changed.count, self.slots.len())
     }
 
     /// The slots of every live parcel.

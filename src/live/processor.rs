@@ -32,12 +32,12 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use checkpoint::{committed, next_turn, Commit, Permit};
+use checkpoint::{committed, next_turn, Buffers, Commit, Permit};
 
 use super::input::{next_message, Input};
 use super::publisher::{PublishStats, Publisher};
 use super::pull::{Delivery, PullError};
-use super::{lookup, Readiness};
+use super::{lookup, store, Readiness};
 use crate::alert::Alert;
 use crate::clock::Clock;
 use crate::config::{std_duration, Config};
@@ -104,6 +104,9 @@ struct Part {
     pos: [u64; 2],
     last_input: Instant,
     dirty: bool,
+    /// The id of the engine's whole object its changes count from (stored,
+    /// or taken in the round under way); none until one is taken.
+    whole: Option<u64>,
 }
 
 /// One owned branch partition.
@@ -156,6 +159,8 @@ struct Processor {
     letters_logged: Instant,
     /// Whether readiness knows that messages wait for a checkpoint.
     unsaved: bool,
+    /// The checkpoint rounds' buffers, reused round after round.
+    buffers: Buffers,
 }
 
 /// Dead letters are logged as one line per reason code per this interval,
@@ -164,6 +169,7 @@ const LETTERS_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Every series of the processor's closed label sets, at 0 until counted:
 /// reject codes, lane levels, each input's dead letters, position and gaps,
+/// the kinds of checkpoint objects,
 /// event kinds, each rule's states and audiences, contact topics, the owned
 /// partitions' watermarks and the inputs' lag. A family without a series
 /// shows "no data" on a dashboard, not 0.
@@ -183,6 +189,9 @@ fn metrics_at_zero(config: &Config, set: &RuleSet, owned: &Owned) {
     }
     for input in [&streams.scans.name, &streams.contacts.name] {
         m.consumer_pending.with_label_values(&[input]);
+    }
+    for kind in store::Kind::ALL {
+        m.checkpoint_objects.with_label_values(&[kind.label()]);
     }
     for kind in Kind::ALL {
         m.event(*kind);
@@ -265,6 +274,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         letters: BTreeMap::new(),
         letters_logged: Instant::now(),
         unsaved: false,
+        buffers: Buffers::default(),
     };
     for i in 0..3 {
         processor.open(i, &mut controls.stop).await?;

@@ -1,12 +1,15 @@
-//! Checkpoint objects in the JetStream object store: one per owned
-//! partition (its engine and its stream positions) and one per owned branch
-//! partition (its branch stage, position and the marks it has seen). One
-//! object a partition is what lets partitions move between instances: the
-//! new owner reads the partition's object and resumes after its positions.
+//! Checkpoint objects in the JetStream object store: per owned partition,
+//! its engine whole (`engine-P`, with its stream positions) and the
+//! engine's changes since then (`changes-P`, with later positions, valid on
+//! the whole object of the same id only); per owned branch partition, its
+//! branch stage, position and the marks it has seen. Objects by partition
+//! are what lets partitions move between instances: the new owner reads the
+//! partition's objects and resumes after their positions.
 //!
 //! Layout: `FWLV`, version (u32 LE), kind (u8), partition count (u16 LE),
-//! partition (u16 LE), positions (u64 LE each), marks (count u32 LE, then i64
-//! LE each), then the engine's or stage's own checkpoint bytes.
+//! partition (u16 LE), the whole object's id (u64 LE; from version 2),
+//! positions (count u8, u64 LE each), marks (count u32 LE, then i64 LE
+//! each), then the engine's or stage's own checkpoint bytes.
 
 use async_nats::jetstream::object_store::{self, ObjectStore};
 use tokio::io::AsyncReadExt;
@@ -15,14 +18,29 @@ use crate::nats::LiveError;
 use crate::time::Ts;
 
 const MAGIC: &[u8; 4] = b"FWLV";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// A partition's engine; positions are (scans, contacts).
+    /// A partition's engine, whole; positions are (scans, contacts).
     Engine,
     /// A branch partition's stage; the position is the facts stream's.
     Stage,
+    /// A partition's engine as the changes since its whole object.
+    Changes,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Engine, Kind::Changes, Kind::Stage];
+
+    /// The kind's name in `forewarn_checkpoint_objects_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Engine => "engine",
+            Kind::Changes => "changes",
+            Kind::Stage => "stage",
+        }
+    }
 }
 
 /// A checkpoint object, decoded.
@@ -31,6 +49,9 @@ pub struct Saved {
     pub kind: Kind,
     pub partitions: u16,
     pub partition: u16,
+    /// A whole engine's id; for changes, the id of the whole engine they
+    /// apply to (0 for stages, and in objects of version 1).
+    pub whole: u64,
     pub positions: Vec<u64>,
     pub marks: Vec<Ts>,
     pub state: Vec<u8>,
@@ -40,6 +61,7 @@ pub fn object_name(kind: Kind, partition: u16) -> String {
     match kind {
         Kind::Engine => format!("engine-{partition:03}"),
         Kind::Stage => format!("branch-{partition:03}"),
+        Kind::Changes => format!("changes-{partition:03}"),
     }
 }
 
@@ -52,9 +74,11 @@ impl Saved {
         out.push(match self.kind {
             Kind::Engine => 0,
             Kind::Stage => 1,
+            Kind::Changes => 2,
         });
         out.extend_from_slice(&self.partitions.to_le_bytes());
         out.extend_from_slice(&self.partition.to_le_bytes());
+        out.extend_from_slice(&self.whole.to_le_bytes());
         out.push(self.positions.len() as u8);
         self.positions.iter().for_each(|p| out.extend_from_slice(&p.to_le_bytes()));
         out.extend_from_slice(&(self.marks.len() as u32).to_le_bytes());
@@ -73,17 +97,22 @@ impl Saved {
             return Err("not a forewarn checkpoint object".into());
         }
         let version = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "truncated")?);
-        if version != VERSION {
-            return Err(format!("checkpoint object format v{version}, this forewarn reads v{VERSION}"));
+        if !(1..=VERSION).contains(&version) {
+            return Err(format!("checkpoint object format v{version}, this forewarn reads v1 to v{VERSION}"));
         }
         let kind = match take(1)?[0] {
             0 => Kind::Engine,
             1 => Kind::Stage,
+            2 => Kind::Changes,
             other => return Err(format!("unknown checkpoint kind {other}")),
         };
         let u16_at = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
         let partitions = u16_at(take(2)?);
         let partition = u16_at(take(2)?);
+        let whole = match version {
+            1 => 0,
+            _ => u64::from_le_bytes(take(8)?.try_into().map_err(|_| "truncated")?),
+        };
         let count = take(1)?[0] as usize;
         let mut positions = Vec::with_capacity(count);
         for _ in 0..count {
@@ -97,7 +126,7 @@ impl Saved {
         for _ in 0..marks_len {
             marks.push(Ts(i64::from_le_bytes(take(8)?.try_into().map_err(|_| "truncated")?)));
         }
-        Ok(Saved { kind, partitions, partition, positions, marks, state: bytes[at..].to_vec() })
+        Ok(Saved { kind, partitions, partition, whole, positions, marks, state: bytes[at..].to_vec() })
     }
 }
 
@@ -146,19 +175,27 @@ mod tests {
     #[test]
     fn a_saved_object_reads_back_and_a_damaged_one_is_refused() {
         let saved = Saved {
-            kind: Kind::Stage,
+            kind: Kind::Changes,
             partitions: 16,
             partition: 3,
-            positions: vec![42],
+            whole: u64::MAX - 9,
+            positions: vec![42, 7],
             marks: vec![Ts(1), Ts(-5)],
             state: b"engine bytes".to_vec(),
         };
         let mut bytes = Vec::new();
         saved.encode_into(&mut bytes);
+        // Version 1 had no whole object's id (after kind and partitions).
+        let mut v1 = bytes.clone();
+        v1[4] = 1;
+        v1.drain(13..21);
+        v1[8] = 0;
+        let earlier = Saved { kind: Kind::Engine, whole: 0, ..Saved::decode(&bytes).expect("decodes") };
         assert_eq!(Saved::decode(&bytes), Ok(saved));
+        assert_eq!(Saved::decode(&v1), Ok(earlier), "objects of version 1 still read");
         assert_eq!(Saved::decode(&bytes[..10]).unwrap_err(), "truncated");
         let mut future = bytes.clone();
         future[4] = 9;
-        assert!(Saved::decode(&future).unwrap_err().contains("format v9"));
+        assert!(Saved::decode(&future).unwrap_err().contains("format v9, this forewarn reads v1 to v2"));
     }
 }

@@ -196,7 +196,9 @@ fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
         let bucket = c.js.get_object_store("forewarn_checkpoints").await.expect("the checkpoint bucket");
         let mut covered = [0u64; 2];
         for p in 0..16 {
-            let saved = store::load(&bucket, Kind::Engine, p, 16).await.expect("readable").expect("saved");
+            let whole = store::load(&bucket, Kind::Engine, p, 16).await.expect("readable").expect("saved");
+            let changes = store::load(&bucket, Kind::Changes, p, 16).await.expect("readable");
+            let saved = changes.filter(|changes| changes.whole == whole.whole).unwrap_or(whole);
             for (c, pos) in covered.iter_mut().zip(&saved.positions) {
                 *c = (*c).max(*pos);
             }
@@ -213,6 +215,43 @@ fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
             assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{stream}");
         }
     });
+}
+
+/// An engine is stored whole, then as its changes since (a few events
+/// more): killed after that, the processor restores the engine from the
+/// whole object and the changes, resumes after the changes' positions and
+/// publishes nothing twice.
+#[test]
+fn killed_after_storing_changes_it_restores_them_on_their_whole_object() {
+    let c = case(2000, 31);
+    c.publish_all();
+    let http = format!("127.0.0.1:{}", super::free_port());
+    let p = c.start(&["--http", &http]);
+    c.wait_for_alerts(c.expected.len());
+    let stored = |kind: &str| -> u64 {
+        let metrics = super::http_get(&http, "/metrics");
+        let series = format!("forewarn_checkpoint_objects_total{{kind=\"{kind}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(series.as_str())?.parse().ok()).unwrap_or(0)
+    };
+    wait_until("every engine stored whole", || stored("engine") >= 16);
+    // Forty deliveries again (of parcels closed since: no alert), their partitions' positions moved.
+    let events = std::fs::read_to_string(c.dir.path().join("net.jsonl")).expect("the network");
+    c.rt.block_on(async {
+        for line in events.lines().filter(|l| l.contains("\"delivered\"")).take(40) {
+            let event: serde_json::Value = serde_json::from_str(line).expect("an event");
+            let id = event["parcel_id"].as_str().expect("a parcel id");
+            let subject = format!("scans.{}", forewarn::partition::of(id, 16));
+            c.js.publish(subject, line.to_string().into()).await.expect("sent").await.expect("stored");
+        }
+    });
+    wait_until("changes stored", || stored("changes") >= 1);
+    p.kill();
+    let p = c.start(&[]);
+    wait_until("the restart running", || p.log().contains("forewarn running"));
+    let (got, log) = c.finish(p);
+    let restored = log.lines().find(|l| l.contains("engines restored")).unwrap_or_default();
+    assert!(restored.contains("engines=16") && !restored.contains("with_changes=0"), "{log}");
+    nats::assert_same(&got, &c.expected);
 }
 
 /// Messages the stream's limits removed while the processor was down,

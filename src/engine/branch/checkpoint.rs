@@ -30,7 +30,12 @@ impl BranchStage {
 
     /// The stage's state, to compress later ([`Snapshot::compress`]).
     pub fn snapshot(&self) -> Snapshot {
-        let mut w = W::default();
+        self.snapshot_into(Vec::new())
+    }
+
+    /// [`BranchStage::snapshot`] written into `buffer`, whose room is reused.
+    pub fn snapshot_into(&self, buffer: Vec<u8>) -> Snapshot {
+        let mut w = W::reusing(buffer, 0);
         self.save(&mut w);
         w.snapshot()
     }

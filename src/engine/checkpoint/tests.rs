@@ -59,6 +59,49 @@ fn resuming_from_a_checkpoint_gives_the_alerts_of_an_uninterrupted_run() {
     assert_eq!(resumed.parcels(), whole.parcels());
 }
 
+/// A whole snapshot and the changes after it restore the engine a whole
+/// snapshot taken with the changes would: the same bytes again, and the
+/// same alerts after. Between them the engine takes scans, wake-ups,
+/// evictions and a reload of its rules (which rewrites every parcel).
+#[test]
+fn changes_on_a_whole_snapshot_restore_what_a_whole_one_would() {
+    let data = network(3000);
+    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let (a, b, c) = (lines.len() / 3, lines.len() / 3 + lines.len() / 50, lines.len() * 2 / 3);
+    let mut expected = Engine::new(pack(), Config::default());
+    let expected = feed(&mut expected, &lines);
+    let mut engine = Engine::new(pack(), Config::default());
+    let mut got = feed(&mut engine, &lines[..a]);
+    let whole = engine.snapshot_into(Vec::new(), Form::Whole);
+    let whole_bytes = whole.len();
+    let whole = whole.compress();
+    assert_eq!(engine.changes().0, 0);
+    got.extend(feed(&mut engine, &lines[a..b]));
+    let (changed, slots) = engine.changes();
+    assert!(changed > 0 && changed * 4 < slots, "{changed} of {slots} slots changed");
+    let few = engine.snapshot_into(Vec::new(), Form::Changes);
+    assert!(few.len() * 2 < whole_bytes, "changes {} bytes, whole {whole_bytes}", few.len());
+    let as_whole = |e: &Engine| e.snapshot().into_buffer();
+    let restored = Engine::restore_changes(&whole, &few.compress(), pack(), Config::default()).expect("restores");
+    assert!(as_whole(&restored) == as_whole(&engine), "whole + changes is the engine at the changes");
+
+    got.extend(feed(&mut engine, &lines[b..c]));
+    let mut reordered = pack();
+    reordered.rules.reverse();
+    engine.replace_rules(reordered.clone());
+    let more = engine.snapshot_into(Vec::new(), Form::Changes).compress();
+    let mut restored = Engine::restore_changes(&whole, &more, reordered, Config::default()).expect("restores");
+    assert!(as_whole(&restored) == as_whole(&engine), "changes count from the whole snapshot, not the last changes");
+    got.extend(feed(&mut restored, &lines[c..]));
+    let ids = |json: &[u8]| -> Vec<String> {
+        let mut ids: Vec<String> = String::from_utf8_lossy(json).lines().map(|l| l[..60].to_string()).collect();
+        ids.sort();
+        ids
+    };
+    assert!(expected.len() > 10_000);
+    assert_eq!(ids(&got), ids(&expected));
+}
+
 #[test]
 fn a_checkpoint_restores_under_a_reordered_pack() {
     let data = network(1500);

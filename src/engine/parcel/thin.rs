@@ -60,6 +60,11 @@ impl ThinStr {
         ThinStr(ptr)
     }
 
+    /// Where the allocation is, without reading it (to prefetch it).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.0.as_ptr()
+    }
+
     fn len_and_text(&self) -> (usize, *const u8) {
         let raw = self.0.as_ptr();
         // SAFETY: every `ThinStr` points at two length bytes (`EMPTY` or its allocation).

@@ -27,46 +27,126 @@ impl Tombstones {
     }
 }
 
+fn save_slot(w: &mut W, p: &Parcel) {
+    if p.is_vacant() {
+        w.u(0);
+    } else {
+        w.u(1);
+        p.save(w);
+    }
+}
+
+fn load_slot(r: &mut R<'_>, remap: &Remap) -> Result<Parcel, CheckpointError> {
+    if r.u()? == 0 {
+        Ok(Parcel::new("", 0, Ts::MIN))
+    } else {
+        Parcel::load(r, remap)
+    }
+}
+
+/// How many slots ahead saving fetches what a parcel keeps apart (its id
+/// and recipient, one allocation each, scattered over the heap): a cache
+/// miss a parcel that was most of a snapshot's time live (15.5 ms a
+/// partition of 62,000 parcels without, 9.7 ms with).
+const AHEAD: usize = 16;
+
 impl Window {
-    pub(in crate::engine) fn save(&self, w: &mut W) {
+    /// Saves the parcels in `slots` (in order), fetching each one's text ahead.
+    fn save_slots(&self, w: &mut W, slots: impl Iterator<Item = u32> + Clone, numbered: bool) {
+        let mut ahead = slots.clone().skip(AHEAD);
+        for slot in slots {
+            if let Some(p) = ahead.next().and_then(|s| self.slots.get(s as usize)) {
+                p.prefetch_apart();
+            }
+            if numbered {
+                w.u(u64::from(slot));
+            }
+            save_slot(w, &self.slots[slot as usize]);
+        }
+    }
+
+    fn save_head(&self, w: &mut W) {
         w.u(u64::from(self.next_gen));
         w.u(self.free.len() as u64);
         self.free.iter().for_each(|f| w.u(u64::from(*f)));
         w.u(self.slots.len() as u64);
-        for p in self.slots.iter() {
-            if p.is_vacant() {
-                w.u(0);
-            } else {
-                w.u(1);
-                p.save(w);
-            }
-        }
+    }
+
+    /// Saves every slot; the changes count from here ([`Window::save_changes`]).
+    pub(in crate::engine) fn save(&self, w: &mut W) {
+        self.save_head(w);
+        self.save_slots(w, 0..self.slots.len() as u32, false);
+    }
+
+    /// Saves the slots written since the last [`Window::forget_changes`]:
+    /// on the window saved whole then, [`Window::apply_changes`] gives this one.
+    pub(in crate::engine) fn save_changes(&self, w: &mut W) {
+        self.save_head(w);
+        w.u(self.changed.count as u64);
+        self.save_slots(w, self.changed.slots(), true);
+    }
+
+    /// The window was saved whole: its changes count from now.
+    pub(in crate::engine) fn forget_changes(&mut self) {
+        self.changed.clear();
     }
 
     /// The window as saved, every parcel in its old slot (alert order depends on slots).
     pub(in crate::engine) fn load(r: &mut R<'_>, remap: &Remap) -> Result<Window, CheckpointError> {
-        let next_gen = r.u32()? as u8;
-        let mut free = Vec::new();
-        for _ in 0..r.u()? {
-            free.push(r.u32()?);
-        }
-        let count = r.n(u32::MAX as usize, "slots")?;
-        let mut slots = Slab::default();
-        for _ in 0..count {
-            slots.push(if r.u()? == 0 { Parcel::new("", 0, Ts::MIN) } else { Parcel::load(r, remap)? });
-        }
-        let len = slots.iter().filter(|p| !p.is_vacant()).count();
-        let size = ((len * 4 / 3) + 1).next_power_of_two().max(1024);
-        let mut window = Window { slots, free, table: vec![EMPTY; size], len, next_gen };
-        for slot in 0..window.slots.len() {
-            if !window.slots[slot].is_vacant() {
-                let hash = parcel_hash(window.slots[slot].id());
-                window.place(hash >> 32, slot as u32);
-            }
-        }
-        if window.free.iter().any(|&f| !window.slots.get(f as usize).is_some_and(Parcel::is_vacant)) {
-            return Err(CheckpointError::Corrupt("a free slot holds a parcel".into()));
+        Window::read(r, remap)?.indexed()
+    }
+
+    /// The saved slots, not indexed yet.
+    pub(in crate::engine) fn read(r: &mut R<'_>, remap: &Remap) -> Result<Window, CheckpointError> {
+        let mut window = Window::default();
+        window.read_head(r)?;
+        for _ in 0..r.n(u32::MAX as usize, "slots")? {
+            window.slots.push(load_slot(r, remap)?);
         }
         Ok(window)
+    }
+
+    fn read_head(&mut self, r: &mut R<'_>) -> Result<(), CheckpointError> {
+        self.next_gen = r.u32()? as u8;
+        self.free.clear();
+        for _ in 0..r.u()? {
+            self.free.push(r.u32()?);
+        }
+        Ok(())
+    }
+
+    /// The slots [`Window::save_changes`] saved, written over those of the
+    /// whole window they were counted from.
+    pub(in crate::engine) fn apply_changes(&mut self, r: &mut R<'_>, remap: &Remap) -> Result<(), CheckpointError> {
+        self.read_head(r)?;
+        let count = r.n(u32::MAX as usize, "slots")?;
+        if count < self.slots.len() {
+            return Err(CheckpointError::Corrupt("changes to fewer slots than their whole window".into()));
+        }
+        while self.slots.len() < count {
+            self.slots.push(Parcel::new("", 0, Ts::MIN));
+        }
+        for _ in 0..r.n(count, "changed slots")? {
+            let slot = r.n(count.saturating_sub(1), "changed slot")?;
+            self.slots[slot] = load_slot(r, remap)?;
+        }
+        Ok(())
+    }
+
+    /// The read window with its index built.
+    pub(in crate::engine) fn indexed(mut self) -> Result<Window, CheckpointError> {
+        self.len = self.slots.iter().filter(|p| !p.is_vacant()).count();
+        let size = ((self.len * 4 / 3) + 1).next_power_of_two().max(1024);
+        self.table = vec![EMPTY; size];
+        for slot in 0..self.slots.len() {
+            if !self.slots[slot].is_vacant() {
+                let hash = parcel_hash(self.slots[slot].id());
+                self.place(hash >> 32, slot as u32);
+            }
+        }
+        if self.free.iter().any(|&f| !self.slots.get(f as usize).is_some_and(Parcel::is_vacant)) {
+            return Err(CheckpointError::Corrupt("a free slot holds a parcel".into()));
+        }
+        Ok(self)
     }
 }

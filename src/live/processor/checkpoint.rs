@@ -14,9 +14,18 @@
 //! (`forewarn_checkpoint_position`): everything read before the round began
 //! is in an object taken after it. The positions in the checkpoint are the
 //! acknowledgement: a restart resumes right after them.
+//!
+//! An engine is taken whole, or as the parcels it wrote since its last
+//! whole object while they are at most half of its window's slots (the
+//! rest of its state whole): a round's pauses and bytes follow what
+//! changed, not what is held. The changes are stored beside the whole
+//! object, under its id, and restored on top of it; a whole object taken
+//! in a round that failed may not be stored, so the next round takes every
+//! engine whole again.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::object_store::ObjectStore;
@@ -25,7 +34,7 @@ use tokio::task::JoinHandle;
 
 use super::super::store::{self, Kind, Saved};
 use super::{Processor, RoundSpan, ROUNDS_KEPT};
-use crate::engine::Snapshot;
+use crate::engine::{Form, Snapshot};
 use crate::live::publisher::PublishStats;
 use crate::metrics::METRICS;
 use crate::nats::{connect, wire, LiveError};
@@ -91,6 +100,42 @@ impl Round {
     }
 }
 
+/// The buffers of the last round, for the next: a snapshot written in a
+/// fresh buffer waits for the kernel to hand it every page (a third of the
+/// pause at 1 M parcels), a buffer written before has them.
+#[derive(Clone, Default)]
+pub(super) struct Buffers(Arc<Mutex<Kept>>);
+
+#[derive(Default)]
+struct Kept {
+    /// Snapshots' buffers, two at most (a round holds two objects).
+    raw: Vec<Vec<u8>>,
+    /// The round's compression buffer.
+    packed: Vec<u8>,
+}
+
+impl Buffers {
+    fn kept(&self) -> MutexGuard<'_, Kept> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn raw(&self) -> Vec<u8> {
+        self.kept().raw.pop().unwrap_or_default()
+    }
+
+    fn keep_raw(&self, buffer: Vec<u8>) {
+        self.kept().raw.push(buffer);
+    }
+
+    fn packed(&self) -> Vec<u8> {
+        std::mem::take(&mut self.kept().packed)
+    }
+
+    fn keep_packed(&self, buffer: Vec<u8>) {
+        self.kept().packed = buffer;
+    }
+}
+
 /// What a round's store task stored.
 #[derive(Default)]
 struct Stored {
@@ -103,16 +148,19 @@ struct Stored {
 async fn store_objects(
     store: ObjectStore,
     client: async_nats::Client,
+    buffers: Buffers,
     mut taken: mpsc::Receiver<Taken>,
 ) -> Result<Stored, LiveError> {
     let mut stored = Stored::default();
-    let mut buffer = Vec::new();
+    let mut buffer = buffers.packed();
     while let Some(Taken { object, snapshot, settled }) = taken.recv().await {
-        let name = store::object_name(object.kind, object.partition);
+        let (kind, name) = (object.kind, store::object_name(object.kind, object.partition));
+        let raw = buffers.clone();
         buffer = tokio::task::spawn_blocking(move || {
             buffer.clear();
             object.encode_into(&mut buffer);
             snapshot.compress_into(&mut buffer);
+            raw.keep_raw(snapshot.into_buffer());
             buffer
         })
         .await
@@ -129,7 +177,9 @@ async fn store_objects(
         }
         stored.objects += 1;
         stored.bytes += buffer.len();
+        METRICS.checkpoint_objects.with_label_values(&[kind.label()]).inc();
     }
+    buffers.keep_packed(buffer);
     Ok(stored)
 }
 
@@ -167,7 +217,7 @@ impl Processor {
             todo,
             marks: Vec::new(),
             taken,
-            stored: tokio::spawn(store_objects(self.store.clone(), self.client.clone(), objects)),
+            stored: tokio::spawn(store_objects(self.store.clone(), self.client.clone(), self.buffers.clone(), objects)),
         }
     }
 
@@ -186,25 +236,33 @@ impl Processor {
                         kind: Kind::Stage,
                         partitions: count,
                         partition: p,
+                        whole: 0,
                         positions: vec![stage.pos],
                         marks: stage.marks.clone(),
                         state: Vec::new(),
                     };
-                    (object, stage.stage.snapshot())
+                    (object, stage.stage.snapshot_into(self.buffers.raw()))
                 })
             } else {
                 let Some(part) = self.parts.get_mut(&p) else { continue };
                 round.marks.push((p, part.engine.watermark()));
                 std::mem::take(&mut part.dirty).then(|| {
+                    // The changes since the whole object, while they are at most half of its slots.
+                    let (changed, slots) = part.engine.changes();
+                    let (kind, form, whole) = match part.whole.filter(|_| changed * 2 <= slots) {
+                        Some(whole) => (Kind::Changes, Form::Changes, whole),
+                        None => (Kind::Engine, Form::Whole, *part.whole.insert(rand::random::<u64>().max(1))),
+                    };
                     let object = Saved {
-                        kind: Kind::Engine,
+                        kind,
                         partitions: count,
                         partition: p,
+                        whole,
                         positions: part.pos.to_vec(),
                         marks: Vec::new(),
                         state: Vec::new(),
                     };
-                    (object, part.engine.snapshot())
+                    (object, part.engine.snapshot_into(self.buffers.raw(), form))
                 })
             };
             if let Some((object, snapshot)) = taken {
@@ -273,6 +331,8 @@ impl Processor {
                 // The stored checkpoint is the older one: a restart re-reads what this one covered.
                 for part in self.parts.values_mut() {
                     part.dirty = true;
+                    // The whole object taken may not be stored: changes would have nothing to apply to.
+                    part.whole = None;
                 }
                 for stage in self.stages.values_mut() {
                     stage.dirty = true;

@@ -1,6 +1,7 @@
-//! Starting where the last run stopped: each owned partition's engine and
-//! branch stage from its checkpoint (or empty, with `--rebuild` or on a
-//! first start), and the three inputs filtered to the owned partitions.
+//! Starting where the last run stopped: each owned partition's engine (its
+//! whole object and the changes stored since) and branch stage from its
+//! checkpoint (or empty, with `--rebuild` or on a first start), and the
+//! three inputs filtered to the owned partitions.
 //! The other half of `checkpoint.rs`.
 
 use std::collections::BTreeMap;
@@ -33,21 +34,45 @@ pub(super) async fn state(
     };
     let mut parts = BTreeMap::new();
     let mut stages = BTreeMap::new();
+    let (mut engines, mut with_changes) = (0, 0);
     for &p in &owned.list {
-        let saved = if rebuild { None } else { store::load(checkpoints, Kind::Engine, p, count).await? };
-        let part = match saved {
-            Some(saved) => {
-                let engine = Engine::restore(&saved.state, set.clone(), engine_config.clone())
-                    .map_err(|e| refused(Kind::Engine, p, e))?
-                    .without_branch_stage();
-                let pos = [saved.positions.first().copied().unwrap_or(0), saved.positions.get(1).copied().unwrap_or(0)];
-                Part { engine, pos, last_input: Instant::now(), dirty: false }
+        let whole = if rebuild { None } else { store::load(checkpoints, Kind::Engine, p, count).await? };
+        let part = match whole {
+            Some(whole) => {
+                // The changes stored since, if they were counted from this whole object.
+                let changes = store::load(checkpoints, Kind::Changes, p, count)
+                    .await?
+                    .filter(|changes| whole.whole != 0 && changes.whole == whole.whole);
+                let (restored, positions) = match &changes {
+                    Some(changes) => (
+                        Engine::restore_changes(&whole.state, &changes.state, set.clone(), engine_config.clone())
+                            .map_err(|e| refused(Kind::Changes, p, e))?,
+                        &changes.positions,
+                    ),
+                    None => (
+                        Engine::restore(&whole.state, set.clone(), engine_config.clone())
+                            .map_err(|e| refused(Kind::Engine, p, e))?,
+                        &whole.positions,
+                    ),
+                };
+                let pos = [positions.first().copied().unwrap_or(0), positions.get(1).copied().unwrap_or(0)];
+                engines += 1;
+                with_changes += usize::from(changes.is_some());
+                // The next object is whole: its changes count from a snapshot taken here.
+                Part {
+                    engine: restored.without_branch_stage(),
+                    pos,
+                    last_input: Instant::now(),
+                    dirty: false,
+                    whole: None,
+                }
             }
             None => Part {
                 engine: Engine::new(set.clone(), engine_config.clone()).without_branch_stage(),
                 pos: [0, 0],
                 last_input: Instant::now(),
                 dirty: true,
+                whole: None,
             },
         };
         parts.insert(p, part);
@@ -64,6 +89,9 @@ pub(super) async fn state(
             }
         };
         stages.insert(p, stage);
+    }
+    if engines > 0 {
+        tracing::info!(engines, with_changes, "engines restored from their checkpoints");
     }
     Ok((parts, stages))
 }
