@@ -101,8 +101,10 @@ impl Round {
 }
 
 /// The buffers of the last round, for the next: a snapshot written in a
-/// fresh buffer waits for the kernel to hand it every page (a third of the
-/// pause at 1 M parcels), a buffer written before has them.
+/// fresh buffer waits on the loop for the kernel to hand it every page
+/// (twice the snapshot's time in `cargo bench --bench checkpoint`; ~5 % of
+/// a pause live, where the allocator often still holds freed pages), a
+/// buffer written before has them.
 #[derive(Clone, Default)]
 pub(super) struct Buffers(Arc<Mutex<Kept>>);
 
