@@ -174,13 +174,18 @@ fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
     let publisher = c.publisher(&["--rate", "20000"]);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let (kills, total) = (env("FOREWARN_KILLS", 10), c.expected.len() as u64);
+    // Restarts on engines' changes (a measure: at this size rounds often take engines whole).
+    let mut on_changes = 0;
     for kill in 0..kills {
         let p = c.start(&[]);
         // A random point: after some more of the stream has been handled.
         let target = rng.gen_range(1..=total / (kills + 3)) + kill * total / (kills + 3);
         wait_until("progress before the kill", || c.count("ALERTS") >= target);
+        on_changes +=
+            usize::from(p.log().lines().any(|l| l.contains("with_changes=") && !l.contains("with_changes=0")));
         p.kill();
     }
+    eprintln!("{on_changes} of {kills} restarts restored engines from their changes");
     c.published(publisher);
     let (got, _) = c.finish(c.start(&[]));
     let ids = |alerts: &[serde_json::Value]| -> BTreeSet<(String, String)> {
