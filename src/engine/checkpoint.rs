@@ -98,6 +98,29 @@ struct SavedRules {
     counted: Vec<(Kind, usize)>,
 }
 
+/// What a checkpoint holds before its window.
+struct Head {
+    rules: SavedRules,
+    syms: Interner,
+    watermark: Ts,
+    flows: Vec<Flow>,
+    max_contact_at: Ts,
+    stats: Stats,
+}
+
+impl Head {
+    fn read(r: &mut R<'_>, set: &RuleSet, config: &Config) -> Result<Head, CheckpointError> {
+        Ok(Head {
+            rules: SavedRules::read(r, set)?,
+            syms: Interner::load(r, config.max_symbols)?,
+            watermark: r.ts()?,
+            flows: get_flows(r)?,
+            max_contact_at: r.ts()?,
+            stats: get_stats(r)?,
+        })
+    }
+}
+
 impl SavedRules {
     fn read(r: &mut R<'_>, set: &RuleSet) -> Result<SavedRules, CheckpointError> {
         let saved_rules = r.n(r.buf.len(), "rule count")?;
@@ -207,33 +230,22 @@ impl Engine {
     ) -> Result<Engine, CheckpointError> {
         let body = R::open(bytes)?;
         let mut r = R { buf: &body, pos: 0 };
-        let saved = SavedRules::read(&mut r, &set)?;
-        let mut syms = Interner::load(&mut r, config.max_symbols)?;
+        let Head { rules, mut syms, watermark, flows, max_contact_at, stats } = Head::read(&mut r, &set, &config)?;
         let plan = Plan::new(&set, &mut syms);
-        let remap = saved.remap(&plan);
-        let watermark = r.ts()?;
+        let remap = rules.remap(&plan);
         let mut frontier = Frontier::new(config.partitions);
-        let flows = get_flows(&mut r)?;
         frontier
             .restore(flows)
             .map_err(|saved| corrupt(format!("{saved} partitions' flows saved, {} configured", config.partitions)))?;
-        let max_contact_at = r.ts()?;
-        let stats = get_stats(&mut r)?;
         let window = match whole {
             None => Window::load(&mut r, &remap)?,
             Some(whole) => {
-                // The whole snapshot's window (its parcels under its own
-                // rules), the changes written over it; the rest is the changes'.
+                // The whole snapshot's window under the rules it was saved
+                // with, the changes written over it; the rest is the changes'.
                 let body = R::open(whole)?;
                 let mut w = R { buf: &body, pos: 0 };
-                let saved = SavedRules::read(&mut w, &set)?;
-                // Its names and counters, which the changes hold as they are now.
-                Interner::load(&mut w, config.max_symbols)?;
-                w.ts()?;
-                get_flows(&mut w)?;
-                w.ts()?;
-                get_stats(&mut w)?;
-                let mut window = Window::read(&mut w, &saved.remap(&plan))?;
+                let rules = Head::read(&mut w, &set, &config)?.rules;
+                let mut window = Window::read(&mut w, &rules.remap(&plan))?;
                 window.apply_changes(&mut r, &remap)?;
                 window.indexed()?
             }

@@ -70,20 +70,21 @@ impl Default for Window {
 #[derive(Default)]
 struct Changed {
     bits: Vec<u64>,
-    count: usize,
 }
 
 impl Changed {
     #[inline]
     fn mark(&mut self, slot: u32) {
-        let (word, bit) = (slot as usize / 64, 1u64 << (slot % 64));
+        let word = slot as usize / 64;
         if word >= self.bits.len() {
             self.bits.resize(word + 1, 0);
         }
-        if self.bits[word] & bit == 0 {
-            self.bits[word] |= bit;
-            self.count += 1;
-        }
+        self.bits[word] |= 1 << (slot % 64);
+    }
+
+    /// How many slots changed (counted once a checkpoint, not per write).
+    fn count(&self) -> usize {
+        self.bits.iter().map(|bits| bits.count_ones() as usize).sum()
     }
 
     /// The changed slots, in order.
@@ -102,7 +103,6 @@ impl Changed {
 
     fn clear(&mut self) {
         self.bits.fill(0);
-        self.count = 0;
     }
 }
 
@@ -259,7 +259,7 @@ impl Window {
 
     /// The slots written since the window was last saved whole, and all of them.
     pub fn changes(&self) -> (usize, usize) {
-        (self.changed.count, self.slots.len())
+        (self.changed.count(), self.slots.len())
     }
 
     /// The slots of every live parcel.

@@ -82,7 +82,7 @@ impl Window {
     /// on the window saved whole then, [`Window::apply_changes`] gives this one.
     pub(in crate::engine) fn save_changes(&self, w: &mut W) {
         self.save_head(w);
-        w.u(self.changed.count as u64);
+        w.u(self.changed.count() as u64);
         self.save_slots(w, self.changed.slots(), true);
     }
 
