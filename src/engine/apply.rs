@@ -49,7 +49,11 @@ impl Engine {
         let slot = match self.window.find(&ev.parcel_id, hash) {
             Some(slot) => slot,
             None => {
-                if ev.kind != Kind::LabelCreated && self.tombstones.contains(hash) {
+                // A closed parcel takes no more events. A label dated after
+                // its last one is its tracking number given to a new parcel;
+                // one dated before is the closed parcel's label sent again.
+                let closed = self.tombstones.ended(hash);
+                if closed.is_some_and(|ended| ev.kind != Kind::LabelCreated || ev.at <= ended) {
                     self.stats.closed += 1;
                     return Applied::Closed;
                 }

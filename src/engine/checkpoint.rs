@@ -8,7 +8,7 @@
 //! rebuilt from them (stale entries die with the old process).
 
 use super::branch::BranchStage;
-use super::codec::{corrupt, CheckpointError, Remap, Snapshot, R, W};
+use super::codec::{corrupt, Body, CheckpointError, Remap, Snapshot, R, W};
 use super::frontier::{Flow, Frontier, RING};
 use super::lanes::Lanes;
 use super::plan::Plan;
@@ -228,8 +228,8 @@ impl Engine {
         set: RuleSet,
         config: Config,
     ) -> Result<Engine, CheckpointError> {
-        let body = R::open(bytes)?;
-        let mut r = R { buf: &body, pos: 0 };
+        let body = Body::open(bytes)?;
+        let mut r = body.reader();
         let Head { rules, mut syms, watermark, flows, max_contact_at, stats } = Head::read(&mut r, &set, &config)?;
         let plan = Plan::new(&set, &mut syms);
         let remap = rules.remap(&plan);
@@ -242,8 +242,8 @@ impl Engine {
             Some(whole) => {
                 // The whole snapshot's window under the rules it was saved
                 // with, the changes written over it; the rest is the changes'.
-                let body = R::open(whole)?;
-                let mut w = R { buf: &body, pos: 0 };
+                let body = Body::open(whole)?;
+                let mut w = body.reader();
                 let rules = Head::read(&mut w, &set, &config)?.rules;
                 let mut window = Window::read(&mut w, &rules.remap(&plan))?;
                 window.apply_changes(&mut r, &remap)?;

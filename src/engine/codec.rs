@@ -10,7 +10,11 @@ use crate::event::{Channels, Contact, ContactChannel, Event, Kind, Recipient, To
 use crate::time::Ts;
 
 const MAGIC: &[u8; 4] = b"FWCK";
-const VERSION: u32 = 10;
+const VERSION: u32 = 11;
+/// The oldest format this forewarn still reads: v10 lacks the tombstones'
+/// end times (read as unknown: a label then starts a new parcel, as before).
+pub(in crate::engine) const TOMBSTONE_ENDS_SINCE: u32 = 11;
+const OLDEST: u32 = 10;
 
 /// Why a checkpoint cannot be restored. Every variant has the same way out:
 /// start without it and rebuild the state by replaying the stream.
@@ -19,7 +23,7 @@ pub enum CheckpointError {
     #[error("not a forewarn checkpoint (bad magic); start without it to rebuild the state from the stream")]
     NotACheckpoint,
     #[error(
-        "checkpoint format v{0}, this forewarn reads v{VERSION}; start without it to rebuild the state from the stream"
+        "checkpoint format v{0}, this forewarn reads v{OLDEST} to v{VERSION}; start without it to rebuild the state from the stream"
     )]
     Version(u32),
     #[error("corrupt checkpoint ({0}); start without it to rebuild the state from the stream")]
@@ -129,25 +133,44 @@ impl Snapshot {
     }
 }
 
-/// Reads what [`W`] wrote, refusing anything out of bounds.
-pub(in crate::engine) struct R<'a> {
-    pub buf: &'a [u8],
-    pub pos: usize,
+/// A checkpoint's state, decompressed, and the format version it was written in.
+pub(in crate::engine) struct Body {
+    bytes: Vec<u8>,
+    version: u32,
 }
 
-impl R<'_> {
-    /// Checks the magic and version of what [`W::finish`] wrote and decompresses it.
-    pub fn open(bytes: &[u8]) -> Result<Vec<u8>, CheckpointError> {
+impl Body {
+    /// Checks the magic and version of what [`Snapshot::compress`] wrote and decompresses it.
+    pub fn open(bytes: &[u8]) -> Result<Body, CheckpointError> {
         if bytes.len() < 8 || &bytes[..4] != MAGIC {
             return Err(CheckpointError::NotACheckpoint);
         }
         let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-        if version != VERSION {
+        if !(OLDEST..=VERSION).contains(&version) {
             return Err(CheckpointError::Version(version));
         }
-        lz4_flex::decompress_size_prepended(&bytes[8..]).map_err(|e| corrupt(e.to_string()))
+        let bytes = lz4_flex::decompress_size_prepended(&bytes[8..]).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Body { bytes, version })
     }
 
+    pub fn reader(&self) -> R<'_> {
+        R { buf: &self.bytes, pos: 0, version: self.version }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Reads what [`W`] wrote, refusing anything out of bounds.
+pub(in crate::engine) struct R<'a> {
+    pub buf: &'a [u8],
+    pub pos: usize,
+    /// The format it was written in, for the parts whose form changed.
+    pub version: u32,
+}
+
+impl R<'_> {
     /// Fails unless everything was read.
     pub fn end(&self) -> Result<(), CheckpointError> {
         if self.pos != self.buf.len() {
@@ -328,7 +351,7 @@ mod tests {
         times.iter().for_each(|t| w.ts(*t));
         w.opt_s(Some("Léa"));
         w.opt_s(None);
-        let mut r = R { buf: &w.0, pos: 0 };
+        let mut r = R { buf: &w.0, pos: 0, version: VERSION };
         for v in values {
             assert_eq!(r.u().unwrap(), v);
         }

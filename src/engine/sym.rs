@@ -168,6 +168,7 @@ pub(super) fn prefetch<T>(p: *const T) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::codec::Body;
 
     #[test]
     fn engines_naming_one_place_share_its_text_and_keep_their_own_symbols() {
@@ -179,8 +180,8 @@ mod tests {
         assert!(Arc::ptr_eq(in_a, in_b), "one copy of the text");
         let mut w = W::default();
         a.save(&mut w);
-        let opened = R::open(&w.snapshot().compress()).expect("opens");
-        let restored = Interner::load(&mut R { buf: &opened, pos: 0 }, 8).expect("loads");
+        let opened = Body::open(&w.snapshot().compress()).expect("opens");
+        let restored = Interner::load(&mut opened.reader(), 8).expect("loads");
         assert!(Arc::ptr_eq(restored.get(place.0).expect("named"), in_b), "a restored engine shares it too");
     }
 

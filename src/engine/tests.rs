@@ -206,6 +206,38 @@ fn a_recycled_tracking_number_starts_a_new_parcel() {
     assert_eq!(alerts, ["damaged firing 2026-11-20T14:00:00Z A"]);
 }
 
+/// A label sent again for a parcel delivered and gone — the same event id
+/// or a new one — is its label, not a new parcel's: once, it started the
+/// parcel anew and its promise told the customer it was late. A restart
+/// from a checkpoint taken between keeps knowing when the parcel ended.
+#[test]
+fn a_label_sent_again_after_its_parcel_closed_brings_nothing_back() {
+    let label = r#""parcel_id":"A","kind":"label_created","at":"2026-11-20T08:00:00Z","promised_by":"2026-11-21T08:00:00Z","recipient":{"email":"a@example.com"}"#;
+    let lines = [
+        label,
+        r#""parcel_id":"A","kind":"picked_up","at":"2026-11-20T09:00:00Z""#,
+        r#""parcel_id":"A","kind":"delivered","at":"2026-11-20T12:00:00Z""#,
+        r#""parcel_id":"Z","kind":"departed","at":"2026-11-20T14:00:00Z""#,
+        r#""parcel_id":"Y","kind":"departed","at":"2026-11-20T14:00:00Z""#,
+    ];
+    let config = Config { retention: Span::hours(1), ..one_flow() };
+    let (engine, _) = run(config.clone(), &lines, None);
+    assert_eq!((engine.stats().evicted_done, engine.lookup("A")), (1, Lookup::Closed));
+    let restored = Engine::restore(&engine.checkpoint(), pack(), config).expect("restores");
+    for (mut engine, id) in [(engine, "e0"), (restored, "again")] {
+        let mut out = Vec::new();
+        engine.ingest(&event(&format!(r#"{{"v":1,"event_id":"{id}",{label}}}"#)), &mut out);
+        engine.advance(ts("2026-11-25T00:00:00Z"), &mut out);
+        let told: Vec<String> = out
+            .iter()
+            .filter(|a| a.parcel.as_ref().is_some_and(|p| p.parcel_id == "A"))
+            .map(|a| format!("{} {}", a.rule, a.at))
+            .collect();
+        assert!(told.is_empty(), "the label sent again ({id}) told {told:?}");
+        assert_eq!((engine.stats().closed, engine.lookup("A")), (1, Lookup::Closed), "{id}");
+    }
+}
+
 #[test]
 fn a_lookup_shows_state_open_alerts_recipient_and_contacts_without_changing_anything() {
     let (engine, alerts) = run(

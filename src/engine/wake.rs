@@ -170,8 +170,9 @@ impl Engine {
     }
 
     pub(super) fn evict(&mut self, slot: u32, why: Eviction) {
-        let hash = parcel_hash(self.window.get(slot).id());
-        self.tombstones.add(hash);
+        let p = self.window.get(slot);
+        let hash = parcel_hash(p.id());
+        self.tombstones.add(hash, p.last_event_at.get());
         self.window.remove(slot, hash);
         match why {
             Eviction::Done => self.stats.evicted_done += 1,

@@ -268,35 +268,52 @@ impl Window {
     }
 }
 
-/// Recently evicted parcels, so a late duplicate does not bring one back as a
-/// ghost. Direct-mapped and fixed in size: a newer eviction may overwrite an
-/// older one (the ghost is then possible, never a wrongly ignored parcel).
+/// Recently evicted parcels and the time of each one's last event, so a late
+/// duplicate — a re-sent label too — does not bring one back as a ghost.
+/// Direct-mapped and fixed in size: a newer eviction may overwrite an older
+/// one (the ghost is then possible, never a wrongly ignored parcel).
 pub struct Tombstones {
-    hashes: Vec<u64>,
+    graves: Vec<Grave>,
 }
+
+#[derive(Clone, Copy)]
+struct Grave {
+    hash: u64,
+    ended: Ts,
+}
+
+const NO_GRAVE: Grave = Grave { hash: 0, ended: Ts::MIN };
 
 impl Tombstones {
     pub fn new(capacity: usize) -> Tombstones {
-        Tombstones { hashes: vec![0; capacity.max(1).next_power_of_two()] }
+        Tombstones { graves: vec![NO_GRAVE; capacity.max(1).next_power_of_two()] }
     }
 
     fn index(&self, hash: u64) -> usize {
-        hash as usize & (self.hashes.len() - 1)
+        hash as usize & (self.graves.len() - 1)
     }
 
-    pub fn add(&mut self, hash: u64) {
+    /// Keeps the parcel of `hash`, whose last event was at `ended`, as closed.
+    pub fn add(&mut self, hash: u64, ended: Ts) {
         let i = self.index(hash);
-        self.hashes[i] = hash;
+        self.graves[i] = Grave { hash, ended };
     }
 
     pub fn contains(&self, hash: u64) -> bool {
-        hash != 0 && self.hashes[self.index(hash)] == hash
+        self.ended(hash).is_some()
+    }
+
+    /// When the closed parcel of `hash` had its last event (`Ts::MIN` when
+    /// a checkpoint of an older format did not say), if it is kept.
+    pub fn ended(&self, hash: u64) -> Option<Ts> {
+        let grave = self.graves[self.index(hash)];
+        (hash != 0 && grave.hash == hash).then_some(grave.ended)
     }
 
     pub fn forget(&mut self, hash: u64) {
         let i = self.index(hash);
-        if self.hashes[i] == hash {
-            self.hashes[i] = 0;
+        if self.graves[i].hash == hash {
+            self.graves[i] = NO_GRAVE;
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Saving and restoring the branch aggregates for the engine's checkpoints.
 
 use super::*;
-use crate::engine::codec::{corrupt, CheckpointError, Snapshot, R, W};
+use crate::engine::codec::{corrupt, Body, CheckpointError, Snapshot, R, W};
 
 fn put_times(w: &mut W, times: &VecDeque<Ts>) {
     w.u(times.len() as u64);
@@ -43,8 +43,8 @@ impl BranchStage {
     /// A stage in the state [`BranchStage::checkpoint`] saved, under `set`
     /// (its places' peers grouped by their partition among `partitions`).
     pub fn restore(bytes: &[u8], set: &RuleSet, partitions: u16) -> Result<BranchStage, CheckpointError> {
-        let body = R::open(bytes)?;
-        let mut r = R { buf: &body, pos: 0 };
+        let body = Body::open(bytes)?;
+        let mut r = body.reader();
         let mut stage = BranchStage::new(set, partitions);
         stage.load(&mut r)?;
         r.end()?;

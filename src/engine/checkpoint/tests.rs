@@ -148,8 +148,8 @@ fn a_damaged_checkpoint_is_refused_with_the_way_out() {
     };
     assert!(refusal(b"{\"v\":1}").starts_with("not a forewarn checkpoint"));
     let mut future = saved.clone();
-    future[4] = 11;
-    assert!(refusal(&future).starts_with("checkpoint format v11, this forewarn reads v10"));
+    future[4] = 12;
+    assert!(refusal(&future).starts_with("checkpoint format v12, this forewarn reads v10 to v11"));
     assert!(refusal(&saved[..saved.len() / 2]).starts_with("corrupt checkpoint"));
     for message in [refusal(b"{\"v\":1}"), refusal(&future), refusal(&saved[..saved.len() / 2])] {
         assert!(message.ends_with("start without it to rebuild the state from the stream"), "{message}");

@@ -63,7 +63,7 @@ fn contacts_keep_the_newest_four() {
 
 #[test]
 fn a_parcel_told_and_never_contacted_keeps_its_telling_in_itself_through_a_checkpoint() {
-    use crate::engine::codec::{Remap, R, W};
+    use crate::engine::codec::{Body, Remap, W};
     let mut w = Window::default();
     let s = w.insert("P", parcel_hash("P"), Ts(0));
     let p = w.get_mut(s);
@@ -72,17 +72,17 @@ fn a_parcel_told_and_never_contacted_keeps_its_telling_in_itself_through_a_check
     assert!(p.talk.is_none(), "a telling alone allocates nothing");
     let mut out = W::default();
     p.save(&mut out);
-    let bytes = R::open(&out.snapshot().compress()).expect("opens");
+    let body = Body::open(&out.snapshot().compress()).expect("opens");
     let remap = Remap { rules: (0..4).map(Some).collect(), counts: Vec::new() };
-    let back = Parcel::load(&mut R { buf: &bytes, pos: 0 }, &remap).expect("loads");
+    let back = Parcel::load(&mut body.reader(), &remap).expect("loads");
     assert_eq!((back.id(), back.name(), back.phone()), ("P", Some("Zoé"), Some("+33612345678")));
     assert_eq!((back.told_at(), back.told_by(), back.talk.is_none()), (Ts(7), 2, true));
     let mut contacted = back;
     contacted.add_contact(Ts(9), crate::event::Topic::Track);
     let mut out = W::default();
     contacted.save(&mut out);
-    let bytes = R::open(&out.snapshot().compress()).expect("opens");
-    let back = Parcel::load(&mut R { buf: &bytes, pos: 0 }, &remap).expect("loads");
+    let body = Body::open(&out.snapshot().compress()).expect("opens");
+    let back = Parcel::load(&mut body.reader(), &remap).expect("loads");
     assert_eq!((back.told_at(), back.contacts().count()), (Ts(7), 1), "a contact keeps its talk");
 }
 

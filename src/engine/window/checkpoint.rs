@@ -2,16 +2,17 @@
 //! tombstones) for the engine's checkpoints.
 
 use super::*;
-use crate::engine::codec::{CheckpointError, Remap, R, W};
+use crate::engine::codec::{CheckpointError, Remap, R, TOMBSTONE_ENDS_SINCE, W};
 
 impl Tombstones {
     pub(in crate::engine) fn save(&self, w: &mut W) {
-        w.u(self.hashes.len() as u64);
-        let kept: Vec<(usize, u64)> = self.hashes.iter().copied().enumerate().filter(|(_, h)| *h != 0).collect();
+        w.u(self.graves.len() as u64);
+        let kept: Vec<(usize, Grave)> = self.graves.iter().copied().enumerate().filter(|(_, g)| g.hash != 0).collect();
         w.u(kept.len() as u64);
-        for (i, h) in kept {
+        for (i, g) in kept {
             w.u(i as u64);
-            w.u(h);
+            w.u(g.hash);
+            w.ts(g.ended);
         }
     }
 
@@ -20,8 +21,9 @@ impl Tombstones {
         let mut t = Tombstones::new(capacity);
         for _ in 0..r.u()? {
             let (_, hash) = (r.u()?, r.u()?);
+            let ended = if r.version >= TOMBSTONE_ENDS_SINCE { r.ts()? } else { Ts::MIN };
             // Re-placed by hash: the table may have another size now.
-            t.add(hash);
+            t.add(hash, ended);
         }
         Ok(t)
     }

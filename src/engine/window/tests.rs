@@ -20,3 +20,26 @@ fn table_finds_inserts_and_removes_under_collisions() {
     let again = w.insert("P0", parcel_hash("P0"), Ts(0));
     assert!(slots.contains(&again));
 }
+
+/// A tombstone keeps its parcel's end through a checkpoint; one from a v10
+/// checkpoint, which did not save it, is read as ended at the dawn of time
+/// (a label then starts a new parcel, as v10 did), not refused.
+#[test]
+fn tombstones_keep_their_end_through_a_checkpoint_and_read_v10_without_it() {
+    use crate::engine::codec::{Body, W};
+    let (a, b) = (parcel_hash("A"), parcel_hash("B"));
+    let mut graves = Tombstones::new(64);
+    graves.add(a, Ts(1_795_000_000_000));
+    let mut w = W::default();
+    graves.save(&mut w);
+    let body = Body::open(&w.snapshot().compress()).expect("opens");
+    let back = Tombstones::load(&mut body.reader(), 64).expect("loads");
+    assert_eq!((back.ended(a), back.ended(b)), (Some(Ts(1_795_000_000_000)), None));
+
+    let mut v10 = W::default();
+    [64, 1, a & 63, a].into_iter().for_each(|v| v10.u(v));
+    let bytes = v10.snapshot().into_buffer();
+    let mut r = crate::engine::codec::R { buf: &bytes, pos: 0, version: 10 };
+    let back = Tombstones::load(&mut r, 64).expect("loads");
+    assert_eq!((back.ended(a), r.end().is_ok()), (Some(Ts::MIN), true));
+}
