@@ -85,6 +85,52 @@ fn re_uploaded_events_change_nothing() {
     assert!(dups as usize >= lines.len() / 10 - 1, "{stats}");
 }
 
+/// A carrier's system sends labels again days after their parcels were
+/// delivered and left the window (past the 48 h retention): each one once
+/// started its parcel anew and its promise told the customer it was late.
+#[test]
+fn labels_sent_again_after_their_parcels_left_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = simulate(dir.path(), "net.jsonl", 2000, 7);
+    let lines = timed_lines(&input);
+    let kind = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].as_str().unwrap().to_string();
+    let parcel = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap()["parcel_id"].to_string();
+    let delivered: Vec<(i64, String)> =
+        lines.iter().filter(|(_, l)| kind(l) == "delivered").map(|(at, l)| (*at, parcel(l))).take(40).collect();
+    // Each label goes after the first line three days past its parcel's delivery.
+    let mut newest = i64::MIN;
+    let mut sent_again = Vec::new();
+    let mut pending = delivered.clone();
+    for (at, line) in &lines {
+        sent_again.push(line.clone());
+        newest = newest.max(*at);
+        pending.retain(|(done, id)| {
+            let due = newest >= done + forewarn::time::Span::hours(72).0;
+            if due {
+                let label = lines.iter().find(|(_, l)| parcel(l) == *id && kind(l) == "label_created");
+                sent_again.push(label.expect("every parcel has its label").1.clone());
+            }
+            !due
+        });
+    }
+    assert!(pending.is_empty(), "the network runs three days past its first 40 deliveries");
+    let path = dir.path().join("again.jsonl");
+    fs::write(&path, sent_again.join("\n") + "\n").unwrap();
+    let replay = |path: &str| {
+        let out = forewarn(&["replay", path, "--stats"]);
+        assert!(out.status.success());
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let (plain, _) = replay(&input);
+    let (again, stats) = replay(path.to_str().unwrap());
+    assert!(!plain.is_empty());
+    let added: Vec<_> = alert_ids(&again).difference(&alert_ids(&plain)).cloned().collect();
+    assert!(added.is_empty(), "{} alerts from labels sent again: {added:?}", added.len());
+    assert_eq!(alert_ids(&plain), alert_ids(&again));
+    let closed = stats.lines().find_map(|l| l.split("for closed parcels").nth(1)).expect("the closed count");
+    assert!(closed.trim().parse::<usize>().unwrap() >= 40, "every label sent again counted: {stats}");
+}
+
 #[test]
 fn bad_lines_are_kept_with_their_reason_and_the_rest_flows() {
     let dir = tempfile::tempdir().unwrap();
