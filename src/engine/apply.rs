@@ -111,6 +111,7 @@ impl Engine {
             && ev.at < p.state_at.get()
             && ev.kind.is_scan()
             && (ev.kind.sets_state() || ev.at < self.watermark);
+        let moves = ev.kind.sets_state() && !p.is_label_on_its_way(ev.kind);
         let inputs = p.deadline_inputs();
         let before = self.lanes.active().then(|| (Place::of(p), p.lane, p.state_at.get()));
         let first_branch = absorb(p, ev, &self.plan.counted, &mut self.syms, &mut self.stats);
@@ -128,7 +129,7 @@ impl Engine {
             if Place::of(p) != from {
                 p.lane = LaneRef::NONE;
             }
-            if ev.kind.sets_state() {
+            if moves {
                 self.learn(slot, ev, (from, known), from_at);
             }
         }
@@ -245,10 +246,11 @@ fn absorb(p: &mut Parcel, ev: &Event<'_>, counted: &[Option<u8>], syms: &mut Int
         }),
     };
     p.last_event_at = Ts48::from(p.last_event_at.get().max(ev.at));
+    let label_on_its_way = p.is_label_on_its_way(ev.kind);
     if let Some(i) = counted[ev.kind as usize] {
         p.counts[i as usize] = p.counts[i as usize].saturating_add(1);
     }
-    if ev.kind.is_scan() && ev.at >= p.last_scan_at.get() {
+    if ev.kind.is_scan() && !label_on_its_way && ev.at >= p.last_scan_at.get() {
         p.last_scan_at = Ts48::from(ev.at);
         p.facility = intern(&ev.facility, p.facility);
         if let Some(c) = ev.country {
@@ -258,7 +260,7 @@ fn absorb(p: &mut Parcel, ev: &Event<'_>, counted: &[Option<u8>], syms: &mut Int
     if ev.kind == Kind::Departed {
         p.sorts = p.sorts.saturating_add(1);
     }
-    if ev.kind.sets_state() && ev.at >= p.state_at.get() {
+    if ev.kind.sets_state() && !label_on_its_way && ev.at >= p.state_at.get() {
         if ev.kind != p.state || p.state_since.get() == Ts::MIN {
             p.enter(ev.kind, ev.at);
         }

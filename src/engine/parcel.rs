@@ -366,6 +366,18 @@ impl Parcel {
     }
 
     /// Enters `state` at `at`, remembering the state it leaves.
+    /// Whether an event of `kind` is a label for a parcel already on its
+    /// way (handed over, not at its end yet): a label sent again or
+    /// reprinted says who to tell and by when, not where the parcel is nor
+    /// that it moved, so it neither sets the state back to `label_created`
+    /// nor counts as a scan of the parcel.
+    pub fn is_label_on_its_way(&self, kind: Kind) -> bool {
+        kind == Kind::LabelCreated
+            && self.state_since.get() != Ts::MIN
+            && self.state != Kind::LabelCreated
+            && !self.state.is_done()
+    }
+
     pub fn enter(&mut self, state: Kind, at: Ts) {
         self.flags = (self.flags & !STATE_BEFORE) | ((self.state as u8) << STATE_BEFORE_SHIFT);
         self.state = state;
@@ -377,7 +389,7 @@ impl Parcel {
     /// an event older than it (exact when at most one state change came in
     /// before an older event; an older one still is told the state before).
     pub fn state_when(&self, ev: &Event<'_>) -> Kind {
-        if ev.kind.sets_state() {
+        if ev.kind.sets_state() && !self.is_label_on_its_way(ev.kind) {
             ev.kind
         } else if ev.at >= self.state_since.get() {
             self.state

@@ -238,6 +238,38 @@ fn a_label_sent_again_after_its_parcel_closed_brings_nothing_back() {
     }
 }
 
+/// A label sent again while the parcel is held at customs (a new event id,
+/// a revised promise): the promise moves, the parcel does not. Once, it set
+/// the state back to `label_created`, which ended the hold unannounced and,
+/// two days on, told the customer the parcel was never handed over.
+#[test]
+fn a_label_sent_again_on_the_way_revises_the_promise_and_leaves_the_parcel_where_it_is() {
+    let label = |at: &str, promised: &str| {
+        format!(
+            r#""parcel_id":"A","kind":"label_created","at":"{at}","promised_by":"{promised}","recipient":{{"email":"a@example.com"}}"#
+        )
+    };
+    let (first, again) =
+        (label("2026-11-20T08:00:00Z", "2026-11-26T18:00:00Z"), label("2026-11-21T10:00:00Z", "2026-11-27T18:00:00Z"));
+    let (engine, alerts) = run(
+        one_flow(),
+        &[
+            &first,
+            r#""parcel_id":"A","kind":"picked_up","at":"2026-11-20T09:00:00Z","facility":"FR-LYS-01""#,
+            r#""parcel_id":"A","kind":"customs_hold","at":"2026-11-20T13:00:00Z","facility":"FR-CDG-CUSTOMS","reason":"documents_missing""#,
+            &again,
+        ],
+        Some("2026-11-24T00:00:00Z"),
+    );
+    let rules: Vec<&str> = alerts.iter().filter_map(|a| a.split(' ').next()).collect();
+    assert!(rules.contains(&"customs_hold"), "the hold is still told: {alerts:?}");
+    assert!(!rules.contains(&"not_handed_over"), "it was handed over: {alerts:?}");
+    let Lookup::InFlight(view) = engine.lookup("A") else { panic!("A is in flight") };
+    assert_eq!(view.facts.state, Kind::CustomsHold);
+    assert_eq!(view.facts.facility.as_deref(), Some("FR-CDG-CUSTOMS"));
+    assert_eq!(view.facts.promised_by, Some(ts("2026-11-27T18:00:00Z")), "the promise the label revised");
+}
+
 #[test]
 fn a_lookup_shows_state_open_alerts_recipient_and_contacts_without_changing_anything() {
     let (engine, alerts) = run(
