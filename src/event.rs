@@ -354,12 +354,26 @@ fn validate(raw: RawEvent<'_>) -> Result<Event<'_>, Reject> {
             Err(Reject::MissingFor { field, kind })
         }
     };
+    // A date already past when it was given is no date: the promise would
+    // tell the customer at once that the parcel is late, the return date that
+    // it goes back. Other kinds may echo the label's promise after it passed.
+    let not_before = |date: Option<Ts>, field, what: &str| match date {
+        Some(date) if date < at => Err(Reject::invalid(
+            field,
+            format!("{date} is before the {what} itself (at {at}): a date already past when given"),
+        )),
+        _ => Ok(()),
+    };
     match kind {
         Kind::LabelCreated => {
             required_for(promised_by.is_some(), Field::PromisedBy)?;
             required_for(recipient.is_some(), Field::Recipient)?;
+            not_before(promised_by, Field::PromisedBy, "label")?;
         }
-        Kind::ReadyForPickup => required_for(return_by.is_some(), Field::ReturnBy)?,
+        Kind::ReadyForPickup => {
+            required_for(return_by.is_some(), Field::ReturnBy)?;
+            not_before(return_by, Field::ReturnBy, "pickup notice")?;
+        }
         _ => {}
     }
     let contact = (kind == Kind::CustomerContact).then(|| Contact {

@@ -305,3 +305,25 @@ fn a_valid_recipient_does_not_hide_a_wrong_field_after_it() {
         expect!["v: expected an integer [invalid_field]"],
     );
 }
+
+/// One label with a promise already past (a year's typo) once told its
+/// customer at once that the parcel was late; a return date already past,
+/// that it was going back.
+#[test]
+fn refuses_a_promise_or_return_date_already_past_when_given() {
+    check(
+        r#"{"v":1,"event_id":"e1","parcel_id":"P1","kind":"label_created","at":"2026-11-20T08:15:00Z","promised_by":"2025-11-22T18:00:00Z","recipient":{}}"#,
+        expect!["promised_by: 2025-11-22T18:00:00Z is before the label itself (at 2026-11-20T08:15:00Z): a date already past when given [invalid_field]"],
+    );
+    check(
+        r#"{"v":1,"event_id":"e2","parcel_id":"P2","kind":"ready_for_pickup","at":"2026-11-20T08:15:00Z","return_by":"2026-11-20T08:00:00Z"}"#,
+        expect!["return_by: 2026-11-20T08:00:00Z is before the pickup notice itself (at 2026-11-20T08:15:00Z): a date already past when given [invalid_field]"],
+    );
+    // A scan may carry the label's promise after it passed (the parcel is late).
+    check(
+        r#"{"v":1,"event_id":"e3","parcel_id":"P1","kind":"arrived","at":"2026-11-24T08:15:00Z","promised_by":"2026-11-22T18:00:00Z"}"#,
+        expect![[
+            r#"ok arrived P1 e3 at=2026-11-24T08:15:00Z facility=None branch=None country=None promised_by=Some("2026-11-22T18:00:00Z") return_by=None recipient=None contact=None"#
+        ]],
+    );
+}
