@@ -122,6 +122,18 @@ fn broken(kind: usize, i: usize) -> Vec<u8> {
             v.extend_from_slice(b" trailing");
             v
         }
+        // Dates already past when given: a promise a year before its label, a return date before its pickup notice.
+        57 => {
+            let mut v: serde_json::Value = serde_json::from_slice(&recipient(i, "name", json!("Léa"))).expect("JSON");
+            v["promised_by"] = "2025-11-19T18:00:00Z".into();
+            serde_json::to_vec(&v).expect("JSON")
+        }
+        58 => {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&with(i, "kind", json!("ready_for_pickup"))).expect("JSON");
+            v["return_by"] = "2026-11-17T09:00:00Z".into();
+            serde_json::to_vec(&v).expect("JSON")
+        }
         _ => {
             let mut v = "\u{feff}".as_bytes().to_vec();
             v.extend(with(i, "kind", json!("arrived")));
@@ -130,7 +142,7 @@ fn broken(kind: usize, i: usize) -> Vec<u8> {
     }
 }
 
-const KINDS: usize = 58;
+const KINDS: usize = 60;
 const BAD_LINES: usize = 100_000;
 
 /// The valid network with the bad lines mixed in at random places, and
@@ -202,7 +214,7 @@ fn future_scans(events: &[u8], newest: &str, seed: u64) -> (Vec<u8>, usize) {
 const FUTURE: usize = 100;
 
 #[test]
-fn a_hundred_thousand_bad_lines_of_59_kinds_and_future_scans_change_no_alert_in_a_replay() {
+fn a_hundred_thousand_bad_lines_of_61_kinds_and_future_scans_change_no_alert_in_a_replay() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let clean = simulate(dir.path(), "clean.jsonl", 6000, 31);
     let (dirty, bad) = hostile(&fs::read_to_string(&clean).expect("events"), 31);
