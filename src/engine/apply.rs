@@ -107,11 +107,12 @@ impl Engine {
         // time. A contact is never history: it comes on its own stream,
         // before or after the scans it preceded, and counts as when it
         // happened either way.
-        let superseded = p.state.is_done()
-            && ev.at < p.state_at.get()
-            && ev.kind.is_scan()
-            && (ev.kind.sets_state() || ev.at < self.watermark);
-        let moves = ev.kind.sets_state() && !p.is_label_on_its_way(ev.kind);
+        let superseded = p.is_step_after_end(ev.kind, ev.at)
+            || (p.state.is_done()
+                && ev.at < p.state_at.get()
+                && ev.kind.is_scan()
+                && (ev.kind.sets_state() || ev.at < self.watermark));
+        let moves = ev.kind.sets_state() && !p.stays_put(ev.kind, ev.at);
         let inputs = p.deadline_inputs();
         let before = self.lanes.active().then(|| (Place::of(p), p.lane, p.state_at.get()));
         let first_branch = absorb(p, ev, &self.plan.counted, &mut self.syms, &mut self.stats);
@@ -246,11 +247,11 @@ fn absorb(p: &mut Parcel, ev: &Event<'_>, counted: &[Option<u8>], syms: &mut Int
         }),
     };
     p.last_event_at = Ts48::from(p.last_event_at.get().max(ev.at));
-    let label_on_its_way = p.is_label_on_its_way(ev.kind);
+    let stays_put = p.stays_put(ev.kind, ev.at);
     if let Some(i) = counted[ev.kind as usize] {
         p.counts[i as usize] = p.counts[i as usize].saturating_add(1);
     }
-    if ev.kind.is_scan() && !label_on_its_way && ev.at >= p.last_scan_at.get() {
+    if ev.kind.is_scan() && !stays_put && ev.at >= p.last_scan_at.get() {
         p.last_scan_at = Ts48::from(ev.at);
         p.facility = intern(&ev.facility, p.facility);
         if let Some(c) = ev.country {
@@ -260,7 +261,10 @@ fn absorb(p: &mut Parcel, ev: &Event<'_>, counted: &[Option<u8>], syms: &mut Int
     if ev.kind == Kind::Departed {
         p.sorts = p.sorts.saturating_add(1);
     }
-    if ev.kind.sets_state() && !label_on_its_way && ev.at >= p.state_at.get() {
+    // An end uploaded after a later step on the way still ends the parcel:
+    // the step was another parcel's barcode (see `Parcel::is_step_after_end`).
+    let late_end = ev.kind.is_done() && !p.state.is_done();
+    if ev.kind.sets_state() && !stays_put && (ev.at >= p.state_at.get() || late_end) {
         if ev.kind != p.state || p.state_since.get() == Ts::MIN {
             p.enter(ev.kind, ev.at);
         }

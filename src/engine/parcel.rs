@@ -366,16 +366,29 @@ impl Parcel {
     }
 
     /// Enters `state` at `at`, remembering the state it leaves.
-    /// Whether an event of `kind` is a label for a parcel already on its
-    /// way (handed over, not at its end yet): a label sent again or
-    /// reprinted says who to tell and by when, not where the parcel is nor
-    /// that it moved, so it neither sets the state back to `label_created`
-    /// nor counts as a scan of the parcel.
-    pub fn is_label_on_its_way(&self, kind: Kind) -> bool {
-        kind == Kind::LabelCreated
-            && self.state_since.get() != Ts::MIN
-            && self.state != Kind::LabelCreated
-            && !self.state.is_done()
+    /// Whether a state-setting event of `kind` leaves the parcel where it
+    /// is, neither setting its state nor counting as a scan of it:
+    /// - a label for a parcel already on its way (handed over, not at its
+    ///   end): sent again or reprinted, it says who to tell and by when;
+    /// - a step on the way for a parcel at its end (delivered, then "out
+    ///   for delivery" or "missed you"): the barcode of another parcel, not
+    ///   this one back on the road ([`Parcel::is_step_after_end`]).
+    pub fn stays_put(&self, kind: Kind, at: Ts) -> bool {
+        let on_its_way = self.state_since.get() != Ts::MIN && self.state != Kind::LabelCreated && !self.state.is_done();
+        (kind == Kind::LabelCreated && on_its_way) || self.is_step_after_end(kind, at)
+    }
+
+    /// Whether an event of `kind` at `at` is a step on the way (not an end,
+    /// not a label: a label after the end is the tracking number reused)
+    /// dated after the parcel's end. Once, one such scan told a customer
+    /// whose parcel was delivered that it was missed, then stalled, then
+    /// late. (A step dated before the end is history: see `apply_to`.)
+    pub fn is_step_after_end(&self, kind: Kind, at: Ts) -> bool {
+        self.state.is_done()
+            && at >= self.state_at.get()
+            && kind.sets_state()
+            && !kind.is_done()
+            && kind != Kind::LabelCreated
     }
 
     pub fn enter(&mut self, state: Kind, at: Ts) {
@@ -389,7 +402,7 @@ impl Parcel {
     /// an event older than it (exact when at most one state change came in
     /// before an older event; an older one still is told the state before).
     pub fn state_when(&self, ev: &Event<'_>) -> Kind {
-        if ev.kind.sets_state() && !self.is_label_on_its_way(ev.kind) {
+        if ev.kind.sets_state() && !self.stays_put(ev.kind, ev.at) {
             ev.kind
         } else if ev.at >= self.state_since.get() {
             self.state

@@ -270,6 +270,42 @@ fn a_label_sent_again_on_the_way_revises_the_promise_and_leaves_the_parcel_where
     assert_eq!(view.facts.promised_by, Some(ts("2026-11-27T18:00:00Z")), "the promise the label revised");
 }
 
+/// A delivered parcel scanned again on the way an hour later (another
+/// parcel's barcode): once, the scan told its customer "we missed you",
+/// then that the parcel was stalled, then late. It stays delivered, the
+/// scan counted as superseded; a delivery uploaded after such a scan still
+/// ends the parcel; a later end (returned) still applies.
+#[test]
+fn a_step_on_the_way_after_the_parcel_ended_leaves_it_at_its_end() {
+    let lines = [
+        r#""parcel_id":"A","kind":"label_created","at":"2026-11-20T08:00:00Z","promised_by":"2026-11-22T18:00:00Z","recipient":{"email":"a@example.com"}"#,
+        r#""parcel_id":"A","kind":"out_for_delivery","at":"2026-11-21T07:00:00Z","facility":"FR-PAR-12""#,
+        r#""parcel_id":"A","kind":"delivered","at":"2026-11-21T10:00:00Z","facility":"FR-PAR-12""#,
+        r#""parcel_id":"A","kind":"delivery_failed","at":"2026-11-21T11:00:00Z","reason":"no_one_home","facility":"FR-LYS-03""#,
+        r#""parcel_id":"A","kind":"out_for_delivery","at":"2026-11-21T12:00:00Z","facility":"FR-LYS-03""#,
+    ];
+    let (engine, alerts) =
+        run(Config { retention: Span::hours(96), ..one_flow() }, &lines, Some("2026-11-24T00:00:00Z"));
+    assert!(alerts.is_empty(), "nothing told of a delivered parcel: {alerts:?}");
+    assert_eq!(engine.stats().superseded, 2);
+    let Lookup::InFlight(view) = engine.lookup("A") else { panic!("A is kept for the retention") };
+    assert_eq!((view.facts.state, view.facts.facility.as_deref()), (Kind::Delivered, Some("FR-PAR-12")));
+    // The delivery uploaded after the wrong scan: the scan was news when it
+    // came (its own alert), but the end still ends the parcel.
+    let (engine, alerts) = run(
+        Config { retention: Span::hours(96), ..one_flow() },
+        &[lines[0], lines[1], lines[3], lines[2]],
+        Some("2026-11-24T00:00:00Z"),
+    );
+    assert_eq!(alerts, ["delivery_failed firing 2026-11-21T11:00:00Z A"], "then neither stalled nor late");
+    let Lookup::InFlight(view) = engine.lookup("A") else { panic!("A is kept for the retention") };
+    assert_eq!(view.facts.state, Kind::Delivered);
+    let returned = r#""parcel_id":"A","kind":"returned","at":"2026-11-22T09:00:00Z""#;
+    let (engine, _) = run(Config { retention: Span::hours(96), ..one_flow() }, &[lines[0], lines[2], returned], None);
+    let Lookup::InFlight(view) = engine.lookup("A") else { panic!("A is kept for the retention") };
+    assert_eq!(view.facts.state, Kind::Returned, "an end after the end applies");
+}
+
 #[test]
 fn a_lookup_shows_state_open_alerts_recipient_and_contacts_without_changing_anything() {
     let (engine, alerts) = run(
