@@ -85,6 +85,53 @@ fn re_uploaded_events_change_nothing() {
     assert!(dups as usize >= lines.len() / 10 - 1, "{stats}");
 }
 
+/// The network's lines with one more line for each of its first 40
+/// delivered parcels, made by `extra` from the delivery's event, each after the
+/// first line dated `after` past the delivery. Also, for each extra line,
+/// whether it came before its parcel's delivery line (uploaded late).
+fn after_deliveries(
+    lines: &[(i64, String)],
+    after: forewarn::time::Span,
+    extra: impl Fn(&serde_json::Value) -> String,
+) -> (Vec<String>, Vec<bool>) {
+    let event = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap();
+    // A delivery uploaded twice (the network has re-uploads) counts once.
+    let mut first = std::collections::HashSet::new();
+    let mut pending: Vec<(i64, serde_json::Value)> = lines
+        .iter()
+        .map(|(at, l)| (*at, event(l)))
+        .filter(|(_, e)| e["kind"] == "delivered" && first.insert(e["parcel_id"].to_string()))
+        .take(40)
+        .collect();
+    let (mut out, mut before_delivery, mut delivered) = (Vec::new(), Vec::new(), std::collections::HashSet::new());
+    let mut newest = i64::MIN;
+    for (at, line) in lines {
+        out.push(line.clone());
+        newest = newest.max(*at);
+        let e = event(line);
+        if e["kind"] == "delivered" {
+            delivered.insert(e["parcel_id"].to_string());
+        }
+        pending.retain(|(done, d)| {
+            let due = newest >= done + after.0;
+            if due {
+                out.push(extra(d));
+                before_delivery.push(!delivered.contains(&d["parcel_id"].to_string()));
+            }
+            !due
+        });
+    }
+    assert!(pending.is_empty(), "the network runs on past its first 40 deliveries");
+    (out, before_delivery)
+}
+
+/// `forewarn replay --stats` of `path`: its alerts and its statistics.
+fn replay_stats(path: &str) -> (String, String) {
+    let out = forewarn(&["replay", path, "--stats"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    (text(&out.stdout), text(&out.stderr))
+}
+
 /// A carrier's system sends labels again days after their parcels were
 /// delivered and left the window (past the 48 h retention): each one once
 /// started its parcel anew and its promise told the customer it was late.
@@ -93,42 +140,72 @@ fn labels_sent_again_after_their_parcels_left_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let input = simulate(dir.path(), "net.jsonl", 2000, 7);
     let lines = timed_lines(&input);
-    let kind = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].as_str().unwrap().to_string();
-    let parcel = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap()["parcel_id"].to_string();
-    let delivered: Vec<(i64, String)> =
-        lines.iter().filter(|(_, l)| kind(l) == "delivered").map(|(at, l)| (*at, parcel(l))).take(40).collect();
-    // Each label goes after the first line three days past its parcel's delivery.
-    let mut newest = i64::MIN;
-    let mut sent_again = Vec::new();
-    let mut pending = delivered.clone();
-    for (at, line) in &lines {
-        sent_again.push(line.clone());
-        newest = newest.max(*at);
-        pending.retain(|(done, id)| {
-            let due = newest >= done + forewarn::time::Span::hours(72).0;
-            if due {
-                let label = lines.iter().find(|(_, l)| parcel(l) == *id && kind(l) == "label_created");
-                sent_again.push(label.expect("every parcel has its label").1.clone());
-            }
-            !due
-        });
-    }
-    assert!(pending.is_empty(), "the network runs three days past its first 40 deliveries");
+    let label_of = |id: &serde_json::Value| {
+        let label = lines.iter().find(|(_, l)| l.contains(r#""kind":"label_created""#) && l.contains(&id.to_string()));
+        label.expect("every parcel has its label").1.clone()
+    };
+    let (sent_again, _) = after_deliveries(&lines, forewarn::time::Span::hours(72), |d| label_of(&d["parcel_id"]));
     let path = dir.path().join("again.jsonl");
     fs::write(&path, sent_again.join("\n") + "\n").unwrap();
-    let replay = |path: &str| {
-        let out = forewarn(&["replay", path, "--stats"]);
-        assert!(out.status.success());
-        (text(&out.stdout), text(&out.stderr))
-    };
-    let (plain, _) = replay(&input);
-    let (again, stats) = replay(path.to_str().unwrap());
+    let (plain, _) = replay_stats(&input);
+    let (again, stats) = replay_stats(path.to_str().unwrap());
     assert!(!plain.is_empty());
     let added: Vec<_> = alert_ids(&again).difference(&alert_ids(&plain)).cloned().collect();
     assert!(added.is_empty(), "{} alerts from labels sent again: {added:?}", added.len());
     assert_eq!(alert_ids(&plain), alert_ids(&again));
     let closed = stats.lines().find_map(|l| l.split("for closed parcels").nth(1)).expect("the closed count");
     assert!(closed.trim().parse::<usize>().unwrap() >= 40, "every label sent again counted: {stats}");
+}
+
+/// A failed attempt scanned an hour after a delivery (another parcel's
+/// barcode): once, each told the delivered parcel's customer "we missed
+/// you", then that it was stalled, then late (120 false alerts for 40).
+/// Only a failure that came before its parcel's late-uploaded delivery is
+/// news when it comes; nothing else is told of those parcels.
+#[test]
+fn failed_attempts_scanned_after_deliveries_tell_nothing_false() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = simulate(dir.path(), "net.jsonl", 2000, 7);
+    let lines = timed_lines(&input);
+    let failure = |d: &serde_json::Value| {
+        let at =
+            forewarn::time::Ts::parse_rfc3339(d["at"].as_str().unwrap()).unwrap().plus(forewarn::time::Span::hours(1));
+        serde_json::json!({
+            "v": 1, "event_id": format!("{}-x", d["event_id"].as_str().unwrap()), "parcel_id": d["parcel_id"],
+            "kind": "delivery_failed", "at": at.to_string(), "reason": "no_one_home", "facility": d["facility"]
+        })
+        .to_string()
+    };
+    let (scanned, before_delivery) = after_deliveries(&lines, forewarn::time::Span::hours(1), failure);
+    let path = dir.path().join("scanned.jsonl");
+    fs::write(&path, scanned.join("\n") + "\n").unwrap();
+    let (plain, plain_stats) = replay_stats(&input);
+    let (with_scans, stats) = replay_stats(path.to_str().unwrap());
+    let failed: BTreeSet<String> = scanned
+        .iter()
+        .filter(|l| l.contains("-x\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["parcel_id"].as_str().unwrap().to_string())
+        .collect();
+    let plain_ids = alert_ids(&plain);
+    let added: Vec<(String, String)> = with_scans
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|a| failed.contains(a["parcel_id"].as_str().unwrap_or("")))
+        .filter(|a| {
+            !plain_ids
+                .contains(&(a["alert_id"].as_str().unwrap().to_string(), a["state"].as_str().unwrap().to_string()))
+        })
+        .map(|a| (a["rule"].as_str().unwrap().to_string(), a["parcel_id"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(added.iter().all(|(rule, _)| rule == "delivery_failed"), "told of delivered parcels: {added:?}");
+    let news = before_delivery.iter().filter(|&&b| b).count();
+    assert!(added.len() <= news, "{} failures told, {news} came before their delivery: {added:?}", added.len());
+    let superseded = |stats: &str| -> usize {
+        let after = stats.lines().find_map(|l| l.split("superseded").nth(1)).expect("the superseded count");
+        after.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert!(stats.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["rejected", "0"]), "{stats}");
+    assert!(superseded(&stats) >= superseded(&plain_stats) + 40 - news, "{stats}");
 }
 
 #[test]
