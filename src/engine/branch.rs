@@ -305,6 +305,15 @@ impl BranchStage {
         if !wanted {
             return;
         }
+        // A fact read from the facts stream has names of its own: it waits
+        // with the ones the stage holds (a national network's stage holds
+        // 300,000 facts at its peaks, two names each).
+        if let Some((rule, _)) = fact.rule.as_ref().and_then(|r| self.by_member.get_key_value(r)) {
+            fact.rule = Some(rule.clone());
+        }
+        if let Some((branch, _)) = self.volumes.by_place.get_key_value(&fact.branch) {
+            fact.branch = branch.clone();
+        }
         if fact.at <= self.done {
             self.late += 1;
             fact.at = Ts(self.done.0 + 1);
