@@ -365,7 +365,6 @@ impl Parcel {
         Kind::ALL[usize::from((self.flags & STATE_BEFORE) >> STATE_BEFORE_SHIFT)]
     }
 
-    /// Enters `state` at `at`, remembering the state it leaves.
     /// Whether a state-setting event of `kind` leaves the parcel where it
     /// is, neither setting its state nor counting as a scan of it:
     /// - a label for a parcel already on its way (handed over, not at its
@@ -391,6 +390,7 @@ impl Parcel {
             && kind != Kind::LabelCreated
     }
 
+    /// Enters `state` at `at`, remembering the state it leaves.
     pub fn enter(&mut self, state: Kind, at: Ts) {
         self.flags = (self.flags & !STATE_BEFORE) | ((self.state as u8) << STATE_BEFORE_SHIFT);
         self.state = state;
