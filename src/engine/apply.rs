@@ -112,10 +112,10 @@ impl Engine {
                 && ev.at < p.state_at.get()
                 && ev.kind.is_scan()
                 && (ev.kind.sets_state() || ev.at < self.watermark));
-        let moves = ev.kind.sets_state() && !p.stays_put(ev.kind, ev.at);
+        let stays_put = p.stays_put(ev.kind, ev.at);
         let inputs = p.deadline_inputs();
         let before = self.lanes.active().then(|| (Place::of(p), p.lane, p.state_at.get()));
-        let first_branch = absorb(p, ev, &self.plan.counted, &mut self.syms, &mut self.stats);
+        let first_branch = absorb(p, ev, stays_put, &self.plan.counted, &mut self.syms, &mut self.stats);
         if let Some(judged) = judge::contact_after_telling(p, ev, &self.plan) {
             self.judged.push(judged);
         }
@@ -130,7 +130,7 @@ impl Engine {
             if Place::of(p) != from {
                 p.lane = LaneRef::NONE;
             }
-            if moves {
+            if ev.kind.sets_state() && !stays_put {
                 self.learn(slot, ev, (from, known), from_at);
             }
         }
@@ -235,8 +235,16 @@ impl Engine {
     }
 }
 
-/// Folds an event into the parcel; true when it gave the parcel its first branch.
-fn absorb(p: &mut Parcel, ev: &Event<'_>, counted: &[Option<u8>], syms: &mut Interner, stats: &mut Stats) -> bool {
+/// Folds an event into the parcel (one that [`Parcel::stays_put`] neither
+/// moves it nor counts as a scan); true when it gave the parcel its first branch.
+fn absorb(
+    p: &mut Parcel,
+    ev: &Event<'_>,
+    stays_put: bool,
+    counted: &[Option<u8>],
+    syms: &mut Interner,
+    stats: &mut Stats,
+) -> bool {
     let mut intern = |s: &Option<std::borrow::Cow<'_, str>>, current: Sym| match s.as_deref() {
         None => current,
         // Most events repeat the parcel's branch and service: no hashing then.
@@ -247,7 +255,6 @@ fn absorb(p: &mut Parcel, ev: &Event<'_>, counted: &[Option<u8>], syms: &mut Int
         }),
     };
     p.last_event_at = Ts48::from(p.last_event_at.get().max(ev.at));
-    let stays_put = p.stays_put(ev.kind, ev.at);
     if let Some(i) = counted[ev.kind as usize] {
         p.counts[i as usize] = p.counts[i as usize].saturating_add(1);
     }

@@ -11,10 +11,12 @@ use crate::time::Ts;
 
 const MAGIC: &[u8; 4] = b"FWCK";
 const VERSION: u32 = 11;
-/// The oldest format this forewarn still reads: v10 lacks the tombstones'
-/// end times (read as unknown: a label then starts a new parcel, as before).
-pub(in crate::engine) const TOMBSTONE_ENDS_SINCE: u32 = 11;
+/// The oldest format this forewarn still reads.
 const OLDEST: u32 = 10;
+/// The first format whose tombstones keep their parcel's end; an older
+/// one's are read as ended at the dawn of time (a label then starts a new
+/// parcel, as before).
+pub(in crate::engine) const TOMBSTONE_ENDS_SINCE: u32 = 11;
 
 /// Why a checkpoint cannot be restored. Every variant has the same way out:
 /// start without it and rebuild the state by replaying the stream.
