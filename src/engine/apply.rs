@@ -115,15 +115,16 @@ impl Engine {
         let stays_put = p.stays_put(ev.kind, ev.at);
         let inputs = p.deadline_inputs();
         let before = self.lanes.active().then(|| (Place::of(p), p.lane, p.state_at.get()));
-        let first_branch = absorb(p, ev, stays_put, &self.plan.counted, &mut self.syms, &mut self.stats);
+        let first_branch = absorb(p, ev, stays_put, &self.plan.counted, &mut self.syms.lock(), &mut self.stats);
         if let Some(judged) = judge::contact_after_telling(p, ev, &self.plan) {
             self.judged.push(judged);
         }
         // A scan only pushes the stall deadline later; an unchanged wake-up stays right.
         let moved = p.wake.get() == Ts::MAX || p.deadline_inputs() != inputs;
-        if let (true, Some(b)) = (first_branch && self.branches.wants_intake(), self.syms.get(p.branch)) {
+        if let (true, Some(b)) = (first_branch && self.branches.wants_intake(), self.syms.lock().get(p.branch).cloned())
+        {
             let key = u128::from(parcel_hash(p.id()));
-            self.facts.push(Fact { at: self.fact_at(ev.at), rule: None, branch: b.clone(), facility: None, key });
+            self.facts.push(Fact { at: self.fact_at(ev.at), rule: None, branch: b, facility: None, key });
         }
         if let Some((from, known, from_at)) = before {
             let p = self.window.get_mut(slot);
@@ -154,7 +155,7 @@ impl Engine {
                 self.lanes.observe(p, hash, from, from_at, ev.at);
             }
         } else if ev.at >= self.watermark {
-            let facility = ev.facility.as_deref().and_then(|f| self.syms.intern(f));
+            let facility = ev.facility.as_deref().and_then(|f| self.syms.lock().intern(f));
             let branch = p.branch;
             let place = |before: Place| {
                 before.next(facility.unwrap_or(before.facility), ev.kind, ev.country.unwrap_or(before.country), branch)
@@ -181,7 +182,7 @@ impl Engine {
                 Trigger::Revised { days } => {
                     let told = p.told_estimate();
                     told.on != 0 && p.state_at.get() == ev.at && {
-                        let tz = zone(&self.syms, p);
+                        let tz = zone(&self.syms.lock(), p);
                         let arrival = self.lanes.arrival(p, ev.at);
                         arrival.is_some_and(|a| expected::revision(&a, told, ev.at, tz, *days).is_some())
                     }
@@ -200,7 +201,7 @@ impl Engine {
                 },
                 state: p.state_when(ev),
                 facility: match ev.facility.as_deref() {
-                    Some(f) => self.syms.intern(f).unwrap_or(p.facility),
+                    Some(f) => self.syms.lock().intern(f).unwrap_or(p.facility),
                     None => p.facility,
                 },
             };

@@ -12,7 +12,7 @@ use super::codec::{corrupt, Body, CheckpointError, Remap, Snapshot, R, W};
 use super::frontier::{Flow, Frontier, RING};
 use super::lanes::Lanes;
 use super::plan::Plan;
-use super::sym::Interner;
+use super::sym::{SymMap, Symbols};
 use super::timers::{Entry, Timers};
 use super::window::{Tombstones, Window};
 use super::{Config, Engine, Stats};
@@ -88,7 +88,7 @@ pub enum Form {
     /// The whole state; the window's changes count from it.
     Whole,
     /// The window's slots written since the last whole snapshot, the rest of
-    /// the state whole: restored on top of that one ([`Engine::restore_changes`]).
+    /// the state whole: restored on top of that one ([`Engine::restore_sharing`] with the whole one).
     Changes,
 }
 
@@ -101,7 +101,8 @@ struct SavedRules {
 /// What a checkpoint holds before its window.
 struct Head {
     rules: SavedRules,
-    syms: Interner,
+    /// The saved symbols onto the process's table.
+    syms: SymMap,
     watermark: Ts,
     flows: Vec<Flow>,
     max_contact_at: Ts,
@@ -109,10 +110,10 @@ struct Head {
 }
 
 impl Head {
-    fn read(r: &mut R<'_>, set: &RuleSet, config: &Config) -> Result<Head, CheckpointError> {
+    fn read(r: &mut R<'_>, set: &RuleSet, syms: &Symbols) -> Result<Head, CheckpointError> {
         Ok(Head {
             rules: SavedRules::read(r, set)?,
-            syms: Interner::load(r, config.max_symbols)?,
+            syms: syms.lock().read_map(r)?,
             watermark: r.ts()?,
             flows: get_flows(r)?,
             max_contact_at: r.ts()?,
@@ -136,13 +137,14 @@ impl SavedRules {
         Ok(SavedRules { rules, counted })
     }
 
-    /// The map from the saved rules and counters onto the current `plan`'s.
-    fn remap(self, plan: &Plan) -> Remap {
+    /// The map from the saved rules and counters onto the current `plan`'s,
+    /// with the map of the saved symbols.
+    fn remap(self, plan: &Plan, syms: SymMap) -> Remap {
         let mut counts = vec![None; self.counted.iter().map(|(_, p)| p + 1).max().unwrap_or(0)];
         for (kind, place) in self.counted {
             counts[place] = plan.counted[kind as usize];
         }
-        Remap { rules: self.rules, counts }
+        Remap { rules: self.rules, counts, syms }
     }
 }
 
@@ -187,7 +189,7 @@ impl Engine {
             w.u(kind as u64);
             w.u(u64::from(place));
         }
-        self.syms.save(&mut w);
+        self.syms.lock().save(&mut w);
         w.ts(self.watermark);
         put_frontier(&mut w, &self.frontier);
         w.ts(self.max_contact_at);
@@ -206,33 +208,30 @@ impl Engine {
         snapshot
     }
 
-    /// An engine in the state a [`Engine::checkpoint`] saved, under `set` and `config`.
+    /// An engine in the state a [`Engine::checkpoint`] saved, under `set`
+    /// and `config`, with a table of names of its own.
     pub fn restore(bytes: &[u8], set: RuleSet, config: Config) -> Result<Engine, CheckpointError> {
-        Engine::restore_from(None, bytes, set, config)
+        let syms = Symbols::new(config.max_symbols);
+        Engine::restore_sharing(None, bytes, set, config, syms)
     }
 
-    /// An engine in the state of a [`Form::Changes`] snapshot (`changes`)
-    /// taken after the [`Form::Whole`] one `whole`.
-    pub fn restore_changes(
-        whole: &[u8],
-        changes: &[u8],
-        set: RuleSet,
-        config: Config,
-    ) -> Result<Engine, CheckpointError> {
-        Engine::restore_from(Some(whole), changes, set, config)
-    }
-
-    fn restore_from(
+    /// An engine in the state of `bytes` (the changes taken after `whole`,
+    /// when given) naming places in `syms`, the table of the process's
+    /// engines ([`Engine::sharing`]). Each object's symbols are mapped onto
+    /// the table: an engine saved by another process, or beside other
+    /// engines, names them in another order.
+    pub fn restore_sharing(
         whole: Option<&[u8]>,
         bytes: &[u8],
         set: RuleSet,
         config: Config,
+        syms: Symbols,
     ) -> Result<Engine, CheckpointError> {
         let body = Body::open(bytes)?;
         let mut r = body.reader();
-        let Head { rules, mut syms, watermark, flows, max_contact_at, stats } = Head::read(&mut r, &set, &config)?;
-        let plan = Plan::new(&set, &mut syms);
-        let remap = rules.remap(&plan);
+        let Head { rules, syms: saved, watermark, flows, max_contact_at, stats } = Head::read(&mut r, &set, &syms)?;
+        let plan = Plan::new(&set, &mut syms.lock());
+        let remap = rules.remap(&plan, saved);
         let mut frontier = Frontier::new(config.partitions);
         frontier
             .restore(flows)
@@ -244,8 +243,8 @@ impl Engine {
                 // with, the changes written over it; the rest is the changes'.
                 let body = Body::open(whole)?;
                 let mut w = body.reader();
-                let rules = Head::read(&mut w, &set, &config)?.rules;
-                let mut window = Window::read(&mut w, &rules.remap(&plan))?;
+                let head = Head::read(&mut w, &set, &syms)?;
+                let mut window = Window::read(&mut w, &head.rules.remap(&plan, head.syms))?;
                 window.apply_changes(&mut r, &remap)?;
                 window.indexed()?
             }
@@ -254,7 +253,7 @@ impl Engine {
         let mut branches = BranchStage::new(&set, config.partitions);
         branches.load(&mut r)?;
         let mut lanes = Lanes::new(&set, config.partitions, config.lateness, config.max_lanes);
-        lanes.load(&mut r)?;
+        lanes.load(&mut r, &remap.syms)?;
         r.end()?;
         let mut timers = Timers::default();
         for slot in window.live_slots() {

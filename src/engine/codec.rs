@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 
+use super::sym::SymMap;
 use crate::event::{Channels, Contact, ContactChannel, Event, Kind, Recipient, Topic};
 use crate::time::Ts;
 
@@ -250,6 +251,8 @@ pub(in crate::engine) struct Remap {
     pub rules: Vec<Option<u8>>,
     /// Saved counter place → current place.
     pub counts: Vec<Option<u8>>,
+    /// Saved symbol → the process's.
+    pub syms: SymMap,
 }
 
 impl Remap {

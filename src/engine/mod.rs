@@ -59,6 +59,7 @@ use frontier::Frontier;
 use lanes::{Lanes, Place};
 use parcel::{event_fingerprint, take_recipient, LaneRef, Open, Parcel};
 use plan::Plan;
+pub use sym::Symbols;
 use sym::{Interner, Sym};
 use timers::{Entry, Timers};
 use window::{parcel_hash, Tombstones, Window};
@@ -171,7 +172,9 @@ pub struct Engine {
     /// Transit times per lane, for `predicted` rules.
     lanes: Lanes,
     tombstones: Tombstones,
-    syms: Interner,
+    /// The names its parcels and lanes hold, in a table it may share with
+    /// the process's other engines ([`Engine::sharing`]).
+    syms: Symbols,
     /// Counts the facts below when the engine runs its own branch stage, and
     /// says which rules make facts either way.
     branches: BranchStage,
@@ -199,9 +202,16 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine with a table of names of its own.
     pub fn new(set: RuleSet, config: Config) -> Engine {
-        let mut syms = Interner::new(config.max_symbols);
-        let plan = Plan::new(&set, &mut syms);
+        let syms = Symbols::new(config.max_symbols);
+        Engine::sharing(set, config, syms)
+    }
+
+    /// An engine naming places in `syms`, the table of the process's
+    /// engines (`config.max_symbols` is then the table's own bound).
+    pub fn sharing(set: RuleSet, config: Config, syms: Symbols) -> Engine {
+        let plan = Plan::new(&set, &mut syms.lock());
         let lanes = Lanes::new(&set, config.partitions, config.lateness, config.max_lanes);
         let frontier = Frontier::new(config.partitions);
         Engine {
@@ -304,7 +314,7 @@ impl Engine {
     /// Replaces the rules without losing state: episodes of rules that keep their id stay open.
     pub fn replace_rules(&mut self, set: RuleSet) {
         let remap: Vec<Option<u8>> = self.set.rules.iter().map(|r| set.find(&r.voice.id).map(|i| i as u8)).collect();
-        self.plan = Plan::new(&set, &mut self.syms);
+        self.plan = Plan::new(&set, &mut self.syms.lock());
         let lanes_forgotten = self.lanes.replace_rules(&set);
         self.branches.replace_rules(&set);
         self.set = Arc::new(set);
@@ -339,12 +349,13 @@ impl Engine {
         let (then_state, then_facility) = Triggered::then(trigger.as_ref(), p);
         let rule = &self.set.rules[r as usize];
         let id = &self.plan.rules[r as usize].id;
-        let branch = self.syms.get(p.branch).cloned();
-        let mut facts = facts(p, &self.syms, trigger);
+        let syms = self.syms.lock();
+        let (branch, mut facts) = (syms.get(p.branch).cloned(), facts(p, &syms, trigger));
+        let estimate = (state == AlertState::Firing && rule.estimate).then(|| zone(&syms, p));
+        drop(syms);
         let alert_id = AlertId::new(id, p.id(), episode);
         let mut told = None;
-        if state == AlertState::Firing && rule.estimate {
-            let tz = zone(&self.syms, p);
+        if let Some(tz) = estimate {
             facts.expected = self.lanes.arrival(p, at).and_then(|arrival| expected::claim(&arrival, tz));
             told = facts.expected.map(|claim| Told::new(claim, at, tz).told_by(alert_id));
             if matches!(rule.trigger, Trigger::Revised { .. }) {
@@ -385,9 +396,9 @@ impl Engine {
             // the facility; one at its own branch is the branch rules' business.
             let p = self.window.get(slot);
             let on_the_way = then_state != Kind::Departed && then_facility != p.branch;
-            let facility = self.syms.get(then_facility).filter(|_| on_the_way);
+            let facility = self.syms.lock().get(then_facility).filter(|_| on_the_way).cloned();
             if let (Some(f), true) = (facility, self.branches.counts(r as usize, By::Facility)) {
-                self.facts.push(fact(branch.unwrap_or_else(|| Arc::from("")), Some(f.clone())));
+                self.facts.push(fact(branch.unwrap_or_else(|| Arc::from("")), Some(f)));
             }
         }
         out.push(alert);

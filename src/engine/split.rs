@@ -40,7 +40,9 @@ impl Split {
         let share = |total: usize| total.div_ceil(n).max(1);
         let each = Config { max_parcels: share(config.max_parcels), tombstones: share(config.tombstones), ..config };
         let stage = BranchStage::new(&set, config.partitions);
-        let engines = (0..n).map(|_| Engine::new(set.clone(), each.clone()).without_branch_stage()).collect();
+        let syms = Symbols::new(config.max_symbols);
+        let engines =
+            (0..n).map(|_| Engine::sharing(set.clone(), each.clone(), syms.clone()).without_branch_stage()).collect();
         Split {
             engines,
             stage,
@@ -236,8 +238,9 @@ mod tests {
     /// partition made since its last mark.
     fn live_shaped(events: &[u8], set: &RuleSet, config: &Config, end: Ts) -> Vec<String> {
         let n = config.partitions;
+        let syms = Symbols::new(config.max_symbols);
         let mut engines: Vec<Engine> =
-            (0..n).map(|_| Engine::new(set.clone(), config.clone()).without_branch_stage()).collect();
+            (0..n).map(|_| Engine::sharing(set.clone(), config.clone(), syms.clone()).without_branch_stage()).collect();
         let mut stage = BranchStage::new(set, n);
         let mut marks = vec![Ts::MIN; usize::from(n)];
         let mut since_mark: Vec<Vec<Fact>> = vec![Vec::new(); usize::from(n)];

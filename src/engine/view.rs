@@ -72,9 +72,10 @@ impl Engine {
             })
             .collect();
         let known = |t: Ts| (t != Ts::MIN).then_some(t);
+        let syms = self.syms.lock();
         Lookup::InFlight(Box::new(ParcelView {
-            facts: facts(p, &self.syms, None),
-            branch: self.syms.get(p.branch).cloned(),
+            facts: facts(p, &syms, None),
+            branch: syms.get(p.branch).cloned(),
             state_since: known(p.state_since.get()),
             last_event_at: p.last_event_at.get(),
             open,

@@ -20,6 +20,11 @@ fn network(parcels: u64) -> Vec<u8> {
     data
 }
 
+/// A table of names for one engine alone.
+fn own_table() -> Symbols {
+    Symbols::new(Config::default().max_symbols)
+}
+
 /// Ingests `lines`, returning the alerts as JSON lines.
 fn feed(engine: &mut Engine, lines: &[&[u8]]) -> Vec<u8> {
     let (mut out, mut text) = (Vec::new(), Vec::new());
@@ -82,7 +87,8 @@ fn changes_on_a_whole_snapshot_restore_what_a_whole_one_would() {
     let few = engine.snapshot_into(Vec::new(), Form::Changes);
     assert!(few.len() * 2 < whole_bytes, "changes {} bytes, whole {whole_bytes}", few.len());
     let as_whole = |e: &Engine| e.snapshot().into_buffer();
-    let restored = Engine::restore_changes(&whole, &few.compress(), pack(), Config::default()).expect("restores");
+    let restored = Engine::restore_sharing(Some(&whole), &few.compress(), pack(), Config::default(), own_table())
+        .expect("restores");
     assert!(as_whole(&restored) == as_whole(&engine), "whole + changes is the engine at the changes");
 
     got.extend(feed(&mut engine, &lines[b..c]));
@@ -90,7 +96,8 @@ fn changes_on_a_whole_snapshot_restore_what_a_whole_one_would() {
     reordered.rules.reverse();
     engine.replace_rules(reordered.clone());
     let more = engine.snapshot_into(Vec::new(), Form::Changes).compress();
-    let mut restored = Engine::restore_changes(&whole, &more, reordered, Config::default()).expect("restores");
+    let mut restored =
+        Engine::restore_sharing(Some(&whole), &more, reordered, Config::default(), own_table()).expect("restores");
     assert!(as_whole(&restored) == as_whole(&engine), "changes count from the whole snapshot, not the last changes");
     got.extend(feed(&mut restored, &lines[c..]));
     let ids = |json: &[u8]| -> Vec<String> {
@@ -100,6 +107,47 @@ fn changes_on_a_whole_snapshot_restore_what_a_whole_one_would() {
     };
     assert!(expected.len() > 10_000);
     assert_eq!(ids(&got), ids(&expected));
+}
+
+/// Engines sharing a process's table of names resume, in a process whose
+/// table names the places in another order, with the alerts of engines that
+/// never stopped: each object's symbols are mapped onto the new table
+/// (whole objects and changes, with a name the new process met first).
+#[test]
+fn engines_resume_in_a_process_naming_places_in_another_order() {
+    let data = network(3000);
+    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let of = |i: u16| -> Vec<&[u8]> {
+        let parcel = |l: &&[u8]| decode(l).expect("decodes").parcel_id.to_string();
+        lines.iter().filter(|l| crate::partition::of(&parcel(l), 2) == i).copied().collect()
+    };
+    let parts = [of(0), of(1)];
+    let expected: Vec<Vec<u8>> =
+        parts.iter().map(|lines| feed(&mut Engine::new(pack(), Config::default()), lines)).collect();
+
+    // Saved by two processes, each naming places as its own parcels met them.
+    let mut got = [Vec::new(), Vec::new()];
+    let mut saved = Vec::new();
+    for (i, lines) in parts.iter().enumerate() {
+        let (third, half) = (lines.len() / 3, lines.len() / 2);
+        let mut engine = Engine::sharing(pack(), Config::default(), own_table());
+        got[i] = feed(&mut engine, &lines[..third]);
+        let whole = engine.snapshot_into(Vec::new(), Form::Whole).compress();
+        got[i].extend(feed(&mut engine, &lines[third..half]));
+        saved.push((whole, engine.snapshot_into(Vec::new(), Form::Changes).compress()));
+    }
+    // Restored side by side into a table that already names a place.
+    let syms = own_table();
+    syms.lock().intern("a place the new process met first").expect("room");
+    for (i, (whole, changes)) in saved.iter().enumerate() {
+        let mut engine =
+            Engine::restore_sharing(Some(whole), changes, pack(), Config::default(), syms.clone()).expect("restores");
+        got[i].extend(feed(&mut engine, &parts[i][parts[i].len() / 2..]));
+    }
+    for (got, expected) in got.iter().zip(&expected) {
+        assert!(expected.len() > 5_000);
+        assert_eq!(String::from_utf8_lossy(got), String::from_utf8_lossy(expected));
+    }
 }
 
 #[test]

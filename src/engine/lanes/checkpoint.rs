@@ -8,6 +8,7 @@ use super::model::{Lane, Versions, BANDS, NO_QUANTILE};
 use super::spread::Spread;
 use super::*;
 use crate::engine::codec::{CheckpointError, R, W};
+use crate::engine::sym::SymMap;
 
 impl Lanes {
     pub(in crate::engine) fn save(&self, w: &mut W) {
@@ -74,7 +75,7 @@ impl Lanes {
 
     /// Restores what [`Lanes::save`] wrote; a checkpoint made with another
     /// partition count starts the model afresh (its lanes were other samples).
-    pub(in crate::engine) fn load(&mut self, r: &mut R<'_>) -> Result<(), CheckpointError> {
+    pub(in crate::engine) fn load(&mut self, r: &mut R<'_>, syms: &SymMap) -> Result<(), CheckpointError> {
         let partitions = r.n(usize::from(u16::MAX), "lane partitions")? as u16;
         self.published_at = r.ts()?;
         self.stats = LaneStats { legs: r.u()?, splits: r.u()?, overflow: r.u()?, publications: r.u()? };
@@ -83,11 +84,11 @@ impl Lanes {
             let mut m = Model::default();
             let count = r.n(MAX_LANES, "lanes")?;
             for i in 0..count {
-                let facility = Sym::load(r)?;
+                let facility = syms.get(Sym::load(r)?);
                 let state = r.kind()?;
                 let country =
                     u16::try_from(r.u()?).map_err(|_| CheckpointError::Corrupt("lane country".into()))?.to_le_bytes();
-                let service = Sym::load(r)?;
+                let service = syms.get(Sym::load(r)?);
                 let here = r.n(1, "lane here")? == 1;
                 let sorts = r.n(usize::from(MAX_SORTS), "lane sorts")? as u8;
                 let place = Place { facility, state, country, service, here, sorts };

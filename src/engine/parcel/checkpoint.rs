@@ -75,11 +75,11 @@ impl Parcel {
         p.flags = r.u8()?;
         // Generations wrap: a wider one saved by an older version keeps its low bits.
         p.gen = r.u32()? as u8;
-        p.locale = Sym::load(r)?;
-        p.tz = Sym::load(r)?;
-        p.branch = Sym::load(r)?;
-        p.facility = Sym::load(r)?;
-        p.service = Sym::load(r)?;
+        p.locale = remap.syms.get(Sym::load(r)?);
+        p.tz = remap.syms.get(Sym::load(r)?);
+        p.branch = remap.syms.get(Sym::load(r)?);
+        p.facility = remap.syms.get(Sym::load(r)?);
+        p.service = remap.syms.get(Sym::load(r)?);
         let country = r.u()?;
         p.country = [(country >> 8) as u8, country as u8];
         p.state = r.kind()?;

@@ -73,7 +73,7 @@ fn a_parcel_told_and_never_contacted_keeps_its_telling_in_itself_through_a_check
     let mut out = W::default();
     p.save(&mut out);
     let body = Body::open(&out.snapshot().compress()).expect("opens");
-    let remap = Remap { rules: (0..4).map(Some).collect(), counts: Vec::new() };
+    let remap = Remap { rules: (0..4).map(Some).collect(), counts: Vec::new(), syms: Default::default() };
     let back = Parcel::load(&mut body.reader(), &remap).expect("loads");
     assert_eq!((back.id(), back.name(), back.phone()), ("P", Some("Zoé"), Some("+33612345678")));
     assert_eq!((back.told_at(), back.told_by(), back.talk.is_none()), (Ts(7), 2, true));

@@ -13,7 +13,7 @@ use super::super::input::{Input, Which};
 use super::super::store::{self, Kind};
 use super::{Part, Stage};
 use crate::config::Config;
-use crate::engine::{self, BranchStage, Engine};
+use crate::engine::{self, BranchStage, Engine, Symbols};
 use crate::nats::LiveError;
 use crate::partition::Owned;
 use crate::rules::RuleSet;
@@ -35,6 +35,8 @@ pub(super) async fn state(
     let mut parts = BTreeMap::new();
     let mut stages = BTreeMap::new();
     let (mut engines, mut with_changes) = (0, 0);
+    // One table of names for the owned partitions' engines.
+    let syms = Symbols::new(engine_config.max_symbols);
     for &p in &owned.list {
         let whole = if rebuild { None } else { store::load(checkpoints, Kind::Engine, p, count).await? };
         let part = match whole {
@@ -43,18 +45,14 @@ pub(super) async fn state(
                 let changes = store::load(checkpoints, Kind::Changes, p, count)
                     .await?
                     .filter(|changes| whole.whole != 0 && changes.whole == whole.whole);
-                let (restored, positions) = match &changes {
-                    Some(changes) => (
-                        Engine::restore_changes(&whole.state, &changes.state, set.clone(), engine_config.clone())
-                            .map_err(|e| refused(Kind::Changes, p, e))?,
-                        &changes.positions,
-                    ),
-                    None => (
-                        Engine::restore(&whole.state, set.clone(), engine_config.clone())
-                            .map_err(|e| refused(Kind::Engine, p, e))?,
-                        &whole.positions,
-                    ),
+                let (kind, base, latest) = match &changes {
+                    Some(changes) => (Kind::Changes, Some(&whole.state[..]), changes),
+                    None => (Kind::Engine, None, &whole),
                 };
+                let restored =
+                    Engine::restore_sharing(base, &latest.state, set.clone(), engine_config.clone(), syms.clone())
+                        .map_err(|e| refused(kind, p, e))?;
+                let positions = &latest.positions;
                 let pos = [positions.first().copied().unwrap_or(0), positions.get(1).copied().unwrap_or(0)];
                 engines += 1;
                 with_changes += usize::from(changes.is_some());
@@ -68,7 +66,7 @@ pub(super) async fn state(
                 }
             }
             None => Part {
-                engine: Engine::new(set.clone(), engine_config.clone()).without_branch_stage(),
+                engine: Engine::sharing(set.clone(), engine_config.clone(), syms.clone()).without_branch_stage(),
                 pos: [0, 0],
                 last_input: Instant::now(),
                 dirty: true,
