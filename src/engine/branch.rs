@@ -390,7 +390,7 @@ impl BranchStage {
             while s.slots.front().is_some_and(|(h, _)| *h < baseline_start) {
                 s.slots.pop_front();
             }
-            let peers = self.volumes.peers(&a.rule, &a.group_hits, place, &s.hits, at);
+            let peers = || self.volumes.peers(&a.rule, &a.group_hits, place, &s.hits, at);
             if s.open.is_some() {
                 if judge(&a.rule, s, at, peers).is_some() {
                     s.failing_since = None;
@@ -429,7 +429,7 @@ impl BranchStage {
                 };
                 prune(&mut s.hits, now.minus(window));
                 prune(&mut s.intake, now.minus(window));
-                let peers = self.volumes.peers(&a.rule, &a.group_hits, &branch, &s.hits, now);
+                let peers = || self.volumes.peers(&a.rule, &a.group_hits, &branch, &s.hits, now);
                 let ends = match judge(&a.rule, s, now, peers) {
                     Some(_) => {
                         s.failing_since = None;
@@ -445,7 +445,8 @@ impl BranchStage {
                     continue;
                 }
                 s.failing_since = None;
-                let usual = usual(&a.rule, s, now, peers);
+                let usual =
+                    usual(&a.rule, s, now, || self.volumes.peers(&a.rule, &a.group_hits, &branch, &s.hits, now));
                 let started = s.open.take().unwrap_or(now);
                 s.opened_against = None;
                 let facts = facts(&a.rule, s.hits.len() as u32, usual, None);
@@ -489,18 +490,22 @@ fn number(n: i64) -> Number {
 /// its hours, or (`by_hour`) in the same window of each previous day it was
 /// watched all through, on average. Before a whole day is known (`by_hour`),
 /// the place has no normal of its own yet: its peers' hits in the window
-/// per parcel, for its volume, when both are known; else none.
-fn usual(rule: &BranchRule, s: &BranchState, now: Ts, peers: Option<Peers>) -> Usual {
+/// per parcel, for its volume, when both are known; else none. `peers` is
+/// asked only then: an episode check visits every open episode, and on a
+/// national network most are judged by their own history or the usual they
+/// opened against.
+fn usual(rule: &BranchRule, s: &BranchState, now: Ts, peers: impl FnOnce() -> Option<Peers>) -> Usual {
     let observed = s.first_seen.map_or(0, |f| now.since(f).0 / HOUR.0);
     if rule.by_hour && rule.window < DAY {
         // The same window on each previous day the branch was watched all through.
         let (start, end, first) = (now.minus(rule.window).0, now.0, s.first_seen.unwrap_or(Ts::MAX).0);
-        let days: Vec<i64> = (1..=(rule.baseline.0 / DAY.0).max(1)).filter(|d| start - d * DAY.0 >= first).collect();
-        if days.is_empty() {
+        let days = (1..=(rule.baseline.0 / DAY.0).max(1)).filter(|d| start - d * DAY.0 >= first);
+        let watched = days.clone().count();
+        if watched == 0 {
             if let (Some(_), Some(usual)) = (s.open, s.opened_against) {
                 return usual;
             }
-            return match peers {
+            return match peers() {
                 Some(p) if p.volume > 0 && p.own_volume > 0 => {
                     Usual::Network(p.hits as f64 * p.own_volume as f64 / p.volume as f64)
                 }
@@ -508,14 +513,14 @@ fn usual(rule: &BranchRule, s: &BranchState, now: Ts, peers: Option<Peers>) -> U
             };
         }
         let mut same_window = 0.0;
-        for d in &days {
+        for d in days {
             let (from, to) = (start - d * DAY.0, end - d * DAY.0);
             // The slots ending within the window: a burst on the hour (all of a
             // day's parcels promised for one time) counts as today's does.
             let slots = ended_by(Ts(from))..ended_by(Ts(to));
             same_window += s.slots.iter().filter(|(k, _)| slots.contains(k)).map(|(_, n)| f64::from(*n)).sum::<f64>();
         }
-        return Usual::Own(same_window / days.len() as f64);
+        return Usual::Own(same_window / watched as f64);
     }
     // An open episode is judged against the usual from before it: a long one
     // does not become its own normal.
@@ -531,7 +536,7 @@ fn usual(rule: &BranchRule, s: &BranchState, now: Ts, peers: Option<Peers>) -> U
 /// first day) is judged against its peers' rate for its volume, or with no
 /// peers by the floor alone: `min_count` hits in the window is an anomaly
 /// anywhere, one stall is not.
-fn judge(rule: &BranchRule, s: &BranchState, now: Ts, peers: Option<Peers>) -> Option<BranchFacts> {
+fn judge(rule: &BranchRule, s: &BranchState, now: Ts, peers: impl FnOnce() -> Option<Peers>) -> Option<BranchFacts> {
     let count = s.hits.len() as u32;
     let usual = usual(rule, s, now, peers);
     let holds = match rule.threshold {
