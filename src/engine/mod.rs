@@ -89,7 +89,9 @@ pub struct Config {
     pub max_parcels: usize,
     /// How many evicted parcels are remembered, so late duplicates do not revive them.
     pub tombstones: usize,
-    /// The most distinct facility, branch, service, locale and time zone names.
+    /// The most distinct facility, branch, service, locale and time zone
+    /// names: the bound of the engine's table of names, the process's when
+    /// its engines share one ([`Engine::sharing`]).
     pub max_symbols: usize,
     /// The deployment's partition count: predictions learn per partition,
     /// so that a replay and every split of the partitions learn the same.
