@@ -96,7 +96,7 @@ pub struct Standing {
 }
 
 /// Asks the processors that own the rows' parcels (`partitions` of them,
-/// by the parcel's partition, [`ASKED`] tracking numbers a request, all at
+/// by the parcel's partition, `ASKED` tracking numbers a request, all at
 /// once) where each parcel stands, and sorts the rows, keeping their order.
 pub async fn standing(client: &async_nats::Client, partitions: u16, rows: Vec<(String, Row)>) -> Standing {
     let mut by_partition: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();

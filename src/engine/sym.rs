@@ -85,7 +85,7 @@ impl Interner {
 /// 1 M parcels on national-cn, and a cache miss where the one table hits). The engines of a process all run on one
 /// thread, so the lock is never waited for. A checkpoint still stands
 /// alone: an engine saves the table with its state and a restore maps the
-/// saved symbols onto the process's ([`Interner::read_map`]).
+/// saved symbols onto the process's (`Interner::read_map`).
 #[derive(Clone)]
 pub struct Symbols(Arc<Mutex<Interner>>);
 
