@@ -445,8 +445,7 @@ impl BranchStage {
                     continue;
                 }
                 s.failing_since = None;
-                let usual =
-                    usual(&a.rule, s, now, || self.volumes.peers(&a.rule, &a.group_hits, &branch, &s.hits, now));
+                let usual = usual(&a.rule, s, now, peers);
                 let started = s.open.take().unwrap_or(now);
                 s.opened_against = None;
                 let facts = facts(&a.rule, s.hits.len() as u32, usual, None);

@@ -85,15 +85,26 @@ fn re_uploaded_events_change_nothing() {
     assert!(dups as usize >= lines.len() / 10 - 1, "{stats}");
 }
 
-/// The network's lines with one more line for each of its first 40
-/// delivered parcels, made by `extra` from the delivery's event, each after the
-/// first line dated `after` past the delivery. Also, for each extra line,
-/// whether it came before its parcel's delivery line (uploaded late).
+/// A 2,000-parcel network replayed (`--stats`) as it is and with one more
+/// line for each of its first 40 delivered parcels, made by `extra` from the
+/// network's lines and the delivery's event, each after the first line dated
+/// `after` past the delivery.
+struct Inserted {
+    /// The lines added, each with whether it came before its parcel's
+    /// delivery line (uploaded late).
+    added: Vec<(String, bool)>,
+    /// Alerts and statistics of the network as it is, and with the lines.
+    plain: (String, String),
+    with: (String, String),
+}
+
 fn after_deliveries(
-    lines: &[(i64, String)],
     after: forewarn::time::Span,
-    extra: impl Fn(&serde_json::Value) -> String,
-) -> (Vec<String>, Vec<bool>) {
+    extra: impl Fn(&[(i64, String)], &serde_json::Value) -> String,
+) -> Inserted {
+    let dir = tempfile::tempdir().unwrap();
+    let input = simulate(dir.path(), "net.jsonl", 2000, 7);
+    let lines = timed_lines(&input);
     let event = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap();
     // A delivery uploaded twice (the network has re-uploads) counts once.
     let mut first = std::collections::HashSet::new();
@@ -103,9 +114,9 @@ fn after_deliveries(
         .filter(|(_, e)| e["kind"] == "delivered" && first.insert(e["parcel_id"].to_string()))
         .take(40)
         .collect();
-    let (mut out, mut before_delivery, mut delivered) = (Vec::new(), Vec::new(), std::collections::HashSet::new());
+    let (mut out, mut added, mut delivered) = (Vec::new(), Vec::new(), std::collections::HashSet::new());
     let mut newest = i64::MIN;
-    for (at, line) in lines {
+    for (at, line) in &lines {
         out.push(line.clone());
         newest = newest.max(*at);
         let e = event(line);
@@ -115,14 +126,17 @@ fn after_deliveries(
         pending.retain(|(done, d)| {
             let due = newest >= done + after.0;
             if due {
-                out.push(extra(d));
-                before_delivery.push(!delivered.contains(&d["parcel_id"].to_string()));
+                let line = extra(&lines, d);
+                out.push(line.clone());
+                added.push((line, !delivered.contains(&d["parcel_id"].to_string())));
             }
             !due
         });
     }
     assert!(pending.is_empty(), "the network runs on past its first 40 deliveries");
-    (out, before_delivery)
+    let path = dir.path().join("with.jsonl");
+    fs::write(&path, out.join("\n") + "\n").unwrap();
+    Inserted { added, plain: replay_stats(&input), with: replay_stats(path.to_str().unwrap()) }
 }
 
 /// `forewarn replay --stats` of `path`: its alerts and its statistics.
@@ -137,18 +151,13 @@ fn replay_stats(path: &str) -> (String, String) {
 /// started its parcel anew and its promise told the customer it was late.
 #[test]
 fn labels_sent_again_after_their_parcels_left_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = simulate(dir.path(), "net.jsonl", 2000, 7);
-    let lines = timed_lines(&input);
-    let label_of = |id: &serde_json::Value| {
-        let label = lines.iter().find(|(_, l)| l.contains(r#""kind":"label_created""#) && l.contains(&id.to_string()));
+    let label_of = |lines: &[(i64, String)], d: &serde_json::Value| {
+        let id = d["parcel_id"].to_string();
+        let label = lines.iter().find(|(_, l)| l.contains(r#""kind":"label_created""#) && l.contains(&id));
         label.expect("every parcel has its label").1.clone()
     };
-    let (sent_again, _) = after_deliveries(&lines, forewarn::time::Span::hours(72), |d| label_of(&d["parcel_id"]));
-    let path = dir.path().join("again.jsonl");
-    fs::write(&path, sent_again.join("\n") + "\n").unwrap();
-    let (plain, _) = replay_stats(&input);
-    let (again, stats) = replay_stats(path.to_str().unwrap());
+    let Inserted { plain: (plain, _), with: (again, stats), .. } =
+        after_deliveries(forewarn::time::Span::hours(72), label_of);
     assert!(!plain.is_empty());
     let added: Vec<_> = alert_ids(&again).difference(&alert_ids(&plain)).cloned().collect();
     assert!(added.is_empty(), "{} alerts from labels sent again: {added:?}", added.len());
@@ -164,10 +173,7 @@ fn labels_sent_again_after_their_parcels_left_change_nothing() {
 /// news when it comes; nothing else is told of those parcels.
 #[test]
 fn failed_attempts_scanned_after_deliveries_tell_nothing_false() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = simulate(dir.path(), "net.jsonl", 2000, 7);
-    let lines = timed_lines(&input);
-    let failure = |d: &serde_json::Value| {
+    let failure = |_: &[(i64, String)], d: &serde_json::Value| {
         let at =
             forewarn::time::Ts::parse_rfc3339(d["at"].as_str().unwrap()).unwrap().plus(forewarn::time::Span::hours(1));
         serde_json::json!({
@@ -176,15 +182,11 @@ fn failed_attempts_scanned_after_deliveries_tell_nothing_false() {
         })
         .to_string()
     };
-    let (scanned, before_delivery) = after_deliveries(&lines, forewarn::time::Span::hours(1), failure);
-    let path = dir.path().join("scanned.jsonl");
-    fs::write(&path, scanned.join("\n") + "\n").unwrap();
-    let (plain, plain_stats) = replay_stats(&input);
-    let (with_scans, stats) = replay_stats(path.to_str().unwrap());
+    let Inserted { added: scanned, plain: (plain, plain_stats), with: (with_scans, stats) } =
+        after_deliveries(forewarn::time::Span::hours(1), failure);
     let failed: BTreeSet<String> = scanned
         .iter()
-        .filter(|l| l.contains("-x\""))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["parcel_id"].as_str().unwrap().to_string())
+        .map(|(l, _)| serde_json::from_str::<serde_json::Value>(l).unwrap()["parcel_id"].as_str().unwrap().to_string())
         .collect();
     let plain_ids = alert_ids(&plain);
     let added: Vec<(String, String)> = with_scans
@@ -198,7 +200,7 @@ fn failed_attempts_scanned_after_deliveries_tell_nothing_false() {
         .map(|a| (a["rule"].as_str().unwrap().to_string(), a["parcel_id"].as_str().unwrap().to_string()))
         .collect();
     assert!(added.iter().all(|(rule, _)| rule == "delivery_failed"), "told of delivered parcels: {added:?}");
-    let news = before_delivery.iter().filter(|&&b| b).count();
+    let news = scanned.iter().filter(|(_, before)| *before).count();
     assert!(added.len() <= news, "{} failures told, {news} came before their delivery: {added:?}", added.len());
     let superseded = |stats: &str| -> usize {
         let after = stats.lines().find_map(|l| l.split("superseded").nth(1)).expect("the superseded count");
