@@ -174,6 +174,26 @@ impl Processor {
     }
 }
 
+/// A test that fails leaves no process behind, and shows what the
+/// processor logged last: the reason is there, not in the assertion.
+impl Drop for Processor {
+    fn drop(&mut self) {
+        if self.child.try_wait().is_ok_and(|s| s.is_none()) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!("--- the last {} lines of {} ---\n{}", tail.len(), self.log.display(), tail.join("\n"));
+        }
+    }
+}
+
+/// How much of a processor's log a failing test shows.
+const LOG_TAIL: usize = 300;
+
 fn rand_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
