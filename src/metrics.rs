@@ -205,8 +205,9 @@ impl Metrics {
             ),
             checkpoint_objects: counter(
                 "forewarn_checkpoint_objects_total",
-                "Checkpoint objects stored, by kind: an engine whole (engine), an engine's changes since its \
-                 whole object (changes, while they are at most half its slots), a branch stage (stage).",
+                "Checkpoint objects stored, by kind: an engine whole (engine), a link of an engine's chain of \
+                 changes (changes: its parcels written since its last object, while they are at most half its \
+                 slots), a branch stage (stage).",
                 &["kind"],
             ),
             checkpoint_waiting: IntGauge::new(

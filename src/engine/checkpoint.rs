@@ -85,10 +85,11 @@ fn get_stats(r: &mut R<'_>) -> Result<Stats, CheckpointError> {
 /// What a snapshot holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Form {
-    /// The whole state; the window's changes count from it.
+    /// The whole state.
     Whole,
-    /// The window's slots written since the last whole snapshot, the rest of
-    /// the state whole: restored on top of that one ([`Engine::restore_sharing`] with the whole one).
+    /// The window's slots written since the last snapshot (whole or
+    /// changes), the rest of the state whole: restored on top of the chain
+    /// of snapshots since the last whole one ([`Engine::restore_sharing`]).
     Changes,
 }
 
@@ -159,18 +160,16 @@ impl Engine {
         self.write(Vec::new(), Form::Whole)
     }
 
-    /// A snapshot in `form`, written into `buffer` (its room reused); after
-    /// a whole one, the window's changes count from it.
+    /// A snapshot in `form`, written into `buffer` (its room reused); the
+    /// window's changes count from it.
     pub fn snapshot_into(&mut self, buffer: Vec<u8>, form: Form) -> Snapshot {
         let snapshot = self.write(buffer, form);
-        if form == Form::Whole {
-            self.window.forget_changes();
-        }
+        self.window.forget_changes();
         snapshot
     }
 
-    /// The window's slots written since the last whole snapshot, and all
-    /// its slots: what a snapshot of the changes would hold, against a whole one.
+    /// The window's slots written since the last snapshot, and all its
+    /// slots: what a snapshot of the changes would hold, against a whole one.
     pub fn changes(&self) -> (usize, usize) {
         self.window.changes()
     }
@@ -212,22 +211,23 @@ impl Engine {
     /// and `config`, with a table of names of its own.
     pub fn restore(bytes: &[u8], set: RuleSet, config: Config) -> Result<Engine, CheckpointError> {
         let syms = Symbols::new(config.max_symbols);
-        Engine::restore_sharing(None, bytes, set, config, syms)
+        Engine::restore_sharing(&[bytes], set, config, syms)
     }
 
-    /// An engine in the state of `bytes` (the changes taken after `whole`,
-    /// when given) naming places in `syms`, the table of the process's
-    /// engines ([`Engine::sharing`]). Each object's symbols are mapped onto
+    /// An engine in the state of the last snapshot of `chain`: a whole one,
+    /// then the [`Form::Changes`] taken after it, each counted from the one
+    /// before. Its places are named in `syms`, the table of the process's
+    /// engines ([`Engine::sharing`]); each snapshot's symbols are mapped onto
     /// the table: an engine saved by another process, or beside other
     /// engines, names them in another order.
     pub fn restore_sharing(
-        whole: Option<&[u8]>,
-        bytes: &[u8],
+        chain: &[&[u8]],
         set: RuleSet,
         config: Config,
         syms: Symbols,
     ) -> Result<Engine, CheckpointError> {
-        let body = Body::open(bytes)?;
+        let (last, before) = chain.split_last().ok_or_else(|| corrupt("no snapshot to restore"))?;
+        let body = Body::open(last)?;
         let mut r = body.reader();
         let Head { rules, syms: saved, watermark, flows, max_contact_at, stats } = Head::read(&mut r, &set, &syms)?;
         let plan = Plan::new(&set, &mut syms.lock());
@@ -236,15 +236,22 @@ impl Engine {
         frontier
             .restore(flows)
             .map_err(|saved| corrupt(format!("{saved} partitions' flows saved, {} configured", config.partitions)))?;
-        let window = match whole {
+        let window = match before.split_first() {
             None => Window::load(&mut r, &remap)?,
-            Some(whole) => {
-                // The whole snapshot's window under the rules it was saved
-                // with, the changes written over it; the rest is the changes'.
+            Some((whole, links)) => {
+                // The whole snapshot's window and each link's changed slots,
+                // each under the rules and names it was saved with; the
+                // rest of the state is the last link's.
                 let body = Body::open(whole)?;
                 let mut w = body.reader();
                 let head = Head::read(&mut w, &set, &syms)?;
                 let mut window = Window::read(&mut w, &head.rules.remap(&plan, head.syms))?;
+                for link in links {
+                    let body = Body::open(link)?;
+                    let mut l = body.reader();
+                    let head = Head::read(&mut l, &set, &syms)?;
+                    window.apply_changes(&mut l, &head.rules.remap(&plan, head.syms))?;
+                }
                 window.apply_changes(&mut r, &remap)?;
                 window.indexed()?
             }

@@ -104,9 +104,12 @@ struct Part {
     pos: [u64; 2],
     last_input: Instant,
     dirty: bool,
-    /// The id of the engine's whole object its changes count from (stored,
-    /// or taken in the round under way); none until one is taken.
+    /// The id of the engine's whole object its chain of changes starts
+    /// from (stored, or taken in the round under way); none until one is
+    /// taken.
     whole: Option<u64>,
+    /// The links of changes taken after it.
+    links: u32,
 }
 
 /// One owned branch partition.

@@ -1,10 +1,12 @@
 //! Checkpoint objects in the JetStream object store: per owned partition,
-//! its engine whole (`engine-P`, with its stream positions) and the
-//! engine's changes since then (`changes-P`, with later positions, valid on
-//! the whole object of the same id only); per owned branch partition, its
-//! branch stage, position and the marks it has seen. Objects by partition
-//! are what lets partitions move between instances: the new owner reads the
-//! partition's objects and resumes after their positions.
+//! its engine whole (`engine-P`, with its stream positions) and the chain
+//! of the engine's changes taken after it (`changes-P`, `changes-P.2`, …
+//! up to [`MAX_LINKS`], each counted from the one before, with later
+//! positions; valid on the whole object of the same id only, so a link
+//! left from an older chain ends the chain); per owned branch partition,
+//! its branch stage, position and the marks it has seen. Objects by
+//! partition are what lets partitions move between instances: the new
+//! owner reads the partition's objects and resumes after their positions.
 //!
 //! Layout: `FWLV`, version (u32 LE), kind (u8), partition count (u16 LE),
 //! partition (u16 LE), the whole object's id (u64 LE; from version 2),
@@ -26,7 +28,8 @@ pub enum Kind {
     Engine,
     /// A branch partition's stage; the position is the facts stream's.
     Stage,
-    /// A partition's engine as the changes since its whole object.
+    /// A partition's engine as the changes since its last object: a link
+    /// of the chain after its whole object.
     Changes,
 }
 
@@ -55,6 +58,18 @@ pub struct Saved {
     pub positions: Vec<u64>,
     pub marks: Vec<Ts>,
     pub state: Vec<u8>,
+}
+
+/// The longest chain of changes after a whole object: a restart reads
+/// the whole object and at most this many links.
+pub const MAX_LINKS: u32 = 8;
+
+/// The name of link `link` (from 1) of a partition's chain of changes.
+pub fn link_name(partition: u16, link: u32) -> String {
+    match link {
+        1 => object_name(Kind::Changes, partition),
+        _ => format!("{}.{link}", object_name(Kind::Changes, partition)),
+    }
 }
 
 pub fn object_name(kind: Kind, partition: u16) -> String {
@@ -137,7 +152,34 @@ pub async fn load(
     partition: u16,
     partitions: u16,
 ) -> Result<Option<Saved>, LiveError> {
-    let name = object_name(kind, partition);
+    load_named(store, object_name(kind, partition), kind, partition, partitions).await
+}
+
+/// Reads the chain of changes stored after the whole object `whole`: its
+/// links in order, up to the first missing one or one of another chain.
+pub async fn load_chain(store: &ObjectStore, whole: &Saved, partitions: u16) -> Result<Vec<Saved>, LiveError> {
+    let mut chain = Vec::new();
+    // Objects of version 1 name no whole object: no changes count from them.
+    if whole.whole == 0 {
+        return Ok(chain);
+    }
+    for link in 1..=MAX_LINKS {
+        let name = link_name(whole.partition, link);
+        match load_named(store, name, Kind::Changes, whole.partition, partitions).await? {
+            Some(saved) if saved.whole == whole.whole => chain.push(saved),
+            _ => break,
+        }
+    }
+    Ok(chain)
+}
+
+async fn load_named(
+    store: &ObjectStore,
+    name: String,
+    kind: Kind,
+    partition: u16,
+    partitions: u16,
+) -> Result<Option<Saved>, LiveError> {
     let mut object = match store.get(&name).await {
         Ok(object) => object,
         Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),

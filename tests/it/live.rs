@@ -181,8 +181,7 @@ fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
         // A random point: after some more of the stream has been handled.
         let target = rng.gen_range(1..=total / (kills + 3)) + kill * total / (kills + 3);
         wait_until("progress before the kill", || c.count("ALERTS") >= target);
-        on_changes +=
-            usize::from(p.log().lines().any(|l| l.contains("with_changes=") && !l.contains("with_changes=0")));
+        on_changes += usize::from(p.log().lines().any(|l| l.contains("links=") && !l.contains("links=0")));
         p.kill();
     }
     eprintln!("{on_changes} of {kills} restarts restored engines from their changes");
@@ -202,8 +201,8 @@ fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
         let mut covered = [0u64; 2];
         for p in 0..16 {
             let whole = store::load(&bucket, Kind::Engine, p, 16).await.expect("readable").expect("saved");
-            let changes = store::load(&bucket, Kind::Changes, p, 16).await.expect("readable");
-            let saved = changes.filter(|changes| changes.whole == whole.whole).unwrap_or(whole);
+            let chain = store::load_chain(&bucket, &whole, 16).await.expect("readable");
+            let saved = chain.last().unwrap_or(&whole);
             for (c, pos) in covered.iter_mut().zip(&saved.positions) {
                 *c = (*c).max(*pos);
             }
@@ -222,12 +221,12 @@ fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
     });
 }
 
-/// An engine is stored whole, then as its changes since (a few events
-/// more): killed after that, the processor restores the engine from the
-/// whole object and the changes, resumes after the changes' positions and
-/// publishes nothing twice.
+/// An engine is stored whole, then as a chain of changes (a few events
+/// more, twice): killed after that, the processor restores the engine from
+/// the whole object and every link, resumes after the last link's
+/// positions and publishes nothing twice.
 #[test]
-fn killed_after_storing_changes_it_restores_them_on_their_whole_object() {
+fn killed_after_storing_changes_it_restores_their_chain_on_their_whole_object() {
     let c = case(2000, 31);
     c.publish_all();
     let http = format!("127.0.0.1:{}", super::free_port());
@@ -239,23 +238,54 @@ fn killed_after_storing_changes_it_restores_them_on_their_whole_object() {
         metrics.lines().find_map(|l| l.strip_prefix(series.as_str())?.parse().ok()).unwrap_or(0)
     };
     wait_until("every engine stored whole", || stored("engine") >= 16);
-    // Forty deliveries again (of parcels closed since: no alert), their partitions' positions moved.
+    // Deliveries again (of parcels closed since: no alert) to partition 0,
+    // a few at a time, its position moved each time, until its chain holds
+    // two links (the rounds of the run's tail add links too, and a chain
+    // at its longest starts again whole).
+    let chains = || -> Vec<usize> {
+        c.rt.block_on(async {
+            use forewarn::live::store::{self, Kind};
+            let bucket = c.js.get_object_store("forewarn_checkpoints").await.expect("the checkpoint bucket");
+            let mut chains = Vec::new();
+            for p in 0..16 {
+                let whole = store::load(&bucket, Kind::Engine, p, 16).await.expect("readable").expect("saved");
+                chains.push(store::load_chain(&bucket, &whole, 16).await.expect("readable").len());
+            }
+            chains
+        })
+    };
     let events = std::fs::read_to_string(c.dir.path().join("net.jsonl")).expect("the network");
-    c.rt.block_on(async {
-        for line in events.lines().filter(|l| l.contains("\"delivered\"")).take(40) {
-            let event: serde_json::Value = serde_json::from_str(line).expect("an event");
-            let id = event["parcel_id"].as_str().expect("a parcel id");
-            let subject = format!("scans.{}", forewarn::partition::of(id, 16));
-            c.js.publish(subject, line.to_string().into()).await.expect("sent").await.expect("stored");
+    let again: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains("\"delivered\""))
+        .filter(|l| {
+            let event: serde_json::Value = serde_json::from_str(l).expect("an event");
+            forewarn::partition::of(event["parcel_id"].as_str().expect("a parcel id"), 16) == 0
+        })
+        .take(40)
+        .collect();
+    for batch in again.chunks(2) {
+        if chains()[0] >= 2 {
+            break;
         }
-    });
-    wait_until("changes stored", || stored("changes") >= 1);
+        let before = stored("changes") + stored("engine");
+        c.rt.block_on(async {
+            for line in batch {
+                c.js.publish("scans.0", line.to_string().into()).await.expect("sent").await.expect("stored");
+            }
+        });
+        wait_until("an object stored", || stored("changes") + stored("engine") > before);
+    }
     p.kill();
+    let chains = chains();
+    assert!(chains[0] >= 2, "partition 0's chain: {chains:?}");
+    let links: usize = chains.iter().sum();
     let p = c.start(&[]);
     wait_until("the restart running", || p.log().contains("forewarn running"));
     let (got, log) = c.finish(p);
     let restored = log.lines().find(|l| l.contains("engines restored")).unwrap_or_default();
-    assert!(restored.contains("engines=16") && !restored.contains("with_changes=0"), "{log}");
+    let said = |field: String| restored.split_whitespace().any(|w| w == field);
+    assert!(said("engines=16".into()) && said(format!("links={links}")), "{links} links stored: {log}");
     nats::assert_same(&got, &c.expected);
 }
 

@@ -64,12 +64,13 @@ fn resuming_from_a_checkpoint_gives_the_alerts_of_an_uninterrupted_run() {
     assert_eq!(resumed.parcels(), whole.parcels());
 }
 
-/// A whole snapshot and the changes after it restore the engine a whole
-/// snapshot taken with the changes would: the same bytes again, and the
-/// same alerts after. Between them the engine takes scans, wake-ups,
-/// evictions and a reload of its rules (which rewrites every parcel).
+/// A whole snapshot and the chain of changes after it restore the engine a
+/// whole snapshot taken with the last changes would: the same bytes again,
+/// and the same alerts after. Between them the engine takes scans,
+/// wake-ups, evictions and a reload of its rules (which rewrites every
+/// parcel).
 #[test]
-fn changes_on_a_whole_snapshot_restore_what_a_whole_one_would() {
+fn a_chain_of_changes_on_a_whole_snapshot_restores_what_a_whole_one_would() {
     let data = network(3000);
     let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
     let (a, b, c) = (lines.len() / 3, lines.len() / 3 + lines.len() / 50, lines.len() * 2 / 3);
@@ -87,18 +88,23 @@ fn changes_on_a_whole_snapshot_restore_what_a_whole_one_would() {
     let few = engine.snapshot_into(Vec::new(), Form::Changes);
     assert!(few.len() * 2 < whole_bytes, "changes {} bytes, whole {whole_bytes}", few.len());
     let as_whole = |e: &Engine| e.snapshot().into_buffer();
-    let restored = Engine::restore_sharing(Some(&whole), &few.compress(), pack(), Config::default(), own_table())
-        .expect("restores");
+    let few = few.compress();
+    let restored = Engine::restore_sharing(&[&whole, &few], pack(), Config::default(), own_table()).expect("restores");
     assert!(as_whole(&restored) == as_whole(&engine), "whole + changes is the engine at the changes");
+    assert_eq!(engine.changes().0, 0, "the next changes count from these");
 
     got.extend(feed(&mut engine, &lines[b..c]));
+    let more = engine.snapshot_into(Vec::new(), Form::Changes).compress();
+    let skipped = Engine::restore_sharing(&[&whole, &more], pack(), Config::default(), own_table()).expect("restores");
+    assert!(as_whole(&skipped) != as_whole(&engine), "changes count from the last changes, not the whole snapshot");
     let mut reordered = pack();
     reordered.rules.reverse();
     engine.replace_rules(reordered.clone());
-    let more = engine.snapshot_into(Vec::new(), Form::Changes).compress();
+    let last = engine.snapshot_into(Vec::new(), Form::Changes).compress();
     let mut restored =
-        Engine::restore_sharing(Some(&whole), &more, reordered, Config::default(), own_table()).expect("restores");
-    assert!(as_whole(&restored) == as_whole(&engine), "changes count from the whole snapshot, not the last changes");
+        Engine::restore_sharing(&[&whole, &few, &more, &last], reordered, Config::default(), own_table())
+            .expect("restores");
+    assert!(as_whole(&restored) == as_whole(&engine), "whole + the chain is the engine at its last link");
     got.extend(feed(&mut restored, &lines[c..]));
     let ids = |json: &[u8]| -> Vec<String> {
         let mut ids: Vec<String> = String::from_utf8_lossy(json).lines().map(|l| l[..60].to_string()).collect();
@@ -141,7 +147,7 @@ fn engines_resume_in_a_process_naming_places_in_another_order() {
     syms.lock().intern("a place the new process met first").expect("room");
     for (i, (whole, changes)) in saved.iter().enumerate() {
         let mut engine =
-            Engine::restore_sharing(Some(whole), changes, pack(), Config::default(), syms.clone()).expect("restores");
+            Engine::restore_sharing(&[whole, changes], pack(), Config::default(), syms.clone()).expect("restores");
         got[i].extend(feed(&mut engine, &parts[i][parts[i].len() / 2..]));
     }
     for (got, expected) in got.iter().zip(&expected) {

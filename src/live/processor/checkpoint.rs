@@ -16,11 +16,13 @@
 //! acknowledgement: a restart resumes right after them.
 //!
 //! An engine is taken whole, or as the parcels it wrote since its last
-//! whole object while they are at most half of its window's slots (the
-//! rest of its state whole): a round's pauses and bytes follow what
-//! changed, not what is held. The changes are stored beside the whole
-//! object, under its id, and restored on top of it; a whole object taken
-//! in a round that failed may not be stored, so the next round takes every
+//! object while they are at most half of its window's slots (the rest of
+//! its state whole): a round's pauses and bytes follow what changed since
+//! the last round, not what is held. The changes are the next link of a
+//! chain stored beside the whole object, under its id, and restored on top
+//! of it link by link; a chain of [`store::MAX_LINKS`] links ends with a
+//! whole object (a restart reads a bounded chain). An object taken in a
+//! round that failed may not be stored, so the next round takes every
 //! engine whole again.
 
 use std::future::Future;
@@ -55,9 +57,10 @@ pub(super) struct Commit {
 /// Resolves once the outbox stored everything said before an object was taken.
 type Settled = Pin<Box<dyn Future<Output = Result<PublishStats, LiveError>> + Send>>;
 
-/// An object taken on the loop, on its way to the store: its header (the
-/// state left empty), the state, and its barrier.
+/// An object taken on the loop, on its way to the store: its name, its
+/// header (the state left empty), the state, and its barrier.
 pub(super) struct Taken {
+    name: String,
     object: Saved,
     snapshot: Snapshot,
     settled: Result<Settled, LiveError>,
@@ -155,8 +158,8 @@ async fn store_objects(
 ) -> Result<Stored, LiveError> {
     let mut stored = Stored::default();
     let mut buffer = buffers.packed();
-    while let Some(Taken { object, snapshot, settled }) = taken.recv().await {
-        let (kind, name) = (object.kind, store::object_name(object.kind, object.partition));
+    while let Some(Taken { name, object, snapshot, settled }) = taken.recv().await {
+        let kind = object.kind;
         let raw = buffers.clone();
         buffer = tokio::task::spawn_blocking(move || {
             buffer.clear();
@@ -234,6 +237,7 @@ impl Processor {
             let taken = if is_stage {
                 let Some(stage) = self.stages.get_mut(&p) else { continue };
                 std::mem::take(&mut stage.dirty).then(|| {
+                    let name = store::object_name(Kind::Stage, p);
                     let object = Saved {
                         kind: Kind::Stage,
                         partitions: count,
@@ -243,17 +247,26 @@ impl Processor {
                         marks: stage.marks.clone(),
                         state: Vec::new(),
                     };
-                    (object, stage.stage.snapshot_into(self.buffers.raw()))
+                    (name, object, stage.stage.snapshot_into(self.buffers.raw()))
                 })
             } else {
                 let Some(part) = self.parts.get_mut(&p) else { continue };
                 round.marks.push((p, part.engine.watermark()));
                 std::mem::take(&mut part.dirty).then(|| {
-                    // The changes since the whole object, while they are at most half of its slots.
+                    // The next link of changes, while they are at most half of
+                    // the slots and the chain is short; else a whole object.
                     let (changed, slots) = part.engine.changes();
-                    let (kind, form, whole) = match part.whole.filter(|_| changed * 2 <= slots) {
-                        Some(whole) => (Kind::Changes, Form::Changes, whole),
-                        None => (Kind::Engine, Form::Whole, *part.whole.insert(rand::random::<u64>().max(1))),
+                    let chained = part.whole.filter(|_| changed * 2 <= slots && part.links < store::MAX_LINKS);
+                    let (name, kind, form, whole) = match chained {
+                        Some(whole) => {
+                            part.links += 1;
+                            (store::link_name(p, part.links), Kind::Changes, Form::Changes, whole)
+                        }
+                        None => {
+                            part.links = 0;
+                            let whole = *part.whole.insert(rand::random::<u64>().max(1));
+                            (store::object_name(Kind::Engine, p), Kind::Engine, Form::Whole, whole)
+                        }
                     };
                     let object = Saved {
                         kind,
@@ -264,13 +277,13 @@ impl Processor {
                         marks: Vec::new(),
                         state: Vec::new(),
                     };
-                    (object, part.engine.snapshot_into(self.buffers.raw(), form))
+                    (name, object, part.engine.snapshot_into(self.buffers.raw(), form))
                 })
             };
-            if let Some((object, snapshot)) = taken {
+            if let Some((name, object, snapshot)) = taken {
                 // Everything the object covers was handed to the outbox before it was taken.
                 let settled = self.barrier().await.map(|settled| Box::pin(settled) as Settled);
-                permit.send(Taken { object, snapshot, settled });
+                permit.send(Taken { name, object, snapshot, settled });
                 METRICS.checkpoint_pause.observe(paused.elapsed().as_secs_f64());
                 return false;
             }

@@ -1,5 +1,5 @@
 //! Starting where the last run stopped: each owned partition's engine (its
-//! whole object and the changes stored since) and branch stage from its
+//! whole object and the chain of changes stored since) and branch stage from its
 //! checkpoint (or empty, with `--rebuild` or on a first start), and the
 //! three inputs filtered to the owned partitions.
 //! The other half of `checkpoint.rs`.
@@ -34,28 +34,22 @@ pub(super) async fn state(
     };
     let mut parts = BTreeMap::new();
     let mut stages = BTreeMap::new();
-    let (mut engines, mut with_changes) = (0, 0);
+    let (mut engines, mut links) = (0, 0);
     // One table of names for the owned partitions' engines.
     let syms = Symbols::new(engine_config.max_symbols);
     for &p in &owned.list {
         let whole = if rebuild { None } else { store::load(checkpoints, Kind::Engine, p, count).await? };
         let part = match whole {
             Some(whole) => {
-                // The changes stored since, if they were counted from this whole object.
-                let changes = store::load(checkpoints, Kind::Changes, p, count)
-                    .await?
-                    .filter(|changes| whole.whole != 0 && changes.whole == whole.whole);
-                let (kind, base, latest) = match &changes {
-                    Some(changes) => (Kind::Changes, Some(&whole.state[..]), changes),
-                    None => (Kind::Engine, None, &whole),
-                };
-                let restored =
-                    Engine::restore_sharing(base, &latest.state, set.clone(), engine_config.clone(), syms.clone())
-                        .map_err(|e| refused(kind, p, e))?;
-                let positions = &latest.positions;
+                // The chain of changes stored since, each counted from the one before.
+                let chain = store::load_chain(checkpoints, &whole, count).await?;
+                let states: Vec<&[u8]> = std::iter::once(&whole).chain(&chain).map(|s| &s.state[..]).collect();
+                let restored = Engine::restore_sharing(&states, set.clone(), engine_config.clone(), syms.clone())
+                    .map_err(|e| refused(if chain.is_empty() { Kind::Engine } else { Kind::Changes }, p, e))?;
+                let positions = &chain.last().unwrap_or(&whole).positions;
                 let pos = [positions.first().copied().unwrap_or(0), positions.get(1).copied().unwrap_or(0)];
                 engines += 1;
-                with_changes += usize::from(changes.is_some());
+                links += chain.len();
                 // The next object is whole: its changes count from a snapshot taken here.
                 Part {
                     engine: restored.without_branch_stage(),
@@ -63,6 +57,7 @@ pub(super) async fn state(
                     last_input: Instant::now(),
                     dirty: false,
                     whole: None,
+                    links: 0,
                 }
             }
             None => Part {
@@ -71,6 +66,7 @@ pub(super) async fn state(
                 last_input: Instant::now(),
                 dirty: true,
                 whole: None,
+                links: 0,
             },
         };
         parts.insert(p, part);
@@ -89,7 +85,7 @@ pub(super) async fn state(
         stages.insert(p, stage);
     }
     if engines > 0 {
-        tracing::info!(engines, with_changes, "engines restored from their checkpoints");
+        tracing::info!(engines, links, "engines restored from their checkpoints (whole objects and links of changes)");
     }
     Ok((parts, stages))
 }
