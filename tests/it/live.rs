@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use forewarn::live::store::{self, Kind, Saved};
 use rand::{Rng, SeedableRng};
 
 use super::nats::{self, env, wait_until, NatsServer, Processor};
@@ -76,6 +77,21 @@ impl Case {
         let url = self.server.url();
         let all: Vec<&str> = ["--nats", url.as_str()].into_iter().chain(args.iter().copied()).collect();
         Processor::start(self.dir.path(), &self.config, &all)
+    }
+
+    /// Each partition's stored engine: its whole object and the chain of
+    /// changes stored after it.
+    fn stored_engines(&self) -> Vec<(Saved, Vec<Saved>)> {
+        self.rt.block_on(async {
+            let bucket = self.js.get_object_store("forewarn_checkpoints").await.expect("the checkpoint bucket");
+            let mut engines = Vec::new();
+            for p in 0..16 {
+                let whole = store::load(&bucket, Kind::Engine, p, 16).await.expect("readable").expect("saved");
+                let chain = store::load_chain(&bucket, &whole, 16).await.expect("readable");
+                engines.push((whole, chain));
+            }
+            engines
+        })
     }
 
     fn count(&self, stream: &str) -> u64 {
@@ -194,19 +210,15 @@ fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
     assert_eq!(ids(&got), ids(&c.expected));
     // The stored checkpoints cover every scan and contact, and the server
     // keeps no acknowledgement state: the positions are the acknowledgement.
+    let mut covered = [0u64; 2];
+    for (whole, chain) in c.stored_engines() {
+        let saved = chain.last().unwrap_or(&whole);
+        for (c, pos) in covered.iter_mut().zip(&saved.positions) {
+            *c = (*c).max(*pos);
+        }
+    }
     c.rt.block_on(async {
         use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
-        use forewarn::live::store::{self, Kind};
-        let bucket = c.js.get_object_store("forewarn_checkpoints").await.expect("the checkpoint bucket");
-        let mut covered = [0u64; 2];
-        for p in 0..16 {
-            let whole = store::load(&bucket, Kind::Engine, p, 16).await.expect("readable").expect("saved");
-            let chain = store::load_chain(&bucket, &whole, 16).await.expect("readable");
-            let saved = chain.last().unwrap_or(&whole);
-            for (c, pos) in covered.iter_mut().zip(&saved.positions) {
-                *c = (*c).max(*pos);
-            }
-        }
         for (i, (stream, durable)) in
             [("SCANS", "forewarn-forewarn-scans"), ("CONTACTS", "forewarn-forewarn-contacts")].into_iter().enumerate()
         {
@@ -242,18 +254,7 @@ fn killed_after_storing_changes_it_restores_their_chain_on_their_whole_object() 
     // a few at a time, its position moved each time, until its chain holds
     // two links (the rounds of the run's tail add links too, and a chain
     // at its longest starts again whole).
-    let chains = || -> Vec<usize> {
-        c.rt.block_on(async {
-            use forewarn::live::store::{self, Kind};
-            let bucket = c.js.get_object_store("forewarn_checkpoints").await.expect("the checkpoint bucket");
-            let mut chains = Vec::new();
-            for p in 0..16 {
-                let whole = store::load(&bucket, Kind::Engine, p, 16).await.expect("readable").expect("saved");
-                chains.push(store::load_chain(&bucket, &whole, 16).await.expect("readable").len());
-            }
-            chains
-        })
-    };
+    let chains = || -> Vec<usize> { c.stored_engines().iter().map(|(_, chain)| chain.len()).collect() };
     let events = std::fs::read_to_string(c.dir.path().join("net.jsonl")).expect("the network");
     let again: Vec<&str> = events
         .lines()

@@ -184,8 +184,8 @@ impl Drop for Processor {
         }
         if std::thread::panicking() {
             let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
             eprintln!("--- the last {} lines of {} ---\n{}", tail.len(), self.log.display(), tail.join("\n"));
         }
     }
