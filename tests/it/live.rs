@@ -244,11 +244,7 @@ fn killed_after_storing_changes_it_restores_their_chain_on_their_whole_object() 
     let http = format!("127.0.0.1:{}", super::free_port());
     let p = c.start(&["--http", &http]);
     c.wait_for_alerts(c.expected.len());
-    let stored = |kind: &str| -> u64 {
-        let metrics = super::http_get(&http, "/metrics");
-        let series = format!("forewarn_checkpoint_objects_total{{kind=\"{kind}\"}} ");
-        metrics.lines().find_map(|l| l.strip_prefix(series.as_str())?.parse().ok()).unwrap_or(0)
-    };
+    let stored = |kind: &str| objects(&http, kind);
     wait_until("every engine stored whole", || stored("engine") >= 16);
     // Deliveries again (of parcels closed since: no alert) to partition 0,
     // a few at a time, its position moved each time, until its chain holds
@@ -288,6 +284,54 @@ fn killed_after_storing_changes_it_restores_their_chain_on_their_whole_object() 
     let said = |field: String| restored.split_whitespace().any(|w| w == field);
     assert!(said("engines=16".into()) && said(format!("links={links}")), "{links} links stored: {log}");
     nats::assert_same(&got, &c.expected);
+}
+
+/// A quiet network: the processor has taken everything, and only its
+/// idle partitions' watermarks move, following the clock. Each round then
+/// stores a link a partition that wrote no parcel; it replaces the link
+/// before it, so more rounds than a chain holds take no engine whole
+/// again, and a restart restores the engines from their whole object and
+/// their short chain.
+#[test]
+fn a_quiet_network_rewrites_one_link_a_partition_instead_of_taking_engines_whole() {
+    let c = case(2000, 32);
+    c.publish_all();
+    let http = format!("127.0.0.1:{}", super::free_port());
+    let p = c.start(&["--http", &http]);
+    c.wait_for_alerts(c.expected.len());
+    // The clock a millisecond past the newest event a step (no deadline
+    // falls there): each step's round takes every engine, as a link that
+    // wrote no parcel or whole.
+    let engines = || objects(&http, "changes") + objects(&http, "engine");
+    let end = chrono::DateTime::parse_from_rfc3339(&c.end).expect("the end");
+    let step = |ms: i64| {
+        let before = engines();
+        let at = end + chrono::Duration::milliseconds(ms);
+        nats::set_clock(&c.clock, &at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        wait_until("every engine stored", || engines() >= before + 16);
+    };
+    // A few steps first, until every partition's last object is such a link.
+    (1..=4).for_each(step);
+    let (wholes, chains) = (objects(&http, "engine"), c.stored_engines());
+    (5..=4 + 2 * i64::from(store::MAX_LINKS)).for_each(step);
+    assert_eq!(objects(&http, "engine"), wholes, "no engine taken whole on a quiet network");
+    let now = c.stored_engines();
+    for (p, ((whole, chain), (whole_before, chain_before))) in now.iter().zip(&chains).enumerate() {
+        assert_eq!(whole.whole, whole_before.whole, "partition {p}: the same whole object");
+        assert_eq!(chain.len(), chain_before.len(), "partition {p}: the same links");
+    }
+    p.kill();
+    let links: usize = now.iter().map(|(_, chain)| chain.len()).sum();
+    let p = c.start(&[]);
+    wait_until("the restart running", || p.log().contains("forewarn running"));
+    let (got, log) = c.finish(p);
+    assert!(log.contains(&format!("engines=16 links={links}")), "{links} links stored: {log}");
+    nats::assert_same(&got, &c.expected);
+}
+
+/// The checkpoint objects of `kind` the processor stored, from its `/metrics`.
+fn objects(http: &str, kind: &str) -> u64 {
+    metric(http, &format!("forewarn_checkpoint_objects_total{{kind=\"{kind}\"}}"))
 }
 
 /// Messages the stream's limits removed while the processor was down,

@@ -21,7 +21,10 @@
 //! the last round, not what is held. The changes are the next link of a
 //! chain stored beside the whole object, under its id, and restored on top
 //! of it link by link; a chain of [`store::MAX_LINKS`] links ends with a
-//! whole object (a restart reads a bounded chain). An object taken in a
+//! whole object (a restart reads a bounded chain). A link that wrote no
+//! parcel after one that wrote none replaces it: a quiet network, its
+//! watermarks following the clock, rewrites one small link a partition each
+//! round and never takes its engines whole again. An object taken in a
 //! round that failed may not be stored, so the next round takes every
 //! engine whole again.
 
@@ -255,15 +258,25 @@ impl Processor {
                 std::mem::take(&mut part.dirty).then(|| {
                     // The next link of changes, while they are at most half of
                     // the slots and the chain is short; else a whole object.
+                    // A link that wrote no parcel after one that wrote none
+                    // takes its place: a quiet partition, its watermark
+                    // following the clock, rewrites one link every round
+                    // rather than being taken whole every MAX_LINKS rounds.
                     let (changed, slots) = part.engine.changes();
-                    let chained = part.whole.filter(|_| changed * 2 <= slots && part.links < store::MAX_LINKS);
+                    let again = changed == 0 && part.bare;
+                    let chained =
+                        part.whole.filter(|_| again || (changed * 2 <= slots && part.links < store::MAX_LINKS));
                     let (name, kind, form, whole) = match chained {
                         Some(whole) => {
-                            part.links += 1;
+                            if !again {
+                                part.links += 1;
+                            }
+                            part.bare = changed == 0;
                             (store::link_name(p, part.links), Kind::Changes, Form::Changes, whole)
                         }
                         None => {
                             part.links = 0;
+                            part.bare = false;
                             let whole = *part.whole.insert(rand::random::<u64>().max(1));
                             (store::object_name(Kind::Engine, p), Kind::Engine, Form::Whole, whole)
                         }

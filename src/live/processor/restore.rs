@@ -58,6 +58,7 @@ pub(super) async fn state(
                     dirty: false,
                     whole: None,
                     links: 0,
+                    bare: false,
                 }
             }
             None => Part {
@@ -67,6 +68,7 @@ pub(super) async fn state(
                 dirty: true,
                 whole: None,
                 links: 0,
+                bare: false,
             },
         };
         parts.insert(p, part);
