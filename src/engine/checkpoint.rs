@@ -91,6 +91,10 @@ pub enum Form {
     /// changes), the rest of the state whole: restored on top of the chain
     /// of snapshots since the last whole one ([`Engine::restore_sharing`]).
     Changes,
+    /// The window's slots written since the snapshot before the last, the
+    /// rest of the state whole: after a snapshot of changes, it takes that
+    /// one's place at the end of its chain.
+    Merged,
 }
 
 /// The rule ids and counter places a checkpoint was saved under.
@@ -164,7 +168,7 @@ impl Engine {
     /// window's changes count from it.
     pub fn snapshot_into(&mut self, buffer: Vec<u8>, form: Form) -> Snapshot {
         let snapshot = self.write(buffer, form);
-        self.window.forget_changes();
+        self.window.forget_changes(form);
         snapshot
     }
 
@@ -172,6 +176,12 @@ impl Engine {
     /// slots: what a snapshot of the changes would hold, against a whole one.
     pub fn changes(&self) -> (usize, usize) {
         self.window.changes()
+    }
+
+    /// The window's slots written since the snapshot before the last:
+    /// what a [`Form::Merged`] snapshot would hold.
+    pub fn merged_changes(&self) -> usize {
+        self.window.merged_changes()
     }
 
     fn write(&self, buffer: Vec<u8>, form: Form) -> Snapshot {
@@ -195,7 +205,7 @@ impl Engine {
         put_stats(&mut w, &self.stats);
         match form {
             Form::Whole => self.window.save(&mut w),
-            Form::Changes => self.window.save_changes(&mut w),
+            Form::Changes | Form::Merged => self.window.save_changes(&mut w, form == Form::Merged),
         }
         self.tombstones.save(&mut w);
         self.branches.save(&mut w);

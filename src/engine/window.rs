@@ -6,7 +6,8 @@
 //! parcel id and the recipient's strings share one allocation; repeated
 //! strings (facility, branch, service, locale, time zone) are interned.
 //! Every slot written is marked (a bit a slot) until the window is next
-//! saved whole, so that a checkpoint can save only what changed.
+//! saved, so that a checkpoint can save only what changed since the last
+//! one, or since the one before (the last one's slots kept aside).
 //! Measured alternatives (moka: ~335 B/entry and wall-clock expiry only;
 //! `HashMap<String, Parcel>`: twice the buckets of a 200-byte value) miss the
 //! 400 B/parcel budget or the per-event time budget; see the README.
@@ -50,6 +51,8 @@ pub struct Window {
     len: usize,
     next_gen: u8,
     changed: Changed,
+    /// The slots the last snapshot of changes saved (none after a whole one).
+    last: Changed,
 }
 
 impl Default for Window {
@@ -61,12 +64,13 @@ impl Default for Window {
             len: 0,
             next_gen: 0,
             changed: Changed::default(),
+            last: Changed::default(),
         }
     }
 }
 
-/// The slots written since the window was last saved whole, a bit each:
-/// what a checkpoint of the window's changes holds (`checkpoint.rs`).
+/// Slots, a bit each: those written since the window was last saved, what
+/// a checkpoint of the window's changes holds (`checkpoint.rs`).
 #[derive(Default)]
 struct Changed {
     bits: Vec<u64>,
@@ -87,23 +91,47 @@ impl Changed {
         self.bits.iter().map(|bits| bits.count_ones() as usize).sum()
     }
 
+    /// How many slots are in this set or `other`.
+    fn count_with(&self, other: &Changed) -> usize {
+        self.words_with(other).map(|bits| bits.count_ones() as usize).sum()
+    }
+
+    /// The words of this set and `other` together.
+    fn words_with<'a>(&'a self, other: &'a Changed) -> impl Iterator<Item = u64> + Clone + 'a {
+        let word = |bits: &Vec<u64>, i: usize| bits.get(i).copied().unwrap_or(0);
+        (0..self.bits.len().max(other.bits.len())).map(move |i| word(&self.bits, i) | word(&other.bits, i))
+    }
+
+    /// Adds `other`'s slots to this set.
+    fn add(&mut self, other: &Changed) {
+        if self.bits.len() < other.bits.len() {
+            self.bits.resize(other.bits.len(), 0);
+        }
+        self.bits.iter_mut().zip(&other.bits).for_each(|(bits, more)| *bits |= more);
+    }
+
     /// The changed slots, in order.
     fn slots(&self) -> impl Iterator<Item = u32> + Clone + '_ {
-        self.bits.iter().enumerate().flat_map(|(word, &bits)| {
-            let mut rest = bits;
-            std::iter::from_fn(move || {
-                (rest != 0).then(|| {
-                    let bit = rest.trailing_zeros();
-                    rest &= rest - 1;
-                    word as u32 * 64 + bit
-                })
-            })
-        })
+        slots_of(self.bits.iter().copied())
     }
 
     fn clear(&mut self) {
         self.bits.fill(0);
     }
+}
+
+/// The slots whose bits are set in `words`, in order.
+fn slots_of(words: impl Iterator<Item = u64> + Clone) -> impl Iterator<Item = u32> + Clone {
+    words.enumerate().flat_map(|(word, bits)| {
+        let mut rest = bits;
+        std::iter::from_fn(move || {
+            (rest != 0).then(|| {
+                let bit = rest.trailing_zeros();
+                rest &= rest - 1;
+                word as u32 * 64 + bit
+            })
+        })
+    })
 }
 
 impl Window {
@@ -257,9 +285,15 @@ impl Window {
         })
     }
 
-    /// The slots written since the window was last saved whole, and all of them.
+    /// The slots written since the window was last saved, and all of them.
     pub fn changes(&self) -> (usize, usize) {
         (self.changed.count(), self.slots.len())
+    }
+
+    /// The slots written since the snapshot before the last one: those
+    /// the last snapshot of changes saved and those written since.
+    pub fn merged_changes(&self) -> usize {
+        self.changed.count_with(&self.last)
     }
 
     /// The slots of every live parcel.

@@ -110,9 +110,6 @@ struct Part {
     whole: Option<u64>,
     /// The links of changes taken after it.
     links: u32,
-    /// The last of them wrote no parcel: the next that writes none
-    /// replaces it rather than lengthening the chain.
-    bare: bool,
 }
 
 /// One owned branch partition.

@@ -115,6 +115,44 @@ fn a_chain_of_changes_on_a_whole_snapshot_restores_what_a_whole_one_would() {
     assert_eq!(ids(&got), ids(&expected));
 }
 
+/// A merged snapshot holds the slots written since the snapshot before
+/// the last one: it takes the last link's place in its chain, again and
+/// again, and the chain restores the engine. The last link alone, left in
+/// place, would not.
+#[test]
+fn a_merged_link_takes_the_last_link_s_place_in_its_chain() {
+    let data = network(3000);
+    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let at = |k: usize| lines.len() * k / 10;
+    let as_whole = |e: &Engine| e.snapshot().into_buffer();
+    let restores = |chain: &[&[u8]], engine: &Engine| {
+        let restored = Engine::restore_sharing(chain, pack(), Config::default(), own_table()).expect("restores");
+        as_whole(&restored) == as_whole(engine)
+    };
+    let mut engine = Engine::new(pack(), Config::default());
+    feed(&mut engine, &lines[..at(3)]);
+    let whole = engine.snapshot_into(Vec::new(), Form::Whole).compress();
+    feed(&mut engine, &lines[at(3)..at(4)]);
+    let first = engine.snapshot_into(Vec::new(), Form::Changes).compress();
+    feed(&mut engine, &lines[at(4)..at(5)]);
+    let last_changed = engine.changes().0;
+    engine.snapshot_into(Vec::new(), Form::Changes);
+    assert_eq!(engine.merged_changes(), last_changed, "nothing written since: the last link's slots");
+    feed(&mut engine, &lines[at(5)..at(6)]);
+    let (changed, merged) = (engine.changes().0, engine.merged_changes());
+    assert!(merged > changed && merged > last_changed && merged <= changed + last_changed, "{merged}");
+    let once = engine.snapshot_into(Vec::new(), Form::Merged).compress();
+    assert!(restores(&[&whole, &first, &once], &engine), "the merged link in the last one's place");
+    assert_eq!(engine.merged_changes(), merged, "the next merge counts from the same snapshot");
+    feed(&mut engine, &lines[at(6)..at(7)]);
+    let twice = engine.snapshot_into(Vec::new(), Form::Merged).compress();
+    assert!(restores(&[&whole, &first, &twice], &engine), "merged again, in the same place");
+    assert!(!restores(&[&whole, &first, &once], &engine), "the link it replaced is the engine of before");
+    feed(&mut engine, &lines[at(7)..at(8)]);
+    let next = engine.snapshot_into(Vec::new(), Form::Changes).compress();
+    assert!(restores(&[&whole, &first, &twice, &next], &engine), "a link after a merged one counts from it");
+}
+
 /// Engines sharing a process's table of names resume, in a process whose
 /// table names the places in another order, with the alerts of engines that
 /// never stopped: each object's symbols are mapped onto the new table

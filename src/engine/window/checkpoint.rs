@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::engine::codec::{CheckpointError, Remap, R, TOMBSTONE_ENDS_SINCE, W};
+use crate::engine::Form;
 
 impl Tombstones {
     pub(in crate::engine) fn save(&self, w: &mut W) {
@@ -81,15 +82,28 @@ impl Window {
     }
 
     /// Saves the slots written since the last [`Window::forget_changes`]:
-    /// on the window saved whole then, [`Window::apply_changes`] gives this one.
-    pub(in crate::engine) fn save_changes(&self, w: &mut W) {
+    /// on the window saved then, [`Window::apply_changes`] gives this one.
+    /// Merged, the slots written since the one before: on the window saved
+    /// then, they give this one (the last snapshot of changes, replaced).
+    pub(in crate::engine) fn save_changes(&self, w: &mut W, merged: bool) {
         self.save_head(w);
-        w.u(self.changed.count() as u64);
-        self.save_slots(w, self.changed.slots(), true);
+        if merged {
+            w.u(self.merged_changes() as u64);
+            self.save_slots(w, slots_of(self.changed.words_with(&self.last)), true);
+        } else {
+            w.u(self.changed.count() as u64);
+            self.save_slots(w, self.changed.slots(), true);
+        }
     }
 
-    /// The window was saved whole: its changes count from now.
-    pub(in crate::engine) fn forget_changes(&mut self) {
+    /// The window was saved in `form`: its changes count from now, and
+    /// merged changes from the snapshot before.
+    pub(in crate::engine) fn forget_changes(&mut self, form: Form) {
+        match form {
+            Form::Whole => self.last.clear(),
+            Form::Changes => std::mem::swap(&mut self.last, &mut self.changed),
+            Form::Merged => self.last.add(&self.changed),
+        }
         self.changed.clear();
     }
 

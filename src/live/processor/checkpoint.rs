@@ -21,10 +21,10 @@
 //! the last round, not what is held. The changes are the next link of a
 //! chain stored beside the whole object, under its id, and restored on top
 //! of it link by link; a chain of [`store::MAX_LINKS`] links ends with a
-//! whole object (a restart reads a bounded chain). A link that wrote no
-//! parcel after one that wrote none replaces it: a quiet network, its
-//! watermarks following the clock, rewrites one small link a partition each
-//! round and never takes its engines whole again. An object taken in a
+//! whole object (a restart reads a bounded chain). The last link may be
+//! taken again instead, merged with what was written since ([`link`]): a
+//! quiet network rewrites one small link a partition each round rather than
+//! taking its engines whole every few rounds. An object taken in a
 //! round that failed may not be stored, so the next round takes every
 //! engine whole again.
 
@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::super::store::{self, Kind, Saved};
-use super::{Processor, RoundSpan, ROUNDS_KEPT};
+use super::{Part, Processor, RoundSpan, ROUNDS_KEPT};
 use crate::engine::{Form, Snapshot};
 use crate::live::publisher::PublishStats;
 use crate::metrics::METRICS;
@@ -191,6 +191,34 @@ async fn store_objects(
     Ok(stored)
 }
 
+/// How a partition's engine is taken, if not whole: as the next link of
+/// its chain (the parcels it wrote since its last object, while they are at
+/// most half of its slots and the chain is short), or as its last link
+/// again, merged with what was written since. Merged when the last link's
+/// parcels were all written again (or it wrote none): it holds no more than
+/// a new link would, and the chain stays short (a quiet partition, its
+/// watermark following the clock, rewrites one link a round); and when the
+/// chain is full, while the merged link holds at most 1/(MAX_LINKS + 1) of
+/// the slots: past that, a whole object now and short links after it cost
+/// less than rewriting it each round. With the id of the whole object the
+/// link counts from.
+fn link(part: &Part) -> Option<(Form, u64)> {
+    let whole = part.whole?;
+    let (changed, slots) = part.engine.changes();
+    let merged = part.engine.merged_changes();
+    let fits = changed * 2 <= slots;
+    let form = if part.links > 0 && fits && merged == changed {
+        Form::Merged
+    } else if part.links < store::MAX_LINKS && fits {
+        Form::Changes
+    } else if part.links > 0 && merged * (store::MAX_LINKS as usize + 1) <= slots {
+        Form::Merged
+    } else {
+        return None;
+    };
+    Some((form, whole))
+}
+
 pub(super) async fn committed(task: &mut Option<JoinHandle<Result<Commit, LiveError>>>) -> Result<Commit, LiveError> {
     match task.as_mut() {
         Some(handle) => {
@@ -256,27 +284,15 @@ impl Processor {
                 let Some(part) = self.parts.get_mut(&p) else { continue };
                 round.marks.push((p, part.engine.watermark()));
                 std::mem::take(&mut part.dirty).then(|| {
-                    // The next link of changes, while they are at most half of
-                    // the slots and the chain is short; else a whole object.
-                    // A link that wrote no parcel after one that wrote none
-                    // takes its place: a quiet partition, its watermark
-                    // following the clock, rewrites one link every round
-                    // rather than being taken whole every MAX_LINKS rounds.
-                    let (changed, slots) = part.engine.changes();
-                    let again = changed == 0 && part.bare;
-                    let chained =
-                        part.whole.filter(|_| again || (changed * 2 <= slots && part.links < store::MAX_LINKS));
-                    let (name, kind, form, whole) = match chained {
-                        Some(whole) => {
-                            if !again {
+                    let (name, kind, form, whole) = match link(part) {
+                        Some((form, whole)) => {
+                            if form == Form::Changes {
                                 part.links += 1;
                             }
-                            part.bare = changed == 0;
-                            (store::link_name(p, part.links), Kind::Changes, Form::Changes, whole)
+                            (store::link_name(p, part.links), Kind::Changes, form, whole)
                         }
                         None => {
                             part.links = 0;
-                            part.bare = false;
                             let whole = *part.whole.insert(rand::random::<u64>().max(1));
                             (store::object_name(Kind::Engine, p), Kind::Engine, Form::Whole, whole)
                         }

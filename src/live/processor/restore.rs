@@ -58,7 +58,6 @@ pub(super) async fn state(
                     dirty: false,
                     whole: None,
                     links: 0,
-                    bare: false,
                 }
             }
             None => Part {
@@ -68,7 +67,6 @@ pub(super) async fn state(
                 dirty: true,
                 whole: None,
                 links: 0,
-                bare: false,
             },
         };
         parts.insert(p, part);
