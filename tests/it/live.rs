@@ -94,6 +94,30 @@ impl Case {
         })
     }
 
+    /// Everything published, then a processor serving `/metrics` on the
+    /// returned address, once it told every alert of the replay.
+    fn told_everything(&self) -> (Processor, String) {
+        self.publish_all();
+        let http = format!("127.0.0.1:{}", super::free_port());
+        let p = self.start(&["--http", &http]);
+        self.wait_for_alerts(self.expected.len());
+        (p, http)
+    }
+
+    /// Kills `p`; a restart restores the 16 engines from their whole objects
+    /// and the `links` links stored after them, and tells the replay's
+    /// alerts, none twice.
+    fn restores_after_a_kill(&self, p: Processor, links: usize) {
+        p.kill();
+        let p = self.start(&[]);
+        wait_until("the restart running", || p.log().contains("forewarn running"));
+        let (got, log) = self.finish(p);
+        let restored = log.lines().find(|l| l.contains("engines restored")).unwrap_or_default();
+        let said = |field: String| restored.split_whitespace().any(|w| w == field);
+        assert!(said("engines=16".into()) && said(format!("links={links}")), "{links} links stored: {log}");
+        nats::assert_same(&got, &self.expected);
+    }
+
     fn count(&self, stream: &str) -> u64 {
         self.rt.block_on(nats::stream_count(&self.js, stream))
     }
@@ -240,10 +264,7 @@ fn killed_and_restarted_it_loses_nothing_and_repeats_nothing() {
 #[test]
 fn killed_after_storing_changes_it_restores_their_chain_on_their_whole_object() {
     let c = case(2000, 31);
-    c.publish_all();
-    let http = format!("127.0.0.1:{}", super::free_port());
-    let p = c.start(&["--http", &http]);
-    c.wait_for_alerts(c.expected.len());
+    let (p, http) = c.told_everything();
     let stored = |kind: &str| objects(&http, kind);
     wait_until("every engine stored whole", || stored("engine") >= 16);
     // Deliveries again (of parcels closed since: no alert) to partition 0,
@@ -273,17 +294,9 @@ fn killed_after_storing_changes_it_restores_their_chain_on_their_whole_object() 
         });
         wait_until("an object stored", || stored("changes") + stored("engine") > before);
     }
-    p.kill();
     let chains = chains();
     assert!(chains[0] >= 2, "partition 0's chain: {chains:?}");
-    let links: usize = chains.iter().sum();
-    let p = c.start(&[]);
-    wait_until("the restart running", || p.log().contains("forewarn running"));
-    let (got, log) = c.finish(p);
-    let restored = log.lines().find(|l| l.contains("engines restored")).unwrap_or_default();
-    let said = |field: String| restored.split_whitespace().any(|w| w == field);
-    assert!(said("engines=16".into()) && said(format!("links={links}")), "{links} links stored: {log}");
-    nats::assert_same(&got, &c.expected);
+    c.restores_after_a_kill(p, chains.iter().sum());
 }
 
 /// A quiet network: the processor has taken everything, and only its
@@ -295,10 +308,7 @@ fn killed_after_storing_changes_it_restores_their_chain_on_their_whole_object() 
 #[test]
 fn a_quiet_network_rewrites_one_link_a_partition_instead_of_taking_engines_whole() {
     let c = case(2000, 32);
-    c.publish_all();
-    let http = format!("127.0.0.1:{}", super::free_port());
-    let p = c.start(&["--http", &http]);
-    c.wait_for_alerts(c.expected.len());
+    let (p, http) = c.told_everything();
     // The clock a millisecond past the newest event a step (no deadline
     // falls there): each step's round takes every engine, as a link that
     // wrote no parcel or whole.
@@ -320,13 +330,7 @@ fn a_quiet_network_rewrites_one_link_a_partition_instead_of_taking_engines_whole
         assert_eq!(whole.whole, whole_before.whole, "partition {p}: the same whole object");
         assert_eq!(chain.len(), chain_before.len(), "partition {p}: the same links");
     }
-    p.kill();
-    let links: usize = now.iter().map(|(_, chain)| chain.len()).sum();
-    let p = c.start(&[]);
-    wait_until("the restart running", || p.log().contains("forewarn running"));
-    let (got, log) = c.finish(p);
-    assert!(log.contains(&format!("engines=16 links={links}")), "{links} links stored: {log}");
-    nats::assert_same(&got, &c.expected);
+    c.restores_after_a_kill(p, now.iter().map(|(_, chain)| chain.len()).sum());
 }
 
 /// The checkpoint objects of `kind` the processor stored, from its `/metrics`.
