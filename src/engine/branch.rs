@@ -19,6 +19,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
+use hashbrown::HashMap;
+
 use crate::alert::{Alert, AlertId, AlertState, BranchFacts, Usual};
 use crate::partition;
 use crate::rules::{BranchRule, By, RuleSet, Threshold};
@@ -172,8 +174,10 @@ struct Volumes {
     /// behind the facts subject of its partition.
     groups: u16,
     /// Parcels that joined each branch, by hour, over `span`; and the same
-    /// per peer group.
-    by_place: BTreeMap<Arc<str>, Volume>,
+    /// per peer group. Hashed: every fact looks its place up here (a
+    /// national network has 30,000 of them), and nothing depends on their
+    /// order but the checkpoint, which sorts them.
+    by_place: HashMap<Arc<str>, Volume>,
     by_group: BTreeMap<u16, Volume>,
     /// The longest baseline of a rule that cold-starts (0 when none does).
     span: Span,
@@ -243,7 +247,7 @@ impl BranchStage {
             late: 0,
             volumes: Volumes {
                 groups: partitions.max(1),
-                by_place: BTreeMap::new(),
+                by_place: HashMap::new(),
                 by_group: BTreeMap::new(),
                 span: Span(0),
             },

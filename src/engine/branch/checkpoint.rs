@@ -96,8 +96,10 @@ impl BranchStage {
             a.open.iter().for_each(|b| w.s(b));
         }
         // Per group, volumes and hits are sums of the places': rebuilt on load.
-        w.u(self.volumes.by_place.len() as u64);
-        for (name, v) in &self.volumes.by_place {
+        let mut places: Vec<_> = self.volumes.by_place.iter().collect();
+        places.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        w.u(places.len() as u64);
+        for (name, v) in places {
             w.s(name);
             w.u(v.len() as u64);
             for (hour, n) in v {
