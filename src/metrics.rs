@@ -207,7 +207,7 @@ impl Metrics {
                 "forewarn_checkpoint_objects_total",
                 "Checkpoint objects stored, by kind: an engine whole (engine), a link of an engine's chain of \
                  changes (changes: its parcels written since its last object, while they are at most half its \
-                 slots), a branch stage (stage).",
+                 slots; or its last link again, merged with what was written since), a branch stage (stage).",
                 &["kind"],
             ),
             checkpoint_waiting: IntGauge::new(

@@ -1,0 +1,48 @@
+# shellcheck shell=bash
+# Sourced by the live measuring scripts (live-memory, live-quiet): a
+# nats-server (JetStream, a temporary directory, free ports, loopback) and
+# `forewarn run --role detect` on it, both stopped and their directory
+# removed on exit; `metric NAME` reads the processor's /metrics.
+# FOREWARN_BIN=path measures that binary instead of this checkout's release build.
+#   live_start INSTANCE    sets work, bin, nats, run (the processor's pid)
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# A metric's value, summed over its labels (a NAME may carry its labels);
+# nothing when the processor does not export it yet.
+metric() {
+  curl -sf "http://127.0.0.1:$http_port/metrics" \
+    | awk -v m="$1" 'index($1, m) == 1 && (length($1) == length(m) || substr($1, length(m) + 1, 1) == "{") { s += $2; n++ } END { if (n) printf "%d\n", s }'
+}
+
+live_start() {
+  bin="${FOREWARN_BIN:-}"
+  if [ -z "$bin" ]; then
+    cargo build --release --locked --quiet
+    bin=./target/release/forewarn
+  fi
+  local nats_port
+  nats_port="$(free_port)"
+  http_port="$(free_port)"
+  nats="nats://127.0.0.1:$nats_port"
+  nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/js" >"$work/nats.log" 2>&1 &
+  pids+=($!)
+  until python3 -c "import socket; socket.create_connection(('127.0.0.1', $nats_port), 1)" 2>/dev/null; do sleep 0.1; done
+  # The processor first: it makes the streams; it then takes the scans as they come.
+  FOREWARN_INSTANCE="$1" "$bin" run --role detect --nats "$nats" --http "127.0.0.1:$http_port" >"$work/run.log" 2>&1 &
+  run=$!
+  pids+=("$run")
+  until [ -n "$(metric forewarn_parcels_in_flight || true)" ]; do
+    kill -0 "$run" 2>/dev/null || { cat "$work/run.log"; exit 1; }
+    sleep 0.2
+  done
+}
