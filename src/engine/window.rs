@@ -110,11 +110,6 @@ impl Changed {
         self.bits.iter_mut().zip(&other.bits).for_each(|(bits, more)| *bits |= more);
     }
 
-    /// The changed slots, in order.
-    fn slots(&self) -> impl Iterator<Item = u32> + Clone + '_ {
-        slots_of(self.bits.iter().copied())
-    }
-
     fn clear(&mut self) {
         self.bits.fill(0);
     }

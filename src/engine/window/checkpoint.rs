@@ -87,13 +87,10 @@ impl Window {
     /// then, they give this one (the last snapshot of changes, replaced).
     pub(in crate::engine) fn save_changes(&self, w: &mut W, merged: bool) {
         self.save_head(w);
-        if merged {
-            w.u(self.merged_changes() as u64);
-            self.save_slots(w, slots_of(self.changed.words_with(&self.last)), true);
-        } else {
-            w.u(self.changed.count() as u64);
-            self.save_slots(w, self.changed.slots(), true);
-        }
+        let none = Changed::default();
+        let with = if merged { &self.last } else { &none };
+        w.u(self.changed.count_with(with) as u64);
+        self.save_slots(w, slots_of(self.changed.words_with(with)), true);
     }
 
     /// The window was saved in `form`: its changes count from now, and
