@@ -46,9 +46,27 @@ pub fn simulate_over(dir: &Path, name: &str, parcels: u64, seed: u64, days: &str
     path
 }
 
-/// A port nothing listens on, on loopback.
+/// Where [`free_port`] picks from: below Linux's ephemeral range
+/// (32768–60999), so neither the kernel's `bind(0)` nor an outgoing
+/// connection's source port can take a port between the time a test is
+/// handed it and the time its server binds it.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port nothing listens on, on loopback, never handed out twice in this
+/// process: parallel tests each get their own, and test processes started
+/// at once start from different places (by process id).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let port = TEST_PORTS.start + ((start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on loopback in {TEST_PORTS:?}")
 }
 
 /// A plain HTTP GET on loopback: the whole response, head and body (empty when nothing listens).
