@@ -61,7 +61,7 @@ pub struct Api {
 /// The `/v1` routes and the agent's page (`/agent`), to merge into the health server.
 pub fn routes(config: &Config) -> Result<Router, LiveError> {
     let token = crate::dispatch::channel::secret("FOREWARN_API_TOKEN").map_err(LiveError::config)?;
-    let directory = Directory::load(&config.dispatch.branches_file(&config.rules)).ok();
+    let directory = Directory::load_to_show(&config.dispatch.branches_file(&config.rules)).ok();
     let api = Arc::new(Api {
         config: config.clone(),
         token: token.filter(|t| !t.is_empty()),

@@ -51,22 +51,38 @@ pub struct Directory {
 impl Directory {
     /// Reads and checks the directory; a missing file is an empty directory.
     pub fn load(path: &Path) -> Result<Directory, String> {
+        Directory::load_with(path, Directory::parse)
+    }
+
+    /// Reads the directory to show it (names, addresses, zones), its
+    /// contacts unchecked: checking one phone number loads the numbering
+    /// plans of every country (~9 MB), which a process that never calls a
+    /// branch need not hold. Dispatch, which calls them, checks them at start.
+    pub fn load_to_show(path: &Path) -> Result<Directory, String> {
+        Directory::load_with(path, |text| Directory::read(text, false))
+    }
+
+    fn load_with(path: &Path, parse: impl Fn(&str) -> Result<Directory, String>) -> Result<Directory, String> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Directory::default()),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        Directory::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     pub fn parse(text: &str) -> Result<Directory, String> {
+        Directory::read(text, true)
+    }
+
+    fn read(text: &str, contacts: bool) -> Result<Directory, String> {
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
         for (code, b) in &file.branch {
             b.tz.parse::<Tz>().map_err(|_| format!("branch {code}: tz {:?} is not an IANA time zone", b.tz))?;
-            if let Some(phone) = &b.on_call {
+            if let (true, Some(phone)) = (contacts, &b.on_call) {
                 e164(phone).map_err(|e| format!("branch {code}: on_call: {e}"))?;
             }
-            if let Some(address) = &b.email {
+            if let (true, Some(address)) = (contacts, &b.email) {
                 email(address).map_err(|e| format!("branch {code}: email: {e}"))?;
             }
         }
@@ -108,5 +124,8 @@ mod tests {
         assert!(Directory::parse(bad_tz).unwrap_err().contains("branch X1: tz \"Mars/Olympus\""));
         let bad_phone = "[branch.X2]\nname='x'\naddress='a'\nhours='h'\ntz='UTC'\non_call='0612'\n";
         assert!(Directory::parse(bad_phone).unwrap_err().contains("branch X2: on_call"));
+        let shown = Directory::read(bad_phone, false).expect("contacts are not checked to show the directory");
+        assert_eq!(shown.get("X2").and_then(|b| b.on_call.as_deref()), Some("0612"));
+        assert!(Directory::read(bad_tz, false).is_err(), "zones are, as the directory's pages use them");
     }
 }
