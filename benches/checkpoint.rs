@@ -62,9 +62,12 @@ fn main() {
         let restore = t.elapsed().as_secs_f64();
         assert_eq!(restored.parcels(), engine.parcels());
         println!(
-            "round {round}: snapshot {pause:.2} s ({:.1} MiB), compression {compress:.2} s, restore {restore:.2} s, \
+            "round {round}: snapshot {:.1} ms ({:.1} MiB), compression {:.1} ms, restore {:.1} ms, \
              {:.1} MiB ({:.0} bytes per parcel)",
+            pause * 1e3,
             raw as f64 / 1048576.0,
+            compress * 1e3,
+            restore * 1e3,
             saved.len() as f64 / 1048576.0,
             saved.len() as f64 / engine.parcels().max(1) as f64
         );
