@@ -1,8 +1,9 @@
 # shellcheck shell=bash
-# Sourced by the live measuring scripts (live-memory, live-quiet): a
-# nats-server (JetStream, a temporary directory, free ports, loopback) and
-# `forewarn run --role detect` on it, both stopped and their directory
-# removed on exit; `metric NAME` reads the processor's /metrics.
+# Sourced by the live measuring scripts (live-memory, live-quiet, live-cpu,
+# live-bench): a temporary directory (`work`) removed on exit, with what
+# was started; a nats-server (JetStream, free ports, loopback) and
+# `forewarn run --role detect` on it; `metric NAME` reads the processor's
+# /metrics; `live_bench` builds `cargo bench --bench live` and names it.
 # FOREWARN_BIN=path measures that binary instead of this checkout's release build.
 #   live_start INSTANCE    sets work, bin, nats, run (the processor's pid)
 
@@ -45,4 +46,13 @@ live_start() {
     kill -0 "$run" 2>/dev/null || { cat "$work/run.log"; exit 1; }
     sleep 0.2
   done
+}
+
+# The live bench's executable, built (it starts its own nats-server).
+live_bench() {
+  cargo bench --locked --bench live --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("executable") and m["target"]["name"] == "live": print(m["executable"])'
 }
