@@ -265,3 +265,60 @@ fn the_estimate_told_survives_a_checkpoint() {
     let slot = restored.window.find(&id, crate::engine::window::parcel_hash(&id)).expect("the parcel is restored");
     assert_eq!(restored.window.get(slot).told_estimate(), told);
 }
+
+/// Any sequence of the forms the processor chooses among (whole; the next
+/// link while the chain is short; the last link again, merged), with
+/// parcels arriving, waking, evicted from a full window and rewritten by a
+/// reload of the rules in between, some steps writing nothing: after each
+/// snapshot, the chain as the store then holds it (the whole object and its
+/// links, a merged link in the last one's place) restores the engine, byte
+/// for byte its own whole snapshot.
+#[test]
+fn every_chain_of_whole_changes_and_merged_links_restores_the_engine_at_each_step() {
+    use rand::{Rng, SeedableRng};
+    let data = network(1500);
+    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let config = Config { max_parcels: 500, ..Config::default() };
+    let mut used = [0usize; 3];
+    for seed in 1..=4 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (mut engine, mut set) = (Engine::new(pack(), config.clone()), pack());
+        let mut chain: Vec<Vec<u8>> = Vec::new();
+        let mut at = 0;
+        while at < lines.len() {
+            let take = [0, 1, 40, 300, 900][rng.gen_range(0..5)].min(lines.len() - at);
+            feed(&mut engine, &lines[at..at + take]);
+            at += take;
+            if rng.gen_bool(0.05) {
+                set.rules.reverse();
+                engine.replace_rules(set.clone());
+            }
+            let links = chain.len().saturating_sub(1);
+            let form = match rng.gen_range(0..5) {
+                _ if chain.is_empty() => Form::Whole,
+                0 => Form::Whole,
+                1 | 2 if links < 8 => Form::Changes,
+                _ if links > 0 => Form::Merged,
+                _ => Form::Whole,
+            };
+            let snapshot = engine.snapshot_into(Vec::new(), form).compress();
+            match form {
+                Form::Whole => chain = vec![snapshot],
+                Form::Changes => chain.push(snapshot),
+                Form::Merged => *chain.last_mut().expect("a link to merge into") = snapshot,
+            }
+            used[form as usize] += 1;
+            let stored: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+            let restored =
+                Engine::restore_sharing(&stored, set.clone(), config.clone(), own_table()).expect("the chain restores");
+            assert!(
+                restored.snapshot().into_buffer() == engine.snapshot().into_buffer(),
+                "seed {seed}, {at} of {} events, a chain of {} after a {form:?} snapshot",
+                lines.len(),
+                chain.len()
+            );
+        }
+        assert!(engine.stats().evicted_capacity > 100, "slots freed and taken again: {:?}", engine.stats());
+    }
+    assert!(used.iter().all(|&n| n >= 10), "whole, changes and merged each taken often: {used:?}");
+}
