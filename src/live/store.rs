@@ -7,6 +7,8 @@
 //! its branch stage, position and the marks it has seen. Objects by
 //! partition are what lets partitions move between instances: the new
 //! owner reads the partition's objects and resumes after their positions.
+//! An object replaced while it is read (storing one purges the chunks of
+//! the one before) is read again, the newer one whole.
 //!
 //! Layout: `FWLV`, version (u32 LE), kind (u8), partition count (u16 LE),
 //! partition (u16 LE), the whole object's id (u64 LE; from version 2),
@@ -14,6 +16,8 @@
 //! each), then the engine's or stage's own checkpoint bytes.
 
 use async_nats::jetstream::object_store::{self, ObjectStore};
+use std::time::Duration;
+
 use tokio::io::AsyncReadExt;
 
 use crate::nats::LiveError;
@@ -180,13 +184,7 @@ async fn load_named(
     partition: u16,
     partitions: u16,
 ) -> Result<Option<Saved>, LiveError> {
-    let mut object = match store.get(&name).await {
-        Ok(object) => object,
-        Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(LiveError::nats("checkpoint read", e)),
-    };
-    let mut bytes = Vec::new();
-    object.read_to_end(&mut bytes).await.map_err(|e| LiveError::nats("checkpoint read", e))?;
+    let Some(bytes) = read(store, &name).await? else { return Ok(None) };
     let saved = Saved::decode(&bytes).map_err(|reason| LiveError::Checkpoint { name: name.clone(), reason })?;
     if saved.kind != kind || saved.partition != partition {
         return Err(LiveError::Checkpoint { name, reason: "it holds another partition's state".into() });
@@ -201,6 +199,48 @@ async fn load_named(
         });
     }
     Ok(Some(saved))
+}
+
+/// No chunk of an object being read for this long: its name is looked up
+/// again, as storing a newer object under it purges the chunks being read.
+const CHUNK_WAIT: Duration = Duration::from_secs(2);
+/// No chunk for this long, the object still the one being read: the read fails.
+const READ_STALL: Duration = Duration::from_secs(30);
+/// Reads started over on a newer object of the name before giving up.
+const READ_STARTS: u32 = 8;
+
+/// The bytes of the object stored under `name` (`None`: none is). A read
+/// that the object's replacement cut off (its chunks purged, the server
+/// would never send the rest) starts over on the newer object: a
+/// checkpoint stored while a restart reads it is read whole, the older or
+/// the newer, never waited for without end.
+async fn read(store: &ObjectStore, name: &str) -> Result<Option<Vec<u8>>, LiveError> {
+    let failed = |e: &dyn std::fmt::Display| LiveError::nats("checkpoint read", format!("{name}: {e}"));
+    for _ in 0..READ_STARTS {
+        let mut object = match store.get(name).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(failed(&e)),
+        };
+        let nuid = object.info().nuid.clone();
+        let mut bytes = Vec::with_capacity(object.info().size);
+        let mut waited = Duration::ZERO;
+        let replaced = loop {
+            match tokio::time::timeout(CHUNK_WAIT, object.read_buf(&mut bytes)).await {
+                Ok(Ok(0)) => return Ok(Some(bytes)),
+                Ok(Ok(_)) => waited = Duration::ZERO,
+                Ok(Err(e)) => return Err(failed(&e)),
+                Err(_) if store.info(name).await.map_or(true, |info| info.nuid != nuid) => break true,
+                Err(_) if waited + CHUNK_WAIT >= READ_STALL => break false,
+                Err(_) => waited += CHUNK_WAIT,
+            }
+        };
+        if !replaced {
+            return Err(failed(&format_args!("no chunk for {} s", READ_STALL.as_secs())));
+        }
+        tracing::debug!(name, "checkpoint object replaced while read; reading the newer one");
+    }
+    Err(failed(&format_args!("replaced while read {READ_STARTS} times in a row")))
 }
 
 /// Stores an encoded checkpoint object under `name`; the previous one stays

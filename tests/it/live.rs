@@ -838,3 +838,52 @@ fn the_outbox_answers_a_barrier_once_what_came_before_is_stored() {
         assert_eq!(nats::stream_count(&js, "T").await, 30_000);
     });
 }
+
+/// A checkpoint object read while a newer one of the same name is stored:
+/// storing it purges the chunks being read. Each read ends with one version
+/// whole (the older or the newer), never hangs waiting for purged chunks.
+#[test]
+fn a_checkpoint_read_while_it_is_replaced_gives_one_version_whole() {
+    let server = NatsServer::start();
+    let rt = nats::runtime();
+    rt.block_on(async {
+        let js = nats::jetstream(&server.url()).await;
+        let bucket = forewarn::nats::connect::bucket(&js, "forewarn_checkpoints", 1).await.expect("the bucket");
+        // 2 MiB: 16 chunks of the object store's 128 KiB, each version's bytes its number.
+        let version = |n: u8| {
+            let saved = Saved {
+                kind: Kind::Engine,
+                partitions: 16,
+                partition: 0,
+                whole: u64::from(n),
+                positions: vec![u64::from(n)],
+                marks: Vec::new(),
+                state: vec![n; 2 << 20],
+            };
+            let mut bytes = Vec::new();
+            saved.encode_into(&mut bytes);
+            bytes
+        };
+        let name = store::object_name(Kind::Engine, 0);
+        store::save(&bucket, &name, &version(1)).await.expect("stored");
+        let writer = {
+            let (bucket, name) = (bucket.clone(), name.clone());
+            tokio::spawn(async move {
+                for n in 2..=12 {
+                    store::save(&bucket, &name, &version(n)).await.expect("stored");
+                }
+            })
+        };
+        let mut reads = 0;
+        while !writer.is_finished() {
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(60), store::load(&bucket, Kind::Engine, 0, 16));
+            let saved = read.await.expect("a read ends").expect("readable").expect("stored");
+            let n = saved.whole as u8;
+            assert!(saved.state.len() == 2 << 20 && saved.state.iter().all(|&b| b == n), "version {n} whole");
+            reads += 1;
+        }
+        writer.await.expect("the writer");
+        assert!(reads >= 2, "reads while the object was replaced: {reads}");
+    });
+}
