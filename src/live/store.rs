@@ -223,7 +223,9 @@ async fn read(store: &ObjectStore, name: &str) -> Result<Option<Vec<u8>>, LiveEr
             Err(e) => return Err(failed(&e)),
         };
         let nuid = object.info().nuid.clone();
-        let mut bytes = Vec::with_capacity(object.info().size);
+        // Room for the size the object says it has, within reason: a damaged
+        // object's meta cannot ask for any amount of memory.
+        let mut bytes = Vec::with_capacity(object.info().size.min(1 << 30));
         let mut waited = Duration::ZERO;
         let replaced = loop {
             match tokio::time::timeout(CHUNK_WAIT, object.read_buf(&mut bytes)).await {
