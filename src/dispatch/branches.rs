@@ -51,7 +51,7 @@ pub struct Directory {
 impl Directory {
     /// Reads and checks the directory; a missing file is an empty directory.
     pub fn load(path: &Path) -> Result<Directory, String> {
-        Directory::load_with(path, Directory::parse)
+        Directory::load_with(path, true)
     }
 
     /// Reads the directory to show it (names, addresses, zones), its
@@ -59,16 +59,17 @@ impl Directory {
     /// plans of every country (~9 MB), which a process that never calls a
     /// branch need not hold. Dispatch, which calls them, checks them at start.
     pub fn load_to_show(path: &Path) -> Result<Directory, String> {
-        Directory::load_with(path, |text| Directory::read(text, false))
+        Directory::load_with(path, false)
     }
 
-    fn load_with(path: &Path, parse: impl Fn(&str) -> Result<Directory, String>) -> Result<Directory, String> {
+    /// Reads the directory, checking the contacts if `contacts`.
+    fn load_with(path: &Path, contacts: bool) -> Result<Directory, String> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Directory::default()),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        Directory::read(&text, contacts).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     pub fn parse(text: &str) -> Result<Directory, String> {

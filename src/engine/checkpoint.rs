@@ -226,8 +226,9 @@ impl Engine {
 
     /// An engine in the state of the last snapshot of `chain`: a whole one,
     /// then the [`Form::Changes`] taken after it, each counted from the one
-    /// before (a [`Form::Merged`] one in the place of the link it replaced). Its places are named in `syms`, the table of the process's
-    /// engines ([`Engine::sharing`]); each snapshot's symbols are mapped onto
+    /// before (a [`Form::Merged`] one in the place of the link it replaced).
+    /// Its places are named in `syms`, the table of the process's engines
+    /// ([`Engine::sharing`]); each snapshot's symbols are mapped onto
     /// the table: an engine saved by another process, or beside other
     /// engines, names them in another order.
     pub fn restore_sharing(

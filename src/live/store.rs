@@ -15,9 +15,9 @@
 //! positions (count u8, u64 LE each), marks (count u32 LE, then i64 LE
 //! each), then the engine's or stage's own checkpoint bytes.
 
-use async_nats::jetstream::object_store::{self, ObjectStore};
 use std::time::Duration;
 
+use async_nats::jetstream::object_store::{self, ObjectStore};
 use tokio::io::AsyncReadExt;
 
 use crate::nats::LiveError;
