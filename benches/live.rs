@@ -4,7 +4,9 @@
 //! policy none) read with the client's stream and with forewarn's own
 //! reader, and with an ordered consumer, beside forewarn's rate from
 //! the scans stream through the engines to a stored checkpoint that covers
-//! the last scan and contact (`forewarn_checkpoint_position`).
+//! the last scan and contact (`forewarn_checkpoint_position`), and the CPU
+//! time forewarn and the server spent on it, a scan: a figure that holds
+//! better than a rate on a machine others share.
 //!
 //! `cargo bench --bench live` (needs `nats-server` on the PATH;
 //! `FOREWARN_BENCH_PARCELS` sets the network size, default 200,000 parcels,
@@ -89,6 +91,17 @@ async fn ordered(js: &jetstream::Context, stream: &str, total: u64) -> Duration 
     drain(consumer.messages().await.expect("messages"), total).await
 }
 
+/// The CPU time (user and system) of the process whose `/proc/<pid>/stat`
+/// is `path`; zero where that cannot be read.
+fn cpu_of(path: &str) -> Duration {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // The fields after the command name, which ends at the last ')': utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    // The kernel's USER_HZ, 100 on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
+}
+
 fn main() {
     let parcels: u64 = std::env::var("FOREWARN_BENCH_PARCELS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
     let shape = std::env::var("FOREWARN_BENCH_SHAPE").unwrap_or_else(|_| "regional".into());
@@ -124,6 +137,7 @@ fn main() {
         let config = Config { nats: nats.clone(), ..Config::default() };
         let (stop_tx, stop) = watch::channel(false);
         let (_reload_tx, reload) = mpsc::channel(1);
+        let cpu = (cpu_of("/proc/self/stat"), cpu_of(&format!("/proc/{}/stat", server.child.id())));
         let t = Instant::now();
         let mut run =
             tokio::spawn(live::run(config, true, Controls { stop, reload, readiness: live::Readiness::default() }));
@@ -148,6 +162,7 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let took = t.elapsed();
+        let cpu = (cpu_of("/proc/self/stat") - cpu.0, cpu_of(&format!("/proc/{}/stat", server.child.id())) - cpu.1);
         let _ = stop_tx.send(true);
         let summary = run.await.expect("joined").expect("ran");
         let own = rate(took);
@@ -167,6 +182,15 @@ fn main() {
             engines / pull,
             engines / reader,
             engines / fastest
+        );
+        // What each scan cost in CPU, steadier than a rate on a machine others share.
+        let per_scan = |cpu: Duration| cpu.as_secs_f64() * 1e6 / scans as f64;
+        println!(
+            "cpu            to a stored checkpoint: forewarn {:.2} s ({:.2} µs a scan), nats-server {:.2} s ({:.2} µs a scan)",
+            cpu.0.as_secs_f64(),
+            per_scan(cpu.0),
+            cpu.1.as_secs_f64(),
+            per_scan(cpu.1)
         );
         println!("published      {:?}", summary.published);
         let pause = &METRICS.checkpoint_pause;

@@ -10,7 +10,7 @@ use forewarn::nats::connect;
 
 /// A running nats-server, killed when dropped.
 pub struct Server {
-    child: Child,
+    pub child: Child,
     pub url: String,
     _dir: tempfile::TempDir,
 }
