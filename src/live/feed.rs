@@ -42,7 +42,7 @@ pub async fn publish(
     pace: Pace,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, LiveError> {
-    let publisher = Publisher::start(&js, None);
+    let publisher = Publisher::start(js.client(), None);
     let mut batch = Vec::with_capacity(STEP);
     let started = Instant::now();
     let mut first: Option<Ts> = None;

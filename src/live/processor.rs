@@ -250,7 +250,7 @@ pub async fn run(config: Config, rebuild: bool, mut controls: Controls) -> Resul
         "forewarn running"
     );
     let mut processor = Processor {
-        publisher: Publisher::start(&connect::jetstream(outbox), Some(readiness.clone())),
+        publisher: Publisher::start(outbox, Some(readiness.clone())),
         client: js.client(),
         connection: connect::connection(&js.client()),
         rules,

@@ -1,24 +1,18 @@
 //! Publishing into JetStream without losing anything, beside the work that
 //! makes the messages: [`Publisher`] hands them to a task of their own
 //! (the outbox) that sends them at once and collects their
-//! acknowledgements later. [`Publisher::barrier`] resolves when the server
+//! acknowledgements later, all on one subscription. [`Publisher::barrier`] resolves when the server
 //! stored every message handed over before it, re-sending (same message
 //! id: no duplicates) through outages. A checkpoint is stored only after
 //! such a barrier, so nothing a checkpoint covers can be missing from the
 //! streams; the stream is not stopped while the acknowledgements come.
 
-use std::collections::VecDeque;
-use std::future::IntoFuture;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
-use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::publish::PublishAck;
-use async_nats::jetstream::{self, Context};
-use futures::future::join_all;
-use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
+use futures::StreamExt;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -72,11 +66,11 @@ fn gone() -> LiveError {
 }
 
 impl Publisher {
-    /// Starts the outbox on `js`'s connection, telling `readiness` (if
+    /// Starts the outbox on `client`'s connection, telling `readiness` (if
     /// any) why publishes are retried.
-    pub fn start(js: &Context, readiness: Option<Readiness>) -> Publisher {
+    pub fn start(client: async_nats::Client, readiness: Option<Readiness>) -> Publisher {
         let (jobs, queue) = mpsc::channel(QUEUED);
-        tokio::spawn(Outbox::new(js, readiness).work(queue));
+        tokio::spawn(Outbox::new(client, readiness).work(queue));
         Publisher { jobs, room: Arc::new(Semaphore::new(QUEUED_ALERTS)) }
     }
 
@@ -127,9 +121,8 @@ enum Entry {
 
 /// The outbox task's state: messages sent, their acknowledgements owed.
 struct Outbox {
-    js: Context,
-    /// `js`'s connection, to know when it is replaced.
     client: async_nats::Client,
+    acks: Acks,
     pending: VecDeque<Entry>,
     /// Barriers in `pending`.
     barriers: usize,
@@ -139,13 +132,9 @@ struct Outbox {
 }
 
 impl Outbox {
-    /// Publishes on `js`'s connection, through a context that lets
-    /// [`MAX_PENDING`] acknowledgements be owed (a context allowing fewer
-    /// would wait for ever on the ones not awaited yet).
-    fn new(js: &Context, readiness: Option<Readiness>) -> Outbox {
-        let client = js.client();
-        let js = connect::jetstream(client.clone());
-        Outbox { js, client, pending: VecDeque::new(), barriers: 0, stats: PublishStats::default(), readiness }
+    fn new(client: async_nats::Client, readiness: Option<Readiness>) -> Outbox {
+        let acks = Acks::new(&client);
+        Outbox { client, acks, pending: VecDeque::new(), barriers: 0, stats: PublishStats::default(), readiness }
     }
 
     /// Takes jobs until every [`Publisher`] is gone, then settles. A
@@ -193,11 +182,11 @@ impl Outbox {
     }
 
     /// A publish not stored yet, to be sent again: counted and reported.
-    fn retrying(&mut self, error: &PublishError) {
+    fn retrying(&mut self, failure: &Failure) {
         self.stats.retries += 1;
         METRICS.publish_retries.inc();
         if let Some(readiness) = &self.readiness {
-            readiness.failing(&format!("publishes not stored: {error}"));
+            readiness.failing(&format!("publishes not stored: {failure}"));
         }
     }
 
@@ -217,20 +206,20 @@ impl Outbox {
         loop {
             let connection = connect::connection(&self.client);
             match self.publish_until_sent(&out).await {
-                Ok(ack) => return Some(Sent { ack, out, connection }),
-                Err(e) => out = self.refuse(&out, &e)?,
+                Ok(number) => return Some(Sent { number, out, connection }),
+                Err(reason) => out = self.refuse(&out, &reason)?,
             }
         }
     }
 
     /// A message the server will never store: counted, and its dead letter
     /// to send instead (none for a dead letter itself: it is logged and dropped).
-    fn refuse(&mut self, out: &Outgoing, error: &PublishError) -> Option<Outgoing> {
+    fn refuse(&mut self, out: &Outgoing, reason: &str) -> Option<Outgoing> {
         self.stats.refused += 1;
         METRICS.publishes_refused.inc();
         let letter = !out.subject.starts_with("deadletter.");
-        tracing::error!(subject = %out.subject, bytes = out.body.len(), %error, dead_lettered = letter, "the server refused a message for good");
-        letter.then(|| wire::refused_letter(out, &error.to_string()))
+        tracing::error!(subject = %out.subject, bytes = out.body.len(), error = %reason, dead_lettered = letter, "the server refused a message for good");
+        letter.then(|| wire::refused_letter(out, reason))
     }
 
     /// Returns when every message sent so far is stored (or, refused for
@@ -257,17 +246,18 @@ impl Outbox {
         while !batch.is_empty() {
             let mut again = Vec::new();
             let mut failure = None;
-            for (result, out) in self.acks(batch).await {
-                match result {
-                    Ok(ack) => {
+            let answers = self.acks.answers(&self.client, &batch).await;
+            for (answer, sent) in answers.into_iter().zip(batch) {
+                match answer {
+                    Ok(duplicate) => {
                         self.stats.stored += 1;
-                        self.stats.duplicates += u64::from(ack.duplicate);
+                        self.stats.duplicates += u64::from(duplicate);
                     }
-                    Err(e) if never_stored(&e) => again.extend(self.refuse(&out, &e)),
+                    Err(Failure::Refused(reason)) => again.extend(self.refuse(&sent.out, &reason)),
                     Err(e) => {
                         self.retrying(&e);
                         failure.get_or_insert(e);
-                        again.push(out);
+                        again.push(sent.out);
                     }
                 }
             }
@@ -279,94 +269,211 @@ impl Outbox {
                 batch.extend(self.sent(out).await);
             }
         }
+        let outstanding = self.pending.iter().find_map(|e| match e {
+            Entry::Sent(sent) => Some(sent.number),
+            Entry::Barrier(_) => None,
+        });
+        self.acks.forget_before(outstanding);
         self.barriers -= barriers.len();
         for done in barriers {
             let _ = done.send(self.stats);
         }
     }
 
-    /// The acknowledgements of `batch`, awaited together. A message with an
-    /// id whose connection is replaced before its acknowledgement came will
-    /// never hear it: it fails at once rather than after the ack timeout
-    /// (sent again, the server drops it if it had stored it). One without
-    /// an id waits for its acknowledgement or the timeout: sent again too
-    /// early, it could be stored twice.
-    async fn acks(&self, batch: Vec<Sent>) -> Vec<(Result<PublishAck, PublishError>, Outgoing)> {
-        let (with_id, without): (Vec<Sent>, Vec<Sent>) = batch.into_iter().partition(|s| s.out.id.is_some());
-        let awaited = without.into_iter().map(|sent| async move { (sent.ack.await, sent.out) });
-        let (mut results, rest) = futures::join!(self.acks_while_connected(with_id), join_all(awaited));
-        results.extend(rest);
-        results
-    }
-
-    async fn acks_while_connected(&self, batch: Vec<Sent>) -> Vec<(Result<PublishAck, PublishError>, Outgoing)> {
-        let oldest = batch.iter().map(|s| s.connection).min().unwrap_or(u64::MAX);
-        let mut results: Vec<Option<Result<PublishAck, PublishError>>> = batch.iter().map(|_| None).collect();
-        let mut outs = Vec::with_capacity(batch.len());
-        let mut waiting: FuturesUnordered<_> = batch
-            .into_iter()
-            .enumerate()
-            .map(|(i, sent)| {
-                outs.push(sent.out);
-                sent.ack.into_future().map(move |result| (i, result))
-            })
-            .collect();
-        let replaced = connect::replaced(&self.client, oldest);
-        tokio::pin!(replaced);
-        loop {
-            tokio::select! {
-                next = waiting.next() => match next {
-                    Some((i, result)) => results[i] = Some(result),
-                    None => break,
-                },
-                () = &mut replaced => break,
-            }
-        }
-        let lost = || PublishError::with_source(PublishErrorKind::BrokenPipe, "the connection it was sent on was lost");
-        results.into_iter().zip(outs).map(|(result, out)| (result.unwrap_or_else(|| Err(lost())), out)).collect()
-    }
-
-    /// Sends `out`, retrying what may pass later; a message the server can
-    /// never take comes back as the error.
-    async fn publish_until_sent(&mut self, out: &Outgoing) -> Result<PublishAckFuture, PublishError> {
+    /// Sends `out` with its reply subject numbered, retrying what may pass
+    /// later; a message the server can never take comes back as the reason.
+    async fn publish_until_sent(&mut self, out: &Outgoing) -> Result<u64, String> {
         let mut backoff = Backoff::default();
         loop {
-            let mut message = PublishMessage::build().payload(out.body.clone());
-            if let Some(headers) = out.header_map() {
-                message = message.headers(headers);
-            }
-            if let Some(id) = &out.id {
-                message = message.message_id(id);
-            }
-            match self.js.send_publish(out.subject.clone(), message).await {
-                Ok(ack) => return Ok(ack),
-                Err(e) if never_stored(&e) => return Err(e),
+            let (number, reply) = match self.acks.reply(&self.client).await {
+                Ok(numbered) => numbered,
                 Err(e) => {
-                    self.retrying(&e);
                     backoff.wait(1, &e).await;
+                    continue;
+                }
+            };
+            let (subject, headers, body) = (out.subject.clone(), out.header_map(), out.body.clone());
+            let sent = if headers.is_empty() {
+                self.client.publish_with_reply(subject, reply, body).await
+            } else {
+                self.client.publish_with_reply_and_headers(subject, reply, headers, body).await
+            };
+            match sent {
+                Ok(()) => return Ok(number),
+                Err(e) if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                    return Err(e.to_string())
+                }
+                Err(e) => {
+                    let failure = Failure::Failed(e.to_string());
+                    self.retrying(&failure);
+                    backoff.wait(1, &failure).await;
                 }
             }
         }
     }
 }
 
-/// A message sent, its acknowledgement owed, and the connection it went on.
+/// A message sent, its acknowledgement owed under `number`, and the
+/// connection it went on.
 struct Sent {
-    ack: PublishAckFuture,
+    number: u64,
     out: Outgoing,
     connection: u64,
 }
 
-/// Whether the server will never store the message, however often it is
-/// sent: larger than its `max_payload` or than the stream's largest message.
-fn never_stored(e: &PublishError) -> bool {
-    match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded => true,
-        PublishErrorKind::Other => std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<jetstream::Error>())
-            .is_some_and(|j| j.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM),
-        _ => false,
+/// Why a message is not known to be stored.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The server will never store it, however often it is sent: larger
+    /// than the stream's largest message.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the connection it was sent on was lost")]
+    Lost,
+    #[error("no acknowledgement within {0:?}")]
+    TimedOut(Duration),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Whether a message was stored (true: as a copy of one stored before), or why not.
+type Answer = Result<bool, Failure>;
+
+/// The server's acknowledgements, all on one subscription: each message's
+/// reply subject is the subscription's prefix and the message's number.
+/// The client's own JetStream publish makes a reply subject, a one-shot
+/// channel, a table entry and two timers for each message: a tenth of
+/// forewarn's time in the live bench.
+struct Acks {
+    /// `_INBOX.<unique>`; replies come to `<prefix>.<number>`.
+    prefix: String,
+    messages: Option<async_nats::Subscriber>,
+    /// The next message's number.
+    next: u64,
+    /// Answers come before their message was awaited.
+    early: BTreeMap<u64, Answer>,
+}
+
+impl Acks {
+    fn new(client: &async_nats::Client) -> Acks {
+        Acks { prefix: client.new_inbox(), messages: None, next: 0, early: BTreeMap::new() }
     }
+
+    /// The next message's number and reply subject, subscribed first if not yet.
+    async fn reply(&mut self, client: &async_nats::Client) -> Result<(u64, String), Failure> {
+        if self.messages.is_none() {
+            let all = format!("{}.*", self.prefix);
+            self.messages = Some(client.subscribe(all).await.map_err(|e| Failure::Failed(e.to_string()))?);
+        }
+        let number = self.next;
+        self.next += 1;
+        let mut reply = String::with_capacity(self.prefix.len() + 21);
+        reply.push_str(&self.prefix);
+        reply.push('.');
+        reply.push_str(itoa::Buffer::new().format(number));
+        Ok((number, reply))
+    }
+
+    /// The answer for each of `batch` (in number order). A message with an
+    /// id whose connection is replaced before its acknowledgement came will
+    /// never hear it: it fails at once rather than after [`ACK_TIMEOUT`]
+    /// (sent again, the server drops it if it had stored it). One without
+    /// an id waits for its acknowledgement or the timeout: sent again too
+    /// early, it could be stored twice.
+    async fn answers(&mut self, client: &async_nats::Client, batch: &[Sent]) -> Vec<Answer> {
+        let mut answers: Vec<Option<Answer>> = batch.iter().map(|s| self.early.remove(&s.number)).collect();
+        let mut missing = answers.iter().filter(|a| a.is_none()).count();
+        let oldest = batch.iter().filter(|s| s.out.id.is_some()).map(|s| s.connection).min();
+        let replaced = async {
+            match oldest {
+                Some(since) => connect::replaced(client, since).await,
+                None => std::future::pending().await,
+            }
+        };
+        let timeout = tokio::time::sleep(ACK_TIMEOUT);
+        tokio::pin!(replaced, timeout);
+        let mut lost = false;
+        while missing > 0 {
+            let Some(messages) = self.messages.as_mut() else { break };
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        self.messages = None;
+                        break;
+                    };
+                    let Some((number, answer)) = ack(&message) else { continue };
+                    match batch.binary_search_by_key(&number, |s| s.number) {
+                        Ok(i) if answers[i].is_none() => {
+                            answers[i] = Some(answer);
+                            missing -= 1;
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            self.early.insert(number, answer);
+                        }
+                    }
+                }
+                () = &mut replaced, if !lost => {
+                    lost = true;
+                    for (answer, _) in answers.iter_mut().zip(batch).filter(|(a, s)| a.is_none() && s.out.id.is_some()) {
+                        *answer = Some(Err(Failure::Lost));
+                        missing -= 1;
+                    }
+                }
+                () = &mut timeout => break,
+            }
+        }
+        answers.into_iter().map(|a| a.unwrap_or(Err(Failure::TimedOut(ACK_TIMEOUT)))).collect()
+    }
+
+    /// Forgets the answers that came early for messages no longer awaited:
+    /// all below `outstanding`, the oldest number still owed (all if none).
+    fn forget_before(&mut self, outstanding: Option<u64>) {
+        match outstanding {
+            Some(number) => self.early = self.early.split_off(&number),
+            None => self.early.clear(),
+        }
+    }
+}
+
+/// How long an acknowledgement is awaited before its message is sent again
+/// (under the same message id, the server drops a copy).
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server's error code for a message larger than its stream takes.
+const MESSAGE_TOO_LARGE: u64 = 10054;
+
+/// The number and answer of an acknowledgement; `None` for a message that
+/// is not one.
+fn ack(message: &async_nats::Message) -> Option<(u64, Answer)> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        duplicate: bool,
+        error: Option<ApiError>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ApiError {
+        #[serde(default)]
+        err_code: u64,
+        #[serde(default)]
+        description: String,
+    }
+    let number = message.subject.rsplit('.').next()?.parse().ok()?;
+    if let Some(status) = message.status.filter(|s| *s != async_nats::StatusCode::OK) {
+        let why = match status {
+            async_nats::StatusCode::NO_RESPONDERS => "no stream stores its subject".to_string(),
+            other => format!("status {other}: {}", message.description.as_deref().unwrap_or("")),
+        };
+        return Some((number, Err(Failure::Failed(why))));
+    }
+    let answer = match serde_json::from_slice::<Body>(&message.payload) {
+        Ok(Body { error: Some(e), .. }) if e.err_code == MESSAGE_TOO_LARGE => Err(Failure::Refused(e.description)),
+        Ok(Body { error: Some(e), .. }) => Err(Failure::Failed(e.description)),
+        Ok(Body { duplicate, error: None }) => Ok(duplicate),
+        Err(e) => Err(Failure::Failed(format!("an unreadable acknowledgement: {e}"))),
+    };
+    Some((number, answer))
 }
 
 /// Exponential backoff with jitter, 50 ms to 5 s, logging as it goes.

@@ -44,15 +44,16 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    pub fn header_map(&self) -> Option<HeaderMap> {
-        if self.headers.is_empty() {
-            return None;
-        }
+    /// The headers it goes with: its own and, with an id, `Nats-Msg-Id`.
+    pub fn header_map(&self) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in &self.headers {
             map.insert(*name, value.as_str());
         }
-        Some(map)
+        if let Some(id) = &self.id {
+            map.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        }
+        map
     }
 }
 
@@ -320,7 +321,7 @@ mod tests {
         };
         let when = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_132_812_345);
         let out = alert(&a, when);
-        assert_eq!(arrived(out.header_map().as_ref()), Some(when));
+        assert_eq!(arrived(Some(&out.header_map())), Some(when));
         assert_eq!(arrived(None), None);
     }
 

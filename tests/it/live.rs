@@ -811,7 +811,7 @@ fn the_outbox_answers_a_barrier_once_what_came_before_is_stored() {
         })
         .await
         .expect("a stream");
-        let publisher = Publisher::start(&js, None);
+        let publisher = Publisher::start(js.client(), None);
         let batch = |from: usize, n: usize| -> Vec<Outgoing> {
             (from..from + n)
                 .map(|i| Outgoing {
@@ -836,6 +836,66 @@ fn the_outbox_answers_a_barrier_once_what_came_before_is_stored() {
         let end = publisher.settle().await.expect("settled");
         assert_eq!((end.stored, end.duplicates, end.retries), (30_000, 0, 0));
         assert_eq!(nats::stream_count(&js, "T").await, 30_000);
+    });
+}
+
+/// A message the server will never store, larger than its stream takes or
+/// than the server's largest message, is refused once and dead-lettered
+/// with the server's reason, while what surrounds it is stored: nothing
+/// waits on it, nothing is retried for ever.
+#[test]
+fn the_outbox_dead_letters_what_the_server_will_never_store_and_goes_on() {
+    use forewarn::live::publisher::Publisher;
+    use forewarn::nats::wire::{self, Outgoing};
+
+    let server = NatsServer::start();
+    let rt = nats::runtime();
+    rt.block_on(async {
+        let js = nats::jetstream(&server.url()).await;
+        for (name, subjects, max_message_size) in [("T", "t.>", 1024), ("DL", "deadletter.>", -1)] {
+            js.create_stream(async_nats::jetstream::stream::Config {
+                name: name.into(),
+                subjects: vec![subjects.into()],
+                max_message_size,
+                ..Default::default()
+            })
+            .await
+            .expect("a stream");
+        }
+        let message = |id: &str, bytes: usize| Outgoing {
+            subject: format!("t.{id}"),
+            id: Some(id.to_string()),
+            headers: Vec::new(),
+            body: vec![b'x'; bytes].into(),
+        };
+        let mut outs: Vec<Outgoing> = (0..50).map(|i| message(&format!("small{i}"), 100)).collect();
+        outs.push(message("over-the-stream", 2_000));
+        outs.push(message("over-the-server", 2 << 20));
+        outs.extend((50..100).map(|i| message(&format!("small{i}"), 100)));
+        let publisher = Publisher::start(js.client(), None);
+        publisher.send_all(outs).await.expect("handed over");
+        let end = tokio::time::timeout(std::time::Duration::from_secs(30), publisher.settle()).await.expect("settles");
+        let end = end.expect("settled");
+        assert_eq!((end.stored, end.refused, end.retries, end.duplicates), (102, 2, 0, 0), "{end:?}");
+        assert_eq!(nats::stream_count(&js, "T").await, 100);
+        let letters = nats::read_stream(&js, "DL").await;
+        // Keyed by subject: the server's largest message is refused on sending, the stream's on its answer.
+        let reasons: std::collections::BTreeMap<String, (String, String)> = letters
+            .iter()
+            .map(|(subject, headers, _)| {
+                let header =
+                    |name| headers.as_ref().and_then(|h| h.get(name)).map(|v| v.to_string()).unwrap_or_default();
+                (subject.clone(), (header(wire::REASON_CODE), header(wire::REASON)))
+            })
+            .collect();
+        let subjects: Vec<&str> = reasons.keys().map(String::as_str).collect();
+        assert_eq!(subjects, ["deadletter.t.over-the-server", "deadletter.t.over-the-stream"]);
+        for (code, reason) in reasons.values() {
+            assert_eq!(code, "publish_refused");
+            assert!(reason.starts_with("not stored: ") && reason.len() > "not stored: ".len(), "{reason}");
+        }
+        let stream = &reasons["deadletter.t.over-the-stream"].1;
+        assert!(stream.contains("maximum"), "the server's reason: {stream}");
     });
 }
 
