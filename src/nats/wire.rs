@@ -91,19 +91,20 @@ pub fn alert(a: &Alert, arrived: SystemTime) -> Outgoing {
         (None, Some(_)) => "facility",
         (None, None) => "branch",
     };
+    let millis = arrived.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
     Outgoing {
-        subject: format!("alerts.{about}.{}", a.rule),
+        subject: ["alerts.", about, ".", &a.rule].concat(),
         id: Some(alert_message_id(a.id, a.state)),
-        headers: vec![(
-            ARRIVED,
-            arrived.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis().to_string(),
-        )],
+        headers: vec![(ARRIVED, itoa::Buffer::new().format(millis).to_string())],
         body: Bytes::from(line),
     }
 }
 
-pub fn alert_message_id(id: AlertId, state: AlertState) -> String {
-    format!("{id}.{}", state.as_str())
+/// `<alert id>.<state>`.
+fn alert_message_id(id: AlertId, state: AlertState) -> String {
+    let hex = id.hex();
+    // Hex digits are ASCII.
+    [std::str::from_utf8(&hex).unwrap_or(""), ".", state.as_str()].concat()
 }
 
 #[derive(Serialize, Deserialize)]
