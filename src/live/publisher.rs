@@ -1,11 +1,12 @@
 //! Publishing into JetStream without losing anything, beside the work that
 //! makes the messages: [`Publisher`] hands them to a task of their own
 //! (the outbox) that sends them at once and collects their
-//! acknowledgements later, all on one subscription. [`Publisher::barrier`] resolves when the server
-//! stored every message handed over before it, re-sending (same message
-//! id: no duplicates) through outages. A checkpoint is stored only after
-//! such a barrier, so nothing a checkpoint covers can be missing from the
-//! streams; the stream is not stopped while the acknowledgements come.
+//! acknowledgements later, all on one subscription. [`Publisher::barrier`]
+//! resolves when the server stored every message handed over before it,
+//! re-sending (same message id: no duplicates) through outages. A
+//! checkpoint is stored only after such a barrier, so nothing a checkpoint
+//! covers can be missing from the streams; the stream is not stopped while
+//! the acknowledgements come.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;

@@ -87,7 +87,7 @@ pub async fn replaced(client: &async_nats::Client, since: u64) {
 
 /// A JetStream context whose publishes wait (backpressure) instead of failing
 /// when many acknowledgements are outstanding, and give up waiting for one
-/// after 5 s (the outbox then sends again, under the same message id).
+/// after 5 s. The outbox publishes on a connection of its own, without it.
 pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
     jetstream::ContextBuilder::new()
         .max_ack_inflight(16_384)
