@@ -841,8 +841,9 @@ fn the_outbox_answers_a_barrier_once_what_came_before_is_stored() {
 
 /// A message the server will never store, larger than its stream takes or
 /// than the server's largest message, is refused once and dead-lettered
-/// with the server's reason, while what surrounds it is stored: nothing
-/// waits on it, nothing is retried for ever.
+/// with the server's reason, while what surrounds it is stored; one on a
+/// subject the client cannot send on is refused too: nothing waits on
+/// them, nothing is retried for ever.
 #[test]
 fn the_outbox_dead_letters_what_the_server_will_never_store_and_goes_on() {
     use forewarn::live::publisher::Publisher;
@@ -871,12 +872,14 @@ fn the_outbox_dead_letters_what_the_server_will_never_store_and_goes_on() {
         let mut outs: Vec<Outgoing> = (0..50).map(|i| message(&format!("small{i}"), 100)).collect();
         outs.push(message("over-the-stream", 2_000));
         outs.push(message("over-the-server", 2 << 20));
+        // A subject the client cannot send on: refused, and so is its letter (logged, dropped).
+        outs.push(Outgoing { subject: "t.with space".into(), ..message("unroutable", 10) });
         outs.extend((50..100).map(|i| message(&format!("small{i}"), 100)));
         let publisher = Publisher::start(js.client(), None);
         publisher.send_all(outs).await.expect("handed over");
         let end = tokio::time::timeout(std::time::Duration::from_secs(30), publisher.settle()).await.expect("settles");
         let end = end.expect("settled");
-        assert_eq!((end.stored, end.refused, end.retries, end.duplicates), (102, 2, 0, 0), "{end:?}");
+        assert_eq!((end.stored, end.refused, end.retries, end.duplicates), (102, 4, 0, 0), "{end:?}");
         assert_eq!(nats::stream_count(&js, "T").await, 100);
         let letters = nats::read_stream(&js, "DL").await;
         // Keyed by subject: the server's largest message is refused on sending, the stream's on its answer.
