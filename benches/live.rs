@@ -137,7 +137,9 @@ fn main() {
         let config = Config { nats: nats.clone(), ..Config::default() };
         let (stop_tx, stop) = watch::channel(false);
         let (_reload_tx, reload) = mpsc::channel(1);
-        let cpu = (cpu_of("/proc/self/stat"), cpu_of(&format!("/proc/{}/stat", server.child.id())));
+        let server_stat = format!("/proc/{}/stat", server.child.id());
+        let cpu_now = || (cpu_of("/proc/self/stat"), cpu_of(&server_stat));
+        let cpu = cpu_now();
         let t = Instant::now();
         let mut run =
             tokio::spawn(live::run(config, true, Controls { stop, reload, readiness: live::Readiness::default() }));
@@ -162,7 +164,10 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let took = t.elapsed();
-        let cpu = (cpu_of("/proc/self/stat") - cpu.0, cpu_of(&format!("/proc/{}/stat", server.child.id())) - cpu.1);
+        let cpu = {
+            let (forewarn, nats_server) = cpu_now();
+            (forewarn - cpu.0, nats_server - cpu.1)
+        };
         let _ = stop_tx.send(true);
         let summary = run.await.expect("joined").expect("ran");
         let own = rate(took);

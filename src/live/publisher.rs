@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::client::PublishErrorKind;
+use async_nats::jetstream;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -444,9 +445,6 @@ impl Acks {
 /// (under the same message id, the server drops a copy).
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The server's error code for a message larger than its stream takes.
-const MESSAGE_TOO_LARGE: u64 = 10054;
-
 /// The number and answer of an acknowledgement; `None` for a message that
 /// is not one.
 fn ack(message: &async_nats::Message) -> Option<(u64, Answer)> {
@@ -454,14 +452,7 @@ fn ack(message: &async_nats::Message) -> Option<(u64, Answer)> {
     struct Body {
         #[serde(default)]
         duplicate: bool,
-        error: Option<ApiError>,
-    }
-    #[derive(serde::Deserialize)]
-    struct ApiError {
-        #[serde(default)]
-        err_code: u64,
-        #[serde(default)]
-        description: String,
+        error: Option<jetstream::Error>,
     }
     let number = message.subject.rsplit('.').next()?.parse().ok()?;
     if let Some(status) = message.status.filter(|s| *s != async_nats::StatusCode::OK) {
@@ -472,8 +463,10 @@ fn ack(message: &async_nats::Message) -> Option<(u64, Answer)> {
         return Some((number, Err(Failure::Failed(why))));
     }
     let answer = match serde_json::from_slice::<Body>(&message.payload) {
-        Ok(Body { error: Some(e), .. }) if e.err_code == MESSAGE_TOO_LARGE => Err(Failure::Refused(e.description)),
-        Ok(Body { error: Some(e), .. }) => Err(Failure::Failed(e.description)),
+        Ok(Body { error: Some(e), .. }) if e.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => {
+            Err(Failure::Refused(e.to_string()))
+        }
+        Ok(Body { error: Some(e), .. }) => Err(Failure::Failed(e.to_string())),
         Ok(Body { duplicate, error: None }) => Ok(duplicate),
         Err(e) => Err(Failure::Failed(format!("an unreadable acknowledgement: {e}"))),
     };

@@ -792,6 +792,19 @@ fn the_pull_reader_gives_every_message_in_order_with_its_place_and_fails_loudly(
     });
 }
 
+/// Streams for the outbox's tests: (name, subjects, largest message or -1).
+async fn create_streams(js: &async_nats::jetstream::Context, streams: &[(&str, &str, i32)]) {
+    for &(name, subjects, max_message_size) in streams {
+        let config = async_nats::jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![subjects.into()],
+            max_message_size,
+            ..Default::default()
+        };
+        js.create_stream(config).await.expect("a stream");
+    }
+}
+
 /// The outbox answers a barrier only once every message handed over before
 /// it is stored, while what is handed over after it goes on: the checkpoint
 /// after a barrier can never cover an alert the streams lack.
@@ -804,13 +817,7 @@ fn the_outbox_answers_a_barrier_once_what_came_before_is_stored() {
     let rt = nats::runtime();
     rt.block_on(async {
         let js = nats::jetstream(&server.url()).await;
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "T".into(),
-            subjects: vec!["t.>".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("a stream");
+        create_streams(&js, &[("T", "t.>", -1)]).await;
         let publisher = Publisher::start(js.client(), None);
         let batch = |from: usize, n: usize| -> Vec<Outgoing> {
             (from..from + n)
@@ -853,16 +860,7 @@ fn the_outbox_dead_letters_what_the_server_will_never_store_and_goes_on() {
     let rt = nats::runtime();
     rt.block_on(async {
         let js = nats::jetstream(&server.url()).await;
-        for (name, subjects, max_message_size) in [("T", "t.>", 1024), ("DL", "deadletter.>", -1)] {
-            js.create_stream(async_nats::jetstream::stream::Config {
-                name: name.into(),
-                subjects: vec![subjects.into()],
-                max_message_size,
-                ..Default::default()
-            })
-            .await
-            .expect("a stream");
-        }
+        create_streams(&js, &[("T", "t.>", 1024), ("DL", "deadletter.>", -1)]).await;
         let message = |id: &str, bytes: usize| Outgoing {
             subject: format!("t.{id}"),
             id: Some(id.to_string()),
