@@ -5,7 +5,11 @@
 # `forewarn run --role detect` on it; `metric NAME` reads the processor's
 # /metrics; `live_bench` builds `cargo bench --bench live` and names it.
 # FOREWARN_BIN=path measures that binary instead of this checkout's release build.
-#   live_start INSTANCE    sets work, bin, nats, run (the processor's pid)
+#   live_start INSTANCE [CLOCK]    sets work, bin, nats, run (the processor's pid);
+#     with CLOCK (RFC 3339), an idle watermark follows that instant instead
+#     of the wall clock (`watermark.clock`): for a network dated in the past,
+#     whose events would all be late behind a watermark that followed the
+#     wall clock while the publisher was still drawing them
 
 work="$(mktemp -d)"
 pids=()
@@ -46,8 +50,13 @@ live_start() {
     kill -0 "$server" 2>/dev/null || { echo "nats-server did not start:" >&2; cat "$work/nats.log" >&2; exit 1; }
     sleep 0.1
   done
+  local config=()
+  if [ -n "${2:-}" ]; then
+    printf '[watermark]\nclock = "%s"\n' "$2" >"$work/forewarn.toml"
+    config=(--config "$work/forewarn.toml")
+  fi
   # The processor first: it makes the streams; it then takes the scans as they come.
-  FOREWARN_INSTANCE="$1" "$bin" run --role detect --nats "$nats" --http "127.0.0.1:$http_port" >"$work/run.log" 2>&1 &
+  FOREWARN_INSTANCE="$1" "$bin" run "${config[@]}" --role detect --nats "$nats" --http "127.0.0.1:$http_port" >"$work/run.log" 2>&1 &
   run=$!
   pids+=("$run")
   until [ -n "$(metric forewarn_parcels_in_flight || true)" ]; do
