@@ -198,6 +198,18 @@ fn main() {
             per_scan(cpu.1)
         );
         println!("published      {:?}", summary.published);
+        // What forewarn made the server store, a scan: each stream's bytes
+        // are written (and read again) by the server beside the scans.
+        let mut names = js.stream_names();
+        let mut stored = Vec::new();
+        while let Some(Ok(name)) = names.next().await {
+            if name != "SCANS" && name != "CONTACTS" {
+                let state = js.get_stream(&name).await.expect("stream").info().await.expect("info").state.clone();
+                stored.push(format!("{name} {} ({:.0} B a scan)", state.messages, state.bytes as f64 / scans as f64));
+            }
+        }
+        stored.sort();
+        println!("stored         {}", stored.join(", "));
         let pause = &METRICS.checkpoint_pause;
         let (n, stopped) = (pause.get_sample_count(), pause.get_sample_sum());
         let objects = |kind: &str| METRICS.checkpoint_objects.with_label_values(&[kind]).get();
