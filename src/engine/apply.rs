@@ -7,13 +7,7 @@ use super::*;
 impl Engine {
     /// Applies an event, then moves the watermark as the input allows.
     pub fn ingest(&mut self, event: &Event<'_>, out: &mut Vec<Alert>) -> Applied {
-        self.ingest_hashed(event, parcel_hash(&event.parcel_id), out)
-    }
-
-    /// [`Engine::ingest`] of an event whose [`parcel_hash`] is known (a
-    /// batch computed it to prefetch the parcel).
-    pub fn ingest_hashed(&mut self, event: &Event<'_>, hash: u64, out: &mut Vec<Alert>) -> Applied {
-        let applied = self.apply(event, hash, out);
+        let applied = self.apply(event, parcel_hash(&event.parcel_id), out);
         self.catch_up(out);
         applied
     }
@@ -35,6 +29,7 @@ impl Engine {
     /// state and fires the rules it triggers, leaving the watermark where it
     /// is ([`Engine::ingest`] moves it too).
     pub fn apply(&mut self, ev: &Event<'_>, hash: u64, out: &mut Vec<Alert>) -> Applied {
+        debug_assert!(!self.stepping, "an event in the middle of a watermark step");
         self.stats.events += 1;
         // Scans drive event time; contacts come from another system (the call
         // centre) on another stream, so they neither hold it back nor push it.

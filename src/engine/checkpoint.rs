@@ -167,6 +167,7 @@ impl Engine {
     /// A snapshot in `form`, written into `buffer` (its room reused); the
     /// window's changes count from it.
     pub fn snapshot_into(&mut self, buffer: Vec<u8>, form: Form) -> Snapshot {
+        debug_assert!(!self.stepping, "a snapshot in the middle of a watermark step");
         let snapshot = self.write(buffer, form);
         self.window.forget_changes(form);
         snapshot
@@ -298,6 +299,7 @@ impl Engine {
             branch_stage_inside: true,
             watermark,
             facts_after: watermark,
+            stepping: false,
             frontier,
             max_contact_at,
             stats,

@@ -197,6 +197,8 @@ pub struct Engine {
     /// announced never meets a fact in its past, whenever the announcement
     /// reached it, so what it counts depends on the facts alone.
     facts_after: Ts,
+    /// A step of the watermark was left unfinished ([`Engine::advance_within`]).
+    stepping: bool,
     /// Each partition's flow of scan times: what the watermark follows.
     frontier: Frontier,
     max_contact_at: Ts,
@@ -234,6 +236,7 @@ impl Engine {
             syms,
             watermark: Ts::MIN,
             facts_after: Ts::MIN,
+            stepping: false,
             frontier,
             max_contact_at: Ts::MIN,
             stats: Stats::default(),

@@ -56,7 +56,8 @@ use crate::time::Ts;
 const DRAIN: usize = 512;
 /// Inputs this long without a message are quiet (see `worked_off`).
 const QUIET: Duration = Duration::from_millis(100);
-/// Alerts made in a run of messages before they go to the outbox, mid-run.
+/// Alerts made in a run of messages, or in one step of a watermark, before
+/// they go to the outbox, mid-run or mid-step.
 const ALERTS_HELD: usize = 16_384;
 /// Branch facts held before they are sent (else at the next checkpoint).
 const FACTS_HELD: usize = 8192;
@@ -393,7 +394,7 @@ impl Processor {
                     // deadlines at once) goes out as it comes, the outbox
                     // holding at most its room of them.
                     for run in batch.chunks(intake::BATCH) {
-                        self.handle(i, run);
+                        self.handle(i, run).await?;
                         if self.alerts.len() >= ALERTS_HELD {
                             self.publish().await?;
                         }

@@ -5,13 +5,14 @@
 
 use std::time::{Instant, SystemTime};
 
-use super::Processor;
+use super::{Processor, ALERTS_HELD};
 use crate::engine::window::{parcel_hash, prefetch_staged};
 use crate::event::{decode, Event, Reject};
 use crate::live::input::Which;
 use crate::live::pull::Delivery;
 use crate::metrics::METRICS;
 use crate::nats::wire::{self, Refusal};
+use crate::nats::LiveError;
 use crate::partition;
 use crate::time::Ts;
 
@@ -35,7 +36,7 @@ impl Processor {
     /// prefetched before any of them is applied, so the cache misses of a
     /// large window overlap (as in replay) instead of queueing one event
     /// after another.
-    pub(super) fn handle(&mut self, i: usize, run: &[Delivery]) {
+    pub(super) async fn handle(&mut self, i: usize, run: &[Delivery]) -> Result<(), LiveError> {
         let now = Instant::now();
         let mut ready = Vec::with_capacity(run.len());
         for delivery in run {
@@ -51,8 +52,9 @@ impl Processor {
         let parts = &self.parts;
         prefetch_staged(&ready, |r, stage| parts[&r.partition].engine.prefetch(stage, r.hash));
         for r in ready {
-            self.apply(r);
+            self.apply(r).await?;
         }
+        Ok(())
     }
 
     /// Whether input `i` gives the message at stream sequence `seq` for the
@@ -119,15 +121,35 @@ impl Processor {
         None
     }
 
-    /// An admitted event into its engine, and what the engine said out.
-    fn apply(&mut self, ready: Ready<'_>) {
-        let Some(part) = self.parts.get_mut(&ready.partition) else { return };
+    /// An admitted event into its engine, then the watermark moved as far as
+    /// the input allows.
+    async fn apply(&mut self, ready: Ready<'_>) -> Result<(), LiveError> {
+        let Some(part) = self.parts.get_mut(&ready.partition) else { return Ok(()) };
         self.summary.events += 1;
         METRICS.event(ready.event.kind).inc();
-        part.engine.ingest_hashed(&ready.event, ready.hash, &mut self.alerts);
-        self.arrived.resize(self.alerts.len(), ready.arrived);
-        part.engine.take_facts(&mut self.facts);
-        part.engine.take_judged(&mut self.judged, &mut self.told);
+        part.engine.apply(&ready.event, ready.hash, &mut self.alerts);
+        self.step(ready.partition, None, ready.arrived).await
+    }
+
+    /// Moves partition `p`'s watermark to `to` (as far as its input allows
+    /// when `None`), and takes what its engine said. A step that crosses a
+    /// day's deadlines fires tens of thousands of alerts at once: they go
+    /// to the outbox [`ALERTS_HELD`] at a time while the step goes on, so
+    /// what is held does not grow with the burst. `arrived`: when what moved
+    /// the watermark reached the server.
+    pub(super) async fn step(&mut self, p: u16, to: Option<Ts>, arrived: SystemTime) -> Result<(), LiveError> {
+        loop {
+            let Some(part) = self.parts.get_mut(&p) else { return Ok(()) };
+            let to = to.unwrap_or_else(|| part.engine.input_watermark());
+            let done = part.engine.advance_within(to, &mut self.alerts, ALERTS_HELD);
+            self.arrived.resize(self.alerts.len(), arrived);
+            part.engine.take_facts(&mut self.facts);
+            part.engine.take_judged(&mut self.judged, &mut self.told);
+            if done {
+                return Ok(());
+            }
+            self.publish().await?;
+        }
     }
 
     fn dead_letter(&mut self, which: usize, seq: u64, message: &async_nats::Message, why: Refusal) {

@@ -38,15 +38,18 @@ impl Processor {
         }
         let Some(now) = self.clock.now() else { return Ok(()) };
         let target = now.minus(self.config.watermark.max_skew);
-        for part in self.parts.values_mut() {
-            if part.last_input.elapsed() >= idle && part.engine.watermark() < target {
+        let quiet: Vec<u16> = self
+            .parts
+            .iter()
+            .filter(|(_, part)| part.last_input.elapsed() >= idle && part.engine.watermark() < target)
+            .map(|(&p, _)| p)
+            .collect();
+        for p in quiet {
+            if let Some(part) = self.parts.get_mut(&p) {
                 tracing::debug!(from = ?part.engine.watermark(), to = ?target, "idle: the watermark follows the clock");
-                part.engine.advance(target, &mut self.alerts);
-                self.arrived.resize(self.alerts.len(), SystemTime::now());
-                part.engine.take_facts(&mut self.facts);
-                part.engine.take_judged(&mut self.judged, &mut self.told);
                 part.dirty = true;
             }
+            self.step(p, Some(target), SystemTime::now()).await?;
         }
         self.publish().await
     }
