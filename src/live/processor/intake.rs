@@ -52,7 +52,10 @@ impl Processor {
         let parts = &self.parts;
         prefetch_staged(&ready, |r, stage| parts[&r.partition].engine.prefetch(stage, r.hash));
         for r in ready {
-            self.apply(r).await?;
+            let (p, arrived) = (r.partition, r.arrived);
+            if !self.apply(r) {
+                self.finish_step(p, None, arrived).await?;
+            }
         }
         Ok(())
     }
@@ -122,33 +125,41 @@ impl Processor {
     }
 
     /// An admitted event into its engine, then the watermark moved as far as
-    /// the input allows.
-    async fn apply(&mut self, ready: Ready<'_>) -> Result<(), LiveError> {
-        let Some(part) = self.parts.get_mut(&ready.partition) else { return Ok(()) };
+    /// the input allows; false when that step is not over
+    /// ([`Processor::finish_step`]).
+    fn apply(&mut self, ready: Ready<'_>) -> bool {
+        let Some(part) = self.parts.get_mut(&ready.partition) else { return true };
         self.summary.events += 1;
         METRICS.event(ready.event.kind).inc();
         part.engine.apply(&ready.event, ready.hash, &mut self.alerts);
-        self.step(ready.partition, None, ready.arrived).await
+        self.step(ready.partition, None, ready.arrived)
     }
 
     /// Moves partition `p`'s watermark to `to` (as far as its input allows
-    /// when `None`), and takes what its engine said. A step that crosses a
-    /// day's deadlines fires tens of thousands of alerts at once: they go
-    /// to the outbox [`ALERTS_HELD`] at a time while the step goes on, so
-    /// what is held does not grow with the burst. `arrived`: when what moved
-    /// the watermark reached the server.
-    pub(super) async fn step(&mut self, p: u16, to: Option<Ts>, arrived: SystemTime) -> Result<(), LiveError> {
+    /// when `None`) and takes what its engine said, until [`ALERTS_HELD`]
+    /// alerts are held: false then, the step not over. `arrived`: when what
+    /// moved the watermark reached the server.
+    pub(super) fn step(&mut self, p: u16, to: Option<Ts>, arrived: SystemTime) -> bool {
+        let Some(part) = self.parts.get_mut(&p) else { return true };
+        let to = to.unwrap_or_else(|| part.engine.input_watermark());
+        let done = part.engine.advance_within(to, &mut self.alerts, ALERTS_HELD);
+        self.arrived.resize(self.alerts.len(), arrived);
+        part.engine.take_facts(&mut self.facts);
+        part.engine.take_judged(&mut self.judged, &mut self.told);
+        done
+    }
+
+    /// The rest of a step [`Processor::step`] left unfinished. A step that
+    /// crosses a day's deadlines fires tens of thousands of alerts at once:
+    /// they go to the outbox [`ALERTS_HELD`] at a time while the step goes
+    /// on, so what is held does not grow with the burst. Each event's step
+    /// stays synchronous; only one left unfinished waits on the outbox.
+    pub(super) async fn finish_step(&mut self, p: u16, to: Option<Ts>, arrived: SystemTime) -> Result<(), LiveError> {
         loop {
-            let Some(part) = self.parts.get_mut(&p) else { return Ok(()) };
-            let to = to.unwrap_or_else(|| part.engine.input_watermark());
-            let done = part.engine.advance_within(to, &mut self.alerts, ALERTS_HELD);
-            self.arrived.resize(self.alerts.len(), arrived);
-            part.engine.take_facts(&mut self.facts);
-            part.engine.take_judged(&mut self.judged, &mut self.told);
-            if done {
+            self.publish().await?;
+            if self.step(p, to, arrived) {
                 return Ok(());
             }
-            self.publish().await?;
         }
     }
 

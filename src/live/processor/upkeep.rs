@@ -49,7 +49,10 @@ impl Processor {
                 tracing::debug!(from = ?part.engine.watermark(), to = ?target, "idle: the watermark follows the clock");
                 part.dirty = true;
             }
-            self.step(p, Some(target), SystemTime::now()).await?;
+            let now = SystemTime::now();
+            if !self.step(p, Some(target), now) {
+                self.finish_step(p, Some(target), now).await?;
+            }
         }
         self.publish().await
     }
