@@ -15,15 +15,15 @@ impl Engine {
 
     /// [`Engine::advance`] in bounded pieces: stops between two batches of
     /// wake-ups (of at most `room` parcels) once `out` holds `room` alerts
-    /// or more, and returns false;
-    /// the next call with the same watermark goes on where it stopped. A
-    /// deadline crossing can fire a day's deadlines in one step (~46,000
-    /// alerts in one engine's step at 1 M parcels); a caller that empties
-    /// `out` between the calls holds a bounded number of them. Until the step
-    /// ends (true) the engine takes nothing else, no event and no snapshot:
-    /// a step taken in pieces fires what it would in one, in the same order,
-    /// and its facts are dated after the watermark it began from
-    /// (`facts_after`, which equals the watermark between steps).
+    /// or more, and returns false; the next call with the same watermark
+    /// goes on where it stopped. A deadline crossing can fire a day's
+    /// deadlines in one step (~46,000 alerts in one engine's step at 1 M
+    /// parcels); a caller that empties `out` between the calls holds a
+    /// bounded number of them. Until the step ends (true) the engine takes
+    /// nothing else, no event and no snapshot: a step taken in pieces fires
+    /// what it would in one, in the same order, and its facts are dated
+    /// after the watermark it began from (`facts_after`, which equals the
+    /// watermark between steps).
     pub fn advance_within(&mut self, watermark: Ts, out: &mut Vec<Alert>, room: usize) -> bool {
         let wm = self.watermark.max(watermark);
         self.stepping = true;

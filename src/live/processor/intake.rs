@@ -35,7 +35,8 @@ impl Processor {
     /// stages. Scans and contacts are decoded together and their parcels
     /// prefetched before any of them is applied, so the cache misses of a
     /// large window overlap (as in replay) instead of queueing one event
-    /// after another.
+    /// after another. Waits on the outbox only when an event's step of the
+    /// watermark fires more than [`ALERTS_HELD`] alerts.
     pub(super) async fn handle(&mut self, i: usize, run: &[Delivery]) -> Result<(), LiveError> {
         let now = Instant::now();
         let mut ready = Vec::with_capacity(run.len());

@@ -49,9 +49,9 @@ impl Processor {
                 tracing::debug!(from = ?part.engine.watermark(), to = ?target, "idle: the watermark follows the clock");
                 part.dirty = true;
             }
-            let now = SystemTime::now();
-            if !self.step(p, Some(target), now) {
-                self.finish_step(p, Some(target), now).await?;
+            let moved = SystemTime::now();
+            if !self.step(p, Some(target), moved) {
+                self.finish_step(p, Some(target), moved).await?;
             }
         }
         self.publish().await
