@@ -1,5 +1,7 @@
 //! The checkpoint's byte codec: a versioned, LZ4-compressed stream of
-//! varints (zigzag for instants) and length-prefixed strings, the one event
+//! varints, instants (each the zigzag difference from the instant written
+//! before it, the sentinels one byte), fixed-width hashes and
+//! length-prefixed strings, the one event
 //! form every component saves its held events in, and the map from a saved
 //! rule pack onto the current one. Below every part's `checkpoint.rs`, which write their
 //! own state with it; `checkpoint.rs` orders them.
@@ -11,13 +13,21 @@ use crate::event::{Channels, Contact, ContactChannel, Event, Kind, Recipient, To
 use crate::time::Ts;
 
 const MAGIC: &[u8; 4] = b"FWCK";
-const VERSION: u32 = 11;
+const VERSION: u32 = 12;
 /// The oldest format this forewarn still reads.
 const OLDEST: u32 = 10;
 /// The first format whose tombstones keep their parcel's end; an older
 /// one's are read as ended at the dawn of time (a label then starts a new
 /// parcel, as before).
 pub(in crate::engine) const TOMBSTONE_ENDS_SINCE: u32 = 11;
+/// The first format whose instants are differences from the one before
+/// (a parcel's instants are mostly equal or near each other, and near the
+/// last parcel's: 1 to 4 bytes instead of 6, the sentinels 1 instead of 9),
+/// whose fingerprints and hashes are fixed-width (a varint of a random
+/// 32-bit fingerprint takes 5 bytes, of a 64-bit hash 10), and whose
+/// tombstones leave out their place in the ring: a national network's
+/// parcel takes ~30 % fewer bytes before compression.
+pub(in crate::engine) const COMPACT_SINCE: u32 = 12;
 
 /// Why a checkpoint cannot be restored. Every variant has the same way out:
 /// start without it and rebuild the state by replaying the stream.
@@ -37,9 +47,26 @@ pub(in crate::engine) fn corrupt(what: impl Into<String>) -> CheckpointError {
     CheckpointError::Corrupt(what.into())
 }
 
-/// Writes varints, zigzag instants and length-prefixed strings.
+/// Writes varints, instants, fixed-width numbers and length-prefixed strings.
 #[derive(Default)]
-pub(in crate::engine) struct W(Vec<u8>);
+pub(in crate::engine) struct W {
+    buf: Vec<u8>,
+    /// The last instant written (not a sentinel): the next is written as the difference.
+    last: i64,
+}
+
+/// An instant's varint: `MIN` and `MAX` 0 and 1, any other the zigzag of
+/// its difference from `last`, plus 2.
+const INSTANT_MIN: u64 = 0;
+const INSTANT_MAX: u64 = 1;
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
 
 impl W {
     /// A writer into `buffer` (emptied), with room for `bytes`: a state
@@ -49,24 +76,43 @@ impl W {
     pub fn reusing(mut buffer: Vec<u8>, bytes: usize) -> W {
         buffer.clear();
         buffer.reserve(bytes);
-        W(buffer)
+        W { buf: buffer, last: 0 }
     }
 
     pub fn u(&mut self, mut v: u64) {
         while v >= 0x80 {
-            self.0.push(v as u8 | 0x80);
+            self.buf.push(v as u8 | 0x80);
             v >>= 7;
         }
-        self.0.push(v as u8);
+        self.buf.push(v as u8);
     }
 
     pub fn ts(&mut self, t: Ts) {
-        self.u(((t.0 << 1) ^ (t.0 >> 63)) as u64);
+        let v = match t {
+            Ts::MIN => INSTANT_MIN,
+            Ts::MAX => INSTANT_MAX,
+            Ts(t) => {
+                let v = zigzag(t.wrapping_sub(self.last)) + 2;
+                self.last = t;
+                v
+            }
+        };
+        self.u(v);
+    }
+
+    /// A 32-bit fingerprint or hash, as it is: random bits take no less.
+    pub fn u32_fixed(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// A 64-bit hash, as it is.
+    pub fn u64_fixed(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
     }
 
     pub fn s(&mut self, s: &str) {
         self.u(s.len() as u64);
-        self.0.extend_from_slice(s.as_bytes());
+        self.buf.extend_from_slice(s.as_bytes());
     }
 
     pub fn opt_s(&mut self, s: Option<&str>) {
@@ -74,7 +120,7 @@ impl W {
             None => self.u(0),
             Some(s) => {
                 self.u(s.len() as u64 + 1);
-                self.0.extend_from_slice(s.as_bytes());
+                self.buf.extend_from_slice(s.as_bytes());
             }
         }
     }
@@ -88,7 +134,7 @@ impl W {
 
     /// The state written, not compressed yet.
     pub fn snapshot(self) -> Snapshot {
-        Snapshot(self.0)
+        Snapshot(self.buf)
     }
 }
 
@@ -157,7 +203,7 @@ impl Body {
     }
 
     pub fn reader(&self) -> R<'_> {
-        R { buf: &self.bytes, pos: 0, version: self.version }
+        R::new(&self.bytes, self.version)
     }
 
     pub fn len(&self) -> usize {
@@ -171,6 +217,8 @@ pub(in crate::engine) struct R<'a> {
     pub pos: usize,
     /// The format it was written in, for the parts whose form changed.
     pub version: u32,
+    /// The last instant read (not a sentinel), as [`W`] keeps it.
+    last: i64,
 }
 
 impl R<'_> {
@@ -184,6 +232,10 @@ impl R<'_> {
 }
 
 impl<'a> R<'a> {
+    pub fn new(buf: &'a [u8], version: u32) -> R<'a> {
+        R { buf, pos: 0, version, last: 0 }
+    }
+
     pub fn u(&mut self) -> Result<u64, CheckpointError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
@@ -213,7 +265,27 @@ impl<'a> R<'a> {
 
     pub fn ts(&mut self) -> Result<Ts, CheckpointError> {
         let v = self.u()?;
-        Ok(Ts(((v >> 1) as i64) ^ -((v & 1) as i64)))
+        if self.version < COMPACT_SINCE {
+            return Ok(Ts(unzigzag(v)));
+        }
+        Ok(match v {
+            INSTANT_MIN => Ts::MIN,
+            INSTANT_MAX => Ts::MAX,
+            v => {
+                self.last = self.last.wrapping_add(unzigzag(v - 2));
+                Ts(self.last)
+            }
+        })
+    }
+
+    pub fn u32_fixed(&mut self) -> Result<u32, CheckpointError> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub fn u64_fixed(&mut self) -> Result<u64, CheckpointError> {
+        let b = self.bytes(8)?;
+        Ok(u64::from_le_bytes(b.try_into().map_err(|_| corrupt("truncated"))?))
     }
 
     fn bytes(&mut self, len: usize) -> Result<&'a [u8], CheckpointError> {
@@ -351,12 +423,14 @@ mod tests {
     fn varints_and_instants_round_trip() {
         let mut w = W::default();
         let values = [0u64, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX];
-        let times = [Ts(0), Ts(-1), Ts::MIN, Ts::MAX, Ts(1_795_000_000_123)];
+        let times = [Ts(0), Ts(-1), Ts::MIN, Ts::MAX, Ts(1_795_000_000_123), Ts(-1_795_000_000_123)];
         values.iter().for_each(|v| w.u(*v));
         times.iter().for_each(|t| w.ts(*t));
         w.opt_s(Some("Léa"));
         w.opt_s(None);
-        let mut r = R { buf: &w.0, pos: 0, version: VERSION };
+        w.u32_fixed(u32::MAX - 1);
+        w.u64_fixed(u64::MAX - 1);
+        let mut r = R::new(&w.buf, VERSION);
         for v in values {
             assert_eq!(r.u().unwrap(), v);
         }
@@ -364,6 +438,38 @@ mod tests {
             assert_eq!(r.ts().unwrap(), t);
         }
         assert_eq!((r.opt_s().unwrap(), r.opt_s().unwrap()), (Some("Léa"), None));
+        assert_eq!((r.u32_fixed().unwrap(), r.u64_fixed().unwrap()), (u32::MAX - 1, u64::MAX - 1));
         assert!(r.u().is_err(), "reading past the end is an error");
+    }
+
+    /// A parcel's instants: the sentinels take a byte, an instant near the
+    /// one before two or three; each read back as written.
+    #[test]
+    fn instants_take_the_bytes_of_their_difference() {
+        let at = Ts(1_795_000_000_123);
+        let mut w = W::default();
+        w.ts(at);
+        let first = w.buf.len();
+        for t in [Ts::MAX, Ts::MIN, at, Ts(at.0 + 1_000), Ts(at.0 - 60_000)] {
+            w.ts(t);
+        }
+        assert_eq!((first, w.buf.len() - first), (6, 1 + 1 + 1 + 2 + 3));
+        let mut r = R::new(&w.buf, VERSION);
+        for t in [at, Ts::MAX, Ts::MIN, at, Ts(at.0 + 1_000), Ts(at.0 - 60_000)] {
+            assert_eq!(r.ts().unwrap(), t);
+        }
+    }
+
+    /// Before v12, an instant was the zigzag varint of its value.
+    #[test]
+    fn an_older_format_s_instants_read_as_they_were_written() {
+        let times = [Ts(1_795_000_000_123), Ts::MAX, Ts::MIN, Ts(1_795_000_000_123)];
+        let mut w = W::default();
+        times.iter().for_each(|t| w.u(zigzag(t.0)));
+        let mut r = R::new(&w.buf, COMPACT_SINCE - 1);
+        for t in times {
+            assert_eq!(r.ts().unwrap(), t);
+        }
+        assert!(r.end().is_ok());
     }
 }

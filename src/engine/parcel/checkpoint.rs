@@ -1,7 +1,7 @@
 //! Saving and restoring a parcel for the engine's checkpoints.
 
 use super::*;
-use crate::engine::codec::{get_event, put_event, CheckpointError, Remap, R, W};
+use crate::engine::codec::{get_event, put_event, CheckpointError, Remap, COMPACT_SINCE, R, W};
 
 impl Parcel {
     pub(in crate::engine) fn save(&self, w: &mut W) {
@@ -35,11 +35,10 @@ impl Parcel {
             w.u(u64::from(c));
         }
         let spill = self.seen.spill.as_deref().map_or(&[][..], |s| &s[..]);
-        // Fingerprints are never 0, so 0 ends the list.
-        for fp in self.seen.inline.iter().chain(spill).filter(|fp| **fp != 0) {
-            w.u(u64::from(*fp));
-        }
-        w.u(0);
+        // Fingerprints are never 0: 0 is a free inline place.
+        let seen = || self.seen.inline.iter().chain(spill).filter(|fp| **fp != 0);
+        w.u(seen().count() as u64);
+        seen().for_each(|fp| w.u32_fixed(*fp));
         let blank = Talk::default();
         match self.talk.as_deref().or((self.told_at != Ts48::MAX).then_some(&blank)) {
             None => w.u(0),
@@ -103,11 +102,18 @@ impl Parcel {
                 p.counts[*place as usize] = count;
             }
         }
-        loop {
-            match r.u32()? {
-                0 => break,
-                fp => {
-                    p.seen.insert(fp);
+        if r.version >= COMPACT_SINCE {
+            for _ in 0..r.n(MAX_SEEN, "fingerprints")? {
+                p.seen.insert(r.u32_fixed()?);
+            }
+        } else {
+            // Before, each a varint, and 0 ended the list.
+            loop {
+                match r.u32()? {
+                    0 => break,
+                    fp => {
+                        p.seen.insert(fp);
+                    }
                 }
             }
         }

@@ -2,17 +2,16 @@
 //! tombstones) for the engine's checkpoints.
 
 use super::*;
-use crate::engine::codec::{CheckpointError, Remap, R, TOMBSTONE_ENDS_SINCE, W};
+use crate::engine::codec::{CheckpointError, Remap, COMPACT_SINCE, R, TOMBSTONE_ENDS_SINCE, W};
 use crate::engine::Form;
 
 impl Tombstones {
     pub(in crate::engine) fn save(&self, w: &mut W) {
         w.u(self.graves.len() as u64);
-        let kept: Vec<(usize, Grave)> = self.graves.iter().copied().enumerate().filter(|(_, g)| g.hash != 0).collect();
-        w.u(kept.len() as u64);
-        for (i, g) in kept {
-            w.u(i as u64);
-            w.u(g.hash);
+        let kept = || self.graves.iter().filter(|g| g.hash != 0);
+        w.u(kept().count() as u64);
+        for g in kept() {
+            w.u64_fixed(g.hash);
             w.ts(g.ended);
         }
     }
@@ -21,7 +20,13 @@ impl Tombstones {
         let _saved_size = r.u()?;
         let mut t = Tombstones::new(capacity);
         for _ in 0..r.u()? {
-            let (_, hash) = (r.u()?, r.u()?);
+            let hash = if r.version >= COMPACT_SINCE {
+                r.u64_fixed()?
+            } else {
+                // Before, each with its place in the ring.
+                let _place = r.u()?;
+                r.u()?
+            };
             let ended = if r.version >= TOMBSTONE_ENDS_SINCE { r.ts()? } else { Ts::MIN };
             // Re-placed by hash: the table may have another size now.
             t.add(hash, ended);

@@ -39,7 +39,7 @@ fn tombstones_keep_their_end_through_a_checkpoint_and_read_v10_without_it() {
     let mut v10 = W::default();
     [64, 1, a & 63, a].into_iter().for_each(|v| v10.u(v));
     let bytes = v10.snapshot().into_buffer();
-    let mut r = crate::engine::codec::R { buf: &bytes, pos: 0, version: 10 };
+    let mut r = crate::engine::codec::R::new(&bytes, 10);
     let back = Tombstones::load(&mut r, 64).expect("loads");
     assert_eq!((back.ended(a), r.end().is_ok()), (Some(Ts::MIN), true));
 }
