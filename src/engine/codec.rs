@@ -1,10 +1,10 @@
 //! The checkpoint's byte codec: a versioned, LZ4-compressed stream of
 //! varints, instants (each the zigzag difference from the instant written
 //! before it, the sentinels one byte), fixed-width hashes and
-//! length-prefixed strings, the one event
-//! form every component saves its held events in, and the map from a saved
-//! rule pack onto the current one. Below every part's `checkpoint.rs`, which write their
-//! own state with it; `checkpoint.rs` orders them.
+//! length-prefixed strings; the one event form every component saves its
+//! held events in; and the map from a saved rule pack onto the current
+//! one. Below every part's `checkpoint.rs`, which write their own state
+//! with it; `checkpoint.rs` orders them.
 
 use std::borrow::Cow;
 
@@ -25,8 +25,9 @@ pub(in crate::engine) const TOMBSTONE_ENDS_SINCE: u32 = 11;
 /// last parcel's: 1 to 4 bytes instead of 6, the sentinels 1 instead of 9),
 /// whose fingerprints and hashes are fixed-width (a varint of a random
 /// 32-bit fingerprint takes 5 bytes, of a 64-bit hash 10), and whose
-/// tombstones leave out their place in the ring: a national network's
-/// parcel takes ~30 % fewer bytes before compression.
+/// tombstones leave out their place in the ring: a parcel takes ~20 %
+/// fewer bytes before compression (1 M regional parcels: 159.1 MiB, now
+/// 126.8), the snapshot ~25 % less time, its compression ~10 % less.
 pub(in crate::engine) const COMPACT_SINCE: u32 = 12;
 
 /// Why a checkpoint cannot be restored. Every variant has the same way out:

@@ -251,10 +251,10 @@ fn a_damaged_checkpoint_is_refused_with_the_way_out() {
 /// A checkpoint of the format before (v11: instants as their zigzag
 /// values, fingerprints and hashes as varints), written by the last build
 /// of that format (a432ddf) from the first half of `network(100)` under
-/// the default pack, restores into the engine the same events make today: its state, written
-/// again, is byte for byte that engine's. (Should the simulator or the pack
-/// change what those events make, this fails until the day v11 is no
-/// longer read, `OLDEST`, when it goes with its file.)
+/// the default pack, restores into the engine the same events make today:
+/// its state, written again, is byte for byte that engine's. (Should the
+/// simulator or the pack change what those events make, this fails; it
+/// goes with its file once v11 is no longer read, `OLDEST`.)
 #[test]
 fn a_checkpoint_of_the_format_before_restores_the_engine_it_saved() {
     let data = network(100);
