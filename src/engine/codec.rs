@@ -280,13 +280,17 @@ impl<'a> R<'a> {
     }
 
     pub fn u32_fixed(&mut self) -> Result<u32, CheckpointError> {
-        let b = self.bytes(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.array().map(u32::from_le_bytes)
     }
 
     pub fn u64_fixed(&mut self) -> Result<u64, CheckpointError> {
-        let b = self.bytes(8)?;
-        Ok(u64::from_le_bytes(b.try_into().map_err(|_| corrupt("truncated"))?))
+        self.array().map(u64::from_le_bytes)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CheckpointError> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.bytes(N)?);
+        Ok(out)
     }
 
     fn bytes(&mut self, len: usize) -> Result<&'a [u8], CheckpointError> {
